@@ -1,0 +1,35 @@
+//! leak's BPF programs: uprobes and uretprobes on the allocator that keep, in BPF maps, every
+//! outstanding allocation with the user stack that made it.
+//!
+//! Design constraints:
+//! - Every hook is built from three verbs in [`verbs`]: `alloc_enter`, `alloc_exit`,
+//!   `free_enter`; realloc is a free plus an allocation.
+//! - Nothing is lost silently: every failure increments a per-CPU counter in `DROPS`.
+//! - Never panic: a panic path would be an infinite loop, which the verifier rejects.
+#![no_std]
+#![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF: keep helpers inlined into each program (no BPF-to-BPF calls, one verifier pass)"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's #[uprobe]/#[uretprobe] entry points take their context by value"
+)]
+
+mod maps;
+mod probes;
+mod verbs;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a program that passed the verifier: code paths that could panic are
+    // written so that the compiler removes them.
+    loop {}
+}
+
+// GPL-compatible: bpf_get_stack and bpf_probe_read_user are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

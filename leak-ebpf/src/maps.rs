@@ -1,0 +1,74 @@
+//! Every map and load-time global of the BPF object. Names match `leak_common::MAP_*`.
+use aya_ebpf::{
+    Global,
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use leak_common::{
+    AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_PENDING,
+    Pending, Probe, StackTrace,
+};
+
+/// Outstanding allocations: address -> record. Sized by the loader (`--max-allocs`).
+/// `BPF_F_NO_PREALLOC`: kernel memory grows with use instead of reserving the whole capacity
+/// (10M entries preallocated would pin about 1 GiB); since 6.1 the allocation comes from
+/// `bpf_mem_alloc`'s per-CPU caches, safe in uprobe context.
+#[map]
+pub static ALLOCS: HashMap<u64, AllocInfo> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
+
+/// Stacks by 64-bit hash. Our own map rather than `BPF_MAP_TYPE_STACK_TRACE`: that one keys by a
+/// 32-bit bucket index and fails with -EEXIST when two stacks share a bucket, which with a few
+/// hundred stacks already loses some (the bcc memleak "stack id collision"). Here two stacks
+/// collide only if their 64-bit hashes do.
+#[map]
+pub static STACKS: HashMap<u64, StackTrace> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Arguments from an entry probe to its return probe, by `pid_tgid` (plus a kind bit).
+/// LRU, so returns that never arrive cannot fill it.
+#[map]
+pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Scratch space for one stack: 1016 bytes do not fit on the 512-byte BPF stack.
+#[map]
+pub static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drop counters by `DropReason`. Per-CPU: a shared array loses increments across CPUs.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Hit counters by `Probe`.
+#[map]
+pub static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Only this tgid is traced; 0 traces every process the probes fire in. Read-only at load
+/// time, so the verifier sees a constant.
+#[unsafe(no_mangle)]
+pub static FILTER_TGID: Global<u32> = Global::new(0);
+
+/// Non-zero: log every event through aya-log (debugging; costs a ring-buffer write per call).
+#[unsafe(no_mangle)]
+pub static TRACE: Global<u32> = Global::new(0);
+
+#[inline(always)]
+fn bump(array: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = array.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by programs running on this CPU, and a BPF
+        // program is not preempted by another one on the same CPU for these program types.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Counts one lost or partial event.
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    bump(&DROPS, reason as u32);
+}
+
+/// Counts one probe hit.
+#[inline(always)]
+pub fn count_hit(probe: Probe) {
+    bump(&HITS, probe as u32);
+}

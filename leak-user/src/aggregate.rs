@@ -1,0 +1,179 @@
+//! Pure: outstanding allocations -> per-stack totals.
+use hashbrown::HashMap;
+use leak_common::AllocKind;
+
+use crate::model::Allocation;
+
+/// Outstanding memory of one allocation site (one distinct stack).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteStats {
+    /// Stack id.
+    pub stack_id: u64,
+    /// Outstanding bytes.
+    pub bytes: u64,
+    /// Outstanding allocations.
+    pub count: u64,
+    /// Allocator function used at this site (a call site calls one function).
+    pub kind: Option<AllocKind>,
+    /// Timestamp of the oldest outstanding allocation, `CLOCK_MONOTONIC` ns.
+    pub oldest_ns: u64,
+}
+
+/// Per-site totals of one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    /// Sites, largest outstanding bytes first (ties: more allocations first, then stack id).
+    pub sites: Vec<SiteStats>,
+    /// Sum of `bytes` over sites.
+    pub total_bytes: u64,
+    /// Sum of `count` over sites.
+    pub total_count: u64,
+}
+
+impl Aggregate {
+    /// Sums allocations by stack, keeping those at least `min_age_ns` old at `now_ns`
+    /// (allocations stamped after `now_ns` count as age 0).
+    #[must_use]
+    pub fn from_allocations(allocs: &[Allocation], now_ns: u64, min_age_ns: u64) -> Self {
+        let mut by_stack: HashMap<u64, SiteStats> = HashMap::new();
+        for a in allocs {
+            let age = now_ns.saturating_sub(a.timestamp_ns);
+            if age < min_age_ns {
+                continue;
+            }
+            let site = by_stack.entry(a.stack_id).or_insert(SiteStats {
+                stack_id: a.stack_id,
+                bytes: 0,
+                count: 0,
+                kind: a.kind,
+                oldest_ns: a.timestamp_ns,
+            });
+            site.bytes += a.size;
+            site.count += 1;
+            site.oldest_ns = site.oldest_ns.min(a.timestamp_ns);
+        }
+        let mut sites: Vec<SiteStats> = by_stack.into_values().collect();
+        sites.sort_unstable_by(|a, b| {
+            b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
+        });
+        let total_bytes = sites.iter().map(|s| s.bytes).sum();
+        let total_count = sites.iter().map(|s| s.count).sum();
+        Self { sites, total_bytes, total_count }
+    }
+
+    /// Bytes at `stack_id`, 0 if the site has nothing outstanding.
+    #[must_use]
+    pub fn bytes_of(&self, stack_id: u64) -> u64 {
+        self.sites.iter().find(|s| s.stack_id == stack_id).map_or(0, |s| s.bytes)
+    }
+
+    /// Change of each current site's bytes since `prev` (sites new since then count from 0).
+    #[must_use]
+    pub fn deltas_since(&self, prev: &Self) -> HashMap<u64, i64> {
+        let before: HashMap<u64, u64> = prev.sites.iter().map(|s| (s.stack_id, s.bytes)).collect();
+        self.sites
+            .iter()
+            .map(|s| {
+                let b = before.get(&s.stack_id).copied().unwrap_or(0);
+                (s.stack_id, signed_diff(s.bytes, b))
+            })
+            .collect()
+    }
+}
+
+/// `a - b` as i64, saturating.
+#[must_use]
+pub fn signed_diff(a: u64, b: u64) -> i64 {
+    if a >= b {
+        i64::try_from(a - b).unwrap_or(i64::MAX)
+    } else {
+        i64::try_from(b - a).map_or(i64::MIN, |d| -d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(addr: u64, size: u64, stack_id: u64, ts: u64) -> Allocation {
+        Allocation {
+            addr,
+            size,
+            timestamp_ns: ts,
+            stack_id,
+            tgid: 1,
+            kind: Some(AllocKind::Malloc),
+        }
+    }
+
+    #[test]
+    fn sums_by_stack_and_sorts_largest_first() {
+        let allocs = [
+            alloc(0x10, 100, 7, 1),
+            alloc(0x20, 100, 7, 2),
+            alloc(0x30, 4096, 9, 3),
+            alloc(0x40, 1, 5, 4),
+        ];
+        let agg = Aggregate::from_allocations(&allocs, 10, 0);
+        let got: Vec<(u64, u64, u64)> =
+            agg.sites.iter().map(|s| (s.stack_id, s.bytes, s.count)).collect();
+        assert_eq!(got, [(9, 4096, 1), (7, 200, 2), (5, 1, 1)]);
+        assert_eq!(agg.total_bytes, 4297);
+        assert_eq!(agg.total_count, 4);
+        assert_eq!(agg.sites[1].oldest_ns, 1);
+    }
+
+    #[test]
+    fn min_age_keeps_only_old_allocations() {
+        let allocs = [alloc(0x10, 10, 1, 100), alloc(0x20, 20, 1, 900), alloc(0x30, 30, 2, 999)];
+        // now = 1000, min age 500: only the allocation from t=100 qualifies.
+        let agg = Aggregate::from_allocations(&allocs, 1000, 500);
+        assert_eq!(agg.total_bytes, 10);
+        assert_eq!(agg.sites.len(), 1);
+        // Allocations stamped after `now` (clock read before the map walk) have age 0.
+        let agg = Aggregate::from_allocations(&allocs, 50, 0);
+        assert_eq!(agg.total_count, 3);
+        let agg = Aggregate::from_allocations(&allocs, 50, 1);
+        assert_eq!(agg.total_count, 0);
+    }
+
+    #[test]
+    fn ties_break_deterministically() {
+        let allocs = [alloc(1, 8, 3, 0), alloc(2, 8, 2, 0), alloc(3, 4, 1, 0), alloc(4, 4, 1, 0)];
+        let agg = Aggregate::from_allocations(&allocs, 0, 0);
+        let ids: Vec<u64> = agg.sites.iter().map(|s| s.stack_id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+    }
+
+    #[test]
+    fn deltas_count_new_sites_from_zero() {
+        let prev = Aggregate::from_allocations(&[alloc(1, 100, 1, 0), alloc(2, 50, 2, 0)], 0, 0);
+        let cur = Aggregate::from_allocations(&[alloc(1, 300, 1, 0), alloc(3, 7, 3, 0)], 0, 0);
+        let d = cur.deltas_since(&prev);
+        assert_eq!(d[&1], 200);
+        assert_eq!(d[&3], 7);
+        assert!(!d.contains_key(&2));
+        assert_eq!(signed_diff(0, u64::MAX), i64::MIN);
+        assert_eq!(signed_diff(5, 9), -4);
+    }
+
+    /// Property: the order in which allocations arrive does not change the totals or the
+    /// per-site result (a deterministic shuffle over many permutations).
+    #[test]
+    fn order_does_not_change_totals() {
+        let mut allocs: Vec<Allocation> =
+            (0..200u64).map(|i| alloc(0x1000 + i * 16, (i * 37) % 1000 + 1, i % 13, i)).collect();
+        let reference = Aggregate::from_allocations(&allocs, 10_000, 0);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..50 {
+            for i in (1..allocs.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let j = usize::try_from(state % (i as u64 + 1)).unwrap();
+                allocs.swap(i, j);
+            }
+            assert_eq!(Aggregate::from_allocations(&allocs, 10_000, 0), reference);
+        }
+    }
+}

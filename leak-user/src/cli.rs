@@ -1,0 +1,200 @@
+//! Command-line types (clap only) and their conversion into `config`.
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Command, Outputs, TraceConfig, parse_duration};
+
+/// Find the call stacks that hold memory a native process never frees.
+#[derive(Debug, Parser)]
+#[command(name = "leak", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// More logging (-v: probe placement and attach details, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Attach to a running process and report its outstanding allocations.
+    Attach(AttachArgs),
+    /// Start a command with the probes attached before its main runs, trace it until it exits.
+    Run(RunArgs),
+}
+
+/// `leak attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Process to trace.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: u32,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// `leak run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Options shared by `attach` and `run`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Time between reports.
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Stop tracing after this long (default: until the target exits or Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Sites shown in the text report.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
+    /// Only report allocations at least this old (e.g. 30s).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub min_age: Duration,
+    /// Write a flame graph of outstanding bytes to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write folded stacks (flamegraph.pl / inferno input) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Object that defines malloc (default: found from the process's memory map).
+    #[arg(long, value_name = "PATH")]
+    pub lib: Option<PathBuf>,
+    /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
+    #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_allocs: u32,
+    /// Log every allocation event from BPF (debugging; very slow).
+    #[arg(long, hide = true)]
+    pub bpf_trace: bool,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("interval {s:?} is too short: use at least 100ms"));
+    }
+    Ok(d)
+}
+
+impl From<TraceArgs> for TraceConfig {
+    fn from(a: TraceArgs) -> Self {
+        Self {
+            interval: a.interval,
+            duration: a.duration,
+            top: usize::try_from(a.top).unwrap_or(usize::MAX),
+            min_age: a.min_age,
+            outputs: Outputs { svg: a.svg, json: a.json, folded: a.folded },
+            lib: a.lib,
+            max_allocs: a.max_allocs,
+            bpf_trace: a.bpf_trace,
+        }
+    }
+}
+
+impl From<CliCommand> for Command {
+    fn from(c: CliCommand) -> Self {
+        match c {
+            CliCommand::Attach(a) => Self::Attach { pid: a.pid, trace: a.trace.into() },
+            CliCommand::Run(r) => Self::Run { argv: r.command, trace: r.trace.into() },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(args).map(|c| c.command.into())
+    }
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn attach_with_every_option() {
+        let c = parse(&[
+            "leak",
+            "attach",
+            "--pid",
+            "1234",
+            "--interval",
+            "2s",
+            "--duration",
+            "1m",
+            "--top",
+            "3",
+            "--min-age",
+            "10s",
+            "--svg",
+            "a.svg",
+            "--json",
+            "a.json",
+            "--folded",
+            "a.folded",
+            "--lib",
+            "/lib/libc.so.6",
+            "--max-allocs",
+            "5000",
+        ])
+        .unwrap();
+        let Command::Attach { pid, trace } = c else { panic!("not attach") };
+        assert_eq!(pid, 1234);
+        assert_eq!(trace.interval, Duration::from_secs(2));
+        assert_eq!(trace.duration, Some(Duration::from_mins(1)));
+        assert_eq!(trace.top, 3);
+        assert_eq!(trace.min_age, Duration::from_secs(10));
+        assert_eq!(trace.outputs.svg.as_deref(), Some(std::path::Path::new("a.svg")));
+        assert_eq!(trace.outputs.paths().count(), 3);
+        assert_eq!(trace.lib.as_deref(), Some(std::path::Path::new("/lib/libc.so.6")));
+        assert_eq!(trace.max_allocs, 5000);
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Attach { trace, .. } = parse(&["leak", "attach", "--pid", "1"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(trace, TraceConfig::default());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_dashes() {
+        let c =
+            parse(&["leak", "run", "--json", "r.json", "--", "./server", "--port", "80"]).unwrap();
+        let Command::Run { argv, trace } = c else { panic!("not run") };
+        assert_eq!(argv, ["./server", "--port", "80"]);
+        assert!(trace.outputs.json.is_some());
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(parse(&["leak", "attach"]).is_err(), "pid is required");
+        assert!(parse(&["leak", "attach", "--pid", "0"]).is_err());
+        assert!(parse(&["leak", "attach", "--pid", "x"]).is_err());
+        assert!(parse(&["leak", "attach", "--pid", "1", "--interval", "1ms"]).is_err());
+        assert!(parse(&["leak", "attach", "--pid", "1", "--duration", "soon"]).is_err());
+        assert!(parse(&["leak", "attach", "--pid", "1", "--top", "0"]).is_err());
+        assert!(parse(&["leak", "run"]).is_err(), "command is required");
+        let e = parse(&["leak", "attach", "--pid", "1", "--interval", "1ms"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,120 @@
+//! Plain, validated run configuration (no clap here: `cli` converts into these).
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+/// Files written at the end of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// Flame graph SVG.
+    pub svg: Option<PathBuf>,
+    /// JSON report.
+    pub json: Option<PathBuf>,
+    /// Folded stacks.
+    pub folded: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Every configured path.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.svg, &self.json, &self.folded].into_iter().flatten()
+    }
+}
+
+/// How to trace and report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Time between interval reports.
+    pub interval: Duration,
+    /// Stop after this long (None: until the target exits or a signal).
+    pub duration: Option<Duration>,
+    /// Sites shown in the text report.
+    pub top: usize,
+    /// Only allocations at least this old are reported.
+    pub min_age: Duration,
+    /// Output files.
+    pub outputs: Outputs,
+    /// Object that defines malloc, instead of finding it.
+    pub lib: Option<PathBuf>,
+    /// Capacity of the outstanding-allocation map.
+    pub max_allocs: u32,
+    /// Per-event BPF logging.
+    pub bpf_trace: bool,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            duration: None,
+            top: 10,
+            min_age: Duration::ZERO,
+            outputs: Outputs::default(),
+            lib: None,
+            max_allocs: leak_common::DEFAULT_MAX_ALLOCS,
+            bpf_trace: false,
+        }
+    }
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Trace a running process.
+    Attach {
+        /// Its pid.
+        pid: u32,
+        /// Options.
+        trace: TraceConfig,
+    },
+    /// Start a command and trace it from its first instruction.
+    Run {
+        /// Program and arguments.
+        argv: Vec<OsString>,
+        /// Options.
+        trace: TraceConfig,
+    },
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+///
+/// # Errors
+/// A message saying what is accepted.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 =
+        num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 5s, 2m, 1h"))?;
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h"));
+        }
+    };
+    let secs = value * scale;
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_hours(1)));
+        assert!(parse_duration("5x").unwrap_err().contains("unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! ELF reading: function symbols, virtual address to file offset, code bytes.
+use std::{fs, io, path::Path};
+
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
+
+/// Errors reading an ELF file.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not an ELF object this tool understands.
+    #[error("{path} is not a 64-bit ELF file: {reason}")]
+    Parse {
+        /// File.
+        path: String,
+        /// Parser message.
+        reason: String,
+    },
+}
+
+/// A function symbol resolved to where uprobes need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionSym {
+    /// Virtual address in the file's own address space.
+    pub vaddr: u64,
+    /// Symbol size (0 if unknown).
+    pub size: u64,
+    /// File offset of the first instruction (what the kernel's uprobe API takes).
+    pub file_offset: u64,
+}
+
+/// An ELF file read into memory.
+pub struct ElfImage {
+    path: String,
+    data: Vec<u8>,
+}
+
+impl ElfImage {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    /// Unreadable file or not an ELF object.
+    pub fn open(path: &Path) -> Result<Self, ElfError> {
+        let shown = path.display().to_string();
+        let data =
+            fs::read(path).map_err(|source| ElfError::Read { path: shown.clone(), source })?;
+        let image = Self { path: shown, data };
+        image.parse()?;
+        Ok(image)
+    }
+
+    fn parse(&self) -> Result<object::File<'_>, ElfError> {
+        let file = object::File::parse(&*self.data)
+            .map_err(|e| ElfError::Parse { path: self.path.clone(), reason: e.to_string() })?;
+        if file.format() != object::BinaryFormat::Elf || !file.is_64() {
+            return Err(ElfError::Parse {
+                path: self.path.clone(),
+                reason: "not ELF64".to_owned(),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Looks up a defined function by name: the dynamic symbol table first (what the dynamic
+    /// linker binds calls to), then the full symbol table (static binaries).
+    #[must_use]
+    pub fn function(&self, name: &str) -> Option<FunctionSym> {
+        let file = self.parse().ok()?;
+        let find = |syms: object::SymbolIterator<'_, '_>| {
+            syms.filter(|s| s.is_definition() && s.kind() == SymbolKind::Text && s.address() != 0)
+                .find(|s| s.name() == Ok(name))
+                .map(|s| (s.address(), s.size()))
+        };
+        let (vaddr, size) = find(file.dynamic_symbols()).or_else(|| find(file.symbols()))?;
+        let file_offset = vaddr_to_offset(&file, vaddr)?;
+        Some(FunctionSym { vaddr, size, file_offset })
+    }
+
+    /// File offset of the ELF entry point (`e_entry`), if it lies in a loaded segment.
+    #[must_use]
+    pub fn entry_file_offset(&self) -> Option<u64> {
+        let file = self.parse().ok()?;
+        vaddr_to_offset(&file, file.entry())
+    }
+
+    /// Up to `len` bytes at a file offset.
+    #[must_use]
+    pub fn bytes_at(&self, file_offset: u64, len: usize) -> &[u8] {
+        let Ok(start) = usize::try_from(file_offset) else { return &[] };
+        let end = start.saturating_add(len).min(self.data.len());
+        self.data.get(start..end).unwrap_or(&[])
+    }
+}
+
+fn vaddr_to_offset(file: &object::File<'_>, vaddr: u64) -> Option<u64> {
+    file.segments().find_map(|seg| {
+        let (offset, filesz) = seg.file_range();
+        let start = seg.address();
+        (start <= vaddr && vaddr < start + filesz).then(|| vaddr - start + offset)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_functions_in_our_own_libc() {
+        // Every Linux test host has a libc; find it through our own maps.
+        let maps = crate::procfs::read_maps(std::process::id()).unwrap();
+        let libc = maps
+            .iter()
+            .filter_map(|m| m.file_path())
+            .find(|p| p.contains("libc.so") || p.contains("libc-"))
+            .expect("test binary links libc");
+        let image = ElfImage::open(Path::new(libc)).unwrap();
+        let malloc = image.function("malloc").expect("libc defines malloc");
+        assert!(malloc.file_offset > 0);
+        assert!(!image.bytes_at(malloc.file_offset, 16).is_empty());
+        assert!(image.function("no_such_function_xyz").is_none());
+        assert!(image.entry_file_offset().is_some());
+    }
+
+    #[test]
+    fn rejects_non_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        fs::write(&p, b"#!/bin/sh\necho hi\n").unwrap();
+        assert!(matches!(ElfImage::open(&p), Err(ElfError::Parse { .. })));
+        assert!(matches!(ElfImage::open(&dir.path().join("missing")), Err(ElfError::Read { .. })));
+    }
+}

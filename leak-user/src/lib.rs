@@ -1,0 +1,163 @@
+//! leak: find the call stacks that hold memory a native process never frees.
+//!
+//! Design constraints:
+//! - Pure logic (`aggregate`, `report`, `output::folded`, `output::table`, `placement`, the
+//!   parsers in `procfs`) imports nothing from aya, tokio, blazesym or the clock, so it is
+//!   unit-tested without root.
+//! - Only `loader` and `source` touch aya; only `symbolize` touches blazesym; only
+//!   `output::flamegraph` touches inferno; only `agent` runs the async loop.
+//! - Bad input ends with one line saying what to do and exit code 2 ([`error::Error`]).
+pub mod agent;
+pub mod aggregate;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod elf;
+pub mod error;
+pub mod loader;
+pub mod model;
+pub mod output;
+pub mod placement;
+pub mod preflight;
+pub mod procfs;
+pub mod report;
+pub mod runner;
+pub mod source;
+pub mod symbolize;
+pub mod target;
+
+use std::{ffi::OsString, num::NonZeroU32};
+
+use log::info;
+
+use crate::{
+    agent::{End, Session},
+    config::{Command, TraceConfig},
+    error::Error,
+    loader::{LoadOptions, Tracer},
+    report::{AllocatorInfo, ProbeInfo},
+    runner::FirstStop,
+    target::AllocatorPlan,
+};
+
+/// Runs one `leak` command; returns the process exit code.
+///
+/// # Errors
+/// See [`Error`]; [`Error::exit_code`] gives the code to exit with.
+pub fn run(command: Command) -> Result<u8, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting the runtime"))?;
+    match command {
+        Command::Attach { pid, trace } => attach(&rt, pid, trace),
+        Command::Run { argv, trace } => run_command(&rt, &argv, trace),
+    }
+}
+
+fn nonzero(pid: u32) -> Result<NonZeroU32, Error> {
+    NonZeroU32::new(pid).ok_or_else(|| Error::BadInput("pid 0 is not a process".into()))
+}
+
+fn preflight(trace: &TraceConfig) -> Result<(), Error> {
+    preflight::check_privileges()?;
+    preflight::check_kernel(&preflight::sysfs_root())?;
+    preflight::check_outputs(&trace.outputs)
+}
+
+fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
+    LoadOptions {
+        filter_tgid: pid,
+        max_allocs: trace.max_allocs,
+        trace: trace.bpf_trace,
+        ..LoadOptions::default()
+    }
+}
+
+fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
+    AllocatorInfo {
+        path: plan.path.clone(),
+        probes: plan
+            .probes
+            .iter()
+            .map(|p| ProbeInfo {
+                program: p.probe.program().to_owned(),
+                function_offset: p.placement.offset,
+                emulated: p.placement.emulated,
+            })
+            .collect(),
+    }
+}
+
+fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<u8, Error> {
+    if !procfs::pid_exists(pid) {
+        return Err(Error::BadInput(format!("no such process: {pid}: check the pid (ps -e)")));
+    }
+    preflight(&trace)?;
+    let plan = target::plan_for_pid(pid, trace.lib.as_deref())?;
+    let mut tracer = Tracer::load(load_options(pid, &trace))?;
+    let n = tracer.attach_allocator(&plan, nonzero(pid)?)?;
+    eprintln!("attached to PID {pid} ({n} probes)");
+    let mut session = Session::new(pid, trace, allocator_info(&plan));
+    rt.block_on(agent::trace(&mut tracer, &mut session, None))?;
+    // Dropping the tracer detaches every probe.
+    drop(tracer);
+    Ok(0)
+}
+
+fn run_command(
+    rt: &tokio::runtime::Runtime,
+    argv: &[OsString],
+    trace: TraceConfig,
+) -> Result<u8, Error> {
+    let program = runner::resolve_program(
+        argv.first().ok_or_else(|| Error::BadInput("no command given".into()))?,
+    )?;
+    let (entry_elf, entry_offset) = runner::entry_point(&program)?;
+    preflight(&trace)?;
+    // Fork first: the child's pid is a load-time constant of the BPF programs.
+    let mut child = runner::spawn_paused(&program, argv)?;
+    let pid = child.pid;
+    let kill_child = |e: Error| {
+        runner::kill(pid, libc::SIGKILL);
+        let _ = runner::waitpid(pid, 0);
+        e
+    };
+    let mut tracer = Tracer::load(load_options(pid, &trace)).map_err(|e| kill_child(e.into()))?;
+    tracer
+        .attach_entry_stop(&entry_elf, entry_offset, nonzero(pid)?)
+        .map_err(|e| kill_child(e.into()))?;
+    child.release()?;
+    match child.wait_first_stop()? {
+        FirstStop::Stopped => {}
+        FirstStop::ExecFailed(errno) => {
+            return Err(Error::BadInput(format!(
+                "cannot run {}: {}",
+                program.display(),
+                std::io::Error::from_raw_os_error(errno)
+            )));
+        }
+        FirstStop::Exited(code) => {
+            eprintln!(
+                "leak: {} exited with code {code} before reaching its entry point",
+                program.display()
+            );
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
+    }
+    info!("pid {pid} stopped at the entry of {}", entry_elf.display());
+    let plan = target::plan_for_pid(pid, trace.lib.as_deref()).map_err(|e| kill_child(e.into()))?;
+    let n = tracer.attach_allocator(&plan, nonzero(pid)?).map_err(|e| kill_child(e.into()))?;
+    tracer.detach_entry_stop();
+    eprintln!("attached to PID {pid} ({n} probes)");
+    let mut session = Session::new(pid, trace, allocator_info(&plan));
+    runner::kill(pid, libc::SIGCONT);
+    let (_report, end) = rt.block_on(agent::trace(&mut tracer, &mut session, Some(pid)))?;
+    drop(tracer);
+    if end == End::Signal {
+        // Stopped on a second signal: do not wait for a command that ignores them.
+        return Ok(130);
+    }
+    let status = runner::waitpid(pid, 0).map_err(Error::io("waiting for the command"))?;
+    Ok(u8::try_from(runner::exit_code(status)).unwrap_or(1))
+}

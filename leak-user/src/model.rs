@@ -1,0 +1,85 @@
+//! Domain types decoded from the BPF maps. Plain data: no aya, no clock.
+use leak_common::{AllocKind, DropReason, Probe};
+
+/// One outstanding allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// Address returned by the allocator.
+    pub addr: u64,
+    /// Requested bytes.
+    pub size: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at the allocator's return.
+    pub timestamp_ns: u64,
+    /// Stack id (`leak_common::STACK_ID_NONE` when no stack was taken).
+    pub stack_id: u64,
+    /// Process that allocated.
+    pub tgid: u32,
+    /// Allocator function, when known to this build.
+    pub kind: Option<AllocKind>,
+}
+
+/// Per-reason drop counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounts(pub [u64; DropReason::ALL.len()]);
+
+impl DropCounts {
+    /// Counter for one reason.
+    #[must_use]
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// `(name, count)` for every reason, in index order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (r.name(), self.0[*r as usize]))
+    }
+}
+
+/// Per-probe hit counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeHits(pub [u64; Probe::ALL.len()]);
+
+impl ProbeHits {
+    /// `(program name, hits)` for every probe, in index order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Probe::ALL.iter().map(|p| (p.program(), self.0[*p as usize]))
+    }
+}
+
+/// Everything read from the kernel at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// `CLOCK_MONOTONIC` nanoseconds when the snapshot was taken (same clock as the
+    /// allocations' timestamps).
+    pub taken_ns: u64,
+    /// Outstanding allocations.
+    pub allocations: Vec<Allocation>,
+    /// Drop counters.
+    pub drops: DropCounts,
+    /// Probe hit counters.
+    pub hits: ProbeHits,
+}
+
+/// A symbolized frame. A return address may expand into several frames when calls were
+/// inlined: innermost first, all with the same address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    /// Function name (demangled), if known.
+    pub function: Option<String>,
+    /// File name of the module (executable or shared object), if known.
+    pub module: Option<String>,
+    /// Source file, if debug info is available.
+    pub file: Option<String>,
+    /// Source line, if debug info is available.
+    pub line: Option<u32>,
+    /// The return address as captured.
+    pub address: u64,
+}
+
+impl Frame {
+    /// A frame nothing is known about.
+    #[must_use]
+    pub fn unknown(address: u64) -> Self {
+        Self { address, ..Self::default() }
+    }
+}

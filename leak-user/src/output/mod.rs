@@ -1,0 +1,76 @@
+//! Report renderers and atomic file output.
+pub mod flamegraph;
+pub mod folded;
+pub mod json;
+pub mod table;
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsynced,
+/// then renamed over `path`. Readers see the old file or the new one, never a partial one.
+///
+/// # Errors
+/// The directory is not writable, or the disk is full.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Checks, before tracing starts, that `path` can be written atomically later: creates and
+/// removes the temporary file `write_atomic` will use, and rejects a directory at `path`.
+///
+/// # Errors
+/// The path is a directory, or its directory is missing or not writable.
+pub fn check_writable(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+    }
+    let tmp = temp_path(path);
+    fs::File::create(&tmp)?;
+    fs::remove_file(&tmp)
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["out.json"]);
+    }
+
+    #[test]
+    fn writability_is_checked_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_writable(&dir.path().join("ok.svg")).is_ok());
+        assert!(check_writable(&dir.path().join("missing/x.svg")).is_err());
+        assert!(check_writable(dir.path()).is_err());
+        assert!(write_atomic(&dir.path().join("missing/x.svg"), b"x").is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

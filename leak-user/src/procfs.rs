@@ -1,0 +1,175 @@
+//! `/proc/PID/*`: parsers are pure functions of the file text; readers are thin wrappers.
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Permission string, e.g. `r-xp`.
+    pub perms: String,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Inode of the mapped file (0 for anonymous mappings).
+    pub inode: u64,
+    /// Path as the process sees it (its mount namespace), or a pseudo name such as `[heap]`.
+    pub path: Option<String>,
+}
+
+impl MapEntry {
+    /// A file-backed mapping (not anonymous, not `[heap]`/`[stack]`/`[vdso]`...).
+    #[must_use]
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.as_deref().is_some_and(|p| p.starts_with('/'))
+    }
+
+    /// Executable mapping.
+    #[must_use]
+    pub fn is_exec(&self) -> bool {
+        self.perms.as_bytes().get(2) == Some(&b'x')
+    }
+
+    /// The path without a trailing ` (deleted)`.
+    #[must_use]
+    pub fn file_path(&self) -> Option<&str> {
+        self.path.as_deref().map(|p| p.strip_suffix(" (deleted)").unwrap_or(p))
+    }
+}
+
+/// Parses the text of `/proc/PID/maps`. Malformed lines are skipped.
+#[must_use]
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let mut rest = line;
+    let mut field = || -> Option<&str> {
+        let t = rest.trim_start();
+        let end = t.find(' ').unwrap_or(t.len());
+        let (f, r) = t.split_at(end);
+        rest = r;
+        (!f.is_empty()).then_some(f)
+    };
+    let range = field()?;
+    let perms = field()?.to_owned();
+    let offset = u64::from_str_radix(field()?, 16).ok()?;
+    let _dev = field()?;
+    let inode = field()?.parse().ok()?;
+    let (s, e) = range.split_once('-')?;
+    let start = u64::from_str_radix(s, 16).ok()?;
+    let end = u64::from_str_radix(e, 16).ok()?;
+    // The path is the rest of the line and may contain spaces.
+    let path = rest.trim_start();
+    let path = (!path.is_empty()).then(|| path.to_owned());
+    Some(MapEntry { start, end, perms, offset, inode, path })
+}
+
+/// Finds the mapping containing `addr` in maps sorted by address (as the kernel lists them).
+#[must_use]
+pub fn find_mapping(maps: &[MapEntry], addr: u64) -> Option<&MapEntry> {
+    let i = maps.partition_point(|m| m.end <= addr);
+    maps.get(i).filter(|m| m.start <= addr && addr < m.end)
+}
+
+/// Reads `/proc/PID/maps`.
+///
+/// # Errors
+/// The process does not exist or is not readable.
+pub fn read_maps(pid: u32) -> io::Result<Vec<MapEntry>> {
+    Ok(parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?))
+}
+
+/// Whether `/proc/PID` exists (a live or zombie process).
+#[must_use]
+pub fn pid_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `/proc/PID/comm` without the newline.
+#[must_use]
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
+}
+
+/// Target of `/proc/PID/exe`, as the process sees it.
+#[must_use]
+pub fn exe(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// How to reach, from our mount namespace, a path that process `pid` sees: through
+/// `/proc/PID/root` unless the process shares our root directory.
+#[derive(Clone, Debug)]
+pub struct RootPath {
+    prefix: Option<PathBuf>,
+}
+
+impl RootPath {
+    /// Root of process `pid`.
+    #[must_use]
+    pub fn of(pid: u32) -> Self {
+        let theirs = PathBuf::from(format!("/proc/{pid}/root"));
+        let same = match (fs::metadata(&theirs), fs::metadata("/")) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        Self { prefix: (!same).then_some(theirs) }
+    }
+
+    /// Resolves a path of the process.
+    #[must_use]
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        match &self.prefix {
+            Some(root) => root.join(path.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c8a00000-55d0c8a01000 r--p 00000000 fe:01 1311 /work/demo
+55d0c8a01000-55d0c8a02000 r-xp 00001000 fe:01 1311 /work/demo
+55d0c9d6e000-55d0c9d8f000 rw-p 00000000 00:00 0                          [heap]
+7f1c2a400000-7f1c2a428000 r--p 00000000 fe:01 2061                       /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a428000-7f1c2a5bd000 r-xp 00028000 fe:01 2061                       /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a600000-7f1c2a601000 r-xp 00000000 fe:01 99 /tmp/my lib.so (deleted)
+7ffd1e3f0000-7ffd1e3f2000 r-xp 00000000 00:00 0                          [vdso]
+";
+
+    #[test]
+    fn parses_maps_lines() {
+        let maps = parse_maps(MAPS);
+        assert_eq!(maps.len(), 7);
+        let libc_text = &maps[4];
+        assert_eq!(libc_text.start, 0x7f1c_2a42_8000);
+        assert_eq!(libc_text.offset, 0x28000);
+        assert_eq!(libc_text.inode, 2061);
+        assert!(libc_text.is_exec() && libc_text.is_file());
+        assert_eq!(libc_text.path.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(!maps[2].is_file(), "[heap] is not a file");
+        assert!(!maps[6].is_file(), "[vdso] is not a file");
+        assert_eq!(maps[5].file_path(), Some("/tmp/my lib.so"));
+        assert!(parse_maps("garbage\n\n1-2 r--p zz 00:00 0").is_empty());
+    }
+
+    #[test]
+    fn finds_the_mapping_of_an_address() {
+        let maps = parse_maps(MAPS);
+        let m = find_mapping(&maps, 0x7f1c_2a42_8010).unwrap();
+        assert_eq!(m.offset + (0x7f1c_2a42_8010 - m.start), 0x28010);
+        assert!(find_mapping(&maps, 0x1000).is_none());
+        assert!(find_mapping(&maps, 0x55d0_c8a0_2000).is_none(), "end is exclusive");
+        assert_eq!(find_mapping(&maps, 0x55d0_c8a0_1fff).unwrap().offset, 0x1000);
+    }
+}

@@ -1,0 +1,367 @@
+//! Pure: the report model (the JSON contract) and how it is built from an aggregate.
+//!
+//! JSON contract, version 1: later versions may add fields, never rename or remove them.
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    aggregate::Aggregate,
+    model::{DropCounts, Frame, ProbeHits},
+};
+
+/// Report format version.
+pub const REPORT_VERSION: u32 = 1;
+
+/// A leak report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Format version ([`REPORT_VERSION`]).
+    pub version: u32,
+    /// The traced process.
+    pub target: TargetInfo,
+    /// Seconds from attach to the final snapshot.
+    pub duration_s: f64,
+    /// Sums over all sites.
+    pub totals: Totals,
+    /// Allocation sites, most outstanding bytes first.
+    pub sites: Vec<Site>,
+    /// Drop counters by name (every name present, zero or not).
+    pub drops: BTreeMap<String, u64>,
+    /// Hits per BPF program.
+    pub probe_hits: BTreeMap<String, u64>,
+    /// Wall-clock window, Unix seconds.
+    pub window: Window,
+    /// Only allocations at least this old are counted.
+    pub min_age_s: f64,
+    /// The allocator object and where its probes sit.
+    pub allocator: AllocatorInfo,
+    /// Why tracing ended: `duration`, `signal`, `target_exited`, or `interval` for a
+    /// report printed while tracing continues.
+    pub end_reason: String,
+}
+
+/// The traced process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// Process id.
+    pub pid: u32,
+    /// `/proc/PID/comm`.
+    pub comm: String,
+    /// Executable path.
+    pub exe: String,
+}
+
+/// Totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Bytes allocated and not freed.
+    pub outstanding_bytes: u64,
+    /// Allocations not freed.
+    pub outstanding_allocs: u64,
+}
+
+/// One allocation site: a distinct call stack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    /// Stable id of the stack (hex).
+    pub id: String,
+    /// Bytes allocated here and not freed.
+    pub outstanding_bytes: u64,
+    /// Allocations made here and not freed.
+    pub outstanding_allocs: u64,
+    /// The allocator function called (`malloc`, `calloc`, `realloc`).
+    pub allocator_fn: Option<String>,
+    /// Age in seconds of the oldest outstanding allocation.
+    pub oldest_age_s: f64,
+    /// Frames, innermost first: frame 0 is the caller of the allocator function.
+    pub stack: Vec<StackFrame>,
+}
+
+/// One frame of a site's stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackFrame {
+    /// Function (demangled), if known.
+    pub function: Option<String>,
+    /// Module file name, if known.
+    pub module: Option<String>,
+    /// Source file, if debug info is present.
+    pub file: Option<String>,
+    /// Source line, if debug info is present.
+    pub line: Option<u32>,
+    /// Return address, hex.
+    pub address: String,
+}
+
+/// Wall-clock window.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Start (attach), Unix seconds.
+    pub start_unix_s: f64,
+    /// End (last snapshot), Unix seconds.
+    pub end_unix_s: f64,
+}
+
+/// Allocator object and probe placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AllocatorInfo {
+    /// Path as the target sees it.
+    pub path: String,
+    /// One entry per attached program.
+    pub probes: Vec<ProbeInfo>,
+}
+
+/// One attached program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    /// BPF program name.
+    pub program: String,
+    /// Offset into the function.
+    pub function_offset: u64,
+    /// Whether the kernel emulates the probed instruction (no single-step).
+    pub emulated: bool,
+}
+
+/// Everything besides the aggregate a report needs.
+#[derive(Clone, Debug)]
+pub struct ReportMeta {
+    /// Target.
+    pub target: TargetInfo,
+    /// Window.
+    pub window: Window,
+    /// Snapshot time, `CLOCK_MONOTONIC` ns (for ages).
+    pub now_ns: u64,
+    /// Minimum age applied, seconds.
+    pub min_age_s: f64,
+    /// Allocator.
+    pub allocator: AllocatorInfo,
+    /// End reason.
+    pub end_reason: String,
+}
+
+/// Builds a report. `frames` maps stack id to symbolized frames (innermost first); a stack
+/// without an entry is reported with an empty stack.
+#[must_use]
+pub fn build(
+    meta: ReportMeta,
+    agg: &Aggregate,
+    frames: &HashMap<u64, Vec<Frame>>,
+    drops: &DropCounts,
+    hits: &ProbeHits,
+) -> Report {
+    let sites = agg
+        .sites
+        .iter()
+        .map(|s| Site {
+            id: format!("{:016x}", s.stack_id),
+            outstanding_bytes: s.bytes,
+            outstanding_allocs: s.count,
+            allocator_fn: s.kind.map(|k| k.name().to_owned()),
+            oldest_age_s: ns_to_s(meta.now_ns.saturating_sub(s.oldest_ns)),
+            stack: frames
+                .get(&s.stack_id)
+                .map(|fs| fs.iter().map(stack_frame).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    Report {
+        version: REPORT_VERSION,
+        target: meta.target,
+        duration_s: round3(meta.window.end_unix_s - meta.window.start_unix_s),
+        totals: Totals { outstanding_bytes: agg.total_bytes, outstanding_allocs: agg.total_count },
+        sites,
+        drops: drops.named().map(|(k, v)| (k.to_owned(), v)).collect(),
+        probe_hits: hits.named().map(|(k, v)| (k.to_owned(), v)).collect(),
+        window: meta.window,
+        min_age_s: meta.min_age_s,
+        allocator: meta.allocator,
+        end_reason: meta.end_reason,
+    }
+}
+
+fn stack_frame(f: &Frame) -> StackFrame {
+    StackFrame {
+        function: f.function.clone(),
+        module: f.module.clone(),
+        file: f.file.clone(),
+        line: f.line,
+        address: format!("{:#x}", f.address),
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "seconds for display; ns precision not needed")]
+fn ns_to_s(ns: u64) -> f64 {
+    round3(ns as f64 / 1e9)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+impl StackFrame {
+    /// Display name: function, else `[module]`, else `[unknown]`.
+    #[must_use]
+    pub fn name(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(f), _) => f.clone(),
+            (None, Some(m)) => format!("[{m}]"),
+            (None, None) => "[unknown]".to_owned(),
+        }
+    }
+
+    /// `file:line` with the file's base name, if known.
+    #[must_use]
+    pub fn location(&self) -> Option<String> {
+        let file = self.file.as_deref()?;
+        let base = file.rsplit('/').next().unwrap_or(file);
+        Some(match self.line {
+            Some(l) => format!("{base}:{l}"),
+            None => base.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use leak_common::AllocKind;
+
+    use super::*;
+    use crate::model::Allocation;
+
+    pub(crate) fn frame(f: &str, file: &str, line: u32, addr: u64) -> Frame {
+        Frame {
+            function: Some(f.to_owned()),
+            module: Some("demo".to_owned()),
+            file: Some(format!("/src/{file}")),
+            line: Some(line),
+            address: addr,
+        }
+    }
+
+    /// A report with two sites: `leak_fn` (3 x 1024 via malloc), `cache_fn` (1 x 100 via calloc).
+    pub(crate) fn sample_report() -> Report {
+        let alloc = |addr, size, stack_id, kind| Allocation {
+            addr,
+            size,
+            timestamp_ns: 1_000_000_000,
+            stack_id,
+            tgid: 42,
+            kind: Some(kind),
+        };
+        let agg = Aggregate::from_allocations(
+            &[
+                alloc(0x10, 1024, 0xa, AllocKind::Malloc),
+                alloc(0x20, 1024, 0xa, AllocKind::Malloc),
+                alloc(0x30, 1024, 0xa, AllocKind::Malloc),
+                alloc(0x40, 100, 0xb, AllocKind::Calloc),
+            ],
+            3_500_000_000,
+            0,
+        );
+        let mut frames = HashMap::new();
+        frames.insert(
+            0xa,
+            vec![frame("leak_fn", "demo.c", 12, 0x1111), frame("main", "demo.c", 40, 0x2222)],
+        );
+        frames.insert(
+            0xb,
+            vec![frame("cache_fn", "demo.c", 20, 0x3333), frame("main", "demo.c", 41, 0x4444)],
+        );
+        let mut drops = DropCounts::default();
+        drops.0[leak_common::DropReason::UnknownFree as usize] = 2;
+        build(
+            ReportMeta {
+                target: TargetInfo { pid: 42, comm: "demo".into(), exe: "/bin/demo".into() },
+                window: Window { start_unix_s: 1_700_000_000.0, end_unix_s: 1_700_000_010.0 },
+                now_ns: 3_500_000_000,
+                min_age_s: 0.0,
+                allocator: AllocatorInfo::default(),
+                end_reason: "duration".into(),
+            },
+            &agg,
+            &frames,
+            &drops,
+            &ProbeHits::default(),
+        )
+    }
+
+    #[test]
+    fn json_has_the_contract_fields() {
+        let report = sample_report();
+        let v: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["target"]["pid"], 42);
+        assert_eq!(v["target"]["comm"], "demo");
+        assert_eq!(v["target"]["exe"], "/bin/demo");
+        assert_eq!(v["duration_s"], 10.0);
+        assert_eq!(v["totals"]["outstanding_bytes"], 3172);
+        assert_eq!(v["totals"]["outstanding_allocs"], 4);
+        let site = &v["sites"][0];
+        assert_eq!(site["id"], "000000000000000a");
+        assert_eq!(site["outstanding_bytes"], 3072);
+        assert_eq!(site["outstanding_allocs"], 3);
+        assert_eq!(site["allocator_fn"], "malloc");
+        assert_eq!(site["oldest_age_s"], 2.5);
+        let f0 = &site["stack"][0];
+        assert_eq!(f0["function"], "leak_fn");
+        assert_eq!(f0["module"], "demo");
+        assert_eq!(f0["file"], "/src/demo.c");
+        assert_eq!(f0["line"], 12);
+        assert_eq!(f0["address"], "0x1111");
+        assert_eq!(v["sites"][1]["stack"][0]["function"], "cache_fn");
+        assert_eq!(v["drops"]["unknown_free"], 2);
+        assert_eq!(v["drops"]["alloc_map_full"], 0);
+        assert_eq!(v["drops"].as_object().unwrap().len(), leak_common::DropReason::ALL.len());
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let report = sample_report();
+        let text = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn unknown_stacks_are_empty_and_frames_have_display_names() {
+        let agg = Aggregate::from_allocations(
+            &[Allocation { addr: 1, size: 5, timestamp_ns: 0, stack_id: 0, tgid: 1, kind: None }],
+            0,
+            0,
+        );
+        let r = build(
+            ReportMeta {
+                target: TargetInfo { pid: 1, comm: String::new(), exe: String::new() },
+                window: Window { start_unix_s: 0.0, end_unix_s: 0.0 },
+                now_ns: 0,
+                min_age_s: 0.0,
+                allocator: AllocatorInfo::default(),
+                end_reason: "signal".into(),
+            },
+            &agg,
+            &HashMap::new(),
+            &DropCounts::default(),
+            &ProbeHits::default(),
+        );
+        assert!(r.sites[0].stack.is_empty());
+        assert_eq!(r.sites[0].allocator_fn, None);
+        let f = StackFrame {
+            function: None,
+            module: Some("libc.so.6".into()),
+            file: None,
+            line: None,
+            address: "0x1".into(),
+        };
+        assert_eq!(f.name(), "[libc.so.6]");
+        assert_eq!(f.location(), None);
+        let f = StackFrame {
+            function: Some("x".into()),
+            module: None,
+            file: Some("/a/b.c".into()),
+            line: Some(3),
+            address: "0x1".into(),
+        };
+        assert_eq!(f.location().as_deref(), Some("b.c:3"));
+    }
+}

@@ -1,0 +1,186 @@
+//! Where snapshots come from: a trait the session loop uses, and its implementation over the
+//! live BPF maps.
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use leak_common::{AllocInfo, AllocKind, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_STACKS, StackTrace};
+
+use crate::{
+    loader::Tracer,
+    model::{Allocation, DropCounts, ProbeHits, Snapshot},
+};
+
+/// Errors reading the maps.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A map is missing from the object.
+    #[error("BPF map {0} not found")]
+    MissingMap(&'static str),
+    /// A map read failed.
+    #[error("reading BPF map {map}: {source}")]
+    Read {
+        /// Map name.
+        map: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A source of allocation snapshots.
+pub trait AllocSource {
+    /// Everything outstanding now, with counters.
+    ///
+    /// # Errors
+    /// The source could not be read.
+    fn snapshot(&mut self) -> Result<Snapshot, SourceError>;
+
+    /// The frames of one stack (innermost first), `None` if unknown.
+    ///
+    /// # Errors
+    /// The source could not be read.
+    fn stack(&mut self, stack_id: u64) -> Result<Option<Vec<u64>>, SourceError>;
+}
+
+impl AllocSource for Tracer {
+    fn snapshot(&mut self) -> Result<Snapshot, SourceError> {
+        // Read the clock before walking the map: allocations made during the walk then have
+        // timestamps after `taken_ns` and count as age 0, never as negative ages.
+        let taken_ns = monotonic_ns();
+        let Some(Map::HashMap(map)) = self.ebpf.map(MAP_ALLOCS) else {
+            return Err(SourceError::MissingMap(MAP_ALLOCS));
+        };
+        let entries = lookup_batch::<u64, AllocInfo>(map.fd().as_fd())
+            .map_err(|source| SourceError::Read { map: MAP_ALLOCS, source })?;
+        let allocations = entries
+            .into_iter()
+            .map(|(addr, info)| Allocation {
+                addr,
+                size: info.size,
+                timestamp_ns: info.timestamp_ns,
+                stack_id: info.stack_id,
+                tgid: info.tgid,
+                kind: AllocKind::from_u32(info.kind),
+            })
+            .collect();
+        let mut drops = DropCounts::default();
+        read_counters(&self.ebpf, MAP_DROPS, &mut drops.0)?;
+        let mut hits = ProbeHits::default();
+        read_counters(&self.ebpf, MAP_HITS, &mut hits.0)?;
+        Ok(Snapshot { taken_ns, allocations, drops, hits })
+    }
+
+    fn stack(&mut self, stack_id: u64) -> Result<Option<Vec<u64>>, SourceError> {
+        let map = self.ebpf.map(MAP_STACKS).ok_or(SourceError::MissingMap(MAP_STACKS))?;
+        let stacks: BpfHashMap<&MapData, u64, StackTrace> = BpfHashMap::try_from(map)
+            .map_err(|e| SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) })?;
+        match stacks.get(&stack_id, 0) {
+            Ok(trace) => Ok(Some(trace.frames().to_vec())),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) }),
+        }
+    }
+}
+
+fn read_counters(ebpf: &aya::Ebpf, name: &'static str, out: &mut [u64]) -> Result<(), SourceError> {
+    let map = ebpf.map(name).ok_or(SourceError::MissingMap(name))?;
+    let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
+        .map_err(|e| SourceError::Read { map: name, source: io::Error::other(e) })?;
+    for (i, slot) in out.iter_mut().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        let values = array
+            .get(&index, 0)
+            .map_err(|e| SourceError::Read { map: name, source: io::Error::other(e) })?;
+        *slot = values.iter().sum();
+    }
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// `BPF_MAP_LOOKUP_BATCH` command number.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads a whole hash map with `BPF_MAP_LOOKUP_BATCH` (aya 0.14 has no batch API).
+///
+/// Walking a hash map key by key (`get_next_key`) restarts from the first key whenever the
+/// current key was deleted meanwhile, which under allocation churn repeats entries or never
+/// ends. The batch walk goes bucket by bucket (the cursor is a bucket index), so every entry
+/// present for the whole walk is seen exactly once. It also needs a few syscalls per
+/// thousands of entries instead of two per entry.
+fn lookup_batch<K: Copy + Default, V: Copy + Default>(
+    fd: BorrowedFd<'_>,
+) -> io::Result<Vec<(K, V)>> {
+    let mut chunk: usize = 4096;
+    let mut out = Vec::new();
+    // Hash maps use a u32 bucket index as the batch cursor.
+    let mut cursor_in: u32 = 0;
+    let mut cursor_out: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut keys = vec![K::default(); chunk];
+        let mut values = vec![V::default(); chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { (&raw const cursor_in) as u64 },
+            out_batch: (&raw mut cursor_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(chunk).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points to buffers of `chunk` keys and values of the map's key and
+        // value types (the caller's K and V match the map definition) and to the cursors,
+        // all alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(io::Error::last_os_error);
+        let n = attr.count as usize;
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            // A bucket holds more entries than fit: retry it with a bigger chunk.
+            Some(libc::ENOSPC) => {
+                chunk *= 2;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            Some(_) => return Err(err.unwrap_or_else(|| io::Error::other("batch lookup"))),
+        }
+        out.extend(keys.into_iter().zip(values).take(n));
+        if err.is_some() {
+            // ENOENT: the walk is complete.
+            return Ok(out);
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}

@@ -1,0 +1,168 @@
+//! Addresses -> function, module, `file:line`. The only module that uses blazesym.
+//!
+//! Addresses are first normalized with our own copy of the target's `/proc/PID/maps` (refreshed
+//! while it runs) to (file, file offset), then symbolized from the ELF file. A process's own
+//! symbolization source stops working once the process exits; this route keeps working for the
+//! final report of a target that has exited, as long as its files are still readable.
+use std::path::PathBuf;
+
+use blazesym::symbolize::{self, Input, Symbolized};
+use hashbrown::HashMap;
+use log::debug;
+
+use crate::{
+    model::Frame,
+    procfs::{self, MapEntry, RootPath},
+};
+
+/// Symbolizes return addresses of one process.
+pub trait Symbolizer {
+    /// Frames for each address (one or more per address: inlined calls expand), innermost first.
+    fn symbolize(&mut self, addrs: &[u64]) -> Vec<Vec<Frame>>;
+}
+
+/// blazesym over the maps of a live (or recently live) process, with a per-address cache.
+pub struct ProcessSymbolizer {
+    pid: u32,
+    root: RootPath,
+    maps: Vec<MapEntry>,
+    cache: HashMap<u64, Vec<Frame>>,
+    blaze: symbolize::Symbolizer,
+}
+
+impl ProcessSymbolizer {
+    /// A symbolizer for `pid`; reads its maps now.
+    #[must_use]
+    pub fn new(pid: u32) -> Self {
+        let mut s = Self {
+            pid,
+            root: RootPath::of(pid),
+            maps: Vec::new(),
+            cache: HashMap::new(),
+            blaze: symbolize::Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+        };
+        s.refresh();
+        s
+    }
+
+    /// Re-reads the process's maps (libraries loaded since). Keeps the last good copy once the
+    /// process is gone.
+    pub fn refresh(&mut self) {
+        match procfs::read_maps(self.pid) {
+            Ok(maps) if !maps.is_empty() => {
+                if maps.len() != self.maps.len() {
+                    debug!("pid {}: {} mappings", self.pid, maps.len());
+                }
+                self.maps = maps;
+            }
+            _ => {}
+        }
+    }
+
+    fn resolve_uncached(&self, addrs: &[u64]) -> Vec<Vec<Frame>> {
+        // Group addresses by file so each file is symbolized in one call.
+        let mut by_file: HashMap<(PathBuf, String), Vec<(usize, u64)>> = HashMap::new();
+        let mut out: Vec<Vec<Frame>> = addrs.iter().map(|&a| vec![Frame::unknown(a)]).collect();
+        for (i, &addr) in addrs.iter().enumerate() {
+            // Return addresses point after the call; the call itself is one byte earlier.
+            let lookup = addr.saturating_sub(1);
+            let Some(m) = procfs::find_mapping(&self.maps, lookup) else { continue };
+            let Some(path) = m.file_path().filter(|_| m.is_file()) else {
+                out[i][0].module.clone_from(&m.path);
+                continue;
+            };
+            let module = path.rsplit('/').next().unwrap_or(path).to_owned();
+            out[i][0].module = Some(module.clone());
+            let file_offset = lookup - m.start + m.offset;
+            by_file.entry((self.root.resolve(path), module)).or_default().push((i, file_offset));
+        }
+        for ((host_path, module), items) in by_file {
+            let offsets: Vec<u64> = items.iter().map(|&(_, off)| off).collect();
+            let src = symbolize::source::Source::Elf(symbolize::source::Elf::new(&host_path));
+            let results = match self.blaze.symbolize(&src, Input::FileOffset(&offsets)) {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!("symbolizing {}: {e}", host_path.display());
+                    continue;
+                }
+            };
+            for ((i, _), sym) in items.into_iter().zip(results) {
+                if let Symbolized::Sym(sym) = sym {
+                    out[i] = frames_of(&sym, addrs[i], &module);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One symbol -> frames, innermost (deepest inlined call) first.
+fn frames_of(sym: &symbolize::Sym<'_>, address: u64, module: &str) -> Vec<Frame> {
+    let frame = |name: &str, ci: Option<&symbolize::CodeInfo<'_>>| Frame {
+        function: Some(name.to_owned()),
+        module: Some(module.to_owned()),
+        file: ci.map(|c| c.to_path().display().to_string()).filter(|f| !f.is_empty()),
+        line: ci.and_then(|c| c.line),
+        address,
+    };
+    // blazesym lists inlined calls outermost first; the code location of each inlined entry is
+    // where the call sits inside it.
+    sym.inlined
+        .iter()
+        .rev()
+        .map(|inl| frame(&inl.name, inl.code_info.as_ref()))
+        .chain(std::iter::once(frame(&sym.name, sym.code_info.as_deref())))
+        .collect()
+}
+
+impl Symbolizer for ProcessSymbolizer {
+    fn symbolize(&mut self, addrs: &[u64]) -> Vec<Vec<Frame>> {
+        let missing: Vec<u64> = {
+            let mut seen = hashbrown::HashSet::new();
+            addrs
+                .iter()
+                .copied()
+                .filter(|a| !self.cache.contains_key(a) && seen.insert(*a))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let resolved = self.resolve_uncached(&missing);
+            for (addr, frames) in missing.into_iter().zip(resolved) {
+                self.cache.insert(addr, frames);
+            }
+        }
+        addrs
+            .iter()
+            .map(|a| self.cache.get(a).cloned().unwrap_or_else(|| vec![Frame::unknown(*a)]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_named_function() -> u64 {
+        // The address of an instruction inside this function, plus one (like a return address).
+        a_named_function as *const () as u64 + 1
+    }
+
+    #[test]
+    fn symbolizes_our_own_functions() {
+        let mut s = ProcessSymbolizer::new(std::process::id());
+        let addr = a_named_function() + 1;
+        let frames = s.symbolize(&[addr, addr, 0x10]);
+        assert_eq!(frames.len(), 3);
+        let f = frames[0].last().unwrap();
+        assert!(f.function.as_deref().unwrap_or_default().contains("a_named_function"), "{f:?}");
+        assert_eq!(f.address, addr);
+        assert!(f.module.is_some());
+        assert_eq!(frames[0], frames[1], "cached");
+        assert_eq!(frames[2], vec![Frame::unknown(0x10)]);
+    }
+}

@@ -1,0 +1,288 @@
+//! Helpers for the root integration tests: start fixtures, run `leak`, read its report.
+//!
+//! The tests load the real BPF object into the running kernel and trace real processes, so
+//! they need root. They do not skip without it: `cargo xtask test` runs them as root.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use leak_user::report::{Report, Site};
+
+/// How long any single wait in a test may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_mins(1);
+
+/// Path of a compiled fixture program.
+#[must_use]
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("FIXTURES_DIR")).join(name)
+}
+
+/// Path of the `leak` binary: `$LEAK_BIN`, else next to the test executable's directory
+/// (target/<profile>/leak, which `cargo xtask test` builds first).
+#[must_use]
+pub fn leak_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LEAK_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/leak
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("leak");
+    assert!(bin.exists(), "{} not built: run `cargo xtask test`", bin.display());
+    bin
+}
+
+/// Fails the test unless running as root.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load BPF programs: run them as root (`cargo xtask test`)"
+    );
+}
+
+/// Lines read from a pipe by a background thread.
+pub struct Lines {
+    rx: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx, seen: Vec::new() }
+    }
+
+    /// Waits for a line satisfying `pred`; panics on EOF or timeout, showing what was seen.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("timed out waiting for {what}; got: {:#?}", self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("EOF waiting for {what}; got: {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Everything read so far plus the rest until EOF.
+    #[must_use]
+    pub fn drain(mut self) -> Vec<String> {
+        while let Ok(line) = self.rx.recv_timeout(TIMEOUT) {
+            self.seen.push(line);
+        }
+        self.seen
+    }
+}
+
+/// A running fixture program speaking the ready/go/done protocol.
+pub struct Fixture {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// Its stdout lines.
+    pub stdout: Lines,
+}
+
+impl Fixture {
+    /// Starts `name` and waits for its `ready` line.
+    #[must_use]
+    pub fn start(name: &str) -> Self {
+        let mut child = Command::new(fixture(name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start fixture {name}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
+        let mut f = Self { child, stdin, stdout };
+        f.stdout.wait_for("ready", |l| l == "ready");
+        f
+    }
+
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one line on its stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to fixture");
+        stdin.flush().expect("flush");
+    }
+
+    /// Sends `go` and waits for `done`.
+    pub fn go_and_wait_done(&mut self) {
+        self.send("go");
+        self.stdout.wait_for("done", |l| l == "done");
+    }
+
+    /// Waits for it to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait fixture")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `leak` process.
+pub struct Leak {
+    child: Child,
+    /// Its stderr lines.
+    pub stderr: Lines,
+    stdout: Lines,
+}
+
+/// A finished `leak` process.
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// stderr lines.
+    pub stderr: Vec<String>,
+    /// stdout lines.
+    pub stdout: Vec<String>,
+}
+
+impl Leak {
+    /// Starts `leak` with `args`, without waiting for anything.
+    #[must_use]
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(leak_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start leak");
+        let stderr = Lines::spawn(child.stderr.take().expect("stderr"));
+        let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
+        Self { child, stderr, stdout }
+    }
+
+    /// `leak attach --pid PID args...`, returned once it says it is attached.
+    #[must_use]
+    pub fn attach(pid: u32, args: &[&str]) -> Self {
+        let pid = pid.to_string();
+        let mut all = vec!["attach", "--pid", pid.as_str()];
+        all.extend_from_slice(args);
+        let mut leak = Self::spawn(&all);
+        let line = leak.stderr.wait_for("the attached line", |l| l.starts_with("attached to PID"));
+        assert_eq!(line.split(" (").next(), Some(format!("attached to PID {pid}").as_str()));
+        leak
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for it to finish.
+    #[must_use]
+    pub fn interrupt(self) -> Finished {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits for it to finish.
+    #[must_use]
+    pub fn wait(mut self) -> Finished {
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("leak did not finish in {TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        Finished { status, stderr: self.stderr.drain(), stdout: self.stdout.drain() }
+    }
+}
+
+/// Runs `leak args...` to completion.
+#[must_use]
+pub fn run_leak(args: &[&str]) -> Finished {
+    Leak::spawn(args).wait()
+}
+
+impl Finished {
+    /// Asserts a bad-input exit: code 2 and exactly one stderr line containing `needle`.
+    pub fn assert_bad_input(&self, needle: &str) {
+        assert_eq!(self.status.code(), Some(2), "exit code; stderr: {:#?}", self.stderr);
+        assert_eq!(self.stderr.len(), 1, "one line of error: {:#?}", self.stderr);
+        let line = &self.stderr[0];
+        assert!(line.starts_with("leak: "), "{line}");
+        assert!(line.contains(needle), "{line:?} should contain {needle:?}");
+        assert!(!line.contains("panicked") && !line.contains("backtrace"), "{line}");
+    }
+}
+
+/// Reads a JSON report.
+#[must_use]
+pub fn read_report(path: &Path) -> Report {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}\n{text}", path.display()))
+}
+
+/// The site whose frame 0 (the allocator's caller) is `function`; panics if none or several.
+#[must_use]
+pub fn site<'a>(report: &'a Report, function: &str) -> &'a Site {
+    let found: Vec<&Site> = report.sites.iter().filter(|s| frame0(s) == Some(function)).collect();
+    assert_eq!(found.len(), 1, "sites with frame 0 = {function}: {:#?}", summary(report));
+    found[0]
+}
+
+/// Asserts that `function` appears in no frame of any site.
+pub fn assert_absent(report: &Report, function: &str) {
+    for s in &report.sites {
+        assert!(
+            !s.stack.iter().any(|f| f.function.as_deref() == Some(function)),
+            "{function} must not hold memory: {:#?}",
+            summary(report)
+        );
+    }
+}
+
+/// Name of frame 0 of a site.
+#[must_use]
+pub fn frame0(site: &Site) -> Option<&str> {
+    site.stack.first().and_then(|f| f.function.as_deref())
+}
+
+/// `(frame 0, bytes, allocs)` of every site, for failure messages.
+#[must_use]
+pub fn summary(report: &Report) -> Vec<(String, u64, u64)> {
+    report
+        .sites
+        .iter()
+        .map(|s| (frame0(s).unwrap_or("?").to_owned(), s.outstanding_bytes, s.outstanding_allocs))
+        .collect()
+}

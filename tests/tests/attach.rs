@@ -1,0 +1,162 @@
+//! `leak attach` on live fixture processes: exact bytes and counts per leaking function.
+use leak_tests::{Fixture, Leak, assert_absent, read_report, require_root, site, summary};
+
+/// Asserts the leaker fixture's ground truth (see fixtures/leaker.c).
+fn assert_leaker_truth(report: &leak_tests::Report) {
+    let expect = [
+        ("leak_malloc", 40_960, 10, "malloc"),
+        ("leak_calloc", 1_500, 5, "calloc"),
+        ("leak_realloc", 5_000, 1, "realloc"),
+        ("leak_realloc_null", 200, 1, "realloc"),
+        ("realloc_fail_keeps", 300, 1, "malloc"),
+    ];
+    for (function, bytes, allocs, via) in expect {
+        let s = site(report, function);
+        assert_eq!(
+            (s.outstanding_bytes, s.outstanding_allocs),
+            (bytes, allocs),
+            "{function}: {:#?}",
+            summary(report)
+        );
+        assert_eq!(s.allocator_fn.as_deref(), Some(via), "{function}");
+        // Frame 0 is the caller of the allocator; the fixture's main called it.
+        assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("main"), "{function}");
+        let f0 = &s.stack[0];
+        assert!(f0.file.as_deref().is_some_and(|f| f.ends_with("leaker.c")), "{f0:?}");
+        assert!(f0.line.is_some_and(|l| l > 0), "{f0:?}");
+        assert_eq!(f0.module.as_deref(), Some("leaker"));
+    }
+    for function in ["no_leak", "realloc_then_free", "realloc_zero", "failed_allocs"] {
+        assert_absent(report, function);
+    }
+    // Every allocation, realloc and free of the run was seen and matched: nothing dropped.
+    for (name, count) in &report.drops {
+        assert_eq!(*count, 0, "drop counter {name}");
+    }
+}
+
+#[test]
+fn attach_reports_exact_leaks_per_function() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let svg = dir.path().join("report.svg");
+    let folded = dir.path().join("report.folded");
+    let mut fixture = Fixture::start("leaker");
+    let leak = Leak::attach(
+        fixture.pid(),
+        &[
+            "--interval",
+            "1s",
+            "--json",
+            json.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+            "--folded",
+            folded.to_str().unwrap(),
+        ],
+    );
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+
+    let report = read_report(&json);
+    assert_eq!(report.version, 1);
+    assert_eq!(report.target.pid, fixture.pid());
+    assert_eq!(report.target.comm, "leaker");
+    assert!(report.target.exe.ends_with("/leaker"), "{}", report.target.exe);
+    assert_eq!(report.end_reason, "signal");
+    assert_leaker_truth(&report);
+    let sum: u64 = report.sites.iter().map(|s| s.outstanding_bytes).sum();
+    assert_eq!(report.totals.outstanding_bytes, sum);
+    // Sites are sorted by bytes, largest first.
+    assert!(report.sites.windows(2).all(|w| w[0].outstanding_bytes >= w[1].outstanding_bytes));
+
+    // The text report names the leaking function with its file:line.
+    let text = done.stdout.join("\n");
+    assert!(text.contains("final report: pid"), "{text}");
+    assert!(text.contains("leak_malloc") && text.contains("leaker.c:"), "{text}");
+
+    // Folded stacks hold the same data, outermost frame first.
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    let line = folded.lines().find(|l| l.contains(";leak_malloc ")).expect("leak_malloc line");
+    assert!(line.ends_with(";main;leak_malloc 40960"), "{line}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("leak_malloc"));
+    assert!(svg.contains(&format!("pid {}", fixture.pid())));
+    assert!(svg.contains("bytes"));
+}
+
+#[test]
+fn target_exiting_mid_run_still_gets_its_report() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start("leaker");
+    let leak =
+        Leak::attach(fixture.pid(), &["--duration", "10m", "--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    fixture.send("exit");
+    assert!(fixture.wait().success());
+    let done = leak.wait();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    assert_eq!(report.end_reason, "target_exited");
+    assert_leaker_truth(&report);
+}
+
+#[test]
+fn duration_ends_the_run_and_min_age_filters_young_allocations() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let aged = dir.path().join("aged.json");
+    let mut fixture = Fixture::start("leaker");
+    let leak = Leak::attach(fixture.pid(), &["--duration", "2s", "--json", json.to_str().unwrap()]);
+    // A second tracer that only reports allocations older than an hour: nothing qualifies.
+    let old_only = Leak::attach(
+        fixture.pid(),
+        &["--duration", "2s", "--min-age", "1h", "--json", aged.to_str().unwrap()],
+    );
+    fixture.go_and_wait_done();
+    let done = leak.wait();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    assert_eq!(report.end_reason, "duration");
+    assert!(report.duration_s >= 2.0, "{}", report.duration_s);
+    assert_leaker_truth(&report);
+
+    let done = old_only.wait();
+    assert_eq!(done.status.code(), Some(0));
+    let report = read_report(&aged);
+    assert!(report.sites.is_empty(), "{:#?}", summary(&report));
+    assert_eq!(report.totals.outstanding_bytes, 0);
+    assert!((report.min_age_s - 3600.0).abs() < 1e-9);
+}
+
+#[test]
+fn threads_allocating_at_once_are_counted_exactly() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start("threads");
+    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    let s = site(&report, "thread_leak");
+    assert_eq!(
+        (s.outstanding_bytes, s.outstanding_allocs),
+        (414_400, 400),
+        "{:#?}",
+        summary(&report)
+    );
+    assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("worker"));
+    assert_absent(&report, "thread_churn");
+    // Allocated on the workers, freed by main: cross-thread frees are matched.
+    assert_absent(&report, "handoff_alloc");
+    for name in ["missing_entry", "alloc_map_full", "pending_full", "stack_map_full"] {
+        assert_eq!(report.drops[name], 0, "drop counter {name}");
+    }
+}

@@ -1,0 +1,29 @@
+//! `leak run`: probes attached before the program's main, exit code passed through.
+use leak_tests::{assert_absent, fixture, read_report, require_root, run_leak, site, summary};
+
+#[test]
+fn run_traces_from_the_first_instruction_and_passes_the_exit_code() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let bin = fixture("runner");
+    let done = run_leak(&["run", "--json", json.to_str().unwrap(), "--", bin.to_str().unwrap()]);
+    assert_eq!(done.status.code(), Some(3), "the command's exit code; stderr: {:#?}", done.stderr);
+    assert!(done.stderr.iter().any(|l| l.starts_with("attached to PID")), "{:#?}", done.stderr);
+    let report = read_report(&json);
+    assert_eq!(report.end_reason, "target_exited");
+    assert_eq!(report.target.comm, "runner");
+    // Allocated by a constructor, before main: the probes were already there.
+    let s = site(&report, "ctor_leak");
+    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (1024, 2), "{:#?}", summary(&report));
+    let s = site(&report, "leak_at_start");
+    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (3000, 3), "{:#?}", summary(&report));
+    assert_absent(&report, "no_leak");
+}
+
+#[test]
+fn run_of_a_missing_command_is_bad_input() {
+    require_root();
+    run_leak(&["run", "--", "/nonexistent/program"]).assert_bad_input("command not found");
+    run_leak(&["run", "--", "no-such-command-on-path"]).assert_bad_input("command not found");
+}
