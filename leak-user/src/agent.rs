@@ -212,6 +212,28 @@ impl Session {
     }
 }
 
+/// SIGINT and SIGTERM handlers. Installed before the probes are attached: a signal that
+/// arrives from then on is held for the session loop, so it still ends with a report.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; must run inside the tokio runtime's context.
+    ///
+    /// # Errors
+    /// The handlers could not be installed.
+    pub fn install() -> Result<Self, Error> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())
+                .map_err(Error::io("installing a SIGINT handler"))?,
+            term: signal(SignalKind::terminate())
+                .map_err(Error::io("installing a SIGTERM handler"))?,
+        })
+    }
+}
+
 /// Traces until `--duration`, a signal, or the target's exit; returns the final report (also
 /// printed and written to the configured files).
 ///
@@ -224,16 +246,14 @@ impl Session {
 pub async fn trace(
     tracer: &mut Tracer,
     session: &mut Session,
+    signals: Signals,
     run_child: Option<u32>,
 ) -> Result<(Report, End), Error> {
     let pidfd = pidfd_open(session.pid);
     if pidfd.is_none() {
         warn!("pidfd_open failed: detecting the target's exit by polling");
     }
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(Error::io("installing a SIGINT handler"))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(Error::io("installing a SIGTERM handler"))?;
+    let Signals { int: mut sigint, term: mut sigterm } = signals;
     let start = Instant::now();
     let mut report_tick = interval_at(start + session.cfg.interval, session.cfg.interval);
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

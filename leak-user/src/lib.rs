@@ -89,17 +89,23 @@ fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
     }
 }
 
+fn install_signals(rt: &tokio::runtime::Runtime) -> Result<agent::Signals, Error> {
+    let _guard = rt.enter();
+    agent::Signals::install()
+}
+
 fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<u8, Error> {
     if !procfs::pid_exists(pid) {
         return Err(Error::BadInput(format!("no such process: {pid}: check the pid (ps -e)")));
     }
     preflight(&trace)?;
     let plan = target::plan_for_pid(pid, trace.lib.as_deref())?;
+    let signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let n = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     eprintln!("attached to PID {pid} ({n} probes)");
     let mut session = Session::new(pid, trace, allocator_info(&plan));
-    rt.block_on(agent::trace(&mut tracer, &mut session, None))?;
+    rt.block_on(agent::trace(&mut tracer, &mut session, signals, None))?;
     // Dropping the tracer detaches every probe.
     drop(tracer);
     Ok(0)
@@ -115,6 +121,7 @@ fn run_command(
     )?;
     let (entry_elf, entry_offset) = runner::entry_point(&program)?;
     preflight(&trace)?;
+    let signals = install_signals(rt)?;
     // Fork first: the child's pid is a load-time constant of the BPF programs.
     let mut child = runner::spawn_paused(&program, argv)?;
     let pid = child.pid;
@@ -152,7 +159,8 @@ fn run_command(
     eprintln!("attached to PID {pid} ({n} probes)");
     let mut session = Session::new(pid, trace, allocator_info(&plan));
     runner::kill(pid, libc::SIGCONT);
-    let (_report, end) = rt.block_on(agent::trace(&mut tracer, &mut session, Some(pid)))?;
+    let (_report, end) =
+        rt.block_on(agent::trace(&mut tracer, &mut session, signals, Some(pid)))?;
     drop(tracer);
     if end == End::Signal {
         // Stopped on a second signal: do not wait for a command that ignores them.

@@ -205,6 +205,8 @@ impl StackFrame {
     pub fn name(&self) -> String {
         match (&self.function, &self.module) {
             (Some(f), _) => f.clone(),
+            // Pseudo mappings such as `[vdso]` are bracketed already.
+            (None, Some(m)) if m.starts_with('[') => m.clone(),
             (None, Some(m)) => format!("[{m}]"),
             (None, None) => "[unknown]".to_owned(),
         }
@@ -354,6 +356,8 @@ pub(crate) mod tests {
             address: "0x1".into(),
         };
         assert_eq!(f.name(), "[libc.so.6]");
+        let f = StackFrame { module: Some("[vdso]".into()), ..f };
+        assert_eq!(f.name(), "[vdso]");
         assert_eq!(f.location(), None);
         let f = StackFrame {
             function: Some("x".into()),

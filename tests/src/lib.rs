@@ -203,8 +203,18 @@ impl Leak {
     /// Sends SIGINT (Ctrl-C) and waits for it to finish.
     #[must_use]
     pub fn interrupt(self) -> Finished {
+        self.signal(libc::SIGINT)
+    }
+
+    /// Sends SIGTERM and waits for it to finish.
+    #[must_use]
+    pub fn terminate(self) -> Finished {
+        self.signal(libc::SIGTERM)
+    }
+
+    fn signal(self, sig: libc::c_int) -> Finished {
         // SAFETY: plain syscall.
-        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
+        unsafe { libc::kill(self.child.id().cast_signed(), sig) };
         self.wait()
     }
 

@@ -160,3 +160,40 @@ fn threads_allocating_at_once_are_counted_exactly() {
         assert_eq!(report.drops[name], 0, "drop counter {name}");
     }
 }
+
+#[test]
+fn sigterm_ends_the_run_with_a_report() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start("leaker");
+    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    let done = leak.terminate();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    assert_eq!(report.end_reason, "signal");
+    assert_leaker_truth(&report);
+}
+
+#[test]
+fn a_full_allocation_map_is_counted_and_shown() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start("leaker");
+    // Room for 4 outstanding allocations: the fixture leaks 18.
+    let leak =
+        Leak::attach(fixture.pid(), &["--max-allocs", "4", "--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    assert_eq!(report.totals.outstanding_allocs, 4, "{:#?}", summary(&report));
+    // 18 leaked blocks, 4 recorded: at least the other 14 inserts failed (more when churn
+    // found the map full too).
+    let full = report.drops["alloc_map_full"];
+    assert!(full >= 14, "alloc_map_full = {full}");
+    let text = done.stdout.join("\n");
+    assert!(text.contains(&format!("alloc_map_full={full}")), "{text}");
+}
