@@ -19,8 +19,10 @@ pub const MAP_PENDING: &str = "PENDING";
 pub const MAP_DROPS: &str = "DROPS";
 /// Name of the per-CPU array of probe hit counters, indexed by [`Probe`].
 pub const MAP_HITS: &str = "HITS";
-/// Name of the per-CPU scratch buffer the exit probes collect a stack into.
+/// Name of the per-thread buffers the exit probes collect a stack into.
 pub const MAP_STACK_SCRATCH: &str = "STACK_SCRATCH";
+/// Name of the one-entry array of zeros that new [`MAP_STACK_SCRATCH`] entries are copied from.
+pub const MAP_ZERO_STACK: &str = "ZERO_STACK";
 
 /// Read-only global: only this tgid is traced (0: no filter).
 pub const GLOBAL_FILTER_TGID: &str = "FILTER_TGID";
@@ -33,6 +35,8 @@ pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
 pub const DEFAULT_MAX_STACKS: u32 = 1 << 16;
 /// Capacity of [`MAP_PENDING`]: threads in flight inside an allocator at once.
 pub const MAX_PENDING: u32 = 1 << 14;
+/// Capacity of [`MAP_STACK_SCRATCH`]: threads with a stack buffer (LRU: idle ones are evicted).
+pub const MAX_SCRATCH_THREADS: u32 = 1 << 12;
 /// Frames kept per stack; the kernel's default `perf_event_max_stack`.
 pub const MAX_STACK_DEPTH: usize = 127;
 /// Length of the counter arrays [`MAP_DROPS`] and [`MAP_HITS`]; room to add entries.

@@ -8,6 +8,9 @@
 //! - Never panic: a panic path would be an infinite loop, which the verifier rejects.
 #![no_std]
 #![no_main]
+// `atomic_xadd` for counters (maps.rs): the bpf target exposes no atomic read-modify-write.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics, see maps.rs")]
 #![expect(
     clippy::inline_always,
     reason = "BPF: keep helpers inlined into each program (no BPF-to-BPF calls, one verifier pass)"

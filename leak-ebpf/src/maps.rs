@@ -3,11 +3,13 @@ use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use leak_common::{
     AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_PENDING,
-    Pending, Probe, StackTrace,
+    MAX_SCRATCH_THREADS, Pending, Probe, StackTrace,
 };
 
 /// Outstanding allocations: address -> record. Sized by the loader (`--max-allocs`).
@@ -31,9 +33,20 @@ pub static STACKS: HashMap<u64, StackTrace> =
 #[map]
 pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
-/// Scratch space for one stack: 1016 bytes do not fit on the 512-byte BPF stack.
+/// Scratch space for one stack per thread: 1016 bytes do not fit on the 512-byte BPF stack.
+///
+/// Per thread, not per CPU: since uprobe programs became sleepable-capable (6.1), they run
+/// with only migration disabled, not preemption (`bpf_prog_run_array_uprobe`), so on a
+/// preemptible kernel another task can run the same program on this CPU between our
+/// `bpf_get_stack` and our reading of the buffer. A thread cannot run two of these programs
+/// at once, so its own buffer is never written under it.
 #[map]
-pub static STACK_SCRATCH: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+pub static STACK_SCRATCH: LruHashMap<u64, StackTrace> =
+    LruHashMap::with_max_entries(MAX_SCRATCH_THREADS, 0);
+
+/// Zeros to create a thread's `STACK_SCRATCH` entry from; never written.
+#[map]
+pub static ZERO_STACK: Array<StackTrace> = Array::with_max_entries(1, 0);
 
 /// Drop counters by `DropReason`. Per-CPU: a shared array loses increments across CPUs.
 #[map]
@@ -55,9 +68,12 @@ pub static TRACE: Global<u32> = Global::new(0);
 #[inline(always)]
 fn bump(array: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = array.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot is only touched by programs running on this CPU, and a BPF
-        // program is not preempted by another one on the same CPU for these program types.
-        unsafe { *slot += 1 };
+        // Atomic: uprobe programs can be preempted (see STACK_SCRATCH), so another task on this
+        // CPU may increment the same slot between a plain load and store. The bpf target
+        // declares no compare-and-swap, so `AtomicU64::fetch_add` is not available; the
+        // intrinsic lowers to BPF's `lock xadd`, which every BPF CPU version has.
+        // SAFETY: `slot` points to an aligned u64 in a live map value.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
 }
 

@@ -11,7 +11,9 @@ use leak_common::{
     StackTrace,
 };
 
-use crate::maps::{ALLOCS, FILTER_TGID, PENDING, STACK_SCRATCH, STACKS, TRACE, count_drop};
+use crate::maps::{
+    ALLOCS, FILTER_TGID, PENDING, STACK_SCRATCH, STACKS, TRACE, ZERO_STACK, count_drop,
+};
 
 /// -EEXIST as returned by map helpers.
 const EEXIST: i32 = -17;
@@ -92,16 +94,21 @@ pub fn realloc_enter(ptr: u64, size: u64) {
     let mut pending = Pending { size, old_ptr: ptr, ..Pending::default() };
     if ptr != 0 {
         if let Some(old) = ALLOCS.get_ptr(ptr) {
-            // SAFETY: live map value, copied out before the removal.
+            // SAFETY: live map value, copied out.
             pending.old = unsafe { *old };
             pending.has_old = 1;
-            let _ = ALLOCS.remove(ptr);
         } else {
             count_drop(DropReason::UnknownFree);
         }
     }
+    // Stash first: the old record leaves ALLOCS only once it is safe in the stash, so a failed
+    // insert cannot lose a block that a failing realloc leaves allocated.
     if PENDING.insert(pid_tgid | PENDING_KEY_REALLOC, pending, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
+        return;
+    }
+    if pending.has_old != 0 {
+        let _ = ALLOCS.remove(ptr);
     }
 }
 
@@ -127,10 +134,27 @@ pub fn realloc_exit<C: EbpfContext>(ctx: &C, ret: u64) {
     record(ctx, pid_tgid, ret, pending.size, AllocKind::Realloc);
 }
 
+/// This thread's stack buffer, created on its first allocation.
+#[inline(always)]
+fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
+    if let Some(buf) = STACK_SCRATCH.get_ptr_mut(pid_tgid) {
+        return Some(buf);
+    }
+    let zero = ZERO_STACK.get_ptr(0)?;
+    // SAFETY: `zero` is a valid map value of the map's value type (by reference: 1016 bytes
+    // would not fit on the BPF stack).
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy 1016 bytes onto the 512-byte BPF stack"
+    )]
+    STACK_SCRATCH.insert(pid_tgid, unsafe { &*zero }, u64::from(BPF_ANY)).ok()?;
+    STACK_SCRATCH.get_ptr_mut(pid_tgid)
+}
+
 /// Records one outstanding allocation with the current user stack.
 #[inline(always)]
 fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, size: u64, kind: AllocKind) {
-    let stack_id = take_stack(ctx);
+    let stack_id = take_stack(ctx, pid_tgid);
     let info = AllocInfo {
         size,
         // SAFETY: helper without pointer arguments.
@@ -156,8 +180,8 @@ fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, size: u64, kind: Al
 /// immediate caller (its frame is not set up yet), at the return the registers are the
 /// caller's.
 #[inline(always)]
-fn take_stack<C: EbpfContext>(ctx: &C) -> u64 {
-    let Some(buf) = STACK_SCRATCH.get_ptr_mut(0) else {
+fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> u64 {
+    let Some(buf) = scratch(pid_tgid) else {
         count_drop(DropReason::StackMissing);
         return STACK_ID_NONE;
     };

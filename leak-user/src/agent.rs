@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use leak_common::STACK_ID_NONE;
 use log::{debug, info, warn};
 use tokio::{
@@ -31,14 +31,16 @@ use crate::{
 
 /// How often the target's memory map is re-read for symbolization.
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
+/// How often the target's liveness is polled where pidfds are unavailable.
+const EXIT_POLL: Duration = Duration::from_millis(250);
 
 /// Why tracing ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     /// `--duration` elapsed.
     Duration,
-    /// SIGINT or SIGTERM.
-    Signal,
+    /// SIGINT or SIGTERM (the number).
+    Signal(i32),
     /// The target exited.
     TargetExited,
 }
@@ -47,7 +49,7 @@ impl End {
     fn as_str(self) -> &'static str {
         match self {
             Self::Duration => "duration",
-            Self::Signal => "signal",
+            Self::Signal(_) => "signal",
             Self::TargetExited => "target_exited",
         }
     }
@@ -61,7 +63,12 @@ pub struct Session {
     allocator: AllocatorInfo,
     start_unix: f64,
     symbolizer: ProcessSymbolizer,
+    /// Raw frames by stack id (stacks never change once recorded).
+    raw_stacks: HashMap<u64, Vec<u64>>,
+    /// Symbolized frames by stack id.
     frames: HashMap<u64, Vec<Frame>>,
+    /// Stacks with frames outside every known mapping: symbolized again next time.
+    incomplete: HashSet<u64>,
     prev: Option<Aggregate>,
 }
 
@@ -81,7 +88,9 @@ impl Session {
             allocator,
             start_unix: clock::now_unix(),
             symbolizer: ProcessSymbolizer::new(pid),
+            raw_stacks: HashMap::new(),
             frames: HashMap::new(),
+            incomplete: HashSet::new(),
             prev: None,
         }
     }
@@ -108,29 +117,44 @@ impl Session {
         Ok((report, agg))
     }
 
-    /// Fetches and symbolizes stacks not seen before, in one batch.
+    /// Fetches and symbolizes stacks not seen before (and those with frames that did not
+    /// resolve last time), in one batch.
     fn resolve_stacks(
         &mut self,
         source: &mut dyn AllocSource,
         agg: &Aggregate,
     ) -> Result<(), Error> {
-        let mut new: Vec<(u64, Vec<u64>)> = Vec::new();
+        let mut todo: Vec<u64> = Vec::new();
         for site in &agg.sites {
-            if site.stack_id == STACK_ID_NONE || self.frames.contains_key(&site.stack_id) {
+            let id = site.stack_id;
+            if id == STACK_ID_NONE
+                || (self.frames.contains_key(&id) && !self.incomplete.contains(&id))
+            {
                 continue;
             }
-            match source.stack(site.stack_id)? {
-                Some(ips) => new.push((site.stack_id, ips)),
-                None => debug!("stack {:016x} not in the stack map", site.stack_id),
+            if !self.raw_stacks.contains_key(&id) {
+                let Some(ips) = source.stack(id)? else {
+                    debug!("stack {id:016x} not in the stack map");
+                    continue;
+                };
+                self.raw_stacks.insert(id, ips);
             }
+            todo.push(id);
         }
-        if new.is_empty() {
+        if todo.is_empty() {
             return Ok(());
         }
-        let all: Vec<u64> = new.iter().flat_map(|(_, ips)| ips.iter().copied()).collect();
+        let all: Vec<u64> =
+            todo.iter().flat_map(|id| self.raw_stacks[id].iter().copied()).collect();
         let mut resolved = self.symbolizer.symbolize(&all).into_iter();
-        for (id, ips) in new {
-            let frames: Vec<Frame> = resolved.by_ref().take(ips.len()).flatten().collect();
+        for id in todo {
+            let n = self.raw_stacks[&id].len();
+            let frames: Vec<Frame> = resolved.by_ref().take(n).flatten().collect();
+            if frames.iter().all(|f| f.module.is_some()) {
+                self.incomplete.remove(&id);
+            } else {
+                self.incomplete.insert(id);
+            }
             self.frames.insert(id, frames);
         }
         Ok(())
@@ -220,6 +244,14 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// The next SIGINT or SIGTERM.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+        }
+    }
+
     /// Installs the handlers; must run inside the tokio runtime's context.
     ///
     /// # Errors
@@ -246,14 +278,10 @@ impl Signals {
 pub async fn trace(
     tracer: &mut Tracer,
     session: &mut Session,
-    signals: Signals,
+    signals: &mut Signals,
     run_child: Option<u32>,
 ) -> Result<(Report, End), Error> {
-    let pidfd = pidfd_open(session.pid);
-    if pidfd.is_none() {
-        warn!("pidfd_open failed: detecting the target's exit by polling");
-    }
-    let Signals { int: mut sigint, term: mut sigterm } = signals;
+    let exit = ExitWatch::new(session.pid);
     let start = Instant::now();
     let mut report_tick = interval_at(start + session.cfg.interval, session.cfg.interval);
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -268,7 +296,6 @@ pub async fn trace(
     };
     tokio::pin!(until_deadline);
     let mut signalled = false;
-    let pid = session.pid;
     let end = loop {
         tokio::select! {
             _ = report_tick.tick() => {
@@ -279,27 +306,21 @@ pub async fn trace(
             _ = maps_tick.tick() => {
                 session.symbolizer.refresh();
                 tracer.flush_logs();
-                if pidfd.is_none() && !crate::procfs::pid_exists(pid) {
-                    break End::TargetExited;
-                }
             }
             () = &mut until_deadline => break End::Duration,
-            () = exited(pidfd.as_ref()) => break End::TargetExited,
-            _ = sigint.recv() => {
-                if run_child.is_some() && !signalled {
-                    info!("SIGINT: waiting for the command to exit (again to stop now)");
-                    signalled = true;
-                } else {
-                    break End::Signal;
-                }
-            }
-            _ = sigterm.recv() => {
-                if let Some(child) = run_child.filter(|_| !signalled) {
-                    info!("SIGTERM: forwarded to {child}; waiting for it to exit (again to stop now)");
-                    runner::kill(child, libc::SIGTERM);
-                    signalled = true;
-                } else {
-                    break End::Signal;
+            () = exit.exited() => break End::TargetExited,
+            sig = signals.recv() => {
+                match run_child {
+                    Some(child) if !signalled => {
+                        // SIGINT from a terminal has reached the command already (same
+                        // process group); SIGTERM sent to leak alone is passed on.
+                        if sig == libc::SIGTERM {
+                            runner::kill(child, libc::SIGTERM);
+                        }
+                        info!("signal {sig}: waiting for the command to exit (again to stop now)");
+                        signalled = true;
+                    }
+                    _ => break End::Signal(sig),
                 }
             }
         }
@@ -308,7 +329,7 @@ pub async fn trace(
     let (report, agg) = session.collect(tracer, end.as_str())?;
     let why = match end {
         End::Duration => "duration reached",
-        End::Signal => "interrupted",
+        End::Signal(_) => "interrupted",
         End::TargetExited => "target exited",
     };
     let header = format!(
@@ -323,6 +344,61 @@ pub async fn trace(
     Ok((report, end))
 }
 
+/// Waits for `leak run`'s command to exit after tracing has ended, passing the first SIGTERM
+/// on to it. Returns the signal that stopped the wait early (a second one), if any.
+pub async fn wait_for_exit(pid: u32, signals: &mut Signals) -> Option<i32> {
+    let exit = ExitWatch::new(pid);
+    let mut signalled = false;
+    loop {
+        tokio::select! {
+            () = exit.exited() => return None,
+            sig = signals.recv() => {
+                if signalled {
+                    return Some(sig);
+                }
+                if sig == libc::SIGTERM {
+                    runner::kill(pid, libc::SIGTERM);
+                }
+                signalled = true;
+            }
+        }
+    }
+}
+
+/// Notices a process's exit: its pidfd turns readable, or (where `pidfd_open` is refused,
+/// e.g. by an old seccomp profile) polling sees it gone or a zombie.
+struct ExitWatch {
+    pid: u32,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+}
+
+impl ExitWatch {
+    fn new(pid: u32) -> Self {
+        let pidfd = pidfd_open(pid);
+        if pidfd.is_none() {
+            warn!("pidfd_open failed: noticing the exit of {pid} by polling");
+        }
+        Self { pid, pidfd }
+    }
+
+    async fn exited(&self) {
+        match &self.pidfd {
+            Some(fd) => {
+                if let Ok(mut guard) = fd.readable().await {
+                    // Level-triggered state: keep readiness so a later poll sees it too.
+                    guard.retain_ready();
+                }
+            }
+            None => {
+                // A child of ours stays a zombie until reaped: that counts as exited.
+                while crate::procfs::is_running(self.pid) {
+                    tokio::time::sleep(EXIT_POLL).await;
+                }
+            }
+        }
+    }
+}
+
 fn pidfd_open(pid: u32) -> Option<AsyncFd<OwnedFd>> {
     // SAFETY: plain syscall; the result is a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -333,17 +409,4 @@ fn pidfd_open(pid: u32) -> Option<AsyncFd<OwnedFd>> {
     let owned = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).ok()?) };
     // SAFETY: `owned` is a valid descriptor that the AsyncFd owns and nothing else closes.
     unsafe { AsyncFd::register(owned) }.ok()
-}
-
-/// Resolves when the process behind `pidfd` has exited (a pidfd polls readable then).
-async fn exited(pidfd: Option<&AsyncFd<OwnedFd>>) {
-    match pidfd {
-        Some(fd) => {
-            if let Ok(mut guard) = fd.readable().await {
-                // Level-triggered state: keep readiness so a later poll sees it too.
-                guard.retain_ready();
-            }
-        }
-        None => std::future::pending().await,
-    }
 }

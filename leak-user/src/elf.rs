@@ -36,10 +36,58 @@ pub struct FunctionSym {
     pub file_offset: u64,
 }
 
-/// An ELF file read into memory.
+/// An ELF file mapped into memory (read-only): only the pages the symbol lookup touches are
+/// read, which matters for the 100 MB libraries some processes map.
 pub struct ElfImage {
     path: String,
-    data: Vec<u8>,
+    data: Mapping,
+}
+
+/// A read-only private file mapping.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn open(path: &Path) -> io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let file = fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "empty file"));
+        }
+        // SAFETY: a fresh read-only private mapping of an open file; the fd may be closed
+        // after mmap returns.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for the lifetime of `self`. (Truncating the
+        // file underneath would fault; shared objects are replaced, not truncated, by package
+        // managers, and we only read them briefly.)
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 impl ElfImage {
@@ -50,14 +98,14 @@ impl ElfImage {
     pub fn open(path: &Path) -> Result<Self, ElfError> {
         let shown = path.display().to_string();
         let data =
-            fs::read(path).map_err(|source| ElfError::Read { path: shown.clone(), source })?;
+            Mapping::open(path).map_err(|source| ElfError::Read { path: shown.clone(), source })?;
         let image = Self { path: shown, data };
         image.parse()?;
         Ok(image)
     }
 
     fn parse(&self) -> Result<object::File<'_>, ElfError> {
-        let file = object::File::parse(&*self.data)
+        let file = object::File::parse(self.data.bytes())
             .map_err(|e| ElfError::Parse { path: self.path.clone(), reason: e.to_string() })?;
         if file.format() != object::BinaryFormat::Elf || !file.is_64() {
             return Err(ElfError::Parse {
@@ -94,8 +142,9 @@ impl ElfImage {
     #[must_use]
     pub fn bytes_at(&self, file_offset: u64, len: usize) -> &[u8] {
         let Ok(start) = usize::try_from(file_offset) else { return &[] };
-        let end = start.saturating_add(len).min(self.data.len());
-        self.data.get(start..end).unwrap_or(&[])
+        let data = self.data.bytes();
+        let end = start.saturating_add(len).min(data.len());
+        data.get(start..end).unwrap_or(&[])
     }
 }
 

@@ -98,14 +98,22 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     if !procfs::pid_exists(pid) {
         return Err(Error::BadInput(format!("no such process: {pid}: check the pid (ps -e)")));
     }
+    // A thread id means its process: the probes filter on the thread group id.
+    let pid = match procfs::tgid(pid) {
+        Some(tgid) if tgid != pid => {
+            info!("{pid} is a thread of process {tgid}: tracing the process");
+            tgid
+        }
+        _ => pid,
+    };
     preflight(&trace)?;
     let plan = target::plan_for_pid(pid, trace.lib.as_deref())?;
-    let signals = install_signals(rt)?;
+    let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let n = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     eprintln!("attached to PID {pid} ({n} probes)");
     let mut session = Session::new(pid, trace, allocator_info(&plan));
-    rt.block_on(agent::trace(&mut tracer, &mut session, signals, None))?;
+    rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, None))?;
     // Dropping the tracer detaches every probe.
     drop(tracer);
     Ok(0)
@@ -121,7 +129,7 @@ fn run_command(
     )?;
     let (entry_elf, entry_offset) = runner::entry_point(&program)?;
     preflight(&trace)?;
-    let signals = install_signals(rt)?;
+    let mut signals = install_signals(rt)?;
     // Fork first: the child's pid is a load-time constant of the BPF programs.
     let mut child = runner::spawn_paused(&program, argv)?;
     let pid = child.pid;
@@ -135,7 +143,7 @@ fn run_command(
         .attach_entry_stop(&entry_elf, entry_offset, nonzero(pid)?)
         .map_err(|e| kill_child(e.into()))?;
     child.release()?;
-    match child.wait_first_stop()? {
+    match child.wait_first_stop(&entry_elf)? {
         FirstStop::Stopped => {}
         FirstStop::ExecFailed(errno) => {
             return Err(Error::BadInput(format!(
@@ -146,7 +154,8 @@ fn run_command(
         }
         FirstStop::Exited(code) => {
             eprintln!(
-                "leak: {} exited with code {code} before reaching its entry point",
+                "leak: {} exited with code {code} before leak could attach (it never stopped at \
+                 its entry point)",
                 program.display()
             );
             return Ok(u8::try_from(code).unwrap_or(1));
@@ -160,11 +169,19 @@ fn run_command(
     let mut session = Session::new(pid, trace, allocator_info(&plan));
     runner::kill(pid, libc::SIGCONT);
     let (_report, end) =
-        rt.block_on(agent::trace(&mut tracer, &mut session, signals, Some(pid)))?;
+        rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, Some(pid)))?;
     drop(tracer);
-    if end == End::Signal {
+    let stopped_by = match end {
         // Stopped on a second signal: do not wait for a command that ignores them.
-        return Ok(130);
+        End::Signal(sig) => Some(sig),
+        End::Duration => {
+            eprintln!("leak: tracing ended; waiting for pid {pid} to exit");
+            rt.block_on(agent::wait_for_exit(pid, &mut signals))
+        }
+        End::TargetExited => None,
+    };
+    if let Some(sig) = stopped_by {
+        return Ok(u8::try_from(128 + sig).unwrap_or(1));
     }
     let status = runner::waitpid(pid, 0).map_err(Error::io("waiting for the command"))?;
     Ok(u8::try_from(runner::exit_code(status)).unwrap_or(1))

@@ -45,7 +45,8 @@ pub struct Placement {
 }
 
 /// Chooses one offset for all probes of a function (entry and return share a single trap when
-/// they share an address). Falls back to offset 0 when no safe emulated point exists.
+/// they share an address). `code` is the whole function (its first bytes at least). Falls
+/// back to offset 0 when no safe emulated point exists.
 #[must_use]
 pub fn choose(code: &[u8], needs: Needs) -> Placement {
     let insns = decode(code);
@@ -54,6 +55,11 @@ pub fn choose(code: &[u8], needs: Needs) -> Placement {
         if let Some(emu_bytes) = insn_bytes(code, insn)
             && is_emulated(emu_bytes)
         {
+            // A branch inside the function to the point (or before it, past the entry) would
+            // reach it without a call: the probe would fire twice for one call.
+            if insn.ip() > 0 && branched_into(code, insn.ip()) {
+                break;
+            }
             return Placement { offset: insn.ip(), emulated: true, instruction: att(insn) };
         }
         // `insn` is not emulated: can we move past it?
@@ -74,6 +80,22 @@ fn att(insn: &Instruction) -> String {
     let mut out = String::new();
     GasFormatter::new().format(insn, &mut out);
     out
+}
+
+/// Whether a direct branch in `code` targets an offset in `1..=offset`. (Indirect branches
+/// cannot be followed; compilers do not aim jump tables at a function's first instructions.)
+fn branched_into(code: &[u8], offset: u64) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        // Invalid bytes (data, padding) decode as 1-byte invalid instructions: keep going.
+        let target = insn.near_branch_target();
+        if (1..=offset).contains(&target) && insn.near_branch64() == target {
+            return true;
+        }
+    }
+    false
 }
 
 fn decode(code: &[u8]) -> Vec<Instruction> {
@@ -215,6 +237,22 @@ mod tests {
         assert!(!p.emulated);
         // ret
         assert_eq!(choose(&[0xc3, 0x53], ENTRY1).offset, 0);
+    }
+
+    #[test]
+    fn not_to_a_point_that_a_branch_in_the_function_reaches() {
+        // 0: test %rdi,%rdi ; 3: je +2 (to 11) ; 9: push %rbp ; 10: pop %rbp ; 11: ret
+        let mut code = vec![0x48, 0x85, 0xff, 0x0f, 0x84, 0x02, 0x00, 0x00, 0x00, 0x55, 0x5d, 0xc3];
+        assert_eq!(choose(&code, ENTRY1).offset, 3);
+        // ... 12: jmp 3 (rel8 -11): a loop back onto the je makes +3 unsafe.
+        code.extend_from_slice(&[0xeb, 0xf5]);
+        let p = choose(&code, ENTRY1);
+        assert_eq!(p.offset, 0);
+        assert!(!p.emulated);
+        // A backward branch to the entry itself is harmless.
+        code.truncate(12);
+        code.extend_from_slice(&[0xeb, 0xf2]); // 12: jmp 0
+        assert_eq!(choose(&code, ENTRY1).offset, 3);
     }
 
     #[test]

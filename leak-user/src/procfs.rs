@@ -104,6 +104,61 @@ pub fn exe(pid: u32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The thread group (process) id of task `pid`: a thread id given as `--pid` means its process.
+#[must_use]
+pub fn tgid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_tgid(&status)
+}
+
+/// The `Tgid:` field of a `/proc/PID/status` text.
+#[must_use]
+pub fn parse_status_tgid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether process `pid` is still running: `/proc/PID` exists and it is not a zombie.
+#[must_use]
+pub fn is_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized comm, which may itself contain ") ".
+        Ok(stat) => {
+            stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// The entries of `LD_PRELOAD` in a NUL-separated environment block (`/proc/PID/environ`).
+#[must_use]
+pub fn parse_ld_preload(environ: &[u8]) -> Vec<String> {
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|var| var.strip_prefix(b"LD_PRELOAD="))
+        .flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .split([':', ' ', '\t'])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `LD_PRELOAD` of process `pid` (empty when unset or unreadable).
+#[must_use]
+pub fn ld_preload(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/environ")).map(|e| parse_ld_preload(&e)).unwrap_or_default()
+}
+
+/// `/proc/PID/map_files/<range>` of a mapping: the very file the process mapped, even if it has
+/// since been deleted or replaced on disk, and from any mount namespace.
+#[must_use]
+pub fn map_files_path(pid: u32, m: &MapEntry) -> PathBuf {
+    // The kernel names these entries with at least 8 hex digits, like /proc/PID/maps does.
+    PathBuf::from(format!("/proc/{pid}/map_files/{:08x}-{:08x}", m.start, m.end))
+}
+
 /// How to reach, from our mount namespace, a path that process `pid` sees: through
 /// `/proc/PID/root` unless the process shares our root directory.
 #[derive(Clone, Debug)]
@@ -171,5 +226,28 @@ mod tests {
         assert!(find_mapping(&maps, 0x1000).is_none());
         assert!(find_mapping(&maps, 0x55d0_c8a0_2000).is_none(), "end is exclusive");
         assert_eq!(find_mapping(&maps, 0x55d0_c8a0_1fff).unwrap().offset, 0x1000);
+    }
+
+    #[test]
+    fn status_and_environ_fields() {
+        assert_eq!(parse_status_tgid("Name:\tx\nTgid:\t4321\nPid:\t4322\n"), Some(4321));
+        assert_eq!(parse_status_tgid("Name:\tx\n"), None);
+        let env = b"PATH=/bin\0LD_PRELOAD=/usr/lib/libjemalloc.so.2:libfoo.so libbar.so\0X=1\0";
+        assert_eq!(parse_ld_preload(env), ["/usr/lib/libjemalloc.so.2", "libfoo.so", "libbar.so"]);
+        assert!(parse_ld_preload(b"PATH=/bin\0").is_empty());
+    }
+
+    #[test]
+    fn our_own_process() {
+        use std::os::unix::fs::MetadataExt as _;
+
+        let me = std::process::id();
+        assert_eq!(tgid(me), Some(me));
+        assert!(is_running(me));
+        assert!(!is_running(u32::MAX - 1));
+        let maps = read_maps(me).unwrap();
+        let exe = maps.iter().find(|m| m.is_file()).unwrap();
+        let via = map_files_path(me, exe);
+        assert_eq!(fs::metadata(&via).unwrap().ino(), exe.inode, "{}", via.display());
     }
 }

@@ -170,12 +170,20 @@ impl PausedChild {
     ///
     /// # Errors
     /// `waitpid` failed.
-    pub fn wait_first_stop(&self) -> Result<FirstStop, Error> {
-        let status =
-            waitpid(self.pid, libc::WUNTRACED).map_err(Error::io("waiting for the child"))?;
-        if libc::WIFSTOPPED(status) {
-            return Ok(FirstStop::Stopped);
-        }
+    pub fn wait_first_stop(&self, entry_elf: &Path) -> Result<FirstStop, Error> {
+        let status = loop {
+            let status =
+                waitpid(self.pid, libc::WUNTRACED).map_err(Error::io("waiting for the child"))?;
+            if !libc::WIFSTOPPED(status) {
+                break status;
+            }
+            // Ours is a SIGSTOP after exec. Any other stop (a SIGTSTP, or a stop before the
+            // exec) is not the entry point: let it run on.
+            if libc::WSTOPSIG(status) == libc::SIGSTOP && self.runs(entry_elf) {
+                return Ok(FirstStop::Stopped);
+            }
+            kill(self.pid, libc::SIGCONT);
+        };
         let mut errno = [0u8; 4];
         // SAFETY: reading 4 bytes into a local; the write end is closed (exec or exit).
         let n = unsafe { libc::read(self.exec_err.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
@@ -183,6 +191,17 @@ impl PausedChild {
             return Ok(FirstStop::ExecFailed(i32::from_ne_bytes(errno)));
         }
         Ok(FirstStop::Exited(exit_code(status)))
+    }
+}
+
+impl PausedChild {
+    /// Whether the child's executable is `elf` (same inode: it has exec'd it).
+    fn runs(&self, elf: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (fs::metadata(format!("/proc/{}/exe", self.pid)), fs::metadata(elf)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
     }
 }
 
@@ -268,12 +287,23 @@ mod tests {
     fn exec_failure_and_exit_codes_are_reported() {
         let mut child = spawn_paused(Path::new("/nonexistent/prog"), &["prog".into()]).unwrap();
         child.release().unwrap();
-        assert_eq!(child.wait_first_stop().unwrap(), FirstStop::ExecFailed(libc::ENOENT));
+        let elf = Path::new("/nonexistent/prog");
+        assert_eq!(child.wait_first_stop(elf).unwrap(), FirstStop::ExecFailed(libc::ENOENT));
 
         let sh = resolve_program(OsStr::new("sh")).unwrap();
         let mut child = spawn_paused(&sh, &["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
         child.release().unwrap();
-        assert_eq!(child.wait_first_stop().unwrap(), FirstStop::Exited(7));
+        assert_eq!(child.wait_first_stop(&sh).unwrap(), FirstStop::Exited(7));
+    }
+
+    #[test]
+    fn a_stop_before_exec_is_not_the_entry_stop() {
+        let sh = resolve_program(OsStr::new("sh")).unwrap();
+        let mut child = spawn_paused(&sh, &["sh".into(), "-c".into(), "exit 5".into()]).unwrap();
+        // Stopped while still waiting to exec: its executable is not sh yet.
+        kill(child.pid, libc::SIGSTOP);
+        child.release().unwrap();
+        assert_eq!(child.wait_first_stop(&sh).unwrap(), FirstStop::Exited(5));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Addresses are first normalized with our own copy of the target's `/proc/PID/maps` (refreshed
 //! while it runs) to (file, file offset), then symbolized from the ELF file. A process's own
 //! symbolization source stops working once the process exits; this route keeps working for the
-//! final report of a target that has exited, as long as its files are still readable.
+//! final report of a target that has exited, as long as its files are still reachable (files
+//! of a process in another mount namespace are reached through `/proc/PID/root`, which goes
+//! away with the process; deleted files through `/proc/PID/map_files`, likewise).
 use std::path::PathBuf;
 
 use blazesym::symbolize::{self, Input, Symbolized};
@@ -78,7 +80,13 @@ impl ProcessSymbolizer {
             let module = path.rsplit('/').next().unwrap_or(path).to_owned();
             out[i][0].module = Some(module.clone());
             let file_offset = lookup - m.start + m.offset;
-            by_file.entry((self.root.resolve(path), module)).or_default().push((i, file_offset));
+            // A deleted (e.g. upgraded) file is only reachable as the mapping itself.
+            let host = if m.path.as_deref().is_some_and(|p| p.ends_with(" (deleted)")) {
+                procfs::map_files_path(self.pid, m)
+            } else {
+                self.root.resolve(path)
+            };
+            by_file.entry((host, module)).or_default().push((i, file_offset));
         }
         for ((host_path, module), items) in by_file {
             let offsets: Vec<u64> = items.iter().map(|&(_, off)| off).collect();
@@ -131,9 +139,26 @@ impl Symbolizer for ProcessSymbolizer {
         };
         if !missing.is_empty() {
             let resolved = self.resolve_uncached(&missing);
+            let mut fresh: HashMap<u64, Vec<Frame>> = HashMap::new();
             for (addr, frames) in missing.into_iter().zip(resolved) {
-                self.cache.insert(addr, frames);
+                // An address outside every known mapping may be in a library mapped since the
+                // last refresh: do not cache the miss, try again next time.
+                if frames.iter().all(|f| f.module.is_some()) {
+                    self.cache.insert(addr, frames);
+                } else {
+                    fresh.insert(addr, frames);
+                }
             }
+            return addrs
+                .iter()
+                .map(|a| {
+                    self.cache
+                        .get(a)
+                        .or_else(|| fresh.get(a))
+                        .cloned()
+                        .unwrap_or_else(|| vec![Frame::unknown(*a)])
+                })
+                .collect();
         }
         addrs
             .iter()

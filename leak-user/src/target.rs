@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use leak_common::Probe;
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use crate::{
     elf::{ElfError, ElfImage},
@@ -10,8 +10,10 @@ use crate::{
     procfs::{self, RootPath},
 };
 
-/// Bytes decoded at the start of each function to choose the probe point.
+/// Bytes decoded for a function whose symbol has no size.
 const CODE_WINDOW: usize = 64;
+/// At most this much of a function is decoded (allocator entry points are far smaller).
+const MAX_FUNCTION_BYTES: usize = 64 * 1024;
 
 /// Errors finding the allocator.
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +112,19 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
     })?;
     let root = RootPath::of(pid);
     if let Some(lib) = lib {
-        // A path that exists here is taken as is; otherwise as a path inside the target's root.
-        let host =
-            if lib.exists() { lib.to_path_buf() } else { root.resolve(&lib.to_string_lossy()) };
+        // A path as the target sees it (inside its root, for a container) first, else ours.
+        let inside = root.resolve(&lib.to_string_lossy());
+        let host = if inside.exists() { inside } else { lib.to_path_buf() };
         let image = ElfImage::open(&host).map_err(TargetError::Lib)?;
         let shown = lib.display().to_string();
         return plan_object(&image, shown.clone(), host)
             .ok_or(TargetError::LibWithoutMalloc { path: shown });
     }
     let exe = procfs::exe(pid).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    for path in candidates(&maps, &exe) {
-        let host = root.resolve(&path);
+    let preload = procfs::ld_preload(pid);
+    for m in candidates(&maps, &exe, &preload) {
+        let path = m.file_path().unwrap_or_default().to_owned();
+        let host = object_path(pid, &root, m);
         let Ok(image) = ElfImage::open(&host) else {
             debug!("skipping {path}: not a readable ELF file");
             continue;
@@ -132,33 +136,71 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
     Err(TargetError::NoMalloc { pid, exe })
 }
 
-/// Mapped files in the order the dynamic linker searches them for a symbol: the executable,
-/// then libc, then the rest in address order. (`LD_PRELOAD` order is refined later.)
-fn candidates(maps: &[procfs::MapEntry], exe: &str) -> Vec<String> {
-    let mut files: Vec<String> = Vec::new();
+/// The file behind mapping `m`, reachable from here. `/proc/PID/map_files` is the mapped file
+/// itself even when the path now names another one (a library upgraded under a running
+/// process, its old file deleted): probes attached through the path would sit in the new
+/// file's inode and never fire. Opening it needs `CAP_SYS_ADMIN`; without it, the path
+/// through the process's root, if it is still the same inode.
+fn object_path(pid: u32, root: &RootPath, m: &procfs::MapEntry) -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let same_inode = |p: &Path| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode);
+    let direct = procfs::map_files_path(pid, m);
+    if same_inode(&direct) {
+        return direct;
+    }
+    let path = root.resolve(m.file_path().unwrap_or_default());
+    if !same_inode(&path) {
+        warn!(
+            "{} was replaced on disk after process {pid} mapped it, and /proc/{pid}/map_files is \
+             not readable: probes on it may never fire (run leak as root)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// One mapping per mapped file, in the order the dynamic linker searches objects for `malloc`:
+/// the executable, the `LD_PRELOAD` objects, the other libraries in address order, libc last
+/// (a library the program links, such as libjemalloc, is loaded and searched before libc,
+/// which every other library depends on).
+fn candidates<'a>(
+    maps: &'a [procfs::MapEntry],
+    exe: &str,
+    preload: &[String],
+) -> Vec<&'a procfs::MapEntry> {
+    let mut files: Vec<&procfs::MapEntry> = Vec::new();
     for m in maps.iter().filter(|m| m.is_file()) {
-        if let Some(p) = m.file_path()
-            && !files.iter().any(|f| f == p)
-        {
-            files.push(p.to_owned());
+        if !files.iter().any(|f| f.file_path() == m.file_path()) {
+            files.push(m);
         }
     }
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
     let is_libc = |p: &str| {
-        let base = p.rsplit('/').next().unwrap_or(p);
-        base.starts_with("libc.so")
-            || (base.starts_with("libc-")
-                && Path::new(base).extension().is_some_and(|e| e.eq_ignore_ascii_case("so")))
+        let b = base(p);
+        b.starts_with("libc.so")
+            || b.starts_with("ld-musl")
+            || (b.starts_with("libc-")
+                && Path::new(&b).extension().is_some_and(|e| e.eq_ignore_ascii_case("so")))
     };
-    let rank = |p: &str| {
+    let preload_rank = |p: &str| {
+        preload
+            .iter()
+            .position(|want| if want.contains('/') { want == p } else { *want == base(p) })
+    };
+    let rank = |m: &&procfs::MapEntry| {
+        let p = m.file_path().unwrap_or_default();
         if p == exe {
-            0
+            (0, 0)
+        } else if let Some(i) = preload_rank(p) {
+            (1, i)
         } else if is_libc(p) {
-            1
+            (3, 0)
         } else {
-            2
+            (2, 0)
         }
     };
-    files.sort_by_key(|p| rank(p));
+    // Stable: address order within a rank.
+    files.sort_by_key(rank);
     files
 }
 
@@ -176,10 +218,11 @@ fn plan_object(image: &ElfImage, path: String, host_path: PathBuf) -> Option<All
             missing.push(name);
             continue;
         };
+        // The whole function: placement checks that no branch in it lands on the probe point.
         let window = if sym.size == 0 {
             CODE_WINDOW
         } else {
-            CODE_WINDOW.min(usize::try_from(sym.size).unwrap_or(CODE_WINDOW))
+            usize::try_from(sym.size).unwrap_or(MAX_FUNCTION_BYTES).min(MAX_FUNCTION_BYTES)
         };
         let code = image.bytes_at(sym.file_offset, window);
         let entry_args = progs.iter().map(|p| p.args_read()).max().unwrap_or(0);
@@ -212,18 +255,33 @@ mod tests {
     use crate::procfs::parse_maps;
 
     #[test]
-    fn exe_then_libc_then_the_rest() {
+    fn exe_then_preload_then_libraries_then_libc() {
         let maps = parse_maps(
             "1000-2000 r-xp 0 fe:01 5 /usr/lib/libfoo.so\n\
              2000-3000 r-xp 0 fe:01 6 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
              3000-4000 r-xp 0 fe:01 7 /opt/app\n\
              4000-5000 r--p 0 fe:01 7 /opt/app\n\
-             5000-6000 rw-p 0 00:00 0 [heap]\n",
+             5000-6000 rw-p 0 00:00 0 [heap]\n\
+             6000-7000 r-xp 0 fe:01 8 /usr/lib/libjemalloc.so.2\n\
+             7000-8000 r-xp 0 fe:01 9 /usr/lib/libtcmalloc.so.4\n",
+        );
+        let order = |exe: &str, preload: &[&str]| -> Vec<String> {
+            let preload: Vec<String> = preload.iter().map(|s| (*s).to_owned()).collect();
+            candidates(&maps, exe, &preload)
+                .iter()
+                .map(|m| m.file_path().unwrap().rsplit('/').next().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            order("/opt/app", &[]),
+            ["app", "libfoo.so", "libjemalloc.so.2", "libtcmalloc.so.4", "libc.so.6"]
         );
         assert_eq!(
-            candidates(&maps, "/opt/app"),
-            ["/opt/app", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/libfoo.so"]
+            order("/opt/app", &["libtcmalloc.so.4", "/usr/lib/libjemalloc.so.2"]),
+            ["app", "libtcmalloc.so.4", "libjemalloc.so.2", "libfoo.so", "libc.so.6"]
         );
+        // One entry per file: the first mapping of /opt/app (address order).
+        assert_eq!(candidates(&maps, "/opt/app", &[])[0].start, 0x3000);
     }
 
     #[test]

@@ -27,3 +27,45 @@ fn run_of_a_missing_command_is_bad_input() {
     run_leak(&["run", "--", "/nonexistent/program"]).assert_bad_input("command not found");
     run_leak(&["run", "--", "no-such-command-on-path"]).assert_bad_input("command not found");
 }
+
+#[test]
+fn run_with_a_duration_reports_then_waits_for_the_command() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let done = run_leak(&[
+        "run",
+        "--duration",
+        "500ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; exit 4",
+    ]);
+    assert_eq!(done.status.code(), Some(4), "stderr: {:#?}", done.stderr);
+    assert_eq!(read_report(&json).end_reason, "duration");
+}
+
+#[test]
+fn sigterm_while_waiting_is_passed_to_the_command() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut leak = leak_tests::Leak::spawn(&[
+        "run",
+        "--duration",
+        "200ms",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "sleep",
+        "60",
+    ]);
+    leak.stderr.wait_for("the waiting line", |l| l.contains("waiting for pid"));
+    let done = leak.terminate();
+    // sleep died of the forwarded SIGTERM: 128 + 15.
+    assert_eq!(done.status.code(), Some(143), "stderr: {:#?}", done.stderr);
+    assert_eq!(read_report(&json).end_reason, "duration");
+}
