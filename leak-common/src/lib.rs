@@ -17,7 +17,7 @@ pub const MAP_STACKS: &str = "STACKS";
 pub const MAP_PENDING: &str = "PENDING";
 /// Name of the per-CPU array of drop counters, indexed by [`DropReason`].
 pub const MAP_DROPS: &str = "DROPS";
-/// Name of the per-CPU array of probe hit counters, indexed by [`Probe`].
+/// Name of the per-CPU array of probe hit counters, indexed by [`Func::hit_index`].
 pub const MAP_HITS: &str = "HITS";
 /// Name of the per-thread buffers the exit probes collect a stack into.
 pub const MAP_STACK_SCRATCH: &str = "STACK_SCRATCH";
@@ -40,50 +40,201 @@ pub const MAX_SCRATCH_THREADS: u32 = 1 << 12;
 /// Frames kept per stack; the kernel's default `perf_event_max_stack`.
 pub const MAX_STACK_DEPTH: usize = 127;
 /// Length of the counter arrays [`MAP_DROPS`] and [`MAP_HITS`]; room to add entries.
-pub const COUNTER_SLOTS: u32 = 32;
+pub const COUNTER_SLOTS: u32 = 64;
 
 /// `AllocInfo::stack_id` when no stack could be taken (see [`DropReason::StackMissing`]).
 pub const STACK_ID_NONE: u64 = 0;
 
-/// Keys of [`MAP_PENDING`] are the thread's `pid_tgid` with one of these bits set for the calls
-/// that may run another hooked function inside them (glibc's `realloc(NULL, n)` calls `malloc`),
-/// so the inner call's entry cannot overwrite the outer call's arguments. `pid_tgid` has the tgid
-/// in bits 32..54 (`PID_MAX_LIMIT` is 2^22), so bits 62 and 63 are always free.
-pub const PENDING_KEY_CALLOC: u64 = 1 << 62;
-/// See [`PENDING_KEY_CALLOC`].
-pub const PENDING_KEY_REALLOC: u64 = 1 << 63;
+/// A stash in [`MAP_PENDING`] older than this is not an outer call in flight but one whose
+/// return never arrived: a new call replaces it (counted as [`DropReason::StalePending`]).
+pub const STALE_PENDING_NS: u64 = 1_000_000_000;
 
-/// Which allocator function made an allocation.
+/// A hooked function. The value is the attach cookie of its probes, the `kind` of the
+/// allocations it makes, and (times two, plus one for the return) its index in [`MAP_HITS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AllocKind {
-    /// `malloc`
+pub enum Func {
+    /// `malloc(size)`
     Malloc = 0,
-    /// `calloc`
+    /// `calloc(nmemb, size)`
     Calloc = 1,
-    /// `realloc`
+    /// `realloc(ptr, size)`
     Realloc = 2,
+    /// `free(ptr)`
+    Free = 3,
+    /// `posix_memalign(&ptr, alignment, size)`
+    PosixMemalign = 4,
+    /// `aligned_alloc(alignment, size)`
+    AlignedAlloc = 5,
+    /// `memalign(alignment, size)`
+    Memalign = 6,
+    /// `valloc(size)`
+    Valloc = 7,
+    /// `pvalloc(size)`
+    Pvalloc = 8,
+    /// `reallocarray(ptr, nmemb, size)`
+    Reallocarray = 9,
+    /// C++ `operator new` (all variants: nothrow, aligned)
+    OperatorNew = 10,
+    /// C++ `operator new[]` (all variants)
+    OperatorNewArray = 11,
+    /// C++ `operator delete` (all variants: sized, aligned)
+    OperatorDelete = 12,
+    /// C++ `operator delete[]` (all variants)
+    OperatorDeleteArray = 13,
 }
 
-impl AllocKind {
+impl Func {
+    /// Every function, in value order.
+    pub const ALL: [Self; 14] = [
+        Self::Malloc,
+        Self::Calloc,
+        Self::Realloc,
+        Self::Free,
+        Self::PosixMemalign,
+        Self::AlignedAlloc,
+        Self::Memalign,
+        Self::Valloc,
+        Self::Pvalloc,
+        Self::Reallocarray,
+        Self::OperatorNew,
+        Self::OperatorNewArray,
+        Self::OperatorDelete,
+        Self::OperatorDeleteArray,
+    ];
+
     /// Decodes a raw value, `None` for values this build does not know.
     #[must_use]
-    pub const fn from_u32(v: u32) -> Option<Self> {
-        match v {
-            0 => Some(Self::Malloc),
-            1 => Some(Self::Calloc),
-            2 => Some(Self::Realloc),
-            _ => None,
-        }
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
     }
 
-    /// The C function name.
+    /// Name used in reports.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
             Self::Malloc => "malloc",
             Self::Calloc => "calloc",
             Self::Realloc => "realloc",
+            Self::Free => "free",
+            Self::PosixMemalign => "posix_memalign",
+            Self::AlignedAlloc => "aligned_alloc",
+            Self::Memalign => "memalign",
+            Self::Valloc => "valloc",
+            Self::Pvalloc => "pvalloc",
+            Self::Reallocarray => "reallocarray",
+            Self::OperatorNew => "operator_new",
+            Self::OperatorNewArray => "operator_new[]",
+            Self::OperatorDelete => "operator_delete",
+            Self::OperatorDeleteArray => "operator_delete[]",
+        }
+    }
+
+    /// Whether it only frees (no return program, no allocation).
+    #[must_use]
+    pub const fn frees_only(self) -> bool {
+        matches!(self, Self::Free | Self::OperatorDelete | Self::OperatorDeleteArray)
+    }
+
+    /// The BPF programs attached to it: an entry program and, for functions that return a
+    /// block, a return program.
+    #[must_use]
+    pub const fn programs(self) -> &'static [Program] {
+        match self {
+            Self::Malloc
+            | Self::Valloc
+            | Self::Pvalloc
+            | Self::OperatorNew
+            | Self::OperatorNewArray => &[Program::AllocEnter, Program::AllocExit],
+            Self::AlignedAlloc | Self::Memalign => &[Program::MemalignEnter, Program::AllocExit],
+            Self::Calloc => &[Program::CallocEnter, Program::AllocExit],
+            Self::Realloc => &[Program::ReallocEnter, Program::ReallocExit],
+            Self::Reallocarray => &[Program::ReallocarrayEnter, Program::ReallocExit],
+            Self::PosixMemalign => &[Program::PosixMemalignEnter, Program::PosixMemalignExit],
+            Self::Free | Self::OperatorDelete | Self::OperatorDeleteArray => &[Program::FreeEnter],
+        }
+    }
+
+    /// Index of its entry (`exit` false) or return (`exit` true) counter in [`MAP_HITS`].
+    #[must_use]
+    pub const fn hit_index(self, exit: bool) -> u32 {
+        self as u32 * 2 + exit as u32
+    }
+}
+
+/// A BPF program: one per argument shape, shared by the functions of that shape (the attach
+/// cookie says which function fired).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Program {
+    /// Entry, size in the first argument.
+    AllocEnter,
+    /// Entry, size in the second argument (after the alignment).
+    MemalignEnter,
+    /// Entry of calloc: `nmemb * size`.
+    CallocEnter,
+    /// Entry of realloc: pointer and size.
+    ReallocEnter,
+    /// Entry of reallocarray: pointer, `nmemb * size`.
+    ReallocarrayEnter,
+    /// Entry of `posix_memalign`: out-pointer and size.
+    PosixMemalignEnter,
+    /// Return of a function returning the new block.
+    AllocExit,
+    /// Return of realloc or reallocarray.
+    ReallocExit,
+    /// Return of `posix_memalign`: the block is read from the out-pointer.
+    PosixMemalignExit,
+    /// Entry of a function freeing its first argument.
+    FreeEnter,
+}
+
+impl Program {
+    /// Every program.
+    pub const ALL: [Self; 10] = [
+        Self::AllocEnter,
+        Self::MemalignEnter,
+        Self::CallocEnter,
+        Self::ReallocEnter,
+        Self::ReallocarrayEnter,
+        Self::PosixMemalignEnter,
+        Self::AllocExit,
+        Self::ReallocExit,
+        Self::PosixMemalignExit,
+        Self::FreeEnter,
+    ];
+
+    /// Its name in the BPF object.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::AllocEnter => "alloc_enter",
+            Self::MemalignEnter => "memalign_enter",
+            Self::CallocEnter => "calloc_enter",
+            Self::ReallocEnter => "realloc_enter",
+            Self::ReallocarrayEnter => "reallocarray_enter",
+            Self::PosixMemalignEnter => "posix_memalign_enter",
+            Self::AllocExit => "alloc_exit",
+            Self::ReallocExit => "realloc_exit",
+            Self::PosixMemalignExit => "posix_memalign_exit",
+            Self::FreeEnter => "free_enter",
+        }
+    }
+
+    /// Whether this is a return probe (uretprobe).
+    #[must_use]
+    pub const fn is_return(self) -> bool {
+        matches!(self, Self::AllocExit | Self::ReallocExit | Self::PosixMemalignExit)
+    }
+
+    /// Argument registers (System V x86-64 order) the entry program reads; the probe may be
+    /// moved past instructions that leave these untouched.
+    #[must_use]
+    pub const fn args_read(self) -> u8 {
+        match self {
+            Self::AllocEnter | Self::FreeEnter => 1,
+            Self::MemalignEnter | Self::CallocEnter | Self::ReallocEnter => 2,
+            Self::ReallocarrayEnter | Self::PosixMemalignEnter => 3,
+            Self::AllocExit | Self::ReallocExit | Self::PosixMemalignExit => 0,
         }
     }
 }
@@ -100,28 +251,39 @@ pub struct AllocInfo {
     pub stack_id: u64,
     /// Thread group (process) id that allocated.
     pub tgid: u32,
-    /// An [`AllocKind`] value.
+    /// The [`Func`] that made it.
     pub kind: u32,
 }
 
-/// `Pending::flags`: calloc's `nmemb * size` overflowed (calloc then returns NULL).
+/// `Pending::flags`: `nmemb * size` overflowed (calloc and reallocarray then fail).
 pub const PENDING_OVERFLOW: u32 = 1;
 
-/// Arguments of an allocator call in flight, the value of [`MAP_PENDING`].
+/// Arguments of an allocator call in flight, the value of [`MAP_PENDING`] (key: the thread's
+/// `pid_tgid`). One per thread: a hooked function that a hooked function calls (glibc's
+/// `posix_memalign` calls `malloc`, its `reallocarray` tail-calls `realloc`) finds the outer
+/// call's stash and leaves the accounting to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
-    /// Requested size in bytes (for calloc, the checked product).
+    /// Requested size in bytes (for calloc and reallocarray, the checked product).
     pub size: u64,
     /// realloc: the pointer passed in (0 for none).
     pub old_ptr: u64,
+    /// `posix_memalign`: where the new pointer is written.
+    pub out_ptr: u64,
+    /// `bpf_ktime_get_ns()` at entry (see [`STALE_PENDING_NS`]).
+    pub start_ns: u64,
     /// realloc: the record of `old_ptr`, taken out of [`MAP_ALLOCS`] at entry so that a
     /// failed realloc can put it back.
     pub old: AllocInfo,
+    /// The [`Func`] called.
+    pub kind: u32,
     /// realloc: 1 if `old` holds a record.
     pub has_old: u32,
     /// [`PENDING_OVERFLOW`].
     pub flags: u32,
+    /// Explicit padding.
+    pub pad: u32,
 }
 
 /// A user stack, the value of [`MAP_STACKS`]: return addresses, innermost first, zero-filled.
@@ -158,17 +320,23 @@ pub enum DropReason {
     UnknownFree = 4,
     /// The entry probe could not stash its arguments.
     PendingFull = 5,
+    /// A thread's stash was left by a call whose return never arrived, and was replaced.
+    StalePending = 6,
+    /// `posix_memalign` succeeded but its out-pointer could not be read.
+    ReadFailed = 7,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::AllocMapFull,
         Self::StackMissing,
         Self::StackMapFull,
         Self::MissingEntry,
         Self::UnknownFree,
         Self::PendingFull,
+        Self::StalePending,
+        Self::ReadFailed,
     ];
 
     /// Stable name used in reports.
@@ -181,81 +349,8 @@ impl DropReason {
             Self::MissingEntry => "missing_entry",
             Self::UnknownFree => "unknown_free",
             Self::PendingFull => "pending_full",
-        }
-    }
-}
-
-/// Each BPF program that counts its hits: indexes of [`MAP_HITS`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Probe {
-    /// `malloc` entry.
-    MallocEnter = 0,
-    /// `malloc` return.
-    MallocExit = 1,
-    /// `calloc` entry.
-    CallocEnter = 2,
-    /// `calloc` return.
-    CallocExit = 3,
-    /// `realloc` entry.
-    ReallocEnter = 4,
-    /// `realloc` return.
-    ReallocExit = 5,
-    /// `free` entry.
-    FreeEnter = 6,
-}
-
-impl Probe {
-    /// Every probe, in index order.
-    pub const ALL: [Self; 7] = [
-        Self::MallocEnter,
-        Self::MallocExit,
-        Self::CallocEnter,
-        Self::CallocExit,
-        Self::ReallocEnter,
-        Self::ReallocExit,
-        Self::FreeEnter,
-    ];
-
-    /// The BPF program's name (`<libc_fn>_enter` / `<libc_fn>_exit`).
-    #[must_use]
-    pub const fn program(self) -> &'static str {
-        match self {
-            Self::MallocEnter => "malloc_enter",
-            Self::MallocExit => "malloc_exit",
-            Self::CallocEnter => "calloc_enter",
-            Self::CallocExit => "calloc_exit",
-            Self::ReallocEnter => "realloc_enter",
-            Self::ReallocExit => "realloc_exit",
-            Self::FreeEnter => "free_enter",
-        }
-    }
-
-    /// The hooked C function.
-    #[must_use]
-    pub const fn function(self) -> &'static str {
-        match self {
-            Self::MallocEnter | Self::MallocExit => "malloc",
-            Self::CallocEnter | Self::CallocExit => "calloc",
-            Self::ReallocEnter | Self::ReallocExit => "realloc",
-            Self::FreeEnter => "free",
-        }
-    }
-
-    /// Whether this is a return probe (uretprobe).
-    #[must_use]
-    pub const fn is_return(self) -> bool {
-        matches!(self, Self::MallocExit | Self::CallocExit | Self::ReallocExit)
-    }
-
-    /// Argument registers (System V x86-64 order, 0-based) the entry program reads; the probe
-    /// may be moved past instructions that leave these untouched.
-    #[must_use]
-    pub const fn args_read(self) -> u8 {
-        match self {
-            Self::MallocEnter | Self::FreeEnter => 1,
-            Self::CallocEnter | Self::ReallocEnter => 2,
-            Self::MallocExit | Self::CallocExit | Self::ReallocExit => 0,
+            Self::StalePending => "stale_pending",
+            Self::ReadFailed => "read_failed",
         }
     }
 }
@@ -266,10 +361,10 @@ pub const PROGRAM_ENTRY_STOP: &str = "entry_stop";
 // Layouts are part of the kernel/user contract: fail the build if they drift.
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<Pending>() == 56);
+const _: () = assert!(core::mem::size_of::<Pending>() == 80);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);
 const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
-const _: () = assert!(Probe::ALL.len() <= COUNTER_SLOTS as usize);
+const _: () = assert!(Func::ALL.len() * 2 <= COUNTER_SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod user {
@@ -290,7 +385,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drop_and_probe_indexes_are_stable() {
+    fn drop_and_func_values_are_stable() {
         // These numbers are on the wire and in saved reports: changing one is a breaking change.
         let drops: std::vec::Vec<(u32, &str)> =
             DropReason::ALL.iter().map(|d| (*d as u32, d.name())).collect();
@@ -303,19 +398,33 @@ mod tests {
                 (3, "missing_entry"),
                 (4, "unknown_free"),
                 (5, "pending_full"),
+                (6, "stale_pending"),
+                (7, "read_failed"),
             ]
         );
-        for (i, p) in Probe::ALL.iter().enumerate() {
-            assert_eq!(*p as usize, i);
+        for (i, f) in Func::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+            assert_eq!(Func::from_u32(*f as u32), Some(*f));
         }
+        assert_eq!(Func::Malloc as u32, 0);
+        assert_eq!(Func::Realloc as u32, 2);
+        assert_eq!(Func::OperatorDeleteArray as u32, 13);
+        assert_eq!(Func::from_u32(99), None);
+        assert_eq!(Func::Calloc.hit_index(true), 3);
     }
 
     #[test]
-    fn alloc_kind_round_trips() {
-        for k in [AllocKind::Malloc, AllocKind::Calloc, AllocKind::Realloc] {
-            assert_eq!(AllocKind::from_u32(k as u32), Some(k));
+    fn programs_fit_their_functions() {
+        for f in Func::ALL {
+            let progs = f.programs();
+            assert!(!progs[0].is_return(), "{f:?} starts with an entry program");
+            // Functions that only free have no return program; the others have exactly one.
+            assert_eq!(progs.len(), if f.frees_only() { 1 } else { 2 }, "{f:?}");
+            assert_eq!(progs.len() == 2, progs.get(1).is_some_and(|p| p.is_return()), "{f:?}");
         }
-        assert_eq!(AllocKind::from_u32(99), None);
+        let names: std::collections::BTreeSet<&str> =
+            Program::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(names.len(), Program::ALL.len());
     }
 
     #[test]

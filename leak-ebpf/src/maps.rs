@@ -9,7 +9,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
     AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_PENDING,
-    MAX_SCRATCH_THREADS, Pending, Probe, StackTrace,
+    MAX_SCRATCH_THREADS, Pending, StackTrace,
 };
 
 /// Outstanding allocations: address -> record. Sized by the loader (`--max-allocs`).
@@ -52,7 +52,7 @@ pub static ZERO_STACK: Array<StackTrace> = Array::with_max_entries(1, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Hit counters by `Probe`.
+/// Hit counters by `Func::hit_index`.
 #[map]
 pub static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -83,8 +83,8 @@ pub fn count_drop(reason: DropReason) {
     bump(&DROPS, reason as u32);
 }
 
-/// Counts one probe hit.
+/// Counts one hit of the entry (`exit` false) or return probe of function `func`.
 #[inline(always)]
-pub fn count_hit(probe: Probe) {
-    bump(&HITS, probe as u32);
+pub fn count_hit(func: u32, exit: bool) {
+    bump(&HITS, func * 2 + u32::from(exit));
 }

@@ -1,14 +1,24 @@
-//! The three verbs every hook is built from (after bcc memleak's `gen_alloc_enter` /
-//! `gen_alloc_exit2` / `gen_free_enter`), plus realloc, which is a free and an allocation.
+//! The verbs every hook is built from (after bcc memleak's `gen_alloc_enter` /
+//! `gen_alloc_exit2` / `gen_free_enter`): allocation entry and return, realloc (a free and an
+//! allocation), `posix_memalign` (the block comes back through an out-pointer), and free.
+//!
+//! One stash per thread: a hooked function called by a hooked function (glibc's
+//! `posix_memalign` calls `malloc`; `realloc(NULL, n)` and `reallocarray` are tail calls to
+//! `malloc` and `realloc`; `realloc(p, 0)` calls `free(p)`) finds the outer call's stash at
+//! entry and does nothing: the outer call accounts for the block. Deciding at entry keeps the
+//! result independent of the order in which chained return probes run.
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_stack, generated::bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_stack,
+        generated::bpf_ktime_get_ns,
+    },
 };
 use aya_log_ebpf::debug;
 use leak_common::{
-    AllocInfo, AllocKind, DropReason, MAX_STACK_DEPTH, PENDING_KEY_REALLOC, Pending, STACK_ID_NONE,
-    StackTrace,
+    AllocInfo, DropReason, MAX_STACK_DEPTH, PENDING_OVERFLOW, Pending, STACK_ID_NONE,
+    STALE_PENDING_NS, StackTrace,
 };
 
 use crate::maps::{
@@ -29,41 +39,103 @@ fn traced_pid_tgid() -> Option<u64> {
     Some(pid_tgid)
 }
 
-/// Entry of an allocating call: stash its arguments for the return probe.
 #[inline(always)]
-pub fn alloc_enter(key_bits: u64, pending: &Pending) {
-    let Some(pid_tgid) = traced_pid_tgid() else { return };
-    if PENDING.insert(pid_tgid | key_bits, pending, u64::from(BPF_ANY)).is_err() {
-        count_drop(DropReason::PendingFull);
+fn now_ns() -> u64 {
+    // SAFETY: helper without pointer arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Stashes the arguments of a call. Returns false when the call is nested in another hooked
+/// call of this thread (which then accounts for everything), or cannot be stashed.
+#[inline(always)]
+fn stash(pid_tgid: u64, pending: &Pending) -> bool {
+    match PENDING.insert(pid_tgid, pending, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(EEXIST) => {
+            if let Some(outer) = PENDING.get_ptr(pid_tgid) {
+                // SAFETY: live map value, read only.
+                let outer_start = unsafe { (*outer).start_ns };
+                if pending.start_ns.wrapping_sub(outer_start) < STALE_PENDING_NS {
+                    return false;
+                }
+            }
+            // Left by a call whose return never arrived: replace it.
+            count_drop(DropReason::StalePending);
+            if PENDING.insert(pid_tgid, pending, u64::from(BPF_ANY)).is_err() {
+                count_drop(DropReason::PendingFull);
+                return false;
+            }
+            true
+        }
+        Err(_) => {
+            count_drop(DropReason::PendingFull);
+            false
+        }
     }
 }
 
-/// Return of an allocating call: record `ret` with the size stashed at entry.
+/// Takes this thread's stash if it belongs to a call of `func`. A stash of another function
+/// means this return is of a nested call (see the module comment): left to the outer one.
 #[inline(always)]
-pub fn alloc_exit<C: EbpfContext>(ctx: &C, key_bits: u64, kind: AllocKind, ret: u64) {
-    let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid | key_bits) else { return };
-    // NULL: the allocation failed, nothing is outstanding.
-    if ret == 0 {
-        return;
-    }
-    record(ctx, pid_tgid, ret, pending.size, kind);
-}
-
-/// Takes the arguments stashed by the entry probe out of PENDING; counts a missing entry.
-#[inline(always)]
-fn take_pending(key: u64) -> Option<Pending> {
-    let Some(pending) = PENDING.get_ptr(key) else {
+fn take_pending(pid_tgid: u64, func: u32) -> Option<Pending> {
+    let Some(pending) = PENDING.get_ptr(pid_tgid) else {
         count_drop(DropReason::MissingEntry);
         return None;
     };
     // SAFETY: the pointer is to a live map value; copy it out before removing the entry.
     let pending = unsafe { *pending };
-    let _ = PENDING.remove(key);
+    if pending.kind != func {
+        return None;
+    }
+    let _ = PENDING.remove(pid_tgid);
     Some(pending)
 }
 
-/// `free(ptr)`.
+/// Entry of a call that returns a new block of `size` bytes.
+#[inline(always)]
+pub fn alloc_enter(func: u32, size: u64, flags: u32) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    stash(pid_tgid, &Pending { size, kind: func, flags, start_ns: now_ns(), ..Pending::default() });
+}
+
+/// Entry of `posix_memalign(out_ptr, alignment, size)`.
+#[inline(always)]
+pub fn posix_memalign_enter(func: u32, out_ptr: u64, size: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    stash(
+        pid_tgid,
+        &Pending { size, out_ptr, kind: func, start_ns: now_ns(), ..Pending::default() },
+    );
+}
+
+/// Return of a call that returns the new block: record `ret`.
+#[inline(always)]
+pub fn alloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    // NULL: the allocation failed, nothing is outstanding.
+    if ret != 0 {
+        record(ctx, pid_tgid, ret, pending.size, func);
+    }
+}
+
+/// Return of `posix_memalign`: on success (0) the block is in `*out_ptr`.
+#[inline(always)]
+pub fn posix_memalign_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u32) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    if ret != 0 {
+        return;
+    }
+    // SAFETY: reads user memory through the helper, which handles faults.
+    match unsafe { bpf_probe_read_user(pending.out_ptr as *const u64) } {
+        Ok(addr) if addr != 0 => record(ctx, pid_tgid, addr, pending.size, func),
+        Ok(_) => {}
+        Err(_) => count_drop(DropReason::ReadFailed),
+    }
+}
+
+/// `free(ptr)` and the like.
 #[inline(always)]
 pub fn free_enter(ptr: u64) {
     if ptr == 0 {
@@ -73,50 +145,52 @@ pub fn free_enter(ptr: u64) {
     if ALLOCS.remove(ptr).is_ok() {
         return;
     }
-    // glibc's realloc(p, 0) frees p by calling free(p); realloc's entry already took p out of
-    // ALLOCS, so this is not an unknown pointer.
-    if let Some(pending) = PENDING.get_ptr(pid_tgid | PENDING_KEY_REALLOC) {
-        // SAFETY: live map value, read only.
-        if unsafe { (*pending).old_ptr } == ptr {
-            return;
-        }
+    // Inside a hooked call (glibc's realloc(p, 0) frees p through free(); realloc's entry
+    // already took p out): not an unknown pointer.
+    if PENDING.get_ptr(pid_tgid).is_some() {
+        return;
     }
     count_drop(DropReason::UnknownFree);
 }
 
-/// Entry of `realloc(ptr, size)`. The old block is taken out of ALLOCS here, not at the return:
-/// once realloc has freed it internally another thread may be handed the same address, and a
-/// removal at the return would then delete that thread's record. A failed realloc leaves the
-/// old block live, so its record travels in the stash and is put back at the return.
+/// Entry of `realloc(ptr, size)` or `reallocarray`. The old block is taken out of ALLOCS here,
+/// not at the return: once realloc has freed it internally another thread may be handed the
+/// same address, and a removal at the return would then delete that thread's record. A failed
+/// realloc leaves the old block live, so its record travels in the stash and is put back at
+/// the return. `flags` has `PENDING_OVERFLOW` when reallocarray's product overflowed (it then
+/// fails without touching `ptr`).
 #[inline(always)]
-pub fn realloc_enter(ptr: u64, size: u64) {
+pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let mut pending = Pending { size, old_ptr: ptr, ..Pending::default() };
-    if ptr != 0 {
-        if let Some(old) = ALLOCS.get_ptr(ptr) {
-            // SAFETY: live map value, copied out.
-            pending.old = unsafe { *old };
-            pending.has_old = 1;
-        } else {
-            count_drop(DropReason::UnknownFree);
-        }
-    }
-    // Stash first: the old record leaves ALLOCS only once it is safe in the stash, so a failed
-    // insert cannot lose a block that a failing realloc leaves allocated.
-    if PENDING.insert(pid_tgid | PENDING_KEY_REALLOC, pending, u64::from(BPF_ANY)).is_err() {
-        count_drop(DropReason::PendingFull);
+    let pending =
+        Pending { size, old_ptr: ptr, kind: func, flags, start_ns: now_ns(), ..Pending::default() };
+    // Stash first: a nested realloc (inside reallocarray) must not touch the old block, which
+    // the outer call has already taken out.
+    if !stash(pid_tgid, &pending) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
         return;
     }
-    if pending.has_old != 0 {
+    let Some(old) = ALLOCS.get_ptr(ptr) else {
+        count_drop(DropReason::UnknownFree);
+        return;
+    };
+    // SAFETY: live map value, copied out.
+    let old = unsafe { *old };
+    if let Some(stashed) = PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: this thread's own stash; no other program writes it.
+        unsafe {
+            (*stashed).old = old;
+            (*stashed).has_old = 1;
+        }
+        // Only once the record is safe in the stash.
         let _ = ALLOCS.remove(ptr);
     }
 }
 
-/// Return of `realloc`.
+/// Return of `realloc` or `reallocarray`.
 #[inline(always)]
-pub fn realloc_exit<C: EbpfContext>(ctx: &C, ret: u64) {
+pub fn realloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid | PENDING_KEY_REALLOC) else { return };
+    let Some(pending) = take_pending(pid_tgid, func) else { return };
     if ret == 0 {
         // realloc(p, n > 0) failed: p is still allocated. realloc(p, 0) returning NULL freed p.
         if pending.size != 0
@@ -127,11 +201,7 @@ pub fn realloc_exit<C: EbpfContext>(ctx: &C, ret: u64) {
         }
         return;
     }
-    // glibc's realloc(NULL, n) is `jmp malloc`: malloc's return probe fires at the same
-    // return and has already recorded `ret`. The kernel runs chained return probes innermost
-    // first (handle_trampoline walks the return instances from the most recent), so this
-    // insert overwrites that record with realloc's own.
-    record(ctx, pid_tgid, ret, pending.size, AllocKind::Realloc);
+    record(ctx, pid_tgid, ret, pending.size, func);
 }
 
 /// This thread's stack buffer, created on its first allocation.
@@ -153,24 +223,15 @@ fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
 
 /// Records one outstanding allocation with the current user stack.
 #[inline(always)]
-fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, size: u64, kind: AllocKind) {
+fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, size: u64, kind: u32) {
     let stack_id = take_stack(ctx, pid_tgid);
-    let info = AllocInfo {
-        size,
-        // SAFETY: helper without pointer arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        stack_id,
-        tgid: (pid_tgid >> 32) as u32,
-        kind: kind as u32,
-    };
+    let info =
+        AllocInfo { size, timestamp_ns: now_ns(), stack_id, tgid: (pid_tgid >> 32) as u32, kind };
     if ALLOCS.insert(addr, info, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::AllocMapFull);
     }
     if TRACE.load() != 0 {
-        debug!(
-            ctx,
-            "alloc kind={} size={} addr={:x} stack={:x}", kind as u32, size, addr, stack_id
-        );
+        debug!(ctx, "alloc kind={} size={} addr={:x} stack={:x}", kind, size, addr, stack_id);
     }
 }
 

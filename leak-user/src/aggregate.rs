@@ -1,6 +1,6 @@
 //! Pure: outstanding allocations -> per-stack totals.
 use hashbrown::HashMap;
-use leak_common::AllocKind;
+use leak_common::Func;
 
 use crate::model::Allocation;
 
@@ -14,7 +14,7 @@ pub struct SiteStats {
     /// Outstanding allocations.
     pub count: u64,
     /// Allocator function used at this site (a call site calls one function).
-    pub kind: Option<AllocKind>,
+    pub kind: Option<Func>,
     /// Timestamp of the oldest outstanding allocation, `CLOCK_MONOTONIC` ns.
     pub oldest_ns: u64,
 }
@@ -96,14 +96,7 @@ mod tests {
     use super::*;
 
     fn alloc(addr: u64, size: u64, stack_id: u64, ts: u64) -> Allocation {
-        Allocation {
-            addr,
-            size,
-            timestamp_ns: ts,
-            stack_id,
-            tgid: 1,
-            kind: Some(AllocKind::Malloc),
-        }
+        Allocation { addr, size, timestamp_ns: ts, stack_id, tgid: 1, kind: Some(Func::Malloc) }
     }
 
     #[test]

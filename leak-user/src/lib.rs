@@ -81,7 +81,9 @@ fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
             .probes
             .iter()
             .map(|p| ProbeInfo {
-                program: p.probe.program().to_owned(),
+                function: p.func.name().to_owned(),
+                symbol: p.symbol.to_owned(),
+                program: p.program.name().to_owned(),
                 function_offset: p.placement.offset,
                 emulated: p.placement.emulated,
             })
@@ -112,7 +114,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let n = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     eprintln!("attached to PID {pid} ({n} probes)");
-    let mut session = Session::new(pid, trace, allocator_info(&plan));
+    let mut session = Session::new(pid, trace, allocator_info(&plan), plan.funcs());
     rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, None))?;
     // Dropping the tracer detaches every probe.
     drop(tracer);
@@ -166,7 +168,7 @@ fn run_command(
     let n = tracer.attach_allocator(&plan, nonzero(pid)?).map_err(|e| kill_child(e.into()))?;
     tracer.detach_entry_stop();
     eprintln!("attached to PID {pid} ({n} probes)");
-    let mut session = Session::new(pid, trace, allocator_info(&plan));
+    let mut session = Session::new(pid, trace, allocator_info(&plan), plan.funcs());
     runner::kill(pid, libc::SIGCONT);
     let (_report, end) =
         rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, Some(pid)))?;

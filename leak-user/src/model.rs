@@ -1,5 +1,5 @@
 //! Domain types decoded from the BPF maps. Plain data: no aya, no clock.
-use leak_common::{AllocKind, DropReason, Probe};
+use leak_common::{DropReason, Func};
 
 /// One outstanding allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub struct Allocation {
     /// Process that allocated.
     pub tgid: u32,
     /// Allocator function, when known to this build.
-    pub kind: Option<AllocKind>,
+    pub kind: Option<Func>,
 }
 
 /// Per-reason drop counters, summed over CPUs.
@@ -35,14 +35,23 @@ impl DropCounts {
     }
 }
 
-/// Per-probe hit counters, summed over CPUs.
+/// Hit counters of each function's entry and return probes (`Func::hit_index`), summed over
+/// CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeHits(pub [u64; Probe::ALL.len()]);
+pub struct ProbeHits(pub [u64; Func::ALL.len() * 2]);
 
 impl ProbeHits {
-    /// `(program name, hits)` for every probe, in index order.
-    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Probe::ALL.iter().map(|p| (p.program(), self.0[*p as usize]))
+    /// `("<function>_enter" | "<function>_exit", hits)` for the probes of `funcs`.
+    #[must_use]
+    pub fn named(&self, funcs: &[Func]) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for &f in funcs {
+            out.push((format!("{}_enter", f.name()), self.0[f.hit_index(false) as usize]));
+            if !f.frees_only() {
+                out.push((format!("{}_exit", f.name()), self.0[f.hit_index(true) as usize]));
+            }
+        }
+        out
     }
 }
 

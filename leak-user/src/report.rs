@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use leak_common::Func;
+
 use crate::{
     aggregate::Aggregate,
     model::{DropCounts, Frame, ProbeHits},
@@ -115,6 +117,10 @@ pub struct AllocatorInfo {
 /// One attached program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeInfo {
+    /// The hooked function (`malloc`, `operator_new`, ...).
+    pub function: String,
+    /// The symbol it was found under.
+    pub symbol: String,
     /// BPF program name.
     pub program: String,
     /// Offset into the function.
@@ -138,6 +144,8 @@ pub struct ReportMeta {
     pub allocator: AllocatorInfo,
     /// End reason.
     pub end_reason: String,
+    /// The hooked functions (their probes' hit counters are reported).
+    pub hooked: Vec<Func>,
 }
 
 /// Builds a report. `frames` maps stack id to symbolized frames (innermost first); a stack
@@ -172,7 +180,7 @@ pub fn build(
         totals: Totals { outstanding_bytes: agg.total_bytes, outstanding_allocs: agg.total_count },
         sites,
         drops: drops.named().map(|(k, v)| (k.to_owned(), v)).collect(),
-        probe_hits: hits.named().map(|(k, v)| (k.to_owned(), v)).collect(),
+        probe_hits: hits.named(&meta.hooked).into_iter().collect(),
         window: meta.window,
         min_age_s: meta.min_age_s,
         allocator: meta.allocator,
@@ -226,7 +234,7 @@ impl StackFrame {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use leak_common::AllocKind;
+    use leak_common::Func;
 
     use super::*;
     use crate::model::Allocation;
@@ -253,10 +261,10 @@ pub(crate) mod tests {
         };
         let agg = Aggregate::from_allocations(
             &[
-                alloc(0x10, 1024, 0xa, AllocKind::Malloc),
-                alloc(0x20, 1024, 0xa, AllocKind::Malloc),
-                alloc(0x30, 1024, 0xa, AllocKind::Malloc),
-                alloc(0x40, 100, 0xb, AllocKind::Calloc),
+                alloc(0x10, 1024, 0xa, Func::Malloc),
+                alloc(0x20, 1024, 0xa, Func::Malloc),
+                alloc(0x30, 1024, 0xa, Func::Malloc),
+                alloc(0x40, 100, 0xb, Func::Calloc),
             ],
             3_500_000_000,
             0,
@@ -280,6 +288,7 @@ pub(crate) mod tests {
                 min_age_s: 0.0,
                 allocator: AllocatorInfo::default(),
                 end_reason: "duration".into(),
+                hooked: vec![Func::Malloc, Func::Free],
             },
             &agg,
             &frames,
@@ -315,6 +324,9 @@ pub(crate) mod tests {
         assert_eq!(v["drops"]["unknown_free"], 2);
         assert_eq!(v["drops"]["alloc_map_full"], 0);
         assert_eq!(v["drops"].as_object().unwrap().len(), leak_common::DropReason::ALL.len());
+        // Hit counters of the hooked functions only; free has no return probe.
+        let hits: Vec<&String> = v["probe_hits"].as_object().unwrap().keys().collect();
+        assert_eq!(hits, ["free_enter", "malloc_enter", "malloc_exit"]);
     }
 
     #[test]
@@ -340,6 +352,7 @@ pub(crate) mod tests {
                 min_age_s: 0.0,
                 allocator: AllocatorInfo::default(),
                 end_reason: "signal".into(),
+                hooked: Vec::new(),
             },
             &agg,
             &HashMap::new(),

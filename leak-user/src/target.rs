@@ -1,7 +1,7 @@
 //! Which object serves `malloc` in a process, and where each probe goes in it.
 use std::path::{Path, PathBuf};
 
-use leak_common::Probe;
+use leak_common::{Func, Program};
 use log::{debug, info, warn};
 
 use crate::{
@@ -50,6 +50,14 @@ pub enum TargetError {
         /// The object.
         path: String,
     },
+    /// The object defines malloc but not a function that must be hooked with it.
+    #[error("{path} defines malloc but not {symbol}: leak cannot account for its frees")]
+    MissingRequired {
+        /// The object.
+        path: String,
+        /// The missing symbol.
+        symbol: &'static str,
+    },
     /// `--lib` names an unreadable or non-ELF file.
     #[error("--lib: {0}")]
     Lib(#[source] ElfError),
@@ -58,8 +66,12 @@ pub enum TargetError {
 /// One BPF program and the file offset it attaches at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbePoint {
+    /// The hooked function (the attach cookie).
+    pub func: Func,
+    /// The symbol it was found under.
+    pub symbol: &'static str,
     /// The program.
-    pub probe: Probe,
+    pub program: Program,
     /// File offset of the function's first instruction.
     pub function_offset: u64,
     /// Where inside the function the probe sits.
@@ -87,12 +99,54 @@ pub struct AllocatorPlan {
     pub missing: Vec<&'static str>,
 }
 
-/// Functions hooked, whether each is required, and what its probes need.
-const FUNCTIONS: [(&str, bool, &[Probe]); 4] = [
-    ("malloc", true, &[Probe::MallocEnter, Probe::MallocExit]),
-    ("free", true, &[Probe::FreeEnter]),
-    ("calloc", false, &[Probe::CallocEnter, Probe::CallocExit]),
-    ("realloc", false, &[Probe::ReallocEnter, Probe::ReallocExit]),
+impl AllocatorPlan {
+    /// The functions hooked, each once.
+    #[must_use]
+    pub fn funcs(&self) -> Vec<Func> {
+        let mut funcs: Vec<Func> = self.probes.iter().map(|p| p.func).collect();
+        funcs.sort_unstable();
+        funcs.dedup();
+        funcs
+    }
+}
+
+/// Symbols hooked, in order, and the function each one is. A symbol at an address already
+/// hooked is skipped: glibc's `aligned_alloc` and `memalign` are one function, and two sets of
+/// probes there would count each call twice. `malloc` and `free` are required.
+///
+/// C++ `operator new`/`delete` (all variants) are hooked where the allocator object itself
+/// defines them (jemalloc, tcmalloc); libstdc++'s call `malloc` and `free`, which are hooked.
+const SYMBOLS: &[(&str, Func)] = &[
+    ("malloc", Func::Malloc),
+    ("free", Func::Free),
+    ("calloc", Func::Calloc),
+    ("realloc", Func::Realloc),
+    ("posix_memalign", Func::PosixMemalign),
+    ("aligned_alloc", Func::AlignedAlloc),
+    ("memalign", Func::Memalign),
+    ("valloc", Func::Valloc),
+    ("pvalloc", Func::Pvalloc),
+    ("reallocarray", Func::Reallocarray),
+    ("_Znwm", Func::OperatorNew),
+    ("_ZnwmRKSt9nothrow_t", Func::OperatorNew),
+    ("_ZnwmSt11align_val_t", Func::OperatorNew),
+    ("_ZnwmSt11align_val_tRKSt9nothrow_t", Func::OperatorNew),
+    ("_Znam", Func::OperatorNewArray),
+    ("_ZnamRKSt9nothrow_t", Func::OperatorNewArray),
+    ("_ZnamSt11align_val_t", Func::OperatorNewArray),
+    ("_ZnamSt11align_val_tRKSt9nothrow_t", Func::OperatorNewArray),
+    ("_ZdlPv", Func::OperatorDelete),
+    ("_ZdlPvm", Func::OperatorDelete),
+    ("_ZdlPvRKSt9nothrow_t", Func::OperatorDelete),
+    ("_ZdlPvSt11align_val_t", Func::OperatorDelete),
+    ("_ZdlPvmSt11align_val_t", Func::OperatorDelete),
+    ("_ZdlPvSt11align_val_tRKSt9nothrow_t", Func::OperatorDelete),
+    ("_ZdaPv", Func::OperatorDeleteArray),
+    ("_ZdaPvm", Func::OperatorDeleteArray),
+    ("_ZdaPvRKSt9nothrow_t", Func::OperatorDeleteArray),
+    ("_ZdaPvSt11align_val_t", Func::OperatorDeleteArray),
+    ("_ZdaPvmSt11align_val_t", Func::OperatorDeleteArray),
+    ("_ZdaPvSt11align_val_tRKSt9nothrow_t", Func::OperatorDeleteArray),
 ];
 
 /// Finds the object that serves malloc in process `pid` (or uses `lib`) and plans the probes.
@@ -117,7 +171,7 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
         let host = if inside.exists() { inside } else { lib.to_path_buf() };
         let image = ElfImage::open(&host).map_err(TargetError::Lib)?;
         let shown = lib.display().to_string();
-        return plan_object(&image, shown.clone(), host)
+        return plan_object(&image, shown.clone(), host)?
             .ok_or(TargetError::LibWithoutMalloc { path: shown });
     }
     let exe = procfs::exe(pid).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
@@ -129,7 +183,7 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
             debug!("skipping {path}: not a readable ELF file");
             continue;
         };
-        if let Some(plan) = plan_object(&image, path, host) {
+        if let Some(plan) = plan_object(&image, path, host)? {
             return Ok(plan);
         }
     }
@@ -204,20 +258,34 @@ fn candidates<'a>(
     files
 }
 
-/// Plans probes in one object; `None` if it does not define malloc.
-fn plan_object(image: &ElfImage, path: String, host_path: PathBuf) -> Option<AllocatorPlan> {
-    image.function("malloc")?;
-    let mut probes = Vec::new();
-    let mut missing = Vec::new();
-    for (name, required, progs) in FUNCTIONS {
-        let Some(sym) = image.function(name) else {
-            if required {
+/// Plans probes in one object; `Ok(None)` if it does not define malloc.
+fn plan_object(
+    image: &ElfImage,
+    path: String,
+    host_path: PathBuf,
+) -> Result<Option<AllocatorPlan>, TargetError> {
+    if image.function("malloc").is_none() {
+        return Ok(None);
+    }
+    let mut probes: Vec<ProbePoint> = Vec::new();
+    let mut missing: Vec<&'static str> = Vec::new();
+    let mut hooked: Vec<(u64, &'static str)> = Vec::new();
+    for &(symbol, func) in SYMBOLS {
+        let Some(sym) = image.function(symbol) else {
+            if func == Func::Free {
                 // An allocator without free is not one we can account for.
-                return None;
+                return Err(TargetError::MissingRequired { path, symbol });
             }
-            missing.push(name);
+            if !missing.contains(&func.name()) {
+                missing.push(func.name());
+            }
             continue;
         };
+        if let Some((_, first)) = hooked.iter().find(|(off, _)| *off == sym.file_offset) {
+            info!("{symbol} is {first} (same address): hooked once");
+            continue;
+        }
+        hooked.push((sym.file_offset, symbol));
         // The whole function: placement checks that no branch in it lands on the probe point.
         let window = if sym.size == 0 {
             CODE_WINDOW
@@ -225,28 +293,33 @@ fn plan_object(image: &ElfImage, path: String, host_path: PathBuf) -> Option<All
             usize::try_from(sym.size).unwrap_or(MAX_FUNCTION_BYTES).min(MAX_FUNCTION_BYTES)
         };
         let code = image.bytes_at(sym.file_offset, window);
-        let entry_args = progs.iter().map(|p| p.args_read()).max().unwrap_or(0);
-        let ret = progs.iter().any(|p| p.is_return());
+        let programs = func.programs();
+        let entry_args = programs.iter().map(|p| p.args_read()).max().unwrap_or(0);
+        let ret = programs.iter().any(|p| p.is_return());
         let placement = placement::choose(code, Needs { entry_args, ret });
         info!(
-            "{name}: probe at {path}+{:#x} (function +{}: {}{})",
+            "{symbol}: probe at {path}+{:#x} (function +{}: {}{})",
             sym.file_offset + placement.offset,
             placement.offset,
             placement.instruction,
             if placement.emulated { ", emulated" } else { ", single-stepped" }
         );
-        for &probe in progs {
+        for &program in programs {
             probes.push(ProbePoint {
-                probe,
+                func,
+                symbol,
+                program,
                 function_offset: sym.file_offset,
                 placement: placement.clone(),
             });
         }
     }
+    // Defined under another symbol of the same function (e.g. only the sized delete).
+    missing.retain(|name| !probes.iter().any(|p| p.func.name() == *name));
     if !missing.is_empty() {
         info!("{path} does not define {}: not hooked", missing.join(", "));
     }
-    Some(AllocatorPlan { path, host_path, probes, missing })
+    Ok(Some(AllocatorPlan { path, host_path, probes, missing }))
 }
 
 #[cfg(test)]
@@ -288,11 +361,24 @@ mod tests {
     fn plans_our_own_process() {
         let plan = plan_for_pid(std::process::id(), None).unwrap();
         assert!(plan.path.contains("libc"), "{}", plan.path);
-        let progs: Vec<Probe> = plan.probes.iter().map(|p| p.probe).collect();
-        assert!(progs.contains(&Probe::MallocEnter) && progs.contains(&Probe::FreeEnter));
+        let funcs = plan.funcs();
+        assert!(funcs.contains(&Func::Malloc) && funcs.contains(&Func::Free), "{funcs:?}");
         // Entry and return probes of one function share the offset (one trap per call).
-        let at = |p: Probe| plan.probes.iter().find(|x| x.probe == p).unwrap().file_offset();
-        assert_eq!(at(Probe::MallocEnter), at(Probe::MallocExit));
+        let at = |f: Func, p: Program| {
+            plan.probes.iter().find(|x| x.func == f && x.program == p).unwrap().file_offset()
+        };
+        assert_eq!(at(Func::Malloc, Program::AllocEnter), at(Func::Malloc, Program::AllocExit));
+        // No address is hooked twice (glibc's aligned_alloc is its memalign).
+        let mut offsets: Vec<u64> = plan
+            .probes
+            .iter()
+            .filter(|p| !p.program.is_return())
+            .map(ProbePoint::file_offset)
+            .collect();
+        let n = offsets.len();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(offsets.len(), n, "{:#?}", plan.probes);
     }
 
     #[test]

@@ -1,13 +1,13 @@
-//! free.
+//! Functions that free their first argument: free, C++ operator delete.
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use leak_common::Probe;
 
+use super::func;
 use crate::{maps::count_hit, verbs};
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
-    count_hit(Probe::FreeEnter);
-    let ptr: u64 = ctx.arg(0).unwrap_or(0);
-    verbs::free_enter(ptr);
+    let f = func(&ctx);
+    count_hit(f, false);
+    verbs::free_enter(ctx.arg(0).unwrap_or(0));
     0
 }

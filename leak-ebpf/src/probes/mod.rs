@@ -1,5 +1,32 @@
-//! BPF programs, one file per hook family. Entry points are thin: they count the hit, read the
-//! arguments and call a verb.
+//! BPF programs, one per argument shape; the attach cookie names the hooked function
+//! (`leak_common::Func`). Entry points are thin: count the hit, read the arguments, call a verb.
+mod alloc;
 mod free;
-mod malloc;
 mod run;
+
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
+
+/// The hooked function this program fired for (the attach cookie is its `Func` value).
+#[inline(always)]
+fn func<C: EbpfContext>(ctx: &C) -> u32 {
+    // SAFETY: the helper only reads the context's run-time cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    #[expect(clippy::cast_possible_truncation, reason = "cookies are Func values < 2^32")]
+    let f = cookie as u32;
+    f
+}
+
+/// `a * b`, or `None` on overflow. BPF has no 128-bit multiply (`__multi3`), which is what
+/// `checked_mul` lowers to, and LLVM turns `b > MAX / a` back into it: the volatile read of
+/// the quotient keeps the division.
+#[inline(always)]
+fn checked_product(a: u64, b: u64) -> Option<u64> {
+    if (a | b) >> 32 != 0 {
+        let limit = u64::MAX / a.max(1);
+        // SAFETY: reads a local.
+        if b > unsafe { core::ptr::read_volatile(&raw const limit) } {
+            return None;
+        }
+    }
+    Some(a.wrapping_mul(b))
+}

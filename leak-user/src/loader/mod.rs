@@ -5,13 +5,13 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use aya_log::EbpfLogger;
 use leak_common::{
     DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE, MAP_ALLOCS, MAP_STACKS,
-    PROGRAM_ENTRY_STOP, Probe,
+    PROGRAM_ENTRY_STOP, Program,
 };
 use log::{debug, warn};
 
@@ -106,9 +106,9 @@ impl Tracer {
                 None
             }
         };
-        let names: Vec<&'static str> = Probe::ALL
+        let names: Vec<&'static str> = Program::ALL
             .iter()
-            .map(|p| p.program())
+            .map(|p| p.name())
             .chain(std::iter::once(PROGRAM_ENTRY_STOP))
             .collect();
         for name in names {
@@ -129,19 +129,21 @@ impl Tracer {
         pid: NonZeroU32,
     ) -> Result<usize, LoaderError> {
         for point in &plan.probes {
-            let name = point.probe.program();
+            let name = point.program.name();
             let offset = point.file_offset();
             let prog = uprobe(&mut self.ebpf, name)?;
-            prog.attach(
-                UProbeAttachLocation::AbsoluteOffset(offset),
-                &plan.host_path,
-                UProbeScope::OneProcess(pid),
-            )
-            .map_err(|e| LoaderError::Attach {
-                program: name,
-                target: plan.path.clone(),
-                offset,
-                source: Box::new(e),
+            // The cookie tells the shared program which function fired (leak_common::Func).
+            let point_at = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(u64::from(point.func as u32)),
+            };
+            prog.attach(point_at, &plan.host_path, UProbeScope::OneProcess(pid)).map_err(|e| {
+                LoaderError::Attach {
+                    program: name,
+                    target: plan.path.clone(),
+                    offset,
+                    source: Box::new(e),
+                }
             })?;
             debug!("attached {name} at {}+{offset:#x}", plan.path);
             self.attached += 1;
