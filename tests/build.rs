@@ -8,23 +8,40 @@ fn main() {
     println!("cargo:rerun-if-changed={}", src.display());
     // -O0 with frame pointers and no inlining: every fixture function is a frame of its own,
     // and the frame-pointer walk sees the whole chain.
-    let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline"];
-    let builds: [(&str, &[&str]); 4] = [
-        ("leaker", &[]),
-        ("threads", &["-pthread"]),
-        ("runner", &[]),
-        ("nomalloc", &["-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector"]),
+    // -w: the fixtures call allocators with sizes gcc knows to fail, on purpose.
+    let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
+    let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
+    // (output, source, flags before the source, flags after it)
+    let builds: [(&str, &str, &[&str], &[&str]); 6] = [
+        ("leaker", "leaker", &[], &[]),
+        // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
+        ("leaker-static", "leaker", &["-static"], &[]),
+        // jemalloc linked into a dynamic executable (as Rust's jemallocator does): the
+        // executable's malloc comes before libc's.
+        ("leaker-jemalloc", "leaker", &[], &[jemalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
+        ("threads", "threads", &["-pthread"], &[]),
+        ("runner", "runner", &[], &[]),
+        (
+            "nomalloc",
+            "nomalloc",
+            &["-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector"],
+            &[],
+        ),
     ];
-    for (name, extra) in builds {
+    for (name, source, before, after) in builds {
         let status = Command::new("cc")
             .args(common)
-            .args(extra)
+            .args(before)
             .arg("-o")
             .arg(out.join(name))
-            .arg(src.join(format!("{name}.c")))
+            .arg(src.join(format!("{source}.c")))
+            .args(after)
             .status()
             .expect("run cc (install a C compiler: cargo xtask setup)");
-        assert!(status.success(), "cc failed for fixture {name}");
+        assert!(
+            status.success(),
+            "cc failed for fixture {name} (missing libraries: cargo xtask setup)"
+        );
     }
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }

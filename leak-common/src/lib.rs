@@ -17,7 +17,7 @@ pub const MAP_STACKS: &str = "STACKS";
 pub const MAP_PENDING: &str = "PENDING";
 /// Name of the per-CPU array of drop counters, indexed by [`DropReason`].
 pub const MAP_DROPS: &str = "DROPS";
-/// Name of the per-CPU array of probe hit counters, indexed by [`Func::hit_index`].
+/// Name of the per-CPU array of probe hit counters, indexed by [`hit_index`].
 pub const MAP_HITS: &str = "HITS";
 /// Name of the per-thread buffers the exit probes collect a stack into.
 pub const MAP_STACK_SCRATCH: &str = "STACK_SCRATCH";
@@ -39,8 +39,8 @@ pub const MAX_PENDING: u32 = 1 << 14;
 pub const MAX_SCRATCH_THREADS: u32 = 1 << 12;
 /// Frames kept per stack; the kernel's default `perf_event_max_stack`.
 pub const MAX_STACK_DEPTH: usize = 127;
-/// Length of the counter arrays [`MAP_DROPS`] and [`MAP_HITS`]; room to add entries.
-pub const COUNTER_SLOTS: u32 = 64;
+/// Length of the counter arrays [`MAP_DROPS`] and [`MAP_HITS`].
+pub const COUNTER_SLOTS: u32 = 2 * MAX_HOOKS;
 
 /// `AllocInfo::stack_id` when no stack could be taken (see [`DropReason::StackMissing`]).
 pub const STACK_ID_NONE: u64 = 0;
@@ -49,117 +49,15 @@ pub const STACK_ID_NONE: u64 = 0;
 /// return never arrived: a new call replaces it (counted as [`DropReason::StalePending`]).
 pub const STALE_PENDING_NS: u64 = 1_000_000_000;
 
-/// A hooked function. The value is the attach cookie of its probes, the `kind` of the
+/// Hooks per traced process at most. A hook is one hooked function (a symbol in one object);
+/// its index in the loader's hook list is the attach cookie of its probes, the `kind` of the
 /// allocations it makes, and (times two, plus one for the return) its index in [`MAP_HITS`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Func {
-    /// `malloc(size)`
-    Malloc = 0,
-    /// `calloc(nmemb, size)`
-    Calloc = 1,
-    /// `realloc(ptr, size)`
-    Realloc = 2,
-    /// `free(ptr)`
-    Free = 3,
-    /// `posix_memalign(&ptr, alignment, size)`
-    PosixMemalign = 4,
-    /// `aligned_alloc(alignment, size)`
-    AlignedAlloc = 5,
-    /// `memalign(alignment, size)`
-    Memalign = 6,
-    /// `valloc(size)`
-    Valloc = 7,
-    /// `pvalloc(size)`
-    Pvalloc = 8,
-    /// `reallocarray(ptr, nmemb, size)`
-    Reallocarray = 9,
-    /// C++ `operator new` (all variants: nothrow, aligned)
-    OperatorNew = 10,
-    /// C++ `operator new[]` (all variants)
-    OperatorNewArray = 11,
-    /// C++ `operator delete` (all variants: sized, aligned)
-    OperatorDelete = 12,
-    /// C++ `operator delete[]` (all variants)
-    OperatorDeleteArray = 13,
-}
+pub const MAX_HOOKS: u32 = 128;
 
-impl Func {
-    /// Every function, in value order.
-    pub const ALL: [Self; 14] = [
-        Self::Malloc,
-        Self::Calloc,
-        Self::Realloc,
-        Self::Free,
-        Self::PosixMemalign,
-        Self::AlignedAlloc,
-        Self::Memalign,
-        Self::Valloc,
-        Self::Pvalloc,
-        Self::Reallocarray,
-        Self::OperatorNew,
-        Self::OperatorNewArray,
-        Self::OperatorDelete,
-        Self::OperatorDeleteArray,
-    ];
-
-    /// Decodes a raw value, `None` for values this build does not know.
-    #[must_use]
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Self::ALL.get(v as usize).copied()
-    }
-
-    /// Name used in reports.
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Malloc => "malloc",
-            Self::Calloc => "calloc",
-            Self::Realloc => "realloc",
-            Self::Free => "free",
-            Self::PosixMemalign => "posix_memalign",
-            Self::AlignedAlloc => "aligned_alloc",
-            Self::Memalign => "memalign",
-            Self::Valloc => "valloc",
-            Self::Pvalloc => "pvalloc",
-            Self::Reallocarray => "reallocarray",
-            Self::OperatorNew => "operator_new",
-            Self::OperatorNewArray => "operator_new[]",
-            Self::OperatorDelete => "operator_delete",
-            Self::OperatorDeleteArray => "operator_delete[]",
-        }
-    }
-
-    /// Whether it only frees (no return program, no allocation).
-    #[must_use]
-    pub const fn frees_only(self) -> bool {
-        matches!(self, Self::Free | Self::OperatorDelete | Self::OperatorDeleteArray)
-    }
-
-    /// The BPF programs attached to it: an entry program and, for functions that return a
-    /// block, a return program.
-    #[must_use]
-    pub const fn programs(self) -> &'static [Program] {
-        match self {
-            Self::Malloc
-            | Self::Valloc
-            | Self::Pvalloc
-            | Self::OperatorNew
-            | Self::OperatorNewArray => &[Program::AllocEnter, Program::AllocExit],
-            Self::AlignedAlloc | Self::Memalign => &[Program::MemalignEnter, Program::AllocExit],
-            Self::Calloc => &[Program::CallocEnter, Program::AllocExit],
-            Self::Realloc => &[Program::ReallocEnter, Program::ReallocExit],
-            Self::Reallocarray => &[Program::ReallocarrayEnter, Program::ReallocExit],
-            Self::PosixMemalign => &[Program::PosixMemalignEnter, Program::PosixMemalignExit],
-            Self::Free | Self::OperatorDelete | Self::OperatorDeleteArray => &[Program::FreeEnter],
-        }
-    }
-
-    /// Index of its entry (`exit` false) or return (`exit` true) counter in [`MAP_HITS`].
-    #[must_use]
-    pub const fn hit_index(self, exit: bool) -> u32 {
-        self as u32 * 2 + exit as u32
-    }
+/// Index of hook `cookie`'s entry (`exit` false) or return (`exit` true) counter in [`MAP_HITS`].
+#[must_use]
+pub const fn hit_index(cookie: u32, exit: bool) -> u32 {
+    cookie * 2 + exit as u32
 }
 
 /// A BPF program: one per argument shape, shared by the functions of that shape (the attach
@@ -251,7 +149,7 @@ pub struct AllocInfo {
     pub stack_id: u64,
     /// Thread group (process) id that allocated.
     pub tgid: u32,
-    /// The [`Func`] that made it.
+    /// The hook (attach cookie, see [`MAX_HOOKS`]) of the function that made it.
     pub kind: u32,
 }
 
@@ -276,7 +174,7 @@ pub struct Pending {
     /// realloc: the record of `old_ptr`, taken out of [`MAP_ALLOCS`] at entry so that a
     /// failed realloc can put it back.
     pub old: AllocInfo,
-    /// The [`Func`] called.
+    /// The hook (attach cookie) of the function called.
     pub kind: u32,
     /// realloc: 1 if `old` holds a record.
     pub has_old: u32,
@@ -364,7 +262,6 @@ const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Pending>() == 80);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);
 const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
-const _: () = assert!(Func::ALL.len() * 2 <= COUNTER_SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod user {
@@ -385,7 +282,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drop_and_func_values_are_stable() {
+    fn drop_values_and_hit_indexes_are_stable() {
         // These numbers are on the wire and in saved reports: changing one is a breaking change.
         let drops: std::vec::Vec<(u32, &str)> =
             DropReason::ALL.iter().map(|d| (*d as u32, d.name())).collect();
@@ -402,29 +299,17 @@ mod tests {
                 (7, "read_failed"),
             ]
         );
-        for (i, f) in Func::ALL.iter().enumerate() {
-            assert_eq!(*f as usize, i);
-            assert_eq!(Func::from_u32(*f as u32), Some(*f));
-        }
-        assert_eq!(Func::Malloc as u32, 0);
-        assert_eq!(Func::Realloc as u32, 2);
-        assert_eq!(Func::OperatorDeleteArray as u32, 13);
-        assert_eq!(Func::from_u32(99), None);
-        assert_eq!(Func::Calloc.hit_index(true), 3);
+        assert_eq!(hit_index(0, false), 0);
+        assert_eq!(hit_index(1, true), 3);
+        assert_eq!(hit_index(MAX_HOOKS - 1, true), COUNTER_SLOTS - 1);
     }
 
     #[test]
-    fn programs_fit_their_functions() {
-        for f in Func::ALL {
-            let progs = f.programs();
-            assert!(!progs[0].is_return(), "{f:?} starts with an entry program");
-            // Functions that only free have no return program; the others have exactly one.
-            assert_eq!(progs.len(), if f.frees_only() { 1 } else { 2 }, "{f:?}");
-            assert_eq!(progs.len() == 2, progs.get(1).is_some_and(|p| p.is_return()), "{f:?}");
-        }
+    fn program_names_are_distinct() {
         let names: std::collections::BTreeSet<&str> =
             Program::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(names.len(), Program::ALL.len());
+        assert_eq!(Program::ALL.iter().filter(|p| p.is_return()).count(), 3);
     }
 
     #[test]

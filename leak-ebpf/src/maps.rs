@@ -9,7 +9,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
     AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_PENDING,
-    MAX_SCRATCH_THREADS, Pending, StackTrace,
+    MAX_SCRATCH_THREADS, Pending, StackTrace, hit_index,
 };
 
 /// Outstanding allocations: address -> record. Sized by the loader (`--max-allocs`).
@@ -52,7 +52,7 @@ pub static ZERO_STACK: Array<StackTrace> = Array::with_max_entries(1, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Hit counters by `Func::hit_index`.
+/// Hit counters by `leak_common::hit_index`.
 #[map]
 pub static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
@@ -83,8 +83,8 @@ pub fn count_drop(reason: DropReason) {
     bump(&DROPS, reason as u32);
 }
 
-/// Counts one hit of the entry (`exit` false) or return probe of function `func`.
+/// Counts one hit of the entry (`exit` false) or return probe of hook `cookie`.
 #[inline(always)]
-pub fn count_hit(func: u32, exit: bool) {
-    bump(&HITS, func * 2 + u32::from(exit));
+pub fn count_hit(cookie: u32, exit: bool) {
+    bump(&HITS, hit_index(cookie, exit));
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use hashbrown::{HashMap, HashSet};
-use leak_common::{Func, STACK_ID_NONE};
+use leak_common::STACK_ID_NONE;
 use log::{debug, info, warn};
 use tokio::{
     io::unix::AsyncFd,
@@ -23,7 +23,7 @@ use crate::{
     loader::Tracer,
     model::Frame,
     output::{self, table::TableOptions},
-    report::{self, AllocatorInfo, Report, ReportMeta, TargetInfo, Window},
+    report::{self, AllocatorInfo, HookInfo, Report, ReportMeta, TargetInfo, Window},
     runner,
     source::AllocSource,
     symbolize::{ProcessSymbolizer, Symbolizer as _},
@@ -61,7 +61,7 @@ pub struct Session {
     cfg: TraceConfig,
     target: TargetInfo,
     allocator: AllocatorInfo,
-    hooked: Vec<Func>,
+    hooks: Vec<HookInfo>,
     start_unix: f64,
     symbolizer: ProcessSymbolizer,
     /// Raw frames by stack id (stacks never change once recorded).
@@ -76,7 +76,7 @@ pub struct Session {
 impl Session {
     /// A session for `pid`, starting now.
     #[must_use]
-    pub fn new(pid: u32, cfg: TraceConfig, allocator: AllocatorInfo, hooked: Vec<Func>) -> Self {
+    pub fn new(pid: u32, cfg: TraceConfig, allocator: AllocatorInfo, hooks: Vec<HookInfo>) -> Self {
         let target = TargetInfo {
             pid,
             comm: crate::procfs::comm(pid).unwrap_or_default(),
@@ -87,7 +87,7 @@ impl Session {
             cfg,
             target,
             allocator,
-            hooked,
+            hooks,
             start_unix: clock::now_unix(),
             symbolizer: ProcessSymbolizer::new(pid),
             raw_stacks: HashMap::new(),
@@ -114,7 +114,7 @@ impl Session {
             min_age_s: self.cfg.min_age.as_secs_f64(),
             allocator: self.allocator.clone(),
             end_reason: end_reason.to_owned(),
-            hooked: self.hooked.clone(),
+            hooks: self.hooks.clone(),
         };
         let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits);
         Ok((report, agg))

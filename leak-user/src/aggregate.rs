@@ -1,6 +1,5 @@
 //! Pure: outstanding allocations -> per-stack totals.
 use hashbrown::HashMap;
-use leak_common::Func;
 
 use crate::model::Allocation;
 
@@ -13,8 +12,8 @@ pub struct SiteStats {
     pub bytes: u64,
     /// Outstanding allocations.
     pub count: u64,
-    /// Allocator function used at this site (a call site calls one function).
-    pub kind: Option<Func>,
+    /// Hook of the allocator function used at this site (a call site calls one function).
+    pub kind: u32,
     /// Timestamp of the oldest outstanding allocation, `CLOCK_MONOTONIC` ns.
     pub oldest_ns: u64,
 }
@@ -96,7 +95,7 @@ mod tests {
     use super::*;
 
     fn alloc(addr: u64, size: u64, stack_id: u64, ts: u64) -> Allocation {
-        Allocation { addr, size, timestamp_ns: ts, stack_id, tgid: 1, kind: Some(Func::Malloc) }
+        Allocation { addr, size, timestamp_ns: ts, stack_id, tgid: 1, kind: 0 }
     }
 
     #[test]

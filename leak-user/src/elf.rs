@@ -1,5 +1,9 @@
 //! ELF reading: function symbols, virtual address to file offset, code bytes.
-use std::{fs, io, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs, io,
+    path::Path,
+};
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 
@@ -131,6 +135,52 @@ impl ElfImage {
         Some(FunctionSym { vaddr, size, file_offset })
     }
 
+    /// The defined functions among `wanted`, in one pass over each symbol table (dynamic
+    /// first, what the dynamic linker binds; then the full table, for static binaries).
+    #[must_use]
+    pub fn functions(&self, wanted: &HashSet<&str>) -> HashMap<String, FunctionSym> {
+        let mut out = HashMap::new();
+        let Ok(file) = self.parse() else { return out };
+        for syms in [file.dynamic_symbols(), file.symbols()] {
+            for s in syms {
+                if !(s.is_definition() && s.kind() == SymbolKind::Text && s.address() != 0) {
+                    continue;
+                }
+                let Ok(name) = s.name() else { continue };
+                if !wanted.contains(name) || out.contains_key(name) {
+                    continue;
+                }
+                if let Some(file_offset) = vaddr_to_offset(&file, s.address()) {
+                    out.insert(
+                        name.to_owned(),
+                        FunctionSym { vaddr: s.address(), size: s.size(), file_offset },
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// `DT_SONAME` and the `DT_NEEDED` entries, in order.
+    #[must_use]
+    pub fn dynamic_deps(&self) -> (Option<String>, Vec<String>) {
+        let Ok(object::File::Elf64(elf)) = self.parse() else { return (None, Vec::new()) };
+        let Ok(table) = elf.elf_dynamic_table() else { return (None, Vec::new()) };
+        let text = |d: object::read::elf::Dynamic| {
+            table.string(d).ok().map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let mut soname = None;
+        let mut needed = Vec::new();
+        for d in &table {
+            match d.tag {
+                object::elf::DT_NEEDED => needed.extend(text(d)),
+                object::elf::DT_SONAME => soname = text(d),
+                _ => {}
+            }
+        }
+        (soname, needed)
+    }
+
     /// File offset of the ELF entry point (`e_entry`), if it lies in a loaded segment.
     #[must_use]
     pub fn entry_file_offset(&self) -> Option<u64> {
@@ -175,6 +225,13 @@ mod tests {
         assert!(!image.bytes_at(malloc.file_offset, 16).is_empty());
         assert!(image.function("no_such_function_xyz").is_none());
         assert!(image.entry_file_offset().is_some());
+        let wanted: HashSet<&str> = ["malloc", "free", "no_such_function_xyz"].into();
+        let found = image.functions(&wanted);
+        assert_eq!(found.get("malloc"), Some(&malloc));
+        assert!(found.contains_key("free") && !found.contains_key("no_such_function_xyz"));
+        let (soname, needed) = image.dynamic_deps();
+        assert_eq!(soname.as_deref(), Some("libc.so.6"));
+        assert!(needed.iter().any(|n| n.starts_with("ld-linux")), "{needed:?}");
     }
 
     #[test]

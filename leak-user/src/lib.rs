@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod elf;
 pub mod error;
+pub mod hooks;
 pub mod loader;
 pub mod model;
 pub mod output;
@@ -35,7 +36,7 @@ use crate::{
     config::{Command, TraceConfig},
     error::Error,
     loader::{LoadOptions, Tracer},
-    report::{AllocatorInfo, ProbeInfo},
+    report::{AllocatorInfo, HookInfo, ProbeInfo},
     runner::FirstStop,
     target::AllocatorPlan,
 };
@@ -76,19 +77,33 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
 
 fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
     AllocatorInfo {
-        path: plan.path.clone(),
+        path: plan.malloc_object().path.clone(),
         probes: plan
-            .probes
+            .hooks
             .iter()
-            .map(|p| ProbeInfo {
-                function: p.func.name().to_owned(),
-                symbol: p.symbol.to_owned(),
-                program: p.program.name().to_owned(),
-                function_offset: p.placement.offset,
-                emulated: p.placement.emulated,
+            .flat_map(|h| {
+                h.spec.kind.programs().iter().map(move |p| ProbeInfo {
+                    function: h.spec.display.clone(),
+                    object: plan.objects[h.object].path.clone(),
+                    symbol: h.spec.symbol.clone(),
+                    program: p.name().to_owned(),
+                    function_offset: h.placement.offset,
+                    emulated: h.placement.emulated,
+                })
             })
             .collect(),
     }
+}
+
+fn hook_infos(plan: &AllocatorPlan) -> Vec<HookInfo> {
+    plan.hooks
+        .iter()
+        .map(|h| HookInfo {
+            symbol: h.spec.symbol.clone(),
+            display: h.spec.display.clone(),
+            has_exit: !h.spec.kind.frees_only(),
+        })
+        .collect()
 }
 
 fn install_signals(rt: &tokio::runtime::Runtime) -> Result<agent::Signals, Error> {
@@ -114,7 +129,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let n = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     eprintln!("attached to PID {pid} ({n} probes)");
-    let mut session = Session::new(pid, trace, allocator_info(&plan), plan.funcs());
+    let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
     rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, None))?;
     // Dropping the tracer detaches every probe.
     drop(tracer);
@@ -168,7 +183,7 @@ fn run_command(
     let n = tracer.attach_allocator(&plan, nonzero(pid)?).map_err(|e| kill_child(e.into()))?;
     tracer.detach_entry_stop();
     eprintln!("attached to PID {pid} ({n} probes)");
-    let mut session = Session::new(pid, trace, allocator_info(&plan), plan.funcs());
+    let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
     runner::kill(pid, libc::SIGCONT);
     let (_report, end) =
         rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, Some(pid)))?;

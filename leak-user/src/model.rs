@@ -1,5 +1,5 @@
 //! Domain types decoded from the BPF maps. Plain data: no aya, no clock.
-use leak_common::{DropReason, Func};
+use leak_common::{COUNTER_SLOTS, DropReason};
 
 /// One outstanding allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,8 +14,8 @@ pub struct Allocation {
     pub stack_id: u64,
     /// Process that allocated.
     pub tgid: u32,
-    /// Allocator function, when known to this build.
-    pub kind: Option<Func>,
+    /// Hook (attach cookie) of the allocator function that made it.
+    pub kind: u32,
 }
 
 /// Per-reason drop counters, summed over CPUs.
@@ -35,23 +35,24 @@ impl DropCounts {
     }
 }
 
-/// Hit counters of each function's entry and return probes (`Func::hit_index`), summed over
-/// CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbeHits(pub [u64; Func::ALL.len() * 2]);
+/// Hit counters of each hook's entry and return probes (`leak_common::hit_index`), summed
+/// over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeHits(pub Vec<u64>);
+
+impl Default for ProbeHits {
+    fn default() -> Self {
+        Self(vec![0; COUNTER_SLOTS as usize])
+    }
+}
 
 impl ProbeHits {
-    /// `("<function>_enter" | "<function>_exit", hits)` for the probes of `funcs`.
+    /// Hits of hook `cookie`'s entry (`exit` false) or return probe.
     #[must_use]
-    pub fn named(&self, funcs: &[Func]) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        for &f in funcs {
-            out.push((format!("{}_enter", f.name()), self.0[f.hit_index(false) as usize]));
-            if !f.frees_only() {
-                out.push((format!("{}_exit", f.name()), self.0[f.hit_index(true) as usize]));
-            }
-        }
-        out
+    pub fn get(&self, cookie: usize, exit: bool) -> u64 {
+        let index =
+            u32::try_from(cookie).map_or(usize::MAX, |c| leak_common::hit_index(c, exit) as usize);
+        self.0.get(index).copied().unwrap_or(0)
     }
 }
 

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-use leak_common::Func;
-
 use crate::{
     aggregate::Aggregate,
     model::{DropCounts, Frame, ProbeHits},
@@ -117,8 +115,10 @@ pub struct AllocatorInfo {
 /// One attached program.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeInfo {
-    /// The hooked function (`malloc`, `operator_new`, ...).
+    /// The hooked function (`malloc`, `operator new`, ...).
     pub function: String,
+    /// The object (as the target sees it) the function is in.
+    pub object: String,
     /// The symbol it was found under.
     pub symbol: String,
     /// BPF program name.
@@ -144,8 +144,20 @@ pub struct ReportMeta {
     pub allocator: AllocatorInfo,
     /// End reason.
     pub end_reason: String,
-    /// The hooked functions (their probes' hit counters are reported).
-    pub hooked: Vec<Func>,
+    /// The hooks, by attach cookie: names the allocator function of each site and the hit
+    /// counters.
+    pub hooks: Vec<HookInfo>,
+}
+
+/// What a report needs to know about one hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookInfo {
+    /// Symbol (names the hit counters).
+    pub symbol: String,
+    /// Function name for sites.
+    pub display: String,
+    /// It has a return probe.
+    pub has_exit: bool,
 }
 
 /// Builds a report. `frames` maps stack id to symbolized frames (innermost first); a stack
@@ -165,7 +177,10 @@ pub fn build(
             id: format!("{:016x}", s.stack_id),
             outstanding_bytes: s.bytes,
             outstanding_allocs: s.count,
-            allocator_fn: s.kind.map(|k| k.name().to_owned()),
+            allocator_fn: usize::try_from(s.kind)
+                .ok()
+                .and_then(|k| meta.hooks.get(k))
+                .map(|h| h.display.clone()),
             oldest_age_s: ns_to_s(meta.now_ns.saturating_sub(s.oldest_ns)),
             stack: frames
                 .get(&s.stack_id)
@@ -180,12 +195,24 @@ pub fn build(
         totals: Totals { outstanding_bytes: agg.total_bytes, outstanding_allocs: agg.total_count },
         sites,
         drops: drops.named().map(|(k, v)| (k.to_owned(), v)).collect(),
-        probe_hits: hits.named(&meta.hooked).into_iter().collect(),
+        probe_hits: probe_hits(&meta.hooks, hits),
         window: meta.window,
         min_age_s: meta.min_age_s,
         allocator: meta.allocator,
         end_reason: meta.end_reason,
     }
+}
+
+/// `<symbol>_enter` / `<symbol>_exit` hit counters of every hook.
+fn probe_hits(hooks: &[HookInfo], hits: &ProbeHits) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (i, h) in hooks.iter().enumerate() {
+        out.insert(format!("{}_enter", h.symbol), hits.get(i, false));
+        if h.has_exit {
+            out.insert(format!("{}_exit", h.symbol), hits.get(i, true));
+        }
+    }
+    out
 }
 
 fn stack_frame(f: &Frame) -> StackFrame {
@@ -234,8 +261,6 @@ impl StackFrame {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use leak_common::Func;
-
     use super::*;
     use crate::model::Allocation;
 
@@ -251,20 +276,20 @@ pub(crate) mod tests {
 
     /// A report with two sites: `leak_fn` (3 x 1024 via malloc), `cache_fn` (1 x 100 via calloc).
     pub(crate) fn sample_report() -> Report {
-        let alloc = |addr, size, stack_id, kind| Allocation {
+        let alloc = |addr, size, stack_id, kind: u32| Allocation {
             addr,
             size,
             timestamp_ns: 1_000_000_000,
             stack_id,
             tgid: 42,
-            kind: Some(kind),
+            kind,
         };
         let agg = Aggregate::from_allocations(
             &[
-                alloc(0x10, 1024, 0xa, Func::Malloc),
-                alloc(0x20, 1024, 0xa, Func::Malloc),
-                alloc(0x30, 1024, 0xa, Func::Malloc),
-                alloc(0x40, 100, 0xb, Func::Calloc),
+                alloc(0x10, 1024, 0xa, 0),
+                alloc(0x20, 1024, 0xa, 0),
+                alloc(0x30, 1024, 0xa, 0),
+                alloc(0x40, 100, 0xb, 2),
             ],
             3_500_000_000,
             0,
@@ -288,7 +313,14 @@ pub(crate) mod tests {
                 min_age_s: 0.0,
                 allocator: AllocatorInfo::default(),
                 end_reason: "duration".into(),
-                hooked: vec![Func::Malloc, Func::Free],
+                hooks: ["malloc", "free", "calloc"]
+                    .iter()
+                    .map(|s| HookInfo {
+                        symbol: (*s).into(),
+                        display: (*s).into(),
+                        has_exit: *s != "free",
+                    })
+                    .collect(),
             },
             &agg,
             &frames,
@@ -324,9 +356,12 @@ pub(crate) mod tests {
         assert_eq!(v["drops"]["unknown_free"], 2);
         assert_eq!(v["drops"]["alloc_map_full"], 0);
         assert_eq!(v["drops"].as_object().unwrap().len(), leak_common::DropReason::ALL.len());
-        // Hit counters of the hooked functions only; free has no return probe.
+        // Hit counters of the hooks; free has no return probe.
         let hits: Vec<&String> = v["probe_hits"].as_object().unwrap().keys().collect();
-        assert_eq!(hits, ["free_enter", "malloc_enter", "malloc_exit"]);
+        assert_eq!(
+            hits,
+            ["calloc_enter", "calloc_exit", "free_enter", "malloc_enter", "malloc_exit"]
+        );
     }
 
     #[test]
@@ -340,7 +375,7 @@ pub(crate) mod tests {
     #[test]
     fn unknown_stacks_are_empty_and_frames_have_display_names() {
         let agg = Aggregate::from_allocations(
-            &[Allocation { addr: 1, size: 5, timestamp_ns: 0, stack_id: 0, tgid: 1, kind: None }],
+            &[Allocation { addr: 1, size: 5, timestamp_ns: 0, stack_id: 0, tgid: 1, kind: 7 }],
             0,
             0,
         );
@@ -352,7 +387,7 @@ pub(crate) mod tests {
                 min_age_s: 0.0,
                 allocator: AllocatorInfo::default(),
                 end_reason: "signal".into(),
-                hooked: Vec::new(),
+                hooks: Vec::new(),
             },
             &agg,
             &HashMap::new(),

@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use leak_common::{AllocInfo, Func, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_STACKS, StackTrace};
+use leak_common::{AllocInfo, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_STACKS, StackTrace};
 
 use crate::{
     loader::Tracer,
@@ -63,7 +63,7 @@ impl AllocSource for Tracer {
                 timestamp_ns: info.timestamp_ns,
                 stack_id: info.stack_id,
                 tgid: info.tgid,
-                kind: Func::from_u32(info.kind),
+                kind: info.kind,
             })
             .collect();
         let mut drops = DropCounts::default();

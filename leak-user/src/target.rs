@@ -1,13 +1,20 @@
-//! Which object serves `malloc` in a process, and where each probe goes in it.
-use std::path::{Path, PathBuf};
+//! Which objects serve the allocator functions of a process, and where each probe goes.
+//!
+//! Each symbol is resolved as the dynamic linker binds it: its first definition in the search
+//! order (the executable, `LD_PRELOAD` objects, then the `DT_NEEDED` dependencies breadth
+//! first, then objects loaded later with `dlopen`).
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::{Path, PathBuf},
+};
 
-use leak_common::{Func, Program};
 use log::{debug, info, warn};
 
 use crate::{
-    elf::{ElfError, ElfImage},
+    elf::{ElfError, ElfImage, FunctionSym},
+    hooks::{self, HookSpec},
     placement::{self, Needs, Placement},
-    procfs::{self, RootPath},
+    procfs::{self, MapEntry, RootPath},
 };
 
 /// Bytes decoded for a function whose symbol has no size.
@@ -50,106 +57,78 @@ pub enum TargetError {
         /// The object.
         path: String,
     },
-    /// The object defines malloc but not a function that must be hooked with it.
-    #[error("{path} defines malloc but not {symbol}: leak cannot account for its frees")]
-    MissingRequired {
-        /// The object.
+    /// malloc is defined but free is not.
+    #[error("{path} defines malloc but no object defines free: leak cannot account for frees")]
+    MissingFree {
+        /// The object that defines malloc.
         path: String,
-        /// The missing symbol.
-        symbol: &'static str,
     },
     /// `--lib` names an unreadable or non-ELF file.
     #[error("--lib: {0}")]
     Lib(#[source] ElfError),
 }
 
-/// One BPF program and the file offset it attaches at.
+/// An object (executable or shared library) with hooked functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbePoint {
-    /// The hooked function (the attach cookie).
-    pub func: Func,
-    /// The symbol it was found under.
-    pub symbol: &'static str,
-    /// The program.
-    pub program: Program,
+pub struct Object {
+    /// Path as the target process sees it.
+    pub path: String,
+    /// The same file, reachable from our mount namespace.
+    pub host_path: PathBuf,
+}
+
+/// One hooked function: a symbol in one object, with its probe point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    /// What is hooked.
+    pub spec: HookSpec,
+    /// Index into [`AllocatorPlan::objects`].
+    pub object: usize,
     /// File offset of the function's first instruction.
     pub function_offset: u64,
-    /// Where inside the function the probe sits.
+    /// Where inside the function its probes sit.
     pub placement: Placement,
 }
 
-impl ProbePoint {
-    /// File offset the probe attaches at.
+impl Hook {
+    /// File offset the probes attach at.
     #[must_use]
     pub fn file_offset(&self) -> u64 {
         self.function_offset + self.placement.offset
     }
 }
 
-/// The allocator object of a process and the probes to attach to it.
+/// The hooks of a process. A hook's index is its attach cookie (`leak_common::MAX_HOOKS`).
 #[derive(Clone, Debug)]
 pub struct AllocatorPlan {
-    /// The object's path as the target process sees it.
-    pub path: String,
-    /// The same file, reachable from our mount namespace.
-    pub host_path: PathBuf,
-    /// Probes to attach.
-    pub probes: Vec<ProbePoint>,
-    /// Allocator functions the object does not define (skipped).
-    pub missing: Vec<&'static str>,
+    /// Objects with hooks.
+    pub objects: Vec<Object>,
+    /// Hooks, `malloc` first.
+    pub hooks: Vec<Hook>,
 }
 
 impl AllocatorPlan {
-    /// The functions hooked, each once.
+    /// The object serving `malloc`.
     #[must_use]
-    pub fn funcs(&self) -> Vec<Func> {
-        let mut funcs: Vec<Func> = self.probes.iter().map(|p| p.func).collect();
-        funcs.sort_unstable();
-        funcs.dedup();
-        funcs
+    pub fn malloc_object(&self) -> &Object {
+        &self.objects[self.hooks[0].object]
+    }
+
+    /// Report names of the hooks, by cookie.
+    #[must_use]
+    pub fn names(&self) -> Vec<String> {
+        self.hooks.iter().map(|h| h.spec.display.clone()).collect()
+    }
+
+    /// Number of BPF programs to attach.
+    #[must_use]
+    pub fn probe_count(&self) -> usize {
+        self.hooks.iter().map(|h| h.spec.kind.programs().len()).sum()
     }
 }
 
-/// Symbols hooked, in order, and the function each one is. A symbol at an address already
-/// hooked is skipped: glibc's `aligned_alloc` and `memalign` are one function, and two sets of
-/// probes there would count each call twice. `malloc` and `free` are required.
-///
-/// C++ `operator new`/`delete` (all variants) are hooked where the allocator object itself
-/// defines them (jemalloc, tcmalloc); libstdc++'s call `malloc` and `free`, which are hooked.
-const SYMBOLS: &[(&str, Func)] = &[
-    ("malloc", Func::Malloc),
-    ("free", Func::Free),
-    ("calloc", Func::Calloc),
-    ("realloc", Func::Realloc),
-    ("posix_memalign", Func::PosixMemalign),
-    ("aligned_alloc", Func::AlignedAlloc),
-    ("memalign", Func::Memalign),
-    ("valloc", Func::Valloc),
-    ("pvalloc", Func::Pvalloc),
-    ("reallocarray", Func::Reallocarray),
-    ("_Znwm", Func::OperatorNew),
-    ("_ZnwmRKSt9nothrow_t", Func::OperatorNew),
-    ("_ZnwmSt11align_val_t", Func::OperatorNew),
-    ("_ZnwmSt11align_val_tRKSt9nothrow_t", Func::OperatorNew),
-    ("_Znam", Func::OperatorNewArray),
-    ("_ZnamRKSt9nothrow_t", Func::OperatorNewArray),
-    ("_ZnamSt11align_val_t", Func::OperatorNewArray),
-    ("_ZnamSt11align_val_tRKSt9nothrow_t", Func::OperatorNewArray),
-    ("_ZdlPv", Func::OperatorDelete),
-    ("_ZdlPvm", Func::OperatorDelete),
-    ("_ZdlPvRKSt9nothrow_t", Func::OperatorDelete),
-    ("_ZdlPvSt11align_val_t", Func::OperatorDelete),
-    ("_ZdlPvmSt11align_val_t", Func::OperatorDelete),
-    ("_ZdlPvSt11align_val_tRKSt9nothrow_t", Func::OperatorDelete),
-    ("_ZdaPv", Func::OperatorDeleteArray),
-    ("_ZdaPvm", Func::OperatorDeleteArray),
-    ("_ZdaPvRKSt9nothrow_t", Func::OperatorDeleteArray),
-    ("_ZdaPvSt11align_val_t", Func::OperatorDeleteArray),
-    ("_ZdaPvmSt11align_val_t", Func::OperatorDeleteArray),
-    ("_ZdaPvSt11align_val_tRKSt9nothrow_t", Func::OperatorDeleteArray),
-];
-
-/// Finds the object that serves malloc in process `pid` (or uses `lib`) and plans the probes.
+/// Finds the objects that serve the allocator functions of process `pid` (or only `lib`) and
+/// plans the probes.
 ///
 /// # Errors
 /// See [`TargetError`].
@@ -171,23 +150,168 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
         let host = if inside.exists() { inside } else { lib.to_path_buf() };
         let image = ElfImage::open(&host).map_err(TargetError::Lib)?;
         let shown = lib.display().to_string();
-        return plan_object(&image, shown.clone(), host)?
-            .ok_or(TargetError::LibWithoutMalloc { path: shown });
+        let objects = vec![(Object { path: shown.clone(), host_path: host }, image)];
+        return plan(&objects)?.ok_or(TargetError::LibWithoutMalloc { path: shown });
     }
     let exe = procfs::exe(pid).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let preload = procfs::ld_preload(pid);
-    for m in candidates(&maps, &exe, &preload) {
-        let path = m.file_path().unwrap_or_default().to_owned();
-        let host = object_path(pid, &root, m);
-        let Ok(image) = ElfImage::open(&host) else {
-            debug!("skipping {path}: not a readable ELF file");
+    // One entry per mapped file, opened once.
+    let mut files: Vec<(Object, ElfImage)> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for m in maps.iter().filter(|m| m.is_file()) {
+        let path = m.file_path().unwrap_or_default();
+        if !seen.insert(path) {
             continue;
-        };
-        if let Some(plan) = plan_object(&image, path, host)? {
-            return Ok(plan);
+        }
+        let host = object_path(pid, &root, m);
+        match ElfImage::open(&host) {
+            Ok(image) => files.push((Object { path: path.to_owned(), host_path: host }, image)),
+            Err(e) => debug!("skipping {path}: {e}"),
         }
     }
-    Err(TargetError::NoMalloc { pid, exe })
+    let linked: Vec<Linked> = files
+        .iter()
+        .map(|(o, image)| {
+            let (soname, needed) = image.dynamic_deps();
+            Linked { path: o.path.clone(), soname, needed }
+        })
+        .collect();
+    let order = link_order(&linked, &exe, &procfs::ld_preload(pid));
+    debug!(
+        "search order: {}",
+        order.iter().map(|&i| linked[i].path.as_str()).collect::<Vec<_>>().join(" ")
+    );
+    let mut ordered: Vec<Option<(Object, ElfImage)>> = files.into_iter().map(Some).collect();
+    let ordered: Vec<(Object, ElfImage)> =
+        order.iter().filter_map(|&i| ordered[i].take()).collect();
+    plan(&ordered)?.ok_or(TargetError::NoMalloc { pid, exe })
+}
+
+/// Dynamic-linking facts of one object, for [`link_order`].
+#[derive(Clone, Debug, Default)]
+pub struct Linked {
+    /// Path.
+    pub path: String,
+    /// `DT_SONAME`.
+    pub soname: Option<String>,
+    /// `DT_NEEDED`, in order.
+    pub needed: Vec<String>,
+}
+
+/// The dynamic linker's symbol search order over `objs` (indexes): the executable, the
+/// `LD_PRELOAD` objects, their dependencies breadth first, then the objects no dependency
+/// names (loaded later with `dlopen`), in address order.
+#[must_use]
+pub fn link_order(objs: &[Linked], exe: &str, preload: &[String]) -> Vec<usize> {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+    let find = |name: &str| {
+        // By path, or by name against the soname or the file name: LD_PRELOAD and DT_NEEDED
+        // often name a symlink (libtcmalloc_minimal.so.4 -> libtcmalloc_minimal.so.4.5.10).
+        let wanted = base(name);
+        objs.iter().position(|o| {
+            o.path == name
+                || o.soname.as_deref() == Some(wanted.as_str())
+                || base(&o.path) == wanted
+        })
+    };
+    let mut order: Vec<usize> = Vec::new();
+    let push = |i: usize, order: &mut Vec<usize>| {
+        if !order.contains(&i) {
+            order.push(i);
+        }
+    };
+    if let Some(i) = objs.iter().position(|o| o.path == exe) {
+        push(i, &mut order);
+    }
+    for p in preload {
+        if let Some(i) = find(p) {
+            push(i, &mut order);
+        }
+    }
+    let mut queue: VecDeque<usize> = order.iter().copied().collect();
+    while let Some(i) = queue.pop_front() {
+        for n in &objs[i].needed {
+            if let Some(j) = find(n)
+                && !order.contains(&j)
+            {
+                order.push(j);
+                queue.push_back(j);
+            }
+        }
+    }
+    for i in 0..objs.len() {
+        push(i, &mut order);
+    }
+    order
+}
+
+/// Resolves every hookable symbol to its first definition among `objects` (in search order)
+/// and places its probes. `Ok(None)` if no object defines `malloc`.
+fn plan(objects: &[(Object, ElfImage)]) -> Result<Option<AllocatorPlan>, TargetError> {
+    let specs = hooks::specs();
+    let wanted: HashSet<&str> = specs.iter().map(|s| s.symbol.as_str()).collect();
+    let defined: Vec<HashMap<String, FunctionSym>> =
+        objects.iter().map(|(_, image)| image.functions(&wanted)).collect();
+    let mut used: Vec<usize> = Vec::new();
+    let mut hooks: Vec<Hook> = Vec::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for spec in &specs {
+        let Some((obj, sym)) =
+            defined.iter().enumerate().find_map(|(i, d)| d.get(&spec.symbol).map(|s| (i, *s)))
+        else {
+            missing.push(&spec.symbol);
+            continue;
+        };
+        let path = &objects[obj].0.path;
+        if let Some(first) =
+            hooks.iter().find(|h| used[h.object] == obj && h.function_offset == sym.file_offset)
+        {
+            info!("{} is {} (same address in {path}): hooked once", spec.symbol, first.spec.symbol);
+            continue;
+        }
+        let object = used.iter().position(|&o| o == obj).unwrap_or_else(|| {
+            used.push(obj);
+            used.len() - 1
+        });
+        let placement = place(&objects[obj].1, &sym, spec);
+        info!(
+            "{}: probe at {path}+{:#x} (function +{}: {}{})",
+            spec.symbol,
+            sym.file_offset + placement.offset,
+            placement.offset,
+            placement.instruction,
+            if placement.emulated { ", emulated" } else { ", single-stepped" }
+        );
+        hooks.push(Hook {
+            spec: spec.clone(),
+            object,
+            function_offset: sym.file_offset,
+            placement,
+        });
+    }
+    if hooks.first().is_none_or(|h| h.spec.symbol != "malloc") {
+        return Ok(None);
+    }
+    if !hooks.iter().any(|h| h.spec.symbol == "free") {
+        return Err(TargetError::MissingFree { path: objects[used[0]].0.path.clone() });
+    }
+    debug!("not defined by any object: {}", missing.join(", "));
+    let objects = used.iter().map(|&i| objects[i].0.clone()).collect();
+    Ok(Some(AllocatorPlan { objects, hooks }))
+}
+
+/// Chooses the probe point of one function (the whole function is decoded: placement checks
+/// that no branch in it lands on the point).
+fn place(image: &ElfImage, sym: &FunctionSym, spec: &HookSpec) -> Placement {
+    let window = if sym.size == 0 {
+        CODE_WINDOW
+    } else {
+        usize::try_from(sym.size).unwrap_or(MAX_FUNCTION_BYTES).min(MAX_FUNCTION_BYTES)
+    };
+    let code = image.bytes_at(sym.file_offset, window);
+    let programs = spec.kind.programs();
+    let entry_args = programs.iter().map(|p| p.args_read()).max().unwrap_or(0);
+    let ret = programs.iter().any(|p| p.is_return());
+    placement::choose(code, Needs { entry_args, ret })
 }
 
 /// The file behind mapping `m`, reachable from here. `/proc/PID/map_files` is the mapped file
@@ -195,7 +319,7 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
 /// process, its old file deleted): probes attached through the path would sit in the new
 /// file's inode and never fire. Opening it needs `CAP_SYS_ADMIN`; without it, the path
 /// through the process's root, if it is still the same inode.
-fn object_path(pid: u32, root: &RootPath, m: &procfs::MapEntry) -> PathBuf {
+fn object_path(pid: u32, root: &RootPath, m: &MapEntry) -> PathBuf {
     use std::os::unix::fs::MetadataExt as _;
     let same_inode = |p: &Path| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode);
     let direct = procfs::map_files_path(pid, m);
@@ -213,172 +337,75 @@ fn object_path(pid: u32, root: &RootPath, m: &procfs::MapEntry) -> PathBuf {
     path
 }
 
-/// One mapping per mapped file, in the order the dynamic linker searches objects for `malloc`:
-/// the executable, the `LD_PRELOAD` objects, the other libraries in address order, libc last
-/// (a library the program links, such as libjemalloc, is loaded and searched before libc,
-/// which every other library depends on).
-fn candidates<'a>(
-    maps: &'a [procfs::MapEntry],
-    exe: &str,
-    preload: &[String],
-) -> Vec<&'a procfs::MapEntry> {
-    let mut files: Vec<&procfs::MapEntry> = Vec::new();
-    for m in maps.iter().filter(|m| m.is_file()) {
-        if !files.iter().any(|f| f.file_path() == m.file_path()) {
-            files.push(m);
-        }
-    }
-    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
-    let is_libc = |p: &str| {
-        let b = base(p);
-        b.starts_with("libc.so")
-            || b.starts_with("ld-musl")
-            || (b.starts_with("libc-")
-                && Path::new(&b).extension().is_some_and(|e| e.eq_ignore_ascii_case("so")))
-    };
-    let preload_rank = |p: &str| {
-        preload
-            .iter()
-            .position(|want| if want.contains('/') { want == p } else { *want == base(p) })
-    };
-    let rank = |m: &&procfs::MapEntry| {
-        let p = m.file_path().unwrap_or_default();
-        if p == exe {
-            (0, 0)
-        } else if let Some(i) = preload_rank(p) {
-            (1, i)
-        } else if is_libc(p) {
-            (3, 0)
-        } else {
-            (2, 0)
-        }
-    };
-    // Stable: address order within a rank.
-    files.sort_by_key(rank);
-    files
-}
-
-/// Plans probes in one object; `Ok(None)` if it does not define malloc.
-fn plan_object(
-    image: &ElfImage,
-    path: String,
-    host_path: PathBuf,
-) -> Result<Option<AllocatorPlan>, TargetError> {
-    if image.function("malloc").is_none() {
-        return Ok(None);
-    }
-    let mut probes: Vec<ProbePoint> = Vec::new();
-    let mut missing: Vec<&'static str> = Vec::new();
-    let mut hooked: Vec<(u64, &'static str)> = Vec::new();
-    for &(symbol, func) in SYMBOLS {
-        let Some(sym) = image.function(symbol) else {
-            if func == Func::Free {
-                // An allocator without free is not one we can account for.
-                return Err(TargetError::MissingRequired { path, symbol });
-            }
-            if !missing.contains(&func.name()) {
-                missing.push(func.name());
-            }
-            continue;
-        };
-        if let Some((_, first)) = hooked.iter().find(|(off, _)| *off == sym.file_offset) {
-            info!("{symbol} is {first} (same address): hooked once");
-            continue;
-        }
-        hooked.push((sym.file_offset, symbol));
-        // The whole function: placement checks that no branch in it lands on the probe point.
-        let window = if sym.size == 0 {
-            CODE_WINDOW
-        } else {
-            usize::try_from(sym.size).unwrap_or(MAX_FUNCTION_BYTES).min(MAX_FUNCTION_BYTES)
-        };
-        let code = image.bytes_at(sym.file_offset, window);
-        let programs = func.programs();
-        let entry_args = programs.iter().map(|p| p.args_read()).max().unwrap_or(0);
-        let ret = programs.iter().any(|p| p.is_return());
-        let placement = placement::choose(code, Needs { entry_args, ret });
-        info!(
-            "{symbol}: probe at {path}+{:#x} (function +{}: {}{})",
-            sym.file_offset + placement.offset,
-            placement.offset,
-            placement.instruction,
-            if placement.emulated { ", emulated" } else { ", single-stepped" }
-        );
-        for &program in programs {
-            probes.push(ProbePoint {
-                func,
-                symbol,
-                program,
-                function_offset: sym.file_offset,
-                placement: placement.clone(),
-            });
-        }
-    }
-    // Defined under another symbol of the same function (e.g. only the sized delete).
-    missing.retain(|name| !probes.iter().any(|p| p.func.name() == *name));
-    if !missing.is_empty() {
-        info!("{path} does not define {}: not hooked", missing.join(", "));
-    }
-    Ok(Some(AllocatorPlan { path, host_path, probes, missing }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::parse_maps;
+
+    fn linked(path: &str, soname: Option<&str>, needed: &[&str]) -> Linked {
+        Linked {
+            path: path.into(),
+            soname: soname.map(Into::into),
+            needed: needed.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
 
     #[test]
-    fn exe_then_preload_then_libraries_then_libc() {
-        let maps = parse_maps(
-            "1000-2000 r-xp 0 fe:01 5 /usr/lib/libfoo.so\n\
-             2000-3000 r-xp 0 fe:01 6 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
-             3000-4000 r-xp 0 fe:01 7 /opt/app\n\
-             4000-5000 r--p 0 fe:01 7 /opt/app\n\
-             5000-6000 rw-p 0 00:00 0 [heap]\n\
-             6000-7000 r-xp 0 fe:01 8 /usr/lib/libjemalloc.so.2\n\
-             7000-8000 r-xp 0 fe:01 9 /usr/lib/libtcmalloc.so.4\n",
-        );
-        let order = |exe: &str, preload: &[&str]| -> Vec<String> {
-            let preload: Vec<String> = preload.iter().map(|s| (*s).to_owned()).collect();
-            candidates(&maps, exe, &preload)
-                .iter()
-                .map(|m| m.file_path().unwrap().rsplit('/').next().unwrap().to_owned())
-                .collect()
+    fn link_order_is_exe_preload_then_breadth_first() {
+        let objs = [
+            linked("/lib/libc.so.6", Some("libc.so.6"), &["ld-linux-x86-64.so.2"]),
+            linked("/lib/libfoo.so.1", Some("libfoo.so.1"), &["libbar.so.2", "libc.so.6"]),
+            linked("/opt/app", None, &["libfoo.so.1", "libjemalloc.so.2", "libc.so.6"]),
+            linked("/lib/libbar.so.2.0.1", Some("libbar.so.2"), &["libc.so.6"]),
+            linked("/lib/libjemalloc.so.2", Some("libjemalloc.so.2"), &["libc.so.6"]),
+            linked("/lib/ld-linux-x86-64.so.2", Some("ld-linux-x86-64.so.2"), &[]),
+            linked("/lib/libtcmalloc.so.4.5.10", Some("libtcmalloc.so.4"), &["libc.so.6"]),
+            linked("/plugins/dlopened.so", Some("dlopened.so"), &["libc.so.6"]),
+        ];
+        let names = |order: Vec<usize>| -> Vec<String> {
+            order.iter().map(|&i| objs[i].path.rsplit('/').next().unwrap().to_owned()).collect()
         };
         assert_eq!(
-            order("/opt/app", &[]),
-            ["app", "libfoo.so", "libjemalloc.so.2", "libtcmalloc.so.4", "libc.so.6"]
+            names(link_order(&objs, "/opt/app", &[])),
+            [
+                "app",
+                "libfoo.so.1",
+                "libjemalloc.so.2",
+                "libc.so.6",
+                "libbar.so.2.0.1",
+                "ld-linux-x86-64.so.2",
+                "libtcmalloc.so.4.5.10",
+                "dlopened.so",
+            ]
         );
-        assert_eq!(
-            order("/opt/app", &["libtcmalloc.so.4", "/usr/lib/libjemalloc.so.2"]),
-            ["app", "libtcmalloc.so.4", "libjemalloc.so.2", "libfoo.so", "libc.so.6"]
-        );
-        // One entry per file: the first mapping of /opt/app (address order).
-        assert_eq!(candidates(&maps, "/opt/app", &[])[0].start, 0x3000);
+        // LD_PRELOAD, here a symlink to the mapped file, comes right after the executable.
+        let order = names(link_order(&objs, "/opt/app", &["/lib/libtcmalloc.so.4".into()]));
+        assert_eq!(&order[..3], ["app", "libtcmalloc.so.4.5.10", "libfoo.so.1"]);
+        // A static executable: nothing needed, itself first.
+        let objs = [linked("/lib/libc.so.6", None, &[]), linked("/static", None, &[])];
+        assert_eq!(link_order(&objs, "/static", &[]), [1, 0]);
     }
 
     #[test]
     fn plans_our_own_process() {
         let plan = plan_for_pid(std::process::id(), None).unwrap();
-        assert!(plan.path.contains("libc"), "{}", plan.path);
-        let funcs = plan.funcs();
-        assert!(funcs.contains(&Func::Malloc) && funcs.contains(&Func::Free), "{funcs:?}");
-        // Entry and return probes of one function share the offset (one trap per call).
-        let at = |f: Func, p: Program| {
-            plan.probes.iter().find(|x| x.func == f && x.program == p).unwrap().file_offset()
-        };
-        assert_eq!(at(Func::Malloc, Program::AllocEnter), at(Func::Malloc, Program::AllocExit));
+        assert!(plan.malloc_object().path.contains("libc"), "{}", plan.malloc_object().path);
+        let names = plan.names();
+        assert_eq!(&names[..2], ["malloc", "free"]);
         // No address is hooked twice (glibc's aligned_alloc is its memalign).
-        let mut offsets: Vec<u64> = plan
-            .probes
-            .iter()
-            .filter(|p| !p.program.is_return())
-            .map(ProbePoint::file_offset)
-            .collect();
-        let n = offsets.len();
-        offsets.sort_unstable();
-        offsets.dedup();
-        assert_eq!(offsets.len(), n, "{:#?}", plan.probes);
+        let mut at: Vec<(usize, u64)> =
+            plan.hooks.iter().map(|h| (h.object, h.function_offset)).collect();
+        let n = at.len();
+        at.sort_unstable();
+        at.dedup();
+        assert_eq!(at.len(), n, "{:#?}", plan.hooks);
+        assert!(
+            names.contains(&"aligned_alloc".to_owned()) && !names.contains(&"memalign".to_owned())
+        );
+        // glibc defines the standard set; free has no return probe, the others have two.
+        for name in ["calloc", "realloc", "posix_memalign", "valloc", "pvalloc", "reallocarray"] {
+            assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
+        }
+        assert_eq!(plan.probe_count(), 2 * plan.hooks.len() - 1, "{names:?}");
     }
 
     #[test]

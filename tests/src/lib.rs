@@ -110,7 +110,14 @@ impl Fixture {
     /// Starts `name` and waits for its `ready` line.
     #[must_use]
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// Starts `name` with extra environment variables and waits for its `ready` line.
+    #[must_use]
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(fixture(name))
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

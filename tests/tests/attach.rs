@@ -1,10 +1,15 @@
 //! `leak attach` on live fixture processes: exact bytes and counts per leaking function.
 use leak_tests::{Fixture, Leak, assert_absent, read_report, require_root, site, summary};
 
-/// Asserts the leaker fixture's ground truth (see fixtures/leaker.c).
+/// Asserts the leaker fixture's ground truth (see fixtures/leaker.c) on glibc's malloc.
 fn assert_leaker_truth(report: &leak_tests::Report) {
     // glibc's aligned_alloc and memalign are one function, hooked once under the first name.
-    let memalign = "aligned_alloc";
+    assert_leaker_truth_via(report, "aligned_alloc", "leaker");
+}
+
+/// The leaker fixture's ground truth; `memalign` names the function reported for memalign
+/// calls (the allocator's own, or `aligned_alloc` where both are one function).
+fn assert_leaker_truth_via(report: &leak_tests::Report, memalign: &str, module: &str) {
     let expect = [
         ("leak_malloc", 40_960, 10, "malloc"),
         ("leak_calloc", 1_500, 5, "calloc"),
@@ -35,7 +40,7 @@ fn assert_leaker_truth(report: &leak_tests::Report) {
         let f0 = &s.stack[0];
         assert!(f0.file.as_deref().is_some_and(|f| f.ends_with("leaker.c")), "{f0:?}");
         assert!(f0.line.is_some_and(|l| l > 0), "{f0:?}");
-        assert_eq!(f0.module.as_deref(), Some("leaker"));
+        assert_eq!(f0.module.as_deref(), Some(module));
     }
     for function in
         ["no_leak", "realloc_then_free", "realloc_zero", "failed_allocs", "aligned_no_leak"]
@@ -209,4 +214,48 @@ fn a_full_allocation_map_is_counted_and_shown() {
     assert!(full >= 28, "alloc_map_full = {full}");
     let text = done.stdout.join("\n");
     assert!(text.contains(&format!("alloc_map_full={full}")), "{text}");
+}
+
+/// The leaker fixture on another allocator: exact results, nothing dropped.
+fn leaker_on(fixture_name: &str, env: &[(&str, &str)], memalign: &str, allocator: &str) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start_with(fixture_name, env);
+    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    assert!(
+        report.allocator.path.contains(allocator),
+        "malloc served by {}, expected {allocator}",
+        report.allocator.path
+    );
+    assert_leaker_truth_via(&report, memalign, fixture_name);
+}
+
+#[test]
+fn jemalloc_through_ld_preload() {
+    let lib = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    // jemalloc has its own memalign; it lacks pvalloc and reallocarray, which then come from
+    // libc (whose reallocarray calls jemalloc's realloc: a nested call, counted once).
+    leaker_on("leaker", &[("LD_PRELOAD", lib)], "memalign", "libjemalloc");
+}
+
+#[test]
+fn tcmalloc_through_ld_preload() {
+    // A symlink to libtcmalloc_minimal.so.4.5.10: matched by its soname.
+    let lib = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4";
+    leaker_on("leaker", &[("LD_PRELOAD", lib)], "aligned_alloc", "libtcmalloc_minimal");
+}
+
+#[test]
+fn statically_linked_executable() {
+    leaker_on("leaker-static", &[], "aligned_alloc", "leaker-static");
+}
+
+#[test]
+fn jemalloc_linked_into_the_executable() {
+    leaker_on("leaker-jemalloc", &[], "memalign", "leaker-jemalloc");
 }

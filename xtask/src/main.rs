@@ -104,7 +104,22 @@ fn setup() -> Result<()> {
     ensure_nightly_component("rust-src")?;
     ensure_c_compiler()?;
     ensure_bpf_linker()?;
+    ensure_test_allocators()?;
     Ok(())
+}
+
+/// Debian's jemalloc (shared, and the archive the tests link into a fixture) and tcmalloc: the
+/// integration tests run the same fixture on each allocator.
+fn ensure_test_allocators() -> Result<()> {
+    const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
+    let have = |f: &str| Path::new(LIBDIR).join(f).exists();
+    if have("libjemalloc.so.2") && have("libjemalloc.a") && have("libtcmalloc_minimal.so.4") {
+        return Ok(());
+    }
+    apt_install(
+        &["libjemalloc2", "libjemalloc-dev", "libtcmalloc-minimal4"],
+        "jemalloc and tcmalloc (the integration tests trace a fixture on each)",
+    )
 }
 
 fn ensure_nightly_component(name: &str) -> Result<()> {

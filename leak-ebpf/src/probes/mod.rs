@@ -1,17 +1,18 @@
-//! BPF programs, one per argument shape; the attach cookie names the hooked function
-//! (`leak_common::Func`). Entry points are thin: count the hit, read the arguments, call a verb.
+//! BPF programs, one per argument shape; the attach cookie says which hooked function fired (an
+//! index into the loader's hook list). Entry points are thin: count the hit, read the
+//! arguments, call a verb.
 mod alloc;
 mod free;
 mod run;
 
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
 
-/// The hooked function this program fired for (the attach cookie is its `Func` value).
+/// The hook this program fired for (the attach cookie, below `leak_common::MAX_HOOKS`).
 #[inline(always)]
 fn func<C: EbpfContext>(ctx: &C) -> u32 {
     // SAFETY: the helper only reads the context's run-time cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    #[expect(clippy::cast_possible_truncation, reason = "cookies are Func values < 2^32")]
+    #[expect(clippy::cast_possible_truncation, reason = "cookies are hook indexes < 2^32")]
     let f = cookie as u32;
     f
 }

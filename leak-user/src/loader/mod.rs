@@ -119,7 +119,7 @@ impl Tracer {
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of
-    /// probes attached.
+    /// probes attached. At most `leak_common::MAX_HOOKS` hooks (the hit counters' size).
     ///
     /// # Errors
     /// A probe did not attach.
@@ -128,27 +128,33 @@ impl Tracer {
         plan: &AllocatorPlan,
         pid: NonZeroU32,
     ) -> Result<usize, LoaderError> {
-        for point in &plan.probes {
-            let name = point.program.name();
-            let offset = point.file_offset();
-            let prog = uprobe(&mut self.ebpf, name)?;
-            // The cookie tells the shared program which function fired (leak_common::Func).
-            let point_at = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(u64::from(point.func as u32)),
-            };
-            prog.attach(point_at, &plan.host_path, UProbeScope::OneProcess(pid)).map_err(|e| {
-                LoaderError::Attach {
-                    program: name,
-                    target: plan.path.clone(),
-                    offset,
-                    source: Box::new(e),
-                }
-            })?;
-            debug!("attached {name} at {}+{offset:#x}", plan.path);
-            self.attached += 1;
+        let mut attached = 0;
+        for (cookie, hook) in plan.hooks.iter().enumerate() {
+            let object = &plan.objects[hook.object];
+            let offset = hook.file_offset();
+            for &program in hook.spec.kind.programs() {
+                let name = program.name();
+                let prog = uprobe(&mut self.ebpf, name)?;
+                // The cookie tells the shared program which hook fired: the allocation's kind
+                // and its hit counter.
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: Some(cookie as u64),
+                };
+                prog.attach(point, &object.host_path, UProbeScope::OneProcess(pid)).map_err(
+                    |e| LoaderError::Attach {
+                        program: name,
+                        target: format!("{} ({})", object.path, hook.spec.symbol),
+                        offset,
+                        source: Box::new(e),
+                    },
+                )?;
+                debug!("attached {name} to {} at {}+{offset:#x}", hook.spec.symbol, object.path);
+                attached += 1;
+            }
         }
-        Ok(plan.probes.len())
+        self.attached += attached;
+        Ok(attached)
     }
 
     /// Probes attached by [`Self::attach_allocator`].
