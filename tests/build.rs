@@ -43,5 +43,24 @@ fn main() {
             "cc failed for fixture {name} (missing libraries: cargo xtask setup)"
         );
     }
+    // C++ through libstdc++'s operator new/delete.
+    let status = Command::new("c++")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
+        .arg(out.join("cxx-leaker"))
+        .arg(src.join("cxx_leaker.cpp"))
+        .status()
+        .expect("run c++ (install g++: cargo xtask setup)");
+    assert!(status.success(), "c++ failed for fixture cxx-leaker");
+    // Rust on the system allocator, with frame pointers in the fixture's own code (std is
+    // prebuilt without them).
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let status = Command::new(rustc)
+        .args(["--edition", "2021", "-C", "force-frame-pointers=yes", "-C", "debuginfo=2"])
+        .args(["-C", "opt-level=0", "-o"])
+        .arg(out.join("rust-leaker"))
+        .arg(src.join("rust_leaker.rs"))
+        .status()
+        .expect("run rustc");
+    assert!(status.success(), "rustc failed for fixture rust-leaker");
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }

@@ -261,6 +261,20 @@ fn plan(objects: &[(Object, ElfImage)]) -> Result<Option<AllocatorPlan>, TargetE
             missing.push(&spec.symbol);
             continue;
         };
+        // A C++ operator delete outside an allocator (libstdc++'s is `jmp free@plt`) frees
+        // through the hooked free; hooked itself, it would leave free an unknown pointer.
+        // (Its operator new is hooked: it has no frame pointer, so only at its own return is
+        // the function that called new frame 0.)
+        if spec.kind.frees_only()
+            && spec.symbol.starts_with("_Zd")
+            && !defined[obj].contains_key("free")
+        {
+            debug!(
+                "{}: {} does not define free, its delete calls free",
+                spec.symbol, objects[obj].0.path
+            );
+            continue;
+        }
         let path = &objects[obj].0.path;
         if let Some(first) =
             hooks.iter().find(|h| used[h.object] == obj && h.function_offset == sym.file_offset)

@@ -288,6 +288,16 @@ pub fn assert_absent(report: &Report, function: &str) {
     }
 }
 
+/// Outstanding bytes and allocations of the sites with `function` anywhere in their stack.
+#[must_use]
+pub fn under(report: &Report, function: &str) -> (u64, u64) {
+    report
+        .sites
+        .iter()
+        .filter(|s| s.stack.iter().any(|f| f.function.as_deref() == Some(function)))
+        .fold((0, 0), |(b, n), s| (b + s.outstanding_bytes, n + s.outstanding_allocs))
+}
+
 /// Name of frame 0 of a site.
 #[must_use]
 pub fn frame0(site: &Site) -> Option<&str> {

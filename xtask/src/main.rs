@@ -151,10 +151,15 @@ fn ensure_nightly_component(name: &str) -> Result<()> {
 }
 
 fn ensure_c_compiler() -> Result<()> {
-    if output(Command::new("cc").arg("--version")).is_some() {
+    if output(Command::new("cc").arg("--version")).is_some()
+        && output(Command::new("c++").arg("--version")).is_some()
+    {
         return Ok(());
     }
-    apt_install(&["gcc", "libc6-dev"], "a C compiler (for the test fixtures and the demo)")
+    apt_install(
+        &["gcc", "g++", "libc6-dev"],
+        "C and C++ compilers (for the test fixtures and the demo)",
+    )
 }
 
 fn ensure_bpf_linker() -> Result<()> {
