@@ -161,6 +161,14 @@ impl ElfImage {
         out
     }
 
+    /// Whether it has any symbol table (dynamic or full): a stripped static executable has
+    /// neither, and nothing in it can be found by name.
+    #[must_use]
+    pub fn has_symbols(&self) -> bool {
+        self.parse()
+            .is_ok_and(|f| f.symbols().next().is_some() || f.dynamic_symbols().next().is_some())
+    }
+
     /// `DT_SONAME` and the `DT_NEEDED` entries, in order.
     #[must_use]
     pub fn dynamic_deps(&self) -> (Option<String>, Vec<String>) {

@@ -57,6 +57,15 @@ pub enum TargetError {
         /// The object.
         path: String,
     },
+    /// The executable has no symbol table at all, and no library defines malloc.
+    #[error(
+        "{path} is stripped (no symbol table) and no library it uses defines malloc: leak cannot \
+         find its allocator; trace an unstripped build, or pass --lib an object that defines malloc"
+    )]
+    Stripped {
+        /// The executable.
+        path: String,
+    },
     /// malloc is defined but free is not.
     #[error("{path} defines malloc but no object defines free: leak cannot account for frees")]
     MissingFree {
@@ -183,7 +192,15 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
     let mut ordered: Vec<Option<(Object, ElfImage)>> = files.into_iter().map(Some).collect();
     let ordered: Vec<(Object, ElfImage)> =
         order.iter().filter_map(|&i| ordered[i].take()).collect();
-    plan(&ordered)?.ok_or(TargetError::NoMalloc { pid, exe })
+    if let Some(plan) = plan(&ordered)? {
+        return Ok(plan);
+    }
+    let stripped = ordered.iter().any(|(o, image)| o.path == exe && !image.has_symbols());
+    Err(if stripped {
+        TargetError::Stripped { path: exe }
+    } else {
+        TargetError::NoMalloc { pid, exe }
+    })
 }
 
 /// Dynamic-linking facts of one object, for [`link_order`].
@@ -308,7 +325,7 @@ fn plan(objects: &[(Object, ElfImage)]) -> Result<Option<AllocatorPlan>, TargetE
     if !hooks.iter().any(|h| h.spec.symbol == "free") {
         return Err(TargetError::MissingFree { path: objects[used[0]].0.path.clone() });
     }
-    debug!("not defined by any object: {}", missing.join(", "));
+    info!("not defined by any object, not hooked: {}", missing.join(" "));
     let objects = used.iter().map(|&i| objects[i].0.clone()).collect();
     Ok(Some(AllocatorPlan { objects, hooks }))
 }

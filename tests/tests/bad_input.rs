@@ -47,6 +47,16 @@ fn target_without_malloc() {
 }
 
 #[test]
+fn stripped_static_executable() {
+    require_root();
+    let target = Fixture::start("leaker-stripped");
+    let pid = target.pid().to_string();
+    let path = fixture("leaker-stripped");
+    let done = run_leak(&["attach", "--pid", &pid]);
+    done.assert_bad_input(&format!("{} is stripped (no symbol table)", path.display()));
+}
+
+#[test]
 fn kernel_without_uprobes_or_btf() {
     require_root();
     let target = Fixture::start("leaker");
