@@ -12,7 +12,7 @@ fn main() {
     let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
-    let builds: [(&str, &str, &[&str], &[&str]); 7] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 8] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -22,6 +22,7 @@ fn main() {
         // Static and stripped: no symbol table to find malloc in.
         ("leaker-stripped", "leaker", &["-static", "-s"], &[]),
         ("threads", "threads", &["-pthread"], &[]),
+        ("mapper", "mapper", &[], &[]),
         ("runner", "runner", &[], &[]),
         (
             "nomalloc",

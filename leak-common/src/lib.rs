@@ -13,6 +13,9 @@
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Name of the hash map `stack id -> StackTrace` of user stacks.
 pub const MAP_STACKS: &str = "STACKS";
+/// Name of the hash map `start -> end` indexing the anonymous mappings recorded in
+/// [`MAP_ALLOCS`] (by start), for `munmap` ranges.
+pub const MAP_MMAPS: &str = "MMAPS";
 /// Name of the LRU map carrying arguments from an entry probe to its return probe.
 pub const MAP_PENDING: &str = "PENDING";
 /// Name of the per-CPU array of drop counters, indexed by [`DropReason`].
@@ -31,6 +34,8 @@ pub const GLOBAL_TRACE: &str = "TRACE";
 
 /// Default capacity of [`MAP_ALLOCS`] (outstanding allocations).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
+/// Capacity of [`MAP_MMAPS`]: anonymous mappings outstanding at once.
+pub const MAX_MMAPS: u32 = 1 << 16;
 /// Default capacity of [`MAP_STACKS`] (distinct allocation stacks).
 pub const DEFAULT_MAX_STACKS: u32 = 1 << 16;
 /// Capacity of [`MAP_PENDING`]: threads in flight inside an allocator at once.
@@ -53,6 +58,15 @@ pub const STALE_PENDING_NS: u64 = 1_000_000_000;
 /// its index in the loader's hook list is the attach cookie of its probes, the `kind` of the
 /// allocations it makes, and (times two, plus one for the return) its index in [`MAP_HITS`].
 pub const MAX_HOOKS: u32 = 128;
+
+/// Attach-cookie flag of a `munmap` probe placed right after the `syscall` instruction: it
+/// sees the arguments and the result (`%rax`), and acts only on success.
+pub const COOKIE_AFTER_SYSCALL: u64 = 1 << 31;
+
+/// `Pending::flags` of an `mmap`: an anonymous private mapping (not a thread stack), recorded.
+pub const PENDING_MMAP_TRACKED: u32 = 1 << 1;
+/// `Pending::flags` of an `mmap` with `MAP_FIXED`: it replaces whatever was mapped there.
+pub const PENDING_MMAP_FIXED: u32 = 1 << 2;
 
 /// Index of hook `cookie`'s entry (`exit` false) or return (`exit` true) counter in [`MAP_HITS`].
 #[must_use]
@@ -84,11 +98,21 @@ pub enum Program {
     PosixMemalignExit,
     /// Entry of a function freeing its first argument.
     FreeEnter,
+    /// Entry of `mmap`: address, length, flags.
+    MmapEnter,
+    /// Return of `mmap`: the mapping.
+    MmapExit,
+    /// `munmap`: at entry, or right after its `syscall` (see [`COOKIE_AFTER_SYSCALL`]).
+    MunmapEnter,
+    /// Entry of `mremap`: old address, old and new sizes.
+    MremapEnter,
+    /// Return of `mremap`: the moved or resized mapping.
+    MremapExit,
 }
 
 impl Program {
     /// Every program.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 15] = [
         Self::AllocEnter,
         Self::MemalignEnter,
         Self::CallocEnter,
@@ -99,6 +123,11 @@ impl Program {
         Self::ReallocExit,
         Self::PosixMemalignExit,
         Self::FreeEnter,
+        Self::MmapEnter,
+        Self::MmapExit,
+        Self::MunmapEnter,
+        Self::MremapEnter,
+        Self::MremapExit,
     ];
 
     /// Its name in the BPF object.
@@ -115,13 +144,25 @@ impl Program {
             Self::ReallocExit => "realloc_exit",
             Self::PosixMemalignExit => "posix_memalign_exit",
             Self::FreeEnter => "free_enter",
+            Self::MmapEnter => "mmap_enter",
+            Self::MmapExit => "mmap_exit",
+            Self::MunmapEnter => "munmap_enter",
+            Self::MremapEnter => "mremap_enter",
+            Self::MremapExit => "mremap_exit",
         }
     }
 
     /// Whether this is a return probe (uretprobe).
     #[must_use]
     pub const fn is_return(self) -> bool {
-        matches!(self, Self::AllocExit | Self::ReallocExit | Self::PosixMemalignExit)
+        matches!(
+            self,
+            Self::AllocExit
+                | Self::ReallocExit
+                | Self::PosixMemalignExit
+                | Self::MmapExit
+                | Self::MremapExit
+        )
     }
 
     /// Argument registers (System V x86-64 order) the entry program reads; the probe may be
@@ -130,9 +171,14 @@ impl Program {
     pub const fn args_read(self) -> u8 {
         match self {
             Self::AllocEnter | Self::FreeEnter => 1,
-            Self::MemalignEnter | Self::CallocEnter | Self::ReallocEnter => 2,
-            Self::ReallocarrayEnter | Self::PosixMemalignEnter => 3,
-            Self::AllocExit | Self::ReallocExit | Self::PosixMemalignExit => 0,
+            Self::MemalignEnter | Self::CallocEnter | Self::ReallocEnter | Self::MunmapEnter => 2,
+            Self::ReallocarrayEnter | Self::PosixMemalignEnter | Self::MremapEnter => 3,
+            Self::MmapEnter => 4,
+            Self::AllocExit
+            | Self::ReallocExit
+            | Self::PosixMemalignExit
+            | Self::MmapExit
+            | Self::MremapExit => 0,
         }
     }
 }
@@ -222,11 +268,14 @@ pub enum DropReason {
     StalePending = 6,
     /// `posix_memalign` succeeded but its out-pointer could not be read.
     ReadFailed = 7,
+    /// An `munmap` range overlapped more recorded mappings than one call can trim: some
+    /// stay recorded although unmapped.
+    UnmapOverflow = 8,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::AllocMapFull,
         Self::StackMissing,
         Self::StackMapFull,
@@ -235,6 +284,7 @@ impl DropReason {
         Self::PendingFull,
         Self::StalePending,
         Self::ReadFailed,
+        Self::UnmapOverflow,
     ];
 
     /// Stable name used in reports.
@@ -249,6 +299,7 @@ impl DropReason {
             Self::PendingFull => "pending_full",
             Self::StalePending => "stale_pending",
             Self::ReadFailed => "read_failed",
+            Self::UnmapOverflow => "unmap_overflow",
         }
     }
 }
@@ -297,6 +348,7 @@ mod tests {
                 (5, "pending_full"),
                 (6, "stale_pending"),
                 (7, "read_failed"),
+                (8, "unmap_overflow"),
             ]
         );
         assert_eq!(hit_index(0, false), 0);
@@ -309,7 +361,7 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Program::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(names.len(), Program::ALL.len());
-        assert_eq!(Program::ALL.iter().filter(|p| p.is_return()).count(), 3);
+        assert_eq!(Program::ALL.iter().filter(|p| p.is_return()).count(), 5);
     }
 
     #[test]

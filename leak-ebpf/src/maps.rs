@@ -8,8 +8,8 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
-    AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_PENDING,
-    MAX_SCRATCH_THREADS, Pending, StackTrace, hit_index,
+    AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_MMAPS,
+    MAX_PENDING, MAX_SCRATCH_THREADS, Pending, StackTrace, hit_index,
 };
 
 /// Outstanding allocations: address -> record. Sized by the loader (`--max-allocs`).
@@ -27,6 +27,10 @@ pub static ALLOCS: HashMap<u64, AllocInfo> =
 #[map]
 pub static STACKS: HashMap<u64, StackTrace> =
     HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Anonymous mappings recorded in ALLOCS: start -> end (page-rounded), for `munmap` ranges.
+#[map]
+pub static MMAPS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_MMAPS, BPF_F_NO_PREALLOC);
 
 /// Arguments from an entry probe to its return probe, by `pid_tgid` (plus a kind bit).
 /// LRU, so returns that never arrive cannot fill it.

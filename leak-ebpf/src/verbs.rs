@@ -11,18 +11,18 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_stack,
-        generated::bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_for_each_map_elem,
+        generated::bpf_get_stack, generated::bpf_ktime_get_ns,
     },
 };
 use aya_log_ebpf::debug;
 use leak_common::{
-    AllocInfo, DropReason, MAX_STACK_DEPTH, PENDING_OVERFLOW, Pending, STACK_ID_NONE,
-    STALE_PENDING_NS, StackTrace,
+    AllocInfo, DropReason, MAX_STACK_DEPTH, PENDING_MMAP_FIXED, PENDING_MMAP_TRACKED,
+    PENDING_OVERFLOW, Pending, STACK_ID_NONE, STALE_PENDING_NS, StackTrace,
 };
 
 use crate::maps::{
-    ALLOCS, FILTER_TGID, PENDING, STACK_SCRATCH, STACKS, TRACE, ZERO_STACK, count_drop,
+    ALLOCS, FILTER_TGID, MMAPS, PENDING, STACK_SCRATCH, STACKS, TRACE, ZERO_STACK, count_drop,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -289,4 +289,261 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> u64 {
         }
     }
     hash
+}
+
+/// `MAP_FAILED`.
+const MAP_FAILED: u64 = u64::MAX;
+/// `MAP_SHARED | MAP_PRIVATE | MAP_SHARED_VALIDATE` mask.
+const MAP_TYPE: u64 = 0x0f;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+/// Thread stacks (glibc's `pthread_create` maps them with it): not heap memory.
+const MAP_STACK: u64 = 0x2_0000;
+const PAGE: u64 = 4096;
+/// Regions an unmap trims by following starts (the common cases: exact, adjacent).
+const UNMAP_FAST_STEPS: usize = 8;
+/// Regions an unmap trims after searching the whole index.
+const UNMAP_MAX_OVERLAPS: usize = 4;
+
+#[inline(always)]
+fn page_end(start: u64, len: u64) -> u64 {
+    start.saturating_add(len).saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+/// Entry of `mmap(addr, len, prot, flags, ...)`.
+#[inline(always)]
+pub fn mmap_enter(func: u32, addr: u64, len: u64, map_flags: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    let mut flags = 0;
+    if map_flags & MAP_ANONYMOUS != 0
+        && map_flags & MAP_TYPE == MAP_PRIVATE
+        && map_flags & MAP_STACK == 0
+    {
+        flags |= PENDING_MMAP_TRACKED;
+    }
+    if map_flags & MAP_FIXED != 0 {
+        flags |= PENDING_MMAP_FIXED;
+    }
+    // Nested in an allocator call (glibc's malloc maps large blocks itself): the stash fails
+    // and the allocator's own accounting covers the memory.
+    stash(
+        pid_tgid,
+        &Pending {
+            size: len,
+            out_ptr: addr,
+            kind: func,
+            flags,
+            start_ns: now_ns(),
+            ..Pending::default()
+        },
+    );
+}
+
+/// Return of `mmap`.
+#[inline(always)]
+pub fn mmap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    if ret == MAP_FAILED {
+        return;
+    }
+    let end = page_end(ret, pending.size);
+    // MAP_FIXED replaces whatever was mapped in the range, recorded mappings included.
+    if pending.flags & PENDING_MMAP_FIXED != 0 {
+        leak_unmap_range(ret, end);
+    }
+    if pending.flags & PENDING_MMAP_TRACKED != 0 {
+        record(ctx, pid_tgid, ret, pending.size, func);
+        if MMAPS.insert(ret, end, u64::from(BPF_ANY)).is_err() {
+            count_drop(DropReason::AllocMapFull);
+        }
+    }
+}
+
+/// `munmap(addr, len)` (successful).
+#[inline(always)]
+pub fn munmap(addr: u64, len: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    // Inside an allocator call: the allocator unmapping its own memory, never recorded.
+    if PENDING.get_ptr(pid_tgid).is_some() {
+        return;
+    }
+    leak_unmap_range(addr & !(PAGE - 1), page_end(addr, len));
+}
+
+/// Entry of `mremap(old, old_size, new_size, ...)`.
+#[inline(always)]
+pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    // `out_ptr` carries the old size.
+    stash(
+        pid_tgid,
+        &Pending {
+            size: new_size,
+            old_ptr: old,
+            out_ptr: old_size,
+            kind: func,
+            start_ns: now_ns(),
+            ..Pending::default()
+        },
+    );
+}
+
+/// Return of `mremap`: a recorded mapping starting at `old` moves to (or is resized at) `ret`
+/// and takes `mremap`'s stack, as realloc's result does.
+#[inline(always)]
+pub fn mremap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    if ret == MAP_FAILED || MMAPS.get_ptr(pending.old_ptr).is_none() {
+        return;
+    }
+    // The remapped part leaves its old place (a partial remap leaves the rest recorded).
+    leak_unmap_range(pending.old_ptr, page_end(pending.old_ptr, pending.out_ptr));
+    record(ctx, pid_tgid, ret, pending.size, func);
+    if MMAPS.insert(ret, page_end(ret, pending.size), u64::from(BPF_ANY)).is_err() {
+        count_drop(DropReason::AllocMapFull);
+    }
+}
+
+/// Removes `[a, b)` from the recorded mappings: whole regions go, overlapping ones shrink or
+/// split in two.
+///
+/// A BPF global function (exported, scalar arguments only): the verifier checks it once, on
+/// its own. Inlined into each caller, its loops times `trim`'s branches times the callers'
+/// own paths (the 127-frame stack hash in `mmap_exit`) exceed the verifier's 1M-instruction
+/// budget.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_unmap_range(a: u64, b: u64) -> i32 {
+    unmap_range(a, b);
+    0
+}
+
+#[inline(always)]
+fn unmap_range(a: u64, b: u64) {
+    // Fast path: regions starting exactly at `a`, then at each one's end.
+    let mut cur = a;
+    let mut i = 0;
+    while i < UNMAP_FAST_STEPS {
+        if cur >= b {
+            return;
+        }
+        let Some(end) = MMAPS.get_ptr(cur) else { break };
+        // SAFETY: live map value, copied out.
+        let end = unsafe { *end };
+        leak_trim(cur, end, a, b);
+        cur = end;
+        i += 1;
+    }
+    if cur >= b {
+        return;
+    }
+    // Slow path: a range starting inside a region (a tail or a middle), or past a gap.
+    let mut found = Overlaps {
+        a: cur,
+        b,
+        n: 0,
+        starts: [0; UNMAP_MAX_OVERLAPS],
+        ends: [0; UNMAP_MAX_OVERLAPS],
+    };
+    // SAFETY: the map pointer is MMAPS' definition, the callback a static function with the
+    // helper's signature, the context a live stack value it alone writes.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const MMAPS).cast_mut().cast(),
+            collect_overlaps as *mut core::ffi::c_void,
+            (&raw mut found).cast(),
+            0,
+        );
+    }
+    let mut j = 0;
+    while j < UNMAP_MAX_OVERLAPS {
+        if j < found.n {
+            leak_trim(found.starts[j], found.ends[j], a, b);
+        }
+        j += 1;
+    }
+    if found.n > UNMAP_MAX_OVERLAPS {
+        count_drop(DropReason::UnmapOverflow);
+    }
+}
+
+/// Regions overlapping `[a, b)`, gathered by [`collect_overlaps`].
+#[repr(C)]
+struct Overlaps {
+    a: u64,
+    b: u64,
+    n: usize,
+    starts: [u64; UNMAP_MAX_OVERLAPS],
+    ends: [u64; UNMAP_MAX_OVERLAPS],
+}
+
+/// `bpf_for_each_map_elem` callback over MMAPS. Returns 0: visit every element.
+#[inline(never)]
+extern "C" fn collect_overlaps(
+    _map: *mut core::ffi::c_void,
+    key: *const u64,
+    value: *const u64,
+    found: *mut Overlaps,
+) -> i64 {
+    // SAFETY: the kernel passes the current key and value, and our context.
+    unsafe {
+        let (s, e) = (*key, *value);
+        let f = &mut *found;
+        if s < f.b && f.a < e {
+            let n = f.n;
+            if n < UNMAP_MAX_OVERLAPS {
+                *f.starts.as_mut_ptr().add(n) = s;
+                *f.ends.as_mut_ptr().add(n) = e;
+            }
+            // Saturate: the verifier runs this callback as a loop until its states repeat; an
+            // unbounded count never repeats.
+            if n <= UNMAP_MAX_OVERLAPS {
+                f.n = n + 1;
+            }
+        }
+    }
+    0
+}
+
+/// Removes `[a, b)` from region `[s, e)`: what remains before `a` and after `b` stays
+/// recorded, with the requested bytes that fall in each part. A global function, like
+/// [`leak_unmap_range`].
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_trim(s: u64, e: u64, a: u64, b: u64) -> i32 {
+    trim(s, e, a, b);
+    0
+}
+
+#[inline(always)]
+fn trim(s: u64, e: u64, a: u64, b: u64) {
+    let info = ALLOCS.get_ptr(s).map(|p| {
+        // SAFETY: live map value, copied out.
+        unsafe { *p }
+    });
+    let _ = MMAPS.remove(s);
+    let _ = ALLOCS.remove(s);
+    let Some(info) = info else { return };
+    if s < a {
+        let mut left = info;
+        left.size = info.size.min(a - s);
+        keep(s, a, &left);
+    }
+    if b < e {
+        let mut right = info;
+        right.size = (e - b).min(info.size.saturating_sub(b - s));
+        keep(b, e, &right);
+    }
+}
+
+#[inline(always)]
+fn keep(start: u64, end: u64, info: &AllocInfo) {
+    if ALLOCS.insert(start, info, u64::from(BPF_ANY)).is_err()
+        || MMAPS.insert(start, end, u64::from(BPF_ANY)).is_err()
+    {
+        count_drop(DropReason::AllocMapFull);
+    }
 }

@@ -24,6 +24,12 @@ pub enum HookKind {
     PosixMemalign,
     /// Frees its first argument.
     Free,
+    /// `mmap(addr, len, prot, flags, fd, off)`: anonymous private mappings are recorded.
+    Mmap,
+    /// `munmap(addr, len)`.
+    Munmap,
+    /// `mremap(old, old_size, new_size, ...)`.
+    Mremap,
 }
 
 impl HookKind {
@@ -38,13 +44,16 @@ impl HookKind {
             Self::Reallocarray => &[Program::ReallocarrayEnter, Program::ReallocExit],
             Self::PosixMemalign => &[Program::PosixMemalignEnter, Program::PosixMemalignExit],
             Self::Free => &[Program::FreeEnter],
+            Self::Mmap => &[Program::MmapEnter, Program::MmapExit],
+            Self::Munmap => &[Program::MunmapEnter],
+            Self::Mremap => &[Program::MremapEnter, Program::MremapExit],
         }
     }
 
-    /// Whether it only frees (no return probe).
+    /// Whether it has a return probe.
     #[must_use]
-    pub const fn frees_only(self) -> bool {
-        matches!(self, Self::Free)
+    pub const fn has_exit(self) -> bool {
+        !matches!(self, Self::Free | Self::Munmap)
     }
 }
 
@@ -72,6 +81,10 @@ const LIBC: &[(&str, HookKind)] = &[
     ("valloc", HookKind::Alloc),
     ("pvalloc", HookKind::Alloc),
     ("reallocarray", HookKind::Reallocarray),
+    ("mmap", HookKind::Mmap),
+    ("mmap64", HookKind::Mmap),
+    ("munmap", HookKind::Munmap),
+    ("mremap", HookKind::Mremap),
 ];
 
 /// jemalloc's own API (`mallocx` and friends), exported next to the standard names.
@@ -143,7 +156,8 @@ pub fn specs() -> Vec<HookSpec> {
         // The prefixed jemalloc has the standard functions (but reallocarray and pvalloc,
         // which jemalloc does not define) and its own API.
         for (name, kind) in LIBC.iter().chain(JEMALLOC_EXTRA) {
-            if matches!(*name, "reallocarray" | "pvalloc") {
+            if matches!(*name, "reallocarray" | "pvalloc" | "mmap" | "mmap64" | "munmap" | "mremap")
+            {
                 continue;
             }
             let symbol = format!("{prefix}{name}");
@@ -175,7 +189,7 @@ mod tests {
         assert!(!specs.iter().any(|s| s.symbol == "je_reallocarray"));
         for spec in &specs {
             let programs = spec.kind.programs();
-            assert_eq!(programs.len(), if spec.kind.frees_only() { 1 } else { 2 });
+            assert_eq!(programs.len(), if spec.kind.has_exit() { 2 } else { 1 });
             assert!(!programs[0].is_return());
         }
     }

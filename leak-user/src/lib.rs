@@ -101,7 +101,7 @@ fn hook_infos(plan: &AllocatorPlan) -> Vec<HookInfo> {
         .map(|h| HookInfo {
             symbol: h.spec.symbol.clone(),
             display: h.spec.display.clone(),
-            has_exit: !h.spec.kind.frees_only(),
+            has_exit: h.spec.kind.has_exit(),
         })
         .collect()
 }

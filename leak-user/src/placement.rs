@@ -42,6 +42,8 @@ pub struct Placement {
     pub emulated: bool,
     /// The instruction at `offset`, for logs.
     pub instruction: String,
+    /// The point is after the function's `syscall` instruction (see [`after_syscall`]).
+    pub after_syscall: bool,
 }
 
 /// Chooses one offset for all probes of a function (entry and return share a single trap when
@@ -60,7 +62,12 @@ pub fn choose(code: &[u8], needs: Needs) -> Placement {
             if insn.ip() > 0 && branched_into(code, insn.ip()) {
                 break;
             }
-            return Placement { offset: insn.ip(), emulated: true, instruction: att(insn) };
+            return Placement {
+                offset: insn.ip(),
+                emulated: true,
+                instruction: att(insn),
+                after_syscall: false,
+            };
         }
         // `insn` is not emulated: can we move past it?
         if !falls_through_safely(insn, needs, &mut info) {
@@ -72,7 +79,44 @@ pub fn choose(code: &[u8], needs: Needs) -> Placement {
     }
     let first = insns.first().map(att).unwrap_or_default();
     let emulated = insns.first().and_then(|i| insn_bytes(code, i)).is_some_and(is_emulated);
-    Placement { offset: 0, emulated, instruction: first }
+    Placement { offset: 0, emulated, instruction: first, after_syscall: false }
+}
+
+/// For a syscall wrapper whose probe needs only its arguments and the result (`munmap`):
+/// the first emulated instruction after the `syscall`, if nothing before it branches and
+/// nothing writes the `args` argument registers (the syscall itself clobbers only `%rax`,
+/// `%rcx` and `%r11`, so at most three arguments may be read). glibc's wrappers read
+/// `mov $nr,%eax; syscall; cmp $-4095,%rax; jae error`: none of the first three is emulated,
+/// the `jae` is.
+#[must_use]
+pub fn after_syscall(code: &[u8], args: u8) -> Option<Placement> {
+    if args > 3 {
+        return None;
+    }
+    let needs = Needs { entry_args: args, ret: false };
+    let mut info = InstructionInfoFactory::new();
+    let mut seen_syscall = false;
+    for insn in decode(code) {
+        if seen_syscall
+            && let Some(bytes) = insn_bytes(code, &insn)
+            && is_emulated(bytes)
+        {
+            return Some(Placement {
+                offset: insn.ip(),
+                emulated: true,
+                instruction: att(&insn),
+                after_syscall: true,
+            });
+        }
+        if insn.code() == Code::Syscall && !seen_syscall {
+            seen_syscall = true;
+            continue;
+        }
+        if !falls_through_safely(&insn, needs, &mut info) {
+            return None;
+        }
+    }
+    None
 }
 
 /// AT&T syntax, as `objdump -d` prints it.
@@ -191,7 +235,15 @@ mod tests {
         // push %r12 ; push %rbp ; push %rbx ; mov %rdi,%rbx
         let code = [0x41, 0x54, 0x55, 0x53, 0x48, 0x89, 0xfb];
         let p = choose(&code, ENTRY_RET);
-        assert_eq!(p, Placement { offset: 0, emulated: true, instruction: "push %r12".into() });
+        assert_eq!(
+            p,
+            Placement {
+                offset: 0,
+                emulated: true,
+                instruction: "push %r12".into(),
+                after_syscall: false
+            }
+        );
     }
 
     #[test]
@@ -271,6 +323,24 @@ mod tests {
         assert_eq!(p.offset, 0);
         assert!(!p.emulated);
         assert_eq!(choose(&[], ENTRY1).offset, 0);
+    }
+
+    #[test]
+    fn glibc_munmap_is_probed_after_its_syscall() {
+        // mov $0xb,%eax ; syscall ; cmp $-4095,%rax ; jae +1 ; ret
+        let code =
+            [0xb8, 0x0b, 0, 0, 0, 0x0f, 0x05, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x01, 0xc3];
+        let p = after_syscall(&code, 2).unwrap();
+        assert_eq!(p.offset, 13);
+        assert!(p.emulated && p.after_syscall);
+        // The ordinary placement cannot move past the syscall.
+        assert_eq!(choose(&code, Needs { entry_args: 2, ret: false }).offset, 0);
+        // A write to an argument register before the syscall rules it out...
+        let clobber = [0x31, 0xf6, 0x0f, 0x05, 0x73, 0x01, 0xc3]; // xor %esi,%esi ; syscall ; jae
+        assert_eq!(after_syscall(&clobber, 2), None);
+        // ...and so do a fourth argument (%rcx does not survive the syscall) and no syscall.
+        assert_eq!(after_syscall(&code, 4), None);
+        assert_eq!(after_syscall(&[0x55, 0xc3], 1), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 
 use crate::{
     elf::{ElfError, ElfImage, FunctionSym},
-    hooks::{self, HookSpec},
+    hooks::{self, HookKind, HookSpec},
     placement::{self, Needs, Placement},
     procfs::{self, MapEntry, RootPath},
 };
@@ -282,7 +282,7 @@ fn plan(objects: &[(Object, ElfImage)]) -> Result<Option<AllocatorPlan>, TargetE
         // through the hooked free; hooked itself, it would leave free an unknown pointer.
         // (Its operator new is hooked: it has no frame pointer, so only at its own return is
         // the function that called new frame 0.)
-        if spec.kind.frees_only()
+        if spec.kind == HookKind::Free
             && spec.symbol.starts_with("_Zd")
             && !defined[obj].contains_key("free")
         {
@@ -342,6 +342,12 @@ fn place(image: &ElfImage, sym: &FunctionSym, spec: &HookSpec) -> Placement {
     let programs = spec.kind.programs();
     let entry_args = programs.iter().map(|p| p.args_read()).max().unwrap_or(0);
     let ret = programs.iter().any(|p| p.is_return());
+    // munmap needs no stack and acts on success: after its syscall is as good as its entry.
+    if spec.kind == HookKind::Munmap
+        && let Some(after) = placement::after_syscall(code, entry_args)
+    {
+        return after;
+    }
     placement::choose(code, Needs { entry_args, ret })
 }
 
@@ -436,7 +442,11 @@ mod tests {
         for name in ["calloc", "realloc", "posix_memalign", "valloc", "pvalloc", "reallocarray"] {
             assert!(names.contains(&name.to_owned()), "{name} in {names:?}");
         }
-        assert_eq!(plan.probe_count(), 2 * plan.hooks.len() - 1, "{names:?}");
+        // Return probes for all but free and munmap.
+        assert_eq!(plan.probe_count(), 2 * plan.hooks.len() - 2, "{names:?}");
+        // glibc's munmap is `mov $11,%eax; syscall; cmp; jae`: probed on the jae.
+        let munmap = plan.hooks.iter().find(|h| h.spec.symbol == "munmap").unwrap();
+        assert!(munmap.placement.after_syscall && munmap.placement.emulated, "{munmap:?}");
     }
 
     #[test]

@@ -3,17 +3,24 @@
 //! arguments, call a verb.
 mod alloc;
 mod free;
+mod mmap;
 mod run;
 
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
+use leak_common::COOKIE_AFTER_SYSCALL;
 
-/// The hook this program fired for (the attach cookie, below `leak_common::MAX_HOOKS`).
+/// The attach cookie: the hook index, plus flags such as `COOKIE_AFTER_SYSCALL`.
+#[inline(always)]
+fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
+    // SAFETY: the helper only reads the context's run-time cookie.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+/// The hook this program fired for (below `leak_common::MAX_HOOKS`).
 #[inline(always)]
 fn func<C: EbpfContext>(ctx: &C) -> u32 {
-    // SAFETY: the helper only reads the context's run-time cookie.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    #[expect(clippy::cast_possible_truncation, reason = "cookies are hook indexes < 2^32")]
-    let f = cookie as u32;
+    #[expect(clippy::cast_possible_truncation, reason = "hook indexes are < 2^31")]
+    let f = (cookie(ctx) & !COOKIE_AFTER_SYSCALL) as u32;
     f
 }
 

@@ -10,8 +10,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use leak_common::{
-    DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE, MAP_ALLOCS, MAP_STACKS,
-    PROGRAM_ENTRY_STOP, Program,
+    COOKIE_AFTER_SYSCALL, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE, MAP_ALLOCS,
+    MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
 };
 use log::{debug, warn};
 
@@ -137,9 +137,10 @@ impl Tracer {
                 let prog = uprobe(&mut self.ebpf, name)?;
                 // The cookie tells the shared program which hook fired: the allocation's kind
                 // and its hit counter.
+                let flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: Some(cookie as u64),
+                    cookie: Some(cookie as u64 | flags),
                 };
                 prog.attach(point, &object.host_path, UProbeScope::OneProcess(pid)).map_err(
                     |e| LoaderError::Attach {
