@@ -46,6 +46,7 @@ use crate::{
 /// # Errors
 /// See [`Error`]; [`Error::exit_code`] gives the code to exit with.
 pub fn run(command: Command) -> Result<u8, Error> {
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -53,6 +54,20 @@ pub fn run(command: Command) -> Result<u8, Error> {
     match command {
         Command::Attach { pid, trace } => attach(&rt, pid, trace),
         Command::Run { argv, trace } => run_command(&rt, &argv, trace),
+    }
+}
+
+/// The symbolizer keeps every mapped file of the target open (see `symbolize`): a process
+/// can map hundreds. Raise the soft limit on descriptors to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } == 0
+        && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid in-pointer; failure leaves the old limit, which is fine.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
     }
 }
 

@@ -159,6 +159,19 @@ pub fn map_files_path(pid: u32, m: &MapEntry) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/map_files/{:08x}-{:08x}", m.start, m.end))
 }
 
+/// A path, reachable from here, to the very file behind mapping `m` of process `pid` (the
+/// same inode): `/proc/PID/map_files/<range>` (the mapped file itself, from any mount
+/// namespace, even deleted; needs `CAP_SYS_ADMIN`), else the path through the process's root
+/// (a container's own mounts), else the path itself (a chroot in our mounts: the kernel shows
+/// it from our root).
+#[must_use]
+pub fn locate(pid: u32, root: &RootPath, m: &MapEntry) -> Option<PathBuf> {
+    let path = m.file_path()?;
+    [map_files_path(pid, m), root.resolve(path), PathBuf::from(path)]
+        .into_iter()
+        .find(|p| fs::metadata(p).is_ok_and(|md| md.ino() == m.inode))
+}
+
 /// How to reach, from our mount namespace, a path that process `pid` sees: through
 /// `/proc/PID/root` unless the process shares our root directory.
 #[derive(Clone, Debug)]

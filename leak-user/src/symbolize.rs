@@ -1,12 +1,12 @@
 //! Addresses -> function, module, `file:line`. The only module that uses blazesym.
 //!
 //! Addresses are first normalized with our own copy of the target's `/proc/PID/maps` (refreshed
-//! while it runs) to (file, file offset), then symbolized from the ELF file. A process's own
-//! symbolization source stops working once the process exits; this route keeps working for the
-//! final report of a target that has exited, as long as its files are still reachable (files
-//! of a process in another mount namespace are reached through `/proc/PID/root`, which goes
-//! away with the process; deleted files through `/proc/PID/map_files`, likewise).
-use std::path::PathBuf;
+//! while it runs) to (file, file offset), then symbolized from the ELF file. Each mapped file
+//! is opened once, while the process lives, through `/proc/PID/map_files` (the exact file, from
+//! any mount namespace, even deleted) and kept open; blazesym reads it as `/proc/self/fd/N`.
+//! So the final report of a target that has exited, or of a container whose root went away
+//! with it, is still symbolized.
+use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
 use blazesym::symbolize::{self, Input, Symbolized};
 use hashbrown::HashMap;
@@ -29,6 +29,8 @@ pub struct ProcessSymbolizer {
     root: RootPath,
     maps: Vec<MapEntry>,
     cache: HashMap<u64, Vec<Frame>>,
+    /// Mapped files opened so far, by (inode, path); `None` if unreachable.
+    files: HashMap<(u64, String), Option<File>>,
     blaze: symbolize::Symbolizer,
 }
 
@@ -41,6 +43,7 @@ impl ProcessSymbolizer {
             root: RootPath::of(pid),
             maps: Vec::new(),
             cache: HashMap::new(),
+            files: HashMap::new(),
             blaze: symbolize::Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
@@ -59,20 +62,36 @@ impl ProcessSymbolizer {
                 if maps.len() != self.maps.len() {
                     debug!("pid {}: {} mappings", self.pid, maps.len());
                 }
+                // Open new files now, while /proc/PID/map_files exists: a target that exits
+                // before its stacks are symbolized takes it (and a container's root) along.
+                for m in maps.iter().filter(|m| m.is_file()) {
+                    let _ = self.file_of(m);
+                }
                 self.maps = maps;
             }
             _ => {}
         }
     }
 
-    fn resolve_uncached(&self, addrs: &[u64]) -> Vec<Vec<Frame>> {
+    /// `/proc/self/fd/N` of our open copy of mapping `m`'s file.
+    fn file_of(&mut self, m: &MapEntry) -> Option<PathBuf> {
+        let key = (m.inode, m.file_path().unwrap_or_default().to_owned());
+        let (pid, root) = (self.pid, &self.root);
+        let file = self.files.entry(key).or_insert_with(|| {
+            let path = procfs::locate(pid, root, m)?;
+            File::open(&path).map_err(|e| debug!("opening {}: {e}", path.display())).ok()
+        });
+        file.as_ref().map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+    }
+
+    fn resolve_uncached(&mut self, addrs: &[u64]) -> Vec<Vec<Frame>> {
         // Group addresses by file so each file is symbolized in one call.
         let mut by_file: HashMap<(PathBuf, String), Vec<(usize, u64)>> = HashMap::new();
         let mut out: Vec<Vec<Frame>> = addrs.iter().map(|&a| vec![Frame::unknown(a)]).collect();
         for (i, &addr) in addrs.iter().enumerate() {
             // Return addresses point after the call; the call itself is one byte earlier.
             let lookup = addr.saturating_sub(1);
-            let Some(m) = procfs::find_mapping(&self.maps, lookup) else { continue };
+            let Some(m) = procfs::find_mapping(&self.maps, lookup).cloned() else { continue };
             let Some(path) = m.file_path().filter(|_| m.is_file()) else {
                 out[i][0].module.clone_from(&m.path);
                 continue;
@@ -80,12 +99,7 @@ impl ProcessSymbolizer {
             let module = path.rsplit('/').next().unwrap_or(path).to_owned();
             out[i][0].module = Some(module.clone());
             let file_offset = lookup - m.start + m.offset;
-            // A deleted (e.g. upgraded) file is only reachable as the mapping itself.
-            let host = if m.path.as_deref().is_some_and(|p| p.ends_with(" (deleted)")) {
-                procfs::map_files_path(self.pid, m)
-            } else {
-                self.root.resolve(path)
-            };
+            let Some(host) = self.file_of(&m) else { continue };
             by_file.entry((host, module)).or_default().push((i, file_offset));
         }
         for ((host_path, module), items) in by_file {

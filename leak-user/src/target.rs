@@ -351,27 +351,19 @@ fn place(image: &ElfImage, sym: &FunctionSym, spec: &HookSpec) -> Placement {
     placement::choose(code, Needs { entry_args, ret })
 }
 
-/// The file behind mapping `m`, reachable from here. `/proc/PID/map_files` is the mapped file
-/// itself even when the path now names another one (a library upgraded under a running
-/// process, its old file deleted): probes attached through the path would sit in the new
-/// file's inode and never fire. Opening it needs `CAP_SYS_ADMIN`; without it, the path
-/// through the process's root, if it is still the same inode.
+/// The file behind mapping `m`, reachable from here (see [`procfs::locate`]). Not the path
+/// alone: a library upgraded under a running process is another file now, and probes attached
+/// through the path would sit in the new file's inode and never fire.
 fn object_path(pid: u32, root: &RootPath, m: &MapEntry) -> PathBuf {
-    use std::os::unix::fs::MetadataExt as _;
-    let same_inode = |p: &Path| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode);
-    let direct = procfs::map_files_path(pid, m);
-    if same_inode(&direct) {
-        return direct;
-    }
-    let path = root.resolve(m.file_path().unwrap_or_default());
-    if !same_inode(&path) {
+    procfs::locate(pid, root, m).unwrap_or_else(|| {
+        let path = root.resolve(m.file_path().unwrap_or_default());
         warn!(
             "{} was replaced on disk after process {pid} mapped it, and /proc/{pid}/map_files is \
              not readable: probes on it may never fire (run leak as root)",
             path.display()
         );
-    }
-    path
+        path
+    })
 }
 
 #[cfg(test)]

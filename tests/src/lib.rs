@@ -116,8 +116,17 @@ impl Fixture {
     /// Starts `name` with extra environment variables and waits for its `ready` line.
     #[must_use]
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(fixture(name))
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(fixture(name));
+        cmd.envs(env.iter().copied());
+        Self::start_command(cmd)
+    }
+
+    /// Runs `cmd` (a fixture, possibly through a wrapper that execs it, so the pid stays the
+    /// same) and waits for its `ready` line.
+    #[must_use]
+    pub fn start_command(mut cmd: Command) -> Self {
+        let name = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
