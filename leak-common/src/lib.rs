@@ -9,12 +9,12 @@
 #![no_std]
 #![deny(missing_docs)]
 
-/// Name of the hash map `address -> AllocInfo` of outstanding allocations.
+/// Name of the hash map [`AllocKey`] `-> AllocInfo` of outstanding allocations.
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Name of the hash map `stack id -> StackTrace` of user stacks.
 pub const MAP_STACKS: &str = "STACKS";
-/// Name of the hash map `start -> end` indexing the anonymous mappings recorded in
-/// [`MAP_ALLOCS`] (by start), for `munmap` ranges.
+/// Name of the hash map [`AllocKey`] (start) `-> end` indexing the anonymous mappings recorded
+/// in [`MAP_ALLOCS`], for `munmap` ranges.
 pub const MAP_MMAPS: &str = "MMAPS";
 /// Name of the LRU map carrying arguments from an entry probe to its return probe.
 pub const MAP_PENDING: &str = "PENDING";
@@ -183,6 +183,27 @@ impl Program {
     }
 }
 
+/// Key of [`MAP_ALLOCS`] and [`MAP_MMAPS`]: an address in one process. A forked child has the
+/// same addresses as its parent, so the address alone does not name a block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    /// The block's (or mapping's) address.
+    pub addr: u64,
+    /// The process it belongs to.
+    pub tgid: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
+}
+
+impl AllocKey {
+    /// Key of `addr` in process `tgid`.
+    #[must_use]
+    pub const fn new(addr: u64, tgid: u32) -> Self {
+        Self { addr, tgid, pad: 0 }
+    }
+}
+
 /// One outstanding allocation, the value of [`MAP_ALLOCS`] (key: the returned address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -308,6 +329,7 @@ impl DropReason {
 pub const PROGRAM_ENTRY_STOP: &str = "entry_stop";
 
 // Layouts are part of the kernel/user contract: fail the build if they drift.
+const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Pending>() == 80);
@@ -316,11 +338,13 @@ const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, Pending, StackTrace};
+    use super::{AllocInfo, AllocKey, Pending, StackTrace};
 
     // SAFETY: all three are `#[repr(C)]`, `Copy`, contain only integers and have no padding
     // (checked by the size assertions above), so any byte pattern is a valid value.
     unsafe impl aya::Pod for AllocInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AllocKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.

@@ -8,16 +8,16 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
-    AllocInfo, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason, MAX_MMAPS,
-    MAX_PENDING, MAX_SCRATCH_THREADS, Pending, StackTrace, hit_index,
+    AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason,
+    MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, Pending, StackTrace, hit_index,
 };
 
-/// Outstanding allocations: address -> record. Sized by the loader (`--max-allocs`).
+/// Outstanding allocations: (address, process) -> record. Sized by the loader (`--max-allocs`).
 /// `BPF_F_NO_PREALLOC`: kernel memory grows with use instead of reserving the whole capacity
 /// (10M entries preallocated would pin about 1 GiB); since 6.1 the allocation comes from
 /// `bpf_mem_alloc`'s per-CPU caches, safe in uprobe context.
 #[map]
-pub static ALLOCS: HashMap<u64, AllocInfo> =
+pub static ALLOCS: HashMap<AllocKey, AllocInfo> =
     HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
 
 /// Stacks by 64-bit hash. Our own map rather than `BPF_MAP_TYPE_STACK_TRACE`: that one keys by a
@@ -30,7 +30,7 @@ pub static STACKS: HashMap<u64, StackTrace> =
 
 /// Anonymous mappings recorded in ALLOCS: start -> end (page-rounded), for `munmap` ranges.
 #[map]
-pub static MMAPS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_MMAPS, BPF_F_NO_PREALLOC);
+pub static MMAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_MMAPS, BPF_F_NO_PREALLOC);
 
 /// Arguments from an entry probe to its return probe, by `pid_tgid` (plus a kind bit).
 /// LRU, so returns that never arrive cannot fill it.

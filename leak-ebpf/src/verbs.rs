@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use leak_common::{
-    AllocInfo, DropReason, MAX_STACK_DEPTH, PENDING_MMAP_FIXED, PENDING_MMAP_TRACKED,
+    AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_MMAP_FIXED, PENDING_MMAP_TRACKED,
     PENDING_OVERFLOW, Pending, STACK_ID_NONE, STALE_PENDING_NS, StackTrace,
 };
 
@@ -27,6 +27,12 @@ use crate::maps::{
 
 /// -EEXIST as returned by map helpers.
 const EEXIST: i32 = -17;
+
+/// The process (thread group) of a `pid_tgid`.
+#[inline(always)]
+fn tgid(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}
 
 /// The calling thread's `pid_tgid`, or `None` if its process is filtered out.
 #[inline(always)]
@@ -142,7 +148,7 @@ pub fn free_enter(ptr: u64) {
         return;
     }
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    if ALLOCS.remove(ptr).is_ok() {
+    if ALLOCS.remove(AllocKey::new(ptr, tgid(pid_tgid))).is_ok() {
         return;
     }
     // Inside a hooked call (glibc's realloc(p, 0) frees p through free(); realloc's entry
@@ -169,7 +175,8 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
     if !stash(pid_tgid, &pending) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
         return;
     }
-    let Some(old) = ALLOCS.get_ptr(ptr) else {
+    let key = AllocKey::new(ptr, tgid(pid_tgid));
+    let Some(old) = ALLOCS.get_ptr(key) else {
         count_drop(DropReason::UnknownFree);
         return;
     };
@@ -182,7 +189,7 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
             (*stashed).has_old = 1;
         }
         // Only once the record is safe in the stash.
-        let _ = ALLOCS.remove(ptr);
+        let _ = ALLOCS.remove(key);
     }
 }
 
@@ -195,7 +202,13 @@ pub fn realloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
         // realloc(p, n > 0) failed: p is still allocated. realloc(p, 0) returning NULL freed p.
         if pending.size != 0
             && pending.has_old != 0
-            && ALLOCS.insert(pending.old_ptr, pending.old, u64::from(BPF_ANY)).is_err()
+            && ALLOCS
+                .insert(
+                    AllocKey::new(pending.old_ptr, tgid(pid_tgid)),
+                    pending.old,
+                    u64::from(BPF_ANY),
+                )
+                .is_err()
         {
             count_drop(DropReason::AllocMapFull);
         }
@@ -225,9 +238,8 @@ fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
 #[inline(always)]
 fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, size: u64, kind: u32) {
     let stack_id = take_stack(ctx, pid_tgid);
-    let info =
-        AllocInfo { size, timestamp_ns: now_ns(), stack_id, tgid: (pid_tgid >> 32) as u32, kind };
-    if ALLOCS.insert(addr, info, u64::from(BPF_ANY)).is_err() {
+    let info = AllocInfo { size, timestamp_ns: now_ns(), stack_id, tgid: tgid(pid_tgid), kind };
+    if ALLOCS.insert(AllocKey::new(addr, info.tgid), info, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::AllocMapFull);
     }
     if TRACE.load() != 0 {
@@ -351,11 +363,11 @@ pub fn mmap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     let end = page_end(ret, pending.size);
     // MAP_FIXED replaces whatever was mapped in the range, recorded mappings included.
     if pending.flags & PENDING_MMAP_FIXED != 0 {
-        leak_unmap_range(ret, end);
+        leak_unmap_range(ret, end, u64::from(tgid(pid_tgid)));
     }
     if pending.flags & PENDING_MMAP_TRACKED != 0 {
         record(ctx, pid_tgid, ret, pending.size, func);
-        if MMAPS.insert(ret, end, u64::from(BPF_ANY)).is_err() {
+        if MMAPS.insert(AllocKey::new(ret, tgid(pid_tgid)), end, u64::from(BPF_ANY)).is_err() {
             count_drop(DropReason::AllocMapFull);
         }
     }
@@ -369,7 +381,7 @@ pub fn munmap(addr: u64, len: u64) {
     if PENDING.get_ptr(pid_tgid).is_some() {
         return;
     }
-    leak_unmap_range(addr & !(PAGE - 1), page_end(addr, len));
+    leak_unmap_range(addr & !(PAGE - 1), page_end(addr, len), u64::from(tgid(pid_tgid)));
 }
 
 /// Entry of `mremap(old, old_size, new_size, ...)`.
@@ -396,13 +408,15 @@ pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
 pub fn mremap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
     let Some(pending) = take_pending(pid_tgid, func) else { return };
-    if ret == MAP_FAILED || MMAPS.get_ptr(pending.old_ptr).is_none() {
+    let t = tgid(pid_tgid);
+    if ret == MAP_FAILED || MMAPS.get_ptr(AllocKey::new(pending.old_ptr, t)).is_none() {
         return;
     }
     // The remapped part leaves its old place (a partial remap leaves the rest recorded).
-    leak_unmap_range(pending.old_ptr, page_end(pending.old_ptr, pending.out_ptr));
+    leak_unmap_range(pending.old_ptr, page_end(pending.old_ptr, pending.out_ptr), u64::from(t));
     record(ctx, pid_tgid, ret, pending.size, func);
-    if MMAPS.insert(ret, page_end(ret, pending.size), u64::from(BPF_ANY)).is_err() {
+    if MMAPS.insert(AllocKey::new(ret, t), page_end(ret, pending.size), u64::from(BPF_ANY)).is_err()
+    {
         count_drop(DropReason::AllocMapFull);
     }
 }
@@ -416,13 +430,14 @@ pub fn mremap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
 /// budget.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn leak_unmap_range(a: u64, b: u64) -> i32 {
-    unmap_range(a, b);
+pub extern "C" fn leak_unmap_range(a: u64, b: u64, tgid: u64) -> i32 {
+    #[expect(clippy::cast_possible_truncation, reason = "a tgid passed as a scalar")]
+    unmap_range(a, b, tgid as u32);
     0
 }
 
 #[inline(always)]
-fn unmap_range(a: u64, b: u64) {
+fn unmap_range(a: u64, b: u64, tgid: u32) {
     // Fast path: regions starting exactly at `a`, then at each one's end.
     let mut cur = a;
     let mut i = 0;
@@ -430,10 +445,10 @@ fn unmap_range(a: u64, b: u64) {
         if cur >= b {
             return;
         }
-        let Some(end) = MMAPS.get_ptr(cur) else { break };
+        let Some(end) = MMAPS.get_ptr(AllocKey::new(cur, tgid)) else { break };
         // SAFETY: live map value, copied out.
         let end = unsafe { *end };
-        leak_trim(cur, end, a, b);
+        leak_trim(cur, end, a, b, u64::from(tgid));
         cur = end;
         i += 1;
     }
@@ -442,6 +457,7 @@ fn unmap_range(a: u64, b: u64) {
     }
     // Slow path: a range starting inside a region (a tail or a middle), or past a gap.
     let mut found = Overlaps {
+        tgid,
         a: cur,
         b,
         n: 0,
@@ -461,7 +477,7 @@ fn unmap_range(a: u64, b: u64) {
     let mut j = 0;
     while j < UNMAP_MAX_OVERLAPS {
         if j < found.n {
-            leak_trim(found.starts[j], found.ends[j], a, b);
+            leak_trim(found.starts[j], found.ends[j], a, b, u64::from(tgid));
         }
         j += 1;
     }
@@ -473,6 +489,7 @@ fn unmap_range(a: u64, b: u64) {
 /// Regions overlapping `[a, b)`, gathered by [`collect_overlaps`].
 #[repr(C)]
 struct Overlaps {
+    tgid: u32,
     a: u64,
     b: u64,
     n: usize,
@@ -484,15 +501,15 @@ struct Overlaps {
 #[inline(never)]
 extern "C" fn collect_overlaps(
     _map: *mut core::ffi::c_void,
-    key: *const u64,
+    key: *const AllocKey,
     value: *const u64,
     found: *mut Overlaps,
 ) -> i64 {
     // SAFETY: the kernel passes the current key and value, and our context.
     unsafe {
-        let (s, e) = (*key, *value);
+        let (s, e) = ((*key).addr, *value);
         let f = &mut *found;
-        if s < f.b && f.a < e {
+        if (*key).tgid == f.tgid && s < f.b && f.a < e {
             let n = f.n;
             if n < UNMAP_MAX_OVERLAPS {
                 *f.starts.as_mut_ptr().add(n) = s;
@@ -513,36 +530,39 @@ extern "C" fn collect_overlaps(
 /// [`leak_unmap_range`].
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn leak_trim(s: u64, e: u64, a: u64, b: u64) -> i32 {
-    trim(s, e, a, b);
+pub extern "C" fn leak_trim(s: u64, e: u64, a: u64, b: u64, tgid: u64) -> i32 {
+    #[expect(clippy::cast_possible_truncation, reason = "a tgid passed as a scalar")]
+    trim(s, e, a, b, tgid as u32);
     0
 }
 
 #[inline(always)]
-fn trim(s: u64, e: u64, a: u64, b: u64) {
-    let info = ALLOCS.get_ptr(s).map(|p| {
+fn trim(s: u64, e: u64, a: u64, b: u64, tgid: u32) {
+    let key = AllocKey::new(s, tgid);
+    let info = ALLOCS.get_ptr(key).map(|p| {
         // SAFETY: live map value, copied out.
         unsafe { *p }
     });
-    let _ = MMAPS.remove(s);
-    let _ = ALLOCS.remove(s);
+    let _ = MMAPS.remove(key);
+    let _ = ALLOCS.remove(key);
     let Some(info) = info else { return };
     if s < a {
         let mut left = info;
         left.size = info.size.min(a - s);
-        keep(s, a, &left);
+        keep(s, a, &left, tgid);
     }
     if b < e {
         let mut right = info;
         right.size = (e - b).min(info.size.saturating_sub(b - s));
-        keep(b, e, &right);
+        keep(b, e, &right, tgid);
     }
 }
 
 #[inline(always)]
-fn keep(start: u64, end: u64, info: &AllocInfo) {
-    if ALLOCS.insert(start, info, u64::from(BPF_ANY)).is_err()
-        || MMAPS.insert(start, end, u64::from(BPF_ANY)).is_err()
+fn keep(start: u64, end: u64, info: &AllocInfo, tgid: u32) {
+    let key = AllocKey::new(start, tgid);
+    if ALLOCS.insert(key, info, u64::from(BPF_ANY)).is_err()
+        || MMAPS.insert(key, end, u64::from(BPF_ANY)).is_err()
     {
         count_drop(DropReason::AllocMapFull);
     }

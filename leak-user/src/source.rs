@@ -6,7 +6,9 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use leak_common::{AllocInfo, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_STACKS, StackTrace};
+use leak_common::{
+    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_MMAPS, MAP_STACKS, StackTrace,
+};
 
 use crate::{
     loader::Tracer,
@@ -43,6 +45,19 @@ pub trait AllocSource {
     /// # Errors
     /// The source could not be read.
     fn stack(&mut self, stack_id: u64) -> Result<Option<Vec<u64>>, SourceError>;
+
+    /// Forgets every record of process `tgid` (it exec'd or exited). Returns how many.
+    ///
+    /// # Errors
+    /// The source could not be written.
+    fn purge(&mut self, tgid: u32) -> Result<usize, SourceError>;
+
+    /// Gives process `to` a copy of every record of process `from`: a forked child holds a
+    /// copy of its parent's memory. Returns how many.
+    ///
+    /// # Errors
+    /// The source could not be written.
+    fn copy_process(&mut self, from: u32, to: u32) -> Result<usize, SourceError>;
 }
 
 impl AllocSource for Tracer {
@@ -53,16 +68,16 @@ impl AllocSource for Tracer {
         let Some(Map::HashMap(map)) = self.ebpf.map(MAP_ALLOCS) else {
             return Err(SourceError::MissingMap(MAP_ALLOCS));
         };
-        let entries = lookup_batch::<u64, AllocInfo>(map.fd().as_fd())
+        let entries = lookup_batch::<AllocKey, AllocInfo>(map.fd().as_fd())
             .map_err(|source| SourceError::Read { map: MAP_ALLOCS, source })?;
         let allocations = entries
             .into_iter()
-            .map(|(addr, info)| Allocation {
-                addr,
+            .map(|(key, info)| Allocation {
+                addr: key.addr,
                 size: info.size,
                 timestamp_ns: info.timestamp_ns,
                 stack_id: info.stack_id,
-                tgid: info.tgid,
+                tgid: key.tgid,
                 kind: info.kind,
             })
             .collect();
@@ -71,6 +86,36 @@ impl AllocSource for Tracer {
         let mut hits = ProbeHits::default();
         read_counters(&self.ebpf, MAP_HITS, &mut hits.0)?;
         Ok(Snapshot { taken_ns, allocations, drops, hits })
+    }
+
+    fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {
+        let allocs = self.keys_of::<AllocInfo>(MAP_ALLOCS, tgid)?;
+        let mmaps = self.keys_of::<u64>(MAP_MMAPS, tgid)?;
+        let mut map = self.hash_mut::<AllocInfo>(MAP_ALLOCS)?;
+        for (k, _) in &allocs {
+            // Already gone (freed meanwhile) is fine.
+            let _ = map.remove(k);
+        }
+        let mut map = self.hash_mut::<u64>(MAP_MMAPS)?;
+        for (k, _) in &mmaps {
+            let _ = map.remove(k);
+        }
+        Ok(allocs.len())
+    }
+
+    fn copy_process(&mut self, from: u32, to: u32) -> Result<usize, SourceError> {
+        let allocs = self.keys_of::<AllocInfo>(MAP_ALLOCS, from)?;
+        let mmaps = self.keys_of::<u64>(MAP_MMAPS, from)?;
+        let mut map = self.hash_mut::<AllocInfo>(MAP_ALLOCS)?;
+        for (k, v) in &allocs {
+            let info = AllocInfo { tgid: to, ..*v };
+            map.insert(AllocKey::new(k.addr, to), info, 0).map_err(write_err(MAP_ALLOCS))?;
+        }
+        let mut map = self.hash_mut::<u64>(MAP_MMAPS)?;
+        for (k, end) in &mmaps {
+            map.insert(AllocKey::new(k.addr, to), *end, 0).map_err(write_err(MAP_MMAPS))?;
+        }
+        Ok(allocs.len())
     }
 
     fn stack(&mut self, stack_id: u64) -> Result<Option<Vec<u64>>, SourceError> {
@@ -83,6 +128,35 @@ impl AllocSource for Tracer {
             Err(e) => Err(SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) }),
         }
     }
+}
+
+impl Tracer {
+    /// The entries of a hash map keyed by [`AllocKey`] whose process is `tgid`.
+    fn keys_of<V: aya::Pod + Default>(
+        &self,
+        name: &'static str,
+        tgid: u32,
+    ) -> Result<Vec<(AllocKey, V)>, SourceError> {
+        let map = self.ebpf.map(name).ok_or(SourceError::MissingMap(name))?;
+        let Map::HashMap(data) = map else { return Err(SourceError::MissingMap(name)) };
+        let all = lookup_batch::<AllocKey, V>(data.fd().as_fd())
+            .map_err(|source| SourceError::Read { map: name, source })?;
+        Ok(all.into_iter().filter(|(k, _)| k.tgid == tgid).collect())
+    }
+
+    fn hash_mut<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, AllocKey, V>, SourceError> {
+        let map = self.ebpf.map_mut(name).ok_or(SourceError::MissingMap(name))?;
+        BpfHashMap::try_from(map)
+            .map_err(|e| SourceError::Read { map: name, source: io::Error::other(e) })
+    }
+}
+
+/// A map write error as a `SourceError`.
+fn write_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SourceError {
+    move |e| SourceError::Read { map, source: io::Error::other(e) }
 }
 
 fn read_counters(ebpf: &aya::Ebpf, name: &'static str, out: &mut [u64]) -> Result<(), SourceError> {
