@@ -12,7 +12,7 @@ fn main() {
     let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
-    let builds: [(&str, &str, &[&str], &[&str]); 8] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 11] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -23,6 +23,9 @@ fn main() {
         ("leaker-stripped", "leaker", &["-static", "-s"], &[]),
         ("threads", "threads", &["-pthread"], &[]),
         ("mapper", "mapper", &[], &[]),
+        ("execer", "execer", &[], &[]),
+        ("forker", "forker", &[], &[]),
+        ("pidreuse", "pidreuse", &[], &[]),
         ("runner", "runner", &[], &[]),
         (
             "nomalloc",

@@ -8,7 +8,7 @@ use std::{
 
 use hashbrown::{HashMap, HashSet};
 use leak_common::STACK_ID_NONE;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -21,10 +21,9 @@ use crate::{
     config::TraceConfig,
     error::Error,
     loader::Tracer,
-    model::Frame,
+    model::{Allocation, Frame, Snapshot},
     output::{self, table::TableOptions},
     report::{self, AllocatorInfo, HookInfo, Report, ReportMeta, TargetInfo, Window},
-    runner,
     source::AllocSource,
     symbolize::{ProcessSymbolizer, Symbolizer as _},
 };
@@ -81,6 +80,7 @@ impl Session {
             pid,
             comm: crate::procfs::comm(pid).unwrap_or_default(),
             exe: crate::procfs::exe(pid).map(|p| p.display().to_string()).unwrap_or_default(),
+            start_time_ticks: crate::procfs::start_time(pid).unwrap_or(0),
         };
         Self {
             pid,
@@ -97,6 +97,17 @@ impl Session {
         }
     }
 
+    /// The traced process.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Re-reads the process's memory map for symbolization.
+    pub fn refresh_maps(&mut self) {
+        self.symbolizer.refresh();
+    }
+
     /// Snapshot, aggregate, symbolize and build a report.
     fn collect(
         &mut self,
@@ -104,8 +115,20 @@ impl Session {
         end_reason: &str,
     ) -> Result<(Report, Aggregate), Error> {
         let snap = source.snapshot()?;
+        self.collect_from(&snap, source, end_reason)
+    }
+
+    /// Aggregates this process's share of `snap`, symbolizes and builds a report.
+    fn collect_from(
+        &mut self,
+        snap: &Snapshot,
+        source: &mut dyn AllocSource,
+        end_reason: &str,
+    ) -> Result<(Report, Aggregate), Error> {
         let min_age_ns = u64::try_from(self.cfg.min_age.as_nanos()).unwrap_or(u64::MAX);
-        let agg = Aggregate::from_allocations(&snap.allocations, snap.taken_ns, min_age_ns);
+        let mine: Vec<Allocation> =
+            snap.allocations.iter().filter(|a| a.tgid == self.pid).copied().collect();
+        let agg = Aggregate::from_allocations(&mine, snap.taken_ns, min_age_ns);
         self.resolve_stacks(source, &agg)?;
         let meta = ReportMeta {
             target: self.target.clone(),
@@ -161,6 +184,49 @@ impl Session {
             self.frames.insert(id, frames);
         }
         Ok(())
+    }
+
+    /// Prints an interval report from `snap`.
+    ///
+    /// # Errors
+    /// Reading stacks failed.
+    pub fn report_interval(
+        &mut self,
+        snap: &Snapshot,
+        source: &mut dyn AllocSource,
+    ) -> Result<(), Error> {
+        let (report, agg) = self.collect_from(snap, source, "interval")?;
+        let header = self.header(&report);
+        self.print(&report, &agg, &header);
+        Ok(())
+    }
+
+    /// The final report: printed and written to the configured files.
+    ///
+    /// # Errors
+    /// Reading stacks or writing a file failed.
+    pub fn finish(
+        &mut self,
+        snap: &Snapshot,
+        source: &mut dyn AllocSource,
+        end: End,
+    ) -> Result<Report, Error> {
+        let (report, agg) = self.collect_from(snap, source, end.as_str())?;
+        let why = match end {
+            End::Duration => "duration reached",
+            End::Signal(_) => "interrupted",
+            End::TargetExited => "target exited",
+        };
+        let header = format!(
+            "final report: pid {} ({}) {} ({:.1} s, {why})",
+            self.pid,
+            self.target.comm,
+            Self::window_text(&report),
+            report.duration_s
+        );
+        self.print(&report, &agg, &header);
+        self.write_outputs(&report)?;
+        Ok(report)
     }
 
     fn print(&mut self, report: &Report, agg: &Aggregate, header: &str) {
@@ -239,19 +305,31 @@ impl Session {
     }
 }
 
-/// SIGINT and SIGTERM handlers. Installed before the probes are attached: a signal that
-/// arrives from then on is held for the session loop, so it still ends with a report.
+/// SIGINT, SIGTERM and SIGCHLD handlers. Installed before the probes are attached (and before
+/// `leak run` starts its command): a signal that arrives from then on is held for the session
+/// loop, so it still ends with a report.
 pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    chld: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     /// The next SIGINT or SIGTERM.
-    async fn recv(&mut self) -> i32 {
+    pub async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = self.int.recv() => libc::SIGINT,
             _ = self.term.recv() => libc::SIGTERM,
+        }
+    }
+
+    /// The next SIGINT or SIGTERM (its number), or SIGCHLD (`None`: a traced child stopped or
+    /// exited; several may be folded into one).
+    pub async fn next(&mut self) -> Option<i32> {
+        tokio::select! {
+            _ = self.chld.recv() => None,
+            _ = self.int.recv() => Some(libc::SIGINT),
+            _ = self.term.recv() => Some(libc::SIGTERM),
         }
     }
 
@@ -265,16 +343,13 @@ impl Signals {
                 .map_err(Error::io("installing a SIGINT handler"))?,
             term: signal(SignalKind::terminate())
                 .map_err(Error::io("installing a SIGTERM handler"))?,
+            chld: signal(SignalKind::child()).map_err(Error::io("installing a SIGCHLD handler"))?,
         })
     }
 }
 
-/// Traces until `--duration`, a signal, or the target's exit; returns the final report (also
-/// printed and written to the configured files).
-///
-/// `run_child` is the pid of a child started by `leak run`: a first SIGINT or SIGTERM then
-/// goes to the child (SIGTERM is forwarded; SIGINT from a terminal reaches it directly) and
-/// tracing continues until it exits; a second one stops tracing at once.
+/// `leak attach`: traces until `--duration`, a signal, or the target's exit; returns the
+/// final report (also printed and written to the configured files).
 ///
 /// # Errors
 /// Reading the maps or writing outputs failed.
@@ -282,7 +357,6 @@ pub async fn trace(
     tracer: &mut Tracer,
     session: &mut Session,
     signals: &mut Signals,
-    run_child: Option<u32>,
 ) -> Result<(Report, End), Error> {
     let exit = ExitWatch::new(session.pid);
     let start = Instant::now();
@@ -290,15 +364,8 @@ pub async fn trace(
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut maps_tick = interval(MAPS_REFRESH);
     maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let deadline = session.cfg.duration.map(|d| start + d);
-    let until_deadline = async move {
-        match deadline {
-            Some(d) => sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let until_deadline = deadline(start, session.cfg.duration);
     tokio::pin!(until_deadline);
-    let mut signalled = false;
     let end = loop {
         tokio::select! {
             _ = report_tick.tick() => {
@@ -312,59 +379,20 @@ pub async fn trace(
             }
             () = &mut until_deadline => break End::Duration,
             () = exit.exited() => break End::TargetExited,
-            sig = signals.recv() => {
-                match run_child {
-                    Some(child) if !signalled => {
-                        // SIGINT from a terminal has reached the command already (same
-                        // process group); SIGTERM sent to leak alone is passed on.
-                        if sig == libc::SIGTERM {
-                            runner::kill(child, libc::SIGTERM);
-                        }
-                        info!("signal {sig}: waiting for the command to exit (again to stop now)");
-                        signalled = true;
-                    }
-                    _ => break End::Signal(sig),
-                }
-            }
+            sig = signals.recv() => break End::Signal(sig),
         }
     };
     tracer.flush_logs();
-    let (report, agg) = session.collect(tracer, end.as_str())?;
-    let why = match end {
-        End::Duration => "duration reached",
-        End::Signal(_) => "interrupted",
-        End::TargetExited => "target exited",
-    };
-    let header = format!(
-        "final report: pid {} ({}) {} ({:.1} s, {why})",
-        session.pid,
-        session.target.comm,
-        Session::window_text(&report),
-        report.duration_s
-    );
-    session.print(&report, &agg, &header);
-    session.write_outputs(&report)?;
+    let snap = tracer.snapshot()?;
+    let report = session.finish(&snap, tracer, end)?;
     Ok((report, end))
 }
 
-/// Waits for `leak run`'s command to exit after tracing has ended, passing the first SIGTERM
-/// on to it. Returns the signal that stopped the wait early (a second one), if any.
-pub async fn wait_for_exit(pid: u32, signals: &mut Signals) -> Option<i32> {
-    let exit = ExitWatch::new(pid);
-    let mut signalled = false;
-    loop {
-        tokio::select! {
-            () = exit.exited() => return None,
-            sig = signals.recv() => {
-                if signalled {
-                    return Some(sig);
-                }
-                if sig == libc::SIGTERM {
-                    runner::kill(pid, libc::SIGTERM);
-                }
-                signalled = true;
-            }
-        }
+/// Resolves at `start + duration`, or never.
+pub async fn deadline(start: Instant, duration: Option<Duration>) {
+    match duration {
+        Some(d) => sleep_until(start + d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct AttachArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
+    /// Trace the processes the command forks too, each with its own report (files named
+    /// NAME-PID.EXT).
+    #[arg(long)]
+    pub follow_forks: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -108,7 +112,9 @@ impl From<CliCommand> for Command {
     fn from(c: CliCommand) -> Self {
         match c {
             CliCommand::Attach(a) => Self::Attach { pid: a.pid, trace: a.trace.into() },
-            CliCommand::Run(r) => Self::Run { argv: r.command, trace: r.trace.into() },
+            CliCommand::Run(r) => {
+                Self::Run { argv: r.command, trace: r.trace.into(), follow_forks: r.follow_forks }
+            }
         }
     }
 }
@@ -180,9 +186,12 @@ mod tests {
     fn run_takes_the_command_after_dashes() {
         let c =
             parse(&["leak", "run", "--json", "r.json", "--", "./server", "--port", "80"]).unwrap();
-        let Command::Run { argv, trace } = c else { panic!("not run") };
+        let Command::Run { argv, trace, follow_forks } = c else { panic!("not run") };
         assert_eq!(argv, ["./server", "--port", "80"]);
         assert!(trace.outputs.json.is_some());
+        assert!(!follow_forks);
+        let c = parse(&["leak", "run", "--follow-forks", "--", "make"]).unwrap();
+        assert!(matches!(c, Command::Run { follow_forks: true, .. }));
     }
 
     #[test]

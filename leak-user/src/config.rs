@@ -71,6 +71,8 @@ pub enum Command {
         argv: Vec<OsString>,
         /// Options.
         trace: TraceConfig,
+        /// Trace the children it forks too, each reported on its own.
+        follow_forks: bool,
     },
 }
 

@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod controller;
 pub mod elf;
 pub mod error;
 pub mod hooks;
@@ -26,14 +27,16 @@ pub mod runner;
 pub mod source;
 pub mod symbolize;
 pub mod target;
+pub mod tracee;
 
 use std::{ffi::OsString, num::NonZeroU32};
 
 use log::info;
 
 use crate::{
-    agent::{End, Session},
+    agent::Session,
     config::{Command, TraceConfig},
+    controller::Controller,
     error::Error,
     loader::{LoadOptions, Tracer},
     report::{AllocatorInfo, HookInfo, ProbeInfo},
@@ -53,7 +56,7 @@ pub fn run(command: Command) -> Result<u8, Error> {
         .map_err(Error::io("starting the runtime"))?;
     match command {
         Command::Attach { pid, trace } => attach(&rt, pid, trace),
-        Command::Run { argv, trace } => run_command(&rt, &argv, trace),
+        Command::Run { argv, trace, follow_forks } => run_command(&rt, &argv, trace, follow_forks),
     }
 }
 
@@ -90,7 +93,7 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
     }
 }
 
-fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
+pub(crate) fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
     AllocatorInfo {
         path: plan.malloc_object().path.clone(),
         probes: plan
@@ -110,7 +113,7 @@ fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
     }
 }
 
-fn hook_infos(plan: &AllocatorPlan) -> Vec<HookInfo> {
+pub(crate) fn hook_infos(plan: &AllocatorPlan) -> Vec<HookInfo> {
     plan.hooks
         .iter()
         .map(|h| HookInfo {
@@ -142,12 +145,11 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let plan = target::plan_for_pid(pid, trace.lib.as_deref())?;
     let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
-    let n = tracer.attach_allocator(&plan, nonzero(pid)?)?;
-    eprintln!("attached to PID {pid} ({n} probes)");
+    let links = tracer.attach_allocator(&plan, nonzero(pid)?)?;
+    eprintln!("attached to PID {pid} ({} probes)", links.len());
     let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
-    rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, None))?;
-    // Dropping the tracer detaches every probe.
-    drop(tracer);
+    rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals))?;
+    tracer.release_in_background();
     Ok(0)
 }
 
@@ -155,28 +157,18 @@ fn run_command(
     rt: &tokio::runtime::Runtime,
     argv: &[OsString],
     trace: TraceConfig,
+    follow_forks: bool,
 ) -> Result<u8, Error> {
     let program = runner::resolve_program(
         argv.first().ok_or_else(|| Error::BadInput("no command given".into()))?,
     )?;
-    let (entry_elf, entry_offset) = runner::entry_point(&program)?;
     preflight(&trace)?;
+    // Before the command starts: its stops arrive as SIGCHLD.
     let mut signals = install_signals(rt)?;
-    // Fork first: the child's pid is a load-time constant of the BPF programs.
-    let mut child = runner::spawn_paused(&program, argv)?;
+    let child = runner::spawn_traced(&program, argv)?;
     let pid = child.pid;
-    let kill_child = |e: Error| {
-        runner::kill(pid, libc::SIGKILL);
-        let _ = runner::waitpid(pid, 0);
-        e
-    };
-    let mut tracer = Tracer::load(load_options(pid, &trace)).map_err(|e| kill_child(e.into()))?;
-    tracer
-        .attach_entry_stop(&entry_elf, entry_offset, nonzero(pid)?)
-        .map_err(|e| kill_child(e.into()))?;
-    child.release()?;
-    match child.wait_first_stop(&entry_elf)? {
-        FirstStop::Stopped => {}
+    match child.wait_exec()? {
+        FirstStop::Exec => {}
         FirstStop::ExecFailed(errno) => {
             return Err(Error::BadInput(format!(
                 "cannot run {}: {}",
@@ -186,35 +178,30 @@ fn run_command(
         }
         FirstStop::Exited(code) => {
             eprintln!(
-                "leak: {} exited with code {code} before leak could attach (it never stopped at \
-                 its entry point)",
+                "leak: {} exited with code {code} before it could be traced",
                 program.display()
             );
             return Ok(u8::try_from(code).unwrap_or(1));
         }
     }
-    info!("pid {pid} stopped at the entry of {}", entry_elf.display());
-    let plan = target::plan_for_pid(pid, trace.lib.as_deref()).map_err(|e| kill_child(e.into()))?;
-    let n = tracer.attach_allocator(&plan, nonzero(pid)?).map_err(|e| kill_child(e.into()))?;
-    tracer.detach_entry_stop();
-    eprintln!("attached to PID {pid} ({n} probes)");
-    let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
-    runner::kill(pid, libc::SIGCONT);
-    let (_report, end) =
-        rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals, Some(pid)))?;
-    drop(tracer);
-    let stopped_by = match end {
-        // Stopped on a second signal: do not wait for a command that ignores them.
-        End::Signal(sig) => Some(sig),
-        End::Duration => {
-            eprintln!("leak: tracing ended; waiting for pid {pid} to exit");
-            rt.block_on(agent::wait_for_exit(pid, &mut signals))
-        }
-        End::TargetExited => None,
+    let kill_child = |e: Error| {
+        runner::kill(pid, libc::SIGKILL);
+        let _ = runner::waitpid(pid, 0);
+        e
     };
-    if let Some(sig) = stopped_by {
-        return Ok(u8::try_from(128 + sig).unwrap_or(1));
-    }
-    let status = runner::waitpid(pid, 0).map_err(Error::io("waiting for the command"))?;
-    Ok(u8::try_from(runner::exit_code(status)).unwrap_or(1))
+    // Following children: the probes are scoped to each process; no single tgid to filter.
+    let filter = if follow_forks { 0 } else { pid };
+    let mut tracer =
+        Tracer::load(load_options(filter, &trace)).map_err(|e| kill_child(e.into()))?;
+    let mut ctl = Controller::new(&mut tracer, trace, follow_forks, pid);
+    ctl.start().map_err(kill_child)?;
+    let result = match rt.block_on(ctl.run(&mut signals)) {
+        Ok(code) => Ok(code),
+        // Before its probes were attached the command has not run a single instruction of
+        // its own: do not leave it running untraced.
+        Err(e) if !ctl.root_attached() => Err(kill_child(e)),
+        Err(e) => Err(e),
+    };
+    tracer.release_in_background();
+    result
 }

@@ -159,6 +159,21 @@ pub fn map_files_path(pid: u32, m: &MapEntry) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/map_files/{:08x}-{:08x}", m.start, m.end))
 }
 
+/// Start time of process `pid`, in clock ticks after boot.
+#[must_use]
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_stat_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The `starttime` field (22) of a `/proc/PID/stat` text.
+#[must_use]
+pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
+    // comm is in parentheses and may contain spaces and ')': split at the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    // The fields after comm start at field 3 (state).
+    after.split_whitespace().nth(22 - 3).and_then(|f| f.parse().ok())
+}
+
 /// A path, reachable from here, to the very file behind mapping `m` of process `pid` (the
 /// same inode): `/proc/PID/map_files/<range>` (the mapped file itself, from any mount
 /// namespace, even deleted; needs `CAP_SYS_ADMIN`), else the path through the process's root
@@ -248,6 +263,15 @@ mod tests {
         let env = b"PATH=/bin\0LD_PRELOAD=/usr/lib/libjemalloc.so.2:libfoo.so libbar.so\0X=1\0";
         assert_eq!(parse_ld_preload(env), ["/usr/lib/libjemalloc.so.2", "libfoo.so", "libbar.so"]);
         assert!(parse_ld_preload(b"PATH=/bin\0").is_empty());
+    }
+
+    #[test]
+    fn start_time_field() {
+        let stat =
+            "1234 (a) b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000";
+        assert_eq!(parse_stat_start_time(stat), Some(987_654));
+        assert_eq!(parse_stat_start_time("garbage"), None);
+        assert!(start_time(std::process::id()).is_some_and(|t| t > 0));
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct TargetInfo {
     pub comm: String,
     /// Executable path.
     pub exe: String,
+    /// Start time, in clock ticks after boot (`/proc/PID/stat`): with the pid, it names the
+    /// process (a pid can be reused once its process has exited).
+    pub start_time_ticks: u64,
 }
 
 /// Totals.
@@ -307,7 +310,12 @@ pub(crate) mod tests {
         drops.0[leak_common::DropReason::UnknownFree as usize] = 2;
         build(
             ReportMeta {
-                target: TargetInfo { pid: 42, comm: "demo".into(), exe: "/bin/demo".into() },
+                target: TargetInfo {
+                    pid: 42,
+                    comm: "demo".into(),
+                    exe: "/bin/demo".into(),
+                    start_time_ticks: 7,
+                },
                 window: Window { start_unix_s: 1_700_000_000.0, end_unix_s: 1_700_000_010.0 },
                 now_ns: 3_500_000_000,
                 min_age_s: 0.0,
@@ -381,7 +389,12 @@ pub(crate) mod tests {
         );
         let r = build(
             ReportMeta {
-                target: TargetInfo { pid: 1, comm: String::new(), exe: String::new() },
+                target: TargetInfo {
+                    pid: 1,
+                    comm: String::new(),
+                    exe: String::new(),
+                    start_time_ticks: 0,
+                },
                 window: Window { start_unix_s: 0.0, end_unix_s: 0.0 },
                 now_ns: 0,
                 min_age_s: 0.0,

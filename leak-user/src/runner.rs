@@ -1,14 +1,13 @@
-//! `leak run`: start a command so that the probes are attached before its `main` runs.
+//! `leak run`: start a command traced with ptrace, stopped at its `exec`.
 //!
 //! The allocator a program uses is only known once the dynamic linker has mapped its
-//! libraries, i.e. after `exec`. So: fork; the child waits on a pipe; we put a one-shot uprobe
-//! on the program's ELF entry point (which the dynamic linker jumps to after mapping and
-//! relocating every library) that SIGSTOPs the child; release the child, which execs and stops
-//! at its entry; read its maps, attach the allocator probes, remove the entry probe, SIGCONT.
+//! libraries, after `exec` and before the program's entry point. The child asks to be traced
+//! (`PTRACE_TRACEME`) and execs; the kernel stops it right after the exec; the controller then
+//! puts a one-shot uprobe on the program's ELF entry point that stops it again there, with its
+//! libraries mapped (see `controller`).
 use std::{
     ffi::{CString, OsStr, OsString},
-    fs,
-    io::{self, Read as _},
+    fs, io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -45,63 +44,41 @@ fn is_executable(p: &Path) -> bool {
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The ELF file whose entry point the process reaches first after `exec(program)`, and that
-/// entry point's file offset. Follows one `#!` line to the interpreter.
+/// File offset of the ELF entry point of `elf` (e.g. `/proc/PID/exe` after an exec).
 ///
 /// # Errors
-/// [`Error::BadInput`] for files that are neither ELF executables nor scripts.
-pub fn entry_point(program: &Path) -> Result<(PathBuf, u64), Error> {
-    let mut head = [0u8; 256];
-    let n = fs::File::open(program)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| Error::BadInput(format!("cannot read {}: {e}", program.display())))?;
-    let head = &head[..n];
-    let elf = if let Some(rest) = head.strip_prefix(b"#!") {
-        let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-        let interp = line
-            .split(u8::is_ascii_whitespace)
-            .find(|w| !w.is_empty())
-            .ok_or_else(|| Error::BadInput(format!("{}: empty #! line", program.display())))?;
-        PathBuf::from(OsStr::from_bytes(interp))
-    } else {
-        program.to_path_buf()
-    };
-    let image = ElfImage::open(&elf).map_err(|e| {
-        Error::BadInput(format!(
-            "cannot run {}: {e}: leak run needs an ELF executable or a script",
-            program.display()
-        ))
-    })?;
-    let offset = image.entry_file_offset().ok_or_else(|| {
+/// [`Error::BadInput`] if it is not an ELF executable with its entry in a loaded segment.
+pub fn entry_offset(elf: &Path) -> Result<u64, Error> {
+    let image = ElfImage::open(elf)
+        .map_err(|e| Error::BadInput(format!("cannot trace {}: {e}", elf.display())))?;
+    image.entry_file_offset().ok_or_else(|| {
         Error::BadInput(format!("{}: its entry point is not in a loaded segment", elf.display()))
-    })?;
-    Ok((elf, offset))
+    })
 }
 
-/// A forked child waiting to exec.
-pub struct PausedChild {
+/// A child started with [`spawn_traced`], not yet known to have exec'd.
+pub struct Spawned {
     /// Child pid.
     pub pid: u32,
-    go: Option<OwnedFd>,
     exec_err: OwnedFd,
 }
 
-/// How the child first changed state after being released.
+/// How the child first changed state.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FirstStop {
-    /// Stopped (at its entry point).
-    Stopped,
+    /// Exec'd, and stopped (traced) before the program's first instruction.
+    Exec,
     /// Exec failed with this errno.
     ExecFailed(i32),
-    /// Exited (or was killed) before reaching its entry point: exit code.
+    /// Exited (or was killed) before exec: exit code.
     Exited(i32),
 }
 
-/// Forks a child that execs `program` with `argv` once [`PausedChild::release`] is called.
+/// Forks a child that asks to be traced and execs `program` with `argv`.
 ///
 /// # Errors
 /// Invalid arguments (NUL bytes) or fork/pipe failure.
-pub fn spawn_paused(program: &Path, argv: &[OsString]) -> Result<PausedChild, Error> {
+pub fn spawn_traced(program: &Path, argv: &[OsString]) -> Result<Spawned, Error> {
     let cstr = |s: &OsStr| {
         CString::new(s.as_bytes())
             .map_err(|_| Error::BadInput(format!("argument contains a NUL byte: {}", s.display())))
@@ -111,9 +88,8 @@ pub fn spawn_paused(program: &Path, argv: &[OsString]) -> Result<PausedChild, Er
     let mut arg_ptrs: Vec<*const libc::c_char> = c_argv.iter().map(|a| a.as_ptr()).collect();
     arg_ptrs.push(std::ptr::null());
 
-    let (go_r, go_w) = pipe().map_err(Error::io("creating a pipe"))?;
     let (err_r, err_w) = pipe().map_err(Error::io("creating a pipe"))?;
-    // SAFETY: the child only calls async-signal-safe functions (read, close, execv, write,
+    // SAFETY: the child only calls async-signal-safe functions (close, ptrace, execv, write,
     // _exit) on memory prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -122,68 +98,29 @@ pub fn spawn_paused(program: &Path, argv: &[OsString]) -> Result<PausedChild, Er
     if pid == 0 {
         // SAFETY: child side, see above.
         unsafe {
-            // Drop the parent's ends: holding the write end of `go` ourselves would keep the
-            // read below from ever seeing EOF.
-            libc::close(go_w.as_raw_fd());
             libc::close(err_r.as_raw_fd());
-            let mut b = 0u8;
-            loop {
-                let r = libc::read(go_r.as_raw_fd(), (&raw mut b).cast(), 1);
-                if r == 1 {
-                    break;
-                }
-                // 0: the parent went away without releasing us.
-                if r == 0 || *libc::__errno_location() != libc::EINTR {
-                    libc::_exit(127);
-                }
-            }
-            libc::close(go_r.as_raw_fd());
+            // The parent becomes the tracer: the exec stops this process until it resumes it.
+            libc::ptrace(libc::PTRACE_TRACEME, 0, std::ptr::null_mut::<libc::c_void>(), 0);
             libc::execv(prog.as_ptr(), arg_ptrs.as_ptr());
             let errno = *libc::__errno_location();
             libc::write(err_w.as_raw_fd(), (&raw const errno).cast(), 4);
             libc::_exit(127);
         }
     }
-    drop(go_r);
     drop(err_w);
-    Ok(PausedChild { pid: pid.cast_unsigned(), go: Some(go_w), exec_err: err_r })
+    Ok(Spawned { pid: pid.cast_unsigned(), exec_err: err_r })
 }
 
-impl PausedChild {
-    /// Lets the child exec.
-    ///
-    /// # Errors
-    /// The pipe write failed (the child died).
-    pub fn release(&mut self) -> Result<(), Error> {
-        if let Some(go) = self.go.take() {
-            let b = 1u8;
-            // SAFETY: one byte from a local.
-            let r = unsafe { libc::write(go.as_raw_fd(), (&raw const b).cast(), 1) };
-            if r != 1 {
-                return Err(Error::io("releasing the child")(io::Error::last_os_error()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until the child stops or exits.
+impl Spawned {
+    /// Waits until the child has exec'd (and is stopped) or has exited.
     ///
     /// # Errors
     /// `waitpid` failed.
-    pub fn wait_first_stop(&self, entry_elf: &Path) -> Result<FirstStop, Error> {
-        let status = loop {
-            let status =
-                waitpid(self.pid, libc::WUNTRACED).map_err(Error::io("waiting for the child"))?;
-            if !libc::WIFSTOPPED(status) {
-                break status;
-            }
-            // Ours is a SIGSTOP after exec. Any other stop (a SIGTSTP, or a stop before the
-            // exec) is not the entry point: let it run on.
-            if libc::WSTOPSIG(status) == libc::SIGSTOP && self.runs(entry_elf) {
-                return Ok(FirstStop::Stopped);
-            }
-            kill(self.pid, libc::SIGCONT);
-        };
+    pub fn wait_exec(&self) -> Result<FirstStop, Error> {
+        let status = waitpid(self.pid, 0).map_err(Error::io("waiting for the child"))?;
+        if libc::WIFSTOPPED(status) {
+            return Ok(FirstStop::Exec);
+        }
         let mut errno = [0u8; 4];
         // SAFETY: reading 4 bytes into a local; the write end is closed (exec or exit).
         let n = unsafe { libc::read(self.exec_err.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
@@ -191,24 +128,6 @@ impl PausedChild {
             return Ok(FirstStop::ExecFailed(i32::from_ne_bytes(errno)));
         }
         Ok(FirstStop::Exited(exit_code(status)))
-    }
-}
-
-impl PausedChild {
-    /// Whether the child's executable is `elf` (same inode: it has exec'd it).
-    fn runs(&self, elf: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        match (fs::metadata(format!("/proc/{}/exe", self.pid)), fs::metadata(elf)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
-    }
-}
-
-impl Drop for PausedChild {
-    fn drop(&mut self) {
-        // Never leave a child blocked on the pipe: closing `go` makes it exit.
-        self.go.take();
     }
 }
 
@@ -272,47 +191,24 @@ mod tests {
     }
 
     #[test]
-    fn scripts_resolve_to_their_interpreter() {
+    fn exec_failure_exit_and_exec_stop() {
+        let child = spawn_traced(Path::new("/nonexistent/prog"), &["prog".into()]).unwrap();
+        assert_eq!(child.wait_exec().unwrap(), FirstStop::ExecFailed(libc::ENOENT));
+
+        // A traced child stops right after its exec; resumed, it runs to its exit.
+        let sh = resolve_program(OsStr::new("sh")).unwrap();
+        let child = spawn_traced(&sh, &["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
+        assert_eq!(child.wait_exec().unwrap(), FirstStop::Exec);
+        assert!(entry_offset(Path::new(&format!("/proc/{}/exe", child.pid))).unwrap() > 0);
+        crate::tracee::cont(child.pid, 0).unwrap();
+        assert_eq!(exit_code(waitpid(child.pid, 0).unwrap()), 7);
+    }
+
+    #[test]
+    fn non_elf_files_cannot_be_traced() {
         let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("s");
-        fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
-        let (elf, off) = entry_point(&script).unwrap();
-        assert_eq!(elf, Path::new("/bin/sh"));
-        assert!(off > 0);
-        fs::write(&script, "plain text").unwrap();
-        assert!(entry_point(&script).is_err());
-    }
-
-    #[test]
-    fn exec_failure_and_exit_codes_are_reported() {
-        let mut child = spawn_paused(Path::new("/nonexistent/prog"), &["prog".into()]).unwrap();
-        child.release().unwrap();
-        let elf = Path::new("/nonexistent/prog");
-        assert_eq!(child.wait_first_stop(elf).unwrap(), FirstStop::ExecFailed(libc::ENOENT));
-
-        let sh = resolve_program(OsStr::new("sh")).unwrap();
-        let mut child = spawn_paused(&sh, &["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
-        child.release().unwrap();
-        assert_eq!(child.wait_first_stop(&sh).unwrap(), FirstStop::Exited(7));
-    }
-
-    #[test]
-    fn a_stop_before_exec_is_not_the_entry_stop() {
-        let sh = resolve_program(OsStr::new("sh")).unwrap();
-        let mut child = spawn_paused(&sh, &["sh".into(), "-c".into(), "exit 5".into()]).unwrap();
-        // Stopped while still waiting to exec: its executable is not sh yet.
-        kill(child.pid, libc::SIGSTOP);
-        child.release().unwrap();
-        assert_eq!(child.wait_first_stop(&sh).unwrap(), FirstStop::Exited(5));
-    }
-
-    #[test]
-    fn a_child_never_released_exits() {
-        let sh = resolve_program(OsStr::new("sh")).unwrap();
-        let child = spawn_paused(&sh, &["sh".into()]).unwrap();
-        let pid = child.pid;
-        drop(child);
-        let status = waitpid(pid, 0).unwrap();
-        assert_eq!(exit_code(status), 127);
+        let f = dir.path().join("s");
+        fs::write(&f, "plain text").unwrap();
+        assert!(entry_offset(&f).is_err());
     }
 }

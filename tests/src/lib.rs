@@ -258,6 +258,24 @@ pub fn run_leak(args: &[&str]) -> Finished {
     Leak::spawn(args).wait()
 }
 
+/// Runs `leak args...` to completion, with `input` on its (and its command's) stdin.
+#[must_use]
+pub fn run_leak_with_stdin(args: &[&str], input: &str) -> Finished {
+    let mut child = Command::new(leak_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start leak");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let stderr = Lines::spawn(child.stderr.take().expect("stderr"));
+    let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
+    Leak { child, stderr, stdout }.wait()
+}
+
 impl Finished {
     /// Asserts a bad-input exit: code 2 and exactly one stderr line containing `needle`.
     pub fn assert_bad_input(&self, needle: &str) {

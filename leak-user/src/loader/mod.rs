@@ -13,7 +13,7 @@ use leak_common::{
     COOKIE_AFTER_SYSCALL, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE, MAP_ALLOCS,
     MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
 };
-use log::{debug, warn};
+use log::debug;
 
 use crate::target::AllocatorPlan;
 
@@ -81,8 +81,25 @@ impl Default for LoadOptions {
 pub struct Tracer {
     pub(crate) ebpf: Ebpf,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
-    entry_stop: Option<UProbeLinkId>,
     attached: usize,
+}
+
+/// The probes attached for one process, to detach them when it execs or exits.
+#[derive(Debug, Default)]
+pub struct Links(Vec<(&'static str, UProbeLinkId)>);
+
+impl Links {
+    /// Number of probes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No probes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Tracer {
@@ -115,7 +132,7 @@ impl Tracer {
             let prog = uprobe(&mut ebpf, name)?;
             prog.load().map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })?;
         }
-        Ok(Self { ebpf, logger, entry_stop: None, attached: 0 })
+        Ok(Self { ebpf, logger, attached: 0 })
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of
@@ -127,8 +144,8 @@ impl Tracer {
         &mut self,
         plan: &AllocatorPlan,
         pid: NonZeroU32,
-    ) -> Result<usize, LoaderError> {
-        let mut attached = 0;
+    ) -> Result<Links, LoaderError> {
+        let mut links = Links::default();
         for (cookie, hook) in plan.hooks.iter().enumerate() {
             let object = &plan.objects[hook.object];
             let offset = hook.file_offset();
@@ -142,20 +159,78 @@ impl Tracer {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
                     cookie: Some(cookie as u64 | flags),
                 };
-                prog.attach(point, &object.host_path, UProbeScope::OneProcess(pid)).map_err(
-                    |e| LoaderError::Attach {
+                let link = prog
+                    .attach(point, &object.host_path, UProbeScope::OneProcess(pid))
+                    .map_err(|e| LoaderError::Attach {
                         program: name,
                         target: format!("{} ({})", object.path, hook.spec.symbol),
                         offset,
                         source: Box::new(e),
-                    },
-                )?;
+                    });
+                match link {
+                    Ok(link) => links.0.push((name, link)),
+                    Err(e) => {
+                        // Leave nothing half attached.
+                        self.detach(links);
+                        return Err(e);
+                    }
+                }
                 debug!("attached {name} to {} at {}+{offset:#x}", hook.spec.symbol, object.path);
-                attached += 1;
             }
         }
-        self.attached += attached;
-        Ok(attached)
+        self.attached += links.len();
+        Ok(links)
+    }
+
+    /// Detaches the probes of one process.
+    ///
+    /// Slow: the kernel unregisters each uprobe after an RCU-tasks-trace grace period, one
+    /// after another (about 85 ms per probe here; closing them from several threads does not
+    /// overlap them). Only what must go now is detached this way; see
+    /// [`Self::release_in_background`].
+    pub fn detach(&mut self, links: Links) {
+        for (name, id) in links.0 {
+            self.attached = self.attached.saturating_sub(1);
+            if let Ok(prog) = uprobe(&mut self.ebpf, name)
+                && let Err(e) = prog.detach(id)
+            {
+                debug!("detaching {name}: {e}");
+            }
+        }
+    }
+
+    /// Releases every probe, map and program without waiting for the kernel's unregistration
+    /// (see [`Self::detach`]): a helper process inherits the descriptors, waits until we have
+    /// exited, and exits itself. Our own exit then only drops references; the last ones, and
+    /// the slow unregistration, go with the helper. `leak` returns at once.
+    pub fn release_in_background(self) {
+        let mut fds = [0; 2];
+        // SAFETY: valid out-array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return;
+        }
+        // SAFETY: the child only calls async-signal-safe functions (open, dup2, close, read,
+        // _exit).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: child side, see above.
+            unsafe {
+                libc::close(fds[1]);
+                // Not holding the caller's output open (a pipe reader waits for EOF).
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                let mut b = 0u8;
+                // EOF: every holder of the write end, i.e. the parent, has exited.
+                while libc::read(fds[0], (&raw mut b).cast(), 1) != 0 {}
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our read end; the write end stays open until we exit (deliberately leaked).
+        unsafe { libc::close(fds[0]) };
+        // Dropping here only drops our references when the fork succeeded.
+        drop(self);
     }
 
     /// Probes attached by [`Self::attach_allocator`].
@@ -173,7 +248,7 @@ impl Tracer {
         exe: &Path,
         entry_offset: u64,
         pid: NonZeroU32,
-    ) -> Result<(), LoaderError> {
+    ) -> Result<Links, LoaderError> {
         let prog = uprobe(&mut self.ebpf, PROGRAM_ENTRY_STOP)?;
         let link = prog
             .attach(
@@ -187,18 +262,7 @@ impl Tracer {
                 offset: entry_offset,
                 source: Box::new(e),
             })?;
-        self.entry_stop = Some(link);
-        Ok(())
-    }
-
-    /// Detaches the entry-stop program.
-    pub fn detach_entry_stop(&mut self) {
-        if let Some(link) = self.entry_stop.take()
-            && let Ok(prog) = uprobe(&mut self.ebpf, PROGRAM_ENTRY_STOP)
-            && let Err(e) = prog.detach(link)
-        {
-            warn!("detaching {PROGRAM_ENTRY_STOP}: {e}");
-        }
+        Ok(Links(vec![(PROGRAM_ENTRY_STOP, link)]))
     }
 
     /// Forwards pending BPF log records to the `log` facade.

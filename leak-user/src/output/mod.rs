@@ -43,6 +43,19 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
     fs::remove_file(&tmp)
 }
 
+/// The output file of a process other than `leak run`'s command: `leaks.json` becomes
+/// `leaks-1234.json`, and `leaks-1234-2.json` for the second process with pid 1234 in a run.
+#[must_use]
+pub fn for_process(path: &Path, pid: u32, nth: usize) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let suffix = if nth > 1 { format!("-{pid}-{nth}") } else { format!("-{pid}") };
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}{suffix}.{}", ext.to_string_lossy()),
+        None => format!("{stem}{suffix}"),
+    };
+    path.with_file_name(name)
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
@@ -62,6 +75,13 @@ mod tests {
         let names: Vec<_> =
             fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["out.json"]);
+    }
+
+    #[test]
+    fn per_process_names() {
+        assert_eq!(for_process(Path::new("out/leaks.json"), 42, 1), Path::new("out/leaks-42.json"));
+        assert_eq!(for_process(Path::new("leaks.svg"), 42, 3), Path::new("leaks-42-3.svg"));
+        assert_eq!(for_process(Path::new("report"), 7, 1), Path::new("report-7"));
     }
 
     #[test]
