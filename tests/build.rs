@@ -12,7 +12,7 @@ fn main() {
     let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
-    let builds: [(&str, &str, &[&str], &[&str]); 11] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 12] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -26,6 +26,8 @@ fn main() {
         ("execer", "execer", &[], &[]),
         ("forker", "forker", &[], &[]),
         ("pidreuse", "pidreuse", &[], &[]),
+        // Exported prefixed allocator names (-rdynamic: in the dynamic symbol table too).
+        ("prefixed", "prefixed", &["-rdynamic"], &[]),
         ("runner", "runner", &[], &[]),
         (
             "nomalloc",

@@ -16,6 +16,9 @@ pub const MAP_STACKS: &str = "STACKS";
 /// Name of the hash map [`AllocKey`] (start) `-> end` indexing the anonymous mappings recorded
 /// in [`MAP_ALLOCS`], for `munmap` ranges.
 pub const MAP_MMAPS: &str = "MMAPS";
+/// Name of the LRU map `pid_tgid -> pointer` of the last pointer a wrapper freed (see
+/// [`COOKIE_NOTE_FREE`]).
+pub const MAP_LAST_FREE: &str = "LAST_FREE";
 /// Name of the LRU map carrying arguments from an entry probe to its return probe.
 pub const MAP_PENDING: &str = "PENDING";
 /// Name of the per-CPU array of drop counters, indexed by [`DropReason`].
@@ -62,6 +65,11 @@ pub const MAX_HOOKS: u32 = 128;
 /// Attach-cookie flag of a `munmap` probe placed right after the `syscall` instruction: it
 /// sees the arguments and the result (`%rax`), and acts only on success.
 pub const COOKIE_AFTER_SYSCALL: u64 = 1 << 31;
+
+/// Attach-cookie flag of a freeing function other than `free` itself (`operator delete`,
+/// `je_free`, `sdallocx`, `mi_free`...): it notes the pointer it frees in [`MAP_LAST_FREE`],
+/// so that a `free` it calls on the same pointer is not counted as unknown.
+pub const COOKIE_NOTE_FREE: u64 = 1 << 30;
 
 /// `Pending::flags` of an `mmap`: an anonymous private mapping (not a thread stack), recorded.
 pub const PENDING_MMAP_TRACKED: u32 = 1 << 1;

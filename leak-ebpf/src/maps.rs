@@ -37,6 +37,10 @@ pub static MMAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_MMAPS, 
 #[map]
 pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
+/// Last pointer a freeing wrapper freed, per thread (see `leak_common::COOKIE_NOTE_FREE`).
+#[map]
+pub static LAST_FREE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
 /// Scratch space for one stack per thread: 1016 bytes do not fit on the 512-byte BPF stack.
 ///
 /// Per thread, not per CPU: since uprobe programs became sleepable-capable (6.1), they run

@@ -22,7 +22,8 @@ use leak_common::{
 };
 
 use crate::maps::{
-    ALLOCS, FILTER_TGID, MMAPS, PENDING, STACK_SCRATCH, STACKS, TRACE, ZERO_STACK, count_drop,
+    ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, STACK_SCRATCH, STACKS, TRACE, ZERO_STACK,
+    count_drop,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -141,19 +142,30 @@ pub fn posix_memalign_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u32) {
     }
 }
 
-/// `free(ptr)` and the like.
+/// `free(ptr)` and the like. `note`: a freeing function other than `free` itself, which may
+/// pass the pointer on to `free`.
 #[inline(always)]
-pub fn free_enter(ptr: u64) {
+pub fn free_enter(ptr: u64, note: bool) {
     if ptr == 0 {
         return;
     }
     let Some(pid_tgid) = traced_pid_tgid() else { return };
+    if note && LAST_FREE.insert(pid_tgid, ptr, u64::from(BPF_ANY)).is_err() {
+        count_drop(DropReason::PendingFull);
+    }
     if ALLOCS.remove(AllocKey::new(ptr, tgid(pid_tgid))).is_ok() {
         return;
     }
     // Inside a hooked call (glibc's realloc(p, 0) frees p through free(); realloc's entry
     // already took p out): not an unknown pointer.
     if PENDING.get_ptr(pid_tgid).is_some() {
+        return;
+    }
+    // Freed by a wrapper a moment ago (je_free -> free): counted there.
+    if let Some(last) = LAST_FREE.get_ptr(pid_tgid)
+        // SAFETY: live map value, read only.
+        && unsafe { *last } == ptr
+    {
         return;
     }
     count_drop(DropReason::UnknownFree);

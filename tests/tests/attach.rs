@@ -259,3 +259,28 @@ fn statically_linked_executable() {
 fn jemalloc_linked_into_the_executable() {
     leaker_on("leaker-jemalloc", &[], "memalign", "leaker-jemalloc");
 }
+
+#[test]
+fn prefixed_jemalloc_names_are_hooked_where_defined() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start("prefixed");
+    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    let s = site(&report, "leak_je");
+    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (192, 3), "{:#?}", summary(&report));
+    assert_eq!(s.allocator_fn.as_deref(), Some("je_malloc"));
+    let s = site(&report, "leak_rjem");
+    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (256, 2), "{:#?}", summary(&report));
+    assert_eq!(s.allocator_fn.as_deref(), Some("_rjem_mallocx"));
+    assert_absent(&report, "no_leak_prefixed");
+    // The malloc inside each wrapper is nested, the free inside je_free and _rjem_sdallocx
+    // is of a pointer the wrapper just freed: nothing counted twice, nothing unknown.
+    for (name, count) in &report.drops {
+        assert_eq!(*count, 0, "drop counter {name}");
+    }
+}

@@ -1,13 +1,15 @@
 //! Functions that free their first argument: free, C++ operator delete.
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 
-use super::func;
+use leak_common::COOKIE_NOTE_FREE;
+
+use super::{cookie, func};
 use crate::{maps::count_hit, verbs};
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let f = func(&ctx);
     count_hit(f, false);
-    verbs::free_enter(ctx.arg(0).unwrap_or(0));
+    verbs::free_enter(ctx.arg(0).unwrap_or(0), cookie(&ctx) & COOKIE_NOTE_FREE != 0);
     0
 }

@@ -7,7 +7,7 @@ mod mmap;
 mod run;
 
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
-use leak_common::COOKIE_AFTER_SYSCALL;
+use leak_common::{COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE};
 
 /// The attach cookie: the hook index, plus flags such as `COOKIE_AFTER_SYSCALL`.
 #[inline(always)]
@@ -20,7 +20,7 @@ fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
 #[inline(always)]
 fn func<C: EbpfContext>(ctx: &C) -> u32 {
     #[expect(clippy::cast_possible_truncation, reason = "hook indexes are < 2^31")]
-    let f = (cookie(ctx) & !COOKIE_AFTER_SYSCALL) as u32;
+    let f = (cookie(ctx) & !(COOKIE_AFTER_SYSCALL | COOKIE_NOTE_FREE)) as u32;
     f
 }
 

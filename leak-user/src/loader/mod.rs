@@ -10,12 +10,12 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use leak_common::{
-    COOKIE_AFTER_SYSCALL, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE, MAP_ALLOCS,
-    MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
+    COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE,
+    MAP_ALLOCS, MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
 };
 use log::debug;
 
-use crate::target::AllocatorPlan;
+use crate::{hooks::HookKind, target::AllocatorPlan};
 
 /// The BPF object, built by build.rs from `leak-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -154,7 +154,10 @@ impl Tracer {
                 let prog = uprobe(&mut self.ebpf, name)?;
                 // The cookie tells the shared program which hook fired: the allocation's kind
                 // and its hit counter.
-                let flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
+                let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
+                if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
+                    flags |= COOKIE_NOTE_FREE;
+                }
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
                     cookie: Some(cookie as u64 | flags),
