@@ -288,6 +288,47 @@ impl Finished {
     }
 }
 
+/// Starts fixture `name`, attaches `leak` (with `--json` and `args`), lets it run its
+/// allocations, stops `leak` with SIGINT and returns the report.
+#[must_use]
+pub fn trace_fixture(name: &str, env: &[(&str, &str)], args: &[&str]) -> Report {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start_with(name, env);
+    let mut all = vec!["--json", json.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let leak = Leak::attach(fixture.pid(), &all);
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    read_report(&json)
+}
+
+/// `leak run OPTIONS --json DIR/report.json -- COMMAND...`: returns how it finished, the
+/// directory (kept alive by the caller) and the report path.
+#[must_use]
+pub fn run_with_report(
+    options: &[&str],
+    command: &[&str],
+) -> (Finished, tempfile::TempDir, PathBuf) {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let mut args = vec!["run"];
+    args.extend_from_slice(options);
+    args.extend(["--json", json.to_str().expect("utf-8 path"), "--"]);
+    args.extend_from_slice(command);
+    (run_leak(&args), dir, json)
+}
+
+/// Asserts every drop counter is 0: every event was matched.
+pub fn assert_no_drops(report: &Report) {
+    for (name, count) in &report.drops {
+        assert_eq!(*count, 0, "drop counter {name}");
+    }
+}
+
 /// Reads a JSON report.
 #[must_use]
 pub fn read_report(path: &Path) -> Report {

@@ -1,5 +1,8 @@
 //! `leak attach` on live fixture processes: exact bytes and counts per leaking function.
-use leak_tests::{Fixture, Leak, assert_absent, read_report, require_root, site, summary};
+use leak_tests::{
+    Fixture, Leak, assert_absent, assert_no_drops, read_report, require_root, site, summary,
+    trace_fixture,
+};
 
 /// Asserts the leaker fixture's ground truth (see fixtures/leaker.c) on glibc's malloc.
 fn assert_leaker_truth(report: &leak_tests::Report) {
@@ -48,9 +51,7 @@ fn assert_leaker_truth_via(report: &leak_tests::Report, memalign: &str, module: 
         assert_absent(report, function);
     }
     // Every allocation, realloc and free of the run was seen and matched: nothing dropped.
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
+    assert_no_drops(report);
 }
 
 #[test]
@@ -218,15 +219,7 @@ fn a_full_allocation_map_is_counted_and_shown() {
 
 /// The leaker fixture on another allocator: exact results, nothing dropped.
 fn leaker_on(fixture_name: &str, env: &[(&str, &str)], memalign: &str, allocator: &str) {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let mut fixture = Fixture::start_with(fixture_name, env);
-    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
-    fixture.go_and_wait_done();
-    let done = leak.interrupt();
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let report = read_report(&json);
+    let report = trace_fixture(fixture_name, env, &[]);
     assert!(
         report.allocator.path.contains(allocator),
         "malloc served by {}, expected {allocator}",
@@ -262,15 +255,7 @@ fn jemalloc_linked_into_the_executable() {
 
 #[test]
 fn prefixed_jemalloc_names_are_hooked_where_defined() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let mut fixture = Fixture::start("prefixed");
-    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
-    fixture.go_and_wait_done();
-    let done = leak.interrupt();
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let report = read_report(&json);
+    let report = trace_fixture("prefixed", &[], &[]);
     let s = site(&report, "leak_je");
     assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (192, 3), "{:#?}", summary(&report));
     assert_eq!(s.allocator_fn.as_deref(), Some("je_malloc"));
@@ -280,7 +265,5 @@ fn prefixed_jemalloc_names_are_hooked_where_defined() {
     assert_absent(&report, "no_leak_prefixed");
     // The malloc inside each wrapper is nested, the free inside je_free and _rjem_sdallocx
     // is of a pointer the wrapper just freed: nothing counted twice, nothing unknown.
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
+    assert_no_drops(&report);
 }

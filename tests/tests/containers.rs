@@ -57,7 +57,5 @@ fn process_in_its_own_mount_namespace_exits_and_is_still_symbolized() {
     assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("main"));
     let s = site(&report, "leak_calloc");
     assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (1_500, 5));
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
+    leak_tests::assert_no_drops(&report);
 }

@@ -1,22 +1,10 @@
 //! C++ and Rust programs: allocations through libstdc++'s operators and Rust's global
 //! allocator are attributed to the functions that made them, exactly.
-use leak_tests::{Fixture, Leak, assert_absent, read_report, require_root, site, summary, under};
-
-fn trace(fixture: &str) -> leak_tests::Report {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let mut f = Fixture::start(fixture);
-    let leak = Leak::attach(f.pid(), &["--json", json.to_str().unwrap()]);
-    f.go_and_wait_done();
-    let done = leak.interrupt();
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    read_report(&json)
-}
+use leak_tests::{assert_absent, assert_no_drops, site, summary, trace_fixture, under};
 
 #[test]
 fn cxx_operator_new_sites_are_the_callers_of_new() {
-    let report = trace("cxx-leaker");
+    let report = trace_fixture("cxx-leaker", &[], &[]);
     // libstdc++'s operator new has no frame pointer: hooked itself, the function that
     // called new is frame 0 (hooking only malloc would lose it).
     let s = site(&report, "leak_new()");
@@ -41,18 +29,14 @@ fn cxx_operator_new_sites_are_the_callers_of_new() {
     assert_eq!((buffer[0].outstanding_bytes, buffer[0].outstanding_allocs), (101, 1));
     assert_absent(&report, "no_leak_cxx()");
     // delete -> free, new -> malloc: every free matched, every inner call counted once.
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
+    assert_no_drops(&report);
 }
 
 #[test]
 fn rust_box_leak_and_forgotten_vec() {
-    let report = trace("rust-leaker");
+    let report = trace_fixture("rust-leaker", &[], &[]);
     assert_eq!(under(&report, "rust_leaker::leak_box"), (3000, 3), "{:#?}", summary(&report));
     assert_eq!(under(&report, "rust_leaker::forget_vec"), (4096, 1), "{:#?}", summary(&report));
     assert_absent(&report, "rust_leaker::no_leak");
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
+    assert_no_drops(&report);
 }

@@ -1,20 +1,12 @@
 //! Anonymous private mappings: recorded with their stacks, trimmed and split by munmap and
 //! `MAP_FIXED`, moved by mremap, never counted twice when an allocator maps memory itself.
-use leak_tests::{Fixture, Leak, assert_absent, read_report, require_root, site, summary, under};
+use leak_tests::{assert_absent, assert_no_drops, site, summary, trace_fixture, under};
 
 const P: u64 = 4096;
 
 #[test]
 fn mappings_are_tracked_exactly() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let mut fixture = Fixture::start("mapper");
-    let leak = Leak::attach(fixture.pid(), &["--json", json.to_str().unwrap()]);
-    fixture.go_and_wait_done();
-    let done = leak.interrupt();
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let report = read_report(&json);
+    let report = trace_fixture("mapper", &[], &[]);
     let sum = summary(&report);
     // Every mapping is made through the fixture's anon() helper: attribute by its caller.
     assert_eq!(under(&report, "leak_mmap"), (300_000, 3), "{sum:#?}");
@@ -38,7 +30,5 @@ fn mappings_are_tracked_exactly() {
     assert!(
         mmap_sites.clone().all(|s| s.stack.iter().any(|f| f.function.as_deref() == Some("anon")))
     );
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
+    assert_no_drops(&report);
 }

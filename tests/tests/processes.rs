@@ -1,18 +1,12 @@
 //! `leak run` across exec and fork: the program a process execs is traced in its place (its
-//! old image forgotten), and with --follow-forks every child gets its own exact report. A pid
+//! old image forgotten), and with `--follow-forks` every child gets its own exact report. A pid
 //! reused by a later child is another process with another report.
 use std::{fs, path::PathBuf};
 
 use leak_tests::{
-    Report, assert_absent, fixture, read_report, require_root, run_leak, run_leak_with_stdin, site,
-    summary, under,
+    assert_absent, assert_no_drops, fixture, read_report, require_root, run_leak_with_stdin,
+    run_with_report, site, summary, under,
 };
-
-fn zero_drops(report: &Report) {
-    for (name, count) in &report.drops {
-        assert_eq!(*count, 0, "drop counter {name}");
-    }
-}
 
 /// The per-process reports `<stem>-<pid>*.json` next to `main`.
 fn child_reports(main: &std::path::Path) -> Vec<PathBuf> {
@@ -27,18 +21,9 @@ fn child_reports(main: &std::path::Path) -> Vec<PathBuf> {
 
 #[test]
 fn run_follows_exec_into_another_allocator() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let runner = fixture("runner");
-    let done = run_leak(&[
-        "run",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        fixture("execer").to_str().unwrap(),
-        runner.to_str().unwrap(),
-    ]);
+    let (execer, runner) = (fixture("execer"), fixture("runner"));
+    let (done, _dir, json) =
+        run_with_report(&[], &[execer.to_str().unwrap(), runner.to_str().unwrap()]);
     assert_eq!(done.status.code(), Some(3), "the exec'd program's exit code; {:#?}", done.stderr);
     let report = read_report(&json);
     assert_eq!(report.target.comm, "runner");
@@ -50,30 +35,20 @@ fn run_follows_exec_into_another_allocator() {
     assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (3000, 3));
     // The exec replaced the old image's memory: its blocks are not leaks of anyone.
     assert_absent(&report, "leak_before_exec");
-    zero_drops(&report);
+    assert_no_drops(&report);
 }
 
 #[test]
 fn follow_forks_reports_each_process_exactly() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
     let forker = fixture("forker");
-    let done = run_leak(&[
-        "run",
-        "--follow-forks",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        forker.to_str().unwrap(),
-    ]);
+    let (done, _dir, json) = run_with_report(&["--follow-forks"], &[forker.to_str().unwrap()]);
     assert_eq!(done.status.code(), Some(4), "stderr: {:#?}", done.stderr);
 
     let parent = read_report(&json);
     assert_eq!(under(&parent, "before_fork"), (1400, 2), "{:#?}", summary(&parent));
     assert_eq!(under(&parent, "after_fork"), (900, 1), "{:#?}", summary(&parent));
     assert_absent(&parent, "child_leak");
-    zero_drops(&parent);
+    assert_no_drops(&parent);
 
     let children = child_reports(&json);
     assert_eq!(children.len(), 1, "{children:?}");
@@ -84,16 +59,13 @@ fn follow_forks_reports_each_process_exactly() {
     assert_eq!(under(&child, "before_fork"), (700, 1), "{:#?}", summary(&child));
     assert_eq!(under(&child, "child_leak"), (1500, 5), "{:#?}", summary(&child));
     assert_absent(&child, "after_fork");
-    zero_drops(&child);
+    assert_no_drops(&child);
 }
 
 #[test]
 fn without_follow_forks_children_are_not_traced() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
     let forker = fixture("forker");
-    let done = run_leak(&["run", "--json", json.to_str().unwrap(), "--", forker.to_str().unwrap()]);
+    let (done, _dir, json) = run_with_report(&[], &[forker.to_str().unwrap()]);
     assert_eq!(done.status.code(), Some(4), "stderr: {:#?}", done.stderr);
     let parent = read_report(&json);
     assert_eq!(under(&parent, "before_fork"), (1400, 2), "{:#?}", summary(&parent));
@@ -104,18 +76,8 @@ fn without_follow_forks_children_are_not_traced() {
 
 #[test]
 fn a_reused_pid_is_another_process() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
     let bin = fixture("pidreuse");
-    let done = run_leak(&[
-        "run",
-        "--follow-forks",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        bin.to_str().unwrap(),
-    ]);
+    let (done, dir, _json) = run_with_report(&["--follow-forks"], &[bin.to_str().unwrap()]);
     assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
     let pid: u32 = done
         .stdout
