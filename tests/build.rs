@@ -12,13 +12,15 @@ fn main() {
     let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
-    let builds: [(&str, &str, &[&str], &[&str]); 12] = [
+    let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
+    let builds: [(&str, &str, &[&str], &[&str]); 13] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
         // jemalloc linked into a dynamic executable (as Rust's jemallocator does): the
         // executable's malloc comes before libc's.
         ("leaker-jemalloc", "leaker", &[], &[jemalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
+        ("leaker-tcmalloc", "leaker", &[], &[tcmalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
         // Static and stripped: no symbol table to find malloc in.
         ("leaker-stripped", "leaker", &["-static", "-s"], &[]),
         ("threads", "threads", &["-pthread"], &[]),

@@ -254,6 +254,11 @@ fn jemalloc_linked_into_the_executable() {
 }
 
 #[test]
+fn tcmalloc_linked_into_the_executable() {
+    leaker_on("leaker-tcmalloc", &[], "aligned_alloc", "leaker-tcmalloc");
+}
+
+#[test]
 fn prefixed_jemalloc_names_are_hooked_where_defined() {
     let report = trace_fixture("prefixed", &[], &[]);
     let s = site(&report, "leak_je");

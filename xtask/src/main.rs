@@ -108,16 +108,19 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// Debian's jemalloc (shared, and the archive the tests link into a fixture) and tcmalloc: the
-/// integration tests run the same fixture on each allocator.
+/// Debian's jemalloc and tcmalloc, shared and as archives (the tests link them into fixtures
+/// too): the integration tests run the same fixture on each allocator.
 fn ensure_test_allocators() -> Result<()> {
     const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
     let have = |f: &str| Path::new(LIBDIR).join(f).exists();
-    if have("libjemalloc.so.2") && have("libjemalloc.a") && have("libtcmalloc_minimal.so.4") {
+    if ["libjemalloc.so.2", "libjemalloc.a", "libtcmalloc_minimal.so.4", "libtcmalloc_minimal.a"]
+        .iter()
+        .all(|f| have(f))
+    {
         return Ok(());
     }
     apt_install(
-        &["libjemalloc2", "libjemalloc-dev", "libtcmalloc-minimal4"],
+        &["libjemalloc2", "libjemalloc-dev", "libtcmalloc-minimal4", "libgoogle-perftools-dev"],
         "jemalloc and tcmalloc (the integration tests trace a fixture on each)",
     )
 }
