@@ -28,6 +28,7 @@ pub mod source;
 pub mod symbolize;
 pub mod target;
 pub mod tracee;
+pub mod trend;
 
 use std::{ffi::OsString, num::NonZeroU32};
 

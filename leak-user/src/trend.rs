@@ -1,0 +1,506 @@
+//! Pure: a site's (or a process's) outstanding bytes over time -> is it leaking?
+//!
+//! Outstanding bytes alone mislead: a cache that fills up and stays full looks like a leak in
+//! every snapshot. A leak is steady, unbounded growth, so each series is judged on:
+//! - Mann-Kendall: is there a monotonic upward trend, and how sure are we (robust to outliers
+//!   and to the growth being non-linear);
+//! - Theil-Sen: how fast (the median of the pairwise slopes: robust to noise and to bursts);
+//! - the recent part of the window on its own: a series that grew and then levelled off is a
+//!   plateau (cache-like), not a leak.
+//!
+//! No clock here: samples carry their own timestamps (seconds).
+
+/// The judgement on one series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Steady growth, statistically significant, still going on at the end of the window.
+    Leak,
+    /// Growth, but not enough evidence yet (too few samples, or too noisy).
+    Growing,
+    /// Grew, then levelled off: a cache or a pool filling up.
+    Plateau,
+    /// No growth.
+    Stable,
+}
+
+impl Verdict {
+    /// Name used in reports.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leak => "leak",
+            Self::Growing => "growing",
+            Self::Plateau => "plateau",
+            Self::Stable => "stable",
+        }
+    }
+}
+
+/// Thresholds of the classification.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Samples needed before anything is called a leak.
+    pub min_samples: usize,
+    /// Mann-Kendall one-sided p-value below which an upward trend is significant.
+    pub alpha: f64,
+    /// "Grew, then flat" must fit at least this much better (sum of absolute residuals, as a
+    /// share of a straight line's) to call the series a plateau.
+    pub plateau_fit: f64,
+    /// The flat part of a plateau covers at least this share of the window, at its end.
+    pub min_flat_share: f64,
+    /// Growth over the window below this many bytes is noise, whatever the statistics say.
+    pub min_growth_bytes: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            min_samples: 6,
+            alpha: 0.01,
+            plateau_fit: 0.7,
+            min_flat_share: 0.25,
+            min_growth_bytes: 4096.0,
+        }
+    }
+}
+
+/// The result for one series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trend {
+    /// The judgement.
+    pub verdict: Verdict,
+    /// How sure, 0..1 (1 - the trend test's p-value for `leak`/`growing`, its complement
+    /// for the others).
+    pub confidence: f64,
+    /// Theil-Sen slope over the window, bytes per second.
+    pub rate_per_s: f64,
+    /// Theil-Sen slope over the recent part of the window, bytes per second.
+    pub recent_rate_per_s: f64,
+    /// Last value minus first value.
+    pub gained: f64,
+    /// Samples judged.
+    pub samples: usize,
+}
+
+impl Trend {
+    /// Growth rate, bytes per hour.
+    #[must_use]
+    pub fn rate_per_hour(&self) -> f64 {
+        self.rate_per_s * 3600.0
+    }
+}
+
+/// Pairs at most this many points: Theil-Sen and Mann-Kendall are O(n^2).
+const MAX_POINTS: usize = 240;
+/// Points the plateau model is fitted on (it tries several knees).
+const PLATEAU_POINTS: usize = 60;
+/// Knees the plateau model tries.
+const PLATEAU_KNEES: usize = 12;
+
+/// Judges a series of `(seconds, value)` samples in time order.
+#[must_use]
+pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
+    let samples = thin(samples, MAX_POINTS);
+    let n = samples.len();
+    let gained = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) => b.1 - a.1,
+        _ => 0.0,
+    };
+    if n < 3 {
+        let verdict = if gained > p.min_growth_bytes { Verdict::Growing } else { Verdict::Stable };
+        return Trend {
+            verdict,
+            confidence: 0.0,
+            rate_per_s: 0.0,
+            recent_rate_per_s: 0.0,
+            gained,
+            samples: n,
+        };
+    }
+    let rate = theil_sen(&samples);
+    let line = Line::through(&samples, rate);
+    // Noise: robust standard deviation of the residuals around the trend line.
+    let sigma = 1.4826
+        * median(&mut samples.iter().map(|s| (s.1 - line.at(s.0)).abs()).collect::<Vec<_>>());
+    let span = samples[n - 1].0 - samples[0].0;
+    let rise = rate * span;
+    let grew =
+        rate > 0.0 && rise > p.min_growth_bytes.max(2.0 * sigma) && gained > p.min_growth_bytes;
+    let p_up = mann_kendall_p_up(&samples);
+    let recent = &samples[n - share_of(n, p.min_flat_share).clamp(3, n)..];
+    let recent_rate = theil_sen(recent);
+    // How much better "grew, then flat" fits than a straight line (1: no better).
+    let plateau_ratio = if grew { plateau_fit(&samples, &line, p.min_flat_share) } else { 1.0 };
+
+    let (verdict, confidence) = if grew && plateau_ratio < p.plateau_fit && p_up < 0.2 {
+        (Verdict::Plateau, (1.0 - p_up) * (1.0 - plateau_ratio))
+    } else if grew && p_up < p.alpha {
+        if n >= p.min_samples {
+            (Verdict::Leak, 1.0 - p_up)
+        } else {
+            (Verdict::Growing, 1.0 - p_up)
+        }
+    } else if grew && p_up < 0.2 {
+        (Verdict::Growing, 1.0 - p_up)
+    } else {
+        (Verdict::Stable, p_up)
+    };
+    Trend {
+        verdict,
+        confidence: confidence.clamp(0.0, 1.0),
+        rate_per_s: rate,
+        recent_rate_per_s: recent_rate,
+        gained,
+        samples: n,
+    }
+}
+
+/// A line `a + b t`, robustly placed (intercept: median of `y - b t`).
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    a: f64,
+    b: f64,
+}
+
+impl Line {
+    fn through(samples: &[(f64, f64)], slope: f64) -> Self {
+        let mut icepts: Vec<f64> = samples.iter().map(|s| s.1 - slope * s.0).collect();
+        Self { a: median(&mut icepts), b: slope }
+    }
+
+    fn at(self, t: f64) -> f64 {
+        self.a + self.b * t
+    }
+}
+
+/// The best "line until a knee, then flat" model's sum of absolute residuals, as a share of
+/// `line`'s. The flat part covers at least `min_flat_share` of the samples, at the end.
+fn plateau_fit(samples: &[(f64, f64)], line: &Line, min_flat_share: f64) -> f64 {
+    let s = thin(samples, PLATEAU_POINTS);
+    let n = s.len();
+    let sad_line: f64 = s.iter().map(|x| (x.1 - line.at(x.0)).abs()).sum();
+    if sad_line <= 0.0 || n < 6 {
+        return 1.0;
+    }
+    let min_flat = share_of(n, min_flat_share).max(3);
+    let last_knee = n - min_flat;
+    let first_knee = 2;
+    if last_knee < first_knee {
+        return 1.0;
+    }
+    let mut best = f64::INFINITY;
+    for j in 0..PLATEAU_KNEES {
+        let k = first_knee + j * (last_knee - first_knee) / (PLATEAU_KNEES - 1).max(1);
+        let early = &s[..=k];
+        let e = Line::through(early, theil_sen(early));
+        let level = median(&mut s[k..].iter().map(|x| x.1).collect::<Vec<_>>());
+        let sad: f64 = early.iter().map(|x| (x.1 - e.at(x.0)).abs()).sum::<f64>()
+            + s[k + 1..].iter().map(|x| (x.1 - level).abs()).sum::<f64>();
+        best = best.min(sad);
+    }
+    best / sad_line
+}
+
+/// Sample counts stay far below 2^52, where `usize` to `f64` is exact.
+#[expect(clippy::cast_precision_loss, reason = "sample counts are far below 2^52")]
+fn as_f64(n: usize) -> f64 {
+    n as f64
+}
+
+/// `ceil(n * share)` for a share in [0, 1]: a count of samples, at most `n`.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the product lies in [0, n]"
+)]
+fn share_of(n: usize, share: f64) -> usize {
+    ((as_f64(n) * share.clamp(0.0, 1.0)).ceil() as usize).min(n)
+}
+
+/// At most `max` samples, evenly spaced over the series, keeping both ends.
+fn thin(samples: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    let n = samples.len();
+    if n <= max {
+        return samples.to_vec();
+    }
+    (0..max).map(|i| samples[i * (n - 1) / (max - 1)]).collect()
+}
+
+/// Median of the slopes between every pair of samples with distinct times.
+#[must_use]
+pub fn theil_sen(samples: &[(f64, f64)]) -> f64 {
+    let mut slopes = Vec::with_capacity(samples.len() * samples.len() / 2);
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            let dt = b.0 - a.0;
+            if dt > 0.0 {
+                slopes.push((b.1 - a.1) / dt);
+            }
+        }
+    }
+    median(&mut slopes)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { v[m - 1].midpoint(v[m]) }
+}
+
+/// Mann-Kendall test for an upward monotonic trend: the one-sided p-value (small: the series
+/// goes up more consistently than chance would make it), with the variance corrected for
+/// ties (a flat stretch is many ties).
+#[must_use]
+pub fn mann_kendall_p_up(samples: &[(f64, f64)]) -> f64 {
+    let n = samples.len();
+    if n < 3 {
+        return 1.0;
+    }
+    // S: concordant minus discordant pairs.
+    let mut score = 0.0_f64;
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            score += match b.1.total_cmp(&a.1) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Less => -1.0,
+                std::cmp::Ordering::Equal => 0.0,
+            };
+        }
+    }
+    // Tie groups: sum over groups of t(t-1)(2t+5).
+    let mut values: Vec<f64> = samples.iter().map(|x| x.1).collect();
+    values.sort_unstable_by(f64::total_cmp);
+    let mut ties = 0.0;
+    for group in values.chunk_by(|x, y| x.total_cmp(y).is_eq()) {
+        let size = as_f64(group.len());
+        ties += size * (size - 1.0) * (2.0 * size + 5.0);
+    }
+    let nf = as_f64(n);
+    let var = (nf * (nf - 1.0) * (2.0 * nf + 5.0) - ties) / 18.0;
+    if var <= 0.0 {
+        return 1.0;
+    }
+    // Continuity correction.
+    let z = score.signum() * (score.abs() - 1.0).max(0.0) / var.sqrt();
+    1.0 - normal_cdf(z)
+}
+
+/// Standard normal CDF (Abramowitz-Stegun 7.1.26 erf, error < 1.5e-7).
+fn normal_cdf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-x * x).exp();
+    if z >= 0.0 { 0.5 * (1.0 + erf) } else { 0.5 * (1.0 - erf) }
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "generated series: small counts, non-negative times"
+)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise: xorshift64 + Box-Muller.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next_f64(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        fn gauss(&mut self) -> f64 {
+            let u1 = self.next_f64().max(1e-12);
+            let u2 = self.next_f64();
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        }
+    }
+
+    /// `n` samples every `dt` seconds of `f(t)` plus gaussian noise of `sd`.
+    fn series(
+        n: usize,
+        dt: f64,
+        sd: f64,
+        rng: &mut Rng,
+        f: impl Fn(f64) -> f64,
+    ) -> Vec<(f64, f64)> {
+        (0..n)
+            .map(|i| {
+                let t = i as f64 * dt;
+                (t, (f(t) + sd * rng.gauss()).max(0.0))
+            })
+            .collect()
+    }
+
+    fn judge(s: &[(f64, f64)]) -> Trend {
+        classify(s, &Params::default())
+    }
+
+    const MB: f64 = 1024.0 * 1024.0;
+
+    #[test]
+    fn linear_leak() {
+        let mut rng = Rng(1);
+        let s = series(30, 5.0, 2048.0, &mut rng, |t| MB + 1024.0 * t);
+        let t = judge(&s);
+        assert_eq!(t.verdict, Verdict::Leak, "{t:?}");
+        assert!((t.rate_per_s - 1024.0).abs() < 102.4, "{t:?}");
+        assert!(t.confidence > 0.99, "{t:?}");
+        assert!((t.rate_per_hour() - 1024.0 * 3600.0).abs() < 102.4 * 3600.0);
+    }
+
+    #[test]
+    fn slow_leak_under_noise() {
+        // 50 B/s under noise of 2 KiB: invisible between two snapshots, clear over 60.
+        let mut rng = Rng(2);
+        let s = series(60, 10.0, 2048.0, &mut rng, |t| 8.0 * MB + 50.0 * t);
+        let t = judge(&s);
+        assert_eq!(t.verdict, Verdict::Leak, "{t:?}");
+        assert!((t.rate_per_s - 50.0).abs() < 15.0, "{t:?}");
+    }
+
+    #[test]
+    fn sawtooth_is_not_a_leak() {
+        // A buffer that grows for 5 samples and is released, over and over.
+        let mut rng = Rng(3);
+        let s = series(40, 5.0, 512.0, &mut rng, |t| {
+            MB + 64.0 * 1024.0 * ((t / 5.0) as u64 % 5) as f64
+        });
+        assert_eq!(judge(&s).verdict, Verdict::Stable, "{:?}", judge(&s));
+    }
+
+    #[test]
+    fn cache_that_fills_then_plateaus() {
+        let mut rng = Rng(4);
+        let s = series(40, 5.0, 1024.0, &mut rng, |t| MB + 8.0 * 1024.0 * t.min(80.0));
+        let t = judge(&s);
+        assert_eq!(t.verdict, Verdict::Plateau, "{t:?}");
+        assert!(t.recent_rate_per_s.abs() < 100.0, "{t:?}");
+        assert!(t.confidence > 0.5, "{t:?}");
+    }
+
+    #[test]
+    fn step_change_is_a_plateau_not_a_leak() {
+        let mut rng = Rng(5);
+        let s = series(30, 5.0, 1024.0, &mut rng, |t| if t < 70.0 { MB } else { 2.0 * MB });
+        let t = judge(&s);
+        assert_eq!(t.verdict, Verdict::Plateau, "{t:?}");
+    }
+
+    #[test]
+    fn burst_that_is_freed() {
+        let mut rng = Rng(6);
+        let s = series(30, 5.0, 1024.0, &mut rng, |t| {
+            if (50.0..65.0).contains(&t) { 10.0 * MB } else { MB }
+        });
+        assert_eq!(judge(&s).verdict, Verdict::Stable, "{:?}", judge(&s));
+    }
+
+    #[test]
+    fn flat_and_shrinking_series_are_stable() {
+        let mut rng = Rng(7);
+        let flat = series(30, 5.0, 4096.0, &mut rng, |_| 4.0 * MB);
+        assert_eq!(judge(&flat).verdict, Verdict::Stable, "{:?}", judge(&flat));
+        let shrinking = series(30, 5.0, 1024.0, &mut rng, |t| 4.0 * MB - 1000.0 * t);
+        assert_eq!(judge(&shrinking).verdict, Verdict::Stable);
+    }
+
+    #[test]
+    fn too_few_samples_is_growing_at_most() {
+        let s = [(0.0, MB), (5.0, MB + 50_000.0), (10.0, MB + 100_000.0), (15.0, MB + 150_000.0)];
+        let t = judge(&s);
+        assert_eq!(t.verdict, Verdict::Growing, "{t:?}");
+        assert!((t.rate_per_s - 10_000.0).abs() < 1.0);
+        assert_eq!(judge(&s[..2]).verdict, Verdict::Growing);
+        assert_eq!(judge(&[]).verdict, Verdict::Stable);
+        assert_eq!(judge(&s[..1]).samples, 1);
+    }
+
+    #[test]
+    fn statistics_match_known_values() {
+        // A perfectly increasing series of 10: S = 45, var = 125, z = 44/sqrt(125) = 3.935.
+        let s: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), f64::from(i * 3))).collect();
+        let p = mann_kendall_p_up(&s);
+        assert!((p - 4.16e-5).abs() < 0.5e-5, "{p}");
+        assert!((theil_sen(&s) - 3.0).abs() < 1e-12);
+        // Constant: all ties, no trend.
+        let flat: Vec<(f64, f64)> = (0..10).map(|i| (f64::from(i), 7.0)).collect();
+        assert!((mann_kendall_p_up(&flat) - 1.0).abs() < 1e-12);
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.96) - 0.975).abs() < 1e-4);
+    }
+
+    /// False-positive and false-negative rates over a generated population of series.
+    #[test]
+    fn error_rates_over_many_series() {
+        let mut rng = Rng(0x5eed);
+        let n = 24;
+        let dt = 5.0;
+        let (mut leaks, mut missed) = (0, 0);
+        let mut examples = Vec::new();
+        for _ in 0..300 {
+            let base = (1.0 + 20.0 * rng.next_f64()) * MB;
+            let slope = 100.0 + 5000.0 * rng.next_f64();
+            // Noise up to a third of the growth over the window: a leak a person would call one.
+            let sd = slope * dt * n as f64 / 3.0 * rng.next_f64();
+            let s = series(n, dt, sd, &mut rng, |t| base + slope * t);
+            leaks += 1;
+            if judge(&s).verdict != Verdict::Leak {
+                missed += 1;
+                examples.push(format!("missed slope {slope:.0} sd {sd:.0}: {:?}", judge(&s)));
+            }
+        }
+        let (mut clean, mut false_alarms) = (0, 0);
+        for i in 0..600 {
+            let base = (1.0 + 20.0 * rng.next_f64()) * MB;
+            let amp = (10.0 + 500.0 * rng.next_f64()) * 1024.0;
+            let sd = amp * 0.2 * rng.next_f64();
+            let knee = dt * n as f64 * (0.2 + 0.3 * rng.next_f64());
+            let s = match i % 5 {
+                // Flat noise.
+                0 => series(n, dt, amp * 0.1, &mut rng, |_| base),
+                // A cache filling until the knee, then full.
+                1 => series(n, dt, sd, &mut rng, |t| base + amp * (t.min(knee) / knee)),
+                // Sawtooth.
+                2 => {
+                    series(n, dt, sd, &mut rng, |t| base + amp * ((t / dt) as u64 % 4) as f64 / 3.0)
+                }
+                // A burst, freed.
+                3 => series(n, dt, sd, &mut rng, |t| {
+                    if (knee..knee + 3.0 * dt).contains(&t) { base + amp } else { base }
+                }),
+                // A step.
+                _ => series(n, dt, sd, &mut rng, |t| if t < knee { base } else { base + amp }),
+            };
+            clean += 1;
+            if judge(&s).verdict == Verdict::Leak {
+                false_alarms += 1;
+                examples.push(format!(
+                    "false alarm class {} amp {amp:.0} sd {sd:.0}: {:?}",
+                    i % 5,
+                    judge(&s)
+                ));
+            }
+        }
+        let miss_rate = f64::from(missed) / f64::from(leaks);
+        let alarm_rate = f64::from(false_alarms) / f64::from(clean);
+        eprintln!(
+            "false negatives {miss_rate:.3} ({missed}/{leaks}), false positives {alarm_rate:.3} ({false_alarms}/{clean})"
+        );
+        assert!(miss_rate <= 0.05, "false-negative rate {miss_rate}: {examples:#?}");
+        assert!(alarm_rate <= 0.02, "false-positive rate {alarm_rate}: {examples:#?}");
+    }
+}
