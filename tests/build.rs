@@ -13,7 +13,7 @@ fn main() {
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
     let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
-    let builds: [(&str, &str, &[&str], &[&str]); 13] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 14] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -31,6 +31,7 @@ fn main() {
         // Exported prefixed allocator names (-rdynamic: in the dynamic symbol table too).
         ("prefixed", "prefixed", &["-rdynamic"], &[]),
         ("runner", "runner", &[], &[]),
+        ("cacher", "cacher", &[], &[]),
         (
             "nomalloc",
             "nomalloc",

@@ -20,12 +20,15 @@ use crate::{
     clock,
     config::TraceConfig,
     error::Error,
+    growth::Analysis,
+    history::History,
     loader::Tracer,
     model::{Allocation, Frame, Snapshot},
     output::{self, table::TableOptions},
-    report::{self, AllocatorInfo, HookInfo, Report, ReportMeta, TargetInfo, Window},
-    source::AllocSource,
+    report::{self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, TargetInfo, Window},
+    source::{AllocSource, monotonic_ns},
     symbolize::{ProcessSymbolizer, Symbolizer as _},
+    trend::Params,
 };
 
 /// How often the target's memory map is re-read for symbolization.
@@ -70,6 +73,11 @@ pub struct Session {
     /// Stacks with frames outside every known mapping: symbolized again next time.
     incomplete: HashSet<u64>,
     prev: Option<Aggregate>,
+    /// `CLOCK_MONOTONIC` ns at the start (sample times count from here).
+    start_ns: u64,
+    /// When the last growth sample was recorded, `CLOCK_MONOTONIC` ns.
+    last_sample_ns: u64,
+    history: History,
 }
 
 impl Session {
@@ -82,6 +90,7 @@ impl Session {
             exe: crate::procfs::exe(pid).map(|p| p.display().to_string()).unwrap_or_default(),
             start_time_ticks: crate::procfs::start_time(pid).unwrap_or(0),
         };
+        let half_period = cfg.sample_period().as_secs_f64() / 2.0;
         Self {
             pid,
             cfg,
@@ -94,6 +103,9 @@ impl Session {
             frames: HashMap::new(),
             incomplete: HashSet::new(),
             prev: None,
+            start_ns: monotonic_ns(),
+            last_sample_ns: 0,
+            history: History::new(crate::procfs::memory(pid), half_period),
         }
     }
 
@@ -108,6 +120,33 @@ impl Session {
         self.symbolizer.refresh();
     }
 
+    /// This process's share of `snap`, per site.
+    fn aggregate(&self, snap: &Snapshot) -> Aggregate {
+        let min_age_ns = u64::try_from(self.cfg.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let mine: Vec<Allocation> =
+            snap.allocations.iter().filter(|a| a.tgid == self.pid).copied().collect();
+        Aggregate::from_allocations(&mine, snap.taken_ns, min_age_ns)
+    }
+
+    /// Records a growth sample (no report), unless one was recorded less than half a
+    /// sampling period ago (a report just took one).
+    pub fn sample(&mut self, snap: &Snapshot) {
+        let half = u64::try_from(self.cfg.sample_period().as_nanos() / 2).unwrap_or(u64::MAX);
+        if self.last_sample_ns != 0 && snap.taken_ns.saturating_sub(self.last_sample_ns) < half {
+            return;
+        }
+        let agg = self.aggregate(snap);
+        self.record(snap.taken_ns, &agg, false);
+    }
+
+    /// Records a sample; one less than half a period after the previous replaces it.
+    fn record(&mut self, taken_ns: u64, agg: &Aggregate, last: bool) {
+        #[expect(clippy::cast_precision_loss, reason = "seconds; ns precision not needed")]
+        let t = taken_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        self.history.record(t, agg, crate::procfs::memory(self.pid), last);
+        self.last_sample_ns = taken_ns;
+    }
+
     /// Snapshot, aggregate, symbolize and build a report.
     fn collect(
         &mut self,
@@ -118,29 +157,51 @@ impl Session {
         self.collect_from(&snap, source, end_reason)
     }
 
-    /// Aggregates this process's share of `snap`, symbolizes and builds a report.
+    /// Aggregates this process's share of `snap`, records it as a growth sample (the last
+    /// one unless `end_reason` is `interval`), symbolizes and builds a report.
     fn collect_from(
         &mut self,
         snap: &Snapshot,
         source: &mut dyn AllocSource,
         end_reason: &str,
     ) -> Result<(Report, Aggregate), Error> {
-        let min_age_ns = u64::try_from(self.cfg.min_age.as_nanos()).unwrap_or(u64::MAX);
-        let mine: Vec<Allocation> =
-            snap.allocations.iter().filter(|a| a.tgid == self.pid).copied().collect();
-        let agg = Aggregate::from_allocations(&mine, snap.taken_ns, min_age_ns);
+        let agg = self.aggregate(snap);
+        self.record(snap.taken_ns, &agg, end_reason != "interval");
         self.resolve_stacks(source, &agg)?;
+        let end_unix_s = clock::now_unix();
         let meta = ReportMeta {
             target: self.target.clone(),
-            window: Window { start_unix_s: self.start_unix, end_unix_s: clock::now_unix() },
+            window: Window { start_unix_s: self.start_unix, end_unix_s },
             now_ns: snap.taken_ns,
             min_age_s: self.cfg.min_age.as_secs_f64(),
             allocator: self.allocator.clone(),
             end_reason: end_reason.to_owned(),
             hooks: self.hooks.clone(),
+            window_text: format!(
+                "{}-{}",
+                clock::local_hms(self.start_unix),
+                clock::local_hms(end_unix_s)
+            ),
+            limit: self.limit(),
         };
-        let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits);
+        let analysis = Analysis::of(&self.history, &Params::default());
+        let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits, &analysis);
         Ok((report, agg))
+    }
+
+    /// `--limit` against the process's RSS, else its cgroup's limit against the cgroup's
+    /// usage.
+    fn limit(&self) -> Option<Limit> {
+        if let Some(bytes) = self.cfg.limit {
+            let usage = self.history.process().iter().rev().find_map(|m| m.map(|m| m.rss));
+            return Some(Limit { bytes, usage: usage.unwrap_or(0), source: "option" });
+        }
+        let cgroupfs = crate::preflight::sysfs_root().join("fs/cgroup");
+        crate::procfs::cgroup_memory_limit(self.pid, &cgroupfs).map(|(bytes, usage)| Limit {
+            bytes,
+            usage,
+            source: "cgroup",
+        })
     }
 
     /// Fetches and symbolizes stacks not seen before (and those with frames that did not
@@ -225,6 +286,13 @@ impl Session {
             report.duration_s
         );
         self.print(&report, &agg, &header);
+        if self.cfg.outputs.svg_diff.is_some()
+            && let Some((_, base)) = self.history.baseline()
+        {
+            // The sites of the first sample, freed since, still need names.
+            let base = base.clone();
+            self.resolve_stacks(source, &base)?;
+        }
         self.write_outputs(&report)?;
         Ok(report)
     }
@@ -284,25 +352,107 @@ impl Session {
             eprintln!("wrote {}", p.display());
         }
         if let Some(p) = &outputs.svg {
-            let title = format!(
-                "Outstanding bytes by allocation stack: pid {} ({}), {}",
-                self.pid,
-                self.target.comm,
-                Self::window_text(report)
-            );
-            let subtitle = format!(
-                "{} ({} bytes) in {} allocations not freed; each tower's top frame called the allocator",
-                output::table::human_bytes(report.totals.outstanding_bytes),
-                report.totals.outstanding_bytes,
-                report.totals.outstanding_allocs
-            );
-            let svg = output::flamegraph::render(&folded, &title, &subtitle)
-                .map_err(Error::io("rendering the flame graph"))?;
+            let svg = self.growth_svg(report, &folded)?;
+            output::write_atomic(p, &svg).map_err(Error::io(format!("writing {}", p.display())))?;
+            eprintln!("wrote {}", p.display());
+        }
+        if let Some(p) = &outputs.svg_diff {
+            let svg = self.diff_svg(report, &folded)?;
             output::write_atomic(p, &svg).map_err(Error::io(format!("writing {}", p.display())))?;
             eprintln!("wrote {}", p.display());
         }
         Ok(())
     }
+
+    /// Bytes each stack gained from the first sample to the end; with a single sample, the
+    /// outstanding bytes (everything traced was allocated after the start).
+    fn growth_svg(&self, report: &Report, folded: &[String]) -> Result<Vec<u8>, Error> {
+        let who = format!("pid {} ({}), {}", self.pid, self.target.comm, Self::window_text(report));
+        let render = |lines: &[String], title: String, subtitle: String| {
+            output::flamegraph::render(lines, &title, &subtitle)
+                .map_err(Error::io("rendering the flame graph"))
+        };
+        let Some((t, base)) = self.history.baseline() else {
+            return render(
+                folded,
+                format!("Outstanding bytes by allocation stack: {who}"),
+                format!(
+                    "{} ({} bytes) in {} allocations not freed; each tower's top frame called the allocator",
+                    output::table::human_bytes(report.totals.outstanding_bytes),
+                    report.totals.outstanding_bytes,
+                    report.totals.outstanding_allocs
+                ),
+            );
+        };
+        let before: HashMap<String, u64> =
+            base.sites.iter().map(|s| (format!("{:016x}", s.stack_id), s.bytes)).collect();
+        let gains: Vec<(&[report::StackFrame], u64)> = report
+            .sites
+            .iter()
+            .map(|s| {
+                let was = before.get(&s.id).copied().unwrap_or(0);
+                (s.stack.as_slice(), s.outstanding_bytes.saturating_sub(was))
+            })
+            .collect();
+        let gained: u64 = gains.iter().map(|g| g.1).sum();
+        let lines = output::folded::fold_stacks(gains);
+        render(
+            &lines,
+            format!("Growth by allocation stack: {who}"),
+            format!(
+                "{} ({gained} bytes) gained since the first sample at {} by the stacks that grew; \
+                 each tower's top frame called the allocator",
+                output::table::human_bytes(gained),
+                clock::local_hms(self.start_unix + t)
+            ),
+        )
+    }
+
+    /// Outstanding bytes at the first sample against the end: red grew, blue shrank.
+    fn diff_svg(&self, report: &Report, folded: &[String]) -> Result<Vec<u8>, Error> {
+        let (t, before) = match self.history.baseline() {
+            Some((t, base)) => (
+                t,
+                output::folded::fold_stacks(
+                    base.sites
+                        .iter()
+                        .map(|s| (report::stack_of(&self.frames, s.stack_id), s.bytes))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(|(st, b)| (st.as_slice(), *b)),
+                ),
+            ),
+            None => (0.0, Vec::new()),
+        };
+        let title = format!(
+            "Outstanding bytes, {} against {}: pid {} ({})",
+            clock::local_hms(report.window.end_unix_s),
+            clock::local_hms(self.start_unix + t),
+            self.pid,
+            self.target.comm
+        );
+        let subtitle = "widths: bytes at the end; red: grew since the first sample, blue: shrank";
+        output::flamegraph::render_diff(&before, folded, &title, subtitle)
+            .map_err(Error::io("rendering the differential flame graph"))
+    }
+}
+
+/// `--fail-on-leak`: prints the sites of `report` that fail the run; whether there are any.
+#[must_use]
+pub fn fails(report: &Report, cfg: &TraceConfig) -> bool {
+    if !cfg.fail_on_leak {
+        return false;
+    }
+    let failing = crate::growth::failing_sites(&report.sites, cfg.threshold);
+    for site in &failing {
+        eprintln!(
+            "leak: pid {} ({}): leak at {}",
+            report.target.pid,
+            report.target.comm,
+            crate::growth::leak_line(site)
+        );
+    }
+    !failing.is_empty()
 }
 
 /// SIGINT, SIGTERM and SIGCHLD handlers. Installed before the probes are attached (and before
@@ -364,6 +514,7 @@ pub async fn trace(
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut maps_tick = interval(MAPS_REFRESH);
     maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sampler = Sampler::new(start, session.cfg.sample_period());
     let until_deadline = deadline(start, session.cfg.duration);
     tokio::pin!(until_deadline);
     let end = loop {
@@ -372,6 +523,12 @@ pub async fn trace(
                 let (report, agg) = session.collect(tracer, "interval")?;
                 let header = session.header(&report);
                 session.print(&report, &agg, &header);
+            }
+            () = sampler.tick() => {
+                let started = Instant::now();
+                let snap = tracer.snapshot()?;
+                session.sample(&snap);
+                sampler.spent(started);
             }
             _ = maps_tick.tick() => {
                 session.symbolizer.refresh();
@@ -386,6 +543,39 @@ pub async fn trace(
     let snap = tracer.snapshot()?;
     let report = session.finish(&snap, tracer, end)?;
     Ok((report, end))
+}
+
+/// Paces the growth samples: one per period, but at most a tenth of the time goes into
+/// taking them (a snapshot of millions of allocations takes a while).
+pub struct Sampler {
+    tick: tokio::time::Interval,
+    next_allowed: Instant,
+}
+
+impl Sampler {
+    /// Ticks every `period` after `start`.
+    #[must_use]
+    pub fn new(start: Instant, period: Duration) -> Self {
+        let mut tick = interval_at(start + period, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { tick, next_allowed: start }
+    }
+
+    /// The next sample is due (cancel-safe).
+    pub async fn tick(&mut self) {
+        loop {
+            self.tick.tick().await;
+            if Instant::now() >= self.next_allowed {
+                return;
+            }
+        }
+    }
+
+    /// A sample begun at `started` is done: the next waits nine times as long as it took.
+    pub fn spent(&mut self, started: Instant) {
+        let now = Instant::now();
+        self.next_allowed = now + (now - started) * 9;
+    }
 }
 
 /// Resolves at `start + duration`, or never.

@@ -3,6 +3,20 @@ use hashbrown::HashMap;
 
 use crate::model::Allocation;
 
+/// Upper bounds of the age buckets, ns: under 10 s, under 1 min, under 10 min; then older.
+pub const AGE_BOUNDS_NS: [u64; 3] = [10_000_000_000, 60_000_000_000, 600_000_000_000];
+/// Names of the age buckets, youngest first.
+pub const AGE_NAMES: [&str; 4] = ["<10s", "<1m", "<10m", "older"];
+
+/// Outstanding bytes by allocation age ([`AGE_NAMES`]).
+pub type AgeBytes = [u64; 4];
+
+/// Index of the age bucket of an allocation `age_ns` old.
+#[must_use]
+pub fn age_bucket(age_ns: u64) -> usize {
+    AGE_BOUNDS_NS.iter().position(|b| age_ns < *b).unwrap_or(AGE_BOUNDS_NS.len())
+}
+
 /// Outstanding memory of one allocation site (one distinct stack).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SiteStats {
@@ -16,6 +30,8 @@ pub struct SiteStats {
     pub kind: u32,
     /// Timestamp of the oldest outstanding allocation, `CLOCK_MONOTONIC` ns.
     pub oldest_ns: u64,
+    /// Outstanding bytes by age.
+    pub age_bytes: AgeBytes,
 }
 
 /// Per-site totals of one snapshot.
@@ -27,6 +43,10 @@ pub struct Aggregate {
     pub total_bytes: u64,
     /// Sum of `count` over sites.
     pub total_count: u64,
+    /// Outstanding bytes by age, over sites.
+    pub age_bytes: AgeBytes,
+    /// Outstanding allocations by age, over sites.
+    pub age_counts: [u64; 4],
 }
 
 impl Aggregate {
@@ -35,18 +55,23 @@ impl Aggregate {
     #[must_use]
     pub fn from_allocations(allocs: &[Allocation], now_ns: u64, min_age_ns: u64) -> Self {
         let mut by_stack: HashMap<u64, SiteStats> = HashMap::new();
+        let mut age_counts = [0; 4];
         for a in allocs {
             let age = now_ns.saturating_sub(a.timestamp_ns);
             if age < min_age_ns {
                 continue;
             }
+            let bucket = age_bucket(age);
+            age_counts[bucket] += 1;
             let site = by_stack.entry(a.stack_id).or_insert(SiteStats {
                 stack_id: a.stack_id,
                 bytes: 0,
                 count: 0,
                 kind: a.kind,
                 oldest_ns: a.timestamp_ns,
+                age_bytes: [0; 4],
             });
+            site.age_bytes[bucket] += a.size;
             site.bytes += a.size;
             site.count += 1;
             site.oldest_ns = site.oldest_ns.min(a.timestamp_ns);
@@ -57,7 +82,13 @@ impl Aggregate {
         });
         let total_bytes = sites.iter().map(|s| s.bytes).sum();
         let total_count = sites.iter().map(|s| s.count).sum();
-        Self { sites, total_bytes, total_count }
+        let mut age_bytes = [0; 4];
+        for s in &sites {
+            for (total, b) in age_bytes.iter_mut().zip(s.age_bytes) {
+                *total += b;
+            }
+        }
+        Self { sites, total_bytes, total_count, age_bytes, age_counts }
     }
 
     /// Bytes at `stack_id`, 0 if the site has nothing outstanding.
@@ -113,6 +144,26 @@ mod tests {
         assert_eq!(agg.total_bytes, 4297);
         assert_eq!(agg.total_count, 4);
         assert_eq!(agg.sites[1].oldest_ns, 1);
+    }
+
+    #[test]
+    fn ages_fall_into_buckets() {
+        const S: u64 = 1_000_000_000;
+        let now = 1000 * S;
+        let allocs = [
+            alloc(0x10, 1, 1, now),
+            alloc(0x20, 2, 1, now - 10 * S + 1),
+            alloc(0x30, 4, 1, now - 10 * S),
+            alloc(0x40, 8, 2, now - 599 * S),
+            alloc(0x50, 16, 2, now - 600 * S),
+            alloc(0x60, 32, 2, 0),
+        ];
+        let agg = Aggregate::from_allocations(&allocs, now, 0);
+        assert_eq!(agg.age_bytes, [3, 4, 8, 48]);
+        assert_eq!(agg.age_counts, [2, 1, 1, 2]);
+        let site1 = agg.sites.iter().find(|s| s.stack_id == 1).unwrap();
+        assert_eq!(site1.age_bytes, [3, 4, 0, 0]);
+        assert_eq!(age_bucket(u64::MAX), 3);
     }
 
     #[test]

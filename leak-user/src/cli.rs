@@ -3,7 +3,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Command, Outputs, TraceConfig, parse_duration};
+use crate::config::{Command, Outputs, TraceConfig, parse_duration, parse_size};
 
 /// Find the call stacks that hold memory a native process never frees.
 #[derive(Debug, Parser)]
@@ -56,6 +56,9 @@ pub struct TraceArgs {
     /// Time between reports.
     #[arg(long, default_value = "5s", value_parser = parse_interval)]
     pub interval: Duration,
+    /// Time between growth samples (at most --interval); the growth verdicts need about six.
+    #[arg(long, default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
+    pub sample_interval: Duration,
     /// Stop tracing after this long (default: until the target exits or Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -65,9 +68,14 @@ pub struct TraceArgs {
     /// Only report allocations at least this old (e.g. 30s).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub min_age: Duration,
-    /// Write a flame graph of outstanding bytes to this SVG file.
+    /// Write a flame graph of the bytes each stack gained over the window to this SVG file
+    /// (with a single sample: its outstanding bytes).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// Write a differential flame graph between the first and the last sample to this SVG
+    /// file (red: grew, blue: shrank).
+    #[arg(long, value_name = "FILE")]
+    pub svg_diff: Option<PathBuf>,
     /// Write the JSON report to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -80,6 +88,15 @@ pub struct TraceArgs {
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
+    /// Memory limit to project the growth against, e.g. 512M (default: the cgroup's limit).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    pub limit: Option<u64>,
+    /// Exit with status 23 when a site is judged a leak (a memory regression test for CI).
+    #[arg(long)]
+    pub fail_on_leak: bool,
+    /// With --fail-on-leak: ignore leaks that gained less than this over the window, e.g. 1M.
+    #[arg(long, default_value = "0", value_parser = parse_size, value_name = "BYTES", requires = "fail_on_leak")]
+    pub threshold: u64,
     /// Log every allocation event from BPF (debugging; very slow).
     #[arg(long, hide = true)]
     pub bpf_trace: bool,
@@ -97,13 +114,17 @@ impl From<TraceArgs> for TraceConfig {
     fn from(a: TraceArgs) -> Self {
         Self {
             interval: a.interval,
+            sample_interval: a.sample_interval,
             duration: a.duration,
             top: usize::try_from(a.top).unwrap_or(usize::MAX),
             min_age: a.min_age,
-            outputs: Outputs { svg: a.svg, json: a.json, folded: a.folded },
+            outputs: Outputs { svg: a.svg, json: a.json, folded: a.folded, svg_diff: a.svg_diff },
             lib: a.lib,
             max_allocs: a.max_allocs,
             bpf_trace: a.bpf_trace,
+            limit: a.limit,
+            fail_on_leak: a.fail_on_leak,
+            threshold: a.threshold,
         }
     }
 }
@@ -159,6 +180,15 @@ mod tests {
             "/lib/libc.so.6",
             "--max-allocs",
             "5000",
+            "--sample-interval",
+            "500ms",
+            "--svg-diff",
+            "d.svg",
+            "--limit",
+            "1G",
+            "--fail-on-leak",
+            "--threshold",
+            "64K",
         ])
         .unwrap();
         let Command::Attach { pid, trace } = c else { panic!("not attach") };
@@ -168,7 +198,11 @@ mod tests {
         assert_eq!(trace.top, 3);
         assert_eq!(trace.min_age, Duration::from_secs(10));
         assert_eq!(trace.outputs.svg.as_deref(), Some(std::path::Path::new("a.svg")));
-        assert_eq!(trace.outputs.paths().count(), 3);
+        assert_eq!(trace.outputs.paths().count(), 4);
+        assert_eq!(trace.sample_interval, Duration::from_millis(500));
+        assert_eq!(trace.limit, Some(1 << 30));
+        assert!(trace.fail_on_leak);
+        assert_eq!(trace.threshold, 64 << 10);
         assert_eq!(trace.lib.as_deref(), Some(std::path::Path::new("/lib/libc.so.6")));
         assert_eq!(trace.max_allocs, 5000);
     }
@@ -202,6 +236,11 @@ mod tests {
         assert!(parse(&["leak", "attach", "--pid", "1", "--interval", "1ms"]).is_err());
         assert!(parse(&["leak", "attach", "--pid", "1", "--duration", "soon"]).is_err());
         assert!(parse(&["leak", "attach", "--pid", "1", "--top", "0"]).is_err());
+        assert!(parse(&["leak", "attach", "--pid", "1", "--limit", "lots"]).is_err());
+        assert!(
+            parse(&["leak", "attach", "--pid", "1", "--threshold", "1M"]).is_err(),
+            "--threshold needs --fail-on-leak"
+        );
         assert!(parse(&["leak", "run"]).is_err(), "command is required");
         let e = parse(&["leak", "attach", "--pid", "1", "--interval", "1ms"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);

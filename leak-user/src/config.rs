@@ -10,12 +10,14 @@ pub struct Outputs {
     pub json: Option<PathBuf>,
     /// Folded stacks.
     pub folded: Option<PathBuf>,
+    /// Differential flame graph SVG between the first and the last sample.
+    pub svg_diff: Option<PathBuf>,
 }
 
 impl Outputs {
     /// Every configured path.
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.svg, &self.json, &self.folded].into_iter().flatten()
+        [&self.svg, &self.json, &self.folded, &self.svg_diff].into_iter().flatten()
     }
 }
 
@@ -24,6 +26,8 @@ impl Outputs {
 pub struct TraceConfig {
     /// Time between interval reports.
     pub interval: Duration,
+    /// Time between growth samples (at most `interval`).
+    pub sample_interval: Duration,
     /// Stop after this long (None: until the target exits or a signal).
     pub duration: Option<Duration>,
     /// Sites shown in the text report.
@@ -38,12 +42,31 @@ pub struct TraceConfig {
     pub max_allocs: u32,
     /// Per-event BPF logging.
     pub bpf_trace: bool,
+    /// Memory limit to project against, bytes (default: the cgroup's).
+    pub limit: Option<u64>,
+    /// Fail (exit status [`LEAK_FOUND_EXIT`]) when a site is judged a leak.
+    pub fail_on_leak: bool,
+    /// Sites that gained less than this over the window do not fail the run.
+    pub threshold: u64,
+}
+
+/// Exit status of a run that `--fail-on-leak` fails, when the command itself succeeded (23,
+/// as `LeakSanitizer`).
+pub const LEAK_FOUND_EXIT: u8 = 23;
+
+impl TraceConfig {
+    /// The growth sampling period: never longer than the report interval.
+    #[must_use]
+    pub fn sample_period(&self) -> Duration {
+        self.sample_interval.min(self.interval)
+    }
 }
 
 impl Default for TraceConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(5),
+            sample_interval: Duration::from_secs(1),
             duration: None,
             top: 10,
             min_age: Duration::ZERO,
@@ -51,6 +74,9 @@ impl Default for TraceConfig {
             lib: None,
             max_allocs: leak_common::DEFAULT_MAX_ALLOCS,
             bpf_trace: false,
+            limit: None,
+            fail_on_leak: false,
+            threshold: 0,
         }
     }
 }
@@ -102,6 +128,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses `4096`, `64K`, `512M`, `1.5G`, `2GiB`, `1T` (binary units; `B`, `iB` optional).
+///
+/// # Errors
+/// A message saying what is accepted.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 =
+        num.parse().map_err(|_| format!("invalid size {s:?}: use e.g. 4096, 64K, 512M, 2G"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.strip_suffix("IB").or_else(|| unit.strip_suffix('B')).unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("invalid size unit in {s:?}: use K, M, G or T")),
+    };
+    let bytes = value * 2f64.powi(shift);
+    if !(0.0..1.8e19).contains(&bytes) {
+        return Err(format!("invalid size {s:?}"));
+    }
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "range checked")]
+    Ok(bytes.round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +172,20 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("2GB"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("1X").unwrap_err().contains("unit"));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999T").is_err());
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 use crate::{
     agent::{self, End, Session, Signals},
-    config::TraceConfig,
+    config::{LEAK_FOUND_EXIT, TraceConfig},
     error::Error,
     loader::{Links, Tracer},
     output, procfs, runner,
@@ -51,6 +51,8 @@ pub struct Controller<'a> {
     follow_forks: bool,
     root: u32,
     root_code: Option<i32>,
+    /// `--fail-on-leak` found a leak in some process's final report.
+    leaked: bool,
     root_attached: bool,
     procs: HashMap<u32, Proc>,
     sessions: HashMap<u32, Session>,
@@ -71,6 +73,7 @@ impl<'a> Controller<'a> {
             follow_forks,
             root,
             root_code: None,
+            leaked: false,
             root_attached: false,
             procs: HashMap::new(),
             sessions: HashMap::new(),
@@ -106,6 +109,7 @@ impl<'a> Controller<'a> {
         report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut maps_tick = interval(MAPS_REFRESH);
         maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sampler = agent::Sampler::new(start, self.cfg.sample_period());
         let until_deadline = agent::deadline(start, self.cfg.duration);
         tokio::pin!(until_deadline);
         let mut signalled = false;
@@ -140,6 +144,14 @@ impl<'a> Controller<'a> {
                         }
                     }
                 }
+                () = sampler.tick() => {
+                    let started = Instant::now();
+                    let snap = self.tracer.snapshot()?;
+                    for s in self.sessions.values_mut() {
+                        s.sample(&snap);
+                    }
+                    sampler.spent(started);
+                }
                 _ = maps_tick.tick() => {
                     for s in self.sessions.values_mut() {
                         s.refresh_maps();
@@ -154,18 +166,21 @@ impl<'a> Controller<'a> {
         let snap = self.tracer.snapshot()?;
         for pid in self.session_pids() {
             if let Some(mut s) = self.sessions.remove(&pid) {
-                s.finish(&snap, &mut *self.tracer, end)?;
+                let report = s.finish(&snap, &mut *self.tracer, end)?;
+                self.leaked |= agent::fails(&report, &self.cfg);
             }
         }
         self.detach_all();
-        match end {
-            End::Signal(sig) => Ok(code(128 + sig)),
-            End::TargetExited => Ok(code(self.root_code.unwrap_or(1))),
+        let status = match end {
+            End::Signal(sig) => code(128 + sig),
+            End::TargetExited => code(self.root_code.unwrap_or(1)),
             End::Duration => {
                 eprintln!("leak: tracing ended; waiting for pid {} to exit", self.root);
-                self.serve_until_exit(signals).await
+                self.serve_until_exit(signals).await?
             }
-        }
+        };
+        // The command's own failure comes first; a leak fails a run that otherwise passed.
+        Ok(if status == 0 && self.leaked { LEAK_FOUND_EXIT } else { status })
     }
 
     /// After tracing ended: keep resuming the tracees' stops (they would hang otherwise)
@@ -378,7 +393,8 @@ impl<'a> Controller<'a> {
             self.retired.push(links);
             if let Some(mut s) = self.sessions.remove(&pid) {
                 let snap = self.tracer.snapshot()?;
-                s.finish(&snap, &mut *self.tracer, End::TargetExited)?;
+                let report = s.finish(&snap, &mut *self.tracer, End::TargetExited)?;
+                self.leaked |= agent::fails(&report, &self.cfg);
             }
             self.tracer.purge(pid)?;
         }

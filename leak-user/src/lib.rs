@@ -15,6 +15,8 @@ pub mod config;
 pub mod controller;
 pub mod elf;
 pub mod error;
+pub mod growth;
+pub mod history;
 pub mod hooks;
 pub mod loader;
 pub mod model;
@@ -148,10 +150,11 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let links = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     eprintln!("attached to PID {pid} ({} probes)", links.len());
+    let trace_cfg = trace.clone();
     let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
-    rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals))?;
+    let (report, _) = rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals))?;
     tracer.release_in_background();
-    Ok(0)
+    Ok(if agent::fails(&report, &trace_cfg) { config::LEAK_FOUND_EXIT } else { 0 })
 }
 
 fn run_command(

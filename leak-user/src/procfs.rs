@@ -5,6 +5,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::history::ProcessMemory;
+
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapEntry {
@@ -216,6 +218,78 @@ impl RootPath {
     }
 }
 
+/// Resident and private bytes of process `pid` (`/proc/PID/smaps_rollup`); `None` once it
+/// has exited or where the kernel lacks the file (before 4.14).
+#[must_use]
+pub fn memory(pid: u32) -> Option<ProcessMemory> {
+    parse_smaps_rollup(&fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
+/// RSS and private (clean + dirty) bytes from a `smaps_rollup` text.
+#[must_use]
+pub fn parse_smaps_rollup(text: &str) -> Option<ProcessMemory> {
+    let kb = |name: &str| -> Option<u64> {
+        let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+        line.split_whitespace().next()?.parse::<u64>().ok().map(|v| v * 1024)
+    };
+    Some(ProcessMemory { rss: kb("Rss")?, private: kb("Private_Clean")? + kb("Private_Dirty")? })
+}
+
+/// The tightest memory limit over process `pid`'s cgroup and its ancestors, and the usage of
+/// the cgroup that sets it: `(limit, usage)`. cgroup v2 (`memory.max`) or v1
+/// (`memory.limit_in_bytes`), under `cgroupfs` (normally `/sys/fs/cgroup`).
+#[must_use]
+pub fn cgroup_memory_limit(pid: u32, cgroupfs: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (v2, path) = parse_cgroup_memory_path(&text)?;
+    let (root, max, current) = if v2 {
+        (cgroupfs.to_path_buf(), "memory.max", "memory.current")
+    } else {
+        (cgroupfs.join("memory"), "memory.limit_in_bytes", "memory.usage_in_bytes")
+    };
+    let mut best: Option<(u64, u64)> = None;
+    let mut dir = Some(path.trim_start_matches('/'));
+    while let Some(rel) = dir {
+        let at = root.join(rel);
+        if let Some(limit) = fs::read_to_string(at.join(max)).ok().and_then(|t| parse_limit(&t)) {
+            let usage = fs::read_to_string(at.join(current))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            if best.is_none_or(|b| limit < b.0) {
+                best = Some((limit, usage));
+            }
+        }
+        dir = if rel.is_empty() { None } else { Some(rel.rsplit_once('/').map_or("", |p| p.0)) };
+    }
+    best
+}
+
+/// The memory cgroup of a `/proc/PID/cgroup` text: `(is_v2, path)`. A v1 memory hierarchy
+/// wins over the v2 entry (on hybrid hosts the memory controller is on v1).
+#[must_use]
+pub fn parse_cgroup_memory_path(text: &str) -> Option<(bool, String)> {
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some((false, path.to_owned()));
+        }
+        if id == "0" && controllers.is_empty() {
+            v2 = Some((true, path.to_owned()));
+        }
+    }
+    v2
+}
+
+/// A limit file's value; `max` and v1's "unlimited" (close to `i64::MAX`, page-aligned) are
+/// no limit.
+fn parse_limit(text: &str) -> Option<u64> {
+    let v: u64 = text.trim().parse().ok()?;
+    (v < 1 << 62).then_some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +360,68 @@ mod tests {
         let exe = maps.iter().find(|m| m.is_file()).unwrap();
         let via = map_files_path(me, exe);
         assert_eq!(fs::metadata(&via).unwrap().ino(), exe.inode, "{}", via.display());
+    }
+
+    #[test]
+    fn smaps_rollup_gives_rss_and_private_bytes() {
+        let text = "563f04492000-7fff4c2d5000 ---p 00000000 00:00 0    [rollup]
+Rss:                1680 kB
+Pss:                 707 kB
+Shared_Clean:       1460 kB
+Private_Clean:       108 kB
+Private_Dirty:       112 kB
+Private_Hugetlb:       0 kB
+";
+        assert_eq!(
+            parse_smaps_rollup(text),
+            Some(ProcessMemory { rss: 1680 * 1024, private: 220 * 1024 })
+        );
+        assert_eq!(parse_smaps_rollup("Rss: 1 kB\n"), None);
+        // Our own process: readable, and private never exceeds resident.
+        let me = memory(std::process::id()).unwrap();
+        assert!(me.rss > 0 && me.private <= me.rss, "{me:?}");
+    }
+
+    #[test]
+    fn cgroup_paths_and_limits() {
+        let hybrid = "9:name=systemd:/\n4:memory:/pods/a\n1:cpu:/\n0::/\n";
+        assert_eq!(parse_cgroup_memory_path(hybrid), Some((false, "/pods/a".into())));
+        assert_eq!(
+            parse_cgroup_memory_path("0::/kubepods/x\n"),
+            Some((true, "/kubepods/x".into()))
+        );
+        assert_eq!(parse_cgroup_memory_path("1:cpu:/\n"), None);
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_limit("536870912\n"), Some(512 << 20));
+    }
+
+    #[test]
+    fn the_tightest_limit_of_the_cgroup_and_its_ancestors_wins() {
+        let me = std::process::id();
+        let text = fs::read_to_string(format!("/proc/{me}/cgroup")).unwrap();
+        let (v2, path) = parse_cgroup_memory_path(&text).unwrap();
+        let dir = std::env::temp_dir().join(format!("leak-cgroup-test-{me}"));
+        let root = if v2 { dir.clone() } else { dir.join("memory") };
+        let (max, cur) = if v2 {
+            ("memory.max", "memory.current")
+        } else {
+            ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        };
+        let own = root.join(path.trim_start_matches('/'));
+        fs::create_dir_all(&own).unwrap();
+        fs::write(own.join(max), "max\n").unwrap();
+        fs::write(own.join(cur), "100\n").unwrap();
+        // No limit anywhere.
+        assert_eq!(cgroup_memory_limit(me, &dir), None);
+        // A limit at the root of the hierarchy applies to everything below it.
+        fs::write(root.join(max), "1048576\n").unwrap();
+        fs::write(root.join(cur), "4096\n").unwrap();
+        assert_eq!(cgroup_memory_limit(me, &dir), Some((1 << 20, 4096)));
+        // A tighter one on the process's own cgroup wins (a no-op when that is the root).
+        fs::write(own.join(max), "65536\n").unwrap();
+        let expect = if own == root { (65536, 4096) } else { (65536, 100) };
+        assert_eq!(cgroup_memory_limit(me, &dir), Some(expect));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     aggregate::Aggregate,
+    growth::Analysis,
     model::{DropCounts, Frame, ProbeHits},
+    trend::Verdict,
 };
 
 /// Report format version.
@@ -40,6 +42,161 @@ pub struct Report {
     /// Why tracing ended: `duration`, `signal`, `target_exited`, or `interval` for a
     /// report printed while tracing continues.
     pub end_reason: String,
+    /// Outstanding bytes and allocations by age.
+    pub age: AgeView,
+    /// Growth over the window: the summary a person reads first.
+    pub growth: Growth,
+    /// The process's own memory over the window, when `/proc/PID/smaps_rollup` was readable.
+    pub process: Option<ProcessView>,
+}
+
+/// Values by allocation age.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgeBuckets {
+    /// Younger than 10 s.
+    pub under_10s: u64,
+    /// 10 s to 1 min.
+    pub under_1m: u64,
+    /// 1 min to 10 min.
+    pub under_10m: u64,
+    /// 10 min and older.
+    pub older: u64,
+}
+
+impl From<[u64; 4]> for AgeBuckets {
+    fn from(v: [u64; 4]) -> Self {
+        Self { under_10s: v[0], under_1m: v[1], under_10m: v[2], older: v[3] }
+    }
+}
+
+impl AgeBuckets {
+    /// The buckets, youngest first.
+    #[must_use]
+    pub fn values(&self) -> [u64; 4] {
+        [self.under_10s, self.under_1m, self.under_10m, self.older]
+    }
+}
+
+/// Outstanding memory by allocation age.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgeView {
+    /// Bytes.
+    pub bytes: AgeBuckets,
+    /// Allocations.
+    pub allocs: AgeBuckets,
+}
+
+/// A growth judgement (see `trend`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrendView {
+    /// `leak` (steady unbounded growth), `growing` (not enough evidence yet), `plateau` (grew,
+    /// then levelled off: cache-like) or `stable`.
+    pub verdict: Verdict,
+    /// How sure, 0..1.
+    pub confidence: f64,
+    /// Robust (Theil-Sen) growth rate over the window, bytes per second.
+    pub rate_bytes_per_s: f64,
+    /// The same, bytes per hour.
+    pub rate_bytes_per_h: f64,
+    /// Growth rate over the last quarter of the window, bytes per second.
+    pub recent_rate_bytes_per_s: f64,
+    /// Last sample minus first (the first is the start, when nothing traced was outstanding).
+    pub gained_bytes: i64,
+    /// Samples judged.
+    pub samples: usize,
+}
+
+impl Default for TrendView {
+    fn default() -> Self {
+        Self {
+            verdict: Verdict::Stable,
+            confidence: 0.0,
+            rate_bytes_per_s: 0.0,
+            rate_bytes_per_h: 0.0,
+            recent_rate_bytes_per_s: 0.0,
+            gained_bytes: 0,
+            samples: 0,
+        }
+    }
+}
+
+/// A site's samples (at most [`crate::growth::SERIES_POINTS`], evenly spaced).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteSeries {
+    /// Seconds since the start.
+    pub t_s: Vec<f64>,
+    /// Outstanding bytes.
+    pub bytes: Vec<u64>,
+    /// Outstanding allocations.
+    pub allocs: Vec<u64>,
+}
+
+/// The process's memory samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSeries {
+    /// Seconds since the start.
+    pub t_s: Vec<f64>,
+    /// Resident set size.
+    pub rss_bytes: Vec<u64>,
+    /// Private resident bytes.
+    pub private_bytes: Vec<u64>,
+}
+
+/// Growth of the traced total over the window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Growth {
+    /// One line: how much, how fast, which sites, the suspected leak, time to the limit.
+    pub summary: String,
+    /// The traced total's trend.
+    pub trend: TrendView,
+    /// Fewest sites whose growth makes up most (90%) of the growth, at most 5.
+    pub top_sites: usize,
+    /// Their share of the growth, 0..1.
+    pub top_share: f64,
+    /// Ids of the sites judged leaks, fastest first.
+    pub leak_sites: Vec<String>,
+    /// Ids of the sites growing without enough evidence yet, fastest first.
+    pub growing_sites: Vec<String>,
+    /// The memory limit and when it is reached at the current rate.
+    pub limit: Option<LimitView>,
+    /// Traced total over time.
+    pub series: SiteSeries,
+}
+
+/// A memory limit and the projection against it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitView {
+    /// The limit, bytes.
+    pub bytes: u64,
+    /// Where it comes from: `cgroup` (memory.max of the process's cgroup) or `option`
+    /// (`--limit`, compared with the process's RSS).
+    pub source: String,
+    /// What counts against it now, bytes.
+    pub usage_bytes: u64,
+    /// Seconds until usage reaches the limit at the traced growth rate (None: not growing).
+    pub time_to_limit_s: Option<f64>,
+}
+
+/// The process's own memory (`/proc/PID/smaps_rollup`), sampled alongside.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessView {
+    /// Resident set size at the last sample.
+    pub rss_bytes: u64,
+    /// Private resident bytes at the last sample.
+    pub private_bytes: u64,
+    /// RSS change over the window.
+    pub rss_gained_bytes: i64,
+    /// Private bytes change over the window.
+    pub private_gained_bytes: i64,
+    /// Traced outstanding bytes change over the same samples.
+    pub traced_gained_bytes: i64,
+    /// Share of the private growth the traced sites explain (None: private memory did not
+    /// grow).
+    pub traced_share: Option<f64>,
+    /// Trend of the private bytes.
+    pub trend: TrendView,
+    /// Samples.
+    pub series: ProcessSeries,
 }
 
 /// The traced process.
@@ -80,6 +237,12 @@ pub struct Site {
     pub oldest_age_s: f64,
     /// Frames, innermost first: frame 0 is the caller of the allocator function.
     pub stack: Vec<StackFrame>,
+    /// Outstanding bytes by allocation age.
+    pub age_bytes: AgeBuckets,
+    /// Growth of this site over the window.
+    pub trend: TrendView,
+    /// Outstanding bytes and allocations over the window.
+    pub series: SiteSeries,
 }
 
 /// One frame of a site's stack.
@@ -150,6 +313,21 @@ pub struct ReportMeta {
     /// The hooks, by attach cookie: names the allocator function of each site and the hit
     /// counters.
     pub hooks: Vec<HookInfo>,
+    /// The window as local wall-clock times, e.g. `14:02:03-16:40:10` (for the summary).
+    pub window_text: String,
+    /// The memory limit to project against.
+    pub limit: Option<Limit>,
+}
+
+/// A memory limit and current usage against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Bytes.
+    pub bytes: u64,
+    /// Usage now, bytes.
+    pub usage: u64,
+    /// `cgroup` or `option`.
+    pub source: &'static str,
 }
 
 /// What a report needs to know about one hook.
@@ -164,7 +342,8 @@ pub struct HookInfo {
 }
 
 /// Builds a report. `frames` maps stack id to symbolized frames (innermost first); a stack
-/// without an entry is reported with an empty stack.
+/// without an entry is reported with an empty stack. `growth` is the analysis of the
+/// samples so far (see `growth`).
 #[must_use]
 pub fn build(
     meta: ReportMeta,
@@ -172,8 +351,9 @@ pub fn build(
     frames: &HashMap<u64, Vec<Frame>>,
     drops: &DropCounts,
     hits: &ProbeHits,
+    growth: &Analysis,
 ) -> Report {
-    let sites = agg
+    let sites: Vec<Site> = agg
         .sites
         .iter()
         .map(|s| Site {
@@ -185,12 +365,13 @@ pub fn build(
                 .and_then(|k| meta.hooks.get(k))
                 .map(|h| h.display.clone()),
             oldest_age_s: ns_to_s(meta.now_ns.saturating_sub(s.oldest_ns)),
-            stack: frames
-                .get(&s.stack_id)
-                .map(|fs| fs.iter().map(stack_frame).collect())
-                .unwrap_or_default(),
+            stack: stack_of(frames, s.stack_id),
+            age_bytes: s.age_bytes.into(),
+            trend: growth.site_trend(s.stack_id),
+            series: growth.site_series(s.stack_id),
         })
         .collect();
+    let growth_view = growth.view(&sites, &meta.window_text, meta.limit.as_ref());
     Report {
         version: REPORT_VERSION,
         target: meta.target,
@@ -203,6 +384,9 @@ pub fn build(
         min_age_s: meta.min_age_s,
         allocator: meta.allocator,
         end_reason: meta.end_reason,
+        age: AgeView { bytes: agg.age_bytes.into(), allocs: agg.age_counts.into() },
+        growth: growth_view,
+        process: growth.process_view(),
     }
 }
 
@@ -216,6 +400,12 @@ fn probe_hits(hooks: &[HookInfo], hits: &ProbeHits) -> BTreeMap<String, u64> {
         }
     }
     out
+}
+
+/// The report frames of stack `id` (empty if unknown).
+#[must_use]
+pub fn stack_of(frames: &HashMap<u64, Vec<Frame>>, id: u64) -> Vec<StackFrame> {
+    frames.get(&id).map(|fs| fs.iter().map(stack_frame).collect()).unwrap_or_default()
 }
 
 fn stack_frame(f: &Frame) -> StackFrame {
@@ -265,7 +455,7 @@ impl StackFrame {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::Allocation;
+    use crate::{history::History, model::Allocation, trend::Params};
 
     pub(crate) fn frame(f: &str, file: &str, line: u32, addr: u64) -> Frame {
         Frame {
@@ -321,6 +511,8 @@ pub(crate) mod tests {
                 min_age_s: 0.0,
                 allocator: AllocatorInfo::default(),
                 end_reason: "duration".into(),
+                window_text: "10:00:00-10:00:10".into(),
+                limit: None,
                 hooks: ["malloc", "free", "calloc"]
                     .iter()
                     .map(|s| HookInfo {
@@ -334,6 +526,7 @@ pub(crate) mod tests {
             &frames,
             &drops,
             &ProbeHits::default(),
+            &Analysis::of(&History::new(None, 0.5), &Params::default()),
         )
     }
 
@@ -401,11 +594,14 @@ pub(crate) mod tests {
                 allocator: AllocatorInfo::default(),
                 end_reason: "signal".into(),
                 hooks: Vec::new(),
+                window_text: String::new(),
+                limit: None,
             },
             &agg,
             &HashMap::new(),
             &DropCounts::default(),
             &ProbeHits::default(),
+            &Analysis::of(&History::new(None, 0.5), &Params::default()),
         );
         assert!(r.sites[0].stack.is_empty());
         assert_eq!(r.sites[0].allocator_fn, None);

@@ -107,13 +107,30 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
         (Some(a), Some(b)) => b.1 - a.1,
         _ => 0.0,
     };
+    let (lo, hi) = samples
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| (lo.min(s.1), hi.max(s.1)));
+    if n == 0 || hi - lo <= p.min_growth_bytes {
+        // Never moved by more than the floor: nothing to test (and the common case: most
+        // sites of a process hold steady).
+        return Trend {
+            verdict: Verdict::Stable,
+            confidence: 1.0,
+            rate_per_s: 0.0,
+            recent_rate_per_s: 0.0,
+            gained,
+            samples: n,
+        };
+    }
     if n < 3 {
+        let span = samples[n - 1].0 - samples[0].0;
+        let rate = if span > 0.0 { gained / span } else { 0.0 };
         let verdict = if gained > p.min_growth_bytes { Verdict::Growing } else { Verdict::Stable };
         return Trend {
             verdict,
             confidence: 0.0,
-            rate_per_s: 0.0,
-            recent_rate_per_s: 0.0,
+            rate_per_s: rate,
+            recent_rate_per_s: rate,
             gained,
             samples: n,
         };
@@ -130,10 +147,13 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
     let p_up = mann_kendall_p_up(&samples);
     let recent = &samples[n - share_of(n, p.min_flat_share).clamp(3, n)..];
     let recent_rate = theil_sen(recent);
+    // Net growth beyond the noise, even if the robust slope is 0 (a cache that filled early
+    // in the window and has held since: most pairs of samples are level).
+    let net_rise = grew || gained > p.min_growth_bytes.max(2.0 * sigma);
     // How much better "grew, then flat" fits than a straight line (1: no better).
-    let plateau_ratio = if grew { plateau_fit(&samples, &line, p.min_flat_share) } else { 1.0 };
+    let plateau_ratio = if net_rise { plateau_fit(&samples, &line, p.min_flat_share) } else { 1.0 };
 
-    let (verdict, confidence) = if grew && plateau_ratio < p.plateau_fit && p_up < 0.2 {
+    let (verdict, confidence) = if net_rise && plateau_ratio < p.plateau_fit && p_up < 0.2 {
         (Verdict::Plateau, (1.0 - p_up) * (1.0 - plateau_ratio))
     } else if grew && p_up < p.alpha {
         if n >= p.min_samples {
@@ -425,6 +445,7 @@ mod tests {
         assert_eq!(t.verdict, Verdict::Growing, "{t:?}");
         assert!((t.rate_per_s - 10_000.0).abs() < 1.0);
         assert_eq!(judge(&s[..2]).verdict, Verdict::Growing);
+        assert!((judge(&s[..2]).rate_per_s - 10_000.0).abs() < 1e-9);
         assert_eq!(judge(&[]).verdict, Verdict::Stable);
         assert_eq!(judge(&s[..1]).samples, 1);
     }

@@ -1,20 +1,26 @@
 //! Pure: a report as folded stacks (`root;...;leaf bytes`), the input of flame graphs.
 use std::collections::BTreeMap;
 
-use crate::report::Report;
+use crate::report::{Report, StackFrame};
 
 /// One line per distinct symbolized stack, outermost frame first, weighted by outstanding
 /// bytes; sorted, identical stacks merged, zero-byte sites left out.
 #[must_use]
 pub fn fold(report: &Report) -> Vec<String> {
+    fold_stacks(report.sites.iter().map(|s| (s.stack.as_slice(), s.outstanding_bytes)))
+}
+
+/// [`fold`] over any `(stack, weight)` pairs (stacks innermost first).
+#[must_use]
+pub fn fold_stacks<'a>(items: impl IntoIterator<Item = (&'a [StackFrame], u64)>) -> Vec<String> {
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-    for site in report.sites.iter().filter(|s| s.outstanding_bytes > 0) {
-        let stack = if site.stack.is_empty() {
+    for (stack, weight) in items.into_iter().filter(|i| i.1 > 0) {
+        let line = if stack.is_empty() {
             "[no stack]".to_owned()
         } else {
-            site.stack.iter().rev().map(|f| sanitize(&f.name())).collect::<Vec<_>>().join(";")
+            stack.iter().rev().map(|f| sanitize(&f.name())).collect::<Vec<_>>().join(";")
         };
-        *lines.entry(stack).or_default() += site.outstanding_bytes;
+        *lines.entry(line).or_default() += weight;
     }
     lines.into_iter().map(|(stack, bytes)| format!("{stack} {bytes}")).collect()
 }

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use hashbrown::HashMap;
 
-use crate::report::Report;
+use crate::{aggregate::AGE_NAMES, report::Report, trend::Verdict};
 
 /// Frames shown per site before eliding the rest.
 const MAX_FRAMES: usize = 12;
@@ -42,6 +42,29 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
     if !drops.is_empty() {
         let _ = writeln!(s, "drops: {}", drops.join(" "));
     }
+    let _ = writeln!(s, "growth: {}", report.growth.summary);
+    if let Some(p) = &report.process {
+        let _ = write!(
+            s,
+            "process: RSS {} ({}), private {} ({})",
+            human_bytes(p.rss_bytes),
+            signed_bytes(p.rss_gained_bytes),
+            human_bytes(p.private_bytes),
+            signed_bytes(p.private_gained_bytes)
+        );
+        if let Some(share) = p.traced_share {
+            let _ = write!(s, "; traced sites explain {:.0}% of the private growth", share * 100.0);
+        }
+        s.push('\n');
+    }
+    if report.totals.outstanding_bytes > 0 {
+        let ages: Vec<String> = AGE_NAMES
+            .iter()
+            .zip(report.age.bytes.values())
+            .map(|(name, b)| format!("{name} {}", human_bytes(b)))
+            .collect();
+        let _ = writeln!(s, "by age: {}", ages.join(", "));
+    }
     if report.sites.is_empty() {
         s.push_str("no outstanding allocations\n");
         return s;
@@ -61,6 +84,17 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         }
         if let Some(f) = &site.allocator_fn {
             let _ = write!(s, "  via {f}");
+        }
+        if site.trend.verdict != Verdict::Stable {
+            #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
+            let rate = site.trend.rate_bytes_per_h as i64;
+            let _ = write!(
+                s,
+                "  {} {}/h ({:.0}%)",
+                site.trend.verdict.as_str(),
+                signed_bytes(rate),
+                site.trend.confidence * 100.0
+            );
         }
         s.push('\n');
         if site.stack.is_empty() {
@@ -132,6 +166,8 @@ mod tests {
 == pid 42 (demo) ==
 outstanding: 3.1 KiB in 4 allocations (+2.1 KiB since last report)
 drops: unknown_free=2
+growth: +0 B over 10:00:00-10:00:10 (+0 B/h); no leak suspected
+by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
 
 #1      3.0 KiB in      3 allocs      +2.0 KiB  via malloc
        leak_fn  demo.c:12
@@ -141,6 +177,32 @@ drops: unknown_free=2
        main      demo.c:41
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn shows_verdicts_and_the_process_view() {
+        let mut report = sample_report();
+        report.sites[0].trend.verdict = Verdict::Leak;
+        report.sites[0].trend.confidence = 0.999;
+        report.sites[0].trend.rate_bytes_per_h = 28.0 * 1024.0 * 1024.0;
+        report.process = Some(crate::report::ProcessView {
+            rss_bytes: 3 << 20,
+            private_bytes: 2 << 20,
+            rss_gained_bytes: 4096,
+            private_gained_bytes: 4096,
+            traced_gained_bytes: 3072,
+            traced_share: Some(0.75),
+            trend: crate::report::TrendView::default(),
+            series: crate::report::ProcessSeries::default(),
+        });
+        let text = render(&report, &TableOptions { header: "h", top: 10, ..Default::default() });
+        assert!(text.contains("via malloc  leak +28.0 MiB/h (100%)\n"), "{text}");
+        assert!(
+            text.contains(
+                "process: RSS 3.0 MiB (+4.0 KiB), private 2.0 MiB (+4.0 KiB); traced sites explain 75% of the private growth\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

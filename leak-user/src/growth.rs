@@ -1,0 +1,501 @@
+//! Pure: a process's history -> per-site and total growth judgements, the process view and
+//! the summary line.
+use hashbrown::HashMap;
+
+use crate::{
+    history::{History, Point},
+    output::table::{human_bytes, signed_bytes},
+    report::{Growth, Limit, LimitView, ProcessSeries, ProcessView, Site, SiteSeries, TrendView},
+    trend::{self, Params, Trend, Verdict},
+};
+
+/// Samples per series in the report (evenly spaced, both ends kept).
+pub const SERIES_POINTS: usize = 64;
+/// The growth "most" of which the summary attributes to the fewest sites.
+const MOST: f64 = 0.9;
+/// Sites named in "N sites account for P%" at most.
+const MAX_TOP_SITES: usize = 5;
+
+/// The judgements over one history.
+#[derive(Clone, Debug)]
+pub struct Analysis<'a> {
+    history: &'a History,
+    sites: HashMap<u64, Trend>,
+    total: Trend,
+    process: Option<ProcessAnalysis>,
+}
+
+#[derive(Clone, Debug)]
+struct ProcessAnalysis {
+    /// Indices of the samples where the process's memory was read.
+    samples: Vec<usize>,
+    rss: Vec<u64>,
+    private: Vec<u64>,
+    trend: Trend,
+}
+
+fn view(t: &Trend) -> TrendView {
+    TrendView {
+        verdict: t.verdict,
+        confidence: round(t.confidence, 4),
+        rate_bytes_per_s: round(t.rate_per_s, 1),
+        rate_bytes_per_h: round(t.rate_per_hour(), 0),
+        recent_rate_bytes_per_s: round(t.recent_rate_per_s, 1),
+        gained_bytes: to_i64(t.gained),
+        samples: t.samples,
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
+#[expect(clippy::cast_possible_truncation, reason = "saturating float-to-int is intended")]
+fn to_i64(x: f64) -> i64 {
+    x.round() as i64
+}
+
+#[expect(clippy::cast_precision_loss, reason = "byte counts: exact below 2^53")]
+fn f(x: u64) -> f64 {
+    x as f64
+}
+
+fn signed(a: u64, b: u64) -> i64 {
+    crate::aggregate::signed_diff(a, b)
+}
+
+impl<'a> Analysis<'a> {
+    /// Judges every site that ever held memory, the total, and the process's private bytes.
+    #[must_use]
+    pub fn of(history: &'a History, params: &Params) -> Self {
+        let times = history.times();
+        let judge = |points: &[Point]| {
+            let samples: Vec<(f64, f64)> =
+                times.iter().zip(points).map(|(t, p)| (*t, f(p.bytes))).collect();
+            trend::classify(&samples, params)
+        };
+        let sites = history.site_ids().map(|id| (id, judge(&history.site(id)))).collect();
+        let total = judge(history.totals());
+        let samples: Vec<usize> =
+            history.process().iter().enumerate().filter_map(|(i, m)| m.map(|_| i)).collect();
+        let process = (samples.len() >= 2).then(|| {
+            let mem: Vec<_> = samples.iter().filter_map(|&i| history.process()[i]).collect();
+            let private: Vec<u64> = mem.iter().map(|m| m.private).collect();
+            let points: Vec<(f64, f64)> =
+                samples.iter().zip(&private).map(|(&i, v)| (times[i], f(*v))).collect();
+            ProcessAnalysis {
+                trend: trend::classify(&points, params),
+                rss: mem.iter().map(|m| m.rss).collect(),
+                private,
+                samples,
+            }
+        });
+        Self { history, sites, total, process }
+    }
+
+    /// A site's trend (stable with no samples if never seen).
+    #[must_use]
+    pub fn site_trend(&self, id: u64) -> TrendView {
+        self.sites.get(&id).map_or_else(TrendView::default, view)
+    }
+
+    /// A site's trend, unrounded.
+    #[must_use]
+    pub fn trend_of(&self, id: u64) -> Option<&Trend> {
+        self.sites.get(&id)
+    }
+
+    /// The traced total's trend.
+    #[must_use]
+    pub fn total(&self) -> &Trend {
+        &self.total
+    }
+
+    /// A site's series, thinned for the report.
+    #[must_use]
+    pub fn site_series(&self, id: u64) -> SiteSeries {
+        if self.sites.contains_key(&id) {
+            self.series_of(&self.history.site(id))
+        } else {
+            SiteSeries::default()
+        }
+    }
+
+    fn series_of(&self, points: &[Point]) -> SiteSeries {
+        let keep = thin_indices(points.len(), SERIES_POINTS);
+        SiteSeries {
+            t_s: keep.iter().map(|&i| round(self.history.times()[i], 3)).collect(),
+            bytes: keep.iter().map(|&i| points[i].bytes).collect(),
+            allocs: keep.iter().map(|&i| points[i].count).collect(),
+        }
+    }
+
+    /// The process view: memory at the last readable sample, its change, and how much of
+    /// it the traced sites explain.
+    #[must_use]
+    pub fn process_view(&self) -> Option<ProcessView> {
+        let p = self.process.as_ref()?;
+        let (first, last) = (*p.samples.first()?, *p.samples.last()?);
+        let n = p.samples.len();
+        let private_gained = signed(p.private[n - 1], p.private[0]);
+        let totals = self.history.totals();
+        let traced_gained = signed(totals[last].bytes, totals[first].bytes);
+        let keep = thin_indices(n, SERIES_POINTS);
+        Some(ProcessView {
+            rss_bytes: p.rss[n - 1],
+            private_bytes: p.private[n - 1],
+            rss_gained_bytes: signed(p.rss[n - 1], p.rss[0]),
+            private_gained_bytes: private_gained,
+            traced_gained_bytes: traced_gained,
+            traced_share: (private_gained > 0).then(|| {
+                #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+                let share = traced_gained as f64 / private_gained as f64;
+                round(share.max(0.0), 3)
+            }),
+            trend: view(&p.trend),
+            series: ProcessSeries {
+                t_s: keep.iter().map(|&i| round(self.history.times()[p.samples[i]], 3)).collect(),
+                rss_bytes: keep.iter().map(|&i| p.rss[i]).collect(),
+                private_bytes: keep.iter().map(|&i| p.private[i]).collect(),
+            },
+        })
+    }
+
+    /// The growth section of a report over `sites` (already built), with its summary line.
+    #[must_use]
+    pub fn view(&self, sites: &[Site], window_text: &str, limit: Option<&Limit>) -> Growth {
+        let by_rate = |verdict: Verdict| {
+            let mut v: Vec<&Site> = sites.iter().filter(|s| s.trend.verdict == verdict).collect();
+            v.sort_by(|a, b| b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s));
+            v
+        };
+        let leaks = by_rate(Verdict::Leak);
+        let growing = by_rate(Verdict::Growing);
+        let (top_sites, top_share) = concentration(sites);
+        let total = view(&self.total);
+        let limit = limit.map(|l| LimitView {
+            bytes: l.bytes,
+            source: l.source.to_owned(),
+            usage_bytes: l.usage,
+            time_to_limit_s: projection(l, &self.total),
+        });
+        let summary = summary_line(&SummaryInput {
+            total: &total,
+            window_text,
+            top_sites,
+            top_share,
+            leaks: &leaks,
+            growing: &growing,
+            limit: limit.as_ref(),
+        });
+        Growth {
+            summary,
+            trend: total,
+            top_sites,
+            top_share,
+            leak_sites: leaks.iter().map(|s| s.id.clone()).collect(),
+            growing_sites: growing.iter().map(|s| s.id.clone()).collect(),
+            limit,
+            series: self.series_of(self.history.totals()),
+        }
+    }
+}
+
+/// Seconds until `limit` is reached at the total's rate, if the total grows.
+fn projection(limit: &Limit, total: &Trend) -> Option<f64> {
+    if !matches!(total.verdict, Verdict::Leak | Verdict::Growing) || total.rate_per_s <= 0.0 {
+        return None;
+    }
+    let left = f(limit.bytes.saturating_sub(limit.usage));
+    Some(round(left / total.rate_per_s, 0))
+}
+
+/// The fewest sites whose gains make up [`MOST`] of the positive growth (at most
+/// [`MAX_TOP_SITES`]), and their share.
+fn concentration(sites: &[Site]) -> (usize, f64) {
+    let mut gains: Vec<i64> =
+        sites.iter().map(|s| s.trend.gained_bytes).filter(|g| *g > 0).collect();
+    let sum: i64 = gains.iter().sum();
+    if sum <= 0 {
+        return (0, 0.0);
+    }
+    gains.sort_unstable_by(|a, b| b.cmp(a));
+    let mut acc = 0;
+    for (i, g) in gains.iter().enumerate().take(MAX_TOP_SITES) {
+        acc += g;
+        #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+        let share = acc as f64 / sum as f64;
+        if share >= MOST || i + 1 == MAX_TOP_SITES.min(gains.len()) {
+            return (i + 1, round(share, 3));
+        }
+    }
+    (0, 0.0)
+}
+
+struct SummaryInput<'a> {
+    total: &'a TrendView,
+    window_text: &'a str,
+    top_sites: usize,
+    top_share: f64,
+    leaks: &'a [&'a Site],
+    growing: &'a [&'a Site],
+    limit: Option<&'a LimitView>,
+}
+
+/// `+1.2 GiB over 14:02:03-16:40:10 (+460.0 MiB/h); 3 sites account for 97%; leak suspected
+/// at parse_request <- handle_conn`.
+fn summary_line(s: &SummaryInput<'_>) -> String {
+    let mut parts = vec![format!(
+        "{} over {} ({}/h)",
+        signed_bytes(s.total.gained_bytes),
+        s.window_text,
+        signed_bytes(to_i64(s.total.rate_bytes_per_h))
+    )];
+    if s.top_sites > 0 {
+        parts.push(format!(
+            "{} site{} account{} for {:.0}%",
+            s.top_sites,
+            if s.top_sites == 1 { "" } else { "s" },
+            if s.top_sites == 1 { "s" } else { "" },
+            s.top_share * 100.0
+        ));
+    }
+    let more = |n: usize| if n > 1 { format!(" (+{} more)", n - 1) } else { String::new() };
+    if let Some(top) = s.leaks.first() {
+        parts.push(format!("leak suspected at {}{}", site_name(top), more(s.leaks.len())));
+    } else if let Some(top) = s.growing.first() {
+        parts.push(format!(
+            "growing at {}{}, not conclusive yet",
+            site_name(top),
+            more(s.growing.len())
+        ));
+    } else {
+        parts.push("no leak suspected".to_owned());
+    }
+    if let Some(l) = s.limit {
+        match l.time_to_limit_s {
+            Some(secs) => parts.push(format!(
+                "{} limit reached in {} at this rate",
+                human_bytes(l.bytes),
+                human_duration(secs)
+            )),
+            None => parts.push(format!(
+                "{} of the {} limit used",
+                human_bytes(l.usage_bytes),
+                human_bytes(l.bytes)
+            )),
+        }
+    }
+    parts.join("; ")
+}
+
+/// The sites `--fail-on-leak` fails on: judged leaks that gained at least `threshold` bytes.
+#[must_use]
+pub fn failing_sites(sites: &[Site], threshold: u64) -> Vec<&Site> {
+    sites
+        .iter()
+        .filter(|s| {
+            s.trend.verdict == Verdict::Leak
+                && u64::try_from(s.trend.gained_bytes).is_ok_and(|g| g >= threshold)
+        })
+        .collect()
+}
+
+/// `leak_fn <- main: +240.0 KiB at +8.0 KiB/s (+28.1 MiB/h), confidence 99.9%`.
+#[must_use]
+pub fn leak_line(site: &Site) -> String {
+    format!(
+        "{}: {} at {}/s ({}/h), confidence {:.1}%",
+        site_name(site),
+        signed_bytes(site.trend.gained_bytes),
+        signed_bytes(to_i64(site.trend.rate_bytes_per_s)),
+        signed_bytes(to_i64(site.trend.rate_bytes_per_h)),
+        site.trend.confidence * 100.0
+    )
+}
+
+/// `parse_request <- handle_conn`: the two innermost frames.
+#[must_use]
+pub fn site_name(site: &Site) -> String {
+    if site.stack.is_empty() {
+        return format!("[no stack] {}", site.id);
+    }
+    site.stack.iter().take(2).map(crate::report::StackFrame::name).collect::<Vec<_>>().join(" <- ")
+}
+
+/// `45s`, `12m`, `3h10m`, `4d2h`.
+#[must_use]
+pub fn human_duration(secs: f64) -> String {
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "clamped")]
+    let s = secs.clamp(0.0, 1e12).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// At most `max` indices of `0..n`, evenly spaced, both ends kept.
+fn thin_indices(n: usize, max: usize) -> Vec<usize> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    (0..max).map(|i| i * (n - 1) / (max - 1)).collect()
+}
+
+#[cfg(test)]
+#[expect(clippy::cast_precision_loss, reason = "small test values")]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::Aggregate,
+        history::ProcessMemory,
+        model::Allocation,
+        report::tests::{frame, sample_report},
+    };
+
+    /// A history over `ticks` seconds: site 1 leaks 8 KiB/s, site 2 fills a 64 KiB cache in
+    /// 8 s then holds it, site 3 holds 1 KiB; private memory follows the traced total plus
+    /// 1 MiB.
+    fn history(ticks: u64) -> History {
+        let mut h = History::new(Some(ProcessMemory { rss: 2 << 20, private: 1 << 20 }), 0.5);
+        for t in 1..=ticks {
+            let mut allocs = Vec::new();
+            let mut add = |stack_id, n: u64, size| {
+                for _ in 0..n {
+                    allocs.push(Allocation {
+                        addr: allocs.len() as u64,
+                        size,
+                        timestamp_ns: 0,
+                        stack_id,
+                        tgid: 1,
+                        kind: 0,
+                    });
+                }
+            };
+            add(1, t * 8, 1024);
+            add(2, t.min(8) * 8, 1024);
+            add(3, 1, 1024);
+            let agg = Aggregate::from_allocations(&allocs, 0, 0);
+            let mem = ProcessMemory {
+                rss: (2 << 20) + agg.total_bytes,
+                private: (1 << 20) + agg.total_bytes,
+            };
+            h.record(t as f64, &agg, Some(mem), t == ticks);
+        }
+        h
+    }
+
+    #[test]
+    fn judges_each_site_and_the_total() {
+        let h = history(30);
+        let a = Analysis::of(&h, &Params::default());
+        assert_eq!(a.site_trend(1).verdict, Verdict::Leak);
+        assert!((a.site_trend(1).rate_bytes_per_s - 8192.0).abs() < 1.0);
+        assert!((a.site_trend(1).rate_bytes_per_h - 8192.0 * 3600.0).abs() < 1.0);
+        assert_eq!(a.site_trend(2).verdict, Verdict::Plateau);
+        assert_eq!(a.site_trend(3).verdict, Verdict::Stable);
+        assert_eq!(a.total().verdict, Verdict::Leak);
+        assert_eq!(a.site_trend(99), TrendView::default());
+        let series = a.site_series(1);
+        assert_eq!(series.t_s.len(), 31);
+        assert_eq!(series.bytes[0], 0);
+        assert_eq!(series.bytes[30], 30 * 8192);
+        assert_eq!(series.allocs[30], 240);
+    }
+
+    #[test]
+    fn process_view_says_how_much_the_sites_explain() {
+        let h = history(30);
+        let a = Analysis::of(&h, &Params::default());
+        let p = a.process_view().unwrap();
+        let traced_end = 30 * 8192 + 64 * 1024 + 1024;
+        assert_eq!(p.private_bytes, (1 << 20) + traced_end);
+        assert_eq!(p.private_gained_bytes, i64::try_from(traced_end).unwrap());
+        assert_eq!(p.traced_gained_bytes, p.private_gained_bytes);
+        assert_eq!(p.traced_share, Some(1.0));
+        assert_eq!(p.trend.verdict, Verdict::Leak);
+        assert_eq!(p.series.t_s.len(), 31);
+        // Unreadable memory: no process view.
+        let mut h = History::new(None, 0.5);
+        h.record(1.0, &Aggregate::default(), None, true);
+        assert!(Analysis::of(&h, &Params::default()).process_view().is_none());
+    }
+
+    #[test]
+    fn summary_names_the_leak_and_projects_the_limit() {
+        let h = history(30);
+        let a = Analysis::of(&h, &Params::default());
+        let mut sites = sample_report().sites;
+        sites[0].id = "1".into();
+        sites[0].trend = a.site_trend(1);
+        sites[1].id = "2".into();
+        sites[1].trend = a.site_trend(2);
+        sites[1].stack = vec![frame("cache_fn", "c.c", 1, 1)]
+            .into_iter()
+            .map(|f| crate::report::StackFrame {
+                function: f.function,
+                module: f.module,
+                file: f.file,
+                line: f.line,
+                address: "0x1".into(),
+            })
+            .collect();
+        let limit = Limit { bytes: 64 << 20, usage: 8 << 20, source: "cgroup" };
+        let g = a.view(&sites, "10:00:00-10:00:30", Some(&limit));
+        assert_eq!(g.leak_sites, ["1"]);
+        assert!(g.growing_sites.is_empty());
+        // 240 KiB leaked, 64 KiB cached: the leak alone is 78% of the growth, both 100%.
+        assert_eq!((g.top_sites, g.top_share), (2, 1.0));
+        let secs = g.limit.as_ref().unwrap().time_to_limit_s.unwrap();
+        let rate = a.total().rate_per_s;
+        assert!((secs - (56u64 << 20) as f64 / rate).abs() <= 1.0, "{secs}");
+        assert!(g.summary.starts_with("+305.0 KiB over 10:00:00-10:00:30 (+"), "{}", g.summary);
+        assert!(
+            g.summary.contains("; 2 sites account for 100%; leak suspected at leak_fn <- main; 64.0 MiB limit reached in "),
+            "{}",
+            g.summary
+        );
+        // Nothing growing: said so, and no projection.
+        let empty = History::new(None, 0.5);
+        let quiet = Analysis::of(&empty, &Params::default());
+        let g = quiet.view(&[], "a-b", Some(&limit));
+        assert_eq!(
+            g.summary,
+            "+0 B over a-b (+0 B/h); no leak suspected; 8.0 MiB of the 64.0 MiB limit used"
+        );
+        assert_eq!(g.limit.unwrap().time_to_limit_s, None);
+    }
+
+    #[test]
+    fn only_leaks_above_the_threshold_fail() {
+        let h = history(30);
+        let a = Analysis::of(&h, &Params::default());
+        let mut sites = sample_report().sites;
+        sites[0].trend = a.site_trend(1);
+        sites[1].trend = a.site_trend(2);
+        let gained = 30 * 8192;
+        assert_eq!(failing_sites(&sites, 0).len(), 1);
+        assert_eq!(failing_sites(&sites, gained).len(), 1);
+        assert!(failing_sites(&sites, gained + 1).is_empty());
+        let line = leak_line(failing_sites(&sites, 0)[0]);
+        assert!(
+            line.starts_with(
+                "leak_fn <- main: +240.0 KiB at +8.0 KiB/s (+28.1 MiB/h), confidence "
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(45.0), "45s");
+        assert_eq!(human_duration(12.0 * 60.0), "12m");
+        assert_eq!(human_duration(3.0 * 3600.0 + 600.0), "3h10m");
+        assert_eq!(human_duration(4.0 * 86_400.0 + 7200.0), "4d2h");
+        assert_eq!(thin_indices(5, 3), [0, 2, 4]);
+        assert_eq!(thin_indices(2, 3), [0, 1]);
+    }
+}

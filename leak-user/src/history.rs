@@ -1,0 +1,328 @@
+//! Pure: the samples of one traced process over a run, per site and in total.
+//!
+//! Every sample tick aggregates a snapshot; the history keeps, per site, its outstanding
+//! bytes and allocations over time. Memory stays bounded on long runs: at most
+//! [`MAX_SAMPLES`] samples are kept; when full, every other one is dropped and from then on
+//! only every other tick is kept (the stride doubles), so samples stay evenly spaced. A site's
+//! series is stored as its changes only: a site that holds steady costs one entry.
+use hashbrown::HashMap;
+
+use crate::aggregate::Aggregate;
+
+/// Samples kept at most (Theil-Sen and Mann-Kendall thin further, see `trend`).
+pub const MAX_SAMPLES: usize = 512;
+
+/// Process memory at one instant (`/proc/PID/smaps_rollup`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Resident set size, bytes.
+    pub rss: u64,
+    /// Private (clean + dirty) resident bytes: what the process alone holds.
+    pub private: u64,
+}
+
+/// A site's value at one sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Point {
+    /// Outstanding bytes.
+    pub bytes: u64,
+    /// Outstanding allocations.
+    pub count: u64,
+}
+
+/// A site's series as its changes: `(sample index, value from then on)`; before its first
+/// entry a site held nothing.
+#[derive(Clone, Debug, Default)]
+struct Changes(Vec<(u32, Point)>);
+
+impl Changes {
+    fn last(&self) -> Point {
+        self.0.last().map_or_else(Point::default, |e| e.1)
+    }
+
+    fn set(&mut self, index: u32, p: Point) {
+        if self.last() != p {
+            self.0.push((index, p));
+        }
+    }
+
+    fn dense(&self, n: usize) -> Vec<Point> {
+        let mut out = Vec::with_capacity(n);
+        let mut it = self.0.iter().peekable();
+        let mut cur = Point::default();
+        for i in 0..n {
+            while let Some((_, p)) = it.next_if(|e| e.0 as usize <= i) {
+                cur = *p;
+            }
+            out.push(cur);
+        }
+        out
+    }
+
+    /// Keeps the samples at even indices, renumbered `i / 2`: the value at new index `j` is
+    /// the one at old index `2j`, i.e. the last change at or before `2j`.
+    fn halve(&mut self) {
+        let mut out: Vec<(u32, Point)> = Vec::with_capacity(self.0.len());
+        for &(i, p) in &self.0 {
+            let j = i.div_ceil(2);
+            match out.last_mut() {
+                Some(last) if last.0 == j => last.1 = p,
+                _ => out.push((j, p)),
+            }
+        }
+        // Merging may leave runs of equal values.
+        out.dedup_by(|b, a| a.1 == b.1);
+        self.0 = out;
+    }
+}
+
+/// What was sampled of one process.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// Sample times, seconds since the start. Sample 0 is the start itself: nothing traced
+    /// was outstanding then (the probes see only allocations made after they attach).
+    times: Vec<f64>,
+    sites: HashMap<u64, Changes>,
+    totals: Vec<Point>,
+    process: Vec<Option<ProcessMemory>>,
+    /// A sample less than this many seconds after the previous one replaces it (a report
+    /// right after a sample).
+    min_gap: f64,
+    /// Keep one tick in `stride`.
+    stride: u32,
+    ticks: u32,
+    /// Outstanding bytes per site at the first sample after the start: the baseline growth
+    /// is measured from.
+    baseline: Option<(f64, Aggregate)>,
+}
+
+impl History {
+    /// A history starting now, with the process's memory now (if readable). Samples less
+    /// than `min_gap` seconds apart count as one (the later one).
+    #[must_use]
+    pub fn new(memory: Option<ProcessMemory>, min_gap: f64) -> Self {
+        Self {
+            times: vec![0.0],
+            sites: HashMap::new(),
+            totals: vec![Point::default()],
+            process: vec![memory],
+            min_gap,
+            stride: 1,
+            ticks: 0,
+            baseline: None,
+        }
+    }
+
+    /// Records a sample `t` seconds after the start. `last` forces it in (the final
+    /// snapshot); otherwise only one tick in the current stride is kept.
+    pub fn record(&mut self, t: f64, agg: &Aggregate, memory: Option<ProcessMemory>, last: bool) {
+        if self.baseline.is_none() {
+            self.baseline = Some((t, agg.clone()));
+        }
+        let prev = self.times.last().copied().unwrap_or(0.0);
+        if self.times.len() > 1 && t - prev < self.min_gap {
+            // A report right after a sample: the later one stands for both.
+            self.times.pop();
+            self.totals.pop();
+            self.process.pop();
+        } else {
+            self.ticks += 1;
+            if !last && !self.ticks.is_multiple_of(self.stride) {
+                return;
+            }
+        }
+        let index = u32::try_from(self.times.len()).unwrap_or(u32::MAX);
+        self.times.push(t);
+        self.totals.push(Point { bytes: agg.total_bytes, count: agg.total_count });
+        self.process.push(memory);
+        let mut seen = hashbrown::HashSet::with_capacity(agg.sites.len());
+        for s in &agg.sites {
+            seen.insert(s.stack_id);
+            self.sites
+                .entry(s.stack_id)
+                .or_default()
+                .set(index, Point { bytes: s.bytes, count: s.count });
+        }
+        // Sites that no longer hold anything.
+        for (id, ch) in &mut self.sites {
+            if !seen.contains(id) {
+                ch.set(index, Point::default());
+            }
+        }
+        if self.times.len() > MAX_SAMPLES {
+            self.halve();
+        }
+    }
+
+    fn halve(&mut self) {
+        fn keep<T>(v: &mut Vec<T>) {
+            let mut i = 0;
+            v.retain(|_| {
+                i += 1;
+                (i - 1) % 2 == 0
+            });
+        }
+        keep(&mut self.times);
+        keep(&mut self.totals);
+        keep(&mut self.process);
+        for ch in self.sites.values_mut() {
+            ch.halve();
+        }
+        self.stride = self.stride.saturating_mul(2);
+        self.ticks = 0;
+    }
+
+    /// Sample times, seconds since the start.
+    #[must_use]
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// Samples kept.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Only the start is recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.times.len() <= 1
+    }
+
+    /// A site's values at every kept sample.
+    #[must_use]
+    pub fn site(&self, stack_id: u64) -> Vec<Point> {
+        self.sites
+            .get(&stack_id)
+            .map_or_else(|| vec![Point::default(); self.times.len()], |c| c.dense(self.times.len()))
+    }
+
+    /// Sites ever seen.
+    pub fn site_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.sites.keys().copied()
+    }
+
+    /// Totals over sites at every kept sample.
+    #[must_use]
+    pub fn totals(&self) -> &[Point] {
+        &self.totals
+    }
+
+    /// Process memory at every kept sample (`None` where it could not be read).
+    #[must_use]
+    pub fn process(&self) -> &[Option<ProcessMemory>] {
+        &self.process
+    }
+
+    /// The first sample after the start and its time, if a later one was recorded too:
+    /// growth over the window is measured from it.
+    #[must_use]
+    pub fn baseline(&self) -> Option<(f64, &Aggregate)> {
+        let (t, agg) = self.baseline.as_ref()?;
+        (self.times.last().is_some_and(|last| last > t)).then_some((*t, agg))
+    }
+}
+
+#[cfg(test)]
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::float_cmp,
+    reason = "whole seconds: exact in f64"
+)]
+mod tests {
+    use super::*;
+    use crate::{aggregate::Aggregate, model::Allocation};
+
+    fn agg(sites: &[(u64, u64)]) -> Aggregate {
+        let allocs: Vec<Allocation> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, &(stack_id, size))| Allocation {
+                addr: i as u64,
+                size,
+                timestamp_ns: 0,
+                stack_id,
+                tgid: 1,
+                kind: 0,
+            })
+            .collect();
+        Aggregate::from_allocations(&allocs, 0, 0)
+    }
+
+    #[test]
+    fn series_start_at_zero_and_follow_each_site() {
+        let mut h = History::new(Some(ProcessMemory { rss: 10, private: 5 }), 0.5);
+        h.record(1.0, &agg(&[(1, 100)]), None, false);
+        h.record(2.0, &agg(&[(1, 100), (2, 7)]), None, false);
+        h.record(3.0, &agg(&[(2, 7), (2, 1)]), None, true);
+        assert_eq!(h.times(), [0.0, 1.0, 2.0, 3.0]);
+        let b = |v: Vec<Point>| v.iter().map(|p| p.bytes).collect::<Vec<_>>();
+        assert_eq!(b(h.site(1)), [0, 100, 100, 0]);
+        assert_eq!(b(h.site(2)), [0, 0, 7, 8]);
+        assert_eq!(h.site(2)[3].count, 2);
+        assert_eq!(b(h.site(99)), [0, 0, 0, 0]);
+        assert_eq!(h.totals().iter().map(|p| p.bytes).collect::<Vec<_>>(), [0, 100, 107, 8]);
+        assert_eq!(h.process()[0], Some(ProcessMemory { rss: 10, private: 5 }));
+        assert_eq!(h.baseline().unwrap().0, 1.0);
+        assert_eq!(h.baseline().unwrap().1.total_bytes, 100);
+        let mut one = History::new(None, 0.5);
+        one.record(1.0, &agg(&[(1, 100)]), None, true);
+        assert!(one.baseline().is_none(), "one sample: no growth window");
+    }
+
+    #[test]
+    fn a_sample_right_after_another_replaces_it() {
+        let mut h = History::new(None, 0.5);
+        h.record(1.0, &agg(&[(1, 100)]), None, false);
+        h.record(1.2, &agg(&[(1, 300)]), None, false);
+        assert_eq!(h.times(), [0.0, 1.2]);
+        assert_eq!(h.site(1)[1].bytes, 300);
+        h.record(1.7, &agg(&[(1, 400)]), None, true);
+        assert_eq!(h.times(), [0.0, 1.2, 1.7]);
+        // The first sample after the start may be early: the start itself is never replaced.
+        let mut h = History::new(None, 0.5);
+        h.record(0.1, &agg(&[(1, 1)]), None, false);
+        assert_eq!(h.len(), 2);
+    }
+
+    /// Property: after any number of halvings the kept samples are exactly the ones a dense
+    /// record would hold at the same (evenly spaced) times.
+    #[test]
+    fn halving_keeps_evenly_spaced_exact_samples() {
+        let mut h = History::new(None, 0.5);
+        let value = |tick: u64, id: u64| match id {
+            // A leak, a sawtooth, a site that comes and goes.
+            1 => tick * 10,
+            2 => tick % 7,
+            _ => u64::from(tick % 50 < 20) * 3,
+        };
+        let ticks = 3000u64;
+        for tick in 1..=ticks {
+            let sites: Vec<(u64, u64)> =
+                (1..=3).map(|id| (id, value(tick, id))).filter(|s| s.1 > 0).collect();
+            h.record(tick as f64, &agg(&sites), None, tick == ticks);
+        }
+        assert!(h.len() <= MAX_SAMPLES + 1, "{}", h.len());
+        assert!(h.len() > MAX_SAMPLES / 2, "{}", h.len());
+        let times = h.times().to_vec();
+        // Evenly spaced, but for the forced last sample.
+        let step = times[2] - times[1];
+        for w in times[..times.len() - 1].windows(2).skip(1) {
+            assert!((w[1] - w[0] - step).abs() < 1e-9, "{times:?}");
+        }
+        assert_eq!(*times.last().unwrap(), ticks as f64);
+        for id in 1..=3 {
+            let series = h.site(id);
+            for (t, p) in times.iter().zip(&series).skip(1) {
+                assert_eq!(p.bytes, value(*t as u64, id), "site {id} at {t}");
+            }
+        }
+        for (t, p) in times.iter().zip(h.totals()).skip(1) {
+            let tick = *t as u64;
+            assert_eq!(p.bytes, (1..=3).map(|id| value(tick, id)).sum::<u64>());
+        }
+    }
+}
