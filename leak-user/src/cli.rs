@@ -3,7 +3,10 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Command, Outputs, TraceConfig, parse_duration, parse_size};
+use crate::{
+    config::{Command, Outputs, TraceConfig, WatchConfig, parse_duration, parse_size},
+    watch::Targets,
+};
 
 /// Find the call stacks that hold memory a native process never frees.
 #[derive(Debug, Parser)]
@@ -24,6 +27,45 @@ pub enum CliCommand {
     Attach(AttachArgs),
     /// Start a command with the probes attached before its main runs, trace it until it exits.
     Run(RunArgs),
+    /// Watch processes' memory without probes (near-zero cost) and report the ones that grow
+    /// like a leak; --escalate attaches the probes to them.
+    Watch(WatchArgs),
+}
+
+/// `leak watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// A process to watch (repeat for several).
+    #[arg(long = "pid", value_name = "PID", required_unless_present = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+    /// Watch every process of the host.
+    #[arg(long, conflicts_with = "pids")]
+    pub all: bool,
+    /// Time between reports.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Time between memory samples.
+    #[arg(long, default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
+    pub sample_interval: Duration,
+    /// Stop after this long (default: until Ctrl-C, or until the given processes exit).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Growth below this is not growth (page-granular memory moves in small steps).
+    #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "BYTES")]
+    pub min_growth: u64,
+    /// Attach the probes to each process judged leaking, for this long, and write its report
+    /// (leak-COMM-PID.json and .svg in --out-dir). Needs root.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub escalate: Option<Duration>,
+    /// Where --escalate writes its reports.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Write the watch report (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Processes shown in the text report.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top: u64,
 }
 
 /// `leak attach`.
@@ -136,6 +178,17 @@ impl From<CliCommand> for Command {
             CliCommand::Run(r) => {
                 Self::Run { argv: r.command, trace: r.trace.into(), follow_forks: r.follow_forks }
             }
+            CliCommand::Watch(w) => Self::Watch(WatchConfig {
+                targets: if w.all { Targets::All } else { Targets::Pids(w.pids) },
+                interval: w.interval,
+                sample_interval: w.sample_interval,
+                duration: w.duration,
+                min_growth: w.min_growth,
+                escalate: w.escalate,
+                out_dir: w.out_dir,
+                json: w.json,
+                top: usize::try_from(w.top).unwrap_or(usize::MAX),
+            }),
         }
     }
 }
@@ -226,6 +279,20 @@ mod tests {
         assert!(!follow_forks);
         let c = parse(&["leak", "run", "--follow-forks", "--", "make"]).unwrap();
         assert!(matches!(c, Command::Run { follow_forks: true, .. }));
+    }
+
+    #[test]
+    fn watch_takes_pids_or_all() {
+        let c = parse(&["leak", "watch", "--pid", "7", "--pid", "9", "--escalate", "30s"]).unwrap();
+        let Command::Watch(w) = c else { panic!("not watch") };
+        assert_eq!(w.targets, Targets::Pids(vec![7, 9]));
+        assert_eq!(w.escalate, Some(Duration::from_secs(30)));
+        assert_eq!(w.min_growth, 1 << 20);
+        assert_eq!(w.out_dir, PathBuf::from("."));
+        let Command::Watch(w) = parse(&["leak", "watch", "--all"]).unwrap() else { panic!() };
+        assert_eq!(w.targets, Targets::All);
+        assert!(parse(&["leak", "watch"]).is_err(), "--pid or --all");
+        assert!(parse(&["leak", "watch", "--all", "--pid", "1"]).is_err());
     }
 
     #[test]

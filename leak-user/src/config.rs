@@ -81,6 +81,29 @@ impl Default for TraceConfig {
     }
 }
 
+/// How to watch (`leak watch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// The processes.
+    pub targets: crate::watch::Targets,
+    /// Time between reports.
+    pub interval: Duration,
+    /// Time between memory samples.
+    pub sample_interval: Duration,
+    /// Stop after this long (None: until a signal, or the given processes exit).
+    pub duration: Option<Duration>,
+    /// Growth below this many bytes is not growth.
+    pub min_growth: u64,
+    /// Attach the probes to a process judged leaking, for this long.
+    pub escalate: Option<Duration>,
+    /// Where the escalations' reports go.
+    pub out_dir: PathBuf,
+    /// The watch report.
+    pub json: Option<PathBuf>,
+    /// Processes shown in the text report.
+    pub top: usize,
+}
+
 /// What to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -100,6 +123,8 @@ pub enum Command {
         /// Trace the children it forks too, each reported on its own.
         follow_forks: bool,
     },
+    /// Watch processes' memory without probes.
+    Watch(WatchConfig),
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, `1.5s` or a bare number of seconds.

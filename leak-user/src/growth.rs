@@ -34,7 +34,9 @@ struct ProcessAnalysis {
     trend: Trend,
 }
 
-fn view(t: &Trend) -> TrendView {
+/// The report form of a trend (rounded).
+#[must_use]
+pub fn trend_view(t: &Trend) -> TrendView {
     TrendView {
         verdict: t.verdict,
         confidence: round(t.confidence, 4),
@@ -76,11 +78,12 @@ impl<'a> Analysis<'a> {
             trend::classify(&samples, params)
         };
         let sites = history.site_ids().map(|id| (id, judge(&history.site(id)))).collect();
-        let total = judge(history.totals());
+        let total = judge(&history.totals());
+        let memory = history.process();
         let samples: Vec<usize> =
-            history.process().iter().enumerate().filter_map(|(i, m)| m.map(|_| i)).collect();
+            memory.iter().enumerate().filter_map(|(i, m)| m.map(|_| i)).collect();
         let process = (samples.len() >= 2).then(|| {
-            let mem: Vec<_> = samples.iter().filter_map(|&i| history.process()[i]).collect();
+            let mem: Vec<_> = samples.iter().filter_map(|&i| memory[i]).collect();
             let private: Vec<u64> = mem.iter().map(|m| m.private).collect();
             let points: Vec<(f64, f64)> =
                 samples.iter().zip(&private).map(|(&i, v)| (times[i], f(*v))).collect();
@@ -97,7 +100,7 @@ impl<'a> Analysis<'a> {
     /// A site's trend (stable with no samples if never seen).
     #[must_use]
     pub fn site_trend(&self, id: u64) -> TrendView {
-        self.sites.get(&id).map_or_else(TrendView::default, view)
+        self.sites.get(&id).map_or_else(TrendView::default, trend_view)
     }
 
     /// A site's trend, unrounded.
@@ -151,9 +154,11 @@ impl<'a> Analysis<'a> {
             traced_share: (private_gained > 0).then(|| {
                 #[expect(clippy::cast_precision_loss, reason = "a ratio")]
                 let share = traced_gained as f64 / private_gained as f64;
-                round(share.max(0.0), 3)
+                // Above 1 when allocations made before the probes attached were replaced by
+                // traced ones (a recycling cache): the traced sites explain all of it.
+                round(share.clamp(0.0, 1.0), 3)
             }),
-            trend: view(&p.trend),
+            trend: trend_view(&p.trend),
             series: ProcessSeries {
                 t_s: keep.iter().map(|&i| round(self.history.times()[p.samples[i]], 3)).collect(),
                 rss_bytes: keep.iter().map(|&i| p.rss[i]).collect(),
@@ -173,7 +178,7 @@ impl<'a> Analysis<'a> {
         let leaks = by_rate(Verdict::Leak);
         let growing = by_rate(Verdict::Growing);
         let (top_sites, top_share) = concentration(sites);
-        let total = view(&self.total);
+        let total = trend_view(&self.total);
         let limit = limit.map(|l| LimitView {
             bytes: l.bytes,
             source: l.source.to_owned(),
@@ -197,7 +202,7 @@ impl<'a> Analysis<'a> {
             leak_sites: leaks.iter().map(|s| s.id.clone()).collect(),
             growing_sites: growing.iter().map(|s| s.id.clone()).collect(),
             limit,
-            series: self.series_of(self.history.totals()),
+            series: self.series_of(&self.history.totals()),
         }
     }
 }
@@ -338,7 +343,8 @@ pub fn human_duration(secs: f64) -> String {
 }
 
 /// At most `max` indices of `0..n`, evenly spaced, both ends kept.
-fn thin_indices(n: usize, max: usize) -> Vec<usize> {
+#[must_use]
+pub fn thin_indices(n: usize, max: usize) -> Vec<usize> {
     if n <= max {
         return (0..n).collect();
     }

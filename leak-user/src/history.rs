@@ -76,21 +76,101 @@ impl Changes {
     }
 }
 
-/// What was sampled of one process.
+/// Evenly spaced samples of a value over a run, bounded (see the module documentation).
+/// Sample 0 is at the start, second 0.
 #[derive(Clone, Debug)]
-pub struct History {
-    /// Sample times, seconds since the start. Sample 0 is the start itself: nothing traced
-    /// was outstanding then (the probes see only allocations made after they attach).
+pub struct Sampled<T> {
     times: Vec<f64>,
-    sites: HashMap<u64, Changes>,
-    totals: Vec<Point>,
-    process: Vec<Option<ProcessMemory>>,
-    /// A sample less than this many seconds after the previous one replaces it (a report
-    /// right after a sample).
+    values: Vec<T>,
+    /// A sample less than this many seconds after the previous one replaces it.
     min_gap: f64,
     /// Keep one tick in `stride`.
     stride: u32,
     ticks: u32,
+}
+
+impl<T> Sampled<T> {
+    /// Samples starting with `first` at second 0; samples less than `min_gap` seconds apart
+    /// count as one (the later one).
+    #[must_use]
+    pub fn new(first: T, min_gap: f64) -> Self {
+        Self { times: vec![0.0], values: vec![first], min_gap, stride: 1, ticks: 0 }
+    }
+
+    /// Offers a sample `t` seconds after the start; `last` forces it in (the final one),
+    /// otherwise only one tick in the current stride is kept. Returns the index it is kept
+    /// at. Call [`Self::compact`] after.
+    pub fn push(&mut self, t: f64, value: T, last: bool) -> Option<u32> {
+        let prev = self.times.last().copied().unwrap_or(0.0);
+        if self.times.len() > 1 && t - prev < self.min_gap {
+            // A report right after a sample: the later one stands for both.
+            self.times.pop();
+            self.values.pop();
+        } else {
+            self.ticks += 1;
+            if !last && !self.ticks.is_multiple_of(self.stride) {
+                return None;
+            }
+        }
+        let index = u32::try_from(self.times.len()).unwrap_or(u32::MAX);
+        self.times.push(t);
+        self.values.push(value);
+        Some(index)
+    }
+
+    /// Past [`MAX_SAMPLES`]: keeps every other sample (index `i` becomes `i / 2`) and from
+    /// now on one tick in twice as many. Returns whether it did.
+    pub fn compact(&mut self) -> bool {
+        if self.times.len() <= MAX_SAMPLES {
+            return false;
+        }
+        keep_even(&mut self.times);
+        keep_even(&mut self.values);
+        self.stride = self.stride.saturating_mul(2);
+        self.ticks = 0;
+        true
+    }
+
+    /// Sample times, seconds since the start.
+    #[must_use]
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// Values, one per time.
+    #[must_use]
+    pub fn values(&self) -> &[T] {
+        &self.values
+    }
+
+    /// Samples kept.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Only the start is recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.times.len() <= 1
+    }
+}
+
+fn keep_even<T>(v: &mut Vec<T>) {
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        (i - 1) % 2 == 0
+    });
+}
+
+/// What was sampled of one process.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// Totals over sites and the process's memory. Sample 0 is the start itself: nothing
+    /// traced was outstanding then (the probes see only allocations made after they attach).
+    samples: Sampled<(Point, Option<ProcessMemory>)>,
+    sites: HashMap<u64, Changes>,
     /// Outstanding bytes per site at the first sample after the start: the baseline growth
     /// is measured from.
     baseline: Option<(f64, Aggregate)>,
@@ -102,13 +182,8 @@ impl History {
     #[must_use]
     pub fn new(memory: Option<ProcessMemory>, min_gap: f64) -> Self {
         Self {
-            times: vec![0.0],
+            samples: Sampled::new((Point::default(), memory), min_gap),
             sites: HashMap::new(),
-            totals: vec![Point::default()],
-            process: vec![memory],
-            min_gap,
-            stride: 1,
-            ticks: 0,
             baseline: None,
         }
     }
@@ -119,22 +194,10 @@ impl History {
         if self.baseline.is_none() {
             self.baseline = Some((t, agg.clone()));
         }
-        let prev = self.times.last().copied().unwrap_or(0.0);
-        if self.times.len() > 1 && t - prev < self.min_gap {
-            // A report right after a sample: the later one stands for both.
-            self.times.pop();
-            self.totals.pop();
-            self.process.pop();
-        } else {
-            self.ticks += 1;
-            if !last && !self.ticks.is_multiple_of(self.stride) {
-                return;
-            }
-        }
-        let index = u32::try_from(self.times.len()).unwrap_or(u32::MAX);
-        self.times.push(t);
-        self.totals.push(Point { bytes: agg.total_bytes, count: agg.total_count });
-        self.process.push(memory);
+        let total = Point { bytes: agg.total_bytes, count: agg.total_count };
+        let Some(index) = self.samples.push(t, (total, memory), last) else {
+            return;
+        };
         let mut seen = hashbrown::HashSet::with_capacity(agg.sites.len());
         for s in &agg.sites {
             seen.insert(s.stack_id);
@@ -149,53 +212,36 @@ impl History {
                 ch.set(index, Point::default());
             }
         }
-        if self.times.len() > MAX_SAMPLES {
-            self.halve();
+        if self.samples.compact() {
+            for ch in self.sites.values_mut() {
+                ch.halve();
+            }
         }
-    }
-
-    fn halve(&mut self) {
-        fn keep<T>(v: &mut Vec<T>) {
-            let mut i = 0;
-            v.retain(|_| {
-                i += 1;
-                (i - 1) % 2 == 0
-            });
-        }
-        keep(&mut self.times);
-        keep(&mut self.totals);
-        keep(&mut self.process);
-        for ch in self.sites.values_mut() {
-            ch.halve();
-        }
-        self.stride = self.stride.saturating_mul(2);
-        self.ticks = 0;
     }
 
     /// Sample times, seconds since the start.
     #[must_use]
     pub fn times(&self) -> &[f64] {
-        &self.times
+        self.samples.times()
     }
 
     /// Samples kept.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.times.len()
+        self.samples.len()
     }
 
     /// Only the start is recorded.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.times.len() <= 1
+        self.samples.is_empty()
     }
 
     /// A site's values at every kept sample.
     #[must_use]
     pub fn site(&self, stack_id: u64) -> Vec<Point> {
-        self.sites
-            .get(&stack_id)
-            .map_or_else(|| vec![Point::default(); self.times.len()], |c| c.dense(self.times.len()))
+        let n = self.len();
+        self.sites.get(&stack_id).map_or_else(|| vec![Point::default(); n], |c| c.dense(n))
     }
 
     /// Sites ever seen.
@@ -205,14 +251,14 @@ impl History {
 
     /// Totals over sites at every kept sample.
     #[must_use]
-    pub fn totals(&self) -> &[Point] {
-        &self.totals
+    pub fn totals(&self) -> Vec<Point> {
+        self.samples.values().iter().map(|v| v.0).collect()
     }
 
     /// Process memory at every kept sample (`None` where it could not be read).
     #[must_use]
-    pub fn process(&self) -> &[Option<ProcessMemory>] {
-        &self.process
+    pub fn process(&self) -> Vec<Option<ProcessMemory>> {
+        self.samples.values().iter().map(|v| v.1).collect()
     }
 
     /// The first sample after the start and its time, if a later one was recorded too:
@@ -220,7 +266,7 @@ impl History {
     #[must_use]
     pub fn baseline(&self) -> Option<(f64, &Aggregate)> {
         let (t, agg) = self.baseline.as_ref()?;
-        (self.times.last().is_some_and(|last| last > t)).then_some((*t, agg))
+        (self.times().last().is_some_and(|last| last > t)).then_some((*t, agg))
     }
 }
 

@@ -31,6 +31,7 @@ pub mod symbolize;
 pub mod target;
 pub mod tracee;
 pub mod trend;
+pub mod watch;
 
 use std::{ffi::OsString, num::NonZeroU32};
 
@@ -60,6 +61,7 @@ pub fn run(command: Command) -> Result<u8, Error> {
     match command {
         Command::Attach { pid, trace } => attach(&rt, pid, trace),
         Command::Run { argv, trace, follow_forks } => run_command(&rt, &argv, trace, follow_forks),
+        Command::Watch(cfg) => watch::run(&rt, &cfg),
     }
 }
 

@@ -190,8 +190,8 @@ pub struct ProcessView {
     pub private_gained_bytes: i64,
     /// Traced outstanding bytes change over the same samples.
     pub traced_gained_bytes: i64,
-    /// Share of the private growth the traced sites explain (None: private memory did not
-    /// grow).
+    /// Share of the private growth the traced sites explain, 0..1 (None: private memory did
+    /// not grow).
     pub traced_share: Option<f64>,
     /// Trend of the private bytes.
     pub trend: TrendView,

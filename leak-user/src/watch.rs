@@ -1,0 +1,642 @@
+//! `leak watch`: samples processes' memory only (`/proc/PID/statm`, no probes), judges each
+//! one's growth, and with `--escalate` attaches the probes to a process judged leaking for a
+//! while and writes its report. This is how a fleet is watched at near-zero cost.
+//!
+//! [`WatchList`] and the report model are pure; [`run`] is the loop, with the escalations
+//! as `leak attach` child processes (each isolated, the watch keeps sampling meanwhile).
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    io::Write as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+
+use crate::{
+    agent::{self, Sampler, Signals},
+    clock,
+    config::WatchConfig,
+    error::Error,
+    growth::{SERIES_POINTS, thin_indices, trend_view},
+    history::{ProcessMemory, Sampled},
+    output::{
+        self,
+        table::{human_bytes, signed_bytes},
+    },
+    procfs,
+    report::{TrendView, Window},
+    trend::{self, Params, Verdict},
+};
+
+/// Watch report format version.
+pub const WATCH_REPORT_VERSION: u32 = 1;
+
+/// One process's memory at one instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// Process id.
+    pub pid: u32,
+    /// Start time (clock ticks after boot): with the pid, names the process.
+    pub start_ticks: u64,
+    /// `comm`.
+    pub comm: String,
+    /// Its memory.
+    pub memory: ProcessMemory,
+}
+
+#[derive(Clone, Debug)]
+struct Watched {
+    comm: String,
+    /// Watch time of its first sample, seconds.
+    first_seen: f64,
+    samples: Sampled<ProcessMemory>,
+}
+
+/// The processes watched and their samples. A process that is not observed any more has
+/// exited and is forgotten.
+#[derive(Clone, Debug)]
+pub struct WatchList {
+    procs: BTreeMap<(u32, u64), Watched>,
+    min_gap: f64,
+}
+
+/// A watched process, as reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchedProcess {
+    /// Process id.
+    pub pid: u32,
+    /// `comm`.
+    pub comm: String,
+    /// Start time, clock ticks after boot.
+    pub start_time_ticks: u64,
+    /// Resident bytes at the last sample.
+    pub rss_bytes: u64,
+    /// Anonymous resident bytes (resident minus file-backed and shared) at the last sample.
+    pub anon_bytes: u64,
+    /// Seconds it has been watched.
+    pub watched_s: f64,
+    /// Trend of the anonymous resident bytes.
+    pub trend: TrendView,
+    /// Samples (at most [`SERIES_POINTS`], evenly spaced).
+    pub series: WatchSeries,
+}
+
+/// A watched process's samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatchSeries {
+    /// Seconds since it was first seen.
+    pub t_s: Vec<f64>,
+    /// Resident bytes.
+    pub rss_bytes: Vec<u64>,
+    /// Anonymous resident bytes.
+    pub anon_bytes: Vec<u64>,
+}
+
+/// The probes attached to a flagged process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// Process id.
+    pub pid: u32,
+    /// `comm`.
+    pub comm: String,
+    /// When the probes were attached, Unix seconds.
+    pub start_unix_s: f64,
+    /// Its JSON report.
+    pub json: String,
+    /// Its flame graph.
+    pub svg: String,
+    /// Exit status of the `leak attach` that traced it (None: still running, or killed).
+    pub exit_code: Option<i32>,
+}
+
+/// What `leak watch` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchReport {
+    /// Format version ([`WATCH_REPORT_VERSION`]).
+    pub version: u32,
+    /// Wall-clock window.
+    pub window: Window,
+    /// Seconds watched.
+    pub duration_s: f64,
+    /// Processes watched at the last sample.
+    pub processes_watched: usize,
+    /// The processes that are not stable (with `--pid`: every one), leaks first, fastest
+    /// first.
+    pub processes: Vec<WatchedProcess>,
+    /// Processes the probes were attached to.
+    pub escalations: Vec<Escalation>,
+    /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
+    /// watching continues.
+    pub end_reason: String,
+}
+
+impl WatchList {
+    /// An empty list; samples of a process less than `min_gap` seconds apart count as one.
+    #[must_use]
+    pub fn new(min_gap: f64) -> Self {
+        Self { procs: BTreeMap::new(), min_gap }
+    }
+
+    /// Records the processes observed at watch time `t`: new ones start a series, missing
+    /// ones have exited and are dropped. `last` forces the samples in (the final one).
+    pub fn observe(&mut self, t: f64, seen: &[Observation], last: bool) {
+        let keys: HashSet<(u32, u64)> = seen.iter().map(|o| (o.pid, o.start_ticks)).collect();
+        self.procs.retain(|k, _| keys.contains(k));
+        for o in seen {
+            let key = (o.pid, o.start_ticks);
+            if let Some(w) = self.procs.get_mut(&key) {
+                w.samples.push(t - w.first_seen, o.memory, last);
+                w.samples.compact();
+            } else {
+                self.procs.insert(
+                    key,
+                    Watched {
+                        comm: o.comm.clone(),
+                        first_seen: t,
+                        samples: Sampled::new(o.memory, self.min_gap),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Processes watched now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Nothing is watched.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Judges every process on its anonymous resident bytes: leaks first, then growing,
+    /// plateau and stable; fastest growth first within each.
+    #[must_use]
+    pub fn judge(&self, params: &Params) -> Vec<WatchedProcess> {
+        let mut out: Vec<WatchedProcess> = self
+            .procs
+            .iter()
+            .map(|(&(pid, start), w)| {
+                let times = w.samples.times();
+                let values = w.samples.values();
+                let points: Vec<(f64, f64)> =
+                    times.iter().zip(values).map(|(t, m)| (*t, bytes_f64(m.private))).collect();
+                let keep = thin_indices(times.len(), SERIES_POINTS);
+                let last = values.last().copied().unwrap_or_default();
+                WatchedProcess {
+                    pid,
+                    comm: w.comm.clone(),
+                    start_time_ticks: start,
+                    rss_bytes: last.rss,
+                    anon_bytes: last.private,
+                    watched_s: times.last().copied().unwrap_or(0.0),
+                    trend: trend_view(&trend::classify(&points, params)),
+                    series: WatchSeries {
+                        t_s: keep.iter().map(|&i| (times[i] * 1000.0).round() / 1000.0).collect(),
+                        rss_bytes: keep.iter().map(|&i| values[i].rss).collect(),
+                        anon_bytes: keep.iter().map(|&i| values[i].private).collect(),
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            rank(a.trend.verdict)
+                .cmp(&rank(b.trend.verdict))
+                .then(b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s))
+                .then(a.pid.cmp(&b.pid))
+        });
+        out
+    }
+}
+
+/// `+3.5 GiB/h`.
+fn per_hour(rate: f64) -> String {
+    #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
+    let r = rate as i64;
+    format!("{}/h", signed_bytes(r))
+}
+
+fn rank(v: Verdict) -> u8 {
+    match v {
+        Verdict::Leak => 0,
+        Verdict::Growing => 1,
+        Verdict::Plateau => 2,
+        Verdict::Stable => 3,
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "byte counts: exact below 2^53")]
+fn bytes_f64(b: u64) -> f64 {
+    b as f64
+}
+
+/// The text table of a watch report: the `top` processes that are not stable.
+#[must_use]
+pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
+    use std::fmt::Write as _;
+    let count = |v: Verdict| report.processes.iter().filter(|p| p.trend.verdict == v).count();
+    let mut s = format!(
+        "== {header}: {} process{} watched; {} leaking, {} growing, {} plateau ==\n",
+        report.processes_watched,
+        if report.processes_watched == 1 { "" } else { "es" },
+        count(Verdict::Leak),
+        count(Verdict::Growing),
+        count(Verdict::Plateau),
+    );
+    let shown: Vec<&WatchedProcess> =
+        report.processes.iter().filter(|p| p.trend.verdict != Verdict::Stable).take(top).collect();
+    if shown.is_empty() {
+        s.push_str("no process's memory is growing\n");
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "{:>8}  {:<16} {:>11} {:>12} {:>14}  VERDICT",
+        "PID", "COMM", "ANON", "GAINED", "RATE"
+    );
+    for p in shown {
+        let _ = writeln!(
+            s,
+            "{:>8}  {:<16} {:>11} {:>12} {:>14}  {} ({:.0}%)",
+            p.pid,
+            p.comm,
+            human_bytes(p.anon_bytes),
+            signed_bytes(p.trend.gained_bytes),
+            per_hour(p.trend.rate_bytes_per_h),
+            p.trend.verdict.as_str(),
+            p.trend.confidence * 100.0
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop.
+
+/// What is watched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Targets {
+    /// Every process of the host (but `leak` itself and its escalations).
+    All,
+    /// These processes.
+    Pids(Vec<u32>),
+}
+
+/// Reads the memory of the targets now.
+fn observe(targets: &Targets, skip: &HashSet<u32>) -> Vec<Observation> {
+    let pids = match targets {
+        Targets::All => procfs::all_pids(),
+        Targets::Pids(p) => p.clone(),
+    };
+    pids.into_iter()
+        .filter(|p| !skip.contains(p))
+        .filter_map(|pid| {
+            let memory = procfs::statm_memory(pid)?;
+            // Kernel threads have no memory of their own.
+            if memory.rss == 0 {
+                return None;
+            }
+            Some(Observation {
+                pid,
+                start_ticks: procfs::start_time(pid)?,
+                comm: procfs::comm(pid).unwrap_or_default(),
+                memory,
+            })
+        })
+        .collect()
+}
+
+/// Runs `leak attach` on flagged processes, one at a time.
+struct Escalator {
+    duration: Duration,
+    out_dir: PathBuf,
+    queue: VecDeque<(u32, u64, String)>,
+    running: Option<(Child, usize)>,
+    seen: HashSet<(u32, u64)>,
+    done: Vec<Escalation>,
+}
+
+impl Escalator {
+    fn new(duration: Duration, out_dir: PathBuf) -> Self {
+        Self {
+            duration,
+            out_dir,
+            queue: VecDeque::new(),
+            running: None,
+            seen: HashSet::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Queues the processes judged leaks (each once).
+    fn flag(&mut self, judged: &[WatchedProcess]) {
+        for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak) {
+            if self.seen.insert((p.pid, p.start_time_ticks)) {
+                eprintln!(
+                    "leak: pid {} ({}) leaks {}: attaching the probes for {:.1} s",
+                    p.pid,
+                    p.comm,
+                    per_hour(p.trend.rate_bytes_per_h),
+                    self.duration.as_secs_f64()
+                );
+                self.queue.push_back((p.pid, p.start_time_ticks, p.comm.clone()));
+            }
+        }
+    }
+
+    /// Notices a finished escalation and starts the next.
+    fn poll(&mut self) -> Result<(), Error> {
+        if let Some((child, i)) = &mut self.running
+            && let Some(status) = child.try_wait().map_err(Error::io("waiting for leak attach"))?
+        {
+            self.done[*i].exit_code = status.code();
+            if status.success() {
+                eprintln!("leak: wrote {} and {}", self.done[*i].json, self.done[*i].svg);
+            } else {
+                eprintln!("leak: tracing pid {} failed ({status})", self.done[*i].pid);
+            }
+            self.running = None;
+        }
+        while self.running.is_none() {
+            let Some((pid, start, comm)) = self.queue.pop_front() else { break };
+            // Gone, or a new process under the same pid: nothing to trace.
+            if procfs::start_time(pid) != Some(start) {
+                continue;
+            }
+            self.start(pid, &comm)?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, pid: u32, comm: &str) -> Result<(), Error> {
+        let name = format!("leak-{}-{pid}", sanitize(comm));
+        let json = self.out_dir.join(format!("{name}.json"));
+        let svg = self.out_dir.join(format!("{name}.svg"));
+        let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
+        // About 20 samples whatever the duration: enough for a verdict. Only the final
+        // report is printed (the interval is longer than the run).
+        let sample = (self.duration / 20).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let exe = std::env::current_exe().map_err(Error::io("finding the leak executable"))?;
+        let child = Command::new(exe)
+            .args(["attach", "--pid", &pid.to_string(), "--duration", &ms(self.duration)])
+            .args(["--interval", &ms(self.duration * 2), "--sample-interval", &ms(sample)])
+            .arg("--json")
+            .arg(&json)
+            .arg("--svg")
+            .arg(&svg)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(Error::io("starting leak attach"))?;
+        self.done.push(Escalation {
+            pid,
+            comm: comm.to_owned(),
+            start_unix_s: clock::now_unix(),
+            json: json.display().to_string(),
+            svg: svg.display().to_string(),
+            exit_code: None,
+        });
+        self.running = Some((child, self.done.len() - 1));
+        Ok(())
+    }
+
+    /// Pids of the running escalations (not to be watched themselves).
+    fn children(&self) -> impl Iterator<Item = u32> + '_ {
+        self.running.iter().map(|(c, _)| c.id())
+    }
+
+    /// Waits for the running escalation (its own duration bounds the wait).
+    fn finish(&mut self) -> Result<(), Error> {
+        self.queue.clear();
+        while self.running.is_some() {
+            self.poll()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+fn sanitize(comm: &str) -> String {
+    comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// `leak watch`.
+///
+/// # Errors
+/// Bad input (no such process, escalation without privileges, unwritable outputs), or
+/// writing the report failed.
+pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error> {
+    if let Targets::Pids(pids) = &cfg.targets {
+        for &pid in pids {
+            if !procfs::pid_exists(pid) {
+                return Err(Error::BadInput(format!(
+                    "no such process: {pid}: check the pid (ps -e)"
+                )));
+            }
+        }
+    }
+    if cfg.escalate.is_some() {
+        crate::preflight::check_privileges()?;
+        crate::preflight::check_kernel(&crate::preflight::sysfs_root())?;
+        output::check_writable(&cfg.out_dir.join(".leak-watch-check")).map_err(|e| {
+            Error::BadInput(format!("cannot write to {}: {e}", cfg.out_dir.display()))
+        })?;
+    }
+    if let Some(p) = &cfg.json {
+        output::check_writable(p)
+            .map_err(|e| Error::BadInput(format!("cannot write {}: {e}", p.display())))?;
+    }
+    let mut signals = {
+        let _guard = rt.enter();
+        Signals::install()?
+    };
+    rt.block_on(watch(cfg, &mut signals))?;
+    Ok(0)
+}
+
+async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, Error> {
+    let start = Instant::now();
+    let start_unix = clock::now_unix();
+    let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
+    let mut list = WatchList::new(cfg.sample_interval.as_secs_f64() / 2.0);
+    let mut escalator = cfg.escalate.map(|d| Escalator::new(d, cfg.out_dir.clone()));
+    let mut skip: HashSet<u32> = HashSet::from([std::process::id()]);
+    let mut sampler = Sampler::new(start, cfg.sample_interval);
+    let mut report_tick = interval_at(start + cfg.interval, cfg.interval);
+    report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let until_deadline = agent::deadline(start, cfg.duration);
+    tokio::pin!(until_deadline);
+    list.observe(0.0, &observe(&cfg.targets, &skip), false);
+    let explicit = matches!(cfg.targets, Targets::Pids(_));
+    let end = loop {
+        tokio::select! {
+            () = sampler.tick() => {
+                let began = Instant::now();
+                if let Some(e) = &escalator {
+                    skip.extend(e.children());
+                }
+                list.observe(start.elapsed().as_secs_f64(), &observe(&cfg.targets, &skip), false);
+                sampler.spent(began);
+                if let Some(e) = &mut escalator {
+                    e.flag(&list.judge(&params));
+                    e.poll()?;
+                }
+                if explicit && list.is_empty() {
+                    break "targets_exited";
+                }
+            }
+            _ = report_tick.tick() => {
+                let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), "interval");
+                let header = format!(
+                    "watch {} +{:.1}s",
+                    clock::local_hms(report.window.end_unix_s),
+                    report.duration_s
+                );
+                print(&render(&report, &header, cfg.top));
+            }
+            () = &mut until_deadline => break "duration",
+            _ = signals.recv() => break "signal",
+        }
+    };
+    if end != "targets_exited" {
+        list.observe(start.elapsed().as_secs_f64(), &observe(&cfg.targets, &skip), true);
+    }
+    if let Some(e) = &mut escalator {
+        e.finish()?;
+    }
+    let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), end);
+    let header = format!(
+        "watch ended {} ({:.1} s, {end})",
+        clock::local_hms(report.window.end_unix_s),
+        report.duration_s
+    );
+    print(&render(&report, &header, cfg.top));
+    if let Some(p) = &cfg.json {
+        let mut text = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        text.push(b'\n');
+        output::write_atomic(p, &text).map_err(Error::io(format!("writing {}", p.display())))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(report)
+}
+
+fn build(
+    list: &WatchList,
+    params: &Params,
+    start_unix: f64,
+    explicit: bool,
+    escalator: Option<&Escalator>,
+    end_reason: &str,
+) -> WatchReport {
+    let end_unix = clock::now_unix();
+    let mut processes = list.judge(params);
+    if !explicit {
+        processes.retain(|p| p.trend.verdict != Verdict::Stable);
+    }
+    WatchReport {
+        version: WATCH_REPORT_VERSION,
+        window: Window { start_unix_s: start_unix, end_unix_s: end_unix },
+        duration_s: ((end_unix - start_unix) * 1000.0).round() / 1000.0,
+        processes_watched: list.len(),
+        processes,
+        escalations: escalator.map(|e| e.done.clone()).unwrap_or_default(),
+        end_reason: end_reason.to_owned(),
+    }
+}
+
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+#[expect(clippy::cast_precision_loss, reason = "small test values")]
+mod tests {
+    use super::*;
+
+    fn obs(pid: u32, start: u64, private: u64) -> Observation {
+        Observation {
+            pid,
+            start_ticks: start,
+            comm: format!("p{pid}"),
+            memory: ProcessMemory { rss: private + (1 << 20), private },
+        }
+    }
+
+    #[test]
+    fn judges_each_process_and_forgets_the_exited() {
+        const MB: u64 = 1 << 20;
+        let mut list = WatchList::new(0.5);
+        for t in 0..30u64 {
+            let mut seen = vec![
+                // Leaks 1 MiB per second.
+                obs(10, 1, 8 * MB + t * MB),
+                // Flat.
+                obs(20, 1, 50 * MB),
+                // A cache: fills over 5 s, then holds.
+                obs(30, 1, 4 * MB + t.min(5) * 4 * MB),
+            ];
+            // Exits after 10 s; its pid comes back as a new process at 20 s.
+            if t < 10 {
+                seen.push(obs(40, 1, MB + t * MB));
+            } else if t >= 20 {
+                seen.push(obs(40, 2, MB));
+            }
+            list.observe(t as f64, &seen, t == 29);
+        }
+        let judged = list.judge(&Params { min_growth_bytes: MB as f64, ..Params::default() });
+        let verdicts: Vec<(u32, u64, Verdict)> =
+            judged.iter().map(|p| (p.pid, p.start_time_ticks, p.trend.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                (10, 1, Verdict::Leak),
+                (30, 1, Verdict::Plateau),
+                (20, 1, Verdict::Stable),
+                (40, 2, Verdict::Stable),
+            ]
+        );
+        let leak = &judged[0];
+        assert!((leak.trend.rate_bytes_per_s - MB as f64).abs() < 1.0);
+        assert_eq!(leak.anon_bytes, 37 * MB);
+        assert_eq!(leak.rss_bytes, 38 * MB);
+        assert_eq!(leak.series.t_s.len(), 30);
+        // The new process under pid 40 is watched from when it appeared.
+        assert!((judged[3].watched_s - 9.0).abs() < 1e-9);
+        assert_eq!(list.len(), 4);
+    }
+
+    #[test]
+    fn renders_the_growing_processes() {
+        let mut list = WatchList::new(0.5);
+        for t in 0..20u64 {
+            list.observe(t as f64, &[obs(10, 1, (8 + t) << 20), obs(20, 1, 1 << 20)], false);
+        }
+        let params = Params { min_growth_bytes: f64::from(1u32 << 20), ..Params::default() };
+        let report = WatchReport {
+            version: 1,
+            window: Window { start_unix_s: 0.0, end_unix_s: 19.0 },
+            duration_s: 19.0,
+            processes_watched: 2,
+            processes: list.judge(&params),
+            escalations: Vec::new(),
+            end_reason: "duration".into(),
+        };
+        let text = render(&report, "watch", 10);
+        assert!(
+            text.starts_with("== watch: 2 processes watched; 1 leaking, 0 growing, 0 plateau ==\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n      10  p10                 27.0 MiB    +19.0 MiB     +3.5 GiB/h  leak (100%)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("p20"), "{text}");
+    }
+}

@@ -1,0 +1,75 @@
+//! `leak watch`: memory-only sampling flags the leaking process, not the one whose cache
+//! levels off, and `--escalate` traces the flagged one (fixture `cacher`, see growth.rs).
+use std::process::Command;
+
+use leak_tests::{Fixture, fixture, read_report, require_root, run_leak, site};
+use leak_user::{trend::Verdict, watch::WatchReport};
+
+#[test]
+fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
+    require_root();
+    let start = |mode: &[&str]| {
+        let mut cmd = Command::new(fixture("cacher"));
+        // 25 ms ticks for longer than the watch (it is killed at the end).
+        cmd.args(["100000", "25"]).args(mode);
+        Fixture::start_command(cmd)
+    };
+    let leaking = start(&[]);
+    let clean = start(&["clean"]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("watch.json");
+    let (a, b) = (leaking.pid().to_string(), clean.pid().to_string());
+    let done = run_leak(&[
+        "watch",
+        "--pid",
+        &a,
+        "--pid",
+        &b,
+        "--sample-interval",
+        "250ms",
+        "--interval",
+        "1s",
+        "--min-growth",
+        "64K",
+        "--escalate",
+        "2s",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--duration",
+        "6s",
+    ]);
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let text = std::fs::read_to_string(&json).unwrap();
+    let report: WatchReport = serde_json::from_str(&text).unwrap();
+    assert_eq!(report.processes_watched, 2);
+    let verdict = |pid: u32| {
+        let p = report.processes.iter().find(|p| p.pid == pid).expect("watched");
+        (p.trend.verdict, p.trend.gained_bytes)
+    };
+    let (v, gained) = verdict(leaking.pid());
+    assert_eq!(v, Verdict::Leak, "{text}");
+    // 40 KiB/s of touched heap for ~6 s, in whole pages.
+    assert!(gained >= 64 << 10 && gained % 4096 == 0, "{gained}");
+    let (v, _) = verdict(clean.pid());
+    assert!(matches!(v, Verdict::Stable | Verdict::Plateau), "the cache levels off: {text}");
+    // Only the leaking process was traced, and its report names the leak.
+    assert_eq!(report.escalations.len(), 1, "{text}");
+    let e = &report.escalations[0];
+    assert_eq!((e.pid, e.exit_code), (leaking.pid(), Some(0)), "{text}");
+    let traced = read_report(std::path::Path::new(&e.json));
+    assert_eq!(traced.target.pid, leaking.pid());
+    assert_eq!(traced.end_reason, "duration");
+    let leak = site(&traced, "leak_fn");
+    assert!(leak.outstanding_bytes > 0);
+    assert_eq!(leak.outstanding_bytes, leak.outstanding_allocs * 1024);
+    assert!(matches!(leak.trend.verdict, Verdict::Leak | Verdict::Growing), "{:#?}", leak.trend);
+    assert!(std::fs::read_to_string(&e.svg).unwrap().contains("leak_fn"));
+    assert!(done.stdout.iter().any(|l| l.starts_with("== watch ended")), "{:#?}", done.stdout);
+}
+
+#[test]
+fn watch_of_a_missing_process_is_bad_input() {
+    run_leak(&["watch", "--pid", "999999999"]).assert_bad_input("no such process");
+}
