@@ -70,8 +70,8 @@ impl Default for Params {
 pub struct Trend {
     /// The judgement.
     pub verdict: Verdict,
-    /// How sure, 0..1 (1 - the trend test's p-value for `leak`/`growing`, its complement
-    /// for the others).
+    /// How sure, 0..1: for `leak`/`growing` 1 - the trend test's p-value; for `plateau` how
+    /// far growth has slowed (1 - recent rate / average rate); for `stable` the p-value.
     pub confidence: f64,
     /// Theil-Sen slope over the window, bytes per second.
     pub rate_per_s: f64,
@@ -154,7 +154,9 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
     let plateau_ratio = if net_rise { plateau_fit(&samples, &line, p.min_flat_share) } else { 1.0 };
 
     let (verdict, confidence) = if net_rise && plateau_ratio < p.plateau_fit && p_up < 0.2 {
-        (Verdict::Plateau, (1.0 - p_up) * (1.0 - plateau_ratio))
+        // How far growth has slowed: the recent slope against the average over the window.
+        let average = gained / span.max(f64::MIN_POSITIVE);
+        (Verdict::Plateau, 1.0 - recent_rate.max(0.0) / average)
     } else if grew && p_up < p.alpha {
         if n >= p.min_samples {
             (Verdict::Leak, 1.0 - p_up)
@@ -409,7 +411,7 @@ mod tests {
         let t = judge(&s);
         assert_eq!(t.verdict, Verdict::Plateau, "{t:?}");
         assert!(t.recent_rate_per_s.abs() < 100.0, "{t:?}");
-        assert!(t.confidence > 0.5, "{t:?}");
+        assert!(t.confidence > 0.9, "{t:?}");
     }
 
     #[test]

@@ -253,7 +253,8 @@ fn demo(seconds: u64) -> Result<()> {
     let duration = format!("{seconds}s");
     let mut cmd = as_root(&leak);
     cmd.args(["attach", "--pid", &pid, "--duration", &duration, "--interval", "2s", "--top", "3"])
-        .args(["--svg", "leaks.svg", "--json", "leaks.json", "--folded", "leaks.folded"])
+        .args(["--svg", "leaks.svg", "--svg-diff", "leaks-diff.svg", "--json", "leaks.json"])
+        .args(["--folded", "leaks.folded", "--limit", "256M"])
         .current_dir(&root);
     let result = run(&mut cmd);
     let _ = demo.kill();
@@ -353,7 +354,50 @@ fn bench(pairs: u64) -> Result<()> {
     println!("{:<22} {:>14.1} {:>10}", "no tracer", base, "1.0x");
     println!("{:<22} {:>14.1} {:>9.0}x", "leak (full trace)", traced, traced / base);
     println!("added cost per pair: {:.0} ns", traced - base);
+    bench_watch(&leak)
+}
+
+/// `leak watch --all`: the CPU it uses against the wall time it watches, sampling every
+/// process of the machine ten times a second (ten times the default rate).
+fn bench_watch(leak: &Path) -> Result<()> {
+    let seconds = 5.0;
+    let before = children_cpu_s();
+    let started = std::time::Instant::now();
+    let out = Command::new(leak)
+        .args(["watch", "--all", "--sample-interval", "100ms", "--interval", "1h"])
+        .args(["--duration", &format!("{seconds}s")])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running leak watch")?;
+    if !out.status.success() {
+        bail!("leak watch failed: {}", out.status);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = children_cpu_s() - before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let procs: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(": ")?.1.split_once(" process")?.0.parse().ok())
+        .unwrap_or(0.0);
+    let samples = seconds / 0.1;
+    println!(
+        "\nleak watch --all, {procs} processes sampled every 100 ms for {wall:.1} s: CPU {cpu:.3} s \
+         = {:.2}% of one CPU; {:.0} us per process sample",
+        100.0 * cpu / wall,
+        1e6 * cpu / (samples * procs.max(1.0))
+    );
     Ok(())
+}
+
+/// User + system CPU seconds of the waited-for children so far.
+fn children_cpu_s() -> f64 {
+    // SAFETY: zeroed rusage is a valid out-value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut ru) };
+    #[expect(clippy::cast_precision_loss, reason = "CPU seconds: far below 2^52")]
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// Runs the churn program and parses its `<ns> ns per malloc+free pair` line.
