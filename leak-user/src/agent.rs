@@ -21,7 +21,7 @@ use crate::{
     config::TraceConfig,
     error::Error,
     growth::Analysis,
-    history::History,
+    history::{History, Kind},
     loader::Tracer,
     model::{Allocation, Frame, Snapshot},
     output::{self, table::TableOptions},
@@ -75,9 +75,10 @@ pub struct Session {
     prev: Option<Aggregate>,
     /// `CLOCK_MONOTONIC` ns at the start (sample times count from here).
     start_ns: u64,
-    /// When the last growth sample was recorded, `CLOCK_MONOTONIC` ns.
-    last_sample_ns: u64,
     history: History,
+    /// Reading `smaps_rollup` walks the target's page tables (milliseconds on a large
+    /// process): it is read again only once this much time has passed.
+    memory_next: std::time::Instant,
 }
 
 impl Session {
@@ -104,8 +105,8 @@ impl Session {
             incomplete: HashSet::new(),
             prev: None,
             start_ns: monotonic_ns(),
-            last_sample_ns: 0,
             history: History::new(crate::procfs::memory(pid), half_period),
+            memory_next: std::time::Instant::now(),
         }
     }
 
@@ -128,23 +129,29 @@ impl Session {
         Aggregate::from_allocations(&mine, snap.taken_ns, min_age_ns)
     }
 
-    /// Records a growth sample (no report), unless one was recorded less than half a
-    /// sampling period ago (a report just took one).
+    /// Records a growth sample (no report).
     pub fn sample(&mut self, snap: &Snapshot) {
-        let half = u64::try_from(self.cfg.sample_period().as_nanos() / 2).unwrap_or(u64::MAX);
-        if self.last_sample_ns != 0 && snap.taken_ns.saturating_sub(self.last_sample_ns) < half {
-            return;
-        }
         let agg = self.aggregate(snap);
-        self.record(snap.taken_ns, &agg, false);
+        self.record(snap.taken_ns, &agg, Kind::Tick);
     }
 
-    /// Records a sample; one less than half a period after the previous replaces it.
-    fn record(&mut self, taken_ns: u64, agg: &Aggregate, last: bool) {
+    fn record(&mut self, taken_ns: u64, agg: &Aggregate, kind: Kind) {
         #[expect(clippy::cast_precision_loss, reason = "seconds; ns precision not needed")]
         let t = taken_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-        self.history.record(t, agg, crate::procfs::memory(self.pid), last);
-        self.last_sample_ns = taken_ns;
+        let memory = self.read_memory();
+        self.history.record(t, agg, memory, kind);
+    }
+
+    /// The process's memory, unless reading it now would spend more than 1% of the time in
+    /// the target's page tables.
+    fn read_memory(&mut self) -> Option<crate::history::ProcessMemory> {
+        let started = std::time::Instant::now();
+        if started < self.memory_next {
+            return None;
+        }
+        let memory = crate::procfs::memory(self.pid);
+        self.memory_next = started + started.elapsed() * 100;
+        memory
     }
 
     /// Snapshot, aggregate, symbolize and build a report.
@@ -166,7 +173,8 @@ impl Session {
         end_reason: &str,
     ) -> Result<(Report, Aggregate), Error> {
         let agg = self.aggregate(snap);
-        self.record(snap.taken_ns, &agg, end_reason != "interval");
+        let kind = if end_reason == "interval" { Kind::Report } else { Kind::Last };
+        self.record(snap.taken_ns, &agg, kind);
         self.resolve_stacks(source, &agg)?;
         let end_unix_s = clock::now_unix();
         let meta = ReportMeta {

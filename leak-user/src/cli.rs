@@ -55,7 +55,7 @@ pub struct WatchArgs {
     pub min_growth: u64,
     /// Attach the probes to each process judged leaking, for this long, and write its report
     /// (leak-COMM-PID.json and .svg in --out-dir). Needs root.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_escalate, value_name = "DURATION")]
     pub escalate: Option<Duration>,
     /// Where --escalate writes its reports.
     #[arg(long, default_value = ".", value_name = "DIR")]
@@ -142,6 +142,14 @@ pub struct TraceArgs {
     /// Log every allocation event from BPF (debugging; very slow).
     #[arg(long, hide = true)]
     pub bpf_trace: bool,
+}
+
+fn parse_escalate(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("--escalate {s:?} is too short to judge anything: use at least 1s"));
+    }
+    Ok(d)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -293,6 +301,7 @@ mod tests {
         assert_eq!(w.targets, Targets::All);
         assert!(parse(&["leak", "watch"]).is_err(), "--pid or --all");
         assert!(parse(&["leak", "watch", "--all", "--pid", "1"]).is_err());
+        assert!(parse(&["leak", "watch", "--all", "--escalate", "0s"]).is_err());
     }
 
     #[test]

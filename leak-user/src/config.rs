@@ -19,6 +19,12 @@ impl Outputs {
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
         [&self.svg, &self.json, &self.folded, &self.svg_diff].into_iter().flatten()
     }
+
+    /// Every configured path, to rename (one list with [`Self::paths`], so a new output
+    /// cannot be forgotten in either).
+    pub fn paths_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [&mut self.svg, &mut self.json, &mut self.folded, &mut self.svg_diff].into_iter().flatten()
+    }
 }
 
 /// How to trace and report.

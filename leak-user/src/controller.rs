@@ -376,10 +376,7 @@ impl<'a> Controller<'a> {
             *n += 1;
             *n
         };
-        for p in [&mut cfg.outputs.svg, &mut cfg.outputs.json, &mut cfg.outputs.folded]
-            .into_iter()
-            .flatten()
-        {
+        for p in cfg.outputs.paths_mut() {
             *p = output::for_process(p, pid, nth);
         }
         cfg

@@ -154,9 +154,9 @@ impl<'a> Analysis<'a> {
             traced_share: (private_gained > 0).then(|| {
                 #[expect(clippy::cast_precision_loss, reason = "a ratio")]
                 let share = traced_gained as f64 / private_gained as f64;
-                // Above 1 when allocations made before the probes attached were replaced by
-                // traced ones (a recycling cache): the traced sites explain all of it.
-                round(share.clamp(0.0, 1.0), 3)
+                // Above 1 when blocks allocated before the probes attached were replaced by
+                // traced ones (attach mode), or when freed memory stayed with the allocator.
+                round(share.max(0.0), 3)
             }),
             trend: trend_view(&p.trend),
             series: ProcessSeries {
@@ -185,6 +185,10 @@ impl<'a> Analysis<'a> {
             usage_bytes: l.usage,
             time_to_limit_s: projection(l, &self.total),
         });
+        let process_flat = self
+            .process
+            .as_ref()
+            .is_some_and(|p| matches!(p.trend.verdict, Verdict::Stable | Verdict::Plateau));
         let summary = summary_line(&SummaryInput {
             total: &total,
             window_text,
@@ -193,6 +197,7 @@ impl<'a> Analysis<'a> {
             leaks: &leaks,
             growing: &growing,
             limit: limit.as_ref(),
+            process_flat,
         });
         Growth {
             summary,
@@ -246,6 +251,8 @@ struct SummaryInput<'a> {
     leaks: &'a [&'a Site],
     growing: &'a [&'a Site],
     limit: Option<&'a LimitView>,
+    /// The process's private memory is not growing.
+    process_flat: bool,
 }
 
 /// `+1.2 GiB over 14:02:03-16:40:10 (+460.0 MiB/h); 3 sites account for 97%; leak suspected
@@ -277,6 +284,15 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
         ));
     } else {
         parts.push("no leak suspected".to_owned());
+    }
+    if s.process_flat && !s.leaks.is_empty() {
+        // Attach mode sees only blocks allocated since: a pool whose older blocks are being
+        // replaced grows in the traced view while the process stays level.
+        parts.push(
+            "but the process's private memory is not growing: the traced growth may be older \
+             blocks being replaced (see unknown_free)"
+                .to_owned(),
+        );
     }
     if let Some(l) = s.limit {
         match l.time_to_limit_s {
@@ -357,7 +373,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::Aggregate,
-        history::ProcessMemory,
+        history::{Kind, ProcessMemory},
         model::Allocation,
         report::tests::{frame, sample_report},
     };
@@ -389,7 +405,7 @@ mod tests {
                 rss: (2 << 20) + agg.total_bytes,
                 private: (1 << 20) + agg.total_bytes,
             };
-            h.record(t as f64, &agg, Some(mem), t == ticks);
+            h.record(t as f64, &agg, Some(mem), if t == ticks { Kind::Last } else { Kind::Tick });
         }
         h
     }
@@ -426,7 +442,7 @@ mod tests {
         assert_eq!(p.series.t_s.len(), 31);
         // Unreadable memory: no process view.
         let mut h = History::new(None, 0.5);
-        h.record(1.0, &Aggregate::default(), None, true);
+        h.record(1.0, &Aggregate::default(), None, Kind::Last);
         assert!(Analysis::of(&h, &Params::default()).process_view().is_none());
     }
 
@@ -473,6 +489,40 @@ mod tests {
             "+0 B over a-b (+0 B/h); no leak suspected; 8.0 MiB of the 64.0 MiB limit used"
         );
         assert_eq!(g.limit.unwrap().time_to_limit_s, None);
+    }
+
+    #[test]
+    fn traced_growth_without_process_growth_is_flagged_in_the_summary() {
+        // The traced total grows, the process stays level: older blocks being replaced.
+        let mut h = History::new(Some(ProcessMemory { rss: 4 << 20, private: 2 << 20 }), 0.5);
+        for t in 1..=30u64 {
+            let allocs: Vec<Allocation> = (0..t * 8)
+                .map(|i| Allocation {
+                    addr: i,
+                    size: 1024,
+                    timestamp_ns: 0,
+                    stack_id: 1,
+                    tgid: 1,
+                    kind: 0,
+                })
+                .collect();
+            let mem = ProcessMemory { rss: 4 << 20, private: 2 << 20 };
+            h.record(t as f64, &Aggregate::from_allocations(&allocs, 0, 0), Some(mem), Kind::Tick);
+        }
+        let a = Analysis::of(&h, &Params::default());
+        let mut sites = sample_report().sites;
+        sites.truncate(1);
+        sites[0].id = "1".into();
+        sites[0].trend = a.site_trend(1);
+        let g = a.view(&sites, "a-b", None);
+        assert!(
+            g.summary.contains(
+                "leak suspected at leak_fn <- main; but the process's private memory is not growing"
+            ),
+            "{}",
+            g.summary
+        );
+        assert_eq!(a.process_view().unwrap().traced_share, None, "private did not grow");
     }
 
     #[test]

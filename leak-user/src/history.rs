@@ -40,6 +40,10 @@ impl Changes {
         self.0.last().map_or_else(Point::default, |e| e.1)
     }
 
+    fn last_change(&self) -> usize {
+        self.0.last().map_or(0, |e| e.0 as usize)
+    }
+
     fn set(&mut self, index: u32, p: Point) {
         if self.last() != p {
             self.0.push((index, p));
@@ -76,6 +80,18 @@ impl Changes {
     }
 }
 
+/// Why a sample is offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A sampling tick: counts toward the stride.
+    Tick,
+    /// A report between ticks: replaces the last sample if that is less than the minimum gap
+    /// old, else is not kept (an extra sample would break the even spacing).
+    Report,
+    /// The final sample: always kept.
+    Last,
+}
+
 /// Evenly spaced samples of a value over a run, bounded (see the module documentation).
 /// Sample 0 is at the start, second 0.
 #[derive(Clone, Debug)]
@@ -97,19 +113,24 @@ impl<T> Sampled<T> {
         Self { times: vec![0.0], values: vec![first], min_gap, stride: 1, ticks: 0 }
     }
 
-    /// Offers a sample `t` seconds after the start; `last` forces it in (the final one),
-    /// otherwise only one tick in the current stride is kept. Returns the index it is kept
-    /// at. Call [`Self::compact`] after.
-    pub fn push(&mut self, t: f64, value: T, last: bool) -> Option<u32> {
+    /// Offers a sample `t` seconds after the start (see [`Kind`]); of the ticks, one in the
+    /// current stride is kept. Returns the index it is kept at. Call [`Self::compact`] after.
+    pub fn push(&mut self, t: f64, value: T, kind: Kind) -> Option<u32> {
         let prev = self.times.last().copied().unwrap_or(0.0);
         if self.times.len() > 1 && t - prev < self.min_gap {
-            // A report right after a sample: the later one stands for both.
+            // Right after the last kept sample: the later one stands for both.
             self.times.pop();
             self.values.pop();
         } else {
-            self.ticks += 1;
-            if !last && !self.ticks.is_multiple_of(self.stride) {
-                return None;
+            match kind {
+                Kind::Report => return None,
+                Kind::Tick => {
+                    self.ticks += 1;
+                    if !self.ticks.is_multiple_of(self.stride) {
+                        return None;
+                    }
+                }
+                Kind::Last => {}
             }
         }
         let index = u32::try_from(self.times.len()).unwrap_or(u32::MAX);
@@ -188,16 +209,15 @@ impl History {
         }
     }
 
-    /// Records a sample `t` seconds after the start. `last` forces it in (the final
-    /// snapshot); otherwise only one tick in the current stride is kept.
-    pub fn record(&mut self, t: f64, agg: &Aggregate, memory: Option<ProcessMemory>, last: bool) {
+    /// Records a sample `t` seconds after the start (see [`Kind`]).
+    pub fn record(&mut self, t: f64, agg: &Aggregate, memory: Option<ProcessMemory>, kind: Kind) {
+        let total = Point { bytes: agg.total_bytes, count: agg.total_count };
+        let Some(index) = self.samples.push(t, (total, memory), kind) else {
+            return;
+        };
         if self.baseline.is_none() {
             self.baseline = Some((t, agg.clone()));
         }
-        let total = Point { bytes: agg.total_bytes, count: agg.total_count };
-        let Some(index) = self.samples.push(t, (total, memory), last) else {
-            return;
-        };
         let mut seen = hashbrown::HashSet::with_capacity(agg.sites.len());
         for s in &agg.sites {
             seen.insert(s.stack_id);
@@ -213,9 +233,13 @@ impl History {
             }
         }
         if self.samples.compact() {
+            let n = self.samples.len();
             for ch in self.sites.values_mut() {
                 ch.halve();
             }
+            // Bounded in sites too: forget those that have held nothing for the newer half of
+            // the window (their series would say "stable" anyway).
+            self.sites.retain(|_, ch| ch.last() != Point::default() || ch.last_change() > n / 2);
         }
     }
 
@@ -301,9 +325,9 @@ mod tests {
     #[test]
     fn series_start_at_zero_and_follow_each_site() {
         let mut h = History::new(Some(ProcessMemory { rss: 10, private: 5 }), 0.5);
-        h.record(1.0, &agg(&[(1, 100)]), None, false);
-        h.record(2.0, &agg(&[(1, 100), (2, 7)]), None, false);
-        h.record(3.0, &agg(&[(2, 7), (2, 1)]), None, true);
+        h.record(1.0, &agg(&[(1, 100)]), None, Kind::Tick);
+        h.record(2.0, &agg(&[(1, 100), (2, 7)]), None, Kind::Tick);
+        h.record(3.0, &agg(&[(2, 7), (2, 1)]), None, Kind::Last);
         assert_eq!(h.times(), [0.0, 1.0, 2.0, 3.0]);
         let b = |v: Vec<Point>| v.iter().map(|p| p.bytes).collect::<Vec<_>>();
         assert_eq!(b(h.site(1)), [0, 100, 100, 0]);
@@ -315,22 +339,30 @@ mod tests {
         assert_eq!(h.baseline().unwrap().0, 1.0);
         assert_eq!(h.baseline().unwrap().1.total_bytes, 100);
         let mut one = History::new(None, 0.5);
-        one.record(1.0, &agg(&[(1, 100)]), None, true);
+        one.record(1.0, &agg(&[(1, 100)]), None, Kind::Last);
         assert!(one.baseline().is_none(), "one sample: no growth window");
     }
 
     #[test]
     fn a_sample_right_after_another_replaces_it() {
         let mut h = History::new(None, 0.5);
-        h.record(1.0, &agg(&[(1, 100)]), None, false);
-        h.record(1.2, &agg(&[(1, 300)]), None, false);
+        h.record(1.0, &agg(&[(1, 100)]), None, Kind::Tick);
+        h.record(1.2, &agg(&[(1, 300)]), None, Kind::Tick);
         assert_eq!(h.times(), [0.0, 1.2]);
         assert_eq!(h.site(1)[1].bytes, 300);
-        h.record(1.7, &agg(&[(1, 400)]), None, true);
+        h.record(1.7, &agg(&[(1, 400)]), None, Kind::Last);
         assert_eq!(h.times(), [0.0, 1.2, 1.7]);
+        // A report far from any tick is not kept (it would break the spacing); one right
+        // after a tick replaces it.
+        h.record(2.4, &agg(&[(1, 500)]), None, Kind::Report);
+        assert_eq!(h.times(), [0.0, 1.2, 1.7]);
+        h.record(2.5, &agg(&[(1, 600)]), None, Kind::Tick);
+        h.record(2.6, &agg(&[(1, 700)]), None, Kind::Report);
+        assert_eq!(h.times(), [0.0, 1.2, 1.7, 2.6]);
+        assert_eq!(h.site(1)[3].bytes, 700);
         // The first sample after the start may be early: the start itself is never replaced.
         let mut h = History::new(None, 0.5);
-        h.record(0.1, &agg(&[(1, 1)]), None, false);
+        h.record(0.1, &agg(&[(1, 1)]), None, Kind::Tick);
         assert_eq!(h.len(), 2);
     }
 
@@ -340,16 +372,24 @@ mod tests {
     fn halving_keeps_evenly_spaced_exact_samples() {
         let mut h = History::new(None, 0.5);
         let value = |tick: u64, id: u64| match id {
-            // A leak, a sawtooth, a site that comes and goes.
+            // A leak, a sawtooth, a site that comes and goes, one freed for good early on.
             1 => tick * 10,
             2 => tick % 7,
-            _ => u64::from(tick % 50 < 20) * 3,
+            3 => u64::from(tick % 50 < 20) * 3,
+            _ => u64::from(tick < 100) * 5,
         };
         let ticks = 3000u64;
         for tick in 1..=ticks {
             let sites: Vec<(u64, u64)> =
-                (1..=3).map(|id| (id, value(tick, id))).filter(|s| s.1 > 0).collect();
-            h.record(tick as f64, &agg(&sites), None, tick == ticks);
+                (1..=4).map(|id| (id, value(tick, id))).filter(|s| s.1 > 0).collect();
+            h.record(
+                tick as f64,
+                &agg(&sites),
+                None,
+                if tick == ticks { Kind::Last } else { Kind::Tick },
+            );
+            // A report between ticks changes nothing.
+            h.record(tick as f64 + 0.7, &agg(&[(1, 1)]), None, Kind::Report);
         }
         assert!(h.len() <= MAX_SAMPLES + 1, "{}", h.len());
         assert!(h.len() > MAX_SAMPLES / 2, "{}", h.len());
@@ -360,6 +400,9 @@ mod tests {
             assert!((w[1] - w[0] - step).abs() < 1e-9, "{times:?}");
         }
         assert_eq!(*times.last().unwrap(), ticks as f64);
+        // The site freed early on is forgotten (it holds nothing now; the totals keep it).
+        assert!(!h.site_ids().any(|id| id == 4));
+        assert!(h.site(4).iter().all(|p| p.bytes == 0));
         for id in 1..=3 {
             let series = h.site(id);
             for (t, p) in times.iter().zip(&series).skip(1) {
@@ -368,7 +411,7 @@ mod tests {
         }
         for (t, p) in times.iter().zip(h.totals()).skip(1) {
             let tick = *t as u64;
-            assert_eq!(p.bytes, (1..=3).map(|id| value(tick, id)).sum::<u64>());
+            assert_eq!(p.bytes, (1..=4).map(|id| value(tick, id)).sum::<u64>());
         }
     }
 }

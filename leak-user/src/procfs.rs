@@ -270,8 +270,9 @@ pub fn parse_smaps_rollup(text: &str) -> Option<ProcessMemory> {
     Some(ProcessMemory { rss: kb("Rss")?, private: kb("Private_Clean")? + kb("Private_Dirty")? })
 }
 
-/// The tightest memory limit over process `pid`'s cgroup and its ancestors, and the usage of
-/// the cgroup that sets it: `(limit, usage)`. cgroup v2 (`memory.max`) or v1
+/// The memory limit over process `pid`'s cgroup and its ancestors that leaves the least
+/// headroom (a parent's larger limit may be closer, its usage being shared), and that
+/// cgroup's usage: `(limit, usage)`. cgroup v2 (`memory.max`) or v1
 /// (`memory.limit_in_bytes`), under `cgroupfs` (normally `/sys/fs/cgroup`).
 #[must_use]
 pub fn cgroup_memory_limit(pid: u32, cgroupfs: &Path) -> Option<(u64, u64)> {
@@ -286,14 +287,13 @@ pub fn cgroup_memory_limit(pid: u32, cgroupfs: &Path) -> Option<(u64, u64)> {
     let mut dir = Some(path.trim_start_matches('/'));
     while let Some(rel) = dir {
         let at = root.join(rel);
-        if let Some(limit) = fs::read_to_string(at.join(max)).ok().and_then(|t| parse_limit(&t)) {
-            let usage = fs::read_to_string(at.join(current))
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(0);
-            if best.is_none_or(|b| limit < b.0) {
-                best = Some((limit, usage));
-            }
+        let limit = fs::read_to_string(at.join(max)).ok().and_then(|t| parse_limit(&t));
+        let usage = fs::read_to_string(at.join(current)).ok().and_then(|t| t.trim().parse().ok());
+        if let (Some(limit), Some(usage)) = (limit, usage)
+            && best
+                .is_none_or(|(l, u): (u64, u64)| limit.saturating_sub(usage) < l.saturating_sub(u))
+        {
+            best = Some((limit, usage));
         }
         dir = if rel.is_empty() { None } else { Some(rel.rsplit_once('/').map_or("", |p| p.0)) };
     }
@@ -465,10 +465,15 @@ Private_Hugetlb:       0 kB
         fs::write(root.join(max), "1048576\n").unwrap();
         fs::write(root.join(cur), "4096\n").unwrap();
         assert_eq!(cgroup_memory_limit(me, &dir), Some((1 << 20, 4096)));
-        // A tighter one on the process's own cgroup wins (a no-op when that is the root).
+        // Less headroom on the process's own cgroup wins (a no-op when that is the root).
         fs::write(own.join(max), "65536\n").unwrap();
         let expect = if own == root { (65536, 4096) } else { (65536, 100) };
         assert_eq!(cgroup_memory_limit(me, &dir), Some(expect));
+        if own != root {
+            // A larger limit with less headroom (the parent's usage is shared) wins.
+            fs::write(root.join(cur), "1040000\n").unwrap();
+            assert_eq!(cgroup_memory_limit(me, &dir), Some((1 << 20, 1_040_000)));
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -142,18 +142,28 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
         * median(&mut samples.iter().map(|s| (s.1 - line.at(s.0)).abs()).collect::<Vec<_>>());
     let span = samples[n - 1].0 - samples[0].0;
     let rise = rate * span;
-    let grew =
-        rate > 0.0 && rise > p.min_growth_bytes.max(2.0 * sigma) && gained > p.min_growth_bytes;
-    let p_up = mann_kendall_p_up(&samples);
+    let floor = p.min_growth_bytes.max(2.0 * sigma);
+    let grew = rate > 0.0 && rise > floor && gained > p.min_growth_bytes;
+    // Memory series are autocorrelated (queues, buffers in flight): the trend test's variance
+    // is inflated for that, or a random walk would pass for a leak.
+    let residuals = two_segment_residuals(&samples, line);
+    let p_up = mann_kendall_p_up_scaled(&samples, autocorrelation_factor(&residuals));
     let recent = &samples[n - share_of(n, p.min_flat_share).clamp(3, n)..];
     let recent_rate = theil_sen(recent);
+    // Still rising at the end: the recent part alone grows beyond the noise. A series that
+    // jumped (a working set filling at startup) and then keeps growing is not a plateau.
+    let still_rising = recent_rate * (recent[recent.len() - 1].0 - recent[0].0) > floor;
     // Net growth beyond the noise, even if the robust slope is 0 (a cache that filled early
     // in the window and has held since: most pairs of samples are level).
-    let net_rise = grew || gained > p.min_growth_bytes.max(2.0 * sigma);
+    let net_rise = grew || gained > floor;
     // How much better "grew, then flat" fits than a straight line (1: no better).
-    let plateau_ratio = if net_rise { plateau_fit(&samples, &line, p.min_flat_share) } else { 1.0 };
+    let plateau_ratio = if net_rise && !still_rising {
+        plateau_fit(&samples, &line, p.min_flat_share)
+    } else {
+        1.0
+    };
 
-    let (verdict, confidence) = if net_rise && plateau_ratio < p.plateau_fit && p_up < 0.2 {
+    let (verdict, confidence) = if plateau_ratio < p.plateau_fit && p_up < 0.2 {
         // How far growth has slowed: the recent slope against the average over the window.
         let average = gained / span.max(f64::MIN_POSITIVE);
         (Verdict::Plateau, 1.0 - recent_rate.max(0.0) / average)
@@ -166,7 +176,8 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
     } else if grew && p_up < 0.2 {
         (Verdict::Growing, 1.0 - p_up)
     } else {
-        (Verdict::Stable, p_up)
+        // How far below the growth floor it stays.
+        (Verdict::Stable, 1.0 - (rise.max(gained).max(0.0) / floor).min(1.0))
     };
     Trend {
         verdict,
@@ -193,6 +204,46 @@ impl Line {
 
     fn at(self, t: f64) -> f64 {
         self.a + self.b * t
+    }
+}
+
+/// Residuals around the better of `line` and the best two-segment fit (a knee, a line on
+/// each side): the autocorrelation correction must see the noise, not the curvature of a
+/// deterministic shape (a leak next to a cache that filled). In whole bytes: rounding noise
+/// of a perfect line must not look like structure.
+fn two_segment_residuals(samples: &[(f64, f64)], line: Line) -> Vec<f64> {
+    let around = |l: Line, r: Line, knee: f64| -> Vec<f64> {
+        samples
+            .iter()
+            .map(|s| (s.1 - if s.0 <= knee { l.at(s.0) } else { r.at(s.0) }).round())
+            .collect()
+    };
+    let single = around(line, line, f64::INFINITY);
+    let thinned = thin(samples, PLATEAU_POINTS);
+    let count = thinned.len();
+    if count < 12 {
+        return single;
+    }
+    let sad = |v: &[f64]| v.iter().map(|x| x.abs()).sum::<f64>();
+    let mut best: Option<(f64, Line, Line, f64)> = None;
+    for j in 0..PLATEAU_KNEES {
+        let knee_at = 3 + j * (count - 7) / (PLATEAU_KNEES - 1);
+        let (early, late) = (&thinned[..=knee_at], &thinned[knee_at..]);
+        let left = Line::through(early, theil_sen(early));
+        let right = Line::through(late, theil_sen(late));
+        let cost = early.iter().map(|x| (x.1 - left.at(x.0)).abs()).sum::<f64>()
+            + late[1..].iter().map(|x| (x.1 - right.at(x.0)).abs()).sum::<f64>();
+        if best.is_none_or(|b| cost < b.0) {
+            best = Some((cost, left, right, thinned[knee_at].0));
+        }
+    }
+    match best {
+        Some((_, left, right, knee)) => {
+            let two = around(left, right, knee);
+            // Only a clearly better fit is a shape; a slightly better one is fitting noise.
+            if sad(&two) < 0.5 * sad(&single) { two } else { single }
+        }
+        None => single,
     }
 }
 
@@ -278,6 +329,61 @@ fn median(v: &mut [f64]) -> f64 {
 /// ties (a flat stretch is many ties).
 #[must_use]
 pub fn mann_kendall_p_up(samples: &[(f64, f64)]) -> f64 {
+    mann_kendall_p_up_scaled(samples, 1.0)
+}
+
+/// Hamed and Rao's correction of the Mann-Kendall variance for autocorrelation: `n / n*`
+/// from the significant lag autocorrelations of the ranks of the detrended series
+/// (`residuals`), at least 1 (negative autocorrelation is not allowed to shrink it).
+#[must_use]
+pub fn autocorrelation_factor(residuals: &[f64]) -> f64 {
+    let n = residuals.len();
+    if n < 4 {
+        return 1.0;
+    }
+    let ranks = ranks(residuals);
+    let mean = ranks.iter().sum::<f64>() / as_f64(n);
+    let dev: Vec<f64> = ranks.iter().map(|r| r - mean).collect();
+    let denom: f64 = dev.iter().map(|d| d * d).sum();
+    if denom <= 0.0 {
+        return 1.0;
+    }
+    let nf = as_f64(n);
+    let bound = 1.96 / nf.sqrt();
+    let mut sum = 0.0;
+    for lag in 1..n - 1 {
+        let rho = dev.iter().zip(&dev[lag..]).map(|(a, b)| a * b).sum::<f64>() / denom;
+        if rho.abs() > bound {
+            let k = as_f64(n - lag);
+            sum += k * (k - 1.0) * (k - 2.0) * rho;
+        }
+    }
+    let hamed_rao = 1.0 + 2.0 * sum / (nf * (nf - 1.0) * (nf - 2.0));
+    // Lag-1 alone, as an AR(1) process (Bayley and Hammersley): a slow wander's ranks lose
+    // most of their correlation to detrending, its lag-1 correlation much less.
+    let r1 = dev.iter().zip(&dev[1..]).map(|(a, b)| a * b).sum::<f64>() / denom;
+    let ar1 = if r1 > bound { (1.0 + r1) / (1.0 - r1.min(0.98)) } else { 1.0 };
+    hamed_rao.max(ar1).max(1.0)
+}
+
+/// Ranks (1-based, ties get their mean rank).
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_unstable_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut out = vec![0.0; values.len()];
+    let mut start = 0;
+    for group in order.chunk_by(|&a, &b| values[a].total_cmp(&values[b]).is_eq()) {
+        let mean_rank = as_f64(start) + as_f64(group.len()).midpoint(1.0);
+        for &i in group {
+            out[i] = mean_rank;
+        }
+        start += group.len();
+    }
+    out
+}
+
+/// [`mann_kendall_p_up`] with the variance multiplied by `variance_factor`.
+fn mann_kendall_p_up_scaled(samples: &[(f64, f64)], variance_factor: f64) -> f64 {
     let n = samples.len();
     if n < 3 {
         return 1.0;
@@ -302,7 +408,7 @@ pub fn mann_kendall_p_up(samples: &[(f64, f64)]) -> f64 {
         ties += size * (size - 1.0) * (2.0 * size + 5.0);
     }
     let nf = as_f64(n);
-    let var = (nf * (nf - 1.0) * (2.0 * nf + 5.0) - ties) / 18.0;
+    let var = (nf * (nf - 1.0) * (2.0 * nf + 5.0) - ties) / 18.0 * variance_factor;
     if var <= 0.0 {
         return 1.0;
     }
@@ -423,6 +529,41 @@ mod tests {
     }
 
     #[test]
+    fn leak_after_a_startup_step_is_a_leak_not_a_plateau() {
+        let mut rng = Rng(11);
+        // Series start at 0 when the probes attach: a working set appears at once, then a
+        // leak keeps going.
+        for (n, step) in [(30, 10.0 * MB), (60, 100.0 * MB)] {
+            let s = series(n, 1.0, 1024.0, &mut rng, |t| {
+                if t < 0.5 { 0.0 } else { step + 10.0 * 1024.0 * t }
+            });
+            assert_eq!(judge(&s).verdict, Verdict::Leak, "{:?}", judge(&s));
+        }
+        // A working set filled over 10 s, then 1 MiB a minute.
+        let s = series(300, 1.0, 4096.0, &mut rng, |t| 50.0 * MB * t.min(10.0) + MB * t / 60.0);
+        assert_eq!(judge(&s).verdict, Verdict::Leak, "{:?}", judge(&s));
+    }
+
+    #[test]
+    fn autocorrelation_inflates_the_variance() {
+        // White noise: no significant lag, no correction.
+        let mut rng = Rng(12);
+        let white: Vec<f64> = (0..100).map(|_| rng.gauss()).collect();
+        assert!(autocorrelation_factor(&white) < 1.5, "{}", autocorrelation_factor(&white));
+        // A random walk: strongly correlated.
+        let mut x = 0.0;
+        let walk: Vec<f64> = (0..100)
+            .map(|_| {
+                x += rng.gauss();
+                x
+            })
+            .collect();
+        assert!(autocorrelation_factor(&walk) > 3.0, "{}", autocorrelation_factor(&walk));
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), [3.5, 1.0, 3.5, 2.0]);
+        assert!((autocorrelation_factor(&[1.0, 1.0, 1.0, 1.0]) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn burst_that_is_freed() {
         let mut rng = Rng(6);
         let s = series(30, 5.0, 1024.0, &mut rng, |t| {
@@ -464,6 +605,59 @@ mod tests {
         assert!((mann_kendall_p_up(&flat) - 1.0).abs() < 1e-12);
         assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
         assert!((normal_cdf(1.96) - 0.975).abs() < 1e-4);
+    }
+
+    /// Zero-drift series whose noise is autocorrelated (AR(1): queues, buffers in flight),
+    /// and leaks under the same noise. No test tells a trend from a wander slower than the
+    /// window, so the bound holds for windows of at least 6 correlation times (1 / (1 - phi)
+    /// samples); a random walk (phi = 1) is measured too, with a looser bound.
+    #[test]
+    fn error_rates_under_autocorrelated_noise() {
+        let step = 16.0 * 1024.0;
+        let rates = |cases: &[(f64, usize)], seed: u64| {
+            let mut rng = Rng(seed);
+            let (mut clean, mut alarms, mut leaks, mut missed) = (0, 0, 0, 0);
+            for &(phi, n) in cases {
+                for i in 0..120 {
+                    // Half of them leak 2 noise steps per sample.
+                    let drift = if i % 2 == 0 { 0.0 } else { 2.0 * step };
+                    let mut x = 0.0;
+                    let s: Vec<(f64, f64)> = (0..n)
+                        .map(|t| {
+                            x = phi * x + step * rng.gauss();
+                            (t as f64, 32.0 * MB + drift * t as f64 + x)
+                        })
+                        .collect();
+                    let v = judge(&s).verdict;
+                    if drift == 0.0 {
+                        clean += 1;
+                        alarms += i32::from(v == Verdict::Leak);
+                    } else {
+                        leaks += 1;
+                        missed += i32::from(v != Verdict::Leak);
+                    }
+                }
+            }
+            (f64::from(alarms) / f64::from(clean), f64::from(missed) / f64::from(leaks))
+        };
+        let long_enough = [
+            (0.5, 30),
+            (0.8, 30),
+            (0.8, 60),
+            (0.9, 60),
+            (0.9, 120),
+            (0.95, 120),
+            (0.95, 240),
+            (0.99, 240),
+        ];
+        let (alarm_rate, miss_rate) = rates(&long_enough, 0xac);
+        eprintln!("AR(1): false positives {alarm_rate:.3}, false negatives {miss_rate:.3}");
+        assert!(alarm_rate <= 0.05, "false-positive rate {alarm_rate}");
+        assert!(miss_rate <= 0.05, "false-negative rate {miss_rate}");
+        let (alarm_rate, miss_rate) = rates(&[(1.0, 30), (1.0, 60), (1.0, 120), (1.0, 240)], 0xad);
+        eprintln!("random walk: false positives {alarm_rate:.3}, false negatives {miss_rate:.3}");
+        assert!(alarm_rate <= 0.15, "false-positive rate {alarm_rate}");
+        assert!(miss_rate <= 0.05, "false-negative rate {miss_rate}");
     }
 
     /// False-positive and false-negative rates over a generated population of series.

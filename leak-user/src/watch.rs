@@ -21,7 +21,7 @@ use crate::{
     config::WatchConfig,
     error::Error,
     growth::{SERIES_POINTS, thin_indices, trend_view},
-    history::{ProcessMemory, Sampled},
+    history::{Kind, ProcessMemory, Sampled},
     output::{
         self,
         table::{human_bytes, signed_bytes},
@@ -53,10 +53,12 @@ struct Watched {
     /// Watch time of its first sample, seconds.
     first_seen: f64,
     samples: Sampled<ProcessMemory>,
+    /// Not seen any more (kept only for processes named with `--pid`).
+    exited: bool,
 }
 
 /// The processes watched and their samples. A process that is not observed any more has
-/// exited and is forgotten.
+/// exited: it is forgotten, or (processes named with `--pid`) kept for the report.
 #[derive(Clone, Debug)]
 pub struct WatchList {
     procs: BTreeMap<(u32, u64), Watched>,
@@ -78,6 +80,8 @@ pub struct WatchedProcess {
     pub anon_bytes: u64,
     /// Seconds it has been watched.
     pub watched_s: f64,
+    /// It exited while watched (its last samples are from before).
+    pub exited: bool,
     /// Trend of the anonymous resident bytes.
     pub trend: TrendView,
     /// Samples (at most [`SERIES_POINTS`], evenly spaced).
@@ -128,6 +132,8 @@ pub struct WatchReport {
     pub processes: Vec<WatchedProcess>,
     /// Processes the probes were attached to.
     pub escalations: Vec<Escalation>,
+    /// Processes judged leaks whose turn to be traced had not come when the watch ended.
+    pub not_escalated: Vec<u32>,
     /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
     /// watching continues.
     pub end_reason: String,
@@ -140,15 +146,21 @@ impl WatchList {
         Self { procs: BTreeMap::new(), min_gap }
     }
 
-    /// Records the processes observed at watch time `t`: new ones start a series, missing
-    /// ones have exited and are dropped. `last` forces the samples in (the final one).
-    pub fn observe(&mut self, t: f64, seen: &[Observation], last: bool) {
+    /// Records the processes observed at watch time `t` (see [`Kind`]): new ones start a
+    /// series; missing ones have exited and are dropped, or marked exited with `keep_exited`.
+    pub fn observe(&mut self, t: f64, seen: &[Observation], kind: Kind, keep_exited: bool) {
         let keys: HashSet<(u32, u64)> = seen.iter().map(|o| (o.pid, o.start_ticks)).collect();
-        self.procs.retain(|k, _| keys.contains(k));
+        if keep_exited {
+            for (k, w) in &mut self.procs {
+                w.exited |= !keys.contains(k);
+            }
+        } else {
+            self.procs.retain(|k, _| keys.contains(k));
+        }
         for o in seen {
             let key = (o.pid, o.start_ticks);
             if let Some(w) = self.procs.get_mut(&key) {
-                w.samples.push(t - w.first_seen, o.memory, last);
+                w.samples.push(t - w.first_seen, o.memory, kind);
                 w.samples.compact();
             } else {
                 self.procs.insert(
@@ -157,16 +169,23 @@ impl WatchList {
                         comm: o.comm.clone(),
                         first_seen: t,
                         samples: Sampled::new(o.memory, self.min_gap),
+                        exited: false,
                     },
                 );
             }
         }
     }
 
-    /// Processes watched now.
+    /// Processes watched (exited ones kept included).
     #[must_use]
     pub fn len(&self) -> usize {
         self.procs.len()
+    }
+
+    /// Processes watched that have not exited.
+    #[must_use]
+    pub fn running(&self) -> usize {
+        self.procs.values().filter(|w| !w.exited).count()
     }
 
     /// Nothing is watched.
@@ -196,6 +215,7 @@ impl WatchList {
                     rss_bytes: last.rss,
                     anon_bytes: last.private,
                     watched_s: times.last().copied().unwrap_or(0.0),
+                    exited: w.exited,
                     trend: trend_view(&trend::classify(&points, params)),
                     series: WatchSeries {
                         t_s: keep.iter().map(|&i| (times[i] * 1000.0).round() / 1000.0).collect(),
@@ -410,14 +430,51 @@ impl Escalator {
         self.running.iter().map(|(c, _)| c.id())
     }
 
-    /// Waits for the running escalation (its own duration bounds the wait).
-    fn finish(&mut self) -> Result<(), Error> {
-        self.queue.clear();
+    /// Ends the escalations: the queued ones are not started (returned), the running one is
+    /// told to stop now (SIGINT: `leak attach` writes its report) and waited for; a second
+    /// signal, or no exit within [`STOP_GRACE`], kills it.
+    async fn finish(&mut self, signals: &mut Signals) -> Result<Vec<u32>, Error> {
+        let pending: Vec<u32> = self.queue.drain(..).map(|q| q.0).collect();
+        for pid in &pending {
+            eprintln!("leak: pid {pid} not traced: the watch ended first");
+        }
+        if let Some((child, _)) = &self.running {
+            signal_child(child, libc::SIGINT);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
         while self.running.is_some() {
             self.poll()?;
-            std::thread::sleep(Duration::from_millis(50));
+            let Some((child, _)) = &self.running else { break };
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if Instant::now() > deadline {
+                        signal_child(child, libc::SIGKILL);
+                    }
+                }
+                _ = signals.recv() => signal_child(child, libc::SIGKILL),
+            }
         }
-        Ok(())
+        Ok(pending)
+    }
+}
+
+/// How long a stopped escalation may take to write its report.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+fn signal_child(child: &Child, sig: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: plain syscall on our own, not yet reaped child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+impl Drop for Escalator {
+    /// On an error path: do not leave a tracer running, nor a zombie.
+    fn drop(&mut self) {
+        if let Some((child, _)) = &mut self.running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -465,28 +522,29 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
     let mut list = WatchList::new(cfg.sample_interval.as_secs_f64() / 2.0);
     let mut escalator = cfg.escalate.map(|d| Escalator::new(d, cfg.out_dir.clone()));
-    let mut skip: HashSet<u32> = HashSet::from([std::process::id()]);
+    // Not ourselves, nor the escalations we run.
+    let skip = |e: &Option<Escalator>| -> HashSet<u32> {
+        std::iter::once(std::process::id()).chain(e.iter().flat_map(Escalator::children)).collect()
+    };
     let mut sampler = Sampler::new(start, cfg.sample_interval);
     let mut report_tick = interval_at(start + cfg.interval, cfg.interval);
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let until_deadline = agent::deadline(start, cfg.duration);
     tokio::pin!(until_deadline);
-    list.observe(0.0, &observe(&cfg.targets, &skip), false);
     let explicit = matches!(cfg.targets, Targets::Pids(_));
+    list.observe(0.0, &observe(&cfg.targets, &skip(&escalator)), Kind::Tick, explicit);
     let end = loop {
         tokio::select! {
             () = sampler.tick() => {
                 let began = Instant::now();
-                if let Some(e) = &escalator {
-                    skip.extend(e.children());
-                }
-                list.observe(start.elapsed().as_secs_f64(), &observe(&cfg.targets, &skip), false);
-                sampler.spent(began);
+                let seen = observe(&cfg.targets, &skip(&escalator));
+                list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Tick, explicit);
                 if let Some(e) = &mut escalator {
                     e.flag(&list.judge(&params));
                     e.poll()?;
                 }
-                if explicit && list.is_empty() {
+                sampler.spent(began);
+                if explicit && list.running() == 0 {
                     break "targets_exited";
                 }
             }
@@ -504,12 +562,15 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         }
     };
     if end != "targets_exited" {
-        list.observe(start.elapsed().as_secs_f64(), &observe(&cfg.targets, &skip), true);
+        let seen = observe(&cfg.targets, &skip(&escalator));
+        list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Last, explicit);
     }
-    if let Some(e) = &mut escalator {
-        e.finish()?;
-    }
-    let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), end);
+    let not_escalated = match &mut escalator {
+        Some(e) => e.finish(signals).await?,
+        None => Vec::new(),
+    };
+    let mut report = build(&list, &params, start_unix, explicit, escalator.as_ref(), end);
+    report.not_escalated = not_escalated;
     let header = format!(
         "watch ended {} ({:.1} s, {end})",
         clock::local_hms(report.window.end_unix_s),
@@ -545,6 +606,7 @@ fn build(
         processes_watched: list.len(),
         processes,
         escalations: escalator.map(|e| e.done.clone()).unwrap_or_default(),
+        not_escalated: Vec::new(),
         end_reason: end_reason.to_owned(),
     }
 }
@@ -588,7 +650,7 @@ mod tests {
             } else if t >= 20 {
                 seen.push(obs(40, 2, MB));
             }
-            list.observe(t as f64, &seen, t == 29);
+            list.observe(t as f64, &seen, if t == 29 { Kind::Last } else { Kind::Tick }, false);
         }
         let judged = list.judge(&Params { min_growth_bytes: MB as f64, ..Params::default() });
         let verdicts: Vec<(u32, u64, Verdict)> =
@@ -613,10 +675,31 @@ mod tests {
     }
 
     #[test]
+    fn processes_named_by_pid_are_kept_when_they_exit() {
+        let mut list = WatchList::new(0.5);
+        for t in 0..10u64 {
+            let seen: Vec<Observation> =
+                if t < 8 { vec![obs(10, 1, (8 + t) << 20)] } else { Vec::new() };
+            list.observe(t as f64, &seen, Kind::Tick, true);
+        }
+        assert_eq!((list.len(), list.running()), (1, 0));
+        let judged =
+            list.judge(&Params { min_growth_bytes: f64::from(1u32 << 20), ..Params::default() });
+        assert!(judged[0].exited);
+        assert_eq!(judged[0].trend.verdict, Verdict::Leak, "its series up to the exit");
+        assert_eq!(judged[0].anon_bytes, 15 << 20);
+    }
+
+    #[test]
     fn renders_the_growing_processes() {
         let mut list = WatchList::new(0.5);
         for t in 0..20u64 {
-            list.observe(t as f64, &[obs(10, 1, (8 + t) << 20), obs(20, 1, 1 << 20)], false);
+            list.observe(
+                t as f64,
+                &[obs(10, 1, (8 + t) << 20), obs(20, 1, 1 << 20)],
+                Kind::Tick,
+                false,
+            );
         }
         let params = Params { min_growth_bytes: f64::from(1u32 << 20), ..Params::default() };
         let report = WatchReport {
@@ -626,6 +709,7 @@ mod tests {
             processes_watched: 2,
             processes: list.judge(&params),
             escalations: Vec::new(),
+            not_escalated: Vec::new(),
             end_reason: "duration".into(),
         };
         let text = render(&report, "watch", 10);

@@ -3,7 +3,11 @@ use std::fmt::Write as _;
 
 use hashbrown::HashMap;
 
-use crate::{aggregate::AGE_NAMES, report::Report, trend::Verdict};
+use crate::{
+    aggregate::AGE_NAMES,
+    report::{ProcessView, Report},
+    trend::Verdict,
+};
 
 /// Frames shown per site before eliding the rest.
 const MAX_FRAMES: usize = 12;
@@ -44,18 +48,7 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
     }
     let _ = writeln!(s, "growth: {}", report.growth.summary);
     if let Some(p) = &report.process {
-        let _ = write!(
-            s,
-            "process: RSS {} ({}), private {} ({})",
-            human_bytes(p.rss_bytes),
-            signed_bytes(p.rss_gained_bytes),
-            human_bytes(p.private_bytes),
-            signed_bytes(p.private_gained_bytes)
-        );
-        if let Some(share) = p.traced_share {
-            let _ = write!(s, "; traced sites explain {:.0}% of the private growth", share * 100.0);
-        }
-        s.push('\n');
+        let _ = writeln!(s, "process: {}", process_line(p));
     }
     if report.totals.outstanding_bytes > 0 {
         let ages: Vec<String> = AGE_NAMES
@@ -115,6 +108,30 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         let rest = &report.sites[opts.top..];
         let bytes: u64 = rest.iter().map(|x| x.outstanding_bytes).sum();
         let _ = writeln!(s, "({} more sites, {})", rest.len(), human_bytes(bytes));
+    }
+    s
+}
+
+/// `RSS 3.0 MiB (+4.0 KiB), private 2.0 MiB (+4.0 KiB); traced sites explain 75% of ...`.
+fn process_line(p: &ProcessView) -> String {
+    let mut s = format!(
+        "RSS {} ({}), private {} ({})",
+        human_bytes(p.rss_bytes),
+        signed_bytes(p.rss_gained_bytes),
+        human_bytes(p.private_bytes),
+        signed_bytes(p.private_gained_bytes)
+    );
+    match p.traced_share {
+        Some(share) if share <= 1.0 => {
+            let _ = write!(s, "; traced sites explain {:.0}% of the private growth", share * 100.0);
+        }
+        Some(share) => {
+            let _ = write!(
+                s,
+                "; traced sites gained {share:.1}x the private growth (older blocks replaced?)"
+            );
+        }
+        None => {}
     }
     s
 }
