@@ -91,7 +91,7 @@ impl Session {
             exe: crate::procfs::exe(pid).map(|p| p.display().to_string()).unwrap_or_default(),
             start_time_ticks: crate::procfs::start_time(pid).unwrap_or(0),
         };
-        let half_period = cfg.sample_period().as_secs_f64() / 2.0;
+        let period = cfg.sample_period().as_secs_f64();
         Self {
             pid,
             cfg,
@@ -105,7 +105,7 @@ impl Session {
             incomplete: HashSet::new(),
             prev: None,
             start_ns: monotonic_ns(),
-            history: History::new(crate::procfs::memory(pid), half_period),
+            history: History::new(crate::procfs::memory(pid), period),
             memory_next: std::time::Instant::now(),
         }
     }

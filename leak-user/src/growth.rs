@@ -382,7 +382,7 @@ mod tests {
     /// 8 s then holds it, site 3 holds 1 KiB; private memory follows the traced total plus
     /// 1 MiB.
     fn history(ticks: u64) -> History {
-        let mut h = History::new(Some(ProcessMemory { rss: 2 << 20, private: 1 << 20 }), 0.5);
+        let mut h = History::new(Some(ProcessMemory { rss: 2 << 20, private: 1 << 20 }), 1.0);
         for t in 1..=ticks {
             let mut allocs = Vec::new();
             let mut add = |stack_id, n: u64, size| {
@@ -441,7 +441,7 @@ mod tests {
         assert_eq!(p.trend.verdict, Verdict::Leak);
         assert_eq!(p.series.t_s.len(), 31);
         // Unreadable memory: no process view.
-        let mut h = History::new(None, 0.5);
+        let mut h = History::new(None, 1.0);
         h.record(1.0, &Aggregate::default(), None, Kind::Last);
         assert!(Analysis::of(&h, &Params::default()).process_view().is_none());
     }
@@ -481,7 +481,7 @@ mod tests {
             g.summary
         );
         // Nothing growing: said so, and no projection.
-        let empty = History::new(None, 0.5);
+        let empty = History::new(None, 1.0);
         let quiet = Analysis::of(&empty, &Params::default());
         let g = quiet.view(&[], "a-b", Some(&limit));
         assert_eq!(
@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn traced_growth_without_process_growth_is_flagged_in_the_summary() {
         // The traced total grows, the process stays level: older blocks being replaced.
-        let mut h = History::new(Some(ProcessMemory { rss: 4 << 20, private: 2 << 20 }), 0.5);
+        let mut h = History::new(Some(ProcessMemory { rss: 4 << 20, private: 2 << 20 }), 1.0);
         for t in 1..=30u64 {
             let allocs: Vec<Allocation> = (0..t * 8)
                 .map(|i| Allocation {

@@ -85,8 +85,10 @@ impl Changes {
 pub enum Kind {
     /// A sampling tick: counts toward the stride.
     Tick,
-    /// A report between ticks: replaces the last sample if that is less than the minimum gap
-    /// old, else is not kept (an extra sample would break the even spacing).
+    /// A report: replaces the last sample if that is less than half a period old; stands in
+    /// for a tick if one is due (a slow report, e.g. the first symbolization, delays the
+    /// ticks, and the gap it leaves is where a cache fills or a leak starts); else is not
+    /// kept (an extra sample would break the even spacing).
     Report,
     /// The final sample: always kept.
     Last,
@@ -98,39 +100,56 @@ pub enum Kind {
 pub struct Sampled<T> {
     times: Vec<f64>,
     values: Vec<T>,
-    /// A sample less than this many seconds after the previous one replaces it.
-    min_gap: f64,
+    /// Seconds between ticks; a sample less than half of it after the previous one replaces
+    /// it.
+    period: f64,
+    /// When the last tick (kept or not) was offered.
+    last_tick: f64,
     /// Keep one tick in `stride`.
     stride: u32,
     ticks: u32,
 }
 
 impl<T> Sampled<T> {
-    /// Samples starting with `first` at second 0; samples less than `min_gap` seconds apart
-    /// count as one (the later one).
+    /// Samples starting with `first` at second 0, offered every `period` seconds.
     #[must_use]
-    pub fn new(first: T, min_gap: f64) -> Self {
-        Self { times: vec![0.0], values: vec![first], min_gap, stride: 1, ticks: 0 }
+    pub fn new(first: T, period: f64) -> Self {
+        Self { times: vec![0.0], values: vec![first], period, last_tick: 0.0, stride: 1, ticks: 0 }
     }
 
     /// Offers a sample `t` seconds after the start (see [`Kind`]); of the ticks, one in the
     /// current stride is kept. Returns the index it is kept at. Call [`Self::compact`] after.
     pub fn push(&mut self, t: f64, value: T, kind: Kind) -> Option<u32> {
         let prev = self.times.last().copied().unwrap_or(0.0);
-        if self.times.len() > 1 && t - prev < self.min_gap {
+        let min_gap = self.period / 2.0;
+        if t - prev < min_gap && self.times.len() == 1 {
+            // Right after the start (a tick delayed by attaching): the start, when nothing
+            // was outstanding yet, stands for it; it is never replaced.
+            if kind != Kind::Last {
+                return None;
+            }
+        } else if t - prev < min_gap {
             // Right after the last kept sample: the later one stands for both.
             self.times.pop();
             self.values.pop();
         } else {
-            match kind {
-                Kind::Report => return None,
-                Kind::Tick => {
-                    self.ticks += 1;
-                    if !self.ticks.is_multiple_of(self.stride) {
-                        return None;
-                    }
+            let tick = match kind {
+                Kind::Tick => true,
+                // Within a tenth of a period of being due: timer jitter.
+                Kind::Report => t - self.last_tick >= 0.9 * self.period,
+                Kind::Last => {
+                    self.last_tick = t;
+                    false
                 }
-                Kind::Last => {}
+            };
+            if tick {
+                self.last_tick = t;
+                self.ticks += 1;
+                if !self.ticks.is_multiple_of(self.stride) {
+                    return None;
+                }
+            } else if kind == Kind::Report {
+                return None;
             }
         }
         let index = u32::try_from(self.times.len()).unwrap_or(u32::MAX);
@@ -198,12 +217,12 @@ pub struct History {
 }
 
 impl History {
-    /// A history starting now, with the process's memory now (if readable). Samples less
-    /// than `min_gap` seconds apart count as one (the later one).
+    /// A history starting now, with the process's memory now (if readable), sampled every
+    /// `period` seconds (see [`Sampled`]).
     #[must_use]
-    pub fn new(memory: Option<ProcessMemory>, min_gap: f64) -> Self {
+    pub fn new(memory: Option<ProcessMemory>, period: f64) -> Self {
         Self {
-            samples: Sampled::new((Point::default(), memory), min_gap),
+            samples: Sampled::new((Point::default(), memory), period),
             sites: HashMap::new(),
             baseline: None,
         }
@@ -324,7 +343,7 @@ mod tests {
 
     #[test]
     fn series_start_at_zero_and_follow_each_site() {
-        let mut h = History::new(Some(ProcessMemory { rss: 10, private: 5 }), 0.5);
+        let mut h = History::new(Some(ProcessMemory { rss: 10, private: 5 }), 1.0);
         h.record(1.0, &agg(&[(1, 100)]), None, Kind::Tick);
         h.record(2.0, &agg(&[(1, 100), (2, 7)]), None, Kind::Tick);
         h.record(3.0, &agg(&[(2, 7), (2, 1)]), None, Kind::Last);
@@ -338,39 +357,68 @@ mod tests {
         assert_eq!(h.process()[0], Some(ProcessMemory { rss: 10, private: 5 }));
         assert_eq!(h.baseline().unwrap().0, 1.0);
         assert_eq!(h.baseline().unwrap().1.total_bytes, 100);
-        let mut one = History::new(None, 0.5);
+        let mut one = History::new(None, 1.0);
         one.record(1.0, &agg(&[(1, 100)]), None, Kind::Last);
         assert!(one.baseline().is_none(), "one sample: no growth window");
     }
 
     #[test]
     fn a_sample_right_after_another_replaces_it() {
-        let mut h = History::new(None, 0.5);
+        let mut h = History::new(None, 1.0);
         h.record(1.0, &agg(&[(1, 100)]), None, Kind::Tick);
         h.record(1.2, &agg(&[(1, 300)]), None, Kind::Tick);
         assert_eq!(h.times(), [0.0, 1.2]);
         assert_eq!(h.site(1)[1].bytes, 300);
         h.record(1.7, &agg(&[(1, 400)]), None, Kind::Last);
         assert_eq!(h.times(), [0.0, 1.2, 1.7]);
-        // A report far from any tick is not kept (it would break the spacing); one right
-        // after a tick replaces it.
-        h.record(2.4, &agg(&[(1, 500)]), None, Kind::Report);
+        // A report between ticks is not kept (it would break the spacing); one right after a
+        // tick replaces it.
+        h.record(2.3, &agg(&[(1, 500)]), None, Kind::Report);
         assert_eq!(h.times(), [0.0, 1.2, 1.7]);
         h.record(2.5, &agg(&[(1, 600)]), None, Kind::Tick);
         h.record(2.6, &agg(&[(1, 700)]), None, Kind::Report);
         assert_eq!(h.times(), [0.0, 1.2, 1.7, 2.6]);
         assert_eq!(h.site(1)[3].bytes, 700);
-        // The first sample after the start may be early: the start itself is never replaced.
-        let mut h = History::new(None, 0.5);
+        // A tick right after the start (delayed by attaching) adds nothing: the start stands
+        // for it. It is never replaced, and a last sample is always kept.
+        let mut h = History::new(None, 1.0);
         h.record(0.1, &agg(&[(1, 1)]), None, Kind::Tick);
-        assert_eq!(h.len(), 2);
+        assert_eq!(h.times(), [0.0]);
+        h.record(0.2, &agg(&[(1, 2)]), None, Kind::Last);
+        assert_eq!(h.times(), [0.0, 0.2]);
+    }
+
+    #[test]
+    fn a_report_stands_in_for_the_ticks_it_delays() {
+        let mut h = History::new(None, 1.0);
+        h.record(1.0, &agg(&[(1, 100)]), None, Kind::Tick);
+        // The report is due with the tick at 2.0 and comes first; it takes until 3.4, and
+        // the tick delayed by it comes then.
+        h.record(2.0, &agg(&[(1, 200)]), None, Kind::Report);
+        h.record(3.4, &agg(&[(1, 340)]), None, Kind::Tick);
+        h.record(4.0, &agg(&[(1, 400)]), None, Kind::Tick);
+        assert_eq!(h.times(), [0.0, 1.0, 2.0, 3.4, 4.0]);
+        // Between ticks: not kept; right after one: replaces it.
+        h.record(4.6, &agg(&[(1, 460)]), None, Kind::Report);
+        assert_eq!(h.times(), [0.0, 1.0, 2.0, 3.4, 4.0]);
+        h.record(5.0, &agg(&[(1, 500)]), None, Kind::Tick);
+        h.record(5.3, &agg(&[(1, 530)]), None, Kind::Report);
+        assert_eq!(h.times(), [0.0, 1.0, 2.0, 3.4, 4.0, 5.3]);
+        // At twice the stride (after a halving), a report counts as the tick it stands for.
+        let mut s = Sampled::new(0u32, 1.0);
+        s.stride = 2;
+        s.push(1.0, 1, Kind::Report);
+        s.push(2.0, 2, Kind::Report);
+        s.push(3.0, 3, Kind::Tick);
+        s.push(4.0, 4, Kind::Tick);
+        assert_eq!(s.values(), [0, 2, 4]);
     }
 
     /// Property: after any number of halvings the kept samples are exactly the ones a dense
     /// record would hold at the same (evenly spaced) times.
     #[test]
     fn halving_keeps_evenly_spaced_exact_samples() {
-        let mut h = History::new(None, 0.5);
+        let mut h = History::new(None, 1.0);
         let value = |tick: u64, id: u64| match id {
             // A leak, a sawtooth, a site that comes and goes, one freed for good early on.
             1 => tick * 10,

@@ -526,7 +526,7 @@ pub(crate) mod tests {
             &frames,
             &drops,
             &ProbeHits::default(),
-            &Analysis::of(&History::new(None, 0.5), &Params::default()),
+            &Analysis::of(&History::new(None, 1.0), &Params::default()),
         )
     }
 
@@ -601,7 +601,7 @@ pub(crate) mod tests {
             &HashMap::new(),
             &DropCounts::default(),
             &ProbeHits::default(),
-            &Analysis::of(&History::new(None, 0.5), &Params::default()),
+            &Analysis::of(&History::new(None, 1.0), &Params::default()),
         );
         assert!(r.sites[0].stack.is_empty());
         assert_eq!(r.sites[0].allocator_fn, None);

@@ -168,7 +168,19 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
         let average = gained / span.max(f64::MIN_POSITIVE);
         (Verdict::Plateau, 1.0 - recent_rate.max(0.0) / average)
     } else if grew && p_up < p.alpha {
-        if n >= p.min_samples {
+        // Level for the last quarter (or at least the last two samples): growth may have
+        // stopped, too early to tell a leak from a cache that just filled.
+        // Level means: at the window's rate it would have risen clearly beyond the noise
+        // meanwhile, and rose by less than a quarter of that. The noise here is measured on
+        // successive differences, which a ramp-then-flat shape does not inflate.
+        let step_floor = p.min_growth_bytes.max(2.0 * difference_noise(&samples));
+        let tail = flat_tail(&samples, step_floor).max(1);
+        let (first, last) = (samples[n - tail], samples[n - 1]);
+        let expected = rate * (last.0 - first.0);
+        let settled = tail >= share_of(n, p.min_flat_share).max(2)
+            && expected > step_floor
+            && last.1 - first.1 < 0.25 * expected;
+        if n >= p.min_samples && !settled {
             (Verdict::Leak, 1.0 - p_up)
         } else {
             (Verdict::Growing, 1.0 - p_up)
@@ -187,6 +199,30 @@ pub fn classify(samples: &[(f64, f64)], p: &Params) -> Trend {
         gained,
         samples: n,
     }
+}
+
+/// Robust standard deviation of the noise from successive differences (their spread around
+/// their median, over the square root of 2): a level or a steady trend does not count.
+fn difference_noise(samples: &[(f64, f64)]) -> f64 {
+    let mut diffs: Vec<f64> = samples.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    let mid = median(&mut diffs);
+    let mut dev: Vec<f64> = diffs.iter().map(|d| (d - mid).abs()).collect();
+    1.4826 * median(&mut dev) / std::f64::consts::SQRT_2
+}
+
+/// How many samples at the end stay within `tolerance` of each other.
+fn flat_tail(samples: &[(f64, f64)], tolerance: f64) -> usize {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut count = 0;
+    for s in samples.iter().rev() {
+        lo = lo.min(s.1);
+        hi = hi.max(s.1);
+        if hi - lo > tolerance {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 /// A line `a + b t`, robustly placed (intercept: median of `y - b t`).
@@ -542,6 +578,18 @@ mod tests {
         // A working set filled over 10 s, then 1 MiB a minute.
         let s = series(300, 1.0, 4096.0, &mut rng, |t| 50.0 * MB * t.min(10.0) + MB * t / 60.0);
         assert_eq!(judge(&s).verdict, Verdict::Leak, "{:?}", judge(&s));
+    }
+
+    #[test]
+    fn a_series_that_just_levelled_off_is_not_yet_a_leak() {
+        // A cache that filled, sampled six times, the last two level: growing, not leak.
+        let s: Vec<(f64, f64)> =
+            [(0.0, 0.0), (0.02, 4.0), (0.27, 44.0), (0.52, 84.0), (1.29, 128.0), (1.54, 128.0)]
+                .iter()
+                .map(|&(t, k)| (t, k * 1024.0))
+                .collect();
+        assert_eq!(judge(&s).verdict, Verdict::Growing, "{:?}", judge(&s));
+        assert_eq!(flat_tail(&s, 4096.0), 2);
     }
 
     #[test]

@@ -62,7 +62,7 @@ struct Watched {
 #[derive(Clone, Debug)]
 pub struct WatchList {
     procs: BTreeMap<(u32, u64), Watched>,
-    min_gap: f64,
+    period: f64,
 }
 
 /// A watched process, as reported.
@@ -140,10 +140,10 @@ pub struct WatchReport {
 }
 
 impl WatchList {
-    /// An empty list; samples of a process less than `min_gap` seconds apart count as one.
+    /// An empty list, sampled every `period` seconds (see [`Sampled`]).
     #[must_use]
-    pub fn new(min_gap: f64) -> Self {
-        Self { procs: BTreeMap::new(), min_gap }
+    pub fn new(period: f64) -> Self {
+        Self { procs: BTreeMap::new(), period }
     }
 
     /// Records the processes observed at watch time `t` (see [`Kind`]): new ones start a
@@ -168,7 +168,7 @@ impl WatchList {
                     Watched {
                         comm: o.comm.clone(),
                         first_seen: t,
-                        samples: Sampled::new(o.memory, self.min_gap),
+                        samples: Sampled::new(o.memory, self.period),
                         exited: false,
                     },
                 );
@@ -520,7 +520,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let start = Instant::now();
     let start_unix = clock::now_unix();
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
-    let mut list = WatchList::new(cfg.sample_interval.as_secs_f64() / 2.0);
+    let mut list = WatchList::new(cfg.sample_interval.as_secs_f64());
     let mut escalator = cfg.escalate.map(|d| Escalator::new(d, cfg.out_dir.clone()));
     // Not ourselves, nor the escalations we run.
     let skip = |e: &Option<Escalator>| -> HashSet<u32> {
@@ -634,7 +634,7 @@ mod tests {
     #[test]
     fn judges_each_process_and_forgets_the_exited() {
         const MB: u64 = 1 << 20;
-        let mut list = WatchList::new(0.5);
+        let mut list = WatchList::new(1.0);
         for t in 0..30u64 {
             let mut seen = vec![
                 // Leaks 1 MiB per second.
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn processes_named_by_pid_are_kept_when_they_exit() {
-        let mut list = WatchList::new(0.5);
+        let mut list = WatchList::new(1.0);
         for t in 0..10u64 {
             let seen: Vec<Observation> =
                 if t < 8 { vec![obs(10, 1, (8 + t) << 20)] } else { Vec::new() };
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn renders_the_growing_processes() {
-        let mut list = WatchList::new(0.5);
+        let mut list = WatchList::new(1.0);
         for t in 0..20u64 {
             list.observe(
                 t as f64,
