@@ -79,8 +79,14 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
             let _ = write!(s, "  via {f}");
         }
         if site.trend.verdict != Verdict::Stable {
+            // A plateau's window rate is mostly its filling; what it does now is its news.
+            let per_h = if site.trend.verdict == Verdict::Plateau {
+                site.trend.recent_rate_bytes_per_s * 3600.0
+            } else {
+                site.trend.rate_bytes_per_h
+            };
             #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
-            let rate = site.trend.rate_bytes_per_h as i64;
+            let rate = per_h as i64;
             let _ = write!(
                 s,
                 "  {} {}/h ({:.0}%)",
@@ -212,8 +218,14 @@ by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
             trend: crate::report::TrendView::default(),
             series: crate::report::ProcessSeries::default(),
         });
+        // A plateau shows how fast it grows now, not while it filled.
+        report.sites[1].trend.verdict = Verdict::Plateau;
+        report.sites[1].trend.confidence = 0.9;
+        report.sites[1].trend.rate_bytes_per_h = 5.0 * 1024.0 * 1024.0;
+        report.sites[1].trend.recent_rate_bytes_per_s = 0.5;
         let text = render(&report, &TableOptions { header: "h", top: 10, ..Default::default() });
         assert!(text.contains("via malloc  leak +28.0 MiB/h (100%)\n"), "{text}");
+        assert!(text.contains("  plateau +1.8 KiB/h (90%)\n"), "{text}");
         assert!(
             text.contains(
                 "process: RSS 3.0 MiB (+4.0 KiB), private 2.0 MiB (+4.0 KiB); traced sites explain 75% of the private growth\n"
