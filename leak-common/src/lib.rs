@@ -34,9 +34,15 @@ pub const MAP_ZERO_STACK: &str = "ZERO_STACK";
 pub const GLOBAL_FILTER_TGID: &str = "FILTER_TGID";
 /// Read-only global: non-zero turns on per-event BPF logging (very slow; debugging only).
 pub const GLOBAL_TRACE: &str = "TRACE";
+/// Read-only global: non-zero makes every program return at once (benchmarks: the cost of
+/// the probes themselves at exactly the points the tool uses).
+pub const GLOBAL_PROBE_FLOOR: &str = "PROBE_FLOOR";
 
 /// Default capacity of [`MAP_ALLOCS`] (outstanding allocations).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
+/// [`MAP_ALLOCS`] is preallocated up to this capacity (about 110 bytes of kernel memory an
+/// entry, pinned while tracing), grown on demand above it.
+pub const PREALLOC_MAX_ALLOCS: u32 = 2 << 20;
 /// Capacity of [`MAP_MMAPS`]: anonymous mappings outstanding at once.
 pub const MAX_MMAPS: u32 = 1 << 16;
 /// Default capacity of [`MAP_STACKS`] (distinct allocation stacks).
@@ -259,7 +265,11 @@ pub struct Pending {
     pub pad: u32,
 }
 
-/// A user stack, the value of [`MAP_STACKS`]: return addresses, innermost first, zero-filled.
+/// [`Pending::kind`] of a thread's slot between calls (slots are kept, see the BPF `stash`).
+pub const PENDING_IDLE: u32 = u32::MAX;
+
+/// A user stack, the value of [`MAP_STACKS`]: return addresses, innermost first, ended by the
+/// first zero (what follows it is left over from an earlier stack).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackTrace {

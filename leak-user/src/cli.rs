@@ -142,6 +142,10 @@ pub struct TraceArgs {
     /// Log every allocation event from BPF (debugging; very slow).
     #[arg(long, hide = true)]
     pub bpf_trace: bool,
+    /// Attach empty programs at the same points (benchmarks: the probes' own cost; the
+    /// report stays empty).
+    #[arg(long, hide = true)]
+    pub probe_floor: bool,
 }
 
 fn parse_escalate(s: &str) -> Result<Duration, String> {
@@ -172,6 +176,7 @@ impl From<TraceArgs> for TraceConfig {
             lib: a.lib,
             max_allocs: a.max_allocs,
             bpf_trace: a.bpf_trace,
+            probe_floor: a.probe_floor,
             limit: a.limit,
             fail_on_leak: a.fail_on_leak,
             threshold: a.threshold,

@@ -48,6 +48,8 @@ pub struct TraceConfig {
     pub max_allocs: u32,
     /// Per-event BPF logging.
     pub bpf_trace: bool,
+    /// Attach programs that return at once (benchmarks: the probes' own cost).
+    pub probe_floor: bool,
     /// Memory limit to project against, bytes (default: the cgroup's).
     pub limit: Option<u64>,
     /// Fail (exit status [`LEAK_FOUND_EXIT`]) when a site is judged a leak.
@@ -80,6 +82,7 @@ impl Default for TraceConfig {
             lib: None,
             max_allocs: leak_common::DEFAULT_MAX_ALLOCS,
             bpf_trace: false,
+            probe_floor: false,
             limit: None,
             fail_on_leak: false,
             threshold: 0,

@@ -94,6 +94,7 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
         filter_tgid: pid,
         max_allocs: trace.max_allocs,
         trace: trace.bpf_trace,
+        probe_floor: trace.probe_floor,
         ..LoadOptions::default()
     }
 }

@@ -69,3 +69,32 @@ fn sigterm_while_waiting_is_passed_to_the_command() {
     assert_eq!(done.status.code(), Some(143), "stderr: {:#?}", done.stderr);
     assert_eq!(read_report(&json).end_reason, "duration");
 }
+
+/// The benchmarks' probe floor: the same probes, programs that do nothing (no record, no
+/// count): what the probes alone cost is measured against it.
+#[test]
+fn the_probe_floor_attaches_the_same_probes_and_records_nothing() {
+    require_root();
+    let bin = fixture("runner");
+    let mut reports = Vec::new();
+    for floor in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let mut args = vec!["run", "--json", json.to_str().unwrap()];
+        if floor {
+            args.push("--probe-floor");
+        }
+        args.extend(["--", bin.to_str().unwrap()]);
+        let done = run_leak(&args);
+        assert_eq!(done.status.code(), Some(3), "stderr: {:#?}", done.stderr);
+        let attached: Vec<&String> =
+            done.stderr.iter().filter(|l| l.starts_with("attached to PID")).collect();
+        let probes = attached[0].rsplit_once('(').unwrap().1.to_owned();
+        reports.push((probes, read_report(&json)));
+    }
+    let (full, floor) = (&reports[0], &reports[1]);
+    assert_eq!(full.0, floor.0, "the same number of probes");
+    assert!(full.1.totals.outstanding_bytes > 0 && full.1.probe_hits["malloc_enter"] > 0);
+    assert_eq!(floor.1.totals.outstanding_bytes, 0);
+    assert!(floor.1.probe_hits.values().all(|&h| h == 0), "{:#?}", floor.1.probe_hits);
+}

@@ -11,8 +11,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -45,9 +47,10 @@ enum Task {
     },
     /// rustfmt check and clippy (host crates with -D warnings, and the BPF crate).
     Lint,
-    /// Measure tracing cost on a malloc+free churn loop against the untraced run.
+    /// Measure tracing cost against the untraced run, the probe floor and the peer tools
+    /// (installed when missing), as ratios taken in the same run.
     Bench {
-        /// malloc+free pairs in the traced run (the untraced run does 50x more).
+        /// malloc+free pairs per traced churn run (the untraced run does 50x more).
         #[arg(long, default_value_t = 200_000)]
         pairs: u64,
     },
@@ -61,7 +64,7 @@ fn main() {
         Task::Demo { seconds } => demo(seconds),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
-        Task::Bench { pairs } => bench(pairs),
+        Task::Bench { pairs } => bench::bench(pairs),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -190,7 +193,17 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Installs the Debian packages of `packages` that are not installed yet.
 fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let installed = |p: &str| {
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+            .is_some_and(|s| s.contains("install ok installed"))
+    };
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages = missing.as_slice();
     let list = packages.join(" ");
     if !Path::new("/etc/debian_version").exists() {
         bail!("{why} is missing: install the equivalent of Debian's `{list}` and rerun");
@@ -323,94 +336,4 @@ fn lint() -> Result<()> {
             "build-std=core",
         ])
         .args(["--", "-D", "warnings"]))
-}
-
-// ---------------------------------------------------------------------------------------------
-// bench
-
-fn bench(pairs: u64) -> Result<()> {
-    setup()?;
-    build_release()?;
-    let root = workspace_root();
-    let churn = root.join("target/bench/churn");
-    // -O2 and frame pointers: the allocation sites' stacks stay walkable under the tracer.
-    fs::create_dir_all(churn.parent().unwrap_or(&root))?;
-    run(Command::new("cc")
-        .args(["-O2", "-fno-omit-frame-pointer", "-o"])
-        .arg(&churn)
-        .arg(root.join("xtask/programs/churn.c")))?;
-    let untraced_pairs = (pairs * 50).to_string();
-    let base = measure(Command::new(&churn).arg(&untraced_pairs))?;
-    let leak = root.join("target/release/leak");
-    let mut traced_cmd = as_root(&leak);
-    traced_cmd.args(["run", "--interval", "60s", "--"]).arg(&churn).arg(pairs.to_string());
-    let traced = measure(&mut traced_cmd)?;
-    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_default();
-    println!(
-        "churn loop, malloc+free pairs of 8 mixed sizes (16 B..4000 B), kernel {}",
-        kernel.trim()
-    );
-    println!("{:<22} {:>14} {:>10}", "configuration", "ns per pair", "ratio");
-    println!("{:<22} {:>14.1} {:>10}", "no tracer", base, "1.0x");
-    println!("{:<22} {:>14.1} {:>9.0}x", "leak (full trace)", traced, traced / base);
-    println!("added cost per pair: {:.0} ns", traced - base);
-    bench_watch(&leak)
-}
-
-/// `leak watch --all`: the CPU it uses against the wall time it watches, sampling every
-/// process of the machine ten times a second (ten times the default rate).
-fn bench_watch(leak: &Path) -> Result<()> {
-    let seconds = 5.0;
-    let before = children_cpu_s();
-    let started = std::time::Instant::now();
-    let out = Command::new(leak)
-        .args(["watch", "--all", "--sample-interval", "100ms", "--interval", "1h"])
-        .args(["--duration", &format!("{seconds}s")])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running leak watch")?;
-    if !out.status.success() {
-        bail!("leak watch failed: {}", out.status);
-    }
-    let wall = started.elapsed().as_secs_f64();
-    let cpu = children_cpu_s() - before;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let procs: f64 = text
-        .lines()
-        .find_map(|l| l.split_once(": ")?.1.split_once(" process")?.0.parse().ok())
-        .unwrap_or(0.0);
-    let samples = seconds / 0.1;
-    println!(
-        "\nleak watch --all, {procs} processes sampled every 100 ms for {wall:.1} s: CPU {cpu:.3} s \
-         = {:.2}% of one CPU; {:.0} us per process sample",
-        100.0 * cpu / wall,
-        1e6 * cpu / (samples * procs.max(1.0))
-    );
-    Ok(())
-}
-
-/// User + system CPU seconds of the waited-for children so far.
-fn children_cpu_s() -> f64 {
-    // SAFETY: zeroed rusage is a valid out-value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut ru) };
-    #[expect(clippy::cast_precision_loss, reason = "CPU seconds: far below 2^52")]
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// Runs the churn program and parses its `<ns> ns per malloc+free pair` line.
-fn measure(cmd: &mut Command) -> Result<f64> {
-    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| l.strip_suffix(")").and_then(|l| l.split_once(" ns per malloc+free pair")))
-        .find_map(|(ns, _)| ns.trim().parse().ok())
-        .ok_or_else(|| {
-            anyhow!("no timing in the output of {}: {text}", cmd.get_program().display())
-        })
 }

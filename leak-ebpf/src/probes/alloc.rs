@@ -7,11 +7,17 @@ use aya_ebpf::{
 use leak_common::PENDING_OVERFLOW;
 
 use super::{checked_product, func};
-use crate::{maps::count_hit, verbs};
+use crate::{
+    maps::{count_hit, floor},
+    verbs,
+};
 
 /// Size in the first argument: malloc, valloc, pvalloc, operator new.
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     verbs::alloc_enter(f, ctx.arg(0).unwrap_or(0), 0);
@@ -21,6 +27,9 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
 /// Size in the second argument: `aligned_alloc`, `memalign`.
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     verbs::alloc_enter(f, ctx.arg(1).unwrap_or(0), 0);
@@ -29,6 +38,9 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     // An overflowing product makes calloc fail with ENOMEM; stash anyway so the return probe
@@ -42,6 +54,9 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     verbs::realloc_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), 0);
@@ -50,6 +65,9 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     let ptr: u64 = ctx.arg(0).unwrap_or(0);
@@ -63,6 +81,9 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     verbs::posix_memalign_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(2).unwrap_or(0));
@@ -72,6 +93,9 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 /// Return of a function that returns the new block.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, true);
     verbs::alloc_exit(&ctx, f, ctx.ret());
@@ -80,6 +104,9 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, true);
     verbs::realloc_exit(&ctx, f, ctx.ret());
@@ -88,6 +115,9 @@ pub fn realloc_exit(ctx: RetProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn posix_memalign_exit(ctx: RetProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, true);
     let ret: u64 = ctx.ret();

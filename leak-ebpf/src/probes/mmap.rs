@@ -6,10 +6,16 @@ use aya_ebpf::{
 use leak_common::COOKIE_AFTER_SYSCALL;
 
 use super::{cookie, func};
-use crate::{maps::count_hit, verbs};
+use crate::{
+    maps::{count_hit, floor},
+    verbs,
+};
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     verbs::mmap_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0));
@@ -18,6 +24,9 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, true);
     verbs::mmap_exit(&ctx, f, ctx.ret());
@@ -30,6 +39,9 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 /// emulates, while the `jae` after it is.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     if cookie(&ctx) & COOKIE_AFTER_SYSCALL != 0 {
@@ -45,6 +57,9 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, false);
     verbs::mremap_enter(
@@ -58,6 +73,9 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
+    if floor() {
+        return 0;
+    }
     let f = func(&ctx);
     count_hit(f, true);
     verbs::mremap_exit(&ctx, f, ctx.ret());

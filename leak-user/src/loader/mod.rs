@@ -10,12 +10,15 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use leak_common::{
-    COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID, GLOBAL_TRACE,
-    MAP_ALLOCS, MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
+    COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID,
+    GLOBAL_PROBE_FLOOR, GLOBAL_TRACE, MAP_ALLOCS, MAP_STACKS, PREALLOC_MAX_ALLOCS,
+    PROGRAM_ENTRY_STOP, Program,
 };
 use log::debug;
 
 use crate::{hooks::HookKind, target::AllocatorPlan};
+
+mod object;
 
 /// The BPF object, built by build.rs from `leak-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -51,7 +54,13 @@ pub enum LoaderError {
     /// The object lacks a program (build mismatch).
     #[error("BPF object has no program {0}")]
     Missing(&'static str),
+    /// The object could not be prepared (build mismatch).
+    #[error("BPF object: {0}")]
+    Object(String),
 }
+
+/// `BPF_F_NO_PREALLOC`.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Load-time options.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +73,8 @@ pub struct LoadOptions {
     pub max_stacks: u32,
     /// Per-event BPF logging (debugging).
     pub trace: bool,
+    /// Programs return at once (benchmarks: the probes' own cost).
+    pub probe_floor: bool,
 }
 
 impl Default for LoadOptions {
@@ -73,6 +84,7 @@ impl Default for LoadOptions {
             max_allocs: leak_common::DEFAULT_MAX_ALLOCS,
             max_stacks: DEFAULT_MAX_STACKS,
             trace: false,
+            probe_floor: false,
         }
     }
 }
@@ -108,13 +120,21 @@ impl Tracer {
     /// # Errors
     /// See [`LoaderError`].
     pub fn load(opts: LoadOptions) -> Result<Self, LoaderError> {
+        // Preallocated up to PREALLOC_MAX_ALLOCS (see ALLOCS in the BPF maps): faster, but
+        // the whole capacity is pinned in kernel memory (about 110 bytes an entry).
+        let flags = if opts.max_allocs <= PREALLOC_MAX_ALLOCS { 0 } else { BPF_F_NO_PREALLOC };
+        let patched = object::with_map_flags(EBPF_OBJECT, MAP_ALLOCS, flags)
+            .map_err(|e| LoaderError::Object(format!("{MAP_ALLOCS}: {e}")))?;
+        debug!("{MAP_ALLOCS}: {} entries, flags {flags:#x}", opts.max_allocs);
         let trace = u32::from(opts.trace);
+        let floor = u32::from(opts.probe_floor);
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
             .override_global(GLOBAL_TRACE, &trace, true)
+            .override_global(GLOBAL_PROBE_FLOOR, &floor, true)
             .map_max_entries(MAP_ALLOCS, opts.max_allocs)
             .map_max_entries(MAP_STACKS, opts.max_stacks)
-            .load(EBPF_OBJECT)
+            .load(patched.bytes())
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),

@@ -1,0 +1,342 @@
+//! `cargo xtask bench`: what tracing costs, side by side with the untraced run and the peers
+//! in the same run, reported as ratios (the machine is shared and noisy: only ratios taken in
+//! one run compare).
+//!
+//! Each configuration runs `ROUNDS` times, interleaved with the others, and its median counts.
+//! Peer tools are Debian packages, installed here when missing.
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::{apt_install, as_root, build_release, output, run, setup, workspace_root};
+
+/// Runs of each configuration; the median counts.
+const ROUNDS: usize = 5;
+
+/// How a churn run is traced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracer {
+    None,
+    /// Empty BPF programs at exactly the points leak uses.
+    ProbeFloor,
+    LeakFull,
+    /// bcc's memleak (full trace, its defaults).
+    Memleak,
+    /// heaptrack (`LD_PRELOAD`; in-process, writes a trace file).
+    Heaptrack,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "no tracer",
+            Self::ProbeFloor => "probe floor (empty programs)",
+            Self::LeakFull => "leak (full trace)",
+            Self::Memleak => "memleak-bpfcc",
+            Self::Heaptrack => "heaptrack",
+        }
+    }
+}
+
+struct Env {
+    leak: PathBuf,
+    churn: PathBuf,
+    /// `BCC_KERNEL_SOURCE` for memleak-bpfcc, when it could be set up.
+    kernel_headers: Option<PathBuf>,
+    heaptrack: bool,
+    scratch: PathBuf,
+}
+
+pub fn bench(pairs: u64) -> Result<()> {
+    setup()?;
+    build_release()?;
+    let root = workspace_root();
+    let scratch = root.join("target/bench");
+    fs::create_dir_all(&scratch)?;
+    let churn = scratch.join("churn");
+    // -O2 and frame pointers: the allocation sites' stacks stay walkable under the tracer.
+    run(Command::new("cc")
+        .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+        .arg(&churn)
+        .arg(root.join("xtask/programs/churn.c")))?;
+    let env = Env {
+        leak: root.join("target/release/leak"),
+        churn,
+        kernel_headers: peer_memleak(&scratch)
+            .map_err(|e| eprintln!("bench: memleak-bpfcc left out: {e:#}"))
+            .ok(),
+        heaptrack: apt_install(&["heaptrack"], "heaptrack")
+            .map_err(|e| eprintln!("bench: heaptrack left out: {e:#}"))
+            .is_ok(),
+        scratch,
+    };
+    let mut configs = vec![Tracer::None, Tracer::ProbeFloor, Tracer::LeakFull];
+    if env.kernel_headers.is_some() {
+        configs.push(Tracer::Memleak);
+    }
+    if env.heaptrack {
+        configs.push(Tracer::Heaptrack);
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for round in 1..=ROUNDS {
+        eprintln!("bench: churn round {round}/{ROUNDS}");
+        for (i, &c) in configs.iter().enumerate() {
+            samples[i].push(churn_once(&env, c, pairs)?);
+        }
+    }
+    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    print_churn(&configs, &medians, pairs);
+    bench_watch(&env.leak)
+}
+
+fn print_churn(configs: &[Tracer], ns: &[f64], pairs: u64) {
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                Some(l.split_once("model name")?.1.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    println!(
+        "\nchurn loop: malloc+free pairs of 8 mixed sizes (16 B..4000 B), {pairs} pairs traced \
+         ({} untraced), median of {ROUNDS} interleaved runs; kernel {}, {cpu}, {} CPUs\n",
+        pairs * 50,
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    let at = |t: Tracer| configs.iter().position(|&c| c == t).map(|i| ns[i]);
+    let base = at(Tracer::None).unwrap_or(f64::NAN);
+    let floor_added = at(Tracer::ProbeFloor).map_or(f64::NAN, |f| f - base);
+    println!(
+        "| configuration | ns per pair | x untraced | added ns per pair | added / probe floor's |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (&c, &v) in configs.iter().zip(ns) {
+        let added = v - base;
+        println!(
+            "| {} | {v:.1} | {:.0}x | {added:.0} | {} |",
+            c.name(),
+            v / base,
+            if c == Tracer::None { "-".to_owned() } else { format!("{:.2}", added / floor_added) }
+        );
+    }
+    if let (Some(full), Some(memleak)) = (at(Tracer::LeakFull), at(Tracer::Memleak)) {
+        println!(
+            "\nmemleak-bpfcc adds {:.1}x what leak (full trace) adds per pair",
+            (memleak - base) / (full - base)
+        );
+    }
+}
+
+/// One churn run under `tracer`: nanoseconds per malloc+free pair.
+fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
+    let n = pairs.to_string();
+    match tracer {
+        Tracer::None => measure(Command::new(&env.churn).arg((pairs * 50).to_string())),
+        Tracer::ProbeFloor | Tracer::LeakFull => {
+            let mut cmd = as_root(&env.leak);
+            cmd.args(["run", "--interval", "60s"]);
+            if tracer == Tracer::ProbeFloor {
+                cmd.arg("--probe-floor");
+            }
+            measure(cmd.arg("--").arg(&env.churn).arg(&n))
+        }
+        Tracer::Heaptrack => {
+            let out = env.scratch.join("heaptrack.churn");
+            let result =
+                measure(Command::new("heaptrack").arg("-o").arg(&out).arg(&env.churn).arg(&n));
+            for f in fs::read_dir(&env.scratch)?.flatten() {
+                if f.file_name().to_string_lossy().starts_with("heaptrack.churn") {
+                    let _ = fs::remove_file(f.path());
+                }
+            }
+            result
+        }
+        Tracer::Memleak => {
+            let headers = env.kernel_headers.as_deref().ok_or_else(|| anyhow!("no headers"))?;
+            // While a finished leak's helper still unregisters its uprobes, the kernel
+            // refuses bcc's at the same functions (EINVAL).
+            wait_for_no_leak()?;
+            memleak_once(&env.churn, &n, headers)
+        }
+    }
+}
+
+/// memleak-bpfcc attaches to a running pid: churn waits until memleak's first report says
+/// its probes are in place.
+fn memleak_once(churn: &Path, n: &str, headers: &Path) -> Result<f64> {
+    let mut target = Command::new(churn)
+        .args([n, "wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting churn")?;
+    let mut out = BufReader::new(target.stdout.take().context("churn stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let log = headers.with_file_name("memleak.log");
+    let mut memleak = Command::new("memleak-bpfcc")
+        .env("BCC_KERNEL_SOURCE", headers)
+        // Python buffers a pipe: the line saying the probes are in would come too late.
+        .env("PYTHONUNBUFFERED", "1")
+        .args(["-p", &target.id().to_string(), "1"])
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&log)?)
+        .spawn()
+        .context("starting memleak-bpfcc")?;
+    let attached = wait_for_line(&mut memleak, "Top ", Duration::from_mins(2)).map_err(|e| {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        anyhow!("memleak-bpfcc: {e}; its stderr ({}): {}", log.display(), text.trim())
+    });
+    let result = attached.and_then(|()| {
+        writeln!(target.stdin.as_mut().context("churn stdin")?, "go")?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out, &mut text)?;
+        parse_ns(&text)
+    });
+    let _ = target.kill();
+    let _ = target.wait();
+    // SAFETY: plain kill(2) of our child.
+    unsafe { libc::kill(i32::try_from(memleak.id()).unwrap_or(0), libc::SIGINT) };
+    let _ = memleak.wait();
+    result
+}
+
+/// Waits until no `leak` process is left (see the memleak case above).
+fn wait_for_no_leak() -> Result<()> {
+    let started = Instant::now();
+    while output(Command::new("pgrep").args(["-x", "leak"])).is_some() {
+        if started.elapsed() > Duration::from_mins(1) {
+            bail!("a leak process is still running after a minute");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Reads `child`'s stdout until a line contains `needle`, in a thread (the pipe must keep
+/// being drained afterwards, or the child blocks on a full pipe).
+fn wait_for_line(child: &mut Child, needle: &'static str, limit: Duration) -> Result<()> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.contains(needle) {
+                let _ = tx.send(());
+                sent = true;
+            }
+        }
+    });
+    let started = Instant::now();
+    rx.recv_timeout(limit)
+        .map_err(|_| anyhow!("no {needle:?} line after {:.0} s", started.elapsed().as_secs_f64()))
+}
+
+/// Installs memleak-bpfcc and builds the kernel header tree it compiles against: this kernel
+/// ships none, so Debian's newest 6.1 headers (the `-common` and `-amd64` packages merged into
+/// one tree) stand in. Returns the tree.
+fn peer_memleak(scratch: &Path) -> Result<PathBuf> {
+    let search = output(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        "^linux-headers-6.1.0-[0-9]+-amd64$",
+    ]))
+    .unwrap_or_default();
+    let newest = search
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .max_by_key(|p| p.split('-').nth(4).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0))
+        .ok_or_else(|| anyhow!("no linux-headers-6.1.0-*-amd64 package in apt"))?
+        .to_owned();
+    apt_install(&["bpfcc-tools", &newest], "memleak-bpfcc and kernel headers")?;
+    let common = newest.replace("-amd64", "-common");
+    let tree = scratch.join("kernel-headers");
+    if !tree.join("include/generated").exists() {
+        let _ = fs::remove_dir_all(&tree);
+        fs::create_dir_all(&tree)?;
+        for part in [&common, &newest] {
+            let from = Path::new("/usr/src").join(part);
+            run(Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(&tree))?;
+        }
+    }
+    Ok(tree)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
+}
+
+/// Runs the churn program and parses its `<ns> ns per malloc+free pair` line.
+fn measure(cmd: &mut Command) -> Result<f64> {
+    let out = cmd.stderr(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    parse_ns(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| cmd.get_program().display().to_string())
+}
+
+fn parse_ns(text: &str) -> Result<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_suffix(")").and_then(|l| l.split_once(" ns per malloc+free pair")))
+        .find_map(|(ns, _)| ns.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no timing in the output: {text}"))
+}
+
+/// `leak watch --all`: the CPU it uses against the wall time it watches, sampling every
+/// process of the machine ten times a second (ten times the default rate).
+fn bench_watch(leak: &Path) -> Result<()> {
+    let seconds = 5.0;
+    let before = children_cpu_s();
+    let started = std::time::Instant::now();
+    let out = Command::new(leak)
+        .args(["watch", "--all", "--sample-interval", "100ms", "--interval", "1h"])
+        .args(["--duration", &format!("{seconds}s")])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running leak watch")?;
+    if !out.status.success() {
+        bail!("leak watch failed: {}", out.status);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = children_cpu_s() - before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let procs: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(": ")?.1.split_once(" process")?.0.parse().ok())
+        .unwrap_or(0.0);
+    let samples = seconds / 0.1;
+    println!(
+        "\nleak watch --all, {procs} processes sampled every 100 ms for {wall:.1} s: CPU {cpu:.3} s \
+         = {:.2}% of one CPU; {:.0} us per process sample",
+        100.0 * cpu / wall,
+        1e6 * cpu / (samples * procs.max(1.0))
+    );
+    Ok(())
+}
+
+/// User + system CPU seconds of the waited-for children so far.
+fn children_cpu_s() -> f64 {
+    // SAFETY: zeroed rusage is a valid out-value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut ru) };
+    #[expect(clippy::cast_precision_loss, reason = "CPU seconds: far below 2^52")]
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
