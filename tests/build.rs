@@ -13,7 +13,7 @@ fn main() {
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
     let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
-    let builds: [(&str, &str, &[&str], &[&str]); 14] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 15] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -32,6 +32,7 @@ fn main() {
         ("prefixed", "prefixed", &["-rdynamic"], &[]),
         ("runner", "runner", &[], &[]),
         ("cacher", "cacher", &[], &[]),
+        ("sampled", "sampled", &[], &[]),
         (
             "nomalloc",
             "nomalloc",

@@ -9,7 +9,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason,
-    MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, Pending, StackTrace, hit_index,
+    MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, Pending, SAMPLE_GAP_ENTRIES, StackTrace,
+    hit_index,
 };
 
 /// Outstanding allocations: (address, process) -> record. Sized by the loader (`--max-allocs`).
@@ -74,6 +75,15 @@ pub static FILTER_TGID: Global<u32> = Global::new(0);
 /// Non-zero: log every event through aya-log (debugging; costs a ring-buffer write per call).
 #[unsafe(no_mangle)]
 pub static TRACE: Global<u32> = Global::new(0);
+
+/// Mean bytes between samples; 0 records every allocation (see `leak_common::sample_step`).
+#[unsafe(no_mangle)]
+pub static SAMPLE_MEAN: Global<u64> = Global::new(0);
+
+/// Exponential quantiles the sampling gaps are drawn from (`leak_common::sample_gap_entry`),
+/// filled by the loader: BPF has no floating point to take a logarithm.
+#[map]
+pub static SAMPLE_GAPS: Array<u32> = Array::with_max_entries(SAMPLE_GAP_ENTRIES, 0);
 
 /// Non-zero: every program returns at once (see `leak_common::GLOBAL_PROBE_FLOOR`).
 #[unsafe(no_mangle)]

@@ -12,18 +12,19 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_for_each_map_elem,
-        generated::bpf_ktime_get_ns,
+        generated::bpf_get_prandom_u32, generated::bpf_ktime_get_ns,
     },
 };
 use aya_log_ebpf::debug;
 use leak_common::{
     AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
-    PENDING_MMAP_TRACKED, PENDING_OVERFLOW, Pending, STACK_ID_NONE, STALE_PENDING_NS, StackTrace,
+    PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
+    SAMPLE_GAP_SHIFT, STACK_ID_NONE, STALE_PENDING_NS, StackTrace, sample_gap, sample_step,
 };
 
 use crate::maps::{
-    ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, STACK_SCRATCH, STACKS, TRACE, ZERO_STACK,
-    count_drop,
+    ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, STACK_SCRATCH,
+    STACKS, TRACE, ZERO_STACK, count_drop,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -53,33 +54,72 @@ fn now_ns() -> u64 {
 }
 
 /// Stashes the arguments of a call. Returns false when the call is nested in another hooked
-/// call of this thread (which then accounts for everything), or cannot be stashed.
+/// call of this thread (which then accounts for everything), or cannot be stashed. `sample`:
+/// the call makes a new block of `call.size` bytes, which sampling may leave out.
 ///
 /// Each thread keeps its slot: an ended call marks it idle (`PENDING_IDLE`) rather than
 /// deleting it, so the next call writes it in place. An LRU insert and delete per call cost
 /// about 250 ns here; a lookup, a tenth of that. The LRU still evicts the slots of threads
 /// that have gone.
 #[inline(always)]
-fn stash(pid_tgid: u64, pending: &Pending) -> bool {
+fn stash(pid_tgid: u64, mut call: Pending, sample: bool) -> bool {
     if let Some(slot) = PENDING.get_ptr_mut(pid_tgid) {
         // SAFETY: this thread's own slot: no other program writes it.
-        let (kind, start_ns) = unsafe { ((*slot).kind, (*slot).start_ns) };
+        let (kind, start_ns, left) =
+            unsafe { ((*slot).kind, (*slot).start_ns, (*slot).sample_left) };
         if kind != PENDING_IDLE {
-            if pending.start_ns.wrapping_sub(start_ns) < STALE_PENDING_NS {
+            if call.start_ns.wrapping_sub(start_ns) < STALE_PENDING_NS {
                 return false;
             }
             // Left by a call whose return never arrived: replace it.
             count_drop(DropReason::StalePending);
         }
+        call.sample_left = left;
+        if sample {
+            decide_sample(&mut call);
+        }
         // SAFETY: as above.
-        unsafe { *slot = *pending };
+        unsafe { *slot = call };
         return true;
     }
-    if PENDING.insert(pid_tgid, pending, u64::from(BPF_ANY)).is_err() {
+    if sample {
+        decide_sample(&mut call);
+    }
+    if PENDING.insert(pid_tgid, call, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
         return false;
     }
     true
+}
+
+/// Sampling (`SAMPLE_MEAN` set): counts the call's bytes against the thread's countdown and
+/// marks the call `PENDING_UNSAMPLED` unless a sample point falls in them
+/// (`leak_common::sample_step`).
+#[inline(always)]
+fn decide_sample(call: &mut Pending) {
+    let mean = SAMPLE_MEAN.load();
+    if mean == 0 {
+        return;
+    }
+    let (sampled, left) = sample_step(call.sample_left, call.size, || {
+        // SAFETY: helper without arguments.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let entry =
+            SAMPLE_GAPS.get(r >> (32 - SAMPLE_GAP_BITS)).copied().unwrap_or(1 << SAMPLE_GAP_SHIFT);
+        sample_gap(mean, entry)
+    });
+    call.sample_left = left;
+    if !sampled {
+        call.flags |= PENDING_UNSAMPLED;
+    }
+}
+
+/// Sampling leaves frees of blocks it never recorded: not a lost event.
+#[inline(always)]
+fn count_unknown_free() {
+    if SAMPLE_MEAN.load() == 0 {
+        count_drop(DropReason::UnknownFree);
+    }
 }
 
 /// This thread is inside a hooked call.
@@ -115,7 +155,11 @@ fn take_pending(pid_tgid: u64, func: u32) -> Option<Pending> {
 #[inline(always)]
 pub fn alloc_enter(func: u32, size: u64, flags: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    stash(pid_tgid, &Pending { size, kind: func, flags, start_ns: now_ns(), ..Pending::default() });
+    stash(
+        pid_tgid,
+        Pending { size, kind: func, flags, start_ns: now_ns(), ..Pending::default() },
+        true,
+    );
 }
 
 /// Entry of `posix_memalign(out_ptr, alignment, size)`.
@@ -124,7 +168,8 @@ pub fn posix_memalign_enter(func: u32, out_ptr: u64, size: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
     stash(
         pid_tgid,
-        &Pending { size, out_ptr, kind: func, start_ns: now_ns(), ..Pending::default() },
+        Pending { size, out_ptr, kind: func, start_ns: now_ns(), ..Pending::default() },
+        true,
     );
 }
 
@@ -144,12 +189,14 @@ pub fn alloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
 pub fn posix_memalign_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
     let Some(pending) = take_pending(pid_tgid, func) else { return };
-    if ret != 0 {
+    if ret != 0 || pending.flags & PENDING_UNSAMPLED != 0 {
         return;
     }
     // SAFETY: reads user memory through the helper, which handles faults.
     match unsafe { bpf_probe_read_user(pending.out_ptr as *const u64) } {
-        Ok(addr) if addr != 0 => record(ctx, pid_tgid, addr, &pending),
+        Ok(addr) if addr != 0 => {
+            record(ctx, pid_tgid, addr, &pending);
+        }
         Ok(_) => {}
         Err(_) => count_drop(DropReason::ReadFailed),
     }
@@ -181,7 +228,7 @@ pub fn free_enter(ptr: u64, note: bool) {
     {
         return;
     }
-    count_drop(DropReason::UnknownFree);
+    count_unknown_free();
 }
 
 /// Entry of `realloc(ptr, size)` or `reallocarray`. The old block is taken out of ALLOCS here,
@@ -197,12 +244,12 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
         Pending { size, old_ptr: ptr, kind: func, flags, start_ns: now_ns(), ..Pending::default() };
     // Stash first: a nested realloc (inside reallocarray) must not touch the old block, which
     // the outer call has already taken out.
-    if !stash(pid_tgid, &pending) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
+    if !stash(pid_tgid, pending, true) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
         return;
     }
     let key = AllocKey::new(ptr, tgid(pid_tgid));
     let Some(old) = ALLOCS.get_ptr(key) else {
-        count_drop(DropReason::UnknownFree);
+        count_unknown_free();
         return;
     };
     // SAFETY: live map value, copied out.
@@ -262,7 +309,10 @@ fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
 /// Records the block `addr` of the call `call` with the current user stack. Its time is the
 /// call's start: one clock read per allocation, not two.
 #[inline(always)]
-fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, call: &Pending) {
+fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, call: &Pending) -> bool {
+    if call.flags & PENDING_UNSAMPLED != 0 {
+        return false;
+    }
     let stack_id = take_stack(ctx, pid_tgid);
     let (size, kind) = (call.size, call.kind);
     let info =
@@ -273,6 +323,7 @@ fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, call: &Pending) {
     if TRACE.load() != 0 {
         debug!(ctx, "alloc kind={} size={} addr={:x} stack={:x}", kind, size, addr, stack_id);
     }
+    true
 }
 
 /// Collects the user stack into STACKS and returns its id (a hash of the frames).
@@ -387,7 +438,7 @@ pub fn mmap_enter(func: u32, addr: u64, len: u64, map_flags: u64) {
     // and the allocator's own accounting covers the memory.
     stash(
         pid_tgid,
-        &Pending {
+        Pending {
             size: len,
             out_ptr: addr,
             kind: func,
@@ -395,6 +446,7 @@ pub fn mmap_enter(func: u32, addr: u64, len: u64, map_flags: u64) {
             start_ns: now_ns(),
             ..Pending::default()
         },
+        flags & PENDING_MMAP_TRACKED != 0,
     );
 }
 
@@ -411,11 +463,11 @@ pub fn mmap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     if pending.flags & PENDING_MMAP_FIXED != 0 {
         leak_unmap_range(ret, end, u64::from(tgid(pid_tgid)));
     }
-    if pending.flags & PENDING_MMAP_TRACKED != 0 {
-        record(ctx, pid_tgid, ret, &pending);
-        if MMAPS.insert(AllocKey::new(ret, tgid(pid_tgid)), end, u64::from(BPF_ANY)).is_err() {
-            count_drop(DropReason::AllocMapFull);
-        }
+    if pending.flags & PENDING_MMAP_TRACKED != 0
+        && record(ctx, pid_tgid, ret, &pending)
+        && MMAPS.insert(AllocKey::new(ret, tgid(pid_tgid)), end, u64::from(BPF_ANY)).is_err()
+    {
+        count_drop(DropReason::AllocMapFull);
     }
 }
 
@@ -434,10 +486,10 @@ pub fn munmap(addr: u64, len: u64) {
 #[inline(always)]
 pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    // `out_ptr` carries the old size.
+    // `out_ptr` carries the old size. Not sampled: a recorded mapping moves with its record.
     stash(
         pid_tgid,
-        &Pending {
+        Pending {
             size: new_size,
             old_ptr: old,
             out_ptr: old_size,
@@ -445,6 +497,7 @@ pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
             start_ns: now_ns(),
             ..Pending::default()
         },
+        false,
     );
 }
 

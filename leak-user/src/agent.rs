@@ -25,7 +25,10 @@ use crate::{
     loader::Tracer,
     model::{Allocation, Frame, Snapshot},
     output::{self, table::TableOptions},
-    report::{self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, TargetInfo, Window},
+    report::{
+        self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, SamplingView, TargetInfo, Window,
+    },
+    sampling::Sampling,
     source::{AllocSource, monotonic_ns},
     symbolize::{ProcessSymbolizer, Symbolizer as _},
     trend::Params,
@@ -126,7 +129,15 @@ impl Session {
         let min_age_ns = u64::try_from(self.cfg.min_age.as_nanos()).unwrap_or(u64::MAX);
         let mine: Vec<Allocation> =
             snap.allocations.iter().filter(|a| a.tgid == self.pid).copied().collect();
-        Aggregate::from_allocations(&mine, snap.taken_ns, min_age_ns)
+        let sampling = self.cfg.sample_mean.map(Sampling::new);
+        Aggregate::estimate(&mine, snap.taken_ns, min_age_ns, sampling.as_ref())
+    }
+
+    /// How many sampled allocations of this process `snap` holds, when sampling.
+    fn sampling_view(&self, snap: &Snapshot) -> Option<SamplingView> {
+        let mean_bytes = self.cfg.sample_mean?;
+        let samples = snap.allocations.iter().filter(|a| a.tgid == self.pid).count();
+        Some(SamplingView { mean_bytes, samples: u64::try_from(samples).unwrap_or(u64::MAX) })
     }
 
     /// Records a growth sample (no report).
@@ -191,6 +202,7 @@ impl Session {
                 clock::local_hms(end_unix_s)
             ),
             limit: self.limit(),
+            sampling: self.sampling_view(snap),
         };
         let analysis = Analysis::of(&self.history, &Params::default());
         let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits, &analysis);

@@ -1,7 +1,7 @@
 //! Pure: outstanding allocations -> per-stack totals.
 use hashbrown::HashMap;
 
-use crate::model::Allocation;
+use crate::{model::Allocation, sampling::Sampling};
 
 /// Upper bounds of the age buckets, ns: under 10 s, under 1 min, under 10 min; then older.
 pub const AGE_BOUNDS_NS: [u64; 3] = [10_000_000_000, 60_000_000_000, 600_000_000_000];
@@ -54,29 +54,61 @@ impl Aggregate {
     /// (allocations stamped after `now_ns` count as age 0).
     #[must_use]
     pub fn from_allocations(allocs: &[Allocation], now_ns: u64, min_age_ns: u64) -> Self {
-        let mut by_stack: HashMap<u64, SiteStats> = HashMap::new();
-        let mut age_counts = [0; 4];
+        Self::estimate(allocs, now_ns, min_age_ns, None)
+    }
+
+    /// As [`Self::from_allocations`]; with `sampling`, the allocations are a sample and each
+    /// stands for its weight ([`Sampling::weight`]): the sums are estimates, rounded.
+    #[must_use]
+    pub fn estimate(
+        allocs: &[Allocation],
+        now_ns: u64,
+        min_age_ns: u64,
+        sampling: Option<&Sampling>,
+    ) -> Self {
+        /// Sums in f64 (exact for integers below 2^53: exact mode stays exact).
+        #[derive(Default)]
+        struct Sums {
+            bytes: f64,
+            count: f64,
+            age_bytes: [f64; 4],
+        }
+        let mut by_stack: HashMap<u64, (SiteStats, Sums)> = HashMap::new();
+        let mut age_counts = [0.0; 4];
         for a in allocs {
             let age = now_ns.saturating_sub(a.timestamp_ns);
             if age < min_age_ns {
                 continue;
             }
+            #[expect(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+            let (bytes, count) = sampling.map_or((a.size as f64, 1.0), |s| s.weight(a.size));
             let bucket = age_bucket(age);
-            age_counts[bucket] += 1;
-            let site = by_stack.entry(a.stack_id).or_insert(SiteStats {
-                stack_id: a.stack_id,
-                bytes: 0,
-                count: 0,
-                kind: a.kind,
-                oldest_ns: a.timestamp_ns,
-                age_bytes: [0; 4],
+            age_counts[bucket] += count;
+            let (site, sums) = by_stack.entry(a.stack_id).or_insert_with(|| {
+                let site = SiteStats {
+                    stack_id: a.stack_id,
+                    bytes: 0,
+                    count: 0,
+                    kind: a.kind,
+                    oldest_ns: a.timestamp_ns,
+                    age_bytes: [0; 4],
+                };
+                (site, Sums::default())
             });
-            site.age_bytes[bucket] += a.size;
-            site.bytes += a.size;
-            site.count += 1;
+            sums.age_bytes[bucket] += bytes;
+            sums.bytes += bytes;
+            sums.count += count;
             site.oldest_ns = site.oldest_ns.min(a.timestamp_ns);
         }
-        let mut sites: Vec<SiteStats> = by_stack.into_values().collect();
+        let mut sites: Vec<SiteStats> = by_stack
+            .into_values()
+            .map(|(mut site, sums)| {
+                site.bytes = round(sums.bytes);
+                site.count = round(sums.count);
+                site.age_bytes = sums.age_bytes.map(round);
+                site
+            })
+            .collect();
         sites.sort_unstable_by(|a, b| {
             b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
         });
@@ -88,7 +120,7 @@ impl Aggregate {
                 *total += b;
             }
         }
-        Self { sites, total_bytes, total_count, age_bytes, age_counts }
+        Self { sites, total_bytes, total_count, age_bytes, age_counts: age_counts.map(round) }
     }
 
     /// Bytes at `stack_id`, 0 if the site has nothing outstanding.
@@ -111,6 +143,12 @@ impl Aggregate {
     }
 }
 
+/// A non-negative sum, rounded to the nearest integer.
+#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "saturating")]
+fn round(x: f64) -> u64 {
+    x.round() as u64
+}
+
 /// `a - b` as i64, saturating.
 #[must_use]
 pub fn signed_diff(a: u64, b: u64) -> i64 {
@@ -127,6 +165,24 @@ mod tests {
 
     fn alloc(addr: u64, size: u64, stack_id: u64, ts: u64) -> Allocation {
         Allocation { addr, size, timestamp_ns: ts, stack_id, tgid: 1, kind: 0 }
+    }
+
+    #[test]
+    fn sampled_allocations_stand_for_their_weight() {
+        // Mean 1024: a 16-byte block is sampled with p = 1 - exp(-1/64) and stands for
+        // 16 / p = 1032 bytes and 1 / p = 64.5 blocks; a 1 MiB one is always sampled.
+        let sampling = Sampling::new(1024);
+        let allocs = [alloc(0x10, 16, 7, 1), alloc(0x20, 16, 7, 2), alloc(0x30, 1 << 20, 9, 3)];
+        let agg = Aggregate::estimate(&allocs, 10, 0, Some(&sampling));
+        assert_eq!(agg.sites[0].stack_id, 9);
+        assert_eq!((agg.sites[0].bytes, agg.sites[0].count), (1 << 20, 1));
+        assert_eq!((agg.sites[1].bytes, agg.sites[1].count), (2064, 129));
+        assert_eq!(agg.total_bytes, (1 << 20) + 2064);
+        assert_eq!(agg.age_counts.iter().sum::<u64>(), 130);
+        // Unsampled: the same records counted as they are.
+        let exact = Aggregate::estimate(&allocs, 10, 0, None);
+        assert_eq!(exact, Aggregate::from_allocations(&allocs, 10, 0));
+        assert_eq!((exact.sites[1].bytes, exact.sites[1].count), (32, 2));
     }
 
     #[test]

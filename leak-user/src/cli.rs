@@ -127,6 +127,11 @@ pub struct TraceArgs {
     /// Object that defines malloc (default: found from the process's memory map).
     #[arg(long, value_name = "PATH")]
     pub lib: Option<PathBuf>,
+    /// Sample allocations instead of recording each: one per BYTES allocated on average
+    /// (byte-based Poisson sampling, as jemalloc and tcmalloc do; default 512K). Reported
+    /// bytes and counts are then unbiased estimates.
+    #[arg(long, value_name = "BYTES", num_args = 0..=1, default_missing_value = "512K", value_parser = parse_sample_mean)]
+    pub sample: Option<u64>,
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
@@ -146,6 +151,14 @@ pub struct TraceArgs {
     /// report stays empty).
     #[arg(long, hide = true)]
     pub probe_floor: bool,
+}
+
+fn parse_sample_mean(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 || n > leak_common::MAX_SAMPLE_MEAN {
+        return Err(format!("--sample {s:?}: use a mean between 1 byte and 1T"));
+    }
+    Ok(n)
 }
 
 fn parse_escalate(s: &str) -> Result<Duration, String> {
@@ -177,6 +190,7 @@ impl From<TraceArgs> for TraceConfig {
             max_allocs: a.max_allocs,
             bpf_trace: a.bpf_trace,
             probe_floor: a.probe_floor,
+            sample_mean: a.sample,
             limit: a.limit,
             fail_on_leak: a.fail_on_leak,
             threshold: a.threshold,

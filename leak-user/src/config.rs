@@ -50,6 +50,8 @@ pub struct TraceConfig {
     pub bpf_trace: bool,
     /// Attach programs that return at once (benchmarks: the probes' own cost).
     pub probe_floor: bool,
+    /// Sample one allocation per this many bytes on average (None: record every one).
+    pub sample_mean: Option<u64>,
     /// Memory limit to project against, bytes (default: the cgroup's).
     pub limit: Option<u64>,
     /// Fail (exit status [`LEAK_FOUND_EXIT`]) when a site is judged a leak.
@@ -83,6 +85,7 @@ impl Default for TraceConfig {
             max_allocs: leak_common::DEFAULT_MAX_ALLOCS,
             bpf_trace: false,
             probe_floor: false,
+            sample_mean: None,
             limit: None,
             fail_on_leak: false,
             threshold: 0,

@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod procfs;
 pub mod report;
 pub mod runner;
+pub mod sampling;
 pub mod source;
 pub mod symbolize;
 pub mod target;
@@ -95,6 +96,7 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
         max_allocs: trace.max_allocs,
         trace: trace.bpf_trace,
         probe_floor: trace.probe_floor,
+        sample_mean: trace.sample_mean.unwrap_or(0),
         ..LoadOptions::default()
     }
 }

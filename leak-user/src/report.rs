@@ -48,6 +48,18 @@ pub struct Report {
     pub growth: Growth,
     /// The process's own memory over the window, when `/proc/PID/smaps_rollup` was readable.
     pub process: Option<ProcessView>,
+    /// Set when allocations were sampled (`--sample`): bytes and counts are then estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingView>,
+}
+
+/// How the allocations were sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplingView {
+    /// One sample per this many bytes allocated, on average.
+    pub mean_bytes: u64,
+    /// Sampled allocations outstanding: what the estimates rest on.
+    pub samples: u64,
 }
 
 /// Values by allocation age.
@@ -317,6 +329,8 @@ pub struct ReportMeta {
     pub window_text: String,
     /// The memory limit to project against.
     pub limit: Option<Limit>,
+    /// Sampling, when on.
+    pub sampling: Option<SamplingView>,
 }
 
 /// A memory limit and current usage against it.
@@ -386,6 +400,7 @@ pub fn build(
         end_reason: meta.end_reason,
         age: AgeView { bytes: agg.age_bytes.into(), allocs: agg.age_counts.into() },
         growth: growth_view,
+        sampling: meta.sampling,
         process: growth.process_view(),
     }
 }
@@ -513,6 +528,7 @@ pub(crate) mod tests {
                 end_reason: "duration".into(),
                 window_text: "10:00:00-10:00:10".into(),
                 limit: None,
+                sampling: None,
                 hooks: ["malloc", "free", "calloc"]
                     .iter()
                     .map(|s| HookInfo {
@@ -596,6 +612,7 @@ pub(crate) mod tests {
                 hooks: Vec::new(),
                 window_text: String::new(),
                 limit: None,
+                sampling: None,
             },
             &agg,
             &HashMap::new(),

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{apt_install, as_root, build_release, output, run, setup, workspace_root};
+use crate::{apt_install, as_root, build_release, compile_c, output, run, setup, workspace_root};
 
 /// Runs of each configuration; the median counts.
 const ROUNDS: usize = 5;
@@ -26,6 +26,8 @@ enum Tracer {
     /// Empty BPF programs at exactly the points leak uses.
     ProbeFloor,
     LeakFull,
+    /// `--sample` at its default mean (512 KiB).
+    LeakSampled,
     /// bcc's memleak (full trace, its defaults).
     Memleak,
     /// heaptrack (`LD_PRELOAD`; in-process, writes a trace file).
@@ -38,6 +40,7 @@ impl Tracer {
             Self::None => "no tracer",
             Self::ProbeFloor => "probe floor (empty programs)",
             Self::LeakFull => "leak (full trace)",
+            Self::LeakSampled => "leak --sample (512 KiB)",
             Self::Memleak => "memleak-bpfcc",
             Self::Heaptrack => "heaptrack",
         }
@@ -76,7 +79,7 @@ pub fn bench(pairs: u64) -> Result<()> {
             .is_ok(),
         scratch,
     };
-    let mut configs = vec![Tracer::None, Tracer::ProbeFloor, Tracer::LeakFull];
+    let mut configs = vec![Tracer::None, Tracer::ProbeFloor, Tracer::LeakFull, Tracer::LeakSampled];
     if env.kernel_headers.is_some() {
         configs.push(Tracer::Memleak);
     }
@@ -92,6 +95,7 @@ pub fn bench(pairs: u64) -> Result<()> {
     }
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     print_churn(&configs, &medians, pairs);
+    bench_sampling_accuracy(&env)?;
     bench_watch(&env.leak)
 }
 
@@ -141,11 +145,14 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
     let n = pairs.to_string();
     match tracer {
         Tracer::None => measure(Command::new(&env.churn).arg((pairs * 50).to_string())),
-        Tracer::ProbeFloor | Tracer::LeakFull => {
+        Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakSampled => {
             let mut cmd = as_root(&env.leak);
             cmd.args(["run", "--interval", "60s"]);
             if tracer == Tracer::ProbeFloor {
                 cmd.arg("--probe-floor");
+            }
+            if tracer == Tracer::LeakSampled {
+                cmd.arg("--sample");
             }
             measure(cmd.arg("--").arg(&env.churn).arg(&n))
         }
@@ -339,4 +346,71 @@ fn children_cpu_s() -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "CPU seconds: far below 2^52")]
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Sites of `tests/fixtures/sampled.c` at scale 1: (function, bytes leaked).
+const SAMPLED_TRUTH: [(&str, u64); 3] =
+    [("leak_small", 32768 * 64), ("leak_medium", 2048 * 4000), ("leak_large", 64 * 128 * 1024)];
+/// Scale of the sampled fixture: 32 MiB leaked by 64-byte blocks (about 64 samples a run at
+/// the default mean, so a run is within about 12%, the mean of 10 runs within 4%).
+const SAMPLED_SCALE: u64 = 16;
+/// Runs whose estimates are averaged.
+const SAMPLED_RUNS: usize = 10;
+
+/// `--sample` at its default mean on a fixture that leaks known bytes at three sites of very
+/// different block sizes: each site's estimate per run and averaged over runs, against the
+/// truth.
+fn bench_sampling_accuracy(env: &Env) -> Result<()> {
+    let root = workspace_root();
+    let fixture = env.scratch.join("sampled");
+    compile_c(&root.join("tests/fixtures/sampled.c"), &fixture)?;
+    let json = env.scratch.join("sampled.json");
+    let mut errors = vec![Vec::new(); SAMPLED_TRUTH.len()];
+    for _ in 0..SAMPLED_RUNS {
+        let mut cmd = as_root(&env.leak);
+        cmd.args(["run", "--sample", "--json"]).arg(&json).arg("--").arg(&fixture);
+        cmd.arg(SAMPLED_SCALE.to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+        run(&mut cmd)?;
+        let text = fs::read_to_string(&json)?;
+        for (i, (function, truth)) in SAMPLED_TRUTH.iter().enumerate() {
+            let bytes = site_bytes(&text, function).unwrap_or(0);
+            #[expect(clippy::cast_precision_loss, reason = "MiB")]
+            errors[i].push(bytes as f64 / (truth * SAMPLED_SCALE) as f64 - 1.0);
+        }
+    }
+    println!(
+        "
+leak --sample (512 KiB) on tests/fixtures/sampled.c x{SAMPLED_SCALE}, {SAMPLED_RUNS} \
+         runs: estimated leaked bytes per site against the truth\n"
+    );
+    println!("| site | block | leaked | mean error over runs | largest error in one run |");
+    println!("|---|---:|---:|---:|---:|");
+    for ((function, truth), errs) in SAMPLED_TRUTH.iter().zip(&errors) {
+        #[expect(clippy::cast_precision_loss, reason = "a handful of runs")]
+        let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+        let worst = errs.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+        let block = match *function {
+            "leak_small" => "64 B",
+            "leak_medium" => "4000 B",
+            _ => "128 KiB",
+        };
+        #[expect(clippy::cast_precision_loss, reason = "MiB")]
+        let mib = (truth * SAMPLED_SCALE) as f64 / f64::from(1u32 << 20);
+        println!(
+            "| {function} | {block} | {mib:.1} MiB | {:+.1}% | {:.1}% |",
+            mean * 100.0,
+            worst * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// `outstanding_bytes` of the site whose first frame is `function`, from a JSON report.
+fn site_bytes(json: &str, function: &str) -> Option<u64> {
+    let report: serde_json::Value = serde_json::from_str(json).ok()?;
+    report["sites"].as_array()?.iter().find_map(|site| {
+        (site["stack"][0]["function"].as_str() == Some(function))
+            .then(|| site["outstanding_bytes"].as_u64())
+            .flatten()
+    })
 }

@@ -11,8 +11,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use leak_common::{
     COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID,
-    GLOBAL_PROBE_FLOOR, GLOBAL_TRACE, MAP_ALLOCS, MAP_STACKS, PREALLOC_MAX_ALLOCS,
-    PROGRAM_ENTRY_STOP, Program,
+    GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS, MAP_SAMPLE_GAPS, MAP_STACKS,
+    PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
 };
 use log::debug;
 
@@ -62,6 +62,20 @@ pub enum LoaderError {
 /// `BPF_F_NO_PREALLOC`.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// Fills the table the programs draw sampling gaps from (they have no logarithm).
+fn fill_sample_gaps(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let map = ebpf
+        .map_mut(MAP_SAMPLE_GAPS)
+        .ok_or_else(|| LoaderError::Object(format!("no map {MAP_SAMPLE_GAPS}")))?;
+    let mut gaps: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)
+        .map_err(|e| LoaderError::Object(format!("{MAP_SAMPLE_GAPS}: {e}")))?;
+    for (i, entry) in (0u32..).zip(crate::sampling::gap_table()) {
+        gaps.set(i, entry, 0)
+            .map_err(|e| LoaderError::Object(format!("{MAP_SAMPLE_GAPS}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Load-time options.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -75,6 +89,8 @@ pub struct LoadOptions {
     pub trace: bool,
     /// Programs return at once (benchmarks: the probes' own cost).
     pub probe_floor: bool,
+    /// Mean bytes between samples; 0 records every allocation.
+    pub sample_mean: u64,
 }
 
 impl Default for LoadOptions {
@@ -85,6 +101,7 @@ impl Default for LoadOptions {
             max_stacks: DEFAULT_MAX_STACKS,
             trace: false,
             probe_floor: false,
+            sample_mean: 0,
         }
     }
 }
@@ -132,6 +149,7 @@ impl Tracer {
             .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
             .override_global(GLOBAL_TRACE, &trace, true)
             .override_global(GLOBAL_PROBE_FLOOR, &floor, true)
+            .override_global(GLOBAL_SAMPLE_MEAN, &opts.sample_mean, true)
             .map_max_entries(MAP_ALLOCS, opts.max_allocs)
             .map_max_entries(MAP_STACKS, opts.max_stacks)
             .load(patched.bytes())
@@ -152,6 +170,7 @@ impl Tracer {
             let prog = uprobe(&mut ebpf, name)?;
             prog.load().map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })?;
         }
+        fill_sample_gaps(&mut ebpf)?;
         Ok(Self { ebpf, logger, attached: 0 })
     }
 

@@ -41,6 +41,16 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         let _ = write!(s, " ({} since last report)", signed_bytes(d));
     }
     s.push('\n');
+    if let Some(sm) = &report.sampling {
+        let _ = writeln!(
+            s,
+            "sampled: one allocation per {} on average; bytes and counts are estimates from {} \
+             sample{}",
+            human_bytes(sm.mean_bytes),
+            sm.samples,
+            if sm.samples == 1 { "" } else { "s" }
+        );
+    }
     let drops: Vec<String> =
         report.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
     if !drops.is_empty() {
