@@ -131,6 +131,9 @@ pub const COOKIE_AFTER_SYSCALL: u64 = 1 << 31;
 /// `je_free`, `sdallocx`, `mi_free`...): it notes the pointer it frees in [`MAP_LAST_FREE`],
 /// so that a `free` it calls on the same pointer is not counted as unknown.
 pub const COOKIE_NOTE_FREE: u64 = 1 << 30;
+/// Attach-cookie flag: a probe on leak's own calibration function (measuring what a hit
+/// costs): the program counts the hit and returns.
+pub const COOKIE_CALIBRATION: u64 = 1 << 29;
 
 /// `Pending::flags` of an `mmap`: an anonymous private mapping (not a thread stack), recorded.
 pub const PENDING_MMAP_TRACKED: u32 = 1 << 1;

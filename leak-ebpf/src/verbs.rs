@@ -213,7 +213,11 @@ pub fn free_enter(ptr: u64, note: bool) {
     if note && LAST_FREE.insert(pid_tgid, ptr, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
     }
-    if ALLOCS.remove(AllocKey::new(ptr, tgid(pid_tgid))).is_ok() {
+    let key = AllocKey::new(ptr, tgid(pid_tgid));
+    // Sampling: most blocks were never recorded, and a lookup (lock-free) costs less than a
+    // delete that misses (it takes the bucket lock).
+    let recorded = SAMPLE_MEAN.load() == 0 || ALLOCS.get_ptr(key).is_some();
+    if recorded && ALLOCS.remove(key).is_ok() {
         return;
     }
     // Inside a hooked call (glibc's realloc(p, 0) frees p through free(); realloc's entry

@@ -203,6 +203,7 @@ impl Session {
             ),
             limit: self.limit(),
             sampling: self.sampling_view(snap),
+            probe_cost: self.cfg.probe_cost,
         };
         let analysis = Analysis::of(&self.history, &Params::default());
         let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits, &analysis);

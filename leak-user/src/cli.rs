@@ -191,6 +191,7 @@ impl From<TraceArgs> for TraceConfig {
             bpf_trace: a.bpf_trace,
             probe_floor: a.probe_floor,
             sample_mean: a.sample,
+            probe_cost: None,
             limit: a.limit,
             fail_on_leak: a.fail_on_leak,
             threshold: a.threshold,

@@ -52,6 +52,8 @@ pub struct TraceConfig {
     pub probe_floor: bool,
     /// Sample one allocation per this many bytes on average (None: record every one).
     pub sample_mean: Option<u64>,
+    /// What a probe hit costs here, measured when the programs are loaded (not an option).
+    pub probe_cost: Option<crate::model::ProbeCost>,
     /// Memory limit to project against, bytes (default: the cgroup's).
     pub limit: Option<u64>,
     /// Fail (exit status [`LEAK_FOUND_EXIT`]) when a site is judged a leak.
@@ -86,6 +88,7 @@ impl Default for TraceConfig {
             bpf_trace: false,
             probe_floor: false,
             sample_mean: None,
+            probe_cost: None,
             limit: None,
             fail_on_leak: false,
             threshold: 0,

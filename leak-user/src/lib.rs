@@ -36,7 +36,7 @@ pub mod watch;
 
 use std::{ffi::OsString, num::NonZeroU32};
 
-use log::info;
+use log::{info, warn};
 
 use crate::{
     agent::Session,
@@ -88,6 +88,11 @@ fn preflight(trace: &TraceConfig) -> Result<(), Error> {
     preflight::check_privileges()?;
     preflight::check_kernel(&preflight::sysfs_root())?;
     preflight::check_outputs(&trace.outputs)
+}
+
+/// What a probe hit costs here, for the reports; a failure only loses that line.
+fn calibrate(tracer: &mut Tracer) -> Option<model::ProbeCost> {
+    tracer.calibrate().map_err(|e| warn!("cannot measure the probes' cost: {e}")).ok()
 }
 
 fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
@@ -153,6 +158,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let plan = target::plan_for_pid(pid, trace.lib.as_deref())?;
     let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
+    let trace = TraceConfig { probe_cost: calibrate(&mut tracer), ..trace };
     let links = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     eprintln!("attached to PID {pid} ({} probes)", links.len());
     let trace_cfg = trace.clone();
@@ -202,6 +208,7 @@ fn run_command(
     let filter = if follow_forks { 0 } else { pid };
     let mut tracer =
         Tracer::load(load_options(filter, &trace)).map_err(|e| kill_child(e.into()))?;
+    let trace = TraceConfig { probe_cost: calibrate(&mut tracer), ..trace };
     let mut ctl = Controller::new(&mut tracer, trace, follow_forks, pid);
     ctl.start().map_err(kill_child)?;
     let result = match rt.block_on(ctl.run(&mut signals)) {

@@ -93,3 +93,12 @@ impl Frame {
         Self { address, ..Self::default() }
     }
 }
+
+/// What one probe hit costs the thread that hits it (measured by the loader at start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCost {
+    /// An entry probe (uprobe), ns.
+    pub entry_ns: u64,
+    /// A return probe (uretprobe), ns.
+    pub return_ns: u64,
+}

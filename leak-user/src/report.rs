@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aggregate::Aggregate,
     growth::Analysis,
-    model::{DropCounts, Frame, ProbeHits},
+    model::{DropCounts, Frame, ProbeCost, ProbeHits},
     trend::Verdict,
 };
 
@@ -51,6 +51,50 @@ pub struct Report {
     /// Set when allocations were sampled (`--sample`): bytes and counts are then estimates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingView>,
+    /// What the probes cost the target, when the cost per hit could be measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_time: Option<ProbeTime>,
+}
+
+/// The time the target spent in the probes: hits times the cost of a hit measured at start.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeTime {
+    /// Entry probe hits.
+    pub entry_hits: u64,
+    /// Return probe hits.
+    pub return_hits: u64,
+    /// Measured cost of an entry hit (the trap and the program's start), ns.
+    pub entry_ns: u64,
+    /// Measured cost of a return hit, ns.
+    pub return_ns: u64,
+    /// Estimated seconds of the target's threads spent in probes: a floor, as the programs'
+    /// work for each allocation comes on top.
+    pub estimated_s: f64,
+}
+
+impl ProbeTime {
+    /// From the hit counters and the measured cost of a hit.
+    #[must_use]
+    pub fn new(hooks: &[HookInfo], hits: &ProbeHits, cost: ProbeCost) -> Self {
+        let entry_hits: u64 = (0..hooks.len()).map(|i| hits.get(i, false)).sum();
+        let return_hits: u64 = hooks
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.has_exit)
+            .map(|(i, _)| hits.get(i, true))
+            .sum();
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
+        let ns =
+            entry_hits as f64 * cost.entry_ns as f64 + return_hits as f64 * cost.return_ns as f64;
+        Self {
+            entry_hits,
+            return_hits,
+            entry_ns: cost.entry_ns,
+            return_ns: cost.return_ns,
+            // To the microsecond.
+            estimated_s: (ns / 1e3).round() / 1e6,
+        }
+    }
 }
 
 /// How the allocations were sampled.
@@ -331,6 +375,8 @@ pub struct ReportMeta {
     pub limit: Option<Limit>,
     /// Sampling, when on.
     pub sampling: Option<SamplingView>,
+    /// What a probe hit costs, when measured.
+    pub probe_cost: Option<ProbeCost>,
 }
 
 /// A memory limit and current usage against it.
@@ -401,6 +447,7 @@ pub fn build(
         age: AgeView { bytes: agg.age_bytes.into(), allocs: agg.age_counts.into() },
         growth: growth_view,
         sampling: meta.sampling,
+        probe_time: meta.probe_cost.map(|c| ProbeTime::new(&meta.hooks, hits, c)),
         process: growth.process_view(),
     }
 }
@@ -472,6 +519,26 @@ pub(crate) mod tests {
     use super::*;
     use crate::{history::History, model::Allocation, trend::Params};
 
+    #[test]
+    fn probe_time_is_hits_times_the_measured_cost() {
+        let hook = |symbol: &str, has_exit| HookInfo {
+            symbol: symbol.to_owned(),
+            display: symbol.to_owned(),
+            has_exit,
+        };
+        let hooks = [hook("malloc", true), hook("free", false)];
+        let mut hits = ProbeHits::default();
+        let at = |cookie: u32, exit| leak_common::hit_index(cookie, exit) as usize;
+        hits.0[at(0, false)] = 1000;
+        hits.0[at(0, true)] = 990;
+        hits.0[at(1, false)] = 500;
+        // A return counter of a hook without a return probe is not counted.
+        hits.0[at(1, true)] = 7;
+        let t = ProbeTime::new(&hooks, &hits, ProbeCost { entry_ns: 1000, return_ns: 2000 });
+        assert_eq!((t.entry_hits, t.return_hits), (1500, 990));
+        assert!((t.estimated_s - 0.003_48).abs() < 1e-9, "{t:?}");
+    }
+
     pub(crate) fn frame(f: &str, file: &str, line: u32, addr: u64) -> Frame {
         Frame {
             function: Some(f.to_owned()),
@@ -529,6 +596,7 @@ pub(crate) mod tests {
                 window_text: "10:00:00-10:00:10".into(),
                 limit: None,
                 sampling: None,
+                probe_cost: None,
                 hooks: ["malloc", "free", "calloc"]
                     .iter()
                     .map(|s| HookInfo {
@@ -613,6 +681,7 @@ pub(crate) mod tests {
                 window_text: String::new(),
                 limit: None,
                 sampling: None,
+                probe_cost: None,
             },
             &agg,
             &HashMap::new(),

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use leak_common::PENDING_OVERFLOW;
 
-use super::{checked_product, func};
+use super::{calibration, checked_product, func};
 use crate::{
     maps::{count_hit, floor},
     verbs,
@@ -20,6 +20,9 @@ pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     }
     let f = func(&ctx);
     count_hit(f, false);
+    if calibration(&ctx) {
+        return 0;
+    }
     verbs::alloc_enter(f, ctx.arg(0).unwrap_or(0), 0);
     0
 }
@@ -98,6 +101,9 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     }
     let f = func(&ctx);
     count_hit(f, true);
+    if calibration(&ctx) {
+        return 0;
+    }
     verbs::alloc_exit(&ctx, f, ctx.ret());
     0
 }

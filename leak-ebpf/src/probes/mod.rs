@@ -7,7 +7,7 @@ mod mmap;
 mod run;
 
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
-use leak_common::{COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE};
+use leak_common::{COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE};
 
 /// The attach cookie: the hook index, plus flags such as `COOKIE_AFTER_SYSCALL`.
 #[inline(always)]
@@ -20,8 +20,14 @@ fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
 #[inline(always)]
 fn func<C: EbpfContext>(ctx: &C) -> u32 {
     #[expect(clippy::cast_possible_truncation, reason = "hook indexes are < 2^31")]
-    let f = (cookie(ctx) & !(COOKIE_AFTER_SYSCALL | COOKIE_NOTE_FREE)) as u32;
+    let f = (cookie(ctx) & !(COOKIE_AFTER_SYSCALL | COOKIE_NOTE_FREE | COOKIE_CALIBRATION)) as u32;
     f
+}
+
+/// A probe on leak's own calibration function: count the hit, do nothing else.
+#[inline(always)]
+fn calibration<C: EbpfContext>(ctx: &C) -> bool {
+    cookie(ctx) & COOKIE_CALIBRATION != 0
 }
 
 /// `a * b`, or `None` on overflow. BPF has no 128-bit multiply (`__multi3`), which is what

@@ -10,9 +10,9 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use leak_common::{
-    COOKIE_AFTER_SYSCALL, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS, GLOBAL_FILTER_TGID,
-    GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS, MAP_SAMPLE_GAPS, MAP_STACKS,
-    PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
+    COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS,
+    GLOBAL_FILTER_TGID, GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS,
+    MAP_SAMPLE_GAPS, MAP_STACKS, PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
 };
 use log::debug;
 
@@ -61,6 +61,52 @@ pub enum LoaderError {
 
 /// `BPF_F_NO_PREALLOC`.
 const BPF_F_NO_PREALLOC: u32 = 1;
+
+pub use crate::model::ProbeCost;
+
+/// The function [`Tracer::calibrate`] probes. Written in assembly so that it starts, like the
+/// allocator functions leak probes, with a `push` the kernel emulates (a compiler might
+/// start it with an instruction the kernel must single-step, which costs 15 times more).
+const CALIBRATION_SYMBOL: &str = "leak_probe_calibration";
+
+core::arch::global_asm!(
+    ".globl leak_probe_calibration",
+    ".type leak_probe_calibration, @function",
+    "leak_probe_calibration:",
+    "push rbp",
+    "mov rbp, rsp",
+    "pop rbp",
+    "ret",
+    ".size leak_probe_calibration, . - leak_probe_calibration",
+);
+
+unsafe extern "C" {
+    fn leak_probe_calibration();
+}
+
+/// ns per call of the calibration function: the median of 5 runs of 1000 calls (the machine
+/// may be busy).
+fn time_calibration_calls() -> f64 {
+    const CALLS: u32 = 1000;
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            for _ in 0..CALLS {
+                // SAFETY: the function only pushes and pops a register.
+                unsafe { leak_probe_calibration() };
+            }
+            started.elapsed().as_secs_f64() * 1e9 / f64::from(CALLS)
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
+}
+
+/// A duration in ns, not negative.
+#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "clamped, ns")]
+fn ns(x: f64) -> u64 {
+    x.max(0.0).round() as u64
+}
 
 /// Fills the table the programs draw sampling gaps from (they have no logarithm).
 fn fill_sample_gaps(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
@@ -111,6 +157,8 @@ pub struct Tracer {
     pub(crate) ebpf: Ebpf,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     attached: usize,
+    /// The probes of [`Self::calibrate`].
+    calibration: Links,
 }
 
 /// The probes attached for one process, to detach them when it execs or exits.
@@ -171,7 +219,7 @@ impl Tracer {
             prog.load().map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })?;
         }
         fill_sample_gaps(&mut ebpf)?;
-        Ok(Self { ebpf, logger, attached: 0 })
+        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default() })
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of
@@ -305,6 +353,45 @@ impl Tracer {
                 source: Box::new(e),
             })?;
         Ok(Links(vec![(PROGRAM_ENTRY_STOP, link)]))
+    }
+
+    /// Measures what a probe hit costs a thread here: the time of a call to a function of our
+    /// own, bare, with an entry probe, then with a return probe too. The programs are leak's
+    /// (flagged to return after counting the hit), so the trap and the programs' start are
+    /// measured; what they do for a real allocation comes on top (see docs/benchmarks.md).
+    /// The probes stay attached (they fire only in this process, which never calls the
+    /// function again) and go with the others.
+    ///
+    /// # Errors
+    /// A probe did not attach.
+    pub fn calibrate(&mut self) -> Result<ProbeCost, LoaderError> {
+        let me = NonZeroU32::new(std::process::id()).ok_or(LoaderError::Missing("pid"))?;
+        let exe = Path::new("/proc/self/exe");
+        let bare = time_calibration_calls();
+        let mut costs = [0.0; 2];
+        for (i, program) in [Program::AllocEnter, Program::AllocExit].into_iter().enumerate() {
+            let name = program.name();
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(CALIBRATION_SYMBOL),
+                cookie: Some(u64::from(leak_common::MAX_HOOKS - 1) | COOKIE_CALIBRATION),
+            };
+            let link = uprobe(&mut self.ebpf, name)?
+                .attach(point, exe, UProbeScope::OneProcess(me))
+                .map_err(|e| LoaderError::Attach {
+                    program: name,
+                    target: format!("leak ({CALIBRATION_SYMBOL})"),
+                    offset: 0,
+                    source: Box::new(e),
+                })?;
+            self.calibration.0.push((name, link));
+            costs[i] = time_calibration_calls();
+        }
+        let cost = ProbeCost { entry_ns: ns(costs[0] - bare), return_ns: ns(costs[1] - costs[0]) };
+        debug!(
+            "probe cost here: {} ns an entry hit, {} ns a return hit",
+            cost.entry_ns, cost.return_ns
+        );
+        Ok(cost)
     }
 
     /// Forwards pending BPF log records to the `log` facade.

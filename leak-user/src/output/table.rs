@@ -51,11 +51,7 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
             if sm.samples == 1 { "" } else { "s" }
         );
     }
-    let drops: Vec<String> =
-        report.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
-    if !drops.is_empty() {
-        let _ = writeln!(s, "drops: {}", drops.join(" "));
-    }
+    cost_lines(&mut s, report);
     let _ = writeln!(s, "growth: {}", report.growth.summary);
     if let Some(p) = &report.process {
         let _ = writeln!(s, "process: {}", process_line(p));
@@ -176,6 +172,38 @@ pub fn signed_bytes(d: i64) -> String {
     format!("{sign}{}", human_bytes(d.unsigned_abs()))
 }
 
+/// What tracing lost and cost: the drops, the time in probes.
+fn cost_lines(s: &mut String, report: &Report) {
+    let drops: Vec<String> =
+        report.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    if !drops.is_empty() {
+        let _ = writeln!(s, "drops: {}", drops.join(" "));
+    }
+    if let Some(p) = &report.probe_time {
+        let _ = writeln!(
+            s,
+            "probes: {} entry and {} return hits, about {} of the target's time ({} ns an \
+             entry, {} ns a return, measured at start; the programs' work adds to it)",
+            p.entry_hits,
+            p.return_hits,
+            human_seconds(p.estimated_s),
+            p.entry_ns,
+            p.return_ns
+        );
+    }
+}
+
+/// Seconds as `850 us`, `12 ms` or `3.4 s`.
+fn human_seconds(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.0} us", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.0} ms", s * 1e3)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +256,13 @@ by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
             trend: crate::report::TrendView::default(),
             series: crate::report::ProcessSeries::default(),
         });
+        report.probe_time = Some(crate::report::ProbeTime {
+            entry_hits: 2_000_000,
+            return_hits: 1_000_000,
+            entry_ns: 1000,
+            return_ns: 1200,
+            estimated_s: 3.2,
+        });
         // A plateau shows how fast it grows now, not while it filled.
         report.sites[1].trend.verdict = Verdict::Plateau;
         report.sites[1].trend.confidence = 0.9;
@@ -236,6 +271,15 @@ by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
         let text = render(&report, &TableOptions { header: "h", top: 10, ..Default::default() });
         assert!(text.contains("via malloc  leak +28.0 MiB/h (100%)\n"), "{text}");
         assert!(text.contains("  plateau +1.8 KiB/h (90%)\n"), "{text}");
+        assert!(
+            text.contains(
+                "probes: 2000000 entry and 1000000 return hits, about 3.2 s of the target's time \
+                 (1000 ns an entry, 1200 ns a return"
+            ),
+            "{text}"
+        );
+        assert_eq!(human_seconds(0.0004), "400 us");
+        assert_eq!(human_seconds(0.012), "12 ms");
         assert!(
             text.contains(
                 "process: RSS 3.0 MiB (+4.0 KiB), private 2.0 MiB (+4.0 KiB); traced sites explain 75% of the private growth\n"
