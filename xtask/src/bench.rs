@@ -96,6 +96,7 @@ pub fn bench(pairs: u64) -> Result<()> {
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     print_churn(&configs, &medians, pairs);
     bench_sampling_accuracy(&env)?;
+    bench_idle(&env.leak)?;
     bench_watch(&env.leak)
 }
 
@@ -413,4 +414,29 @@ fn site_bytes(json: &str, function: &str) -> Option<u64> {
             .then(|| site["outstanding_bytes"].as_u64())
             .flatten()
     })
+}
+
+/// leak's own CPU while its target is idle: attached to a sleeping process for 2 s and for
+/// 22 s; the difference is 20 s of steady tracing without the start (loading, calibration).
+fn bench_idle(leak: &Path) -> Result<()> {
+    let mut target = Command::new("sleep").arg("120").spawn().context("starting sleep")?;
+    let pid = target.id().to_string();
+    let cpu = |seconds: u64| -> Result<f64> {
+        let before = children_cpu_s();
+        let mut cmd = as_root(leak);
+        cmd.args(["attach", "--pid", &pid, "--duration", &format!("{seconds}s")]);
+        run(cmd.stdout(Stdio::null()).stderr(Stdio::null()))?;
+        Ok(children_cpu_s() - before)
+    };
+    let (short, long) = (cpu(2), cpu(22));
+    let _ = target.kill();
+    let _ = target.wait();
+    let (short, long) = (short?, long?);
+    println!(
+        "\nleak attach on an idle process (defaults: a sample every 1 s, a report every 5 s): \
+         {:.2}% of one CPU over 20 s of tracing (start: {:.2} s CPU)",
+        100.0 * (long - short) / 20.0,
+        short
+    );
+    Ok(())
 }
