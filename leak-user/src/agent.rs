@@ -23,7 +23,7 @@ use crate::{
     growth::Analysis,
     history::{History, Kind},
     loader::Tracer,
-    model::{Allocation, Frame, Snapshot},
+    model::{Frame, Snapshot},
     output::{self, table::TableOptions},
     report::{
         self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, SamplingView, TargetInfo, Window,
@@ -127,10 +127,10 @@ impl Session {
     /// This process's share of `snap`, per site.
     fn aggregate(&self, snap: &Snapshot) -> Aggregate {
         let min_age_ns = u64::try_from(self.cfg.min_age.as_nanos()).unwrap_or(u64::MAX);
-        let mine: Vec<Allocation> =
-            snap.allocations.iter().filter(|a| a.tgid == self.pid).copied().collect();
+        // Not copied: a snapshot may hold millions of records.
+        let mine = snap.allocations.iter().filter(|a| a.tgid == self.pid);
         let sampling = self.cfg.sample_mean.map(Sampling::new);
-        Aggregate::estimate(&mine, snap.taken_ns, min_age_ns, sampling.as_ref())
+        Aggregate::estimate(mine, snap.taken_ns, min_age_ns, sampling.as_ref())
     }
 
     /// How many sampled allocations of this process `snap` holds, when sampling.

@@ -54,14 +54,14 @@ impl Aggregate {
     /// (allocations stamped after `now_ns` count as age 0).
     #[must_use]
     pub fn from_allocations(allocs: &[Allocation], now_ns: u64, min_age_ns: u64) -> Self {
-        Self::estimate(allocs, now_ns, min_age_ns, None)
+        Self::estimate(allocs.iter(), now_ns, min_age_ns, None)
     }
 
     /// As [`Self::from_allocations`]; with `sampling`, the allocations are a sample and each
     /// stands for its weight ([`Sampling::weight`]): the sums are estimates, rounded.
     #[must_use]
-    pub fn estimate(
-        allocs: &[Allocation],
+    pub fn estimate<'a>(
+        allocs: impl IntoIterator<Item = &'a Allocation>,
         now_ns: u64,
         min_age_ns: u64,
         sampling: Option<&Sampling>,

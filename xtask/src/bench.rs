@@ -97,6 +97,7 @@ pub fn bench(pairs: u64) -> Result<()> {
     print_churn(&configs, &medians, pairs);
     bench_sampling_accuracy(&env)?;
     bench_idle(&env.leak)?;
+    bench_scale(&env)?;
     bench_watch(&env.leak)
 }
 
@@ -437,6 +438,49 @@ fn bench_idle(leak: &Path) -> Result<()> {
          {:.2}% of one CPU over 20 s of tracing (start: {:.2} s CPU)",
         100.0 * (long - short) / 20.0,
         short
+    );
+    Ok(())
+}
+
+/// One million outstanding allocations at 10,000 stacks: the time from the target's last
+/// allocation to leak's exit (the final snapshot, aggregation, symbolization, the text, JSON
+/// and SVG reports), and leak's peak RSS.
+fn bench_scale(env: &Env) -> Result<()> {
+    let root = workspace_root();
+    let program = env.scratch.join("scale");
+    compile_c(&root.join("xtask/programs/scale.c"), &program)?;
+    let json = env.scratch.join("scale.json");
+    let svg = env.scratch.join("scale.svg");
+    let mut cmd = as_root(&env.leak);
+    cmd.args(["run", "--max-allocs", "2000000", "--json"]).arg(&json).arg("--svg").arg(&svg);
+    cmd.arg("--").arg(&program).args(["10000", "100"]);
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut done_at = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if line == "done" {
+            done_at = Some(Instant::now());
+        }
+    }
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, valid out-pointers.
+    let pid = unsafe {
+        libc::wait4(i32::try_from(child.id()).unwrap_or(-1), &raw mut status, 0, &raw mut usage)
+    };
+    let ended = Instant::now();
+    if pid < 0 || status != 0 {
+        bail!("leak run on the scale program failed (status {status})");
+    }
+    let done_at = done_at.ok_or_else(|| anyhow!("the scale program never said done"))?;
+    println!(
+        "\n1,000,000 outstanding allocations at 10,000 stacks: final report (snapshot, \
+         aggregation, symbolization, text, JSON and SVG) {:.2} s after the last allocation; \
+         leak's peak RSS {} MiB",
+        (ended - done_at).as_secs_f64(),
+        usage.ru_maxrss / 1024
     );
     Ok(())
 }
