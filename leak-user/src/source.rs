@@ -90,14 +90,15 @@ impl AllocSource for Tracer {
     fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {
         let allocs = self.keys_of::<AllocInfo>(MAP_ALLOCS, tgid)?;
         let mmaps = self.keys_of::<u64>(MAP_MMAPS, tgid)?;
-        let mut map = self.hash_mut::<AllocInfo>(MAP_ALLOCS)?;
-        for (k, _) in &allocs {
-            // Already gone (freed meanwhile) is fine.
-            let _ = map.remove(k);
-        }
-        let mut map = self.hash_mut::<u64>(MAP_MMAPS)?;
-        for (k, _) in &mmaps {
-            let _ = map.remove(k);
+        for (name, keys) in [
+            (MAP_ALLOCS, allocs.iter().map(|(k, _)| *k).collect::<Vec<AllocKey>>()),
+            (MAP_MMAPS, mmaps.iter().map(|(k, _)| *k).collect()),
+        ] {
+            let Some(Map::HashMap(map)) = self.ebpf.map(name) else {
+                return Err(SourceError::MissingMap(name));
+            };
+            delete_batch(map.fd().as_fd(), &keys)
+                .map_err(|source| SourceError::Read { map: name, source })?;
         }
         Ok(allocs.len())
     }
@@ -183,6 +184,44 @@ pub fn monotonic_ns() -> u64 {
 
 /// `BPF_MAP_LOOKUP_BATCH` command number.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// `BPF_MAP_DELETE_BATCH` command number.
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Deletes `keys` from a hash map with `BPF_MAP_DELETE_BATCH`: a few syscalls instead of one
+/// per key (a million records took 1.6 s one by one). A key already gone (freed meanwhile)
+/// stops the kernel's batch at that key with ENOENT; the rest goes on from the next one.
+fn delete_batch<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    let mut done = 0;
+    while done < keys.len() {
+        let rest = &keys[done..];
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: u32::try_from(rest.len()).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` points to `count` keys of the map's key type (the caller's K matches
+        // the map definition), alive for the call; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &raw mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(err);
+        }
+        // attr.count keys were deleted; the next one was missing.
+        done += attr.count as usize + 1;
+    }
+    Ok(())
+}
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
