@@ -92,6 +92,10 @@ fn preflight(trace: &TraceConfig) -> Result<(), Error> {
 
 /// What a probe hit costs here, for the reports; a failure only loses that line.
 fn calibrate(tracer: &mut Tracer) -> Option<model::ProbeCost> {
+    // Off for now: with the calibration probes on leak's own binary, a second leak started
+    // right after this one attached its probes to the target and saw no hit at all (kernel
+    // interaction not understood yet). Opt in with LEAK_MEASURE_PROBES=1.
+    std::env::var_os("LEAK_MEASURE_PROBES")?;
     tracer.calibrate().map_err(|e| warn!("cannot measure the probes' cost: {e}")).ok()
 }
 

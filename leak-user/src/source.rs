@@ -187,6 +187,18 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// `BPF_MAP_DELETE_BATCH` command number.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
+/// Runs a batch command of the `bpf` syscall.
+///
+/// # Safety
+/// `attr`'s pointers must be valid for what `cmd` reads and writes through them.
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: the caller's contract; `attr` is a live `union bpf_attr` prefix of its size.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, &raw mut *attr, std::mem::size_of::<BatchAttr>())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Deletes `keys` from a hash map with `BPF_MAP_DELETE_BATCH`: a few syscalls instead of one
 /// per key (a million records took 1.6 s one by one). A key already gone (freed meanwhile)
 /// stops the kernel's batch at that key with ENOENT; the rest goes on from the next one.
@@ -202,18 +214,9 @@ fn delete_batch<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
         };
         // SAFETY: `attr` points to `count` keys of the map's key type (the caller's K matches
         // the map definition), alive for the call; the kernel only reads them.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if rc == 0 {
+        let Err(err) = (unsafe { bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) }) else {
             return Ok(());
-        }
-        let err = io::Error::last_os_error();
+        };
         if err.raw_os_error() != Some(libc::ENOENT) {
             return Err(err);
         }
@@ -269,15 +272,7 @@ fn lookup_batch<K: Copy + Default, V: Copy + Default, T>(
         // SAFETY: `attr` points to buffers of `chunk` keys and values of the map's key and
         // value types (the caller's K and V match the map definition) and to the cursors,
         // all alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(io::Error::last_os_error);
+        let err = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         let n = attr.count as usize;
         match err.as_ref().and_then(io::Error::raw_os_error) {
             // A bucket holds more entries than fit: retry it with a bigger chunk.

@@ -95,14 +95,8 @@ fn the_probe_floor_attaches_the_same_probes_and_records_nothing() {
     let (full, floor) = (&reports[0], &reports[1]);
     assert_eq!(full.0, floor.0, "the same number of probes");
     assert!(full.1.totals.outstanding_bytes > 0 && full.1.probe_hits["malloc_enter"] > 0);
-    // The time in probes: the hits times a cost measured at start.
-    let time = full.1.probe_time.expect("probe time");
-    let hits = |suffix: &str| -> u64 {
-        full.1.probe_hits.iter().filter(|(k, _)| k.ends_with(suffix)).map(|(_, v)| v).sum()
-    };
-    assert_eq!((time.entry_hits, time.return_hits), (hits("_enter"), hits("_exit")));
-    assert!(time.entry_ns > 0 && time.return_ns > 0, "{time:?}");
-    assert!(time.estimated_s > 0.0, "{time:?}");
+    // Measuring the probes' cost is off by default (see `calibrate` in lib.rs).
+    assert!(full.1.probe_time.is_none());
     assert_eq!(floor.1.totals.outstanding_bytes, 0);
     assert!(floor.1.probe_hits.values().all(|&h| h == 0), "{:#?}", floor.1.probe_hits);
 }
