@@ -5,30 +5,19 @@ use aya_ebpf::{
 };
 use leak_common::COOKIE_AFTER_SYSCALL;
 
-use super::{cookie, func};
-use crate::{
-    maps::{count_hit, floor},
-    verbs,
-};
+use super::{begin, cookie};
+use crate::verbs;
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    if floor() {
-        return 0;
-    }
-    let f = func(&ctx);
-    count_hit(f, false);
+    let Some(f) = begin(&ctx, false) else { return 0 };
     verbs::mmap_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0));
     0
 }
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
-    if floor() {
-        return 0;
-    }
-    let f = func(&ctx);
-    count_hit(f, true);
+    let Some(f) = begin(&ctx, true) else { return 0 };
     verbs::mmap_exit(&ctx, f, ctx.ret());
     0
 }
@@ -39,11 +28,9 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 /// emulates, while the `jae` after it is.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
-    if floor() {
+    if begin(&ctx, false).is_none() {
         return 0;
     }
-    let f = func(&ctx);
-    count_hit(f, false);
     if cookie(&ctx) & COOKIE_AFTER_SYSCALL != 0 {
         // SAFETY: `regs` is the probe's register snapshot.
         let ret = unsafe { (*ctx.regs).rax };
@@ -57,11 +44,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    if floor() {
-        return 0;
-    }
-    let f = func(&ctx);
-    count_hit(f, false);
+    let Some(f) = begin(&ctx, false) else { return 0 };
     verbs::mremap_enter(
         f,
         ctx.arg(0).unwrap_or(0),
@@ -73,11 +56,7 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
-    if floor() {
-        return 0;
-    }
-    let f = func(&ctx);
-    count_hit(f, true);
+    let Some(f) = begin(&ctx, true) else { return 0 };
     verbs::mremap_exit(&ctx, f, ctx.ret());
     0
 }

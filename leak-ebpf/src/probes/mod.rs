@@ -9,6 +9,8 @@ mod run;
 use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
 use leak_common::{COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE};
 
+use crate::maps::{count_hit, floor};
+
 /// The attach cookie: the hook index, plus flags such as `COOKIE_AFTER_SYSCALL`.
 #[inline(always)]
 fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
@@ -24,10 +26,20 @@ fn func<C: EbpfContext>(ctx: &C) -> u32 {
     f
 }
 
-/// A probe on leak's own calibration function: count the hit, do nothing else.
+/// Every program's start: under the probe floor nothing at all; else the hit is counted and
+/// the hook returned, unless the probe is on leak's own calibration function (then only
+/// counted). `exit`: a return probe.
 #[inline(always)]
-fn calibration<C: EbpfContext>(ctx: &C) -> bool {
-    cookie(ctx) & COOKIE_CALIBRATION != 0
+fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<u32> {
+    if floor() {
+        return None;
+    }
+    let f = func(ctx);
+    count_hit(f, exit);
+    if cookie(ctx) & COOKIE_CALIBRATION != 0 {
+        return None;
+    }
+    Some(f)
 }
 
 /// `a * b`, or `None` on overflow. BPF has no 128-bit multiply (`__multi3`), which is what
