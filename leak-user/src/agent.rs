@@ -133,11 +133,10 @@ impl Session {
         Aggregate::estimate(mine, snap.taken_ns, min_age_ns, sampling.as_ref())
     }
 
-    /// How many sampled allocations of this process `snap` holds, when sampling.
-    fn sampling_view(&self, snap: &Snapshot) -> Option<SamplingView> {
+    /// How many sampled allocations the estimates of `agg` rest on, when sampling.
+    fn sampling_view(&self, agg: &Aggregate) -> Option<SamplingView> {
         let mean_bytes = self.cfg.sample_mean?;
-        let samples = snap.allocations.iter().filter(|a| a.tgid == self.pid).count();
-        Some(SamplingView { mean_bytes, samples: u64::try_from(samples).unwrap_or(u64::MAX) })
+        Some(SamplingView { mean_bytes, samples: agg.records })
     }
 
     /// Records a growth sample (no report).
@@ -202,7 +201,7 @@ impl Session {
                 clock::local_hms(end_unix_s)
             ),
             limit: self.limit(),
-            sampling: self.sampling_view(snap),
+            sampling: self.sampling_view(&agg),
             probe_cost: self.cfg.probe_cost,
         };
         let analysis = Analysis::of(&self.history, &Params::default());

@@ -47,6 +47,8 @@ pub struct Aggregate {
     pub age_bytes: AgeBytes,
     /// Outstanding allocations by age, over sites.
     pub age_counts: [u64; 4],
+    /// Records summed (sampled allocations, when sampling: what the estimates rest on).
+    pub records: u64,
 }
 
 impl Aggregate {
@@ -75,11 +77,13 @@ impl Aggregate {
         }
         let mut by_stack: HashMap<u64, (SiteStats, Sums)> = HashMap::new();
         let mut age_counts = [0.0; 4];
+        let mut records = 0;
         for a in allocs {
             let age = now_ns.saturating_sub(a.timestamp_ns);
             if age < min_age_ns {
                 continue;
             }
+            records += 1;
             #[expect(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
             let (bytes, count) = sampling.map_or((a.size as f64, 1.0), |s| s.weight(a.size));
             let bucket = age_bucket(age);
@@ -120,7 +124,14 @@ impl Aggregate {
                 *total += b;
             }
         }
-        Self { sites, total_bytes, total_count, age_bytes, age_counts: age_counts.map(round) }
+        Self {
+            sites,
+            total_bytes,
+            total_count,
+            age_bytes,
+            age_counts: age_counts.map(round),
+            records,
+        }
     }
 
     /// Bytes at `stack_id`, 0 if the site has nothing outstanding.
@@ -179,6 +190,7 @@ mod tests {
         assert_eq!((agg.sites[1].bytes, agg.sites[1].count), (2064, 129));
         assert_eq!(agg.total_bytes, (1 << 20) + 2064);
         assert_eq!(agg.age_counts.iter().sum::<u64>(), 130);
+        assert_eq!(agg.records, 3, "what the estimates rest on");
         // Unsampled: the same records counted as they are.
         let exact = Aggregate::estimate(&allocs, 10, 0, None);
         assert_eq!(exact, Aggregate::from_allocations(&allocs, 10, 0));
