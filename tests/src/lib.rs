@@ -161,6 +161,20 @@ impl Fixture {
     pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait fixture")
     }
+
+    /// Runs its allocations, then has it exit while `leak` (attached, writing `json`) is
+    /// still tracing: `leak` must end by itself and report. Returns that report.
+    #[must_use]
+    pub fn exit_under(&mut self, leak: Leak, json: &Path) -> Report {
+        self.go_and_wait_done();
+        self.send("exit");
+        assert!(self.wait().success());
+        let done = leak.wait();
+        assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+        let report = read_report(json);
+        assert_eq!(report.end_reason, "target_exited");
+        report
+    }
 }
 
 impl Drop for Fixture {
@@ -320,6 +334,21 @@ pub fn run_with_report(
     args.extend(["--json", json.to_str().expect("utf-8 path"), "--"]);
     args.extend_from_slice(command);
     (run_leak(&args), dir, json)
+}
+
+/// Asserts that the site whose frame 0 is `function` holds exactly `(bytes, allocations)`;
+/// returns it.
+#[track_caller]
+#[expect(clippy::must_use_candidate, reason = "an assertion; the site is for more checks")]
+pub fn assert_site<'a>(report: &'a Report, function: &str, expected: (u64, u64)) -> &'a Site {
+    let s = site(report, function);
+    assert_eq!(
+        (s.outstanding_bytes, s.outstanding_allocs),
+        expected,
+        "{function}: {:#?}",
+        summary(report)
+    );
+    s
 }
 
 /// Asserts every drop counter is 0: every event was matched.

@@ -1,6 +1,6 @@
 //! `leak attach` on live fixture processes: exact bytes and counts per leaking function.
 use leak_tests::{
-    Fixture, Leak, assert_absent, assert_no_drops, read_report, require_root, site, summary,
+    Fixture, Leak, assert_absent, assert_no_drops, assert_site, read_report, require_root, summary,
     trace_fixture,
 };
 
@@ -30,13 +30,7 @@ fn assert_leaker_truth_via(report: &leak_tests::Report, memalign: &str, module: 
         ("reallocarray_overflow_keeps", 50, 1, "malloc"),
     ];
     for (function, bytes, allocs, via) in expect {
-        let s = site(report, function);
-        assert_eq!(
-            (s.outstanding_bytes, s.outstanding_allocs),
-            (bytes, allocs),
-            "{function}: {:#?}",
-            summary(report)
-        );
+        let s = assert_site(report, function, (bytes, allocs));
         assert_eq!(s.allocator_fn.as_deref(), Some(via), "{function}");
         // Frame 0 is the caller of the allocator; the fixture's main called it.
         assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("main"), "{function}");
@@ -114,13 +108,7 @@ fn target_exiting_mid_run_still_gets_its_report() {
     let mut fixture = Fixture::start("leaker");
     let leak =
         Leak::attach(fixture.pid(), &["--duration", "10m", "--json", json.to_str().unwrap()]);
-    fixture.go_and_wait_done();
-    fixture.send("exit");
-    assert!(fixture.wait().success());
-    let done = leak.wait();
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let report = read_report(&json);
-    assert_eq!(report.end_reason, "target_exited");
+    let report = fixture.exit_under(leak, &json);
     assert_leaker_truth(&report);
 }
 
@@ -164,13 +152,7 @@ fn threads_allocating_at_once_are_counted_exactly() {
     let done = leak.interrupt();
     assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
     let report = read_report(&json);
-    let s = site(&report, "thread_leak");
-    assert_eq!(
-        (s.outstanding_bytes, s.outstanding_allocs),
-        (414_400, 400),
-        "{:#?}",
-        summary(&report)
-    );
+    let s = assert_site(&report, "thread_leak", (414_400, 400));
     assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("worker"));
     assert_absent(&report, "thread_churn");
     // Allocated on the workers, freed by main: cross-thread frees are matched.
@@ -261,11 +243,9 @@ fn tcmalloc_linked_into_the_executable() {
 #[test]
 fn prefixed_jemalloc_names_are_hooked_where_defined() {
     let report = trace_fixture("prefixed", &[], &[]);
-    let s = site(&report, "leak_je");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (192, 3), "{:#?}", summary(&report));
+    let s = assert_site(&report, "leak_je", (192, 3));
     assert_eq!(s.allocator_fn.as_deref(), Some("je_malloc"));
-    let s = site(&report, "leak_rjem");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (256, 2), "{:#?}", summary(&report));
+    let s = assert_site(&report, "leak_rjem", (256, 2));
     assert_eq!(s.allocator_fn.as_deref(), Some("_rjem_mallocx"));
     assert_absent(&report, "no_leak_prefixed");
     // The malloc inside each wrapper is nested, the free inside je_free and _rjem_sdallocx

@@ -3,7 +3,7 @@
 //! files are reached through `/proc/PID/map_files`, and kept open for after the process exits.
 use std::process::Command;
 
-use leak_tests::{Fixture, Leak, fixture, read_report, require_root, site, summary};
+use leak_tests::{Fixture, Leak, assert_site, fixture, require_root};
 
 #[test]
 fn process_in_its_own_mount_namespace_exits_and_is_still_symbolized() {
@@ -30,24 +30,12 @@ fn process_in_its_own_mount_namespace_exits_and_is_still_symbolized() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let leak = Leak::attach(fixture.pid(), &["--interval", "1h", "--json", json.to_str().unwrap()]);
-    fixture.go_and_wait_done();
     // Exit before any interval report: everything is symbolized after the process and its
     // mount namespace are gone.
-    fixture.send("exit");
-    assert!(fixture.wait().success());
-    let done = leak.wait();
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let report = read_report(&json);
-    assert_eq!(report.end_reason, "target_exited");
+    let report = fixture.exit_under(leak, &json);
     // Probes in the namespace's own copy of libc, under the path /proc showed us.
     assert_eq!(report.allocator.path, format!("{r}{libc}"));
-    let s = site(&report, "leak_malloc");
-    assert_eq!(
-        (s.outstanding_bytes, s.outstanding_allocs),
-        (40_960, 10),
-        "{:#?}",
-        summary(&report)
-    );
+    let s = assert_site(&report, "leak_malloc", (40_960, 10));
     assert_eq!(s.stack[0].module.as_deref(), Some("leaker"));
     assert!(
         s.stack[0].file.as_deref().is_some_and(|f| f.ends_with("leaker.c")),
@@ -55,7 +43,6 @@ fn process_in_its_own_mount_namespace_exits_and_is_still_symbolized() {
         s.stack[0]
     );
     assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("main"));
-    let s = site(&report, "leak_calloc");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (1_500, 5));
+    assert_site(&report, "leak_calloc", (1_500, 5));
     leak_tests::assert_no_drops(&report);
 }

@@ -1,7 +1,9 @@
 //! Growth analysis on a real process: a slow leak next to a bounded cache that fills, then
 //! recycles (fixture `cacher`: 1 KiB leaked and one 4 KiB cache entry replaced every tick, 32
 //! entries at most).
-use leak_tests::{assert_no_drops, fixture, read_report, run_with_report, site, summary};
+use leak_tests::{
+    assert_no_drops, assert_site, fixture, read_report, run_with_report, site, summary,
+};
 use leak_user::{config::LEAK_FOUND_EXIT, trend::Verdict};
 
 const TICK_MS: &str = "25";
@@ -69,8 +71,7 @@ fn a_slow_leak_is_flagged_and_a_recycling_cache_is_not() {
     let report = read_report(&json);
     assert_no_drops(&report);
     // Exact outstanding bytes, and the verdicts.
-    let leak = site(&report, "leak_fn");
-    assert_eq!((leak.outstanding_bytes, leak.outstanding_allocs), (ticks * 1024, ticks));
+    let leak = assert_site(&report, "leak_fn", (ticks * 1024, ticks));
     assert_eq!(leak.trend.verdict, Verdict::Leak, "{:#?}", leak.trend);
     assert!(leak.trend.confidence > 0.99, "{:#?}", leak.trend);
     assert_eq!(leak.trend.gained_bytes, i64::try_from(ticks * 1024).unwrap());
@@ -81,8 +82,7 @@ fn a_slow_leak_is_flagged_and_a_recycling_cache_is_not() {
     assert!((leak.trend.rate_bytes_per_h - rate * 3600.0).abs() <= 0.05 * 3600.0 + 1.0);
     assert_eq!(leak.series.bytes.first(), Some(&0), "series start at attach");
     assert_eq!(leak.series.bytes.last(), Some(&(ticks * 1024)));
-    let cache = site(&report, "cache_put");
-    assert_eq!((cache.outstanding_bytes, cache.outstanding_allocs), (CACHE_BYTES, 32));
+    let cache = assert_site(&report, "cache_put", (CACHE_BYTES, 32));
     assert_eq!(cache.trend.verdict, Verdict::Plateau, "{:#?}", cache.trend);
     assert_eq!(report.growth.leak_sites, std::slice::from_ref(&leak.id), "{:#?}", summary(&report));
     assert!(

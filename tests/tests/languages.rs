@@ -1,22 +1,19 @@
 //! C++ and Rust programs: allocations through libstdc++'s operators and Rust's global
 //! allocator are attributed to the functions that made them, exactly.
-use leak_tests::{assert_absent, assert_no_drops, site, summary, trace_fixture, under};
+use leak_tests::{assert_absent, assert_no_drops, assert_site, summary, trace_fixture, under};
 
 #[test]
 fn cxx_operator_new_sites_are_the_callers_of_new() {
     let report = trace_fixture("cxx-leaker", &[], &[]);
     // libstdc++'s operator new has no frame pointer: hooked itself, the function that
     // called new is frame 0 (hooking only malloc would lose it).
-    let s = site(&report, "leak_new()");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (192, 4), "{:#?}", summary(&report));
+    let s = assert_site(&report, "leak_new()", (192, 4));
     assert_eq!(s.allocator_fn.as_deref(), Some("operator new"));
-    let s = site(&report, "leak_new_array()");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (400, 1));
+    let s = assert_site(&report, "leak_new_array()", (400, 1));
     assert_eq!(s.allocator_fn.as_deref(), Some("operator new[]"));
     // Through std::vector / std::string internals: everything below the leaking function.
     assert_eq!(under(&report, "leak_vector()"), (24 + 1000, 2), "{:#?}", summary(&report));
-    let s = site(&report, "leak_string()");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (32, 1), "{:#?}", summary(&report));
+    assert_site(&report, "leak_string()", (32, 1));
     // The string's 101-byte buffer is allocated inside libstdc++ (std::string::_M_construct),
     // which has no frame pointers: its stack ends there. CFI unwinding (#7) will extend it to
     // leak_string(); the site and its bytes are exact already.

@@ -1,6 +1,6 @@
 //! Anonymous private mappings: recorded with their stacks, trimmed and split by munmap and
 //! `MAP_FIXED`, moved by mremap, never counted twice when an allocator maps memory itself.
-use leak_tests::{assert_absent, assert_no_drops, site, summary, trace_fixture, under};
+use leak_tests::{assert_absent, assert_no_drops, assert_site, summary, trace_fixture, under};
 
 const P: u64 = 4096;
 
@@ -14,12 +14,10 @@ fn mappings_are_tracked_exactly() {
     assert_eq!(under(&report, "munmap_tail"), (5 * P, 1), "{sum:#?}");
     assert_eq!(under(&report, "munmap_middle"), (8 * P, 2), "{sum:#?}");
     assert_eq!(under(&report, "fixed_replace_leak"), (8 * P, 3), "{sum:#?}");
-    let s = site(&report, "mremap_grow_leak");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (6 * P, 1), "{sum:#?}");
+    let s = assert_site(&report, "mremap_grow_leak", (6 * P, 1));
     assert_eq!(s.allocator_fn.as_deref(), Some("mremap"));
     // glibc maps a 1 MiB block itself: one allocation, by malloc, not a second one by mmap.
-    let s = site(&report, "malloc_large_leak");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (1 << 20, 1), "{sum:#?}");
+    let s = assert_site(&report, "malloc_large_leak", (1 << 20, 1));
     assert_eq!(s.allocator_fn.as_deref(), Some("malloc"));
     for gone in
         ["munmap_all", "fixed_then_unmap", "malloc_large_free", "unmap_premapped", "not_heap"]

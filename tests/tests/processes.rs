@@ -4,8 +4,8 @@
 use std::{fs, path::PathBuf};
 
 use leak_tests::{
-    assert_absent, assert_no_drops, fixture, read_report, require_root, run_leak_with_stdin,
-    run_with_report, site, summary, under,
+    assert_absent, assert_no_drops, assert_site, fixture, read_report, require_root,
+    run_leak_with_stdin, run_with_report, summary, under,
 };
 
 /// The per-process reports `<stem>-<pid>*.json` next to `main`.
@@ -29,10 +29,8 @@ fn run_follows_exec_into_another_allocator() {
     assert_eq!(report.target.comm, "runner");
     // The new image preloads jemalloc: its probes were planned again at its entry point.
     assert!(report.allocator.path.contains("libjemalloc"), "{}", report.allocator.path);
-    let s = site(&report, "ctor_leak");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (1024, 2), "{:#?}", summary(&report));
-    let s = site(&report, "leak_at_start");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (3000, 3));
+    assert_site(&report, "ctor_leak", (1024, 2));
+    assert_site(&report, "leak_at_start", (3000, 3));
     // The exec replaced the old image's memory: its blocks are not leaks of anyone.
     assert_absent(&report, "leak_before_exec");
     assert_no_drops(&report);
@@ -107,13 +105,7 @@ fn threads_under_follow_forks() {
     );
     assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
     let report = read_report(&json);
-    let s = site(&report, "thread_leak");
-    assert_eq!(
-        (s.outstanding_bytes, s.outstanding_allocs),
-        (414_400, 400),
-        "{:#?}",
-        summary(&report)
-    );
+    assert_site(&report, "thread_leak", (414_400, 400));
     assert_absent(&report, "thread_churn");
     assert_absent(&report, "handoff_alloc");
     assert!(child_reports(&json).is_empty(), "threads are not processes");

@@ -1,5 +1,5 @@
 //! `leak run`: probes attached before the program's main, exit code passed through.
-use leak_tests::{assert_absent, fixture, read_report, require_root, run_leak, site, summary};
+use leak_tests::{assert_absent, assert_site, fixture, read_report, require_root, run_leak};
 
 #[test]
 fn run_traces_from_the_first_instruction_and_passes_the_exit_code() {
@@ -14,10 +14,8 @@ fn run_traces_from_the_first_instruction_and_passes_the_exit_code() {
     assert_eq!(report.end_reason, "target_exited");
     assert_eq!(report.target.comm, "runner");
     // Allocated by a constructor, before main: the probes were already there.
-    let s = site(&report, "ctor_leak");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (1024, 2), "{:#?}", summary(&report));
-    let s = site(&report, "leak_at_start");
-    assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (3000, 3), "{:#?}", summary(&report));
+    assert_site(&report, "ctor_leak", (1024, 2));
+    assert_site(&report, "leak_at_start", (3000, 3));
     assert_absent(&report, "no_leak");
 }
 

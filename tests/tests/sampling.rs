@@ -1,6 +1,8 @@
 //! Sampled tracing (`--sample`): the fixture's leak sites are found, and each site's
 //! estimated bytes and allocations are close to the truth (fixture `sampled`, run at scale 4).
-use leak_tests::{assert_no_drops, fixture, read_report, run_with_report, site, summary};
+use leak_tests::{
+    assert_no_drops, assert_site, fixture, read_report, run_with_report, site, summary,
+};
 
 const SCALE: u64 = 4;
 
@@ -60,7 +62,6 @@ fn the_same_fixture_unsampled_is_exact() {
     assert_no_drops(&report);
     assert!(report.sampling.is_none());
     for (function, bytes, allocs) in TRUTH {
-        let s = site(&report, function);
-        assert_eq!((s.outstanding_bytes, s.outstanding_allocs), (bytes, allocs), "{function}");
+        assert_site(&report, function, (bytes, allocs));
     }
 }
