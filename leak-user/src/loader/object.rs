@@ -30,27 +30,32 @@ impl AlignedObject {
 /// # Errors
 /// The object does not parse or has no such map definition.
 pub fn with_map_flags(elf: &[u8], name: &str, flags: u32) -> Result<AlignedObject, String> {
+    let at = map_def_offset(elf, name)? + MAP_FLAGS_OFFSET;
     let mut copy = AlignedObject { words: vec![0; elf.len().div_ceil(8)], len: elf.len() };
     copy.bytes_mut().copy_from_slice(elf);
-    let offset = {
-        let file = object::File::parse(copy.bytes()).map_err(|e| e.to_string())?;
-        let symbol = file
-            .symbols()
-            .find(|s| s.name() == Ok(name))
-            .ok_or_else(|| format!("no symbol {name}"))?;
-        let section = symbol
-            .section_index()
-            .and_then(|i| file.section_by_index(i).ok())
-            .ok_or_else(|| format!("{name} is in no section"))?;
-        if section.name() != Ok("maps") || symbol.size() < 20 {
-            return Err(format!("{name} is not a map definition"));
-        }
-        let (start, _) = section.file_range().ok_or_else(|| format!("{name}: no file data"))?;
-        let within = symbol.address() - section.address();
-        usize::try_from(start + within).map_err(|e| e.to_string())? + MAP_FLAGS_OFFSET
-    };
-    copy.bytes_mut()[offset..offset + 4].copy_from_slice(&flags.to_le_bytes());
+    copy.bytes_mut()[at..at + 4].copy_from_slice(&flags.to_le_bytes());
     Ok(copy)
+}
+
+/// File offset of map `name`'s definition in `elf`.
+fn map_def_offset(elf: &[u8], name: &str) -> Result<usize, String> {
+    let file = object::File::parse(elf).map_err(|e| e.to_string())?;
+    let symbol =
+        file.symbols().find(|s| s.name() == Ok(name)).ok_or_else(|| format!("no symbol {name}"))?;
+    let section = symbol
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .ok_or_else(|| format!("{name} is in no section"))?;
+    if section.name() != Ok("maps") || symbol.size() < 20 {
+        return Err(format!("{name} is not a map definition"));
+    }
+    let (start, _) = section.file_range().ok_or_else(|| format!("{name}: no file data"))?;
+    let at = start + (symbol.address() - section.address());
+    let at = usize::try_from(at).map_err(|e| e.to_string())?;
+    if at + 20 > elf.len() {
+        return Err(format!("{name}: truncated"));
+    }
+    Ok(at)
 }
 
 /// The flags map `name` has in `elf`.
@@ -62,21 +67,8 @@ fn map_flags(elf: &[u8], name: &str) -> Result<u32, String> {
 /// The `u32` at `field` in map `name`'s definition.
 #[cfg(test)]
 fn map_def_field(elf: &[u8], name: &str, field: usize) -> Result<u32, String> {
-    let file = object::File::parse(elf).map_err(|e| e.to_string())?;
-    let symbol =
-        file.symbols().find(|s| s.name() == Ok(name)).ok_or_else(|| format!("no symbol {name}"))?;
-    let section = symbol
-        .section_index()
-        .and_then(|i| file.section_by_index(i).ok())
-        .ok_or_else(|| format!("{name} is in no section"))?;
-    let data = section.data().map_err(|e| e.to_string())?;
-    let at =
-        usize::try_from(symbol.address() - section.address()).map_err(|e| e.to_string())? + field;
-    let bytes: [u8; 4] = data
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("{name}: truncated"))?;
-    Ok(u32::from_le_bytes(bytes))
+    let at = map_def_offset(elf, name)? + field;
+    Ok(u32::from_le_bytes(elf[at..at + 4].try_into().map_err(|_| "truncated".to_owned())?))
 }
 
 #[cfg(test)]
