@@ -300,7 +300,7 @@ pub const PENDING_OVERFLOW: u32 = 1;
 /// `posix_memalign` calls `malloc`, its `reallocarray` tail-calls `realloc`) finds the outer
 /// call's stash and leaves the accounting to it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
     /// Requested size in bytes (for calloc and reallocarray, the checked product).
     pub size: u64,
@@ -324,7 +324,34 @@ pub struct Pending {
     /// Sampling: bytes this thread allocates before its next sample (0: not drawn yet). Kept
     /// across calls, unlike the other fields.
     pub sample_left: u64,
+    /// The top of the user stack at the return, copied in one read for the frame walk
+    /// (scratch space; kept here because the return probe has this slot at hand).
+    pub window: [u64; STACK_WINDOW_WORDS],
 }
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            old_ptr: 0,
+            out_ptr: 0,
+            start_ns: 0,
+            old: AllocInfo::default(),
+            kind: 0,
+            has_old: 0,
+            flags: 0,
+            pad: 0,
+            sample_left: 0,
+            window: [0; STACK_WINDOW_WORDS],
+        }
+    }
+}
+
+/// Words of user stack a return probe reads at once ([`Pending::window`]). One
+/// `bpf_probe_read_user` costs about 100 ns here whatever its size up to a page, so frames
+/// that lie within the first 512 bytes above the stack pointer (most of a stack's innermost
+/// frames) cost nothing more.
+pub const STACK_WINDOW_WORDS: usize = 64;
 
 /// `Pending::flags`: the call's block is not sampled: its return records nothing (a realloc
 /// still frees the old block).
@@ -415,7 +442,7 @@ pub const PROGRAM_ENTRY_STOP: &str = "entry_stop";
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
-const _: () = assert!(core::mem::size_of::<Pending>() == 88);
+const _: () = assert!(core::mem::size_of::<Pending>() == 88 + STACK_WINDOW_WORDS * 8);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);
 const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 

@@ -59,6 +59,10 @@ pub static STACK_SCRATCH: LruHashMap<u64, StackTrace> =
 #[map]
 pub static ZERO_STACK: Array<StackTrace> = Array::with_max_entries(1, 0);
 
+/// Zeros to create a thread's `PENDING` slot from; never written.
+#[map]
+pub static ZERO_PENDING: Array<Pending> = Array::with_max_entries(1, 0);
+
 /// Drop counters by `DropReason`. Per-CPU: a shared array loses increments across CPUs.
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

@@ -11,20 +11,22 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_for_each_map_elem,
-        generated::bpf_get_prandom_u32, generated::bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::bpf_for_each_map_elem, generated::bpf_get_prandom_u32,
+        generated::bpf_ktime_get_ns,
     },
 };
 use aya_log_ebpf::debug;
 use leak_common::{
     AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
     PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
-    SAMPLE_GAP_SHIFT, STACK_ID_NONE, STALE_PENDING_NS, StackTrace, sample_gap, sample_step,
+    SAMPLE_GAP_SHIFT, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS, StackTrace, sample_gap,
+    sample_step,
 };
 
 use crate::maps::{
     ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, STACK_SCRATCH,
-    STACKS, TRACE, ZERO_STACK, count_drop,
+    STACKS, TRACE, ZERO_PENDING, ZERO_STACK, count_drop,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -53,65 +55,96 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Stashes the arguments of a call. Returns false when the call is nested in another hooked
-/// call of this thread (which then accounts for everything), or cannot be stashed. `sample`:
-/// the call makes a new block of `call.size` bytes, which sampling may leave out.
+/// The arguments of an allocator call, as its entry probe read them.
+#[derive(Clone, Copy, Default)]
+struct Call {
+    size: u64,
+    old_ptr: u64,
+    out_ptr: u64,
+    kind: u32,
+    flags: u32,
+}
+
+/// Stashes the arguments of a call, stamped with the time. Returns false when the call is
+/// nested in another hooked call of this thread (which then accounts for everything), or
+/// cannot be stashed. `sample`: the call makes a new block of `call.size` bytes, which
+/// sampling may leave out.
 ///
 /// Each thread keeps its slot: an ended call marks it idle (`PENDING_IDLE`) rather than
 /// deleting it, so the next call writes it in place. An LRU insert and delete per call cost
 /// about 250 ns here; a lookup, a tenth of that. The LRU still evicts the slots of threads
-/// that have gone.
+/// that have gone. Written field by field: a whole `Pending` built on the stack is zeroed by
+/// a call to a BPF `memset` (about 5% of `alloc_enter`'s time), and is too large anyway.
 #[inline(always)]
-fn stash(pid_tgid: u64, mut call: Pending, sample: bool) -> bool {
-    if let Some(slot) = PENDING.get_ptr_mut(pid_tgid) {
+fn stash(pid_tgid: u64, call: Call, sample: bool) -> bool {
+    let start_ns = now_ns();
+    let slot = if let Some(slot) = PENDING.get_ptr_mut(pid_tgid) {
         // SAFETY: this thread's own slot: no other program writes it.
-        let (kind, start_ns, left) =
-            unsafe { ((*slot).kind, (*slot).start_ns, (*slot).sample_left) };
+        let (kind, started) = unsafe { ((*slot).kind, (*slot).start_ns) };
         if kind != PENDING_IDLE {
-            if call.start_ns.wrapping_sub(start_ns) < STALE_PENDING_NS {
+            if start_ns.wrapping_sub(started) < STALE_PENDING_NS {
                 return false;
             }
             // Left by a call whose return never arrived: replace it.
             count_drop(DropReason::StalePending);
         }
-        call.sample_left = left;
-        if sample {
-            decide_sample(&mut call);
-        }
-        // SAFETY: as above.
-        unsafe { *slot = call };
-        return true;
-    }
-    if sample {
-        decide_sample(&mut call);
-    }
-    if PENDING.insert(pid_tgid, call, u64::from(BPF_ANY)).is_err() {
+        slot
+    } else if let Some(slot) = new_slot(pid_tgid) {
+        slot
+    } else {
         count_drop(DropReason::PendingFull);
         return false;
+    };
+    // SAFETY: as above.
+    let slot = unsafe { &mut *slot };
+    let mut flags = call.flags;
+    if sample {
+        let (sampled, left) = decide_sample(slot.sample_left, call.size);
+        slot.sample_left = left;
+        if !sampled {
+            flags |= PENDING_UNSAMPLED;
+        }
     }
+    slot.size = call.size;
+    slot.old_ptr = call.old_ptr;
+    slot.out_ptr = call.out_ptr;
+    slot.start_ns = start_ns;
+    slot.has_old = 0;
+    slot.flags = flags;
+    slot.kind = call.kind;
     true
 }
 
-/// Sampling (`SAMPLE_MEAN` set): counts the call's bytes against the thread's countdown and
-/// marks the call `PENDING_UNSAMPLED` unless a sample point falls in them
-/// (`leak_common::sample_step`).
+/// Creates this thread's slot (zeroed, so no sampling countdown drawn yet) on its first call.
+/// From a zeroed map value: the slot does not fit on the 512-byte BPF stack.
 #[inline(always)]
-fn decide_sample(call: &mut Pending) {
+fn new_slot(pid_tgid: u64) -> Option<*mut Pending> {
+    let zero = ZERO_PENDING.get_ptr(0)?;
+    // SAFETY: `zero` is a valid map value of the map's value type.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy the slot onto the 512-byte BPF stack"
+    )]
+    PENDING.insert(pid_tgid, unsafe { &*zero }, u64::from(BPF_ANY)).ok()?;
+    PENDING.get_ptr_mut(pid_tgid)
+}
+
+/// Sampling (`SAMPLE_MEAN` set): counts a call's `size` bytes against the thread's countdown
+/// `left` and says whether a sample point falls in them (`leak_common::sample_step`), with
+/// the new countdown. Without sampling every call is sampled.
+#[inline(always)]
+fn decide_sample(left: u64, size: u64) -> (bool, u64) {
     let mean = SAMPLE_MEAN.load();
     if mean == 0 {
-        return;
+        return (true, left);
     }
-    let (sampled, left) = sample_step(call.sample_left, call.size, || {
+    sample_step(left, size, || {
         // SAFETY: helper without arguments.
         let r = unsafe { bpf_get_prandom_u32() };
         let entry =
             SAMPLE_GAPS.get(r >> (32 - SAMPLE_GAP_BITS)).copied().unwrap_or(1 << SAMPLE_GAP_SHIFT);
         sample_gap(mean, entry)
-    });
-    call.sample_left = left;
-    if !sampled {
-        call.flags |= PENDING_UNSAMPLED;
-    }
+    })
 }
 
 /// Sampling leaves frees of blocks it never recorded: not a lost event.
@@ -129,16 +162,21 @@ fn in_call(pid_tgid: u64) -> bool {
     PENDING.get_ptr(pid_tgid).is_some_and(|p| unsafe { (*p).kind } != PENDING_IDLE)
 }
 
-/// Takes this thread's stash if it belongs to a call of `func`. A stash of another function
-/// means this return is of a nested call (see the module comment): left to the outer one.
+/// Takes this thread's stash if it belongs to a call of `func`, marking the slot idle. A stash
+/// of another function means this return is of a nested call (see the module comment): left
+/// to the outer one.
+///
+/// Returns the slot itself, not a copy: until this program ends nothing else writes it (the
+/// thread is in this probe, and other threads have their own slots), and the return probe
+/// uses its stack window.
 #[inline(always)]
-fn take_pending(pid_tgid: u64, func: u32) -> Option<Pending> {
+fn take_pending(pid_tgid: u64, func: u32) -> Option<&'static mut Pending> {
     let Some(slot) = PENDING.get_ptr_mut(pid_tgid) else {
         count_drop(DropReason::MissingEntry);
         return None;
     };
-    // SAFETY: this thread's own slot, copied out before it is marked idle.
-    let pending = unsafe { *slot };
+    // SAFETY: this thread's own slot, see above.
+    let pending = unsafe { &mut *slot };
     if pending.kind == PENDING_IDLE {
         count_drop(DropReason::MissingEntry);
         return None;
@@ -146,8 +184,7 @@ fn take_pending(pid_tgid: u64, func: u32) -> Option<Pending> {
     if pending.kind != func {
         return None;
     }
-    // SAFETY: as above.
-    unsafe { (*slot).kind = PENDING_IDLE };
+    pending.kind = PENDING_IDLE;
     Some(pending)
 }
 
@@ -155,22 +192,14 @@ fn take_pending(pid_tgid: u64, func: u32) -> Option<Pending> {
 #[inline(always)]
 pub fn alloc_enter(func: u32, size: u64, flags: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    stash(
-        pid_tgid,
-        Pending { size, kind: func, flags, start_ns: now_ns(), ..Pending::default() },
-        true,
-    );
+    stash(pid_tgid, Call { size, kind: func, flags, ..Call::default() }, true);
 }
 
 /// Entry of `posix_memalign(out_ptr, alignment, size)`.
 #[inline(always)]
 pub fn posix_memalign_enter(func: u32, out_ptr: u64, size: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    stash(
-        pid_tgid,
-        Pending { size, out_ptr, kind: func, start_ns: now_ns(), ..Pending::default() },
-        true,
-    );
+    stash(pid_tgid, Call { size, out_ptr, kind: func, ..Call::default() }, true);
 }
 
 /// Return of a call that returns the new block: record `ret`.
@@ -180,7 +209,7 @@ pub fn alloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     let Some(pending) = take_pending(pid_tgid, func) else { return };
     // NULL: the allocation failed, nothing is outstanding.
     if ret != 0 {
-        record(ctx, pid_tgid, ret, &pending);
+        record(ctx, pid_tgid, ret, func, pending);
     }
 }
 
@@ -195,7 +224,7 @@ pub fn posix_memalign_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u32) {
     // SAFETY: reads user memory through the helper, which handles faults.
     match unsafe { bpf_probe_read_user(pending.out_ptr as *const u64) } {
         Ok(addr) if addr != 0 => {
-            record(ctx, pid_tgid, addr, &pending);
+            record(ctx, pid_tgid, addr, func, pending);
         }
         Ok(_) => {}
         Err(_) => count_drop(DropReason::ReadFailed),
@@ -244,11 +273,10 @@ pub fn free_enter(ptr: u64, note: bool) {
 #[inline(always)]
 pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let pending =
-        Pending { size, old_ptr: ptr, kind: func, flags, start_ns: now_ns(), ..Pending::default() };
+    let call = Call { size, old_ptr: ptr, kind: func, flags, ..Call::default() };
     // Stash first: a nested realloc (inside reallocarray) must not touch the old block, which
     // the outer call has already taken out.
-    if !stash(pid_tgid, pending, true) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
+    if !stash(pid_tgid, call, true) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
         return;
     }
     let key = AllocKey::new(ptr, tgid(pid_tgid));
@@ -290,7 +318,7 @@ pub fn realloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
         }
         return;
     }
-    record(ctx, pid_tgid, ret, &pending);
+    record(ctx, pid_tgid, ret, func, pending);
 }
 
 /// This thread's stack buffer, created on its first allocation.
@@ -310,22 +338,28 @@ fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
     STACK_SCRATCH.get_ptr_mut(pid_tgid)
 }
 
-/// Records the block `addr` of the call `call` with the current user stack. Its time is the
-/// call's start: one clock read per allocation, not two.
+/// Records the block `addr` of the call `call` to hook `func` with the current user stack.
+/// Its time is the call's start: one clock read per allocation, not two.
 #[inline(always)]
-fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, call: &Pending) -> bool {
+fn record<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    addr: u64,
+    func: u32,
+    call: &mut Pending,
+) -> bool {
     if call.flags & PENDING_UNSAMPLED != 0 {
         return false;
     }
-    let stack_id = take_stack(ctx, pid_tgid);
-    let (size, kind) = (call.size, call.kind);
+    let stack_id = take_stack(ctx, pid_tgid, &mut call.window);
+    let size = call.size;
     let info =
-        AllocInfo { size, timestamp_ns: call.start_ns, stack_id, tgid: tgid(pid_tgid), kind };
+        AllocInfo { size, timestamp_ns: call.start_ns, stack_id, tgid: tgid(pid_tgid), kind: func };
     if ALLOCS.insert(AllocKey::new(addr, info.tgid), info, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::AllocMapFull);
     }
     if TRACE.load() != 0 {
-        debug!(ctx, "alloc kind={} size={} addr={:x} stack={:x}", kind, size, addr, stack_id);
+        debug!(ctx, "alloc kind={} size={} addr={:x} stack={:x}", func, size, addr, stack_id);
     }
     true
 }
@@ -340,20 +374,50 @@ fn record<C: EbpfContext>(ctx: &C, pid_tgid: u64, addr: u64, call: &Pending) -> 
 /// a frame before checking it, so the zero frame pointer at the bottom of every stack
 /// (`_start` clears it) faulted on each call, and the fault cost more than the whole walk
 /// (`alloc_exit` went from 1960 to 1040 ns a run here).
+///
+/// The first walk only hashes, reading frames from `window`, a copy of the top of the stack
+/// taken in one read (one read per frame cost 40% of `alloc_exit`). Nearly every stack has
+/// been seen before, and then nothing else is needed: no per-thread buffer is looked up or
+/// written. A new stack is walked again by [`leak_store_stack`] (the same registers over the
+/// same memory give the same frames).
 #[inline(always)]
-fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> u64 {
-    let Some(buf) = scratch(pid_tgid) else {
-        count_drop(DropReason::StackMissing);
-        return STACK_ID_NONE;
-    };
+fn take_stack<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    window: &mut [u64; STACK_WINDOW_WORDS],
+) -> u64 {
     // SAFETY: a uprobe's context is its pt_regs.
     let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    let ips = buf.cast::<u64>();
-    let (sp, mut fp) = (regs.rsp, regs.rbp);
-    // SAFETY: index 0 of the scratch value.
-    unsafe { *ips = regs.rip };
+    let (ip, sp, fp) = (regs.rip, regs.rsp, regs.rbp);
+    // SAFETY: the window's bytes, written only through this slice.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(window.as_mut_ptr().cast::<u8>(), STACK_WINDOW_WORDS * 8)
+    };
+    // Fails when the window runs past the stack's mapping: frames are then read one by one.
+    // SAFETY: the helper handles faults.
+    // An unaligned `sp` (never at a call's return on x86-64) would misplace the frames.
+    let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
+    let window = if copied { window.as_ptr() } else { core::ptr::null() };
+    let hash = walk_stack(ip, sp, fp, core::ptr::null_mut(), window);
+    if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) < 0 {
+        return STACK_ID_NONE;
+    }
+    hash
+}
+
+/// Walks the frame-pointer chain from `ip`/`sp`/`fp` and returns the stack's hash (never
+/// `STACK_ID_NONE`). With `ips` non-null, also stores the frames there, ended by a zero. With
+/// `window` non-null, it holds the `STACK_WINDOW_WORDS` words at `sp`: frames inside it are
+/// taken from there.
+#[inline(always)]
+fn walk_stack(ip: u64, sp: u64, mut fp: u64, ips: *mut u64, window: *const u64) -> u64 {
+    let store = !ips.is_null();
+    if store {
+        // SAFETY: index 0 of a StackTrace.
+        unsafe { *ips = ip };
+    }
     let mut hash: u64 = 0x9e37_79b9_7f4a_7c15;
-    hash = (hash ^ regs.rip).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash = (hash ^ ip).wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^= hash >> 32;
     let mut n = 1;
     while n < MAX_STACK_DEPTH {
@@ -363,15 +427,27 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> u64 {
         if fp < sp || fp & 7 != 0 {
             break;
         }
-        // SAFETY: the helper handles faults.
-        let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
+        let off = fp - sp;
+        // `off <= 8 * (WORDS - 2)`, not `off / 8 + 1 < WORDS`: the verifier bounds the byte
+        // offset, not the index.
+        let frame = if !window.is_null() && off <= (STACK_WINDOW_WORDS as u64 - 2) * 8 {
+            let i = (off >> 3) as usize;
+            // SAFETY: i + 1 < STACK_WINDOW_WORDS.
+            unsafe { [*window.add(i), *window.add(i + 1)] }
+        } else {
+            // SAFETY: the helper handles faults.
+            let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+                break;
+            };
+            frame
         };
         if frame[1] == 0 {
             break;
         }
-        // SAFETY: n < MAX_STACK_DEPTH, inside the scratch value.
-        unsafe { *ips.add(n) = frame[1] };
+        if store {
+            // SAFETY: n < MAX_STACK_DEPTH, inside the StackTrace.
+            unsafe { *ips.add(n) = frame[1] };
+        }
         hash = (hash ^ frame[1]).wrapping_mul(0xff51_afd7_ed55_8ccd);
         hash ^= hash >> 32;
         n += 1;
@@ -380,7 +456,7 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> u64 {
         }
         fp = frame[0];
     }
-    if n < MAX_STACK_DEPTH {
+    if store && n < MAX_STACK_DEPTH {
         // SAFETY: n < MAX_STACK_DEPTH: ends the stack (what follows is left from earlier).
         unsafe { *ips.add(n) = 0 };
     }
@@ -388,20 +464,33 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> u64 {
     if hash == STACK_ID_NONE {
         hash = 1;
     }
-    if STACKS.get_ptr(hash).is_none() {
-        // SAFETY: `buf` is a valid map value of the map's value type.
-        #[expect(
-            clippy::needless_borrows_for_generic_args,
-            reason = "by value would copy 1016 bytes onto the 512-byte BPF stack"
-        )]
-        let inserted = STACKS.insert(hash, unsafe { &*buf }, u64::from(BPF_NOEXIST));
-        match inserted {
-            // EEXIST: another CPU inserted the same stack first.
-            Ok(()) | Err(EEXIST) => {}
-            Err(_) => count_drop(DropReason::StackMapFull),
-        }
-    }
     hash
+}
+
+/// Stores a stack not in STACKS yet: walks it again into the thread's buffer and inserts it.
+/// Returns -1 when the thread has no buffer (the stack is then lost).
+/// A BPF global function (scalar arguments): verified once on its own instead of a second
+/// 127-frame loop inlined into every return program.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> i32 {
+    let Some(buf) = scratch(pid_tgid) else {
+        count_drop(DropReason::StackMissing);
+        return -1;
+    };
+    let hash = walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null());
+    // SAFETY: `buf` is a valid map value of the map's value type.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value would copy 1016 bytes onto the 512-byte BPF stack"
+    )]
+    let inserted = STACKS.insert(hash, unsafe { &*buf }, u64::from(BPF_NOEXIST));
+    match inserted {
+        // EEXIST: another CPU inserted the same stack first.
+        Ok(()) | Err(EEXIST) => {}
+        Err(_) => count_drop(DropReason::StackMapFull),
+    }
+    0
 }
 
 /// `MAP_FAILED`.
@@ -442,14 +531,7 @@ pub fn mmap_enter(func: u32, addr: u64, len: u64, map_flags: u64) {
     // and the allocator's own accounting covers the memory.
     stash(
         pid_tgid,
-        Pending {
-            size: len,
-            out_ptr: addr,
-            kind: func,
-            flags,
-            start_ns: now_ns(),
-            ..Pending::default()
-        },
+        Call { size: len, out_ptr: addr, kind: func, flags, ..Call::default() },
         flags & PENDING_MMAP_TRACKED != 0,
     );
 }
@@ -468,7 +550,7 @@ pub fn mmap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
         leak_unmap_range(ret, end, u64::from(tgid(pid_tgid)));
     }
     if pending.flags & PENDING_MMAP_TRACKED != 0
-        && record(ctx, pid_tgid, ret, &pending)
+        && record(ctx, pid_tgid, ret, func, pending)
         && MMAPS.insert(AllocKey::new(ret, tgid(pid_tgid)), end, u64::from(BPF_ANY)).is_err()
     {
         count_drop(DropReason::AllocMapFull);
@@ -493,14 +575,7 @@ pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
     // `out_ptr` carries the old size. Not sampled: a recorded mapping moves with its record.
     stash(
         pid_tgid,
-        Pending {
-            size: new_size,
-            old_ptr: old,
-            out_ptr: old_size,
-            kind: func,
-            start_ns: now_ns(),
-            ..Pending::default()
-        },
+        Call { size: new_size, old_ptr: old, out_ptr: old_size, kind: func, flags: 0 },
         false,
     );
 }
@@ -517,7 +592,7 @@ pub fn mremap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     }
     // The remapped part leaves its old place (a partial remap leaves the rest recorded).
     leak_unmap_range(pending.old_ptr, page_end(pending.old_ptr, pending.out_ptr), u64::from(t));
-    record(ctx, pid_tgid, ret, &pending);
+    record(ctx, pid_tgid, ret, func, pending);
     if MMAPS.insert(AllocKey::new(ret, t), page_end(ret, pending.size), u64::from(BPF_ANY)).is_err()
     {
         count_drop(DropReason::AllocMapFull);

@@ -5,19 +5,19 @@ use aya_ebpf::{
 };
 use leak_common::COOKIE_AFTER_SYSCALL;
 
-use super::{begin, cookie};
+use super::{Hook, begin};
 use crate::verbs;
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, false) else { return 0 };
+    let Some(f) = begin(&ctx, false).map(Hook::func) else { return 0 };
     verbs::mmap_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0));
     0
 }
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, true) else { return 0 };
+    let Some(f) = begin(&ctx, true).map(Hook::func) else { return 0 };
     verbs::mmap_exit(&ctx, f, ctx.ret());
     0
 }
@@ -28,10 +28,8 @@ pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
 /// emulates, while the `jae` after it is.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
-    if begin(&ctx, false).is_none() {
-        return 0;
-    }
-    if cookie(&ctx) & COOKIE_AFTER_SYSCALL != 0 {
+    let Some(hook) = begin(&ctx, false) else { return 0 };
+    if hook.has(COOKIE_AFTER_SYSCALL) {
         // SAFETY: `regs` is the probe's register snapshot.
         let ret = unsafe { (*ctx.regs).rax };
         if ret != 0 {
@@ -44,7 +42,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, false) else { return 0 };
+    let Some(f) = begin(&ctx, false).map(Hook::func) else { return 0 };
     verbs::mremap_enter(
         f,
         ctx.arg(0).unwrap_or(0),
@@ -56,7 +54,7 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, true) else { return 0 };
+    let Some(f) = begin(&ctx, true).map(Hook::func) else { return 0 };
     verbs::mremap_exit(&ctx, f, ctx.ret());
     0
 }

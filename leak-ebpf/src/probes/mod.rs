@@ -11,35 +11,45 @@ use leak_common::{COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE};
 
 use crate::maps::{count_hit, floor};
 
-/// The attach cookie: the hook index, plus flags such as `COOKIE_AFTER_SYSCALL`.
-#[inline(always)]
-fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
-    // SAFETY: the helper only reads the context's run-time cookie.
-    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+/// The hook a program fired for: the attach cookie, read once (a helper call each time).
+#[derive(Clone, Copy)]
+struct Hook {
+    /// The hook index plus flags such as `COOKIE_AFTER_SYSCALL`.
+    cookie: u64,
 }
 
-/// The hook this program fired for (below `leak_common::MAX_HOOKS`).
-#[inline(always)]
-fn func<C: EbpfContext>(ctx: &C) -> u32 {
-    #[expect(clippy::cast_possible_truncation, reason = "hook indexes are < 2^31")]
-    let f = (cookie(ctx) & !(COOKIE_AFTER_SYSCALL | COOKIE_NOTE_FREE | COOKIE_CALIBRATION)) as u32;
-    f
+impl Hook {
+    /// The hook index (below `leak_common::MAX_HOOKS`).
+    #[inline(always)]
+    fn func(self) -> u32 {
+        #[expect(clippy::cast_possible_truncation, reason = "hook indexes are < 2^31")]
+        let f =
+            (self.cookie & !(COOKIE_AFTER_SYSCALL | COOKIE_NOTE_FREE | COOKIE_CALIBRATION)) as u32;
+        f
+    }
+
+    /// Whether the cookie carries `flag`.
+    #[inline(always)]
+    fn has(self, flag: u64) -> bool {
+        self.cookie & flag != 0
+    }
 }
 
 /// Every program's start: under the probe floor nothing at all; else the hit is counted and
 /// the hook returned, unless the probe is on leak's own calibration function (then only
 /// counted). `exit`: a return probe.
 #[inline(always)]
-fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<u32> {
+fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
     if floor() {
         return None;
     }
-    let f = func(ctx);
-    count_hit(f, exit);
-    if cookie(ctx) & COOKIE_CALIBRATION != 0 {
+    // SAFETY: the helper only reads the context's run-time cookie.
+    let hook = Hook { cookie: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } };
+    count_hit(hook.func(), exit);
+    if hook.has(COOKIE_CALIBRATION) {
         return None;
     }
-    Some(f)
+    Some(hook)
 }
 
 /// `a * b`, or `None` on overflow. BPF has no 128-bit multiply (`__multi3`), which is what
