@@ -13,6 +13,10 @@
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Name of the hash map `stack id -> StackTrace` of user stacks.
 pub const MAP_STACKS: &str = "STACKS";
+/// Name of the hash map [`SiteKey`] `->` [`SiteTotal`]: outstanding bytes and allocations per
+/// stack and process, kept up to date by every record and removal in [`MAP_ALLOCS`], so that
+/// growth samples read one entry per site instead of one per allocation.
+pub const MAP_SITES: &str = "SITES";
 /// Name of the hash map [`AllocKey`] (start) `-> end` indexing the anonymous mappings recorded
 /// in [`MAP_ALLOCS`], for `munmap` ranges.
 pub const MAP_MMAPS: &str = "MMAPS";
@@ -276,13 +280,45 @@ impl AllocKey {
     }
 }
 
+/// Key of [`MAP_SITES`]: a stack in one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    /// The stack id ([`AllocInfo::stack_id`]).
+    pub stack_id: u64,
+    /// The process.
+    pub tgid: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
+}
+
+impl SiteKey {
+    /// Key of stack `stack_id` in process `tgid`.
+    #[must_use]
+    pub const fn new(stack_id: u64, tgid: u32) -> Self {
+        Self { stack_id, tgid, pad: 0 }
+    }
+}
+
+/// Value of [`MAP_SITES`]: what a site holds now. Updated with atomic adds; a removal adds the
+/// two's complement, so a removal counted before its record (a race the maps allow between
+/// CPUs) shows for a moment as a value just below 2^64, read as negative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteTotal {
+    /// Outstanding bytes.
+    pub bytes: u64,
+    /// Outstanding allocations.
+    pub count: u64,
+}
+
 /// One outstanding allocation, the value of [`MAP_ALLOCS`] (key: the returned address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocInfo {
     /// Requested size in bytes.
     pub size: u64,
-    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) at the allocator's return.
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) at the allocator call's entry.
     pub timestamp_ns: u64,
     /// Key into [`MAP_STACKS`]: a 64-bit hash of the frames, [`STACK_ID_NONE`] if none.
     pub stack_id: u64,
@@ -402,11 +438,14 @@ pub enum DropReason {
     /// An `munmap` range overlapped more recorded mappings than one call can trim: some
     /// stay recorded although unmapped.
     UnmapOverflow = 8,
+    /// [`MAP_SITES`] was full: a block is recorded but its site's totals leave it out (growth
+    /// samples then undercount the site; reports, which sum the records, do not).
+    SiteMapFull = 9,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::AllocMapFull,
         Self::StackMissing,
         Self::StackMapFull,
@@ -416,6 +455,7 @@ impl DropReason {
         Self::StalePending,
         Self::ReadFailed,
         Self::UnmapOverflow,
+        Self::SiteMapFull,
     ];
 
     /// Stable name used in reports.
@@ -431,6 +471,7 @@ impl DropReason {
             Self::StalePending => "stale_pending",
             Self::ReadFailed => "read_failed",
             Self::UnmapOverflow => "unmap_overflow",
+            Self::SiteMapFull => "site_map_full",
         }
     }
 }
@@ -443,12 +484,14 @@ const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<Pending>() == 88 + STACK_WINDOW_WORDS * 8);
+const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SiteTotal>() == 16);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);
 const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, AllocKey, Pending, StackTrace};
+    use super::{AllocInfo, AllocKey, Pending, SiteKey, SiteTotal, StackTrace};
 
     // SAFETY: all three are `#[repr(C)]`, `Copy`, contain only integers and have no padding
     // (checked by the size assertions above), so any byte pattern is a valid value.
@@ -459,6 +502,10 @@ mod user {
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StackTrace {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SiteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SiteTotal {}
 }
 
 #[cfg(test)]
@@ -483,6 +530,7 @@ mod tests {
                 (6, "stale_pending"),
                 (7, "read_failed"),
                 (8, "unmap_overflow"),
+                (9, "site_map_full"),
             ]
         );
         assert_eq!(hit_index(0, false), 0);

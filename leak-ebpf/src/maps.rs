@@ -9,8 +9,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason,
-    MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, Pending, SAMPLE_GAP_ENTRIES, StackTrace,
-    hit_index,
+    MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, Pending, SAMPLE_GAP_ENTRIES, SiteKey, SiteTotal,
+    StackTrace, hit_index,
 };
 
 /// Outstanding allocations: (address, process) -> record. Sized by the loader (`--max-allocs`).
@@ -30,6 +30,12 @@ pub static ALLOCS: HashMap<AllocKey, AllocInfo> =
 #[map]
 pub static STACKS: HashMap<u64, StackTrace> =
     HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Outstanding bytes and allocations per (stack, process), kept with ALLOCS (see
+/// `leak_common::MAP_SITES`). Sized by the loader (twice `--max-stacks`).
+#[map]
+pub static SITES: HashMap<SiteKey, SiteTotal> =
+    HashMap::with_max_entries(2 * DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
 
 /// Anonymous mappings recorded in ALLOCS: start -> end (page-rounded), for `munmap` ranges.
 #[map]
@@ -100,15 +106,26 @@ pub fn floor() -> bool {
     PROBE_FLOOR.load() != 0
 }
 
+/// Adds `n` to the u64 at `slot` atomically.
+///
+/// Atomic: uprobe programs can be preempted (see `STACK_SCRATCH`), so another task on this CPU
+/// may update the same slot between a plain load and store. The bpf target declares no
+/// compare-and-swap, so `AtomicU64::fetch_add` is not available; the intrinsic lowers to
+/// BPF's `lock xadd`, which every BPF CPU version has.
+///
+/// # Safety
+/// `slot` points to an aligned u64 in a live map value.
+#[inline(always)]
+pub unsafe fn atomic_add(slot: *mut u64, n: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
+}
+
 #[inline(always)]
 fn bump(array: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = array.get_ptr_mut(index) {
-        // Atomic: uprobe programs can be preempted (see STACK_SCRATCH), so another task on this
-        // CPU may increment the same slot between a plain load and store. The bpf target
-        // declares no compare-and-swap, so `AtomicU64::fetch_add` is not available; the
-        // intrinsic lowers to BPF's `lock xadd`, which every BPF CPU version has.
         // SAFETY: `slot` points to an aligned u64 in a live map value.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+        unsafe { atomic_add(slot, 1) };
     }
 }
 

@@ -20,13 +20,13 @@ use aya_log_ebpf::debug;
 use leak_common::{
     AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
     PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
-    SAMPLE_GAP_SHIFT, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS, StackTrace, sample_gap,
-    sample_step,
+    SAMPLE_GAP_SHIFT, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS, SiteKey, SiteTotal,
+    StackTrace, sample_gap, sample_step,
 };
 
 use crate::maps::{
-    ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, STACK_SCRATCH,
-    STACKS, TRACE, ZERO_PENDING, ZERO_STACK, count_drop,
+    ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITES, STACK_SCRATCH,
+    STACKS, TRACE, ZERO_PENDING, ZERO_STACK, atomic_add, count_drop,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -49,6 +49,8 @@ fn traced_pid_tgid() -> Option<u64> {
     Some(pid_tgid)
 }
 
+/// `CLOCK_MONOTONIC`. (`bpf_ktime_get_coarse_ns` would save the TSC read, but uprobe programs
+/// may not call it: its seqlock could deadlock under an NMI.)
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: helper without pointer arguments.
@@ -155,6 +157,71 @@ fn count_unknown_free() {
     }
 }
 
+/// Adds the block `info` to its site's totals (`add`), or takes it out.
+///
+/// A lookup and two atomic adds per allocation and per free: what lets a growth sample read
+/// one entry per site instead of every record.
+#[inline(always)]
+fn site_add(info: &AllocInfo, add: bool) {
+    let key = SiteKey::new(info.stack_id, info.tgid);
+    let slot = match SITES.get_ptr_mut(key) {
+        Some(slot) => slot,
+        // Taking out a block the totals never had (see `DropReason::SiteMapFull`).
+        None if !add => return,
+        None => {
+            // EEXIST: another CPU created it first.
+            let _ = SITES.insert(key, SiteTotal::default(), u64::from(BPF_NOEXIST));
+            let Some(slot) = SITES.get_ptr_mut(key) else {
+                count_drop(DropReason::SiteMapFull);
+                return;
+            };
+            slot
+        }
+    };
+    let (bytes, count) = if add { (info.size, 1) } else { (info.size.wrapping_neg(), u64::MAX) };
+    // SAFETY: aligned u64 fields of a live map value.
+    unsafe {
+        atomic_add(&raw mut (*slot).bytes, bytes);
+        atomic_add(&raw mut (*slot).count, count);
+    }
+}
+
+/// Records `info` at `key` and adds it to its site. A record already there (a block whose free
+/// was missed, the address since reused) leaves its site first.
+#[inline(always)]
+fn insert_record(key: AllocKey, info: &AllocInfo) {
+    match ALLOCS.insert(key, info, u64::from(BPF_NOEXIST)) {
+        Ok(()) => site_add(info, true),
+        Err(EEXIST) => {
+            if let Some(old) = ALLOCS.get_ptr_mut(key) {
+                // SAFETY: live map value; the address is this call's result, so no other
+                // thread frees or records it now.
+                unsafe {
+                    site_add(&*old, false);
+                    *old = *info;
+                }
+                site_add(info, true);
+            }
+        }
+        Err(_) => count_drop(DropReason::AllocMapFull),
+    }
+}
+
+/// Removes the record at `key`, and it from its site. Returns whether there was one.
+#[inline(always)]
+fn remove_record(key: AllocKey) -> bool {
+    let Some(info) = ALLOCS.get_ptr(key) else { return false };
+    // SAFETY: live map value, copied out.
+    let info = unsafe { *info };
+    // Only the thread whose delete succeeds takes the block out of its site (a double free
+    // racing on two threads).
+    if ALLOCS.remove(key).is_err() {
+        return false;
+    }
+    site_add(&info, false);
+    true
+}
+
 /// This thread is inside a hooked call.
 #[inline(always)]
 fn in_call(pid_tgid: u64) -> bool {
@@ -242,11 +309,9 @@ pub fn free_enter(ptr: u64, note: bool) {
     if note && LAST_FREE.insert(pid_tgid, ptr, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
     }
-    let key = AllocKey::new(ptr, tgid(pid_tgid));
-    // Sampling: most blocks were never recorded, and a lookup (lock-free) costs less than a
-    // delete that misses (it takes the bucket lock).
-    let recorded = SAMPLE_MEAN.load() == 0 || ALLOCS.get_ptr(key).is_some();
-    if recorded && ALLOCS.remove(key).is_ok() {
+    // The lookup first also suits sampling: most blocks were never recorded, and a lookup
+    // (lock-free) costs less than a delete that misses (it takes the bucket lock).
+    if remove_record(AllocKey::new(ptr, tgid(pid_tgid))) {
         return;
     }
     // Inside a hooked call (glibc's realloc(p, 0) frees p through free(); realloc's entry
@@ -293,7 +358,9 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
             (*stashed).has_old = 1;
         }
         // Only once the record is safe in the stash.
-        let _ = ALLOCS.remove(key);
+        if ALLOCS.remove(key).is_ok() {
+            site_add(&old, false);
+        }
     }
 }
 
@@ -304,17 +371,8 @@ pub fn realloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
     let Some(pending) = take_pending(pid_tgid, func) else { return };
     if ret == 0 {
         // realloc(p, n > 0) failed: p is still allocated. realloc(p, 0) returning NULL freed p.
-        if pending.size != 0
-            && pending.has_old != 0
-            && ALLOCS
-                .insert(
-                    AllocKey::new(pending.old_ptr, tgid(pid_tgid)),
-                    pending.old,
-                    u64::from(BPF_ANY),
-                )
-                .is_err()
-        {
-            count_drop(DropReason::AllocMapFull);
+        if pending.size != 0 && pending.has_old != 0 {
+            insert_record(AllocKey::new(pending.old_ptr, tgid(pid_tgid)), &pending.old);
         }
         return;
     }
@@ -355,9 +413,7 @@ fn record<C: EbpfContext>(
     let size = call.size;
     let info =
         AllocInfo { size, timestamp_ns: call.start_ns, stack_id, tgid: tgid(pid_tgid), kind: func };
-    if ALLOCS.insert(AllocKey::new(addr, info.tgid), info, u64::from(BPF_ANY)).is_err() {
-        count_drop(DropReason::AllocMapFull);
-    }
+    insert_record(AllocKey::new(addr, info.tgid), &info);
     if TRACE.load() != 0 {
         debug!(ctx, "alloc kind={} size={} addr={:x} stack={:x}", func, size, addr, stack_id);
     }
@@ -722,8 +778,10 @@ fn trim(s: u64, e: u64, a: u64, b: u64, tgid: u32) {
         unsafe { *p }
     });
     let _ = MMAPS.remove(key);
-    let _ = ALLOCS.remove(key);
     let Some(info) = info else { return };
+    if ALLOCS.remove(key).is_ok() {
+        site_add(&info, false);
+    }
     if s < a {
         let mut left = info;
         left.size = info.size.min(a - s);
@@ -739,9 +797,8 @@ fn trim(s: u64, e: u64, a: u64, b: u64, tgid: u32) {
 #[inline(always)]
 fn keep(start: u64, end: u64, info: &AllocInfo, tgid: u32) {
     let key = AllocKey::new(start, tgid);
-    if ALLOCS.insert(key, info, u64::from(BPF_ANY)).is_err()
-        || MMAPS.insert(key, end, u64::from(BPF_ANY)).is_err()
-    {
+    insert_record(key, info);
+    if MMAPS.insert(key, end, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::AllocMapFull);
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     growth::Analysis,
     history::{History, Kind},
     loader::Tracer,
-    model::{Frame, Snapshot},
+    model::{Frame, Snapshot, Totals},
     output::{self, table::TableOptions},
     report::{
         self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, SamplingView, TargetInfo, Window,
@@ -140,9 +140,17 @@ impl Session {
     }
 
     /// Records a growth sample (no report).
-    pub fn sample(&mut self, snap: &Snapshot) {
-        let agg = self.aggregate(snap);
-        self.record(snap.taken_ns, &agg, Kind::Tick);
+    pub fn sample(&mut self, data: &SampleData) {
+        match data {
+            SampleData::Records(snap) => {
+                let agg = self.aggregate(snap);
+                self.record(snap.taken_ns, &agg, Kind::Tick);
+            }
+            SampleData::Totals(totals) => {
+                let mine = totals.sites.iter().filter(|t| t.tgid == self.pid);
+                self.record(totals.taken_ns, &Aggregate::from_totals(mine), Kind::Tick);
+            }
+        }
     }
 
     fn record(&mut self, taken_ns: u64, agg: &Aggregate, kind: Kind) {
@@ -293,6 +301,9 @@ impl Session {
         end: End,
     ) -> Result<Report, Error> {
         let (report, agg) = self.collect_from(snap, source, end.as_str())?;
+        if end == End::TargetExited && !self.cfg.samples_need_records() {
+            self.check_totals(&agg, source)?;
+        }
         let why = match end {
             End::Duration => "duration reached",
             End::Signal(_) => "interrupted",
@@ -315,6 +326,25 @@ impl Session {
         }
         self.write_outputs(&report)?;
         Ok(report)
+    }
+
+    /// Once the process has exited nothing changes its records, so the kernel's per-site
+    /// totals (what growth samples read) must equal the records' sums: says where they do
+    /// not (the integration tests fail on this line).
+    fn check_totals(&self, agg: &Aggregate, source: &mut dyn AllocSource) -> Result<(), Error> {
+        let totals = source.totals()?;
+        let kernel = Aggregate::from_totals(totals.sites.iter().filter(|t| t.tgid == self.pid));
+        let sums = |a: &Aggregate| -> Vec<(u64, u64, u64)> {
+            a.sites.iter().map(|s| (s.stack_id, s.bytes, s.count)).collect()
+        };
+        let (kernel, records) = (sums(&kernel), sums(agg));
+        if kernel != records {
+            let differ = records.iter().filter(|r| !kernel.contains(r)).count()
+                + kernel.iter().filter(|k| !records.contains(k)).count();
+            warn!("{TOTALS_DISAGREE} at {differ} sites: growth samples may be off");
+            debug!("totals {kernel:?} records {records:?}");
+        }
+        Ok(())
     }
 
     fn print(&mut self, report: &Report, agg: &Aggregate, header: &str) {
@@ -546,8 +576,8 @@ pub async fn trace(
             }
             () = sampler.tick() => {
                 let started = Instant::now();
-                let snap = tracer.snapshot()?;
-                session.sample(&snap);
+                let data = SampleData::read(tracer, &session.cfg)?;
+                session.sample(&data);
                 sampler.spent(started);
             }
             _ = maps_tick.tick() => {
@@ -563,6 +593,32 @@ pub async fn trace(
     let snap = tracer.snapshot()?;
     let report = session.finish(&snap, tracer, end)?;
     Ok((report, end))
+}
+
+/// Start of the warning [`Session`] logs when the kernel's site totals and the records differ
+/// at a final report.
+pub const TOTALS_DISAGREE: &str = "site totals disagree with the records";
+
+/// What a growth sample is taken from.
+pub enum SampleData {
+    /// Every record (`--min-age`, `--sample`: see [`TraceConfig::samples_need_records`]).
+    Records(Snapshot),
+    /// The kernel's per-site totals.
+    Totals(Totals),
+}
+
+impl SampleData {
+    /// Reads what growth samples under `cfg` need from `source`.
+    ///
+    /// # Errors
+    /// The source could not be read.
+    pub fn read(source: &mut dyn AllocSource, cfg: &TraceConfig) -> Result<Self, Error> {
+        Ok(if cfg.samples_need_records() {
+            Self::Records(source.snapshot()?)
+        } else {
+            Self::Totals(source.totals()?)
+        })
+    }
 }
 
 /// Paces the growth samples: one per period, but at most a tenth of the time goes into

@@ -1,7 +1,10 @@
 //! Pure: outstanding allocations -> per-stack totals.
 use hashbrown::HashMap;
 
-use crate::{model::Allocation, sampling::Sampling};
+use crate::{
+    model::{Allocation, SiteTotal},
+    sampling::Sampling,
+};
 
 /// Upper bounds of the age buckets, ns: under 10 s, under 1 min, under 10 min; then older.
 pub const AGE_BOUNDS_NS: [u64; 3] = [10_000_000_000, 60_000_000_000, 600_000_000_000];
@@ -134,6 +137,30 @@ impl Aggregate {
         }
     }
 
+    /// Per-site totals as the kernel keeps them (`sites` of one process): no ages, no kinds.
+    /// What a growth sample needs, without reading every record.
+    #[must_use]
+    pub fn from_totals<'a>(sites: impl IntoIterator<Item = &'a SiteTotal>) -> Self {
+        let mut sites: Vec<SiteStats> = sites
+            .into_iter()
+            .filter(|t| t.count > 0)
+            .map(|t| SiteStats {
+                stack_id: t.stack_id,
+                bytes: t.bytes,
+                count: t.count,
+                kind: 0,
+                oldest_ns: 0,
+                age_bytes: [0; 4],
+            })
+            .collect();
+        sites.sort_unstable_by(|a, b| {
+            b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
+        });
+        let total_bytes = sites.iter().map(|s| s.bytes).sum();
+        let total_count = sites.iter().map(|s| s.count).sum();
+        Self { sites, total_bytes, total_count, records: total_count, ..Self::default() }
+    }
+
     /// Bytes at `stack_id`, 0 if the site has nothing outstanding.
     #[must_use]
     pub fn bytes_of(&self, stack_id: u64) -> u64 {
@@ -195,6 +222,34 @@ mod tests {
         let exact = Aggregate::estimate(&allocs, 10, 0, None);
         assert_eq!(exact, Aggregate::from_allocations(&allocs, 10, 0));
         assert_eq!((exact.sites[1].bytes, exact.sites[1].count), (32, 2));
+    }
+
+    #[test]
+    fn kernel_totals_give_the_same_sites_and_sums_as_the_records() {
+        let allocs = [
+            alloc(0x10, 100, 7, 1),
+            alloc(0x20, 100, 7, 2),
+            alloc(0x30, 300, 9, 3),
+            alloc(0x40, 50, 5, 4),
+        ];
+        let totals = [
+            SiteTotal { stack_id: 5, tgid: 1, bytes: 50, count: 1 },
+            SiteTotal { stack_id: 9, tgid: 1, bytes: 300, count: 1 },
+            // A site whose blocks were all freed: its entry stays in the kernel map.
+            SiteTotal { stack_id: 3, tgid: 1, bytes: 0, count: 0 },
+            SiteTotal { stack_id: 7, tgid: 1, bytes: 200, count: 2 },
+        ];
+        let from_totals = Aggregate::from_totals(&totals);
+        let from_records = Aggregate::from_allocations(&allocs, 10, 0);
+        let key = |a: &Aggregate| -> Vec<(u64, u64, u64)> {
+            a.sites.iter().map(|s| (s.stack_id, s.bytes, s.count)).collect()
+        };
+        assert_eq!(key(&from_totals), key(&from_records));
+        assert_eq!(key(&from_totals), [(9, 300, 1), (7, 200, 2), (5, 50, 1)]);
+        assert_eq!(
+            (from_totals.total_bytes, from_totals.total_count),
+            (from_records.total_bytes, from_records.total_count)
+        );
     }
 
     #[test]

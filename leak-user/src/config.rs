@@ -72,6 +72,13 @@ impl TraceConfig {
     pub fn sample_period(&self) -> Duration {
         self.sample_interval.min(self.interval)
     }
+
+    /// Whether growth samples need every record rather than the kernel's per-site totals: to
+    /// leave out young allocations (`--min-age`), or to weigh sampled ones (`--sample`).
+    #[must_use]
+    pub fn samples_need_records(&self) -> bool {
+        !self.min_age.is_zero() || self.sample_mean.is_some()
+    }
 }
 
 impl Default for TraceConfig {

@@ -146,9 +146,9 @@ impl<'a> Controller<'a> {
                 }
                 () = sampler.tick() => {
                     let started = Instant::now();
-                    let snap = self.tracer.snapshot()?;
+                    let data = agent::SampleData::read(&mut *self.tracer, &self.cfg)?;
                     for s in self.sessions.values_mut() {
-                        s.sample(&snap);
+                        s.sample(&data);
                     }
                     sampler.spent(started);
                 }

@@ -70,6 +70,29 @@ pub struct Snapshot {
     pub hits: ProbeHits,
 }
 
+/// What one site (a stack in one process) holds, from the kernel's running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteTotal {
+    /// Stack id.
+    pub stack_id: u64,
+    /// Process.
+    pub tgid: u32,
+    /// Outstanding bytes.
+    pub bytes: u64,
+    /// Outstanding allocations.
+    pub count: u64,
+}
+
+/// Every site's totals at one instant: what a growth sample needs, one entry per site rather
+/// than one per allocation.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// `CLOCK_MONOTONIC` nanoseconds when they were read.
+    pub taken_ns: u64,
+    /// Sites holding something.
+    pub sites: Vec<SiteTotal>,
+}
+
 /// A symbolized frame. A return address may expand into several frames when calls were
 /// inlined: innermost first, all with the same address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

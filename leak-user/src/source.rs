@@ -7,12 +7,13 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use leak_common::{
-    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_MMAPS, MAP_STACKS, StackTrace,
+    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_MMAPS, MAP_SITES, MAP_STACKS,
+    SiteKey, SiteTotal as BpfSiteTotal, StackTrace,
 };
 
 use crate::{
     loader::Tracer,
-    model::{Allocation, DropCounts, ProbeHits, Snapshot},
+    model::{Allocation, DropCounts, ProbeHits, SiteTotal, Snapshot, Totals},
 };
 
 /// Errors reading the maps.
@@ -39,6 +40,13 @@ pub trait AllocSource {
     /// # Errors
     /// The source could not be read.
     fn snapshot(&mut self) -> Result<Snapshot, SourceError>;
+
+    /// Every site's outstanding bytes and allocations now, from running totals (one entry
+    /// per site: cheap where a snapshot of millions of records is not).
+    ///
+    /// # Errors
+    /// The source could not be read.
+    fn totals(&mut self) -> Result<Totals, SourceError>;
 
     /// The frames of one stack (innermost first), `None` if unknown.
     ///
@@ -87,33 +95,57 @@ impl AllocSource for Tracer {
         Ok(Snapshot { taken_ns, allocations, drops, hits })
     }
 
+    fn totals(&mut self) -> Result<Totals, SourceError> {
+        let taken_ns = monotonic_ns();
+        let Some(Map::HashMap(map)) = self.ebpf.map(MAP_SITES) else {
+            return Err(SourceError::MissingMap(MAP_SITES));
+        };
+        let sites = lookup_batch(map.fd().as_fd(), |key: SiteKey, total: BpfSiteTotal| {
+            // A removal may be counted a moment before its record (see
+            // `leak_common::SiteTotal`): a negative value is read as nothing.
+            let positive = |v: u64| if i64::try_from(v).is_ok() { v } else { 0 };
+            SiteTotal {
+                stack_id: key.stack_id,
+                tgid: key.tgid,
+                bytes: positive(total.bytes),
+                count: positive(total.count),
+            }
+        })
+        .map_err(|source| SourceError::Read { map: MAP_SITES, source })?;
+        Ok(Totals { taken_ns, sites })
+    }
+
     fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {
-        let allocs = self.keys_of::<AllocInfo>(MAP_ALLOCS, tgid)?;
-        let mmaps = self.keys_of::<u64>(MAP_MMAPS, tgid)?;
-        for (name, keys) in [
-            (MAP_ALLOCS, allocs.iter().map(|(k, _)| *k).collect::<Vec<AllocKey>>()),
-            (MAP_MMAPS, mmaps.iter().map(|(k, _)| *k).collect()),
-        ] {
-            let Some(Map::HashMap(map)) = self.ebpf.map(name) else {
-                return Err(SourceError::MissingMap(name));
-            };
-            delete_batch(map.fd().as_fd(), &keys)
-                .map_err(|source| SourceError::Read { map: name, source })?;
-        }
+        let allocs = self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == tgid)?;
+        let mmaps = self.entries_of::<AllocKey, u64>(MAP_MMAPS, |k| k.tgid == tgid)?;
+        let sites = self.entries_of::<SiteKey, BpfSiteTotal>(MAP_SITES, |k| k.tgid == tgid)?;
+        delete_all(&self.ebpf, MAP_ALLOCS, &allocs)?;
+        delete_all(&self.ebpf, MAP_MMAPS, &mmaps)?;
+        delete_all(&self.ebpf, MAP_SITES, &sites)?;
         Ok(allocs.len())
     }
 
     fn copy_process(&mut self, from: u32, to: u32) -> Result<usize, SourceError> {
-        let allocs = self.keys_of::<AllocInfo>(MAP_ALLOCS, from)?;
-        let mmaps = self.keys_of::<u64>(MAP_MMAPS, from)?;
-        let mut map = self.hash_mut::<AllocInfo>(MAP_ALLOCS)?;
+        let allocs = self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == from)?;
+        let mmaps = self.entries_of::<AllocKey, u64>(MAP_MMAPS, |k| k.tgid == from)?;
+        // The child's site totals are those of the records it gets (the parent's other
+        // threads may allocate meanwhile, so the parent's totals could differ).
+        let mut sites: hashbrown::HashMap<u64, BpfSiteTotal> = hashbrown::HashMap::new();
+        let mut map = self.hash_mut::<AllocKey, AllocInfo>(MAP_ALLOCS)?;
         for (k, v) in &allocs {
             let info = AllocInfo { tgid: to, ..*v };
             map.insert(AllocKey::new(k.addr, to), info, 0).map_err(write_err(MAP_ALLOCS))?;
+            let site = sites.entry(v.stack_id).or_default();
+            site.bytes += v.size;
+            site.count += 1;
         }
-        let mut map = self.hash_mut::<u64>(MAP_MMAPS)?;
+        let mut map = self.hash_mut::<AllocKey, u64>(MAP_MMAPS)?;
         for (k, end) in &mmaps {
             map.insert(AllocKey::new(k.addr, to), *end, 0).map_err(write_err(MAP_MMAPS))?;
+        }
+        let mut map = self.hash_mut::<SiteKey, BpfSiteTotal>(MAP_SITES)?;
+        for (stack_id, total) in &sites {
+            map.insert(SiteKey::new(*stack_id, to), total, 0).map_err(write_err(MAP_SITES))?;
         }
         Ok(allocs.len())
     }
@@ -131,27 +163,40 @@ impl AllocSource for Tracer {
 }
 
 impl Tracer {
-    /// The entries of a hash map keyed by [`AllocKey`] whose process is `tgid`.
-    fn keys_of<V: aya::Pod + Default>(
+    /// The entries of a hash map whose key passes `keep`.
+    fn entries_of<K: aya::Pod + Default, V: aya::Pod + Default>(
         &self,
         name: &'static str,
-        tgid: u32,
-    ) -> Result<Vec<(AllocKey, V)>, SourceError> {
+        keep: impl Fn(&K) -> bool,
+    ) -> Result<Vec<(K, V)>, SourceError> {
         let map = self.ebpf.map(name).ok_or(SourceError::MissingMap(name))?;
         let Map::HashMap(data) = map else { return Err(SourceError::MissingMap(name)) };
-        let all = lookup_batch(data.fd().as_fd(), |k: AllocKey, v: V| (k, v))
+        let all = lookup_batch(data.fd().as_fd(), |k: K, v: V| (k, v))
             .map_err(|source| SourceError::Read { map: name, source })?;
-        Ok(all.into_iter().filter(|(k, _)| k.tgid == tgid).collect())
+        Ok(all.into_iter().filter(|(k, _)| keep(k)).collect())
     }
 
-    fn hash_mut<V: aya::Pod>(
+    fn hash_mut<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
-    ) -> Result<BpfHashMap<&mut MapData, AllocKey, V>, SourceError> {
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, SourceError> {
         let map = self.ebpf.map_mut(name).ok_or(SourceError::MissingMap(name))?;
         BpfHashMap::try_from(map)
             .map_err(|e| SourceError::Read { map: name, source: io::Error::other(e) })
     }
+}
+
+/// Deletes the keys of `entries` from hash map `name`.
+fn delete_all<K: Copy, V>(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+    entries: &[(K, V)],
+) -> Result<(), SourceError> {
+    let Some(Map::HashMap(map)) = ebpf.map(name) else {
+        return Err(SourceError::MissingMap(name));
+    };
+    let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
+    delete_batch(map.fd().as_fd(), &keys).map_err(|source| SourceError::Read { map: name, source })
 }
 
 /// A map write error as a `SourceError`.

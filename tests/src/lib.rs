@@ -262,7 +262,14 @@ impl Leak {
             }
             thread::sleep(Duration::from_millis(20));
         };
-        Finished { status, stderr: self.stderr.drain(), stdout: self.stdout.drain() }
+        let done = Finished { status, stderr: self.stderr.drain(), stdout: self.stdout.drain() };
+        // Every test checks the kernel's per-site totals against the records this way.
+        assert!(
+            !done.stderr.iter().any(|l| l.contains(leak_user::agent::TOTALS_DISAGREE)),
+            "{:#?}",
+            done.stderr
+        );
+        done
     }
 }
 

@@ -84,6 +84,18 @@ fn a_slow_leak_is_flagged_and_a_recycling_cache_is_not() {
     assert_eq!(leak.series.bytes.last(), Some(&(ticks * 1024)));
     let cache = assert_site(&report, "cache_put", (CACHE_BYTES, 32));
     assert_eq!(cache.trend.verdict, Verdict::Plateau, "{:#?}", cache.trend);
+    // Samples between reports come from the kernel's per-site totals: each is whole blocks,
+    // the leak never shrinks, and the cache, whose replaced entries are freed, never holds
+    // more than its 32 entries.
+    for (site, block, most) in [(leak, 1024, ticks), (cache, 4096, 32)] {
+        let s = &site.series;
+        assert!(s.bytes.len() >= 20, "{s:#?}");
+        for (bytes, allocs) in s.bytes.iter().zip(&s.allocs) {
+            assert_eq!(*bytes, allocs * block, "{s:#?}");
+            assert!(*allocs <= most, "{s:#?}");
+        }
+    }
+    assert!(leak.series.bytes.windows(2).all(|w| w[0] <= w[1]), "{:#?}", leak.series);
     assert_eq!(report.growth.leak_sites, std::slice::from_ref(&leak.id), "{:#?}", summary(&report));
     assert!(
         report.growth.summary.contains("; leak suspected at leak_fn <- main"),

@@ -12,7 +12,7 @@ use aya_log::EbpfLogger;
 use leak_common::{
     COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS,
     GLOBAL_FILTER_TGID, GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS,
-    MAP_SAMPLE_GAPS, MAP_STACKS, PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
+    MAP_SAMPLE_GAPS, MAP_SITES, MAP_STACKS, PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
 };
 use log::debug;
 
@@ -200,6 +200,8 @@ impl Tracer {
             .override_global(GLOBAL_SAMPLE_MEAN, &opts.sample_mean, true)
             .map_max_entries(MAP_ALLOCS, opts.max_allocs)
             .map_max_entries(MAP_STACKS, opts.max_stacks)
+            // A stack can be a site in a parent and in its forked children.
+            .map_max_entries(MAP_SITES, opts.max_stacks.saturating_mul(2))
             .load(patched.bytes())
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
