@@ -190,10 +190,13 @@ impl Session {
         source: &mut dyn AllocSource,
         end_reason: &str,
     ) -> Result<(Report, Aggregate), Error> {
+        let started = std::time::Instant::now();
         let agg = self.aggregate(snap);
         let kind = if end_reason == "interval" { Kind::Report } else { Kind::Last };
         self.record(snap.taken_ns, &agg, kind);
+        let aggregated = started.elapsed();
         self.resolve_stacks(source, &agg)?;
+        let resolved = started.elapsed();
         let end_unix_s = clock::now_unix();
         let meta = ReportMeta {
             target: self.target.clone(),
@@ -214,6 +217,14 @@ impl Session {
         };
         let analysis = Analysis::of(&self.history, &Params::default());
         let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits, &analysis);
+        debug!(
+            "pid {}: {} records, {} sites: aggregated in {aggregated:.1?}, symbolized by \
+             {resolved:.1?}, report built by {:.1?}",
+            self.pid,
+            snap.allocations.len(),
+            agg.sites.len(),
+            started.elapsed()
+        );
         Ok((report, agg))
     }
 
@@ -388,7 +399,7 @@ impl Session {
         let outputs = &self.cfg.outputs;
         let folded = output::folded::fold(report);
         if let Some(p) = &outputs.json {
-            output::write_atomic(p, &output::json::render(report))
+            output::write_atomic_with(p, |w| output::json::write(report, w))
                 .map_err(Error::io(format!("writing {}", p.display())))?;
             eprintln!("wrote {}", p.display());
         }

@@ -93,16 +93,20 @@ pub struct Totals {
     pub sites: Vec<SiteTotal>,
 }
 
+/// Shared text: a frame's strings are cloned into every stack and report that shows it (10,000
+/// sites of 14 frames are 140,000 frames, of a few dozen distinct names).
+pub type Text = std::sync::Arc<str>;
+
 /// A symbolized frame. A return address may expand into several frames when calls were
 /// inlined: innermost first, all with the same address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Frame {
     /// Function name (demangled), if known.
-    pub function: Option<String>,
+    pub function: Option<Text>,
     /// File name of the module (executable or shared object), if known.
-    pub module: Option<String>,
+    pub module: Option<Text>,
     /// Source file, if debug info is available.
-    pub file: Option<String>,
+    pub file: Option<Text>,
     /// Source line, if debug info is available.
     pub line: Option<u32>,
     /// The return address as captured.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     aggregate::Aggregate,
     growth::Analysis,
-    model::{DropCounts, Frame, ProbeCost, ProbeHits},
+    model::{DropCounts, Frame, ProbeCost, ProbeHits, Text},
     trend::Verdict,
 };
 
@@ -305,11 +305,11 @@ pub struct Site {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackFrame {
     /// Function (demangled), if known.
-    pub function: Option<String>,
+    pub function: Option<Text>,
     /// Module file name, if known.
-    pub module: Option<String>,
+    pub module: Option<Text>,
     /// Source file, if debug info is present.
-    pub file: Option<String>,
+    pub file: Option<Text>,
     /// Source line, if debug info is present.
     pub line: Option<u32>,
     /// Return address, hex.
@@ -494,9 +494,9 @@ impl StackFrame {
     #[must_use]
     pub fn name(&self) -> String {
         match (&self.function, &self.module) {
-            (Some(f), _) => f.clone(),
+            (Some(f), _) => f.to_string(),
             // Pseudo mappings such as `[vdso]` are bracketed already.
-            (None, Some(m)) if m.starts_with('[') => m.clone(),
+            (None, Some(m)) if m.starts_with('[') => m.to_string(),
             (None, Some(m)) => format!("[{m}]"),
             (None, None) => "[unknown]".to_owned(),
         }
@@ -541,9 +541,9 @@ pub(crate) mod tests {
 
     pub(crate) fn frame(f: &str, file: &str, line: u32, addr: u64) -> Frame {
         Frame {
-            function: Some(f.to_owned()),
-            module: Some("demo".to_owned()),
-            file: Some(format!("/src/{file}")),
+            function: Some(f.into()),
+            module: Some("demo".into()),
+            file: Some(format!("/src/{file}").into()),
             line: Some(line),
             address: addr,
         }

@@ -73,6 +73,7 @@ impl AllocSource for Tracer {
         // Read the clock before walking the map: allocations made during the walk then have
         // timestamps after `taken_ns` and count as age 0, never as negative ages.
         let taken_ns = monotonic_ns();
+        let started = std::time::Instant::now();
         let Some(Map::HashMap(map)) = self.ebpf.map(MAP_ALLOCS) else {
             return Err(SourceError::MissingMap(MAP_ALLOCS));
         };
@@ -92,6 +93,7 @@ impl AllocSource for Tracer {
         read_counters(&self.ebpf, MAP_DROPS, &mut drops.0)?;
         let mut hits = ProbeHits::default();
         read_counters(&self.ebpf, MAP_HITS, &mut hits.0)?;
+        log::debug!("snapshot of {} records in {:.1?}", allocations.len(), started.elapsed());
         Ok(Snapshot { taken_ns, allocations, drops, hits })
     }
 

@@ -13,7 +13,7 @@ use hashbrown::HashMap;
 use log::debug;
 
 use crate::{
-    model::Frame,
+    model::{Frame, Text},
     procfs::{self, MapEntry, RootPath},
 };
 
@@ -93,11 +93,11 @@ impl ProcessSymbolizer {
             let lookup = addr.saturating_sub(1);
             let Some(m) = procfs::find_mapping(&self.maps, lookup).cloned() else { continue };
             let Some(path) = m.file_path().filter(|_| m.is_file()) else {
-                out[i][0].module.clone_from(&m.path);
+                out[i][0].module = m.path.as_deref().map(Text::from);
                 continue;
             };
             let module = path.rsplit('/').next().unwrap_or(path).to_owned();
-            out[i][0].module = Some(module.clone());
+            out[i][0].module = Some(module.as_str().into());
             let file_offset = lookup - m.start + m.offset;
             let Some(host) = self.file_of(&m) else { continue };
             by_file.entry((host, module)).or_default().push((i, file_offset));
@@ -124,10 +124,14 @@ impl ProcessSymbolizer {
 
 /// One symbol -> frames, innermost (deepest inlined call) first.
 fn frames_of(sym: &symbolize::Sym<'_>, address: u64, module: &str) -> Vec<Frame> {
+    let module: Text = module.into();
     let frame = |name: &str, ci: Option<&symbolize::CodeInfo<'_>>| Frame {
-        function: Some(name.to_owned()),
-        module: Some(module.to_owned()),
-        file: ci.map(|c| c.to_path().display().to_string()).filter(|f| !f.is_empty()),
+        function: Some(name.into()),
+        module: Some(module.clone()),
+        file: ci
+            .map(|c| c.to_path().display().to_string())
+            .filter(|f| !f.is_empty())
+            .map(Text::from),
         line: ci.and_then(|c| c.line),
         address,
     };

@@ -1,11 +1,13 @@
 //! JSON rendering of a report.
+use std::io;
+
 use crate::report::Report;
 
-/// Pretty JSON with a trailing newline.
-#[must_use]
-pub fn render(report: &Report) -> Vec<u8> {
-    // Serializing plain structs of strings and numbers cannot fail.
-    let mut out = serde_json::to_vec_pretty(report).unwrap_or_default();
-    out.push(b'\n');
-    out
+/// Writes the pretty JSON of `report`, with a trailing newline, to `w` as it is produced.
+///
+/// # Errors
+/// `w` failed.
+pub fn write(report: &Report, w: &mut dyn io::Write) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, report).map_err(io::Error::from)?;
+    w.write_all(b"\n")
 }

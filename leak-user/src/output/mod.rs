@@ -5,8 +5,7 @@ pub mod json;
 pub mod table;
 
 use std::{
-    fs,
-    io::{self, Write as _},
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -16,10 +15,23 @@ use std::{
 /// # Errors
 /// The directory is not writable, or the disk is full.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// As [`write_atomic`], with the content streamed by `write` (through a buffer): a large
+/// report need not be held in memory whole (10,000 sites make 40 MB of JSON).
+///
+/// # Errors
+/// The directory is not writable, the disk is full, or `write` failed.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let mut w = io::BufWriter::with_capacity(1 << 16, fs::File::create(&tmp)?);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     })();

@@ -109,7 +109,8 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
             site.stack.iter().take(MAX_FRAMES).map(|f| f.name().len()).max().unwrap_or(0).min(48);
         for f in site.stack.iter().take(MAX_FRAMES) {
             let name = f.name();
-            let loc = f.location().or_else(|| f.module.clone()).unwrap_or_default();
+            let loc =
+                f.location().or_else(|| f.module.as_deref().map(str::to_owned)).unwrap_or_default();
             let _ = writeln!(s, "       {name:<width$}  {loc}");
         }
         if site.stack.len() > MAX_FRAMES {
