@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,7 +21,7 @@ const ROUNDS: usize = 5;
 
 /// How a churn run is traced.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Tracer {
+pub enum Tracer {
     None,
     /// Empty BPF programs at exactly the points leak uses.
     ProbeFloor,
@@ -35,7 +35,7 @@ enum Tracer {
 }
 
 impl Tracer {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::None => "no tracer",
             Self::ProbeFloor => "probe floor (empty programs)",
@@ -56,7 +56,25 @@ struct Env {
     scratch: PathBuf,
 }
 
-pub fn bench(pairs: u64) -> Result<()> {
+/// The parts of the bench, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The malloc/free churn loop under every configuration.
+    Churn,
+    /// redis and nginx under load, under every configuration.
+    Servers,
+    /// `--sample`'s estimates against the exact bytes.
+    Sampling,
+    /// leak's CPU while the target is idle.
+    Idle,
+    /// A million outstanding allocations at 10,000 stacks.
+    Scale,
+    /// `leak watch --all`.
+    Watch,
+}
+
+pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
+    let runs = |p: Part| only.is_empty() || only.contains(&p);
     setup()?;
     build_release()?;
     let root = workspace_root();
@@ -86,19 +104,40 @@ pub fn bench(pairs: u64) -> Result<()> {
     if env.heaptrack {
         configs.push(Tracer::Heaptrack);
     }
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
-    for round in 1..=ROUNDS {
-        eprintln!("bench: churn round {round}/{ROUNDS}");
-        for (i, &c) in configs.iter().enumerate() {
-            samples[i].push(churn_once(&env, c, pairs)?);
+    if runs(Part::Churn) {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+        for round in 1..=ROUNDS {
+            eprintln!("bench: churn round {round}/{ROUNDS}");
+            for (i, &c) in configs.iter().enumerate() {
+                samples[i].push(churn_once(&env, c, pairs)?);
+            }
         }
+        let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+        print_churn(&configs, &medians, pairs);
     }
-    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-    print_churn(&configs, &medians, pairs);
-    bench_sampling_accuracy(&env)?;
-    bench_idle(&env.leak)?;
-    bench_scale(&env)?;
-    bench_watch(&env.leak)
+    if runs(Part::Servers) {
+        crate::servers::bench_servers(
+            &crate::servers::ServerEnv {
+                leak: env.leak.clone(),
+                kernel_headers: env.kernel_headers.clone(),
+                scratch: env.scratch.clone(),
+            },
+            &configs,
+        )?;
+    }
+    if runs(Part::Sampling) {
+        bench_sampling_accuracy(&env)?;
+    }
+    if runs(Part::Idle) {
+        bench_idle(&env.leak)?;
+    }
+    if runs(Part::Scale) {
+        bench_scale(&env)?;
+    }
+    if runs(Part::Watch) {
+        bench_watch(&env.leak)?;
+    }
+    Ok(())
 }
 
 fn print_churn(configs: &[Tracer], ns: &[f64], pairs: u64) {
@@ -201,7 +240,8 @@ fn memleak_once(churn: &Path, n: &str, headers: &Path) -> Result<f64> {
         .stderr(fs::File::create(&log)?)
         .spawn()
         .context("starting memleak-bpfcc")?;
-    let attached = wait_for_line(&mut memleak, "Top ", Duration::from_mins(2)).map_err(|e| {
+    let stdout = memleak.stdout.take().context("memleak stdout")?;
+    let attached = wait_for_line(stdout, "Top ", Duration::from_mins(2)).map_err(|e| {
         let text = fs::read_to_string(&log).unwrap_or_default();
         anyhow!("memleak-bpfcc: {e}; its stderr ({}): {}", log.display(), text.trim())
     });
@@ -220,7 +260,7 @@ fn memleak_once(churn: &Path, n: &str, headers: &Path) -> Result<f64> {
 }
 
 /// Waits until no `leak` process is left (see the memleak case above).
-fn wait_for_no_leak() -> Result<()> {
+pub fn wait_for_no_leak() -> Result<()> {
     let started = Instant::now();
     while output(Command::new("pgrep").args(["-x", "leak"])).is_some() {
         if started.elapsed() > Duration::from_mins(1) {
@@ -231,14 +271,17 @@ fn wait_for_no_leak() -> Result<()> {
     Ok(())
 }
 
-/// Reads `child`'s stdout until a line contains `needle`, in a thread (the pipe must keep
-/// being drained afterwards, or the child blocks on a full pipe).
-fn wait_for_line(child: &mut Child, needle: &'static str, limit: Duration) -> Result<()> {
-    let stdout = child.stdout.take().context("stdout")?;
+/// Reads `stream` (a child's pipe) until a line contains `needle`, in a thread (the pipe must
+/// keep being drained afterwards, or the child blocks on a full pipe).
+pub fn wait_for_line(
+    stream: impl std::io::Read + Send + 'static,
+    needle: &'static str,
+    limit: Duration,
+) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             if !sent && line.contains(needle) {
                 let _ = tx.send(());
@@ -281,7 +324,7 @@ fn peer_memleak(scratch: &Path) -> Result<PathBuf> {
     Ok(tree)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -420,26 +463,47 @@ fn site_bytes(json: &str, function: &str) -> Option<u64> {
 /// leak's own CPU while its target is idle: attached to a sleeping process for 2 s and for
 /// 22 s; the difference is 20 s of steady tracing without the start (loading, calibration).
 fn bench_idle(leak: &Path) -> Result<()> {
+    const WARMUP: Duration = Duration::from_secs(3);
+    const WINDOW: Duration = Duration::from_secs(20);
     let mut target = Command::new("sleep").arg("120").spawn().context("starting sleep")?;
     let pid = target.id().to_string();
-    let cpu = |seconds: u64| -> Result<f64> {
-        let before = children_cpu_s();
+    let result = (|| -> Result<(f64, f64)> {
         let mut cmd = as_root(leak);
-        cmd.args(["attach", "--pid", &pid, "--duration", &format!("{seconds}s")]);
-        run(cmd.stdout(Stdio::null()).stderr(Stdio::null()))?;
-        Ok(children_cpu_s() - before)
-    };
-    let (short, long) = (cpu(2), cpu(22));
+        cmd.args(["attach", "--pid", &pid, "--duration", "30s"]);
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        // leak's own CPU time from /proc (it is our child when we are root, as the bench
+        // runs): read after the start, then 20 s later, so the start's cost (the verifier,
+        // the preallocated maps) stays out of the figure.
+        std::thread::sleep(WARMUP);
+        let start = proc_cpu_s(child.id())?;
+        std::thread::sleep(WINDOW);
+        let end = proc_cpu_s(child.id())?;
+        let _ = child.wait();
+        Ok((start, end - start))
+    })();
     let _ = target.kill();
     let _ = target.wait();
-    let (short, long) = (short?, long?);
+    let (start, idle) = result?;
     println!(
         "\nleak attach on an idle process (defaults: a sample every 1 s, a report every 5 s): \
-         {:.2}% of one CPU over 20 s of tracing (start: {:.2} s CPU)",
-        100.0 * (long - short) / 20.0,
-        short
+         {:.2}% of one CPU over {} s of tracing (the start took {start:.2} s CPU)",
+        100.0 * idle / WINDOW.as_secs_f64(),
+        WINDOW.as_secs()
     );
     Ok(())
+}
+
+/// User plus system CPU seconds of process `pid` so far (`/proc/PID/stat`).
+fn proc_cpu_s(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(") ").map(|r| r.1).context("/proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second")]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
 }
 
 /// One million outstanding allocations at 10,000 stacks: the time from the target's last

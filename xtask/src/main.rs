@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod servers;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -53,6 +54,9 @@ enum Task {
         /// malloc+free pairs per traced churn run (the untraced run does 50x more).
         #[arg(long, default_value_t = 200_000)]
         pairs: u64,
+        /// Run only these parts (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Part>,
     },
 }
 
@@ -64,7 +68,7 @@ fn main() {
         Task::Demo { seconds } => demo(seconds),
         Task::Test { args } => test(&args),
         Task::Lint => lint(),
-        Task::Bench { pairs } => bench::bench(pairs),
+        Task::Bench { pairs, only } => bench::bench(pairs, &only),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
