@@ -22,6 +22,7 @@ pub mod loader;
 pub mod model;
 pub mod output;
 pub mod placement;
+pub mod pods;
 pub mod preflight;
 pub mod procfs;
 pub mod report;
