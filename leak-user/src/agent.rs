@@ -403,6 +403,11 @@ impl Session {
                 .map_err(Error::io(format!("writing {}", p.display())))?;
             eprintln!("wrote {}", p.display());
         }
+        if let Some(p) = &outputs.pprof {
+            output::write_atomic_with(p, |w| output::pprof::write(report, w))
+                .map_err(Error::io(format!("writing {}", p.display())))?;
+            eprintln!("wrote {}", p.display());
+        }
         if let Some(p) = &outputs.folded {
             let mut text = folded.join("\n");
             if !text.is_empty() {

@@ -124,6 +124,10 @@ pub struct TraceArgs {
     /// Write folded stacks (flamegraph.pl / inferno input) to this file.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+    /// Write a gzipped pprof profile (bytes and objects in use per stack) to this file, for
+    /// `go tool pprof`, Pyroscope, Parca or Grafana.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
     /// Object that defines malloc (default: found from the process's memory map).
     #[arg(long, value_name = "PATH")]
     pub lib: Option<PathBuf>,
@@ -185,7 +189,13 @@ impl From<TraceArgs> for TraceConfig {
             duration: a.duration,
             top: usize::try_from(a.top).unwrap_or(usize::MAX),
             min_age: a.min_age,
-            outputs: Outputs { svg: a.svg, json: a.json, folded: a.folded, svg_diff: a.svg_diff },
+            outputs: Outputs {
+                svg: a.svg,
+                json: a.json,
+                folded: a.folded,
+                svg_diff: a.svg_diff,
+                pprof: a.pprof,
+            },
             lib: a.lib,
             max_allocs: a.max_allocs,
             bpf_trace: a.bpf_trace,

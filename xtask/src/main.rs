@@ -112,6 +112,7 @@ fn setup() -> Result<()> {
     ensure_c_compiler()?;
     ensure_bpf_linker()?;
     ensure_test_allocators()?;
+    ensure_go()?;
     Ok(())
 }
 
@@ -130,6 +131,14 @@ fn ensure_test_allocators() -> Result<()> {
         &["libjemalloc2", "libjemalloc-dev", "libtcmalloc-minimal4", "libgoogle-perftools-dev"],
         "jemalloc and tcmalloc (the integration tests trace a fixture on each)",
     )
+}
+
+/// Go's pprof tool: an integration test checks that it reads leak's profiles.
+fn ensure_go() -> Result<()> {
+    if output(Command::new("go").arg("version")).is_some() {
+        return Ok(());
+    }
+    apt_install(&["golang-go"], "Go (the tests read leak's pprof output with `go tool pprof`)")
 }
 
 fn ensure_nightly_component(name: &str) -> Result<()> {

@@ -2,6 +2,7 @@
 pub mod flamegraph;
 pub mod folded;
 pub mod json;
+pub mod pprof;
 pub mod table;
 
 use std::{
