@@ -18,6 +18,7 @@ pub mod error;
 pub mod growth;
 pub mod history;
 pub mod hooks;
+pub mod http;
 pub mod loader;
 pub mod model;
 pub mod output;

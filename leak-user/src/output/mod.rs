@@ -3,6 +3,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod json;
 pub mod pprof;
+pub mod prometheus;
 pub mod table;
 
 use std::{
