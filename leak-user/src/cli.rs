@@ -36,11 +36,15 @@ pub enum CliCommand {
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// A process to watch (repeat for several).
-    #[arg(long = "pid", value_name = "PID", required_unless_present = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "pid", value_name = "PID", required_unless_present_any = ["all", "pods"], value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
     /// Watch every process of the host.
     #[arg(long, conflicts_with = "pids")]
     pub all: bool,
+    /// Watch every process in a Kubernetes pod on this node (found by its cgroup path; the
+    /// report names its pod UID and container id).
+    #[arg(long, conflicts_with_all = ["pids", "all"])]
+    pub pods: bool,
     /// Time between reports.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     pub interval: Duration,
@@ -217,7 +221,13 @@ impl From<CliCommand> for Command {
                 Self::Run { argv: r.command, trace: r.trace.into(), follow_forks: r.follow_forks }
             }
             CliCommand::Watch(w) => Self::Watch(WatchConfig {
-                targets: if w.all { Targets::All } else { Targets::Pids(w.pids) },
+                targets: if w.all {
+                    Targets::All
+                } else if w.pods {
+                    Targets::Pods
+                } else {
+                    Targets::Pids(w.pids)
+                },
                 interval: w.interval,
                 sample_interval: w.sample_interval,
                 duration: w.duration,
@@ -320,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn watch_takes_pids_or_all() {
+    fn watch_takes_pids_all_or_pods() {
         let c = parse(&["leak", "watch", "--pid", "7", "--pid", "9", "--escalate", "30s"]).unwrap();
         let Command::Watch(w) = c else { panic!("not watch") };
         assert_eq!(w.targets, Targets::Pids(vec![7, 9]));
@@ -329,8 +339,12 @@ mod tests {
         assert_eq!(w.out_dir, PathBuf::from("."));
         let Command::Watch(w) = parse(&["leak", "watch", "--all"]).unwrap() else { panic!() };
         assert_eq!(w.targets, Targets::All);
-        assert!(parse(&["leak", "watch"]).is_err(), "--pid or --all");
+        let Command::Watch(w) = parse(&["leak", "watch", "--pods"]).unwrap() else { panic!() };
+        assert_eq!(w.targets, Targets::Pods);
+        assert!(parse(&["leak", "watch"]).is_err(), "--pid, --all or --pods");
         assert!(parse(&["leak", "watch", "--all", "--pid", "1"]).is_err());
+        assert!(parse(&["leak", "watch", "--pods", "--pid", "1"]).is_err());
+        assert!(parse(&["leak", "watch", "--pods", "--all"]).is_err());
         assert!(parse(&["leak", "watch", "--all", "--escalate", "0s"]).is_err());
     }
 

@@ -12,8 +12,10 @@
 //! Under a nested runtime (kind, a container's own cgroup namespace) the path may start
 //! deeper, so the kubepods part is searched anywhere in it.
 
+use serde::{Deserialize, Serialize};
+
 /// A pod's quality-of-service class, as its cgroup placement says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QosClass {
     /// Requests equal limits for every resource: directly under `kubepods`.
     Guaranteed,
@@ -36,7 +38,7 @@ impl QosClass {
 }
 
 /// Where a process runs, as far as its cgroup tells.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRef {
     /// The pod's UID (dashed form, as the API server shows it).
     pub pod_uid: String,
@@ -45,7 +47,7 @@ pub struct PodRef {
     pub container_id: Option<String>,
     /// The runtime that named the container cgroup: `containerd`, `cri-o` or `docker`
     /// (`None` under the cgroupfs driver, whose names carry no prefix).
-    pub runtime: Option<&'static str>,
+    pub runtime: Option<String>,
     /// Quality-of-service class.
     pub qos: QosClass,
 }
@@ -85,7 +87,7 @@ pub fn pod_of_path(path: &str) -> Option<PodRef> {
     let (container_id, runtime) = match rest.get(1) {
         Some(name) => {
             let (id, runtime) = container_of(name)?;
-            (Some(id), runtime)
+            (Some(id), runtime.map(str::to_owned))
         }
         None => (None, None),
     };
@@ -137,11 +139,11 @@ mod tests {
     const UID: &str = "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b";
     const CID: &str = "3f1e2d4c5b6a79881726354433221100ffeeddccbbaa99887766554433221100";
 
-    fn pod(container: bool, runtime: Option<&'static str>, qos: QosClass) -> PodRef {
+    fn pod(container: bool, runtime: Option<&str>, qos: QosClass) -> PodRef {
         PodRef {
             pod_uid: UID.to_owned(),
             container_id: container.then(|| CID.to_owned()),
-            runtime,
+            runtime: runtime.map(str::to_owned),
             qos,
         }
     }

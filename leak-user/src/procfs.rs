@@ -241,6 +241,12 @@ fn page_size() -> u64 {
     u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
+/// The Kubernetes pod and container of `pid`, from its cgroup path (`None` outside pods).
+#[must_use]
+pub fn pod(pid: u32) -> Option<crate::pods::PodRef> {
+    crate::pods::pod_of(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
 /// Every process id in `/proc` (kernel threads included: they have no memory to read).
 #[must_use]
 pub fn all_pids() -> Vec<u32> {

@@ -26,6 +26,7 @@ use crate::{
         self,
         table::{human_bytes, signed_bytes},
     },
+    pods::PodRef,
     procfs,
     report::{TrendView, Window},
     trend::{self, Params, Verdict},
@@ -45,11 +46,14 @@ pub struct Observation {
     pub comm: String,
     /// Its memory.
     pub memory: ProcessMemory,
+    /// Its Kubernetes pod and container, if it runs in one.
+    pub pod: Option<PodRef>,
 }
 
 #[derive(Clone, Debug)]
 struct Watched {
     comm: String,
+    pod: Option<PodRef>,
     /// Watch time of its first sample, seconds.
     first_seen: f64,
     samples: Sampled<ProcessMemory>,
@@ -86,6 +90,9 @@ pub struct WatchedProcess {
     pub trend: TrendView,
     /// Samples (at most [`SERIES_POINTS`], evenly spaced).
     pub series: WatchSeries,
+    /// Its Kubernetes pod and container, if it runs in one (from its cgroup path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 /// A watched process's samples.
@@ -167,6 +174,7 @@ impl WatchList {
                     key,
                     Watched {
                         comm: o.comm.clone(),
+                        pod: o.pod.clone(),
                         first_seen: t,
                         samples: Sampled::new(o.memory, self.period),
                         exited: false,
@@ -222,6 +230,7 @@ impl WatchList {
                         rss_bytes: keep.iter().map(|&i| values[i].rss).collect(),
                         anon_bytes: keep.iter().map(|&i| values[i].private).collect(),
                     },
+                    pod: w.pod.clone(),
                 }
             })
             .collect();
@@ -281,7 +290,7 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
         "PID", "COMM", "ANON", "GAINED", "RATE"
     );
     for p in shown {
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{:>8}  {:<16} {:>11} {:>12} {:>14}  {} ({:.0}%)",
             p.pid,
@@ -292,6 +301,14 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
             p.trend.verdict.as_str(),
             p.trend.confidence * 100.0
         );
+        // Enough of each id to find it in `kubectl get pods -A -o wide` / `crictl ps`.
+        if let Some(pod) = &p.pod {
+            let _ = write!(s, "  pod {}", pod.pod_uid);
+            if let Some(c) = &pod.container_id {
+                let _ = write!(s, " container {}", &c[..12.min(c.len())]);
+            }
+        }
+        s.push('\n');
     }
     s
 }
@@ -304,6 +321,8 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
 pub enum Targets {
     /// Every process of the host (but `leak` itself and its escalations).
     All,
+    /// Every process in a Kubernetes pod (found by its cgroup path).
+    Pods,
     /// These processes.
     Pids(Vec<u32>),
 }
@@ -311,12 +330,16 @@ pub enum Targets {
 /// Reads the memory of the targets now.
 fn observe(targets: &Targets, skip: &HashSet<u32>) -> Vec<Observation> {
     let pids = match targets {
-        Targets::All => procfs::all_pids(),
+        Targets::All | Targets::Pods => procfs::all_pids(),
         Targets::Pids(p) => p.clone(),
     };
     pids.into_iter()
         .filter(|p| !skip.contains(p))
         .filter_map(|pid| {
+            let pod = procfs::pod(pid);
+            if *targets == Targets::Pods && pod.is_none() {
+                return None;
+            }
             let memory = procfs::statm_memory(pid)?;
             // Kernel threads have no memory of their own.
             if memory.rss == 0 {
@@ -327,6 +350,7 @@ fn observe(targets: &Targets, skip: &HashSet<u32>) -> Vec<Observation> {
                 start_ticks: procfs::start_time(pid)?,
                 comm: procfs::comm(pid).unwrap_or_default(),
                 memory,
+                pod,
             })
         })
         .collect()
@@ -628,6 +652,7 @@ mod tests {
             start_ticks: start,
             comm: format!("p{pid}"),
             memory: ProcessMemory { rss: private + (1 << 20), private },
+            pod: None,
         }
     }
 
