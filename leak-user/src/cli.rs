@@ -30,6 +30,38 @@ pub enum CliCommand {
     /// Watch processes' memory without probes (near-zero cost) and report the ones that grow
     /// like a leak; --escalate attaches the probes to them.
     Watch(WatchArgs),
+    /// Node agent (a privileged Kubernetes daemon set): watches every process in a pod on
+    /// this node, traces those that leak, and serves metrics and reports over HTTP.
+    Agent(AgentArgs),
+}
+
+/// `leak agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address to serve /metrics, /healthz and /api/v1/reports on.
+    #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Time between memory samples.
+    #[arg(long, default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
+    pub sample_interval: Duration,
+    /// Time between the summaries printed to stdout.
+    #[arg(long, default_value = "5m", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Growth below this is not growth.
+    #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "BYTES")]
+    pub min_growth: u64,
+    /// How long the probes stay on a process judged leaking.
+    #[arg(long, default_value = "2m", value_parser = parse_escalate, value_name = "DURATION")]
+    pub trace_for: Duration,
+    /// Processes traced at once, at most.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub max_traced: u64,
+    /// Where the reports are kept.
+    #[arg(long, default_value = "/var/lib/leak", value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Stop after this long (default: until SIGTERM or SIGINT).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 /// `leak watch`.
@@ -236,6 +268,21 @@ impl From<CliCommand> for Command {
                 out_dir: w.out_dir,
                 json: w.json,
                 top: usize::try_from(w.top).unwrap_or(usize::MAX),
+                listen: None,
+                max_traced: 1,
+            }),
+            CliCommand::Agent(a) => Self::Watch(WatchConfig {
+                targets: Targets::Pods,
+                interval: a.interval,
+                sample_interval: a.sample_interval,
+                duration: a.duration,
+                min_growth: a.min_growth,
+                escalate: Some(a.trace_for),
+                out_dir: a.out_dir,
+                json: None,
+                top: 10,
+                listen: Some(a.listen),
+                max_traced: usize::try_from(a.max_traced).unwrap_or(1),
             }),
         }
     }

@@ -128,6 +128,10 @@ pub struct WatchConfig {
     pub json: Option<PathBuf>,
     /// Processes shown in the text report.
     pub top: usize,
+    /// Serve metrics and reports over HTTP here (`leak agent`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Escalations running at once, at most.
+    pub max_traced: usize,
 }
 
 /// What to do.

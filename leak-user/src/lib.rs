@@ -29,6 +29,7 @@ pub mod procfs;
 pub mod report;
 pub mod runner;
 pub mod sampling;
+pub mod serve;
 pub mod source;
 pub mod symbolize;
 pub mod target;
@@ -166,6 +167,9 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let trace = TraceConfig { probe_cost: calibrate(&mut tracer), ..trace };
     let links = tracer.attach_allocator(&plan, nonzero(pid)?)?;
+    for h in plan.unarmed(pid) {
+        warn!("probe on {} is not armed in pid {pid}", h.spec.symbol);
+    }
     eprintln!("attached to PID {pid} ({} probes)", links.len());
     let trace_cfg = trace.clone();
     let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));

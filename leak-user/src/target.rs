@@ -117,6 +117,36 @@ pub struct AllocatorPlan {
 }
 
 impl AllocatorPlan {
+    /// The hooks whose breakpoint is not in process `pid`'s memory: the kernel writes an
+    /// `int3` (0xcc) over the probed instruction of every process a uprobe is armed in, so
+    /// reading the instruction back through `/proc/PID/mem` tells whether it is. Hooks whose
+    /// code is not mapped, or cannot be read, are not listed.
+    #[must_use]
+    pub fn unarmed(&self, pid: u32) -> Vec<&Hook> {
+        use std::os::unix::fs::FileExt as _;
+        let (Ok(maps), Ok(mem)) =
+            (crate::procfs::read_maps(pid), std::fs::File::open(format!("/proc/{pid}/mem")))
+        else {
+            return Vec::new();
+        };
+        self.hooks
+            .iter()
+            .filter(|h| {
+                let path = &self.objects[h.object].path;
+                let off = h.file_offset();
+                let Some(m) = maps.iter().find(|m| {
+                    m.perms.contains('x')
+                        && m.path.as_deref() == Some(path.as_str())
+                        && (m.offset..m.offset + (m.end - m.start)).contains(&off)
+                }) else {
+                    return false;
+                };
+                let mut byte = [0u8];
+                mem.read_exact_at(&mut byte, m.start + (off - m.offset)).is_ok() && byte[0] != 0xcc
+            })
+            .collect()
+    }
+
     /// The object serving `malloc`.
     #[must_use]
     pub fn malloc_object(&self) -> &Object {

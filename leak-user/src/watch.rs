@@ -9,6 +9,7 @@ use std::{
     io::Write as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -119,6 +120,12 @@ pub struct Escalation {
     pub json: String,
     /// Its flame graph.
     pub svg: String,
+    /// Its pprof profile.
+    #[serde(default)]
+    pub pprof: String,
+    /// Its pod, if it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
     /// Exit status of the `leak attach` that traced it (None: still running, or killed).
     pub exit_code: Option<i32>,
 }
@@ -356,23 +363,26 @@ fn observe(targets: &Targets, skip: &HashSet<u32>) -> Vec<Observation> {
         .collect()
 }
 
-/// Runs `leak attach` on flagged processes, one at a time.
+/// Runs `leak attach` on flagged processes, at most `max` at a time.
 struct Escalator {
     duration: Duration,
     out_dir: PathBuf,
-    queue: VecDeque<(u32, u64, String)>,
-    running: Option<(Child, usize)>,
+    max: usize,
+    queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
+    /// The running `leak attach` children, with their index in `done`.
+    running: Vec<(Child, usize)>,
     seen: HashSet<(u32, u64)>,
     done: Vec<Escalation>,
 }
 
 impl Escalator {
-    fn new(duration: Duration, out_dir: PathBuf) -> Self {
+    fn new(duration: Duration, out_dir: PathBuf, max: usize) -> Self {
         Self {
             duration,
             out_dir,
+            max: max.max(1),
             queue: VecDeque::new(),
-            running: None,
+            running: Vec::new(),
             seen: HashSet::new(),
             done: Vec::new(),
         }
@@ -389,39 +399,45 @@ impl Escalator {
                     per_hour(p.trend.rate_bytes_per_h),
                     self.duration.as_secs_f64()
                 );
-                self.queue.push_back((p.pid, p.start_time_ticks, p.comm.clone()));
+                self.queue.push_back((p.pid, p.start_time_ticks, p.comm.clone(), p.pod.clone()));
             }
         }
     }
 
-    /// Notices a finished escalation and starts the next.
+    /// Notices finished escalations and starts the next ones.
     fn poll(&mut self) -> Result<(), Error> {
-        if let Some((child, i)) = &mut self.running
-            && let Some(status) = child.try_wait().map_err(Error::io("waiting for leak attach"))?
-        {
-            self.done[*i].exit_code = status.code();
-            if status.success() {
-                eprintln!("leak: wrote {} and {}", self.done[*i].json, self.done[*i].svg);
-            } else {
-                eprintln!("leak: tracing pid {} failed ({status})", self.done[*i].pid);
+        let mut still = Vec::with_capacity(self.running.len());
+        for (mut child, i) in self.running.drain(..) {
+            match child.try_wait().map_err(Error::io("waiting for leak attach"))? {
+                Some(status) => {
+                    let e = &mut self.done[i];
+                    e.exit_code = status.code();
+                    if status.success() {
+                        eprintln!("leak: wrote {}, {} and {}", e.json, e.svg, e.pprof);
+                    } else {
+                        eprintln!("leak: tracing pid {} failed ({status})", e.pid);
+                    }
+                }
+                None => still.push((child, i)),
             }
-            self.running = None;
         }
-        while self.running.is_none() {
-            let Some((pid, start, comm)) = self.queue.pop_front() else { break };
+        self.running = still;
+        while self.running.len() < self.max {
+            let Some((pid, start, comm, pod)) = self.queue.pop_front() else { break };
             // Gone, or a new process under the same pid: nothing to trace.
             if procfs::start_time(pid) != Some(start) {
                 continue;
             }
-            self.start(pid, &comm)?;
+            self.start(pid, &comm, pod)?;
         }
         Ok(())
     }
 
-    fn start(&mut self, pid: u32, comm: &str) -> Result<(), Error> {
+    fn start(&mut self, pid: u32, comm: &str, pod: Option<PodRef>) -> Result<(), Error> {
         let name = format!("leak-{}-{pid}", sanitize(comm));
         let json = self.out_dir.join(format!("{name}.json"));
         let svg = self.out_dir.join(format!("{name}.svg"));
+        let pprof = self.out_dir.join(format!("{name}.pb.gz"));
         let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
         // About 20 samples whatever the duration: enough for a verdict. Only the final
         // report is printed (the interval is longer than the run).
@@ -434,6 +450,8 @@ impl Escalator {
             .arg(&json)
             .arg("--svg")
             .arg(&svg)
+            .arg("--pprof")
+            .arg(&pprof)
             .stdin(Stdio::null())
             .spawn()
             .map_err(Error::io("starting leak attach"))?;
@@ -443,9 +461,11 @@ impl Escalator {
             start_unix_s: clock::now_unix(),
             json: json.display().to_string(),
             svg: svg.display().to_string(),
+            pprof: pprof.display().to_string(),
+            pod,
             exit_code: None,
         });
-        self.running = Some((child, self.done.len() - 1));
+        self.running.push((child, self.done.len() - 1));
         Ok(())
     }
 
@@ -462,20 +482,24 @@ impl Escalator {
         for pid in &pending {
             eprintln!("leak: pid {pid} not traced: the watch ended first");
         }
-        if let Some((child, _)) = &self.running {
+        for (child, _) in &self.running {
             signal_child(child, libc::SIGINT);
         }
         let deadline = Instant::now() + STOP_GRACE;
-        while self.running.is_some() {
+        loop {
             self.poll()?;
-            let Some((child, _)) = &self.running else { break };
+            if self.running.is_empty() {
+                break;
+            }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
                     if Instant::now() > deadline {
-                        signal_child(child, libc::SIGKILL);
+                        self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
                     }
                 }
-                _ = signals.recv() => signal_child(child, libc::SIGKILL),
+                _ = signals.recv() => {
+                    self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
+                }
             }
         }
         Ok(pending)
@@ -495,7 +519,7 @@ fn signal_child(child: &Child, sig: i32) {
 impl Drop for Escalator {
     /// On an error path: do not leave a tracer running, nor a zombie.
     fn drop(&mut self) {
-        if let Some((child, _)) = &mut self.running {
+        for (child, _) in &mut self.running {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -521,6 +545,12 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
             }
         }
     }
+    if cfg.listen.is_some() {
+        // The agent keeps its reports in a directory of its own, made on first start.
+        std::fs::create_dir_all(&cfg.out_dir).map_err(|e| {
+            Error::BadInput(format!("cannot create {}: {e}", cfg.out_dir.display()))
+        })?;
+    }
     if cfg.escalate.is_some() {
         crate::preflight::check_privileges()?;
         crate::preflight::check_kernel(&crate::preflight::sysfs_root())?;
@@ -545,7 +575,23 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let start_unix = clock::now_unix();
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
     let mut list = WatchList::new(cfg.sample_interval.as_secs_f64());
-    let mut escalator = cfg.escalate.map(|d| Escalator::new(d, cfg.out_dir.clone()));
+    let mut escalator =
+        cfg.escalate.map(|d| Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced));
+    // `leak agent`: metrics and reports over HTTP, from the state published after each
+    // sample (every process, stable ones included).
+    let published = Arc::new(crate::serve::Published::default());
+    let server = match cfg.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::BadInput(format!("cannot listen on {addr}: {e}: choose another --listen"))
+            })?;
+            let bound = listener.local_addr().map_err(Error::io("reading the bound address"))?;
+            eprintln!("leak: serving http://{bound}/metrics and /api/v1/reports");
+            let handler = crate::serve::handler(Arc::clone(&published));
+            Some(tokio::spawn(crate::http::serve(listener, handler)))
+        }
+        None => None,
+    };
     // Not ourselves, nor the escalations we run.
     let skip = |e: &Option<Escalator>| -> HashSet<u32> {
         std::iter::once(std::process::id()).chain(e.iter().flat_map(Escalator::children)).collect()
@@ -566,6 +612,10 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
                 if let Some(e) = &mut escalator {
                     e.flag(&list.judge(&params));
                     e.poll()?;
+                }
+                if server.is_some() {
+                    let state = build(&list, &params, start_unix, true, escalator.as_ref(), "interval");
+                    published.publish(state);
                 }
                 sampler.spent(began);
                 if explicit && list.running() == 0 {
@@ -593,6 +643,9 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         Some(e) => e.finish(signals).await?,
         None => Vec::new(),
     };
+    if let Some(server) = server {
+        server.abort();
+    }
     let mut report = build(&list, &params, start_unix, explicit, escalator.as_ref(), end);
     report.not_escalated = not_escalated;
     let header = format!(

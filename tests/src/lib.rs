@@ -377,7 +377,14 @@ pub fn read_report(path: &Path) -> Report {
 #[must_use]
 pub fn site<'a>(report: &'a Report, function: &str) -> &'a Site {
     let found: Vec<&Site> = report.sites.iter().filter(|s| frame0(s) == Some(function)).collect();
-    assert_eq!(found.len(), 1, "sites with frame 0 = {function}: {:#?}", summary(report));
+    assert_eq!(
+        found.len(),
+        1,
+        "sites with frame 0 = {function}: {:#?}; probe hits {:?}; drops {:?}",
+        summary(report),
+        report.probe_hits.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>(),
+        report.drops.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>()
+    );
     found[0]
 }
 
@@ -416,4 +423,79 @@ pub fn summary(report: &Report) -> Vec<(String, u64, u64)> {
         .iter()
         .map(|s| (frame0(s).unwrap_or("?").to_owned(), s.outstanding_bytes, s.outstanding_allocs))
         .collect()
+}
+
+/// A cgroup laid out as a kubelet would, holding test processes; removed on drop (after them).
+pub struct PodCgroup {
+    /// The hierarchy's mount point, and the cgroup's path under it.
+    root: PathBuf,
+    rel: PathBuf,
+}
+
+impl PodCgroup {
+    /// Creates `rel` under the hierarchy mounted at `root`.
+    #[must_use]
+    pub fn new(root: &Path, rel: &str) -> Self {
+        let rel = PathBuf::from(rel);
+        std::fs::create_dir_all(root.join(&rel)).unwrap();
+        Self { root: root.to_owned(), rel }
+    }
+
+    /// Moves process `pid` into it.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.root.join(&self.rel).join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Innermost first; a cgroup is removed once its processes have exited.
+        let mut rel = Some(self.rel.as_path());
+        while let Some(r) = rel.filter(|r| !r.as_os_str().is_empty()) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(self.root.join(r)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            rel = r.parent();
+        }
+    }
+}
+
+/// A random pod UID and container id, so that runs never share cgroups.
+#[must_use]
+pub fn pod_ids() -> (String, String) {
+    let hex = |n: usize| -> String {
+        let bytes = std::fs::read("/proc/sys/kernel/random/uuid").unwrap();
+        let s: String =
+            String::from_utf8(bytes).unwrap().chars().filter(char::is_ascii_hexdigit).collect();
+        s.repeat(2)[..n].to_owned()
+    };
+    let u = hex(32);
+    let uid = format!("{}-{}-{}-{}-{}", &u[..8], &u[8..12], &u[12..16], &u[16..20], &u[20..]);
+    (uid, hex(64))
+}
+
+/// The cgroup v2 hierarchy: `/sys/fs/cgroup` alone, or `/sys/fs/cgroup/unified` next to v1.
+#[must_use]
+pub fn unified_cgroup_root() -> PathBuf {
+    let fs = Path::new("/sys/fs/cgroup");
+    let unified =
+        if fs.join("cgroup.controllers").exists() { fs.to_owned() } else { fs.join("unified") };
+    assert!(unified.join("cgroup.controllers").exists(), "no cgroup v2 hierarchy");
+    unified
+}
+
+/// A containerd container cgroup of a burstable pod, systemd driver, in cgroup v2; with the
+/// pod UID and container id.
+#[must_use]
+pub fn systemd_pod_cgroup() -> (PodCgroup, String, String) {
+    let (uid, cid) = pod_ids();
+    let rel = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/\
+         cri-containerd-{cid}.scope",
+        uid.replace('-', "_")
+    );
+    (PodCgroup::new(&unified_cgroup_root(), &rel), uid, cid)
 }

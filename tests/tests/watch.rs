@@ -1,11 +1,11 @@
 //! `leak watch`: memory-only sampling flags the leaking process, not the one whose cache
 //! levels off, and `--escalate` traces the flagged one (fixture `cacher`, see growth.rs).
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
-use leak_tests::{Fixture, fixture, read_report, require_root, run_leak, site};
+use leak_tests::{
+    Fixture, PodCgroup, fixture, pod_ids, read_report, require_root, run_leak, site,
+    systemd_pod_cgroup,
+};
 use leak_user::{pods::QosClass, trend::Verdict, watch::WatchReport};
 
 #[test]
@@ -79,62 +79,10 @@ fn watch_of_a_missing_process_is_bad_input() {
     run_leak(&["watch", "--pid", "999999999"]).assert_bad_input("no such process");
 }
 
-/// A cgroup laid out as a kubelet would, holding test processes; removed on drop (after them).
-struct PodCgroup {
-    /// The hierarchy's mount point, and the cgroup's path under it.
-    root: PathBuf,
-    rel: PathBuf,
-}
-
-impl PodCgroup {
-    fn new(root: &Path, rel: &str) -> Self {
-        let rel = PathBuf::from(rel);
-        std::fs::create_dir_all(root.join(&rel)).unwrap();
-        Self { root: root.to_owned(), rel }
-    }
-
-    fn add(&self, pid: u32) {
-        std::fs::write(self.root.join(&self.rel).join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        // Innermost first; a cgroup is removed once its processes have exited.
-        let mut rel = Some(self.rel.as_path());
-        while let Some(r) = rel.filter(|r| !r.as_os_str().is_empty()) {
-            for _ in 0..50 {
-                if std::fs::remove_dir(self.root.join(r)).is_ok() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            rel = r.parent();
-        }
-    }
-}
-
-/// A random pod UID and container id, so that runs never share cgroups.
-fn ids() -> (String, String) {
-    let hex = |n: usize| -> String {
-        let bytes = std::fs::read("/proc/sys/kernel/random/uuid").unwrap();
-        let s: String =
-            String::from_utf8(bytes).unwrap().chars().filter(char::is_ascii_hexdigit).collect();
-        s.repeat(2)[..n].to_owned()
-    };
-    let u = hex(32);
-    let uid = format!("{}-{}-{}-{}-{}", &u[..8], &u[8..12], &u[12..16], &u[16..20], &u[20..]);
-    (uid, hex(64))
-}
-
 #[test]
 fn watch_pods_finds_processes_by_their_kubelet_cgroups() {
     require_root();
     let fs = Path::new("/sys/fs/cgroup");
-    // cgroup v2 alone, or v2 next to v1 (this machine): the unified hierarchy.
-    let unified =
-        if fs.join("cgroup.controllers").exists() { fs.to_owned() } else { fs.join("unified") };
-    assert!(unified.join("cgroup.controllers").exists(), "no cgroup v2 hierarchy");
     let leaking = |pod: Option<&PodCgroup>| {
         let mut cmd = Command::new(fixture("cacher"));
         cmd.args(["100000", "25"]);
@@ -145,19 +93,11 @@ fn watch_pods_finds_processes_by_their_kubelet_cgroups() {
         f
     };
     // containerd under the systemd driver, in cgroup v2.
-    let (uid, cid) = ids();
-    let systemd = PodCgroup::new(
-        &unified,
-        &format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/\
-             cri-containerd-{cid}.scope",
-            uid.replace('-', "_")
-        ),
-    );
+    let (systemd, uid, cid) = systemd_pod_cgroup();
     let in_systemd_pod = leaking(Some(&systemd));
     // The cgroupfs driver in cgroup v1's memory hierarchy, where there is one.
     let v1 = fs.join("memory");
-    let (uid1, cid1) = ids();
+    let (uid1, cid1) = pod_ids();
     let cgroupfs = v1
         .join("memory.limit_in_bytes")
         .exists()

@@ -1,0 +1,290 @@
+//! What `leak agent` serves over HTTP (#6), read-only:
+//!
+//! - `/healthz`;
+//! - `/metrics`: Prometheus text: each watched process's anonymous memory, growth rate and
+//!   verdict, labelled with its pod and container; each traced process's top sites
+//!   (outstanding bytes and allocations), drops and probe hits; the agent's own CPU time;
+//! - `/api/v1/reports`: the traced processes, running and done;
+//!   `/api/v1/reports/{id}`: a report (JSON), with `/flamegraph.svg` and `/profile.pb.gz`
+//!   (pprof: what Pyroscope, Parca and Grafana ingest).
+//!
+//! The watch loop publishes its latest state ([`Published::publish`]); requests read it.
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use serde::Serialize;
+
+use crate::{
+    http::{Handler, Request, Response},
+    output::prometheus::{self, Family, Kind},
+    pods::PodRef,
+    report::{Report, StackFrame},
+    trend::Verdict,
+    watch::{Escalation, WatchReport},
+};
+
+/// Sites per traced process in `/metrics` (bounded cardinality).
+pub const TOP_SITES: usize = 10;
+
+/// What the metrics keep of a finished report (parsed once: reports can be large).
+#[derive(Clone, Debug, Default)]
+struct Summary {
+    /// (site id, innermost function, bytes, allocations), largest first.
+    sites: Vec<(String, String, u64, u64)>,
+    drops: Vec<(String, u64)>,
+    hits: Vec<(String, u64)>,
+}
+
+/// The agent's state as the watch loop last published it.
+#[derive(Default)]
+pub struct Published {
+    report: Mutex<Option<WatchReport>>,
+    summaries: Mutex<HashMap<String, Summary>>,
+}
+
+impl Published {
+    /// Replaces the published state.
+    pub fn publish(&self, report: WatchReport) {
+        *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+    }
+
+    fn report(&self) -> Option<WatchReport> {
+        self.report.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The summary of a finished escalation's report, read once.
+    fn summary(&self, e: &Escalation) -> Option<Summary> {
+        let mut cache = self.summaries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = cache.get(&e.json) {
+            return Some(s.clone());
+        }
+        let report: Report = serde_json::from_slice(&std::fs::read(&e.json).ok()?).ok()?;
+        let s = Summary {
+            sites: report
+                .sites
+                .iter()
+                .take(TOP_SITES)
+                .map(|s| {
+                    let f =
+                        s.stack.first().map_or_else(|| "[unknown]".to_owned(), StackFrame::name);
+                    (s.id.clone(), f, s.outstanding_bytes, s.outstanding_allocs)
+                })
+                .collect(),
+            drops: report.drops.into_iter().collect(),
+            hits: report.probe_hits.into_iter().collect(),
+        };
+        cache.insert(e.json.clone(), s.clone());
+        Some(s)
+    }
+}
+
+/// The request handler over `state`.
+#[must_use]
+pub fn handler(state: Arc<Published>) -> Handler {
+    Arc::new(move |request: &Request| route(&state, request))
+}
+
+/// A report's id: its file name without `.json` (`leak-COMM-PID`).
+fn id_of(e: &Escalation) -> String {
+    Path::new(&e.json).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn route(state: &Published, request: &Request) -> Response {
+    let parts: Vec<&str> = request.path.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        ["healthz"] => Response::ok("text/plain; charset=utf-8", "ok\n"),
+        ["metrics"] => Response::ok(prometheus::CONTENT_TYPE, metrics(state)),
+        ["api", "v1", "reports"] => {
+            let list: Vec<ReportEntry> =
+                state.report().iter().flat_map(|r| &r.escalations).map(ReportEntry::of).collect();
+            json(&list)
+        }
+        ["api", "v1", "reports", id, rest @ ..] => {
+            let Some(report) = state.report() else { return Response::not_found() };
+            let Some(e) = report.escalations.iter().rev().find(|e| id_of(e) == *id) else {
+                return Response::not_found();
+            };
+            let (path, content_type) = match rest {
+                [] => (&e.json, "application/json"),
+                ["flamegraph.svg"] => (&e.svg, "image/svg+xml"),
+                ["profile.pb.gz"] => (&e.pprof, "application/octet-stream"),
+                _ => return Response::not_found(),
+            };
+            if e.exit_code.is_none() {
+                return Response::error(503, "still tracing: the report is written when it ends");
+            }
+            match std::fs::read(path) {
+                Ok(body) => Response::ok(content_type, body),
+                Err(_) => Response::not_found(),
+            }
+        }
+        _ => Response::not_found(),
+    }
+}
+
+fn json(value: &impl Serialize) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            Response::ok("application/json", body)
+        }
+        Err(e) => Response::error(500, &e.to_string()),
+    }
+}
+
+/// One traced process in `/api/v1/reports`.
+#[derive(Serialize)]
+struct ReportEntry {
+    id: String,
+    pid: u32,
+    comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<PodRef>,
+    start_unix_s: f64,
+    /// `tracing`, `done` or `failed`.
+    status: &'static str,
+    url: String,
+}
+
+impl ReportEntry {
+    fn of(e: &Escalation) -> Self {
+        let id = id_of(e);
+        Self {
+            url: format!("/api/v1/reports/{id}"),
+            id,
+            pid: e.pid,
+            comm: e.comm.clone(),
+            pod: e.pod.clone(),
+            start_unix_s: e.start_unix_s,
+            status: match e.exit_code {
+                None => "tracing",
+                Some(0) => "done",
+                Some(_) => "failed",
+            },
+        }
+    }
+}
+
+/// Labels naming a process: pid, comm, and its pod and container when it has them.
+fn process_labels(pid: u32, comm: &str, pod: Option<&PodRef>) -> Vec<(&'static str, String)> {
+    let mut labels = vec![("pid", pid.to_string()), ("comm", comm.to_owned())];
+    if let Some(p) = pod {
+        labels.push(("pod_uid", p.pod_uid.clone()));
+        labels.push(("container_id", p.container_id.clone().unwrap_or_default()));
+    }
+    labels
+}
+
+#[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
+fn metrics(state: &Published) -> String {
+    let mut watched = Family::new(
+        "leak_processes_watched",
+        Kind::Gauge,
+        "Processes whose memory the agent samples.",
+    );
+    let mut anon = Family::new(
+        "leak_process_anon_bytes",
+        Kind::Gauge,
+        "Anonymous resident memory of a watched process.",
+    );
+    let mut rate = Family::new(
+        "leak_process_growth_bytes_per_second",
+        Kind::Gauge,
+        "Growth rate of a watched process's anonymous memory (Theil-Sen).",
+    );
+    let mut verdict = Family::new(
+        "leak_process_verdict",
+        Kind::Gauge,
+        "1 for a watched process's current verdict: leak, growing, plateau or stable.",
+    );
+    let mut traced = Family::new(
+        "leak_traced_processes",
+        Kind::Gauge,
+        "Processes with the probes attached now.",
+    );
+    let mut site_bytes = Family::new(
+        "leak_site_outstanding_bytes",
+        Kind::Gauge,
+        "Bytes allocated at a site and not freed, per traced process (top sites).",
+    );
+    let mut site_allocs = Family::new(
+        "leak_site_outstanding_allocations",
+        Kind::Gauge,
+        "Allocations made at a site and not freed, per traced process (top sites).",
+    );
+    let mut drops =
+        Family::new("leak_drops_total", Kind::Counter, "Events a trace lost, by reason.");
+    let mut hits =
+        Family::new("leak_probe_hits_total", Kind::Counter, "Probe hits of a trace, by probe.");
+    let mut cpu = Family::new(
+        "leak_agent_cpu_seconds_total",
+        Kind::Counter,
+        "CPU time of the agent and of the traces it ran.",
+    );
+    if let Some(report) = state.report() {
+        watched.push(vec![], report.processes_watched as f64);
+        for p in &report.processes {
+            let labels = process_labels(p.pid, &p.comm, p.pod.as_ref());
+            anon.push(labels.clone(), p.anon_bytes as f64);
+            rate.push(labels.clone(), p.trend.rate_bytes_per_s);
+            for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
+                let mut l = labels.clone();
+                l.push(("verdict", v.as_str().to_owned()));
+                verdict.push(l, f64::from(u8::from(p.trend.verdict == v)));
+            }
+        }
+        let running = report.escalations.iter().filter(|e| e.exit_code.is_none()).count();
+        traced.push(vec![], running as f64);
+        for e in report.escalations.iter().filter(|e| e.exit_code == Some(0)) {
+            let Some(s) = state.summary(e) else { continue };
+            let labels = process_labels(e.pid, &e.comm, e.pod.as_ref());
+            for (site, function, bytes, count) in &s.sites {
+                let mut l = labels.clone();
+                l.push(("site", site.clone()));
+                l.push(("function", function.clone()));
+                site_bytes.push(l.clone(), *bytes as f64);
+                site_allocs.push(l, *count as f64);
+            }
+            for (reason, n) in &s.drops {
+                let mut l = labels.clone();
+                l.push(("reason", reason.clone()));
+                drops.push(l, *n as f64);
+            }
+            for (probe, n) in &s.hits {
+                let mut l = labels.clone();
+                l.push(("probe", probe.clone()));
+                hits.push(l, *n as f64);
+            }
+        }
+    }
+    if let Some(s) = own_cpu_seconds() {
+        cpu.push(vec![], s);
+    }
+    prometheus::render(&[
+        watched,
+        anon,
+        rate,
+        verdict,
+        traced,
+        site_bytes,
+        site_allocs,
+        drops,
+        hits,
+        cpu,
+    ])
+}
+
+/// This process's CPU time plus that of its reaped children (the traces), seconds.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    // utime, stime, cutime, cstime: fields 14 to 17 of the line, 11 to 14 after the name.
+    let ticks: f64 = fields.get(11..15)?.iter().filter_map(|f| f.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks per second")]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}

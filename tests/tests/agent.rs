@@ -1,0 +1,117 @@
+//! `leak agent` on this machine as on a node: a leaking fixture in a kubelet-style pod cgroup
+//! is found, judged, traced, and its report, flame graph, pprof profile and metrics are
+//! served over HTTP; SIGTERM ends the agent cleanly.
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use leak_tests::{Fixture, Leak, fixture, require_root, site, systemd_pod_cgroup};
+
+/// `GET path` from the agent: status and body.
+fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).expect("connect to the agent");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, out[end + 4..].to_vec())
+}
+
+fn get_text(addr: &str, path: &str) -> String {
+    let (status, body) = get(addr, path);
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    String::from_utf8(body).unwrap()
+}
+
+#[test]
+fn agent_finds_traces_and_serves_a_leaking_pod() {
+    require_root();
+    let (cgroup, uid, cid) = systemd_pod_cgroup();
+    let mut cmd = Command::new(fixture("cacher"));
+    cmd.args(["100000", "25"]);
+    let target = Fixture::start_command(cmd);
+    cgroup.add(target.pid());
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Leak::spawn(&[
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--sample-interval",
+        "250ms",
+        "--interval",
+        "1h",
+        "--min-growth",
+        "64K",
+        "--trace-for",
+        "2s",
+        "--out-dir",
+        dir.path().join("reports").to_str().unwrap(),
+    ]);
+    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
+    let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    assert_eq!(get_text(&addr, "/healthz"), "ok\n");
+
+    // The fixture is judged a leak after a few samples, then traced for 2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&get_text(&addr, "/api/v1/reports")).unwrap();
+        let done = list.as_array().unwrap().iter().find(|r| {
+            r["pid"] == target.pid() && r["status"] == "done" && r["pod"]["pod_uid"] == uid
+        });
+        if let Some(r) = done {
+            assert_eq!(r["pod"]["container_id"], cid.as_str());
+            break r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no finished report: {list:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let report: leak_tests::Report =
+        serde_json::from_str(&get_text(&addr, &format!("/api/v1/reports/{id}"))).unwrap();
+    assert_eq!(report.target.pid, target.pid());
+    let leak = site(&report, "leak_fn");
+    assert!(leak.outstanding_allocs > 0);
+    assert_eq!(leak.outstanding_bytes, leak.outstanding_allocs * 1024);
+    let svg = get_text(&addr, &format!("/api/v1/reports/{id}/flamegraph.svg"));
+    assert!(svg.contains("leak_fn"));
+    let (status, profile) = get(&addr, &format!("/api/v1/reports/{id}/profile.pb.gz"));
+    assert_eq!(status, 200);
+    assert_eq!(profile[..2], [0x1f, 0x8b], "gzip");
+    assert_eq!(get(&addr, "/api/v1/reports/nope").0, 404);
+
+    // Metrics: the process's verdict with its pod, the traced site, the agent's own cost.
+    let metrics = get_text(&addr, "/metrics");
+    let process = format!(
+        "pid=\"{}\",comm=\"cacher\",pod_uid=\"{uid}\",container_id=\"{cid}\"",
+        target.pid()
+    );
+    assert!(
+        metrics.contains(&format!("leak_process_verdict{{{process},verdict=\"leak\"}} 1\n")),
+        "{metrics}"
+    );
+    let site_line = format!(
+        "leak_site_outstanding_bytes{{{process},site=\"{}\",function=\"leak_fn\"}} {}\n",
+        leak.id, leak.outstanding_bytes
+    );
+    assert!(metrics.contains(&site_line), "{site_line}\n{metrics}");
+    assert!(metrics.contains("\nleak_agent_cpu_seconds_total "), "{metrics}");
+    assert!(metrics.contains("# TYPE leak_drops_total counter\n"), "{metrics}");
+
+    // SIGTERM: the agent ends by itself, successfully.
+    let done = agent.terminate();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    drop(target);
+    // The trace's probes are unregistered after it exits, in the background; other tests'
+    // tracers attaching to the same libc meanwhile can miss every call on this kernel (see
+    // the "no probe fired" warning). Leave only once they are gone.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while Command::new("pgrep").args(["-x", "leak"]).status().is_ok_and(|s| s.success()) {
+        assert!(Instant::now() < deadline, "leak processes left after a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
