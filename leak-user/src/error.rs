@@ -50,7 +50,12 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Self::Loader(e) if is_permission(e) => {
-                format!("{e}: leak needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
+                // Kernel 6.18 refuses uprobe perf events with CAP_PERFMON alone (measured in
+                // tests/tests/deploy.rs).
+                format!(
+                    "{e}: leak needs root (or CAP_BPF, CAP_PERFMON and, for uprobes on some \
+                     kernels, CAP_SYS_ADMIN): run it with sudo"
+                )
             }
             _ => self.to_string(),
         }

@@ -53,7 +53,9 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
+    /// Reads `reader` (a child's pipe) line by line in a thread.
+    #[must_use]
+    pub fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
         let (tx, rx) = channel();
         thread::spawn(move || {
             for line in BufReader::new(reader).lines() {

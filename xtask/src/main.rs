@@ -113,7 +113,22 @@ fn setup() -> Result<()> {
     ensure_bpf_linker()?;
     ensure_test_allocators()?;
     ensure_go()?;
+    ensure_kubernetes_validate()?;
     Ok(())
+}
+
+/// Version of the `kubernetes-validate` package (and its bundled schemas) the tests use.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// `kubernetes-validate` in a virtualenv under `target/tools` (tests/tests/deploy.rs runs it
+/// on `deploy/`): the manifests are checked against the Kubernetes schemas offline.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let venv = workspace_root().join("target/tools/kubernetes-validate");
+    if venv.join("bin/kubernetes-validate").exists() {
+        return Ok(());
+    }
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))
 }
 
 /// Debian's jemalloc and tcmalloc, shared and as archives (the tests link them into fixtures
