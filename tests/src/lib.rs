@@ -501,3 +501,47 @@ pub fn systemd_pod_cgroup() -> (PodCgroup, String, String) {
     );
     (PodCgroup::new(&unified_cgroup_root(), &rel), uid, cid)
 }
+
+/// `go tool pprof -raw`'s samples: innermost function of each stack -> (count, bytes).
+#[must_use]
+pub fn go_pprof_samples(
+    profile: &Path,
+    scratch: &Path,
+) -> std::collections::HashMap<String, (u64, u64)> {
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(profile)
+        // Go wants a writable cache and home, which a CI shell may not have.
+        .env("GOCACHE", scratch.join("gocache"))
+        .env("HOME", scratch)
+        .output()
+        .expect("run go tool pprof (cargo xtask test installs golang-go)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    // "Locations" lines: "     4: 0x55.. M=1 leak_fn /src/cacher.c:23 s=0".
+    let functions: std::collections::HashMap<String, String> = text
+        .split_once("\nLocations\n")
+        .expect("a Locations section")
+        .1
+        .lines()
+        .take_while(|l| !l.starts_with("Mappings"))
+        .filter_map(|l| {
+            let (id, rest) = l.trim().split_once(": ")?;
+            Some((id.to_owned(), rest.split_whitespace().nth(2)?.to_owned()))
+        })
+        .collect();
+    // Sample lines: "         40      40960: 4 5 3 ".
+    text.split_once("\nSamples:\n")
+        .expect("a Samples section")
+        .1
+        .lines()
+        .take_while(|l| !l.starts_with("Locations"))
+        .filter_map(|l| {
+            let (values, ids) = l.split_once(": ")?;
+            let mut v = values.split_whitespace().map(str::parse::<u64>);
+            let (count, bytes) = (v.next()?.ok()?, v.next()?.ok()?);
+            let innermost = ids.split_whitespace().next()?;
+            Some((functions[innermost].clone(), (count, bytes)))
+        })
+        .collect()
+}

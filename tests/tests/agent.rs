@@ -1,6 +1,7 @@
 //! `leak agent` on this machine as on a node: a leaking fixture in a kubelet-style pod cgroup
 //! is found, judged, traced, and its report, flame graph, pprof profile and metrics are
-//! served over HTTP; SIGTERM ends the agent cleanly.
+//! served over HTTP. A real Prometheus (Debian's) scrapes the metrics and gives the leak
+//! back through its query API; Go's pprof reads the profile; SIGTERM ends the agent cleanly.
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -8,12 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leak_tests::{Fixture, Leak, fixture, require_root, site, systemd_pod_cgroup};
+use leak_tests::{
+    Fixture, Leak, fixture, go_pprof_samples, require_root, site, systemd_pod_cgroup,
+};
 
 /// `GET path` from the agent: status and body.
 fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).expect("connect to the agent");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
@@ -81,7 +84,14 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert!(svg.contains("leak_fn"));
     let (status, profile) = get(&addr, &format!("/api/v1/reports/{id}/profile.pb.gz"));
     assert_eq!(status, 200);
-    assert_eq!(profile[..2], [0x1f, 0x8b], "gzip");
+    let profile_path = dir.path().join("profile.pb.gz");
+    std::fs::write(&profile_path, &profile).unwrap();
+    let samples = go_pprof_samples(&profile_path, dir.path());
+    assert_eq!(
+        samples["leak_fn"],
+        (leak.outstanding_allocs, leak.outstanding_bytes),
+        "go tool pprof reads the served profile: {samples:#?}"
+    );
     assert_eq!(get(&addr, "/api/v1/reports/nope").0, 404);
 
     // Metrics: the process's verdict with its pod, the traced site, the agent's own cost.
@@ -102,6 +112,21 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert!(metrics.contains("\nleak_agent_cpu_seconds_total "), "{metrics}");
     assert!(metrics.contains("# TYPE leak_drops_total counter\n"), "{metrics}");
 
+    // Prometheus scrapes the agent and answers a query for the traced site.
+    let prometheus = Prometheus::start(dir.path(), &addr);
+    let query =
+        format!("leak_site_outstanding_bytes{{function=\"leak_fn\",pid=\"{}\"}}", target.pid());
+    let result = prometheus.query_until(&query, |r| !r.is_empty());
+    assert_eq!(result[0]["metric"]["pod_uid"], uid.as_str(), "{result:#?}");
+    assert_eq!(result[0]["value"][1], leak.outstanding_bytes.to_string(), "{result:#?}");
+    // Label values are strings.
+    let pid = target.pid().to_string();
+    let verdicts = prometheus.query_until("leak_process_verdict{verdict=\"leak\"} == 1", |r| {
+        r.iter().any(|s| s["metric"]["pid"].as_str() == Some(pid.as_str()))
+    });
+    assert!(verdicts.iter().all(|s| s["metric"]["container_id"] == cid.as_str()), "{verdicts:#?}");
+    drop(prometheus);
+
     // SIGTERM: the agent ends by itself, successfully.
     let done = agent.terminate();
     assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
@@ -113,5 +138,79 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     while Command::new("pgrep").args(["-x", "leak"]).status().is_ok_and(|s| s.success()) {
         assert!(Instant::now() < deadline, "leak processes left after a minute");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Debian's Prometheus on a free loopback port, scraping `target` every second.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, target: &str) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leak\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        // A free port: the kernel picks one, Prometheus takes it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus (cargo xtask test installs Debian's package)");
+        let p = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&p.addr).is_err() || get(&p.addr, "/-/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// Runs the instant query `promql` until `done` accepts its result vector (30 s at most).
+    fn query_until(
+        &self,
+        promql: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = get(&self.addr, &format!("/api/v1/query?query={encoded}"));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            if status == 200 && done(&result) {
+                return result;
+            }
+            assert!(Instant::now() < deadline, "{promql}: {status} {v:#}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -114,7 +114,16 @@ fn setup() -> Result<()> {
     ensure_test_allocators()?;
     ensure_go()?;
     ensure_kubernetes_validate()?;
+    ensure_prometheus()?;
     Ok(())
+}
+
+/// Debian's Prometheus: the agent test has it scrape `leak agent` and query the leak back.
+fn ensure_prometheus() -> Result<()> {
+    if output(Command::new("prometheus").arg("--version")).is_some() {
+        return Ok(());
+    }
+    apt_install(&["prometheus"], "Prometheus (a test scrapes the agent's /metrics with it)")
 }
 
 /// Version of the `kubernetes-validate` package (and its bundled schemas) the tests use.
