@@ -139,6 +139,19 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
         assert!(Instant::now() < deadline, "leak processes left after a minute");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Nothing of the trace is left in the kernel: none of leak's programs is loaded (a
+    // program goes with its last probe and descriptor).
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&serde_json::Value> = progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            leak_common::Program::ALL.iter().any(|ours| p["name"].as_str() == Some(ours.name()))
+        })
+        .collect();
+    assert!(ours.is_empty(), "left loaded after SIGTERM: {ours:#?}");
 }
 
 /// Debian's Prometheus on a free loopback port, scraping `target` every second.

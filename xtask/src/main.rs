@@ -118,12 +118,13 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// Debian's Prometheus: the agent test has it scrape `leak agent` and query the leak back.
+/// Debian's Prometheus: the agent test has it scrape `leak agent` and query the leak back;
+/// and bpftool, with which it checks that no program of leak's is left after SIGTERM.
 fn ensure_prometheus() -> Result<()> {
-    if output(Command::new("prometheus").arg("--version")).is_some() {
-        return Ok(());
-    }
-    apt_install(&["prometheus"], "Prometheus (a test scrapes the agent's /metrics with it)")
+    apt_install(
+        &["prometheus", "bpftool"],
+        "Prometheus and bpftool (a test scrapes the agent with one, checks its exit with the other)",
+    )
 }
 
 /// Version of the `kubernetes-validate` package (and its bundled schemas) the tests use.
