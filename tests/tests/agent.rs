@@ -131,27 +131,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     let done = agent.terminate();
     assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
     drop(target);
-    // The trace's probes are unregistered after it exits, in the background; other tests'
-    // tracers attaching to the same libc meanwhile can miss every call on this kernel (see
-    // the "no probe fired" warning). Leave only once they are gone.
-    let deadline = Instant::now() + Duration::from_mins(1);
-    while Command::new("pgrep").args(["-x", "leak"]).status().is_ok_and(|s| s.success()) {
-        assert!(Instant::now() < deadline, "leak processes left after a minute");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Nothing of the trace is left in the kernel: none of leak's programs is loaded (a
-    // program goes with its last probe and descriptor).
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ours: Vec<&serde_json::Value> = progs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| {
-            leak_common::Program::ALL.iter().any(|ours| p["name"].as_str() == Some(ours.name()))
-        })
-        .collect();
-    assert!(ours.is_empty(), "left loaded after SIGTERM: {ours:#?}");
+    assert_nothing_left();
 }
 
 /// Debian's Prometheus on a free loopback port, scraping `target` every second.
@@ -226,4 +206,30 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits for every leak process to end, then checks that none of leak's BPF programs is still
+/// loaded (a program goes with its last probe and descriptor).
+fn assert_nothing_left() {
+    // The trace's probes are unregistered after it exits, in the background; other tests'
+    // tracers attaching to the same libc meanwhile can miss every call on this kernel (see
+    // the "no probe fired" warning). Leave only once they are gone.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while Command::new("pgrep").args(["-x", "leak"]).status().is_ok_and(|s| s.success()) {
+        assert!(Instant::now() < deadline, "leak processes left after a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing of the trace is left in the kernel: none of leak's programs is loaded (a
+    // program goes with its last probe and descriptor).
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().unwrap();
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&serde_json::Value> = progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            leak_common::Program::ALL.iter().any(|ours| p["name"].as_str() == Some(ours.name()))
+        })
+        .collect();
+    assert!(ours.is_empty(), "left loaded after SIGTERM: {ours:#?}");
 }
