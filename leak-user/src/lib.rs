@@ -19,6 +19,7 @@ pub mod growth;
 pub mod history;
 pub mod hooks;
 pub mod http;
+pub mod kube;
 pub mod loader;
 pub mod model;
 pub mod output;
