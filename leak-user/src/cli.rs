@@ -62,6 +62,22 @@ pub struct AgentArgs {
     /// Stop after this long (default: until SIGTERM or SIGINT).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Watch only pods in these namespaces (repeat; shell patterns such as `shop-*`). Names
+    /// come from the Kubernetes API: without it, a process matches no such pattern.
+    #[arg(long = "namespace", value_name = "PATTERN")]
+    pub namespaces: Vec<String>,
+    /// Watch only pods with these names (repeat; patterns).
+    #[arg(long = "pod", value_name = "PATTERN")]
+    pub pods: Vec<String>,
+    /// Watch only containers with these names (repeat; patterns).
+    #[arg(long = "container", value_name = "PATTERN")]
+    pub containers: Vec<String>,
+    /// Watch only processes with these names (`comm`; repeat; patterns).
+    #[arg(long = "process", value_name = "PATTERN")]
+    pub processes: Vec<String>,
+    /// Never watch pods in these namespaces (repeat; patterns).
+    #[arg(long = "exclude-namespace", value_name = "PATTERN", default_values_t = ["kube-system".to_owned()])]
+    pub exclude_namespaces: Vec<String>,
 }
 
 /// `leak watch`.
@@ -270,6 +286,7 @@ impl From<CliCommand> for Command {
                 top: usize::try_from(w.top).unwrap_or(usize::MAX),
                 listen: None,
                 max_traced: 1,
+                selection: None,
             }),
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
                 targets: Targets::Pods,
@@ -283,6 +300,13 @@ impl From<CliCommand> for Command {
                 top: 10,
                 listen: Some(a.listen),
                 max_traced: usize::try_from(a.max_traced).unwrap_or(1),
+                selection: Some(crate::kube::Selection {
+                    namespaces: a.namespaces,
+                    pods: a.pods,
+                    containers: a.containers,
+                    processes: a.processes,
+                    exclude_namespaces: a.exclude_namespaces,
+                }),
             }),
         }
     }

@@ -132,6 +132,8 @@ pub struct WatchConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// Escalations running at once, at most.
     pub max_traced: usize,
+    /// Which pods' processes are watched (`leak agent`; `None`: every one).
+    pub selection: Option<crate::kube::Selection>,
 }
 
 /// What to do.

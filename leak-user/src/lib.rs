@@ -20,6 +20,7 @@ pub mod history;
 pub mod hooks;
 pub mod http;
 pub mod kube;
+pub mod kubeapi;
 pub mod loader;
 pub mod model;
 pub mod output;

@@ -50,6 +50,27 @@ pub struct PodRef {
     pub runtime: Option<String>,
     /// Quality-of-service class.
     pub qos: QosClass,
+    /// Pod name, namespace and container name, from the Kubernetes API when it was reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// See `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// See `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+}
+
+impl PodRef {
+    /// Fills in the names the API gave for this pod (`pods`: by UID).
+    pub fn name_from(&mut self, pods: &hashbrown::HashMap<String, crate::kube::PodMeta>) {
+        if let Some(meta) = pods.get(&self.pod_uid) {
+            self.name = Some(meta.name.clone());
+            self.namespace = Some(meta.namespace.clone());
+            self.container_name =
+                self.container_id.as_ref().and_then(|id| meta.containers.get(id)).cloned();
+        }
+    }
 }
 
 /// The pod of a process whose `/proc/PID/cgroup` reads `text`; `None` outside kubepods.
@@ -91,7 +112,15 @@ pub fn pod_of_path(path: &str) -> Option<PodRef> {
         }
         None => (None, None),
     };
-    Some(PodRef { pod_uid, container_id, runtime, qos })
+    Some(PodRef {
+        pod_uid,
+        container_id,
+        runtime,
+        qos,
+        name: None,
+        namespace: None,
+        container_name: None,
+    })
 }
 
 /// The quality-of-service level of a path component (`burstable`, `kubepods-besteffort.slice`).
@@ -145,6 +174,9 @@ mod tests {
             container_id: container.then(|| CID.to_owned()),
             runtime: runtime.map(str::to_owned),
             qos,
+            name: None,
+            namespace: None,
+            container_name: None,
         }
     }
 

@@ -174,6 +174,14 @@ fn process_labels(pid: u32, comm: &str, pod: Option<&PodRef>) -> Vec<(&'static s
     if let Some(p) = pod {
         labels.push(("pod_uid", p.pod_uid.clone()));
         labels.push(("container_id", p.container_id.clone().unwrap_or_default()));
+        // Names, when the Kubernetes API gave them.
+        for (label, value) in
+            [("namespace", &p.namespace), ("pod", &p.name), ("container", &p.container_name)]
+        {
+            if let Some(v) = value {
+                labels.push((label, v.clone()));
+            }
+        }
     }
     labels
 }

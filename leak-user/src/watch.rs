@@ -174,6 +174,8 @@ impl WatchList {
         for o in seen {
             let key = (o.pid, o.start_ticks);
             if let Some(w) = self.procs.get_mut(&key) {
+                // Names from the API may come after the first sample.
+                w.pod.clone_from(&o.pod);
                 w.samples.push(t - w.first_seen, o.memory, kind);
                 w.samples.compact();
             } else {
@@ -310,9 +312,22 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
         );
         // Enough of each id to find it in `kubectl get pods -A -o wide` / `crictl ps`.
         if let Some(pod) = &p.pod {
-            let _ = write!(s, "  pod {}", pod.pod_uid);
-            if let Some(c) = &pod.container_id {
-                let _ = write!(s, " container {}", &c[..12.min(c.len())]);
+            match (&pod.namespace, &pod.name) {
+                (Some(ns), Some(name)) => {
+                    let _ = write!(s, "  pod {ns}/{name}");
+                }
+                _ => {
+                    let _ = write!(s, "  pod {}", pod.pod_uid);
+                }
+            }
+            match (&pod.container_name, &pod.container_id) {
+                (Some(name), _) => {
+                    let _ = write!(s, " container {name}");
+                }
+                (None, Some(c)) => {
+                    let _ = write!(s, " container {}", &c[..12.min(c.len())]);
+                }
+                (None, None) => {}
             }
         }
         s.push('\n');
@@ -334,8 +349,56 @@ pub enum Targets {
     Pids(Vec<u32>),
 }
 
+/// Pod names from the Kubernetes API, refreshed in the background (see [`Names::start`]).
+#[derive(Clone, Default)]
+struct Names(Arc<std::sync::Mutex<hashbrown::HashMap<String, crate::kube::PodMeta>>>);
+
+impl Names {
+    /// How often the pod list is fetched again.
+    const REFRESH: Duration = Duration::from_secs(15);
+
+    /// Starts fetching this node's pods every [`Self::REFRESH`], when running in a cluster.
+    fn start() -> Self {
+        let names = Self::default();
+        let Some(api) = crate::kubeapi::ApiConfig::in_cluster() else {
+            log::info!("not in a Kubernetes cluster: pods are named by UID");
+            return names;
+        };
+        let shared = names.clone();
+        std::thread::spawn(move || {
+            let mut failing = false;
+            loop {
+                match crate::kubeapi::fetch_pods(&api) {
+                    Ok(pods) => {
+                        if failing {
+                            log::warn!("the Kubernetes API answers again");
+                        }
+                        failing = false;
+                        *shared.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pods;
+                    }
+                    Err(e) if !failing => {
+                        log::warn!(
+                            "the Kubernetes API is not reachable ({e}): pods are named by UID"
+                        );
+                        failing = true;
+                    }
+                    Err(e) => log::debug!("Kubernetes API: {e}"),
+                }
+                std::thread::sleep(Self::REFRESH);
+            }
+        });
+        names
+    }
+}
+
 /// Reads the memory of the targets now.
-fn observe(targets: &Targets, skip: &HashSet<u32>) -> Vec<Observation> {
+fn observe(
+    targets: &Targets,
+    skip: &HashSet<u32>,
+    names: &Names,
+    selection: Option<&crate::kube::Selection>,
+) -> Vec<Observation> {
+    let api_pods = names.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let pids = match targets {
         Targets::All | Targets::Pods => procfs::all_pids(),
         Targets::Pids(p) => p.clone(),
@@ -343,22 +406,31 @@ fn observe(targets: &Targets, skip: &HashSet<u32>) -> Vec<Observation> {
     pids.into_iter()
         .filter(|p| !skip.contains(p))
         .filter_map(|pid| {
-            let pod = procfs::pod(pid);
+            let mut pod = procfs::pod(pid);
             if *targets == Targets::Pods && pod.is_none() {
                 return None;
+            }
+            if let Some(p) = &mut pod {
+                p.name_from(&api_pods);
+            }
+            let comm = procfs::comm(pid).unwrap_or_default();
+            if let Some(sel) = selection {
+                let id = crate::kube::Identity {
+                    comm: &comm,
+                    namespace: pod.as_ref().and_then(|p| p.namespace.as_deref()),
+                    pod: pod.as_ref().and_then(|p| p.name.as_deref()),
+                    container: pod.as_ref().and_then(|p| p.container_name.as_deref()),
+                };
+                if !sel.selects(&id) {
+                    return None;
+                }
             }
             let memory = procfs::statm_memory(pid)?;
             // Kernel threads have no memory of their own.
             if memory.rss == 0 {
                 return None;
             }
-            Some(Observation {
-                pid,
-                start_ticks: procfs::start_time(pid)?,
-                comm: procfs::comm(pid).unwrap_or_default(),
-                memory,
-                pod,
-            })
+            Some(Observation { pid, start_ticks: procfs::start_time(pid)?, comm, memory, pod })
         })
         .collect()
 }
@@ -580,6 +652,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     // `leak agent`: metrics and reports over HTTP, from the state published after each
     // sample (every process, stable ones included).
     let published = Arc::new(crate::serve::Published::default());
+    let names = if cfg.listen.is_some() { Names::start() } else { Names::default() };
     let server = match cfg.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -602,12 +675,17 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let until_deadline = agent::deadline(start, cfg.duration);
     tokio::pin!(until_deadline);
     let explicit = matches!(cfg.targets, Targets::Pids(_));
-    list.observe(0.0, &observe(&cfg.targets, &skip(&escalator)), Kind::Tick, explicit);
+    list.observe(
+        0.0,
+        &observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref()),
+        Kind::Tick,
+        explicit,
+    );
     let end = loop {
         tokio::select! {
             () = sampler.tick() => {
                 let began = Instant::now();
-                let seen = observe(&cfg.targets, &skip(&escalator));
+                let seen = observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref());
                 list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Tick, explicit);
                 if let Some(e) = &mut escalator {
                     e.flag(&list.judge(&params));
@@ -636,7 +714,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         }
     };
     if end != "targets_exited" {
-        let seen = observe(&cfg.targets, &skip(&escalator));
+        let seen = observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref());
         list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Last, explicit);
     }
     let not_escalated = match &mut escalator {

@@ -208,8 +208,15 @@ impl Leak {
     /// Starts `leak` with `args`, without waiting for anything.
     #[must_use]
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    /// As [`Self::spawn`], with these environment variables set.
+    #[must_use]
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(leak_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -544,4 +551,78 @@ pub fn go_pprof_samples(
             Some((functions[innermost].clone(), (count, bytes)))
         })
         .collect()
+}
+
+/// A stand-in Kubernetes API server (`tests/support/fake_kube_api.py`) serving one pod: the
+/// environment `leak agent` needs to reach it, and the process (killed on drop).
+pub struct FakeKubeApi {
+    child: Child,
+    /// `KUBERNETES_SERVICE_HOST` and the rest, for [`Leak::spawn_env`].
+    pub env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeKubeApi {
+    /// Serves a pod `namespace/name` with UID `uid` whose container `container` has id `cid`,
+    /// on node `test-node`, to the bearer of a token it makes up.
+    #[must_use]
+    pub fn start(uid: &str, namespace: &str, name: &str, container: &str, cid: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        // Self-signed for 127.0.0.1, not a CA: the agent trusts it as its cluster's CA bundle.
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-keyout", &p("key.pem"), "-out", &p("cert.pem")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(made.success(), "openssl could not make a certificate");
+        std::fs::write(p("token"), "test-token\n").unwrap();
+        let pods = format!(
+            r#"{{"kind":"PodList","items":[{{"metadata":{{"uid":"{uid}","name":"{name}","namespace":"{namespace}"}},"status":{{"containerStatuses":[{{"name":"{container}","containerID":"containerd://{cid}"}}]}}}}]}}"#
+        );
+        std::fs::write(p("pods.json"), pods).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/fake_kube_api.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args([p("cert.pem"), p("key.pem"), "test-token".into(), "test-node".into()])
+            .args([p("pods.json"), p("port")])
+            .spawn()
+            .expect("start the fake API server");
+        let deadline = Instant::now() + TIMEOUT;
+        let port = loop {
+            if let Ok(port) = std::fs::read_to_string(p("port")) {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "the fake API server did not start");
+            thread::sleep(Duration::from_millis(50));
+        };
+        let env = [
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()),
+            ("KUBERNETES_SERVICE_PORT", port),
+            ("LEAK_KUBE_TOKEN_FILE", p("token")),
+            ("LEAK_KUBE_CA_FILE", p("cert.pem")),
+            ("NODE_NAME", "test-node".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self { child, env, _dir: dir }
+    }
+
+    /// The environment as [`Leak::spawn_env`] takes it.
+    #[must_use]
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+}
+
+impl Drop for FakeKubeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

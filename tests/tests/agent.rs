@@ -10,7 +10,7 @@ use std::{
 };
 
 use leak_tests::{
-    Fixture, Leak, fixture, go_pprof_samples, require_root, site, systemd_pod_cgroup,
+    FakeKubeApi, Fixture, Leak, fixture, go_pprof_samples, require_root, site, systemd_pod_cgroup,
 };
 
 /// `GET path` from the agent: status and body.
@@ -39,22 +39,27 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     cmd.args(["100000", "25"]);
     let target = Fixture::start_command(cmd);
     cgroup.add(target.pid());
+    // The API names the pod shop/shop-api-1 and its container api.
+    let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = Leak::spawn(&[
-        "agent",
-        "--listen",
-        "127.0.0.1:0",
-        "--sample-interval",
-        "250ms",
-        "--interval",
-        "1h",
-        "--min-growth",
-        "64K",
-        "--trace-for",
-        "2s",
-        "--out-dir",
-        dir.path().join("reports").to_str().unwrap(),
-    ]);
+    let mut agent = Leak::spawn_env(
+        &[
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--sample-interval",
+            "250ms",
+            "--interval",
+            "1h",
+            "--min-growth",
+            "64K",
+            "--trace-for",
+            "2s",
+            "--out-dir",
+            dir.path().join("reports").to_str().unwrap(),
+        ],
+        &api.env(),
+    );
     let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
     let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
     assert_eq!(get_text(&addr, "/healthz"), "ok\n");
@@ -69,6 +74,9 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
         });
         if let Some(r) = done {
             assert_eq!(r["pod"]["container_id"], cid.as_str());
+            assert_eq!(r["pod"]["namespace"], "shop", "{r:#}");
+            assert_eq!(r["pod"]["name"], "shop-api-1", "{r:#}");
+            assert_eq!(r["pod"]["container_name"], "api", "{r:#}");
             break r["id"].as_str().unwrap().to_owned();
         }
         assert!(Instant::now() < deadline, "no finished report: {list:#}");
@@ -97,7 +105,8 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     // Metrics: the process's verdict with its pod, the traced site, the agent's own cost.
     let metrics = get_text(&addr, "/metrics");
     let process = format!(
-        "pid=\"{}\",comm=\"cacher\",pod_uid=\"{uid}\",container_id=\"{cid}\"",
+        "pid=\"{}\",comm=\"cacher\",pod_uid=\"{uid}\",container_id=\"{cid}\",\
+         namespace=\"shop\",pod=\"shop-api-1\",container=\"api\"",
         target.pid()
     );
     assert!(
@@ -215,7 +224,11 @@ fn assert_nothing_left() {
     // tracers attaching to the same libc meanwhile can miss every call on this kernel (see
     // the "no probe fired" warning). Leave only once they are gone.
     let deadline = Instant::now() + Duration::from_mins(1);
-    while Command::new("pgrep").args(["-x", "leak"]).status().is_ok_and(|s| s.success()) {
+    let running = || {
+        let out = Command::new("pgrep").args(["-x", "leak"]).output();
+        out.is_ok_and(|o| o.status.success())
+    };
+    while running() {
         assert!(Instant::now() < deadline, "leak processes left after a minute");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -232,4 +245,41 @@ fn assert_nothing_left() {
         })
         .collect();
     assert!(ours.is_empty(), "left loaded after SIGTERM: {ours:#?}");
+}
+
+#[test]
+fn agent_watches_only_the_selected_pods() {
+    require_root();
+    let (cgroup, uid, cid) = systemd_pod_cgroup();
+    let mut cmd = Command::new(fixture("cacher"));
+    cmd.args(["100000", "25"]);
+    let target = Fixture::start_command(cmd);
+    cgroup.add(target.pid());
+    let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
+    let pid_label = format!("pid=\"{}\"", target.pid());
+    for (flags, watched) in [
+        (&["--namespace", "other"][..], false),
+        (&["--exclude-namespace", "sh*"], false),
+        (&["--namespace", "sh*", "--container", "api", "--process", "cach?r"], true),
+    ] {
+        let mut args = vec!["agent", "--listen", "127.0.0.1:0", "--sample-interval", "250ms"];
+        // No growth is enough to trace: this test is about what is watched.
+        args.extend(["--interval", "1h", "--min-growth", "1G"]);
+        args.extend_from_slice(flags);
+        let mut agent = Leak::spawn_env(&args, &api.env());
+        let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
+        let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+        // Long enough for the pod list and several samples.
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let mut seen = false;
+        while Instant::now() < deadline && !seen {
+            std::thread::sleep(Duration::from_millis(250));
+            seen = get_text(&addr, "/metrics").contains(&pid_label);
+        }
+        assert_eq!(seen, watched, "{flags:?}");
+        let done = agent.terminate();
+        assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    }
+    drop(target);
+    assert_nothing_left();
 }
