@@ -37,7 +37,14 @@ pub enum CliCommand {
 
 /// `leak agent`.
 #[derive(Debug, Args)]
+// A flag given twice takes its last value: the command line's comes after the config file's.
+#[command(args_override_self = true)]
 pub struct AgentArgs {
+    /// Read settings from this TOML file first: its keys are these long options without the
+    /// dashes (`max-traced = 2`, `namespace = ["shop", "billing"]`). Options on the command
+    /// line override its single values and add to its lists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to serve /metrics, /healthz and /api/v1/reports on.
     #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
@@ -312,6 +319,72 @@ impl From<CliCommand> for Command {
     }
 }
 
+/// The command line with `leak agent --config FILE` expanded: the file's settings become
+/// flags placed right after `agent`, before the command line's own (see [`AgentArgs::config`]).
+///
+/// # Errors
+/// The file cannot be read, is not TOML, or holds a value no flag takes.
+pub fn expand_config(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let Some(agent) = args.iter().skip(1).position(|a| a == "agent").map(|i| i + 1) else {
+        return Ok(args);
+    };
+    let mut path = None;
+    let mut rest = Vec::with_capacity(args.len());
+    let mut it = args.into_iter().enumerate();
+    while let Some((i, a)) = it.next() {
+        if i > agent && a == "--config" {
+            path = Some(it.next().ok_or("--config needs a file")?.1);
+        } else if let Some(p) =
+            (i > agent).then(|| a.to_str()).flatten().and_then(|s| s.strip_prefix("--config="))
+        {
+            path = Some(OsString::from(p));
+        } else {
+            rest.push(a);
+        }
+    }
+    let Some(path) = path else { return Ok(rest) };
+    let shown = PathBuf::from(&path).display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let flags = config_flags(&text).map_err(|e| format!("{shown}: {e}"))?;
+    let own = rest.split_off(agent + 1);
+    rest.extend(flags.into_iter().map(OsString::from));
+    rest.extend(own);
+    Ok(rest)
+}
+
+/// The flags a TOML config file stands for: `key = value` is `--key=value`, a list repeats the
+/// flag, `true` is the bare flag.
+///
+/// # Errors
+/// Not TOML, or a value of a kind no flag takes (a table, a date, a nested list).
+pub fn config_flags(text: &str) -> Result<Vec<String>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.message().to_owned())?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            _ => None,
+        };
+        match &value {
+            toml::Value::Boolean(true) => flags.push(format!("--{key}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    let v = scalar(item).ok_or_else(|| format!("{key}: a list of plain values"))?;
+                    flags.push(format!("--{key}={v}"));
+                }
+            }
+            v => {
+                let v = scalar(v).ok_or_else(|| format!("{key}: not a value an option takes"))?;
+                flags.push(format!("--{key}={v}"));
+            }
+        }
+    }
+    Ok(flags)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -320,6 +393,46 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Command, clap::Error> {
         Cli::try_parse_from(args).map(|c| c.command.into())
+    }
+
+    #[test]
+    fn an_agent_config_file_is_flags_the_command_line_overrides() {
+        let flags = config_flags(
+            "listen = \"127.0.0.1:9000\"\nmax-traced = 3\nnamespace = [\"shop\", \"bill*\"]\n\
+             trace-for = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            flags,
+            [
+                "--listen=127.0.0.1:9000",
+                "--max-traced=3",
+                "--namespace=shop",
+                "--namespace=bill*",
+                "--trace-for=30s"
+            ]
+        );
+        assert!(config_flags("listen = {a = 1}").is_err());
+        assert!(config_flags("not toml at all [").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "max-traced = 3\nnamespace = [\"shop\"]\n").unwrap();
+        let args: Vec<OsString> = ["leak", "agent", "--config", file.to_str().unwrap()]
+            .into_iter()
+            .chain(["--max-traced", "5", "--namespace", "web"])
+            .map(OsString::from)
+            .collect();
+        let expanded = expand_config(args).unwrap();
+        let command: Command = Cli::try_parse_from(expanded).unwrap().command.into();
+        let Command::Watch(w) = command else { panic!("agent is a watch") };
+        assert_eq!(w.max_traced, 5, "the command line wins");
+        let sel = w.selection.unwrap();
+        assert_eq!(sel.namespaces, ["shop", "web"], "lists add up");
+        let missing = vec![OsString::from("leak"), "agent".into(), "--config=/nonexistent".into()];
+        assert!(expand_config(missing).unwrap_err().starts_with("cannot read /nonexistent"));
+        // Other commands are left alone.
+        let other: Vec<OsString> = ["leak", "watch", "--all"].map(OsString::from).to_vec();
+        assert_eq!(expand_config(other.clone()).unwrap(), other);
     }
 
     #[test]

@@ -5,7 +5,14 @@ use clap::Parser as _;
 use leak_user::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match leak_user::cli::expand_config(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("leak: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     init_logging(cli.verbose);
     // A bug must still end in one line, not a backtrace (RUST_BACKTRACE=1 restores it).
     if std::env::var_os("RUST_BACKTRACE").is_none() {

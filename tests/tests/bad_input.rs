@@ -92,3 +92,14 @@ fn unwritable_output_path() {
     run_leak(&["attach", "--pid", &pid, "--svg", dir.path().to_str().unwrap()])
         .assert_bad_input("cannot write");
 }
+
+#[test]
+fn agent_config_file_missing_or_wrong() {
+    run_leak(&["agent", "--config", "/nonexistent/agent.toml"])
+        .assert_bad_input("cannot read /nonexistent/agent.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "listen = { host = \"x\" }\n").unwrap();
+    run_leak(&["agent", "--config", file.to_str().unwrap()])
+        .assert_bad_input("listen: not a value an option takes");
+}
