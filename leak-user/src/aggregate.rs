@@ -116,9 +116,7 @@ impl Aggregate {
                 site
             })
             .collect();
-        sites.sort_unstable_by(|a, b| {
-            b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
-        });
+        sort_sites(&mut sites);
         let total_bytes = sites.iter().map(|s| s.bytes).sum();
         let total_count = sites.iter().map(|s| s.count).sum();
         let mut age_bytes = [0; 4];
@@ -153,9 +151,7 @@ impl Aggregate {
                 age_bytes: [0; 4],
             })
             .collect();
-        sites.sort_unstable_by(|a, b| {
-            b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
-        });
+        sort_sites(&mut sites);
         let total_bytes = sites.iter().map(|s| s.bytes).sum();
         let total_count = sites.iter().map(|s| s.count).sum();
         Self { sites, total_bytes, total_count, records: total_count, ..Self::default() }
@@ -179,6 +175,13 @@ impl Aggregate {
             })
             .collect()
     }
+}
+
+/// Largest outstanding bytes first; ties: more allocations first, then stack id.
+fn sort_sites(sites: &mut [SiteStats]) {
+    sites.sort_unstable_by(|a, b| {
+        b.bytes.cmp(&a.bytes).then(b.count.cmp(&a.count)).then(a.stack_id.cmp(&b.stack_id))
+    });
 }
 
 /// A non-negative sum, rounded to the nearest integer.

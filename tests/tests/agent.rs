@@ -10,7 +10,8 @@ use std::{
 };
 
 use leak_tests::{
-    FakeKubeApi, Fixture, Leak, fixture, go_pprof_samples, require_root, site, systemd_pod_cgroup,
+    FakeKubeApi, Fixture, Leak, PodCgroup, fixture, go_pprof_samples, require_root, site,
+    systemd_pod_cgroup,
 };
 
 /// `GET path` from the agent: status and body.
@@ -31,16 +32,28 @@ fn get_text(addr: &str, path: &str) -> String {
     String::from_utf8(body).unwrap()
 }
 
-#[test]
-fn agent_finds_traces_and_serves_a_leaking_pod() {
-    require_root();
+/// A leaking `cacher` in a kubelet-style pod cgroup, and an API that names its pod
+/// shop/shop-api-1 and its container api: (cgroup, pod UID, container id, process, API).
+fn leaking_pod() -> (PodCgroup, String, String, Fixture, FakeKubeApi) {
     let (cgroup, uid, cid) = systemd_pod_cgroup();
     let mut cmd = Command::new(fixture("cacher"));
     cmd.args(["100000", "25"]);
     let target = Fixture::start_command(cmd);
     cgroup.add(target.pid());
-    // The API names the pod shop/shop-api-1 and its container api.
     let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
+    (cgroup, uid, cid, target, api)
+}
+
+/// The address the agent says it serves on.
+fn serving_addr(agent: &mut Leak) -> String {
+    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
+    line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned()
+}
+
+#[test]
+fn agent_finds_traces_and_serves_a_leaking_pod() {
+    require_root();
+    let (_cgroup, uid, cid, target, api) = leaking_pod();
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Leak::spawn_env(
         &[
@@ -60,8 +73,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
         ],
         &api.env(),
     );
-    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
-    let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let addr = serving_addr(&mut agent);
     assert_eq!(get_text(&addr, "/healthz"), "ok\n");
 
     // The fixture is judged a leak after a few samples, then traced for 2 s.
@@ -250,12 +262,7 @@ fn assert_nothing_left() {
 #[test]
 fn agent_watches_only_the_selected_pods() {
     require_root();
-    let (cgroup, uid, cid) = systemd_pod_cgroup();
-    let mut cmd = Command::new(fixture("cacher"));
-    cmd.args(["100000", "25"]);
-    let target = Fixture::start_command(cmd);
-    cgroup.add(target.pid());
-    let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
+    let (_cgroup, _, _, target, api) = leaking_pod();
     let pid_label = format!("pid=\"{}\"", target.pid());
     for (flags, watched) in [
         (&["--namespace", "other"][..], false),
@@ -267,8 +274,7 @@ fn agent_watches_only_the_selected_pods() {
         args.extend(["--interval", "1h", "--min-growth", "1G"]);
         args.extend_from_slice(flags);
         let mut agent = Leak::spawn_env(&args, &api.env());
-        let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
-        let addr = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+        let addr = serving_addr(&mut agent);
         // Long enough for the pod list and several samples.
         let deadline = Instant::now() + Duration::from_secs(4);
         let mut seen = false;

@@ -8,6 +8,14 @@ use leak_tests::{
 };
 use leak_user::{pods::QosClass, trend::Verdict, watch::WatchReport};
 
+/// A finished watch's JSON report: its text, and parsed.
+fn watch_report(done: &leak_tests::Finished, json: &Path) -> (String, WatchReport) {
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let text = std::fs::read_to_string(json).unwrap();
+    let report = serde_json::from_str(&text).unwrap();
+    (text, report)
+}
+
 #[test]
 fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
     require_root();
@@ -43,9 +51,7 @@ fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
         "--duration",
         "6s",
     ]);
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let text = std::fs::read_to_string(&json).unwrap();
-    let report: WatchReport = serde_json::from_str(&text).unwrap();
+    let (text, report) = watch_report(&done, &json);
     assert_eq!(report.processes_watched, 2);
     let verdict = |pid: u32| {
         let p = report.processes.iter().find(|p| p.pid == pid).expect("watched");
@@ -122,9 +128,7 @@ fn watch_pods_finds_processes_by_their_kubelet_cgroups() {
         "--duration",
         "4s",
     ]);
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let text = std::fs::read_to_string(&json).unwrap();
-    let report: WatchReport = serde_json::from_str(&text).unwrap();
+    let (text, report) = watch_report(&done, &json);
     let find = |pid: u32| report.processes.iter().find(|p| p.pid == pid);
     let expect = |pid: u32, uid: &str, cid: &str, runtime: Option<&str>, qos: QosClass| {
         let p = find(pid).unwrap_or_else(|| panic!("pid {pid} watched: {text}"));
