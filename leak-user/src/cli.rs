@@ -4,7 +4,9 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    config::{Command, Outputs, TraceConfig, WatchConfig, parse_duration, parse_size},
+    config::{
+        Command, Outputs, TraceConfig, WatchConfig, parse_duration, parse_percent, parse_size,
+    },
     watch::Targets,
 };
 
@@ -63,6 +65,9 @@ pub struct AgentArgs {
     /// Processes traced at once, at most.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_traced: u64,
+    /// A trace stops once its probes cost the traced process more than this share of a CPU.
+    #[arg(long, default_value = "5%", value_parser = parse_percent, value_name = "PERCENT")]
+    pub overhead_budget: u32,
     /// Where the reports are kept.
     #[arg(long, default_value = "/var/lib/leak", value_name = "DIR")]
     pub out_dir: PathBuf,
@@ -133,6 +138,10 @@ pub struct AttachArgs {
     /// Process to trace.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: u32,
+    /// Stop tracing (and report) once the probes cost the target more than this share of a
+    /// CPU, estimated from their hit rate: e.g. 5%.
+    #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
+    pub max_overhead: Option<u32>,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -264,6 +273,7 @@ impl From<TraceArgs> for TraceConfig {
             limit: a.limit,
             fail_on_leak: a.fail_on_leak,
             threshold: a.threshold,
+            max_overhead: None,
         }
     }
 }
@@ -271,7 +281,10 @@ impl From<TraceArgs> for TraceConfig {
 impl From<CliCommand> for Command {
     fn from(c: CliCommand) -> Self {
         match c {
-            CliCommand::Attach(a) => Self::Attach { pid: a.pid, trace: a.trace.into() },
+            CliCommand::Attach(a) => Self::Attach {
+                pid: a.pid,
+                trace: TraceConfig { max_overhead: a.max_overhead, ..a.trace.into() },
+            },
             CliCommand::Run(r) => {
                 Self::Run { argv: r.command, trace: r.trace.into(), follow_forks: r.follow_forks }
             }
@@ -294,6 +307,7 @@ impl From<CliCommand> for Command {
                 listen: None,
                 max_traced: 1,
                 selection: None,
+                max_overhead: None,
             }),
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
                 targets: Targets::Pods,
@@ -314,6 +328,7 @@ impl From<CliCommand> for Command {
                     processes: a.processes,
                     exclude_namespaces: a.exclude_namespaces,
                 }),
+                max_overhead: Some(a.overhead_budget),
             }),
         }
     }

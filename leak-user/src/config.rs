@@ -64,6 +64,9 @@ pub struct TraceConfig {
     pub fail_on_leak: bool,
     /// Sites that gained less than this over the window do not fail the run.
     pub threshold: u64,
+    /// `leak attach`: stop once the probes cost the target more than this share of a CPU,
+    /// in basis points (estimated from the hit rate, see [`crate::agent::Budget`]).
+    pub max_overhead: Option<u32>,
 }
 
 /// Exit status of a run that `--fail-on-leak` fails, when the command itself succeeded (23,
@@ -103,6 +106,7 @@ impl Default for TraceConfig {
             limit: None,
             fail_on_leak: false,
             threshold: 0,
+            max_overhead: None,
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct WatchConfig {
     pub max_traced: usize,
     /// Which pods' processes are watched (`leak agent`; `None`: every one).
     pub selection: Option<crate::kube::Selection>,
+    /// Each trace stops once its probes cost more than this share of a CPU (basis points).
+    pub max_overhead: Option<u32>,
 }
 
 /// What to do.
@@ -185,6 +191,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a share of one CPU, `2%` or `0.5` (percent), in basis points (hundredths of a
+/// percent: 2% is 200).
+///
+/// # Errors
+/// A message saying what is accepted.
+pub fn parse_percent(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let value: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid share {s:?}: use e.g. 2% or 0.5%"))?;
+    if !(0.01..=100.0).contains(&value) {
+        return Err(format!("{s:?}: use a share from 0.01% to 100%"));
+    }
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "1..=10000")]
+    let bp = (value * 100.0).round() as u32;
+    Ok(bp)
+}
+
 /// Parses `4096`, `64K`, `512M`, `1.5G`, `2GiB`, `1T` (binary units; `B`, `iB` optional).
 ///
 /// # Errors
@@ -216,6 +243,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_of_a_cpu_in_basis_points() {
+        assert_eq!(parse_percent("5%"), Ok(500));
+        assert_eq!(parse_percent("0.5 %"), Ok(50));
+        assert_eq!(parse_percent("2"), Ok(200));
+        assert_eq!(parse_percent("100%"), Ok(10_000));
+        for bad in ["0%", "101%", "-1%", "five", "0.001%"] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -176,6 +176,8 @@ impl<'a> Controller<'a> {
         self.detach_all();
         let status = match end {
             End::Signal(sig) => code(128 + sig),
+            // Not set for `leak run` (no --max-overhead there).
+            End::Budget => 0,
             End::TargetExited => code(self.root_code.unwrap_or(1)),
             End::Duration => {
                 eprintln!("leak: tracing ended; waiting for pid {} to exit", self.root);

@@ -91,6 +91,8 @@ pub struct Totals {
     pub taken_ns: u64,
     /// Sites holding something.
     pub sites: Vec<SiteTotal>,
+    /// Probe hit counters.
+    pub hits: ProbeHits,
 }
 
 /// Shared text: a frame's strings are cloned into every stack and report that shows it (10,000

@@ -114,7 +114,9 @@ impl AllocSource for Tracer {
             }
         })
         .map_err(|source| SourceError::Read { map: MAP_SITES, source })?;
-        Ok(Totals { taken_ns, sites })
+        let mut hits = ProbeHits::default();
+        read_counters(&self.ebpf, MAP_HITS, &mut hits.0)?;
+        Ok(Totals { taken_ns, sites, hits })
     }
 
     fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {

@@ -440,6 +440,7 @@ struct Escalator {
     duration: Duration,
     out_dir: PathBuf,
     max: usize,
+    max_overhead: Option<u32>,
     queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
     /// The running `leak attach` children, with their index in `done`.
     running: Vec<(Child, usize)>,
@@ -448,11 +449,12 @@ struct Escalator {
 }
 
 impl Escalator {
-    fn new(duration: Duration, out_dir: PathBuf, max: usize) -> Self {
+    fn new(duration: Duration, out_dir: PathBuf, max: usize, max_overhead: Option<u32>) -> Self {
         Self {
             duration,
             out_dir,
             max: max.max(1),
+            max_overhead,
             queue: VecDeque::new(),
             running: Vec::new(),
             seen: HashSet::new(),
@@ -524,6 +526,7 @@ impl Escalator {
             .arg(&svg)
             .arg("--pprof")
             .arg(&pprof)
+            .args(self.max_overhead.map(|bp| format!("--max-overhead={}%", f64::from(bp) / 100.0)))
             .stdin(Stdio::null())
             .spawn()
             .map_err(Error::io("starting leak attach"))?;
@@ -647,8 +650,9 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let start_unix = clock::now_unix();
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
     let mut list = WatchList::new(cfg.sample_interval.as_secs_f64());
-    let mut escalator =
-        cfg.escalate.map(|d| Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced));
+    let mut escalator = cfg
+        .escalate
+        .map(|d| Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced, cfg.max_overhead));
     // `leak agent`: metrics and reports over HTTP, from the state published after each
     // sample (every process, stable ones included).
     let published = Arc::new(crate::serve::Published::default());

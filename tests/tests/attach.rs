@@ -252,3 +252,31 @@ fn prefixed_jemalloc_names_are_hooked_where_defined() {
     // is of a pointer the wrapper just freed: nothing counted twice, nothing unknown.
     assert_no_drops(&report);
 }
+
+#[test]
+fn max_overhead_stops_a_costly_trace_early_with_its_report() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    // Ticks without sleeping: allocations as fast as the probes let it, far over 1% of a CPU.
+    let mut cmd = std::process::Command::new(leak_tests::fixture("cacher"));
+    cmd.args(["100000000", "0"]);
+    let target = Fixture::start_command(cmd);
+    let leak = Leak::attach(
+        target.pid(),
+        &["--max-overhead", "1%", "--sample-interval", "200ms", "--json", json.to_str().unwrap()],
+    );
+    let done = leak.wait();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert!(
+        done.stderr.iter().any(|l| l.contains("over --max-overhead 1.0%")),
+        "{:#?}",
+        done.stderr
+    );
+    let report = read_report(&json);
+    assert_eq!(report.end_reason, "overhead_budget");
+    assert!(report.duration_s < 5.0, "stopped at the first samples: {}", report.duration_s);
+    // What was traced until then is reported, whole blocks at each site.
+    let leak_site = leak_tests::site(&report, "leak_fn");
+    assert_eq!(leak_site.outstanding_bytes, leak_site.outstanding_allocs * 1024);
+}
