@@ -5,6 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -32,16 +33,36 @@ fn get_text(addr: &str, path: &str) -> String {
     String::from_utf8(body).unwrap()
 }
 
-/// A leaking `cacher` in a kubelet-style pod cgroup, and an API that names its pod
-/// shop/shop-api-1 and its container api: (cgroup, pod UID, container id, process, API).
-fn leaking_pod() -> (PodCgroup, String, String, Fixture, FakeKubeApi) {
-    let (cgroup, uid, cid) = systemd_pod_cgroup();
-    let mut cmd = Command::new(fixture("cacher"));
-    cmd.args(["100000", "25"]);
+/// A leaking `cacher` in a kubelet-style pod cgroup and, as in a container, in its own mount
+/// namespace on a tmpfs root that the host cannot see (its files are reached through
+/// `/proc/PID/map_files`). `root` must outlive it.
+fn start_container(cgroup: &PodCgroup, root: &Path) -> Fixture {
+    let r = root.to_str().unwrap();
+    let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+    let ld = "/lib64/ld-linux-x86-64.so.2";
+    // The shell execs all the way: the fixture keeps the spawned pid.
+    let script = format!(
+        "mount -t tmpfs none {r} && mkdir -p {r}/lib/x86_64-linux-gnu {r}/lib64 && \
+         cp {cacher} {r}/cacher && cp {libc} {r}{libc} && cp {ld} {r}{ld} && \
+         exec chroot {r} /cacher 100000 25",
+        cacher = fixture("cacher").display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     let target = Fixture::start_command(cmd);
     cgroup.add(target.pid());
+    assert_eq!(std::fs::read_dir(root).unwrap().count(), 0, "the host sees an empty root");
+    target
+}
+
+/// A container of [`start_container`], and an API that names its pod shop/shop-api-1 and its
+/// container api: (cgroup, pod UID, container id, process, API, its root directory).
+fn leaking_pod() -> (PodCgroup, String, String, Fixture, FakeKubeApi, tempfile::TempDir) {
+    let (cgroup, uid, cid) = systemd_pod_cgroup();
+    let root = tempfile::tempdir().unwrap();
+    let target = start_container(&cgroup, root.path());
     let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
-    (cgroup, uid, cid, target, api)
+    (cgroup, uid, cid, target, api, root)
 }
 
 /// The address the agent says it serves on.
@@ -53,7 +74,7 @@ fn serving_addr(agent: &mut Leak) -> String {
 #[test]
 fn agent_finds_traces_and_serves_a_leaking_pod() {
     require_root();
-    let (_cgroup, uid, cid, target, api) = leaking_pod();
+    let (cgroup, uid, cid, target, api, root) = leaking_pod();
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Leak::spawn_env(
         &[
@@ -147,6 +168,9 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     });
     assert!(verdicts.iter().all(|s| s["metric"]["container_id"] == cid.as_str()), "{verdicts:#?}");
     drop(prometheus);
+
+    // The container restarts: its process exits and a new one starts in the same pod.
+    let target = restart_is_traced(&addr, &cgroup, root.path(), target, &id);
 
     // SIGTERM: the agent ends by itself, successfully.
     let done = agent.terminate();
@@ -262,7 +286,7 @@ fn assert_nothing_left() {
 #[test]
 fn agent_watches_only_the_selected_pods() {
     require_root();
-    let (_cgroup, _, _, target, api) = leaking_pod();
+    let (_cgroup, _, _, target, api, _root) = leaking_pod();
     let pid_label = format!("pid=\"{}\"", target.pid());
     for (flags, watched) in [
         (&["--namespace", "other"][..], false),
@@ -288,4 +312,35 @@ fn agent_watches_only_the_selected_pods() {
     }
     drop(target);
     assert_nothing_left();
+}
+
+/// Restarts the container of `target` (its process exits, a new one starts in the same pod)
+/// and checks that the first report (`id`) is kept and the new process is traced in turn.
+/// Returns the new process.
+fn restart_is_traced(
+    addr: &str,
+    cgroup: &PodCgroup,
+    root: &Path,
+    target: Fixture,
+    id: &str,
+) -> Fixture {
+    let first = target.pid();
+    drop(target);
+    let target = start_container(cgroup, root);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&get_text(addr, "/api/v1/reports")).unwrap();
+        let status = |pid: u32| {
+            list.as_array().unwrap().iter().find(|r| r["pid"] == pid).map(|r| r["status"].clone())
+        };
+        assert_eq!(status(first), Some("done".into()), "the first report is kept: {list:#}");
+        if status(target.pid()) == Some("done".into()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted process was not traced: {list:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(get(addr, &format!("/api/v1/reports/{id}")).0, 200, "still served");
+    target
 }
