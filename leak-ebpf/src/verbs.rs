@@ -15,6 +15,7 @@ use aya_ebpf::{
         generated::bpf_for_each_map_elem, generated::bpf_get_prandom_u32,
         generated::bpf_ktime_get_ns,
     },
+    maps::{Array, LruHashMap},
 };
 use aya_log_ebpf::debug;
 use leak_common::{
@@ -118,17 +119,20 @@ fn stash(pid_tgid: u64, call: Call, sample: bool) -> bool {
 }
 
 /// Creates this thread's slot (zeroed, so no sampling countdown drawn yet) on its first call.
-/// From a zeroed map value: the slot does not fit on the 512-byte BPF stack.
 #[inline(always)]
 fn new_slot(pid_tgid: u64) -> Option<*mut Pending> {
-    let zero = ZERO_PENDING.get_ptr(0)?;
-    // SAFETY: `zero` is a valid map value of the map's value type.
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value would copy the slot onto the 512-byte BPF stack"
-    )]
-    PENDING.insert(pid_tgid, unsafe { &*zero }, u64::from(BPF_ANY)).ok()?;
-    PENDING.get_ptr_mut(pid_tgid)
+    insert_zeroed(&PENDING, &ZERO_PENDING, pid_tgid)
+}
+
+/// Inserts a zeroed value for this thread into `map` and returns it. From a zeroed map value
+/// (`zero`'s only entry): the per-thread values do not fit on the 512-byte BPF stack.
+#[inline(always)]
+fn insert_zeroed<V>(map: &LruHashMap<u64, V>, zero: &Array<V>, pid_tgid: u64) -> Option<*mut V> {
+    let zero = zero.get_ptr(0)?;
+    // SAFETY: `zero` is a valid map value of the map's value type; passed by reference, as
+    // a copy would not fit on the BPF stack.
+    map.insert(pid_tgid, unsafe { &*zero }, u64::from(BPF_ANY)).ok()?;
+    map.get_ptr_mut(pid_tgid)
 }
 
 /// Sampling (`SAMPLE_MEAN` set): counts a call's `size` bytes against the thread's countdown
@@ -385,15 +389,7 @@ fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
     if let Some(buf) = STACK_SCRATCH.get_ptr_mut(pid_tgid) {
         return Some(buf);
     }
-    let zero = ZERO_STACK.get_ptr(0)?;
-    // SAFETY: `zero` is a valid map value of the map's value type (by reference: 1016 bytes
-    // would not fit on the BPF stack).
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value would copy 1016 bytes onto the 512-byte BPF stack"
-    )]
-    STACK_SCRATCH.insert(pid_tgid, unsafe { &*zero }, u64::from(BPF_ANY)).ok()?;
-    STACK_SCRATCH.get_ptr_mut(pid_tgid)
+    insert_zeroed(&STACK_SCRATCH, &ZERO_STACK, pid_tgid)
 }
 
 /// Records the block `addr` of the call `call` to hook `func` with the current user stack.

@@ -398,7 +398,8 @@ fn observe(
     names: &Names,
     selection: Option<&crate::kube::Selection>,
 ) -> Vec<Observation> {
-    let api_pods = names.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    // Held for this pass (the refresher waits at most that long), not copied.
+    let api_pods = names.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pids = match targets {
         Targets::All | Targets::Pods => procfs::all_pids(),
         Targets::Pids(p) => p.clone(),
@@ -691,13 +692,18 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
                 let began = Instant::now();
                 let seen = observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref());
                 list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Tick, explicit);
-                if let Some(e) = &mut escalator {
-                    e.flag(&list.judge(&params));
-                    e.poll()?;
-                }
-                if server.is_some() {
-                    let state = build(&list, &params, start_unix, true, escalator.as_ref(), "interval");
-                    published.publish(state);
+                if escalator.is_some() || server.is_some() {
+                    // Judged once per sample (a Theil-Sen fit per process) for both uses.
+                    let judged = list.judge(&params);
+                    if let Some(e) = &mut escalator {
+                        e.flag(&judged);
+                        e.poll()?;
+                    }
+                    if server.is_some() {
+                        // Every process, stable ones included.
+                        let at = report_of(&list, judged, start_unix, escalator.as_ref(), "interval");
+                        published.publish(at);
+                    }
                 }
                 sampler.spent(began);
                 if explicit && list.running() == 0 {
@@ -753,11 +759,22 @@ fn build(
     escalator: Option<&Escalator>,
     end_reason: &str,
 ) -> WatchReport {
-    let end_unix = clock::now_unix();
     let mut processes = list.judge(params);
     if !explicit {
         processes.retain(|p| p.trend.verdict != Verdict::Stable);
     }
+    report_of(list, processes, start_unix, escalator, end_reason)
+}
+
+/// The report of `list` with its `processes` already judged.
+fn report_of(
+    list: &WatchList,
+    processes: Vec<WatchedProcess>,
+    start_unix: f64,
+    escalator: Option<&Escalator>,
+    end_reason: &str,
+) -> WatchReport {
+    let end_unix = clock::now_unix();
     WatchReport {
         version: WATCH_REPORT_VERSION,
         window: Window { start_unix_s: start_unix, end_unix_s: end_unix },
