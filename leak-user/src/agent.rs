@@ -357,14 +357,11 @@ impl Session {
         if end == End::TargetExited && !self.cfg.samples_need_records() {
             self.check_totals(&agg, source)?;
         }
-        // Seen on kernel 6.18 while another tracer's probes on the same library were being
-        // unregistered: the breakpoints were in place, yet these probes never ran. Say so
-        // rather than report an empty trace as "no leak".
+        // An empty trace is not evidence of no leak: say so rather than report "no leak".
         if !self.cfg.probe_floor && snap.hits.0.iter().all(|&h| h == 0) {
             warn!(
-                "no probe fired in pid {} while traced: it called no allocator function, or the \
-                 probes did not take (another tracer was detaching from the same library?): \
-                 trace it again",
+                "no probe fired in pid {} while traced: it called no allocator function leak \
+                 hooks in that time; trace it for longer, or while it works",
                 self.pid
             );
         }

@@ -256,9 +256,8 @@ impl Drop for Prometheus {
 /// Waits for every leak process to end, then checks that none of leak's BPF programs is still
 /// loaded (a program goes with its last probe and descriptor).
 fn assert_nothing_left() {
-    // The trace's probes are unregistered after it exits, in the background; other tests'
-    // tracers attaching to the same libc meanwhile can miss every call on this kernel (see
-    // the "no probe fired" warning). Leave only once they are gone.
+    // The trace's probes are unregistered after it exits, by a background helper (see
+    // `Loader::release_in_background`): its programs are gone only once that has exited.
     let deadline = Instant::now() + Duration::from_mins(1);
     let running = || {
         let out = Command::new("pgrep").args(["-x", "leak"]).output();

@@ -119,23 +119,25 @@ fn duration_ends_the_run_and_min_age_filters_young_allocations() {
     let json = dir.path().join("report.json");
     let aged = dir.path().join("aged.json");
     let mut fixture = Fixture::start("leaker");
-    let leak = Leak::attach(fixture.pid(), &["--duration", "2s", "--json", json.to_str().unwrap()]);
-    // A second tracer that only reports allocations older than an hour: nothing qualifies.
-    let old_only = Leak::attach(
-        fixture.pid(),
-        &["--duration", "2s", "--min-age", "1h", "--json", aged.to_str().unwrap()],
-    );
+    // A tracer that only reports allocations older than an hour: nothing qualifies. It is
+    // attached first and ended by hand: a duration started before the other tracer's attach
+    // (seconds on a loaded machine) could run out before the fixture allocates.
+    let old_only =
+        Leak::attach(fixture.pid(), &["--min-age", "1h", "--json", aged.to_str().unwrap()]);
+    let leak = Leak::attach(fixture.pid(), &["--duration", "3s", "--json", json.to_str().unwrap()]);
     fixture.go_and_wait_done();
     let done = leak.wait();
     assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
     let report = read_report(&json);
     assert_eq!(report.end_reason, "duration");
-    assert!(report.duration_s >= 2.0, "{}", report.duration_s);
+    assert!(report.duration_s >= 3.0, "{}", report.duration_s);
     assert_leaker_truth(&report);
 
-    let done = old_only.wait();
-    assert_eq!(done.status.code(), Some(0));
+    let done = old_only.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
     let report = read_report(&aged);
+    // It saw the same allocations and held them back.
+    assert_eq!(report.probe_hits["malloc_enter"], read_report(&json).probe_hits["malloc_enter"]);
     assert!(report.sites.is_empty(), "{:#?}", summary(&report));
     assert_eq!(report.totals.outstanding_bytes, 0);
     assert!((report.min_age_s - 3600.0).abs() < 1e-9);
