@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// Watch only processes with these names (`comm`; repeat; patterns).
     #[arg(long = "process", value_name = "PATTERN")]
     pub processes: Vec<String>,
+    /// Where the host's cgroup file systems are mounted: each container's memory statistics
+    /// are read there.
+    #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
+    pub cgroup_root: PathBuf,
     /// Never watch pods in these namespaces (repeat; patterns).
     #[arg(long = "exclude-namespace", value_name = "PATTERN", default_values_t = ["kube-system".to_owned()])]
     pub exclude_namespaces: Vec<String>,
@@ -130,6 +134,10 @@ pub struct WatchArgs {
     /// Processes shown in the text report.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub top: u64,
+    /// Where the cgroup file systems are mounted: the memory statistics of the containers of
+    /// watched processes are read there.
+    #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
+    pub cgroup_root: PathBuf,
 }
 
 /// `leak attach`.
@@ -308,6 +316,7 @@ impl From<CliCommand> for Command {
                 max_traced: 1,
                 selection: None,
                 max_overhead: None,
+                cgroup_root: w.cgroup_root,
             }),
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
                 targets: Targets::Pods,
@@ -329,6 +338,7 @@ impl From<CliCommand> for Command {
                     exclude_namespaces: a.exclude_namespaces,
                 }),
                 max_overhead: Some(a.overhead_budget),
+                cgroup_root: a.cgroup_root,
             }),
         }
     }

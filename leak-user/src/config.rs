@@ -140,6 +140,8 @@ pub struct WatchConfig {
     pub selection: Option<crate::kube::Selection>,
     /// Each trace stops once its probes cost more than this share of a CPU (basis points).
     pub max_overhead: Option<u32>,
+    /// Where the cgroup file systems are mounted (containers' memory statistics).
+    pub cgroup_root: PathBuf,
 }
 
 /// What to do.

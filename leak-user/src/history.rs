@@ -21,6 +21,15 @@ pub struct ProcessMemory {
     pub private: u64,
 }
 
+/// A container's memory at one instant, from its memory cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupMemory {
+    /// Bytes charged to it, page cache included (`memory.current`, v1 `memory.usage_in_bytes`).
+    pub usage: u64,
+    /// Anonymous bytes (`anon` of `memory.stat`, v1 `total_rss`): what a leak grows.
+    pub anon: u64,
+}
+
 /// A site's value at one sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Point {

@@ -60,6 +60,19 @@ use crate::{
 /// See [`Error`]; [`Error::exit_code`] gives the code to exit with.
 pub fn run(command: Command) -> Result<u8, Error> {
     raise_fd_limit();
+    if let Command::Watch(cfg) = &command
+        && cfg.targets == watch::Targets::Pods
+    {
+        // Before any thread starts: each thread has its own namespaces and inherits them.
+        match procfs::enter_host_cgroup_namespace() {
+            Ok(true) => info!("reading cgroups in the host's cgroup namespace"),
+            Ok(false) => {}
+            Err(e) => warn!(
+                "cannot enter the host's cgroup namespace ({e}): pods' cgroup paths are read \
+                 relative to ours; run with hostPID and CAP_SYS_ADMIN"
+            ),
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

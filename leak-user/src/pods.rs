@@ -98,14 +98,21 @@ pub fn pod_of(text: &str) -> Option<PodRef> {
 #[must_use]
 pub fn pod_of_path(path: &str) -> Option<PodRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let start = parts.iter().position(|p| *p == "kubepods" || *p == "kubepods.slice")?;
-    let rest = &parts[start + 1..];
-    let (qos, rest) = match rest.first().map(|p| qos_of(p)) {
-        Some(Some(q)) => (q, &rest[1..]),
-        _ => (QosClass::Guaranteed, rest),
-    };
-    let pod_uid = uid_of(rest.first()?)?;
-    let (container_id, runtime) = match rest.get(1) {
+    // The pod's component names its UID. Seen from another container's cgroup namespace the
+    // path is relative to that container and may leave `kubepods` out
+    // (`/../../kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/...`), so the
+    // pod component is what is searched; it must still be a kubelet's.
+    let at = parts.iter().position(|p| uid_of(p).is_some())?;
+    let kubelets = parts[..at].iter().any(|p| *p == "kubepods" || *p == "kubepods.slice")
+        || parts[at].starts_with("kubepods-")
+        || at.checked_sub(1).is_none_or(|i| parts[i] == ".." || qos_of(parts[i]).is_some());
+    if !kubelets {
+        return None;
+    }
+    let pod_uid = uid_of(parts[at])?;
+    // A QoS level above it; directly under `kubepods`: Guaranteed.
+    let qos = at.checked_sub(1).and_then(|i| qos_of(parts[i])).unwrap_or(QosClass::Guaranteed);
+    let (container_id, runtime) = match parts.get(at + 1) {
         Some(name) => {
             let (id, runtime) = container_of(name)?;
             (Some(id), runtime.map(str::to_owned))
@@ -121,6 +128,68 @@ pub fn pod_of_path(path: &str) -> Option<PodRef> {
         namespace: None,
         container_name: None,
     })
+}
+
+/// The cgroup a process's memory is charged to, from its `/proc/PID/cgroup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemoryCgroup {
+    /// cgroup v1: the `memory` controller's path.
+    V1(String),
+    /// cgroup v2: the unified path.
+    V2(String),
+}
+
+impl MemoryCgroup {
+    /// Its path, as `/proc/PID/cgroup` gives it.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        match self {
+            Self::V1(p) | Self::V2(p) => p,
+        }
+    }
+}
+
+/// The memory cgroup in a `/proc/PID/cgroup` text. Where a v1 `memory` hierarchy is mounted
+/// it does the accounting (a hybrid system's v2 hierarchy then has no memory controller).
+#[must_use]
+pub fn memory_cgroup_of(text: &str) -> Option<MemoryCgroup> {
+    let mut unified = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(MemoryCgroup::V1(path.to_owned()));
+        }
+        if id == "0" && controllers.is_empty() {
+            unified = Some(MemoryCgroup::V2(path.to_owned()));
+        }
+    }
+    unified
+}
+
+/// Where cgroup `path` may be, relative to its hierarchy's mount point, most likely first:
+/// the path itself, then (read from inside a cgroup namespace, whose paths start with `..`
+/// or below the host's root) from its kubepods part on.
+#[must_use]
+pub fn cgroup_dir_candidates(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != "..").collect();
+    let mut out = vec![parts.join("/")];
+    if let Some(k) = parts.iter().position(|p| *p == "kubepods" || *p == "kubepods.slice") {
+        out.push(parts[k..].join("/"));
+    } else if let Some(k) = parts.iter().position(|p| p.starts_with("kubepods-")) {
+        // systemd driver: the slices above are implied by the name
+        // (`kubepods-burstable-pod<uid>.slice` is in `kubepods.slice/kubepods-burstable.slice`).
+        let name = parts[k].strip_suffix(".slice").unwrap_or(parts[k]);
+        let mut above = vec!["kubepods.slice".to_owned()];
+        let levels: Vec<&str> = name.split('-').collect();
+        for n in 2..levels.len() {
+            above.push(format!("{}.slice", levels[..n].join("-")));
+        }
+        above.extend(parts[k..].iter().map(|p| (*p).to_owned()));
+        out.push(above.join("/"));
+    }
+    out.dedup();
+    out
 }
 
 /// The quality-of-service level of a path component (`burstable`, `kubepods-besteffort.slice`).
@@ -236,8 +305,68 @@ mod tests {
         ] {
             assert_eq!(pod_of(outside), None, "{outside:?}");
         }
+        // Not under a kubelet's cgroups: a UID alone does not make a pod.
+        assert_eq!(pod_of(&format!("0::/user.slice/pod{UID}\n")), None);
         // A malformed container component makes the whole path unrecognised.
         let bad = format!("0::/kubepods/pod{UID}/sandbox-xyz\n");
         assert_eq!(pod_of(&bad), None);
+    }
+
+    #[test]
+    fn paths_seen_from_another_containers_cgroup_namespace() {
+        let uid_ = UID.replace('-', "_");
+        // The agent's own container is the namespace's root: kubepods.slice is above both.
+        let text = format!(
+            "0::/../../../kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/\
+             cri-containerd-{CID}.scope\n"
+        );
+        assert_eq!(pod_of(&text), Some(pod(true, Some("containerd"), QosClass::Burstable)));
+        let text = format!("0::/../../burstable/pod{UID}/{CID}\n");
+        assert_eq!(pod_of(&text), Some(pod(true, None, QosClass::Burstable)));
+        let text = format!("0::/../../pod{UID}/{CID}\n");
+        assert_eq!(pod_of(&text), Some(pod(true, None, QosClass::Guaranteed)));
+    }
+
+    #[test]
+    fn the_memory_cgroup_of_each_layout() {
+        let hybrid = "5:memory:/kubepods/pod1/c\n1:name=systemd:/x\n0::/kubepods/pod1/c\n";
+        assert_eq!(memory_cgroup_of(hybrid), Some(MemoryCgroup::V1("/kubepods/pod1/c".into())));
+        let v1_joint = "4:cpu,memory:/a/b\n";
+        assert_eq!(memory_cgroup_of(v1_joint), Some(MemoryCgroup::V1("/a/b".into())));
+        assert_eq!(
+            memory_cgroup_of("0::/a.slice/b\n"),
+            Some(MemoryCgroup::V2("/a.slice/b".into()))
+        );
+        assert_eq!(memory_cgroup_of("1:name=systemd:/\n"), None);
+        assert_eq!(memory_cgroup_of(""), None);
+    }
+
+    #[test]
+    fn cgroup_directories_to_try() {
+        assert_eq!(
+            cgroup_dir_candidates("/kubepods/burstable/pod1/c"),
+            ["kubepods/burstable/pod1/c"]
+        );
+        assert_eq!(cgroup_dir_candidates("/"), [""]);
+        // Nested (kind): as given, then from kubepods on.
+        assert_eq!(
+            cgroup_dir_candidates("/docker/abc/kubepods/pod1/c"),
+            ["docker/abc/kubepods/pod1/c", "kubepods/pod1/c"]
+        );
+        assert_eq!(cgroup_dir_candidates("/../../kubepods/pod1/c"), ["kubepods/pod1/c"]);
+        // systemd names say which slices they are in.
+        assert_eq!(
+            cgroup_dir_candidates(
+                "/../../kubepods-burstable.slice/kubepods-burstable-pod1.slice/x.scope"
+            ),
+            [
+                "kubepods-burstable.slice/kubepods-burstable-pod1.slice/x.scope",
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/x.scope"
+            ]
+        );
+        assert_eq!(
+            cgroup_dir_candidates("/../kubepods-pod1.slice/x.scope"),
+            ["kubepods-pod1.slice/x.scope", "kubepods.slice/kubepods-pod1.slice/x.scope"]
+        );
     }
 }

@@ -244,7 +244,105 @@ fn page_size() -> u64 {
 /// The Kubernetes pod and container of `pid`, from its cgroup path (`None` outside pods).
 #[must_use]
 pub fn pod(pid: u32) -> Option<crate::pods::PodRef> {
-    crate::pods::pod_of(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+    crate::pods::pod_of(&cgroup_text(pid)?)
+}
+
+/// The text of `/proc/PID/cgroup`; `None` once it has exited.
+#[must_use]
+pub fn cgroup_text(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
+}
+
+/// Makes this thread, and the threads it starts from now on, read other processes' cgroup
+/// paths as the host does. In a container's own cgroup namespace they are relative to it
+/// (`/../../kubepods-burstable.slice/...`), which leaves out the kubepods ancestors and
+/// finds no directory under the host's cgroup mount. Enters the cgroup namespace of pid 1
+/// (the host's init, with hostPID) or, where that cannot be read, of the nearest ancestor
+/// outside ours (a container runtime's shim), when it differs from ours; needs
+/// `CAP_SYS_ADMIN`. Returns whether it switched.
+///
+/// # Errors
+/// No other namespace could be entered (paths then stay relative; [`crate::pods`] copes with
+/// most).
+pub fn enter_host_cgroup_namespace() -> Result<bool, String> {
+    let link = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/cgroup"));
+    let ours = link("self").map_err(|e| format!("reading our cgroup namespace: {e}"))?;
+    let mut ancestors = Vec::new();
+    let mut pid = std::process::id();
+    while let Some(parent) = ppid(pid).filter(|&p| p > 1 && !ancestors.contains(&p)) {
+        ancestors.push(parent);
+        pid = parent;
+    }
+    let (mut last_error, mut read_one) = (None, false);
+    for pid in std::iter::once(1).chain(ancestors) {
+        match link(&pid.to_string()) {
+            Ok(ns) if ns == ours => {
+                if pid == 1 {
+                    return Ok(false);
+                }
+                read_one = true;
+            }
+            Ok(_) => {
+                let path = format!("/proc/{pid}/ns/cgroup");
+                let ns = fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+                // SAFETY: a valid namespace descriptor; only this thread's cgroup view changes.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWCGROUP) } != 0 {
+                    return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+                }
+                return Ok(true);
+            }
+            Err(e) => last_error = Some(format!("/proc/{pid}/ns/cgroup: {e}")),
+        }
+    }
+    // Every process we could read shares our namespace.
+    match last_error {
+        Some(e) if !read_one => Err(e),
+        _ => Ok(false),
+    }
+}
+
+/// The parent of process `pid`.
+#[must_use]
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the name: state, then the parent's pid.
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
+/// The value of `key` in a cgroup `memory.stat` text (`anon 1234` lines).
+#[must_use]
+pub fn memory_stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The memory of cgroup `cg`, with the cgroup file systems mounted under `root`
+/// (`/sys/fs/cgroup`: v2 there or, next to v1, in `unified/`; v1's memory in `memory/`), and
+/// the directory it was read from. `None` when no candidate directory holds the files.
+#[must_use]
+pub fn cgroup_memory(
+    root: &Path,
+    cg: &crate::pods::MemoryCgroup,
+) -> Option<(PathBuf, crate::history::CgroupMemory)> {
+    use crate::pods::MemoryCgroup;
+    let (hierarchy, usage_file, anon_keys): (_, _, &[&str]) = match cg {
+        MemoryCgroup::V1(_) => {
+            (root.join("memory"), "memory.usage_in_bytes", &["total_rss", "rss"])
+        }
+        MemoryCgroup::V2(_) => {
+            let unified = root.join("unified");
+            let h =
+                if root.join("cgroup.controllers").exists() { root.to_owned() } else { unified };
+            (h, "memory.current", &["anon"])
+        }
+    };
+    crate::pods::cgroup_dir_candidates(cg.path()).into_iter().find_map(|rel| {
+        let dir = hierarchy.join(rel);
+        let usage = fs::read_to_string(dir.join(usage_file)).ok()?.trim().parse().ok()?;
+        let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
+        let anon = anon_keys.iter().find_map(|k| memory_stat_value(&stat, k))?;
+        Some((dir, crate::history::CgroupMemory { usage, anon }))
+    })
 }
 
 /// Every process id in `/proc` (kernel threads included: they have no memory to read).
@@ -481,5 +579,36 @@ Private_Hugetlb:       0 kB
             assert_eq!(cgroup_memory_limit(me, &dir), Some((1 << 20, 1_040_000)));
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cgroup_memory_of_each_hierarchy() {
+        use crate::{history::CgroupMemory, pods::MemoryCgroup};
+        let root = tempfile::tempdir().unwrap();
+        let write = |rel: &str, usage_file: &str, usage: &str, stat: &str| {
+            let d = root.path().join(rel);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(usage_file), usage).unwrap();
+            fs::write(d.join("memory.stat"), stat).unwrap();
+            d
+        };
+        // A hybrid host: v1 memory, an empty unified hierarchy.
+        let v1 = write(
+            "memory/kubepods/pod1/c",
+            "memory.usage_in_bytes",
+            "8192\n",
+            "cache 4096\nrss 100\ntotal_cache 4096\ntotal_rss 4096\n",
+        );
+        let got = cgroup_memory(root.path(), &MemoryCgroup::V1("/../kubepods/pod1/c".into()));
+        assert_eq!(got, Some((v1, CgroupMemory { usage: 8192, anon: 4096 })));
+        let v2 =
+            write("unified/k.slice/c.scope", "memory.current", "300\n", "anon 200\nfile 100\n");
+        let got = cgroup_memory(root.path(), &MemoryCgroup::V2("/k.slice/c.scope".into()));
+        assert_eq!(got, Some((v2, CgroupMemory { usage: 300, anon: 200 })));
+        // Missing: no directory, or no memory controller there.
+        assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/nope".into())), None);
+        fs::create_dir_all(root.path().join("unified/bare")).unwrap();
+        assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/bare".into())), None);
+        assert_eq!(memory_stat_value("anon_thp 5\nanon 7\n", "anon"), Some(7));
     }
 }

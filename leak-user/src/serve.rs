@@ -2,7 +2,8 @@
 //!
 //! - `/healthz`;
 //! - `/metrics`: Prometheus text: each watched process's anonymous memory, growth rate and
-//!   verdict, labelled with its pod and container; each traced process's top sites
+//!   verdict, labelled with its pod and container; the same for each container's memory
+//!   cgroup; each traced process's top sites
 //!   (outstanding bytes and allocations), drops and probe hits; the agent's own CPU time;
 //! - `/api/v1/reports`: the traced processes, running and done;
 //!   `/api/v1/reports/{id}`: a report (JSON), with `/flamegraph.svg` and `/profile.pb.gz`
@@ -23,7 +24,7 @@ use crate::{
     pods::PodRef,
     report::{Report, StackFrame},
     trend::Verdict,
-    watch::{Escalation, WatchReport},
+    watch::{Escalation, WatchReport, WatchedContainer, WatchedProcess},
 };
 
 /// Sites per traced process in `/metrics` (bounded cardinality).
@@ -171,6 +172,13 @@ impl ReportEntry {
 /// Labels naming a process: pid, comm, and its pod and container when it has them.
 fn process_labels(pid: u32, comm: &str, pod: Option<&PodRef>) -> Vec<(&'static str, String)> {
     let mut labels = vec![("pid", pid.to_string()), ("comm", comm.to_owned())];
+    labels.extend(pod_labels(pod));
+    labels
+}
+
+/// Labels naming a pod and container: ids, and names when the Kubernetes API gave them.
+fn pod_labels(pod: Option<&PodRef>) -> Vec<(&'static str, String)> {
+    let mut labels = Vec::new();
     if let Some(p) = pod {
         labels.push(("pod_uid", p.pod_uid.clone()));
         labels.push(("container_id", p.container_id.clone().unwrap_or_default()));
@@ -192,21 +200,6 @@ fn metrics(state: &Published) -> String {
         "leak_processes_watched",
         Kind::Gauge,
         "Processes whose memory the agent samples.",
-    );
-    let mut anon = Family::new(
-        "leak_process_anon_bytes",
-        Kind::Gauge,
-        "Anonymous resident memory of a watched process.",
-    );
-    let mut rate = Family::new(
-        "leak_process_growth_bytes_per_second",
-        Kind::Gauge,
-        "Growth rate of a watched process's anonymous memory (Theil-Sen).",
-    );
-    let mut verdict = Family::new(
-        "leak_process_verdict",
-        Kind::Gauge,
-        "1 for a watched process's current verdict: leak, growing, plateau or stable.",
     );
     let mut traced = Family::new(
         "leak_traced_processes",
@@ -232,18 +225,12 @@ fn metrics(state: &Published) -> String {
         Kind::Counter,
         "CPU time of the agent and of the traces it ran.",
     );
-    if let Some(report) = state.report() {
+    let report = state.report();
+    let [anon, rate, verdict] = process_families(report.as_ref().map_or(&[], |r| &r.processes));
+    let [container_memory, container_rate, container_verdict] =
+        container_families(report.as_ref().map_or(&[], |r| &r.containers));
+    if let Some(report) = report {
         watched.push(vec![], report.processes_watched as f64);
-        for p in &report.processes {
-            let labels = process_labels(p.pid, &p.comm, p.pod.as_ref());
-            anon.push(labels.clone(), p.anon_bytes as f64);
-            rate.push(labels.clone(), p.trend.rate_bytes_per_s);
-            for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
-                let mut l = labels.clone();
-                l.push(("verdict", v.as_str().to_owned()));
-                verdict.push(l, f64::from(u8::from(p.trend.verdict == v)));
-            }
-        }
         let running = report.escalations.iter().filter(|e| e.exit_code.is_none()).count();
         traced.push(vec![], running as f64);
         for e in report.escalations.iter().filter(|e| e.exit_code == Some(0)) {
@@ -276,6 +263,9 @@ fn metrics(state: &Published) -> String {
         anon,
         rate,
         verdict,
+        container_memory,
+        container_rate,
+        container_verdict,
         traced,
         site_bytes,
         site_allocs,
@@ -283,6 +273,72 @@ fn metrics(state: &Published) -> String {
         hits,
         cpu,
     ])
+}
+
+/// Each watched process's anonymous memory, growth rate and verdict.
+#[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
+fn process_families(processes: &[WatchedProcess]) -> [Family; 3] {
+    let mut anon = Family::new(
+        "leak_process_anon_bytes",
+        Kind::Gauge,
+        "Anonymous resident memory of a watched process.",
+    );
+    let mut rate = Family::new(
+        "leak_process_growth_bytes_per_second",
+        Kind::Gauge,
+        "Growth rate of a watched process's anonymous memory (Theil-Sen).",
+    );
+    let mut verdict = Family::new(
+        "leak_process_verdict",
+        Kind::Gauge,
+        "1 for a watched process's current verdict: leak, growing, plateau or stable.",
+    );
+    for p in processes {
+        let labels = process_labels(p.pid, &p.comm, p.pod.as_ref());
+        anon.push(labels.clone(), p.anon_bytes as f64);
+        rate.push(labels.clone(), p.trend.rate_bytes_per_s);
+        for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
+            let mut l = labels.clone();
+            l.push(("verdict", v.as_str().to_owned()));
+            verdict.push(l, f64::from(u8::from(p.trend.verdict == v)));
+        }
+    }
+    [anon, rate, verdict]
+}
+
+/// Each container's memory, growth rate and verdict.
+#[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
+fn container_families(containers: &[WatchedContainer]) -> [Family; 3] {
+    let mut memory = Family::new(
+        "leak_container_memory_bytes",
+        Kind::Gauge,
+        "Memory charged to a container's cgroup: kind=\"anon\" (anonymous) or \"usage\" (page cache included).",
+    );
+    let mut rate = Family::new(
+        "leak_container_growth_bytes_per_second",
+        Kind::Gauge,
+        "Growth rate of a container's anonymous memory (Theil-Sen).",
+    );
+    let mut verdict = Family::new(
+        "leak_container_verdict",
+        Kind::Gauge,
+        "1 for a container's current verdict: leak, growing, plateau or stable.",
+    );
+    for c in containers {
+        let labels = pod_labels(Some(&c.pod));
+        for (kind, v) in [("anon", c.anon_bytes), ("usage", c.memory_bytes)] {
+            let mut l = labels.clone();
+            l.push(("kind", kind.to_owned()));
+            memory.push(l, v as f64);
+        }
+        rate.push(labels.clone(), c.trend.rate_bytes_per_s);
+        for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
+            let mut l = labels.clone();
+            l.push(("verdict", v.as_str().to_owned()));
+            verdict.push(l, f64::from(u8::from(c.trend.verdict == v)));
+        }
+    }
+    [memory, rate, verdict]
 }
 
 /// This process's CPU time plus that of its reaped children (the traces), seconds.

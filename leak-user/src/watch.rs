@@ -22,7 +22,7 @@ use crate::{
     config::WatchConfig,
     error::Error,
     growth::{SERIES_POINTS, thin_indices, trend_view},
-    history::{Kind, ProcessMemory, Sampled},
+    history::{CgroupMemory, Kind, ProcessMemory, Sampled},
     output::{
         self,
         table::{human_bytes, signed_bytes},
@@ -51,6 +51,25 @@ pub struct Observation {
     pub pod: Option<PodRef>,
 }
 
+/// A container's memory at one instant (its memory cgroup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerObservation {
+    /// Its pod and container (the container id is set).
+    pub pod: PodRef,
+    /// Its memory.
+    pub memory: CgroupMemory,
+    /// Watched processes in it.
+    pub processes: usize,
+}
+
+#[derive(Clone, Debug)]
+struct WatchedCgroup {
+    pod: PodRef,
+    processes: usize,
+    first_seen: f64,
+    samples: Sampled<CgroupMemory>,
+}
+
 #[derive(Clone, Debug)]
 struct Watched {
     comm: String,
@@ -67,7 +86,26 @@ struct Watched {
 #[derive(Clone, Debug)]
 pub struct WatchList {
     procs: BTreeMap<(u32, u64), Watched>,
+    /// Containers by id.
+    containers: BTreeMap<String, WatchedCgroup>,
     period: f64,
+}
+
+/// A watched container (its memory cgroup), as reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchedContainer {
+    /// Its pod and container.
+    pub pod: PodRef,
+    /// Watched processes in it at the last sample.
+    pub processes: usize,
+    /// Bytes charged to it, page cache included, at the last sample.
+    pub memory_bytes: u64,
+    /// Its anonymous bytes at the last sample.
+    pub anon_bytes: u64,
+    /// Seconds it has been watched.
+    pub watched_s: f64,
+    /// Trend of the anonymous bytes.
+    pub trend: TrendView,
 }
 
 /// A watched process, as reported.
@@ -144,6 +182,10 @@ pub struct WatchReport {
     /// The processes that are not stable (with `--pid`: every one), leaks first, fastest
     /// first.
     pub processes: Vec<WatchedProcess>,
+    /// The containers of the watched processes (memory cgroup statistics), ordered as the
+    /// processes; without `--pid`, the ones that are not stable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<WatchedContainer>,
     /// Processes the probes were attached to.
     pub escalations: Vec<Escalation>,
     /// Processes judged leaks whose turn to be traced had not come when the watch ended.
@@ -157,7 +199,7 @@ impl WatchList {
     /// An empty list, sampled every `period` seconds (see [`Sampled`]).
     #[must_use]
     pub fn new(period: f64) -> Self {
-        Self { procs: BTreeMap::new(), period }
+        Self { procs: BTreeMap::new(), containers: BTreeMap::new(), period }
     }
 
     /// Records the processes observed at watch time `t` (see [`Kind`]): new ones start a
@@ -191,6 +233,64 @@ impl WatchList {
                 );
             }
         }
+    }
+
+    /// Records the containers observed at watch time `t`: the ones not seen any more are
+    /// gone (a restarted container has a new id).
+    pub fn observe_containers(&mut self, t: f64, seen: &[ContainerObservation], kind: Kind) {
+        let ids: HashSet<&str> =
+            seen.iter().filter_map(|c| c.pod.container_id.as_deref()).collect();
+        self.containers.retain(|id, _| ids.contains(id.as_str()));
+        for c in seen {
+            let Some(id) = &c.pod.container_id else { continue };
+            if let Some(w) = self.containers.get_mut(id) {
+                w.pod.clone_from(&c.pod);
+                w.processes = c.processes;
+                w.samples.push(t - w.first_seen, c.memory, kind);
+                w.samples.compact();
+            } else {
+                self.containers.insert(
+                    id.clone(),
+                    WatchedCgroup {
+                        pod: c.pod.clone(),
+                        processes: c.processes,
+                        first_seen: t,
+                        samples: Sampled::new(c.memory, self.period),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Judges every container on its anonymous bytes, ordered as [`Self::judge`].
+    #[must_use]
+    pub fn judge_containers(&self, params: &Params) -> Vec<WatchedContainer> {
+        let mut out: Vec<WatchedContainer> = self
+            .containers
+            .values()
+            .map(|w| {
+                let times = w.samples.times();
+                let values = w.samples.values();
+                let points: Vec<(f64, f64)> =
+                    times.iter().zip(values).map(|(t, m)| (*t, bytes_f64(m.anon))).collect();
+                let last = values.last().copied().unwrap_or_default();
+                WatchedContainer {
+                    pod: w.pod.clone(),
+                    processes: w.processes,
+                    memory_bytes: last.usage,
+                    anon_bytes: last.anon,
+                    watched_s: times.last().copied().unwrap_or(0.0),
+                    trend: trend_view(&trend::classify(&points, params)),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            rank(a.trend.verdict)
+                .cmp(&rank(b.trend.verdict))
+                .then(b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s))
+                .then(a.pod.container_id.cmp(&b.pod.container_id))
+        });
+        out
     }
 
     /// Processes watched (exited ones kept included).
@@ -291,13 +391,13 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
         report.processes.iter().filter(|p| p.trend.verdict != Verdict::Stable).take(top).collect();
     if shown.is_empty() {
         s.push_str("no process's memory is growing\n");
-        return s;
+    } else {
+        let _ = writeln!(
+            s,
+            "{:>8}  {:<16} {:>11} {:>12} {:>14}  VERDICT",
+            "PID", "COMM", "ANON", "GAINED", "RATE"
+        );
     }
-    let _ = writeln!(
-        s,
-        "{:>8}  {:<16} {:>11} {:>12} {:>14}  VERDICT",
-        "PID", "COMM", "ANON", "GAINED", "RATE"
-    );
     for p in shown {
         let _ = write!(
             s,
@@ -310,29 +410,49 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
             p.trend.verdict.as_str(),
             p.trend.confidence * 100.0
         );
-        // Enough of each id to find it in `kubectl get pods -A -o wide` / `crictl ps`.
         if let Some(pod) = &p.pod {
-            match (&pod.namespace, &pod.name) {
-                (Some(ns), Some(name)) => {
-                    let _ = write!(s, "  pod {ns}/{name}");
-                }
-                _ => {
-                    let _ = write!(s, "  pod {}", pod.pod_uid);
-                }
-            }
-            match (&pod.container_name, &pod.container_id) {
-                (Some(name), _) => {
-                    let _ = write!(s, " container {name}");
-                }
-                (None, Some(c)) => {
-                    let _ = write!(s, " container {}", &c[..12.min(c.len())]);
-                }
-                (None, None) => {}
-            }
+            s.push_str("  ");
+            s.push_str(&pod_name(pod));
         }
         s.push('\n');
     }
+    let containers: Vec<&WatchedContainer> =
+        report.containers.iter().filter(|c| c.trend.verdict != Verdict::Stable).take(top).collect();
+    if !containers.is_empty() {
+        let _ = writeln!(
+            s,
+            "containers (memory cgroup):\n{:>11} {:>11} {:>12} {:>14}  VERDICT",
+            "MEMORY", "ANON", "GAINED", "RATE"
+        );
+        for c in containers {
+            let _ = writeln!(
+                s,
+                "{:>11} {:>11} {:>12} {:>14}  {} ({:.0}%)  {}",
+                human_bytes(c.memory_bytes),
+                human_bytes(c.anon_bytes),
+                signed_bytes(c.trend.gained_bytes),
+                per_hour(c.trend.rate_bytes_per_h),
+                c.trend.verdict.as_str(),
+                c.trend.confidence * 100.0,
+                pod_name(&c.pod)
+            );
+        }
+    }
     s
+}
+
+/// `pod NS/NAME container NAME`, or with enough of each id to find it in
+/// `kubectl get pods -A -o wide` / `crictl ps` when the API gave no names.
+fn pod_name(pod: &PodRef) -> String {
+    let pod_part = match (&pod.namespace, &pod.name) {
+        (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
+        _ => format!("pod {}", pod.pod_uid),
+    };
+    match (&pod.container_name, &pod.container_id) {
+        (Some(name), _) => format!("{pod_part} container {name}"),
+        (None, Some(c)) => format!("{pod_part} container {}", &c[..12.min(c.len())]),
+        (None, None) => pod_part,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,23 +511,30 @@ impl Names {
     }
 }
 
-/// Reads the memory of the targets now.
+/// Reads the memory of the targets now, and of the containers they run in (each
+/// container's memory cgroup once, under `cgroup_root`).
 fn observe(
     targets: &Targets,
     skip: &HashSet<u32>,
     names: &Names,
     selection: Option<&crate::kube::Selection>,
-) -> Vec<Observation> {
+    cgroup_root: &std::path::Path,
+) -> (Vec<Observation>, Vec<ContainerObservation>) {
     // Held for this pass (the refresher waits at most that long), not copied.
     let api_pods = names.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pids = match targets {
         Targets::All | Targets::Pods => procfs::all_pids(),
         Targets::Pids(p) => p.clone(),
     };
-    pids.into_iter()
+    // Container id -> (pod, memory cgroup, processes).
+    let mut containers: BTreeMap<String, (PodRef, crate::pods::MemoryCgroup, usize)> =
+        BTreeMap::new();
+    let processes = pids
+        .into_iter()
         .filter(|p| !skip.contains(p))
         .filter_map(|pid| {
-            let mut pod = procfs::pod(pid);
+            let cgroups = procfs::cgroup_text(pid).unwrap_or_default();
+            let mut pod = crate::pods::pod_of(&cgroups);
             if *targets == Targets::Pods && pod.is_none() {
                 return None;
             }
@@ -431,9 +558,26 @@ fn observe(
             if memory.rss == 0 {
                 return None;
             }
+            // The memory cgroup must be the container's own: on a hybrid host whose v1
+            // memory hierarchy does not mirror the kubelet's, it is someone else's.
+            if let Some((p, id)) = pod.as_ref().and_then(|p| Some((p, p.container_id.clone()?)))
+                && let Some(cg) = crate::pods::memory_cgroup_of(&cgroups)
+                && crate::pods::pod_of_path(cg.path()).and_then(|m| m.container_id).as_ref()
+                    == Some(&id)
+            {
+                containers.entry(id).or_insert_with(|| (p.clone(), cg, 0)).2 += 1;
+            }
             Some(Observation { pid, start_ticks: procfs::start_time(pid)?, comm, memory, pod })
         })
-        .collect()
+        .collect();
+    let containers = containers
+        .into_values()
+        .filter_map(|(pod, cg, processes)| {
+            let (_, memory) = procfs::cgroup_memory(cgroup_root, &cg)?;
+            Some(ContainerObservation { pod, memory, processes })
+        })
+        .collect();
+    (processes, containers)
 }
 
 /// Runs `leak attach` on flagged processes, at most `max` at a time.
@@ -659,15 +803,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let published = Arc::new(crate::serve::Published::default());
     let names = if cfg.listen.is_some() { Names::start() } else { Names::default() };
     let server = match cfg.listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::BadInput(format!("cannot listen on {addr}: {e}: choose another --listen"))
-            })?;
-            let bound = listener.local_addr().map_err(Error::io("reading the bound address"))?;
-            eprintln!("leak: serving http://{bound}/metrics and /api/v1/reports");
-            let handler = crate::serve::handler(Arc::clone(&published));
-            Some(tokio::spawn(crate::http::serve(listener, handler)))
-        }
+        Some(addr) => Some(serve(addr, &published).await?),
         None => None,
     };
     // Not ourselves, nor the escalations we run.
@@ -680,18 +816,21 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let until_deadline = agent::deadline(start, cfg.duration);
     tokio::pin!(until_deadline);
     let explicit = matches!(cfg.targets, Targets::Pids(_));
-    list.observe(
-        0.0,
-        &observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref()),
-        Kind::Tick,
-        explicit,
-    );
+    let look = |escalator: &Option<Escalator>| {
+        observe(&cfg.targets, &skip(escalator), &names, cfg.selection.as_ref(), &cfg.cgroup_root)
+    };
+    let record =
+        |list: &mut WatchList, seen: &(Vec<Observation>, Vec<ContainerObservation>), kind| {
+            let t = start.elapsed().as_secs_f64();
+            list.observe(t, &seen.0, kind, explicit);
+            list.observe_containers(t, &seen.1, kind);
+        };
+    record(&mut list, &look(&escalator), Kind::Tick);
     let end = loop {
         tokio::select! {
             () = sampler.tick() => {
                 let began = Instant::now();
-                let seen = observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref());
-                list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Tick, explicit);
+                record(&mut list, &look(&escalator), Kind::Tick);
                 if escalator.is_some() || server.is_some() {
                     // Judged once per sample (a Theil-Sen fit per process) for both uses.
                     let judged = list.judge(&params);
@@ -701,7 +840,14 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
                     }
                     if server.is_some() {
                         // Every process, stable ones included.
-                        let at = report_of(&list, judged, start_unix, escalator.as_ref(), "interval");
+                        let containers = list.judge_containers(&params);
+                        let at = report_of(
+                            &list,
+                            (judged, containers),
+                            start_unix,
+                            escalator.as_ref(),
+                            "interval",
+                        );
                         published.publish(at);
                     }
                 }
@@ -724,8 +870,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         }
     };
     if end != "targets_exited" {
-        let seen = observe(&cfg.targets, &skip(&escalator), &names, cfg.selection.as_ref());
-        list.observe(start.elapsed().as_secs_f64(), &seen, Kind::Last, explicit);
+        record(&mut list, &look(&escalator), Kind::Last);
     }
     let not_escalated = match &mut escalator {
         Some(e) => e.finish(signals).await?,
@@ -751,6 +896,20 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     Ok(report)
 }
 
+/// Serves `published` over HTTP on `addr` in the background.
+async fn serve(
+    addr: std::net::SocketAddr,
+    published: &Arc<crate::serve::Published>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::BadInput(format!("cannot listen on {addr}: {e}: choose another --listen"))
+    })?;
+    let bound = listener.local_addr().map_err(Error::io("reading the bound address"))?;
+    eprintln!("leak: serving http://{bound}/metrics and /api/v1/reports");
+    let handler = crate::serve::handler(Arc::clone(published));
+    Ok(tokio::spawn(crate::http::serve(listener, handler)))
+}
+
 fn build(
     list: &WatchList,
     params: &Params,
@@ -760,16 +919,18 @@ fn build(
     end_reason: &str,
 ) -> WatchReport {
     let mut processes = list.judge(params);
+    let mut containers = list.judge_containers(params);
     if !explicit {
         processes.retain(|p| p.trend.verdict != Verdict::Stable);
+        containers.retain(|c| c.trend.verdict != Verdict::Stable);
     }
-    report_of(list, processes, start_unix, escalator, end_reason)
+    report_of(list, (processes, containers), start_unix, escalator, end_reason)
 }
 
-/// The report of `list` with its `processes` already judged.
+/// The report of `list` with its processes and containers already judged.
 fn report_of(
     list: &WatchList,
-    processes: Vec<WatchedProcess>,
+    (processes, containers): (Vec<WatchedProcess>, Vec<WatchedContainer>),
     start_unix: f64,
     escalator: Option<&Escalator>,
     end_reason: &str,
@@ -781,6 +942,7 @@ fn report_of(
         duration_s: ((end_unix - start_unix) * 1000.0).round() / 1000.0,
         processes_watched: list.len(),
         processes,
+        containers,
         escalations: escalator.map(|e| e.done.clone()).unwrap_or_default(),
         not_escalated: Vec::new(),
         end_reason: end_reason.to_owned(),
@@ -868,6 +1030,67 @@ mod tests {
     }
 
     #[test]
+    fn judges_each_container_on_its_cgroup_and_forgets_the_gone() {
+        const MB: u64 = 1 << 20;
+        let container = |id: char, anon: u64| ContainerObservation {
+            pod: PodRef {
+                pod_uid: "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
+                container_id: Some(id.to_string().repeat(64)),
+                runtime: Some("containerd".into()),
+                qos: crate::pods::QosClass::Burstable,
+                name: None,
+                namespace: None,
+                container_name: None,
+            },
+            memory: CgroupMemory { usage: anon + 100 * MB, anon },
+            processes: 2,
+        };
+        let mut list = WatchList::new(1.0);
+        for t in 0..30u64 {
+            // a leaks 1 MiB/s; b is flat; c is gone (restarted: a new id) after 10 s.
+            let mut seen = vec![container('a', 10 * MB + t * MB), container('b', 50 * MB)];
+            if t < 10 {
+                seen.push(container('c', MB));
+            }
+            list.observe_containers(t as f64, &seen, Kind::Tick);
+        }
+        let judged =
+            list.judge_containers(&Params { min_growth_bytes: MB as f64, ..Params::default() });
+        let got: Vec<(char, Verdict)> = judged
+            .iter()
+            .map(|c| {
+                (c.pod.container_id.as_ref().unwrap().chars().next().unwrap(), c.trend.verdict)
+            })
+            .collect();
+        assert_eq!(got, [('a', Verdict::Leak), ('b', Verdict::Stable)]);
+        assert!((judged[0].trend.rate_bytes_per_s - MB as f64).abs() < 1.0);
+        assert_eq!((judged[0].anon_bytes, judged[0].memory_bytes), (39 * MB, 139 * MB));
+        assert_eq!(judged[0].processes, 2);
+        // Rendered under the processes, with the container's id.
+        let report = WatchReport {
+            version: 1,
+            window: Window { start_unix_s: 0.0, end_unix_s: 29.0 },
+            duration_s: 29.0,
+            processes_watched: 0,
+            processes: Vec::new(),
+            containers: judged,
+            escalations: Vec::new(),
+            not_escalated: Vec::new(),
+            end_reason: "duration".into(),
+        };
+        let text = render(&report, "watch", 10);
+        assert!(
+            text.contains("no process's memory is growing\ncontainers (memory cgroup):\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  139.0 MiB    39.0 MiB    +29.0 MiB     +3.5 GiB/h  leak (100%)  pod 8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b container aaaaaaaaaaaa\n"),
+            "{text}"
+        );
+        assert!(!text.contains("bbbbbbbbbbbb"), "{text}");
+    }
+
+    #[test]
     fn renders_the_growing_processes() {
         let mut list = WatchList::new(1.0);
         for t in 0..20u64 {
@@ -885,6 +1108,7 @@ mod tests {
             duration_s: 19.0,
             processes_watched: 2,
             processes: list.judge(&params),
+            containers: Vec::new(),
             escalations: Vec::new(),
             not_escalated: Vec::new(),
             end_reason: "duration".into(),

@@ -92,11 +92,11 @@ impl Lines {
 
     /// Everything read so far plus the rest until EOF.
     #[must_use]
-    pub fn drain(mut self) -> Vec<String> {
+    pub fn drain(&mut self) -> Vec<String> {
         while let Ok(line) = self.rx.recv_timeout(TIMEOUT) {
             self.seen.push(line);
         }
-        self.seen
+        std::mem::take(&mut self.seen)
     }
 }
 
@@ -227,6 +227,29 @@ impl Leak {
         Self { child, stderr, stdout }
     }
 
+    /// As [`Self::spawn_env`], with `leak` in `cgroup` (its v2 hierarchy) and in a cgroup
+    /// namespace of its own rooted there: as in a container of a pod. Its pid stays `leak`'s.
+    #[must_use]
+    pub fn spawn_in_pod(cgroup: &PodCgroup, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec unshare --cgroup \"$0\" \"$@\"",
+            cgroup.dir().display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .arg(leak_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start leak");
+        let stderr = Lines::spawn(child.stderr.take().expect("stderr"));
+        let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
+        Self { child, stderr, stdout }
+    }
+
     /// `leak attach --pid PID args...`, returned once it says it is attached.
     #[must_use]
     pub fn attach(pid: u32, args: &[&str]) -> Self {
@@ -279,6 +302,16 @@ impl Leak {
             done.stderr
         );
         done
+    }
+}
+
+impl Drop for Leak {
+    /// A test that failed half-way leaves no tracer running into the next tests.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -439,6 +472,8 @@ pub struct PodCgroup {
     /// The hierarchy's mount point, and the cgroup's path under it.
     root: PathBuf,
     rel: PathBuf,
+    /// The same path in cgroup v1's memory hierarchy, where one does the accounting.
+    memory: Option<Box<PodCgroup>>,
 }
 
 impl PodCgroup {
@@ -447,12 +482,41 @@ impl PodCgroup {
     pub fn new(root: &Path, rel: &str) -> Self {
         let rel = PathBuf::from(rel);
         std::fs::create_dir_all(root.join(&rel)).unwrap();
-        Self { root: root.to_owned(), rel }
+        Self { root: root.to_owned(), rel, memory: None }
+    }
+
+    /// Has its processes' memory accounted to it, as a node does: in cgroup v1's memory
+    /// hierarchy under the same path when there is one (a hybrid host), else by enabling the
+    /// memory controller down its v2 path.
+    #[must_use]
+    pub fn with_memory(mut self) -> Self {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        if v1.join("memory.usage_in_bytes").exists() {
+            let rel = self.rel.to_str().unwrap().to_owned();
+            self.memory = Some(Box::new(Self::new(v1, &rel)));
+        } else {
+            let mut dir = self.root.clone();
+            for part in self.rel.parent().unwrap().components() {
+                std::fs::write(dir.join("cgroup.subtree_control"), "+memory").unwrap();
+                dir = dir.join(part);
+            }
+            std::fs::write(dir.join("cgroup.subtree_control"), "+memory").unwrap();
+        }
+        self
+    }
+
+    /// Its directory.
+    #[must_use]
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(&self.rel)
     }
 
     /// Moves process `pid` into it.
     pub fn add(&self, pid: u32) {
-        std::fs::write(self.root.join(&self.rel).join("cgroup.procs"), pid.to_string()).unwrap();
+        std::fs::write(self.dir().join("cgroup.procs"), pid.to_string()).unwrap();
+        if let Some(m) = &self.memory {
+            m.add(pid);
+        }
     }
 }
 
@@ -500,13 +564,20 @@ pub fn unified_cgroup_root() -> PathBuf {
 /// pod UID and container id.
 #[must_use]
 pub fn systemd_pod_cgroup() -> (PodCgroup, String, String) {
+    systemd_pod_cgroup_of("burstable")
+}
+
+/// As [`systemd_pod_cgroup`], in quality-of-service class `qos` (`burstable`, `besteffort`),
+/// with its memory accounted (see [`PodCgroup::with_memory`]).
+#[must_use]
+pub fn systemd_pod_cgroup_of(qos: &str) -> (PodCgroup, String, String) {
     let (uid, cid) = pod_ids();
     let rel = format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/\
+        "kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{}.slice/\
          cri-containerd-{cid}.scope",
         uid.replace('-', "_")
     );
-    (PodCgroup::new(&unified_cgroup_root(), &rel), uid, cid)
+    (PodCgroup::new(&unified_cgroup_root(), &rel).with_memory(), uid, cid)
 }
 
 /// `go tool pprof -raw`'s samples: innermost function of each stack -> (count, bytes).

@@ -12,7 +12,7 @@ use std::{
 
 use leak_tests::{
     FakeKubeApi, Fixture, Leak, PodCgroup, fixture, go_pprof_samples, require_root, site,
-    systemd_pod_cgroup,
+    systemd_pod_cgroup, systemd_pod_cgroup_of,
 };
 
 /// `GET path` from the agent: status and body.
@@ -44,7 +44,7 @@ fn start_container(cgroup: &PodCgroup, root: &Path) -> Fixture {
     let script = format!(
         "mount -t tmpfs none {r} && mkdir -p {r}/lib/x86_64-linux-gnu {r}/lib64 && \
          cp {cacher} {r}/cacher && cp {libc} {r}{libc} && cp {ld} {r}{ld} && \
-         exec chroot {r} /cacher 100000 25",
+         exec chroot {r} /cacher 1000000 2",
         cacher = fixture("cacher").display()
     );
     let mut cmd = Command::new("unshare");
@@ -65,6 +65,35 @@ fn leaking_pod() -> (PodCgroup, String, String, Fixture, FakeKubeApi, tempfile::
     (cgroup, uid, cid, target, api, root)
 }
 
+/// The container's memory cgroup, as served in `metrics` (fetched again until then): leaking,
+/// with memory charged to it.
+fn assert_container_leaks(addr: &str, metrics: String, uid: &str, cid: &str) {
+    // Its container's memory cgroup: leaking too, with the memory charged to it. The
+    // kernel folds per-CPU counts into memory.stat in batches (64 pages a CPU), so the
+    // series climbs in steps: wait for enough of them.
+    let container = format!(
+        "pod_uid=\"{uid}\",container_id=\"{cid}\",namespace=\"shop\",pod=\"shop-api-1\",\
+         container=\"api\""
+    );
+    let leaking = format!("leak_container_verdict{{{container},verdict=\"leak\"}} 1\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut metrics = metrics;
+    while !metrics.contains(&leaking) {
+        assert!(Instant::now() < deadline, "{leaking}\n{metrics}");
+        std::thread::sleep(Duration::from_millis(250));
+        metrics = get_text(addr, "/metrics");
+    }
+    let anon_line = format!("leak_container_memory_bytes{{{container},kind=\"anon\"}} ");
+    let anon: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&anon_line))
+        .unwrap_or_else(|| panic!("{anon_line}\n{metrics}"))
+        .parse()
+        .unwrap();
+    // Pages are charged where they are faulted in: what the leak touched since the move.
+    assert!(anon > 0.0, "{anon}");
+}
+
 /// The address the agent says it serves on.
 fn serving_addr(agent: &mut Leak) -> String {
     let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
@@ -76,7 +105,11 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     require_root();
     let (cgroup, uid, cid, target, api, root) = leaking_pod();
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = Leak::spawn_env(
+    // The agent runs in a pod too, in its own cgroup namespace: other pods' cgroup paths are
+    // relative to it there until it enters the host's.
+    let (agent_cgroup, _, _) = systemd_pod_cgroup_of("besteffort");
+    let mut agent = Leak::spawn_in_pod(
+        &agent_cgroup,
         &[
             "agent",
             "--listen",
@@ -153,6 +186,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert!(metrics.contains(&site_line), "{site_line}\n{metrics}");
     assert!(metrics.contains("\nleak_agent_cpu_seconds_total "), "{metrics}");
     assert!(metrics.contains("# TYPE leak_drops_total counter\n"), "{metrics}");
+    assert_container_leaks(&addr, metrics, &uid, &cid);
 
     // Prometheus scrapes the agent and answers a query for the traced site.
     let prometheus = Prometheus::start(dir.path(), &addr);

@@ -90,8 +90,10 @@ fn watch_pods_finds_processes_by_their_kubelet_cgroups() {
     require_root();
     let fs = Path::new("/sys/fs/cgroup");
     let leaking = |pod: Option<&PodCgroup>| {
+        // 512 KiB/s: the kernel folds per-CPU counts into a cgroup's memory.stat in batches
+        // (64 pages a CPU), so a container's series climbs in steps; several per second here.
         let mut cmd = Command::new(fixture("cacher"));
-        cmd.args(["100000", "25"]);
+        cmd.args(["1000000", "2"]);
         let f = Fixture::start_command(cmd);
         if let Some(p) = pod {
             p.add(f.pid());
@@ -144,6 +146,18 @@ fn watch_pods_finds_processes_by_their_kubelet_cgroups() {
         expect(f.pid(), &uid1, &cid1, None, QosClass::BestEffort);
     }
     assert!(find(outside.pid()).is_none(), "{text}");
+    // Each container's memory cgroup is judged too: leaking, with one process.
+    let container = |cid: &str| {
+        let c = report.containers.iter().find(|c| c.pod.container_id.as_deref() == Some(cid));
+        let c = c.unwrap_or_else(|| panic!("container {cid} watched: {text}"));
+        assert_eq!((c.trend.verdict, c.processes), (Verdict::Leak, 1), "{text}");
+        assert!(c.anon_bytes > 0 && c.memory_bytes >= c.anon_bytes, "{c:#?}");
+    };
+    container(&cid);
+    if in_cgroupfs_pod.is_some() {
+        container(&cid1);
+    }
+    assert_eq!(report.containers.len(), 1 + usize::from(in_cgroupfs_pod.is_some()), "{text}");
     // The text report names the pod.
     let line = format!("pod {uid} container {}", &cid[..12]);
     assert!(done.stdout.iter().any(|l| l.contains(&line)), "{:#?}", done.stdout);
