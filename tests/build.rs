@@ -55,6 +55,14 @@ fn main() {
             "cc failed for fixture {name} (missing libraries: cargo xtask setup)"
         );
     }
+    // Optimised without frame pointers (#7): only unwind tables give its callers.
+    let status = Command::new("cc")
+        .args(["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls", "-o"])
+        .arg(out.join("nofp"))
+        .arg(src.join("nofp.c"))
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed for fixture nofp");
     // C++ through libstdc++'s operator new/delete.
     let status = Command::new("c++")
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])

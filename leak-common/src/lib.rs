@@ -414,6 +414,44 @@ impl StackTrace {
     }
 }
 
+/// How to find the caller's frame from a code address (a call site): one row of an object's
+/// unwind table, valid from `pc` up to the next row's. x86-64 only: the return address is
+/// always at `CFA - 8`, and the caller's stack pointer is the CFA.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnwindRow {
+    /// First address it covers: its ELF virtual address (objects lie far below 4 GiB).
+    pub pc: u32,
+    /// `CFA = <cfa_reg> + cfa_offset`.
+    pub cfa_offset: i32,
+    /// Where the caller's `rbp` was saved: `CFA + rbp_offset` when `rbp_rule` is
+    /// [`RBP_AT_CFA`].
+    pub rbp_offset: i16,
+    /// [`CFA_RSP`], [`CFA_RBP`], [`CFA_UNSUPPORTED`], [`CFA_NONE`] or [`CFA_OUTERMOST`].
+    pub cfa_reg: u8,
+    /// [`RBP_SAME`] or [`RBP_AT_CFA`].
+    pub rbp_rule: u8,
+}
+
+/// [`UnwindRow::cfa_reg`]: the CFA is `rsp` plus the offset.
+pub const CFA_RSP: u8 = 0;
+/// [`UnwindRow::cfa_reg`]: the CFA is `rbp` plus the offset (code with a frame pointer).
+pub const CFA_RBP: u8 = 1;
+/// [`UnwindRow::cfa_reg`]: a rule this unwinder does not follow (a DWARF expression, as in
+/// the PLT and signal frames, or another register).
+pub const CFA_UNSUPPORTED: u8 = 2;
+/// [`UnwindRow::cfa_reg`]: no unwind information covers these addresses.
+pub const CFA_NONE: u8 = 3;
+/// [`UnwindRow::cfa_reg`]: the outermost frame: its return address is marked undefined
+/// (glibc's `_start` and the start of its threads do so). A stack that ends here is complete.
+pub const CFA_OUTERMOST: u8 = 4;
+/// [`UnwindRow::rbp_rule`]: the caller's `rbp` is this frame's.
+pub const RBP_SAME: u8 = 0;
+/// [`UnwindRow::rbp_rule`]: the caller's `rbp` is saved at `CFA + rbp_offset`.
+pub const RBP_AT_CFA: u8 = 1;
+
+const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
+
 /// Why an event was lost or only partly recorded: indexes of [`MAP_DROPS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -491,7 +529,7 @@ const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, AllocKey, Pending, SiteKey, SiteTotal, StackTrace};
+    use super::{AllocInfo, AllocKey, Pending, SiteKey, SiteTotal, StackTrace, UnwindRow};
 
     // SAFETY: all three are `#[repr(C)]`, `Copy`, contain only integers and have no padding
     // (checked by the size assertions above), so any byte pattern is a valid value.
@@ -506,6 +544,8 @@ mod user {
     unsafe impl aya::Pod for SiteKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SiteTotal {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UnwindRow {}
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub mod symbolize;
 pub mod target;
 pub mod tracee;
 pub mod trend;
+pub mod unwind;
 pub mod watch;
 
 use std::{ffi::OsString, num::NonZeroU32};
