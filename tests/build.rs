@@ -55,14 +55,21 @@ fn main() {
             "cc failed for fixture {name} (missing libraries: cargo xtask setup)"
         );
     }
-    // Optimised without frame pointers (#7): only unwind tables give its callers.
-    let status = Command::new("cc")
-        .args(["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls", "-o"])
-        .arg(out.join("nofp"))
-        .arg(src.join("nofp.c"))
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "cc failed for fixture nofp");
+    // Optimised without frame pointers (#7): only unwind tables give its callers. And the
+    // same source with them, as the reference.
+    for (name, flags) in [
+        ("nofp", &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"][..]),
+        ("nofp-fp", &["-O0", "-fno-omit-frame-pointer", "-fno-inline"][..]),
+    ] {
+        let status = Command::new("cc")
+            .args(flags)
+            .args(["-g", "-pthread", "-o"])
+            .arg(out.join(name))
+            .arg(src.join("nofp.c"))
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "cc failed for fixture {name}");
+    }
     // C++ through libstdc++'s operator new/delete.
     let status = Command::new("c++")
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
@@ -71,6 +78,14 @@ fn main() {
         .status()
         .expect("run c++ (install g++: cargo xtask setup)");
     assert!(status.success(), "c++ failed for fixture cxx-leaker");
+    // The same, optimised without frame pointers (#7).
+    let status = Command::new("c++")
+        .args(["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls", "-o"])
+        .arg(out.join("cxx-leaker-nofp"))
+        .arg(src.join("cxx_leaker.cpp"))
+        .status()
+        .expect("run c++");
+    assert!(status.success(), "c++ failed for fixture cxx-leaker-nofp");
     // Rust on the system allocator, with frame pointers in the fixture's own code (std is
     // prebuilt without them).
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

@@ -412,6 +412,13 @@ impl StackTrace {
         let n = self.ips.iter().position(|&ip| ip == 0).unwrap_or(MAX_STACK_DEPTH);
         &self.ips[..n]
     }
+
+    /// How its walk ended (`STACK_END_*`); `None`: it filled every slot (the depth limit).
+    #[must_use]
+    pub fn end(&self) -> Option<u64> {
+        let n = self.ips.iter().position(|&ip| ip == 0)?;
+        Some(self.ips.get(n + 1).copied().unwrap_or(STACK_END_UNKNOWN))
+    }
 }
 
 /// How to find the caller's frame from a code address (a call site): one row of an object's
@@ -451,6 +458,69 @@ pub const RBP_SAME: u8 = 0;
 pub const RBP_AT_CFA: u8 = 1;
 
 const _: () = assert!(core::mem::size_of::<UnwindRow>() == 12);
+
+/// How a stack walk ended, stored in [`StackTrace::ips`] right after the terminating zero
+/// (a stack that fills every slot hit the depth limit): nothing recorded (frame pointers).
+pub const STACK_END_UNKNOWN: u64 = 0;
+/// At the outermost frame.
+pub const STACK_END_COMPLETE: u64 = 1;
+/// At an address without unwind information.
+pub const STACK_END_NO_UNWIND_INFO: u64 = 2;
+/// At a rule the unwinder does not follow.
+pub const STACK_END_UNSUPPORTED: u64 = 3;
+/// Reading the stack failed, or a frame was not above the one before it.
+pub const STACK_END_BAD_FRAME: u64 = 4;
+
+/// Name of the array of every loaded object's [`UnwindRow`]s, one table after another.
+pub const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
+/// Name of the map from a traced process (tgid) to its [`ProcessMaps`].
+pub const MAP_UNWIND_MAPS: &str = "UNWIND_MAPS";
+/// Name of the load-time global that selects how stacks are walked ([`UNWIND_FP`],
+/// [`UNWIND_DWARF`] or [`UNWIND_AUTO`]).
+pub const GLOBAL_UNWIND: &str = "UNWIND";
+/// Frame pointers only.
+pub const UNWIND_FP: u32 = 0;
+/// Unwind tables only: a frame without a row ends the stack.
+pub const UNWIND_DWARF: u32 = 1;
+/// Unwind tables, and the frame pointer for a frame without a row (code without tables).
+pub const UNWIND_AUTO: u32 = 2;
+/// Default capacity of [`MAP_UNWIND_ROWS`]: 12 MiB of kernel memory.
+pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 20;
+/// Executable mappings of one process with unwind tables, at most.
+pub const MAX_UNWIND_MAPS: u32 = 128;
+/// Processes with tables at once, at most (the capacity of [`MAP_UNWIND_MAPS`]).
+pub const MAX_UNWIND_PROCESSES: u32 = 64;
+/// Name of the array of [`UnwindMap`]s: [`MAX_UNWIND_MAPS`] slots per process with tables.
+pub const MAP_UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
+
+/// One executable mapping of a traced process and where its object's rows are.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMap {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// Load bias: a runtime address minus it is the object's ELF virtual address.
+    pub bias: u64,
+    /// Index of the object's first row in [`MAP_UNWIND_ROWS`].
+    pub first: u32,
+    /// Its rows.
+    pub count: u32,
+}
+
+/// Where a traced process's mappings are in [`MAP_UNWIND_MAPPINGS`] (sorted by start): the
+/// value of [`MAP_UNWIND_MAPS`]. Arrays rather than one value holding them all: the BPF walk
+/// then indexes them through the map, which the verifier checks once, instead of tracking
+/// every index of a binary search into a value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessMaps {
+    /// Index of its first mapping.
+    pub first: u32,
+    /// Its mappings.
+    pub n: u32,
+}
 
 /// Why an event was lost or only partly recorded: indexes of [`MAP_DROPS`].
 #[repr(u32)]
@@ -529,7 +599,10 @@ const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AllocInfo, AllocKey, Pending, SiteKey, SiteTotal, StackTrace, UnwindRow};
+    use super::{
+        AllocInfo, AllocKey, Pending, ProcessMaps, SiteKey, SiteTotal, StackTrace, UnwindMap,
+        UnwindRow,
+    };
 
     // SAFETY: all three are `#[repr(C)]`, `Copy`, contain only integers and have no padding
     // (checked by the size assertions above), so any byte pattern is a valid value.
@@ -546,6 +619,10 @@ mod user {
     unsafe impl aya::Pod for SiteTotal {}
     // SAFETY: as above.
     unsafe impl aya::Pod for UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ProcessMaps {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for UnwindMap {}
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 
 mod maps;
 mod probes;
+mod unwind;
 mod verbs;
 
 #[cfg(not(test))]

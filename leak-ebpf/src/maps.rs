@@ -8,9 +8,10 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
-    AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS, DropReason,
-    MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, Pending, SAMPLE_GAP_ENTRIES, SiteKey, SiteTotal,
-    StackTrace, hit_index,
+    AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS,
+    DEFAULT_UNWIND_ROWS, DropReason, MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, MAX_UNWIND_MAPS,
+    MAX_UNWIND_PROCESSES, Pending, ProcessMaps, SAMPLE_GAP_ENTRIES, SiteKey, SiteTotal, StackTrace,
+    UnwindMap, UnwindRow, hit_index,
 };
 
 /// Outstanding allocations: (address, process) -> record. Sized by the loader (`--max-allocs`).
@@ -98,6 +99,26 @@ pub static SAMPLE_GAPS: Array<u32> = Array::with_max_entries(SAMPLE_GAP_ENTRIES,
 /// Non-zero: every program returns at once (see `leak_common::GLOBAL_PROBE_FLOOR`).
 #[unsafe(no_mangle)]
 pub static PROBE_FLOOR: Global<u32> = Global::new(0);
+
+/// How stacks are walked: `leak_common::UNWIND_FP`, `UNWIND_DWARF` or `UNWIND_AUTO`. A
+/// load-time constant: the frame-pointer-only build keeps none of the table walk.
+#[unsafe(no_mangle)]
+pub static UNWIND: Global<u32> = Global::new(0);
+
+/// Every loaded object's unwind rows, one table after another (filled by the loader; sized
+/// by `--unwind-rows`).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, 0);
+
+/// Where a traced process's mappings are in `UNWIND_MAPPINGS`, by tgid.
+#[map]
+pub static UNWIND_MAPS: HashMap<u32, ProcessMaps> =
+    HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+
+/// Executable mappings of the processes with tables, `MAX_UNWIND_MAPS` slots each.
+#[map]
+pub static UNWIND_MAPPINGS: Array<UnwindMap> =
+    Array::with_max_entries(MAX_UNWIND_PROCESSES * MAX_UNWIND_MAPS, 0);
 
 /// Benchmarks' probe floor: the program should do nothing. A load-time constant, so the
 /// verifier prunes whichever branch is dead.

@@ -22,12 +22,16 @@ use leak_common::{
     AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
     PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
     SAMPLE_GAP_SHIFT, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS, SiteKey, SiteTotal,
-    StackTrace, sample_gap, sample_step,
+    StackTrace, UNWIND_FP, sample_gap, sample_step,
 };
 
-use crate::maps::{
-    ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITES, STACK_SCRATCH,
-    STACKS, TRACE, ZERO_PENDING, ZERO_STACK, atomic_add, count_drop,
+use crate::{
+    maps::{
+        ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITES,
+        STACK_SCRATCH, STACKS, TRACE, UNWIND, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK, atomic_add,
+        count_drop,
+    },
+    unwind::walk_tables,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -450,11 +454,25 @@ fn take_stack<C: EbpfContext>(
     // An unaligned `sp` (never at a call's return on x86-64) would misplace the frames.
     let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
     let window = if copied { window.as_ptr() } else { core::ptr::null() };
-    let hash = walk_stack(ip, sp, fp, core::ptr::null_mut(), window);
+    let hash = match tables(pid_tgid) {
+        Some(maps) => walk_tables(maps, (ip, sp, fp), core::ptr::null_mut(), window),
+        None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window),
+    };
     if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) < 0 {
         return STACK_ID_NONE;
     }
     hash
+}
+
+/// The unwind tables of the thread's process, unless stacks are walked by frame pointers
+/// (then, or without tables, the frame-pointer walk is used).
+#[inline(always)]
+fn tables(pid_tgid: u64) -> Option<leak_common::ProcessMaps> {
+    if UNWIND.load() == UNWIND_FP {
+        return None;
+    }
+    // SAFETY: a live map value, copied out.
+    UNWIND_MAPS.get_ptr(tgid(pid_tgid)).map(|p| unsafe { *p })
 }
 
 /// Walks the frame-pointer chain from `ip`/`sp`/`fp` and returns the stack's hash (never
@@ -530,7 +548,10 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
         count_drop(DropReason::StackMissing);
         return -1;
     };
-    let hash = walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null());
+    let hash = match tables(pid_tgid) {
+        Some(maps) => walk_tables(maps, (ip, sp, fp), buf.cast::<u64>(), core::ptr::null()),
+        None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
+    };
     // SAFETY: `buf` is a valid map value of the map's value type.
     #[expect(
         clippy::needless_borrows_for_generic_args,

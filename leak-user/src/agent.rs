@@ -112,7 +112,9 @@ pub struct Session {
     start_unix: f64,
     symbolizer: ProcessSymbolizer,
     /// Raw frames by stack id (stacks never change once recorded).
-    raw_stacks: HashMap<u64, Vec<u64>>,
+    raw_stacks: HashMap<u64, crate::source::RawStack>,
+    /// How complete each symbolized stack is, when known.
+    ends: HashMap<u64, crate::unwind::StackEnd>,
     /// Symbolized frames by stack id.
     frames: HashMap<u64, Vec<Frame>>,
     /// Stacks with frames outside every known mapping: symbolized again next time.
@@ -146,6 +148,7 @@ impl Session {
             start_unix: clock::now_unix(),
             symbolizer: ProcessSymbolizer::new(pid),
             raw_stacks: HashMap::new(),
+            ends: HashMap::new(),
             frames: HashMap::new(),
             incomplete: HashSet::new(),
             prev: None,
@@ -258,7 +261,8 @@ impl Session {
             probe_cost: self.cfg.probe_cost,
         };
         let analysis = Analysis::of(&self.history, &Params::default());
-        let report = report::build(meta, &agg, &self.frames, &snap.drops, &snap.hits, &analysis);
+        let stacks = report::Stacks { frames: &self.frames, ends: &self.ends };
+        let report = report::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
         debug!(
             "pid {}: {} records, {} sites: aggregated in {aggregated:.1?}, symbolized by \
              {resolved:.1?}, report built by {:.1?}",
@@ -301,11 +305,11 @@ impl Session {
                 continue;
             }
             if !self.raw_stacks.contains_key(&id) {
-                let Some(ips) = source.stack(id)? else {
+                let Some(raw) = source.stack(id)? else {
                     debug!("stack {id:016x} not in the stack map");
                     continue;
                 };
-                self.raw_stacks.insert(id, ips);
+                self.raw_stacks.insert(id, raw);
             }
             todo.push(id);
         }
@@ -313,11 +317,20 @@ impl Session {
             return Ok(());
         }
         let all: Vec<u64> =
-            todo.iter().flat_map(|id| self.raw_stacks[id].iter().copied()).collect();
+            todo.iter().flat_map(|id| self.raw_stacks[id].ips.iter().copied()).collect();
         let mut resolved = self.symbolizer.symbolize(&all).into_iter();
         for id in todo {
-            let n = self.raw_stacks[&id].len();
-            let frames: Vec<Frame> = resolved.by_ref().take(n).flatten().collect();
+            let raw = &self.raw_stacks[&id];
+            let frames: Vec<Frame> = resolved.by_ref().take(raw.ips.len()).flatten().collect();
+            // A walk that says nothing (frame pointers) is complete if it reached a start.
+            let outermost = frames
+                .last()
+                .and_then(|f| f.function.as_deref())
+                .is_some_and(crate::unwind::is_outermost);
+            let end = raw.end.or(outermost.then_some(crate::unwind::StackEnd::Complete));
+            if let Some(end) = end {
+                self.ends.insert(id, end);
+            }
             if frames.iter().all(|f| f.module.is_some()) {
                 self.incomplete.remove(&id);
             } else {

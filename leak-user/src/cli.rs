@@ -212,6 +212,11 @@ pub struct TraceArgs {
     /// bytes and counts are then unbiased estimates.
     #[arg(long, value_name = "BYTES", num_args = 0..=1, default_missing_value = "512K", value_parser = parse_sample_mean)]
     pub sample: Option<u64>,
+    /// How stacks are walked: `fp` (frame pointers), `dwarf` (unwind tables from
+    /// `.eh_frame`: callers through code built without frame pointers, such as Debian's
+    /// libc), or `auto` (tables, and frame pointers where there are none).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub unwind: crate::config::Unwind,
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
@@ -282,6 +287,7 @@ impl From<TraceArgs> for TraceConfig {
             fail_on_leak: a.fail_on_leak,
             threshold: a.threshold,
             max_overhead: None,
+            unwind: a.unwind,
         }
     }
 }

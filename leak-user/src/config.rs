@@ -67,6 +67,32 @@ pub struct TraceConfig {
     /// `leak attach`: stop once the probes cost the target more than this share of a CPU,
     /// in basis points (estimated from the hit rate, see [`crate::agent::Budget`]).
     pub max_overhead: Option<u32>,
+    /// How stacks are walked.
+    pub unwind: Unwind,
+}
+
+/// How allocation stacks are walked (`--unwind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unwind {
+    /// Frame pointers only: the cheapest; code built without them loses its callers.
+    Fp,
+    /// Unwind tables (`.eh_frame`) only: a frame without one ends the stack.
+    Dwarf,
+    /// Unwind tables, and frame pointers for code without tables.
+    #[default]
+    Auto,
+}
+
+impl Unwind {
+    /// The BPF global's value (`leak_common::UNWIND_*`).
+    #[must_use]
+    pub fn bpf(self) -> u32 {
+        match self {
+            Self::Fp => leak_common::UNWIND_FP,
+            Self::Dwarf => leak_common::UNWIND_DWARF,
+            Self::Auto => leak_common::UNWIND_AUTO,
+        }
+    }
 }
 
 /// Exit status of a run that `--fail-on-leak` fails, when the command itself succeeded (23,
@@ -107,6 +133,7 @@ impl Default for TraceConfig {
             fail_on_leak: false,
             threshold: 0,
             max_overhead: None,
+            unwind: Unwind::Auto,
         }
     }
 }

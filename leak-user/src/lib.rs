@@ -125,6 +125,7 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
         trace: trace.bpf_trace,
         probe_floor: trace.probe_floor,
         sample_mean: trace.sample_mean.unwrap_or(0),
+        unwind: trace.unwind.bpf(),
         ..LoadOptions::default()
     }
 }
@@ -186,9 +187,12 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     for h in plan.unarmed(pid) {
         warn!("probe on {} is not armed in pid {pid}", h.spec.symbol);
     }
-    eprintln!("attached to PID {pid} ({} probes)", links.len());
     let trace_cfg = trace.clone();
+    // Before saying "attached": the session reads the target's maps and opens its files
+    // for symbolization, which a target that exits right after its allocations would take
+    // along.
     let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
+    eprintln!("attached to PID {pid} ({} probes)", links.len());
     let (report, _) = rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals))?;
     tracer.release_in_background();
     Ok(if agent::fails(&report, &trace_cfg) { config::LEAK_FOUND_EXIT } else { 0 })

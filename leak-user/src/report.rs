@@ -293,6 +293,11 @@ pub struct Site {
     pub oldest_age_s: f64,
     /// Frames, innermost first: frame 0 is the caller of the allocator function.
     pub stack: Vec<StackFrame>,
+    /// How complete the stack is: `complete` (it reaches the program's or its thread's
+    /// start), or why it stops short; absent when unknown (a frame-pointer walk that did not
+    /// reach a start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_end: Option<crate::unwind::StackEnd>,
     /// Outstanding bytes by allocation age.
     pub age_bytes: AgeBuckets,
     /// Growth of this site over the window.
@@ -401,14 +406,21 @@ pub struct HookInfo {
     pub has_exit: bool,
 }
 
-/// Builds a report. `frames` maps stack id to symbolized frames (innermost first); a stack
-/// without an entry is reported with an empty stack. `growth` is the analysis of the
-/// samples so far (see `growth`).
+/// The symbolized stacks by id: frames (innermost first) and how complete each is.
+pub struct Stacks<'a> {
+    /// Frames; a stack without an entry is reported with an empty stack.
+    pub frames: &'a HashMap<u64, Vec<Frame>>,
+    /// Ends, where known.
+    pub ends: &'a HashMap<u64, crate::unwind::StackEnd>,
+}
+
+/// Builds a report from the sites of `agg` and their `stacks`. `growth` is the analysis of
+/// the samples so far (see `growth`).
 #[must_use]
 pub fn build(
     meta: ReportMeta,
     agg: &Aggregate,
-    frames: &HashMap<u64, Vec<Frame>>,
+    stacks: &Stacks<'_>,
     drops: &DropCounts,
     hits: &ProbeHits,
     growth: &Analysis,
@@ -425,7 +437,8 @@ pub fn build(
                 .and_then(|k| meta.hooks.get(k))
                 .map(|h| h.display.clone()),
             oldest_age_s: ns_to_s(meta.now_ns.saturating_sub(s.oldest_ns)),
-            stack: stack_of(frames, s.stack_id),
+            stack: stack_of(stacks.frames, s.stack_id),
+            stack_end: stacks.ends.get(&s.stack_id).copied(),
             age_bytes: s.age_bytes.into(),
             trend: growth.site_trend(s.stack_id),
             series: growth.site_series(s.stack_id),
@@ -580,6 +593,7 @@ pub(crate) mod tests {
         );
         let mut drops = DropCounts::default();
         drops.0[leak_common::DropReason::UnknownFree as usize] = 2;
+        let ends = [(0xa, crate::unwind::StackEnd::Complete)].into_iter().collect();
         build(
             ReportMeta {
                 target: TargetInfo {
@@ -607,7 +621,7 @@ pub(crate) mod tests {
                     .collect(),
             },
             &agg,
-            &frames,
+            &Stacks { frames: &frames, ends: &ends },
             &drops,
             &ProbeHits::default(),
             &Analysis::of(&History::new(None, 1.0), &Params::default()),
@@ -625,6 +639,8 @@ pub(crate) mod tests {
         assert_eq!(v["duration_s"], 10.0);
         assert_eq!(v["totals"]["outstanding_bytes"], 3172);
         assert_eq!(v["totals"]["outstanding_allocs"], 4);
+        assert_eq!(v["sites"][0]["stack_end"], "complete");
+        assert!(v["sites"][1].get("stack_end").is_none(), "unknown: left out");
         let site = &v["sites"][0];
         assert_eq!(site["id"], "000000000000000a");
         assert_eq!(site["outstanding_bytes"], 3072);
@@ -684,7 +700,7 @@ pub(crate) mod tests {
                 probe_cost: None,
             },
             &agg,
-            &HashMap::new(),
+            &Stacks { frames: &HashMap::new(), ends: &HashMap::new() },
             &DropCounts::default(),
             &ProbeHits::default(),
             &Analysis::of(&History::new(None, 1.0), &Params::default()),

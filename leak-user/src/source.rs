@@ -52,7 +52,7 @@ pub trait AllocSource {
     ///
     /// # Errors
     /// The source could not be read.
-    fn stack(&mut self, stack_id: u64) -> Result<Option<Vec<u64>>, SourceError>;
+    fn stack(&mut self, stack_id: u64) -> Result<Option<RawStack>, SourceError>;
 
     /// Forgets every record of process `tgid` (it exec'd or exited). Returns how many.
     ///
@@ -66,6 +66,15 @@ pub trait AllocSource {
     /// # Errors
     /// The source could not be written.
     fn copy_process(&mut self, from: u32, to: u32) -> Result<usize, SourceError>;
+}
+
+/// A stack as the BPF walk stored it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    /// Return addresses, innermost first.
+    pub ips: Vec<u64>,
+    /// How the walk ended, when it says (walks by unwind tables do).
+    pub end: Option<crate::unwind::StackEnd>,
 }
 
 impl AllocSource for Tracer {
@@ -154,12 +163,15 @@ impl AllocSource for Tracer {
         Ok(allocs.len())
     }
 
-    fn stack(&mut self, stack_id: u64) -> Result<Option<Vec<u64>>, SourceError> {
+    fn stack(&mut self, stack_id: u64) -> Result<Option<RawStack>, SourceError> {
         let map = self.ebpf.map(MAP_STACKS).ok_or(SourceError::MissingMap(MAP_STACKS))?;
         let stacks: BpfHashMap<&MapData, u64, StackTrace> = BpfHashMap::try_from(map)
             .map_err(|e| SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) })?;
         match stacks.get(&stack_id, 0) {
-            Ok(trace) => Ok(Some(trace.frames().to_vec())),
+            Ok(trace) => Ok(Some(RawStack {
+                ips: trace.frames().to_vec(),
+                end: crate::unwind::StackEnd::from_code(trace.end()),
+            })),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) }),
         }

@@ -54,23 +54,29 @@ impl ProcessSymbolizer {
         s
     }
 
-    /// Re-reads the process's maps (libraries loaded since). Keeps the last good copy once the
-    /// process is gone.
+    /// Re-reads the process's maps (libraries loaded since). Mappings gone since are kept
+    /// unless a new one overlaps them: a process that is exiting tears its mappings down
+    /// while we read (a read then lists a few of them, or none), and its stacks still have to
+    /// be symbolized.
     pub fn refresh(&mut self) {
-        match procfs::read_maps(self.pid) {
-            Ok(maps) if !maps.is_empty() => {
-                if maps.len() != self.maps.len() {
-                    debug!("pid {}: {} mappings", self.pid, maps.len());
-                }
-                // Open new files now, while /proc/PID/map_files exists: a target that exits
-                // before its stacks are symbolized takes it (and a container's root) along.
-                for m in maps.iter().filter(|m| m.is_file()) {
-                    let _ = self.file_of(m);
-                }
-                self.maps = maps;
-            }
-            _ => {}
+        let Ok(mut maps) = procfs::read_maps(self.pid) else { return };
+        // Open new files now, while /proc/PID/map_files exists: a target that exits before
+        // its stacks are symbolized takes it (and a container's root) along.
+        for m in maps.iter().filter(|m| m.is_file()) {
+            let _ = self.file_of(m);
         }
+        let kept: Vec<MapEntry> = self
+            .maps
+            .iter()
+            .filter(|old| !maps.iter().any(|m| m.start < old.end && old.start < m.end))
+            .cloned()
+            .collect();
+        maps.extend(kept);
+        maps.sort_by_key(|m| m.start);
+        if maps.len() != self.maps.len() {
+            debug!("pid {}: {} mappings", self.pid, maps.len());
+        }
+        self.maps = maps;
     }
 
     /// `/proc/self/fd/N` of our open copy of mapping `m`'s file.

@@ -164,18 +164,26 @@ fn to_rows(mut ranges: Vec<Range>) -> Vec<UnwindRow> {
     rows
 }
 
-/// The ELF virtual address of file offset `offset` of object `data` (where a mapping of it
-/// at that offset starts), from the loadable segment holding it.
+/// The loadable segments of ELF object `data`: (file offset, file size, virtual address).
 #[must_use]
-pub fn vaddr_of_offset(data: &[u8], offset: u64) -> Option<u64> {
+pub fn load_segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
     use object::read::elf::{ElfFile64, ProgramHeader as _};
-    let elf = ElfFile64::<object::LittleEndian>::parse(data).ok()?;
+    let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(data) else { return Vec::new() };
     let endian = elf.endian();
-    elf.elf_program_headers().iter().find_map(|ph| {
-        let (start, size) = (ph.p_offset(endian), ph.p_filesz(endian));
-        (ph.p_type(endian) == object::elf::PT_LOAD && start <= offset && offset < start + size)
-            .then(|| ph.p_vaddr(endian) + (offset - start))
-    })
+    elf.elf_program_headers()
+        .iter()
+        .filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
+        .map(|ph| (ph.p_offset(endian), ph.p_filesz(endian), ph.p_vaddr(endian)))
+        .collect()
+}
+
+/// The virtual address of file offset `offset` in `segments` (see [`load_segments`]).
+#[must_use]
+pub fn vaddr_in(segments: &[(u64, u64, u64)], offset: u64) -> Option<u64> {
+    segments
+        .iter()
+        .find(|&&(start, size, _)| start <= offset && offset < start + size)
+        .map(|&(start, _, vaddr)| vaddr + (offset - start))
 }
 
 /// A mapped file's bytes and table.
@@ -208,7 +216,7 @@ impl ProcessTables {
                 Some((data, std::sync::Arc::new(table)))
             });
             let Some((data, table)) = entry else { continue };
-            let Some(vaddr) = vaddr_of_offset(data, m.offset) else { continue };
+            let Some(vaddr) = vaddr_in(&load_segments(data), m.offset) else { continue };
             out.push((m.start, m.end, m.start.wrapping_sub(vaddr), std::sync::Arc::clone(table)));
         }
         out.sort_by_key(|m| m.0);
@@ -241,6 +249,40 @@ pub enum StackEnd {
     BadFrame,
     /// At the depth limit.
     MaxDepth,
+}
+
+impl StackEnd {
+    /// The end a BPF walk stored (`StackTrace::end`): `None` for a walk that records none
+    /// (frame pointers).
+    #[must_use]
+    pub fn from_code(code: Option<u64>) -> Option<Self> {
+        match code {
+            None => Some(Self::MaxDepth),
+            Some(leak_common::STACK_END_COMPLETE) => Some(Self::Complete),
+            Some(leak_common::STACK_END_NO_UNWIND_INFO) => Some(Self::NoUnwindInfo),
+            Some(leak_common::STACK_END_UNSUPPORTED) => Some(Self::Unsupported),
+            Some(leak_common::STACK_END_BAD_FRAME) => Some(Self::BadFrame),
+            Some(_) => None,
+        }
+    }
+
+    /// In words, for the text report.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::NoUnwindInfo => "truncated: no unwind information for the next caller",
+            Self::Unsupported => "truncated: an unwind rule leak does not follow",
+            Self::BadFrame => "truncated: the stack could not be read further",
+            Self::MaxDepth => "truncated: depth limit",
+        }
+    }
+}
+
+/// The functions a complete stack ends in: the program's and a thread's start.
+#[must_use]
+pub fn is_outermost(function: &str) -> bool {
+    matches!(function, "_start" | "start_thread" | "clone" | "clone3" | "__clone3" | "thread_start")
 }
 
 /// Registers at a call site: instruction, stack and frame pointers.

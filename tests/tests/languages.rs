@@ -15,8 +15,7 @@ fn cxx_operator_new_sites_are_the_callers_of_new() {
     assert_eq!(under(&report, "leak_vector()"), (24 + 1000, 2), "{:#?}", summary(&report));
     assert_site(&report, "leak_string()", (32, 1));
     // The string's 101-byte buffer is allocated inside libstdc++ (std::string::_M_construct),
-    // which has no frame pointers: its stack ends there. CFI unwinding (#7) will extend it to
-    // leak_string(); the site and its bytes are exact already.
+    // which has no frame pointers: the unwind tables lead from there to leak_string().
     let buffer: Vec<&leak_tests::Site> = report
         .sites
         .iter()
@@ -24,8 +23,32 @@ fn cxx_operator_new_sites_are_the_callers_of_new() {
         .collect();
     assert_eq!(buffer.len(), 1, "{:#?}", summary(&report));
     assert_eq!((buffer[0].outstanding_bytes, buffer[0].outstanding_allocs), (101, 1));
+    assert_eq!(under(&report, "leak_string()"), (32 + 101, 2), "{:#?}", summary(&report));
     assert_absent(&report, "no_leak_cxx()");
     // delete -> free, new -> malloc: every free matched, every inner call counted once.
+    assert_no_drops(&report);
+}
+
+/// The same program optimised without frame pointers: the same bytes under each leaking
+/// function, through libstdc++'s containers, every stack whole down to main.
+#[test]
+fn cxx_without_frame_pointers() {
+    let report = trace_fixture("cxx-leaker-nofp", &[], &[]);
+    for (function, expected) in [
+        ("leak_new()", (192, 4)),
+        ("leak_new_array()", (400, 1)),
+        ("leak_vector()", (1024, 2)),
+        ("leak_string()", (133, 2)),
+    ] {
+        assert_eq!(under(&report, function), expected, "{function}: {:#?}", summary(&report));
+    }
+    for s in &report.sites {
+        let chain: Vec<&str> = s.stack.iter().filter_map(|f| f.function.as_deref()).collect();
+        assert!(chain.contains(&"main"), "{chain:?}");
+        assert_eq!(s.stack_end, Some(leak_user::unwind::StackEnd::Complete), "{chain:?}");
+    }
+    assert_eq!(report.totals.outstanding_bytes, 192 + 400 + 1024 + 133);
+    assert_absent(&report, "no_leak_cxx()");
     assert_no_drops(&report);
 }
 

@@ -25,7 +25,10 @@ pub enum Tracer {
     None,
     /// Empty BPF programs at exactly the points leak uses.
     ProbeFloor,
+    /// The default: stacks walked with unwind tables (`--unwind auto`).
     LeakFull,
+    /// Stacks walked by frame pointers only (`--unwind fp`).
+    LeakFp,
     /// `--sample` at its default mean (512 KiB).
     LeakSampled,
     /// bcc's memleak (full trace, its defaults).
@@ -39,7 +42,8 @@ impl Tracer {
         match self {
             Self::None => "no tracer",
             Self::ProbeFloor => "probe floor (empty programs)",
-            Self::LeakFull => "leak (full trace)",
+            Self::LeakFull => "leak (full trace, unwind tables)",
+            Self::LeakFp => "leak --unwind fp",
             Self::LeakSampled => "leak --sample (512 KiB)",
             Self::Memleak => "memleak-bpfcc",
             Self::Heaptrack => "heaptrack",
@@ -97,7 +101,13 @@ pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
             .is_ok(),
         scratch,
     };
-    let mut configs = vec![Tracer::None, Tracer::ProbeFloor, Tracer::LeakFull, Tracer::LeakSampled];
+    let mut configs = vec![
+        Tracer::None,
+        Tracer::ProbeFloor,
+        Tracer::LeakFull,
+        Tracer::LeakFp,
+        Tracer::LeakSampled,
+    ];
     if env.kernel_headers.is_some() {
         configs.push(Tracer::Memleak);
     }
@@ -186,7 +196,7 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
     let n = pairs.to_string();
     match tracer {
         Tracer::None => measure(Command::new(&env.churn).arg((pairs * 50).to_string())),
-        Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakSampled => {
+        Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakFp | Tracer::LeakSampled => {
             let mut cmd = as_root(&env.leak);
             cmd.args(["run", "--interval", "60s"]);
             if tracer == Tracer::ProbeFloor {
@@ -194,6 +204,9 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
             }
             if tracer == Tracer::LeakSampled {
                 cmd.arg("--sample");
+            }
+            if tracer == Tracer::LeakFp {
+                cmd.args(["--unwind", "fp"]);
             }
             measure(cmd.arg("--").arg(&env.churn).arg(&n))
         }

@@ -174,7 +174,7 @@ impl Attached {
         // The line each tool prints once its probes are in, and on which stream.
         let (mut child, on_stderr, ready) = match tracer {
             Tracer::None => return Ok(Self { child: None }),
-            Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakSampled => {
+            Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakFp | Tracer::LeakSampled => {
                 let mut cmd = as_root(&env.leak);
                 cmd.args(["attach", "--pid", &pid_s, "--interval", "1h"]);
                 if tracer == Tracer::ProbeFloor {
@@ -182,6 +182,9 @@ impl Attached {
                 }
                 if tracer == Tracer::LeakSampled {
                     cmd.arg("--sample");
+                }
+                if tracer == Tracer::LeakFp {
+                    cmd.args(["--unwind", "fp"]);
                 }
                 (cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?, true, "attached to PID")
             }

@@ -14,7 +14,7 @@ use leak_common::{
     GLOBAL_FILTER_TGID, GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS,
     MAP_SAMPLE_GAPS, MAP_SITES, MAP_STACKS, PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
 };
-use log::debug;
+use log::{debug, warn};
 
 use crate::{hooks::HookKind, target::AllocatorPlan};
 
@@ -137,6 +137,10 @@ pub struct LoadOptions {
     pub probe_floor: bool,
     /// Mean bytes between samples; 0 records every allocation.
     pub sample_mean: u64,
+    /// How stacks are walked (`leak_common::UNWIND_*`).
+    pub unwind: u32,
+    /// Capacity of the unwind-row array.
+    pub unwind_rows: u32,
 }
 
 impl Default for LoadOptions {
@@ -148,6 +152,8 @@ impl Default for LoadOptions {
             trace: false,
             probe_floor: false,
             sample_mean: 0,
+            unwind: leak_common::UNWIND_FP,
+            unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
         }
     }
 }
@@ -159,6 +165,32 @@ pub struct Tracer {
     attached: usize,
     /// The probes of [`Self::calibrate`].
     calibration: Links,
+    /// Unwind tables loaded so far (stacks walked with them unless `--unwind fp`).
+    unwind: Option<UnwindTables>,
+}
+
+/// The objects whose unwind rows are in `UNWIND_ROWS`.
+#[derive(Debug, Default)]
+struct UnwindTables {
+    /// Next free row.
+    next: u32,
+    /// Capacity of the array.
+    capacity: u32,
+    /// By (inode, path): its rows (first, count) and loadable segments; `None` when it has
+    /// no table or did not fit.
+    objects: std::collections::HashMap<(u64, String), Option<ObjectRows>>,
+    /// Objects left without rows because the array was full.
+    overflowed: usize,
+    /// Each process's slot in `UNWIND_MAPPINGS`.
+    slots: std::collections::HashMap<u32, u32>,
+}
+
+/// Where one object's rows are, and its loadable segments.
+#[derive(Debug)]
+struct ObjectRows {
+    first: u32,
+    count: u32,
+    segments: Vec<(u64, u64, u64)>,
 }
 
 /// The probes attached for one process, to detach them when it execs or exits.
@@ -198,6 +230,12 @@ impl Tracer {
             .override_global(GLOBAL_TRACE, &trace, true)
             .override_global(GLOBAL_PROBE_FLOOR, &floor, true)
             .override_global(GLOBAL_SAMPLE_MEAN, &opts.sample_mean, true)
+            .override_global(leak_common::GLOBAL_UNWIND, &opts.unwind, true)
+            // One row is enough when stacks are walked by frame pointers only.
+            .map_max_entries(
+                leak_common::MAP_UNWIND_ROWS,
+                if opts.unwind == leak_common::UNWIND_FP { 1 } else { opts.unwind_rows },
+            )
             .map_max_entries(MAP_ALLOCS, opts.max_allocs)
             .map_max_entries(MAP_STACKS, opts.max_stacks)
             // A stack can be a site in a parent and in its forked children.
@@ -221,7 +259,9 @@ impl Tracer {
             prog.load().map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })?;
         }
         fill_sample_gaps(&mut ebpf)?;
-        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default() })
+        let unwind = (opts.unwind != leak_common::UNWIND_FP)
+            .then(|| UnwindTables { capacity: opts.unwind_rows, ..UnwindTables::default() });
+        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default(), unwind })
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of
@@ -234,6 +274,7 @@ impl Tracer {
         plan: &AllocatorPlan,
         pid: NonZeroU32,
     ) -> Result<Links, LoaderError> {
+        self.load_unwind_tables(pid.get());
         let mut links = Links::default();
         for (cookie, hook) in plan.hooks.iter().enumerate() {
             let object = &plan.objects[hook.object];
@@ -272,6 +313,59 @@ impl Tracer {
         }
         self.attached += links.len();
         Ok(links)
+    }
+
+    /// Gives the stack walk the unwind tables of process `pid`'s executable mappings (each
+    /// object's rows are loaded once, for every process that maps it). Without a table, or
+    /// when the row array is full, a mapping's frames fall back to the frame pointer (auto)
+    /// or end the stack (dwarf). Failures are logged, never fatal: stacks then lose depth.
+    pub fn load_unwind_tables(&mut self, pid: u32) {
+        let Some(tables) = self.unwind.as_mut() else { return };
+        let began = std::time::Instant::now();
+        let root = crate::procfs::RootPath::of(pid);
+        let maps = crate::procfs::read_maps(pid).unwrap_or_default();
+        let mut entries = Vec::new();
+        for m in maps.iter().filter(|m| m.is_file() && m.perms.contains('x')) {
+            let key = (m.inode, m.file_path().unwrap_or_default().to_owned());
+            if !tables.objects.contains_key(&key) {
+                let rows = object_rows(&mut self.ebpf, tables, pid, &root, m);
+                tables.objects.insert(key.clone(), rows);
+            }
+            let Some(Some(obj)) = tables.objects.get(&key) else { continue };
+            let Some(vaddr) = crate::unwind::vaddr_in(&obj.segments, m.offset) else { continue };
+            entries.push(leak_common::UnwindMap {
+                start: m.start,
+                end: m.end,
+                bias: m.start.wrapping_sub(vaddr),
+                first: obj.first,
+                count: obj.count,
+            });
+        }
+        entries.sort_by_key(|e| e.start);
+        let max = leak_common::MAX_UNWIND_MAPS as usize;
+        if entries.len() > max {
+            warn!(
+                "pid {pid}: {} executable mappings, unwind tables for the first {max} only",
+                entries.len()
+            );
+            entries.truncate(max);
+        }
+        let next_slot = u32::try_from(tables.slots.len()).unwrap_or(u32::MAX);
+        let slot = *tables.slots.entry(pid).or_insert(next_slot);
+        if slot >= leak_common::MAX_UNWIND_PROCESSES {
+            warn!("pid {pid}: unwind tables for {slot} processes already: frame pointers only");
+            return;
+        }
+        let first = slot * leak_common::MAX_UNWIND_MAPS;
+        match write_mappings(&mut self.ebpf, pid, first, &entries) {
+            Ok(()) => debug!(
+                "pid {pid}: unwind tables for {} mappings, {} rows loaded in all, {:?}",
+                entries.len(),
+                tables.next,
+                began.elapsed()
+            ),
+            Err(e) => warn!("pid {pid}: cannot load unwind tables ({e}): frame pointers only"),
+        }
     }
 
     /// Detaches the probes of one process.
@@ -409,4 +503,69 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
         .ok_or(LoaderError::Missing(name))?
         .try_into()
         .map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })
+}
+
+/// Builds the unwind table of mapping `m`'s object and appends its rows to `UNWIND_ROWS`.
+fn object_rows(
+    ebpf: &mut Ebpf,
+    tables: &mut UnwindTables,
+    pid: u32,
+    root: &crate::procfs::RootPath,
+    m: &crate::procfs::MapEntry,
+) -> Option<ObjectRows> {
+    let name = m.file_path().unwrap_or_default();
+    let path = crate::procfs::locate(pid, root, m)?;
+    let data = std::fs::read(&path).map_err(|e| debug!("reading {name}: {e}")).ok()?;
+    let table = crate::unwind::build(&data).map_err(|e| debug!("{name}: {e}")).ok()?;
+    let count = u32::try_from(table.rows.len()).ok()?;
+    if count == 0 {
+        debug!("{name}: no call frame information");
+        return None;
+    }
+    let first = tables.next;
+    if tables.capacity.saturating_sub(first) < count {
+        tables.overflowed += 1;
+        warn!(
+            "{name}: no room for its {count} unwind rows ({} of {} used): raise --unwind-rows",
+            first, tables.capacity
+        );
+        return None;
+    }
+    let map = ebpf.map_mut(leak_common::MAP_UNWIND_ROWS)?;
+    let mut array = aya::maps::Array::<_, leak_common::UnwindRow>::try_from(map).ok()?;
+    for (i, row) in (first..).zip(&table.rows) {
+        if let Err(e) = array.set(i, row, 0) {
+            warn!("{name}: writing its unwind rows: {e}");
+            return None;
+        }
+    }
+    tables.next = first + count;
+    Some(ObjectRows { first, count, segments: crate::unwind::load_segments(&data) })
+}
+
+/// Writes process `pid`'s mappings at `first` in `UNWIND_MAPPINGS`, then points its
+/// `UNWIND_MAPS` entry at them.
+fn write_mappings(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    first: u32,
+    entries: &[leak_common::UnwindMap],
+) -> Result<(), aya::maps::MapError> {
+    let missing = |name: &str| aya::maps::MapError::InvalidName { name: name.into() };
+    let map = ebpf
+        .map_mut(leak_common::MAP_UNWIND_MAPPINGS)
+        .ok_or_else(|| missing(leak_common::MAP_UNWIND_MAPPINGS))?;
+    let mut array = aya::maps::Array::<_, leak_common::UnwindMap>::try_from(map)?;
+    for (i, e) in (first..).zip(entries) {
+        array.set(i, e, 0)?;
+    }
+    let n = u32::try_from(entries.len()).unwrap_or(0);
+    let map = ebpf
+        .map_mut(leak_common::MAP_UNWIND_MAPS)
+        .ok_or_else(|| missing(leak_common::MAP_UNWIND_MAPS))?;
+    aya::maps::HashMap::<_, u32, leak_common::ProcessMaps>::try_from(map)?.insert(
+        pid,
+        leak_common::ProcessMaps { first, n },
+        0,
+    )
 }

@@ -116,6 +116,10 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         if site.stack.len() > MAX_FRAMES {
             let _ = writeln!(s, "       ... {} more frames", site.stack.len() - MAX_FRAMES);
         }
+        // Say when a stack stops short of its start, and why.
+        if let Some(end) = site.stack_end.filter(|e| *e != crate::unwind::StackEnd::Complete) {
+            let _ = writeln!(s, "       (stack {})", end.describe());
+        }
     }
     if report.sites.len() > opts.top {
         let rest = &report.sites[opts.top..];

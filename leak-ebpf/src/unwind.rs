@@ -1,0 +1,288 @@
+//! Stack walk with unwind tables (#7): for code without frame pointers. The loader puts each
+//! object's rows (`leak_common::UnwindRow`, from its `.eh_frame`) in `UNWIND_ROWS` and each
+//! traced process's executable mappings in `UNWIND_MAPS`; a walk looks up the row of each
+//! return address (two binary searches) and steps to the caller: CFA from `rsp` or `rbp`,
+//! return address at CFA - 8, `rbp` restored from where the row says it was saved. The same
+//! algorithm as `leak_user::unwind::unwind`, which the tests check against real stacks.
+//!
+//! One frame per `bpf_loop` iteration: the verifier checks the step once, instead of a
+//! 127-frame loop with two searches inside. For that, nothing in the step may be a value
+//! the verifier tracks exactly from one iteration to the next: the frame count is the loop's
+//! index (unknown to it), and both searches index arrays through map lookups.
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "packing rows into scalars and back, and stack words as offsets: each bounded by \
+              the check before it"
+)]
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
+use leak_common::{
+    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, ProcessMaps, RBP_AT_CFA,
+    STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO, STACK_END_UNKNOWN,
+    STACK_END_UNSUPPORTED, STACK_WINDOW_WORDS, UNWIND_AUTO, UnwindRow,
+};
+
+use crate::maps::{UNWIND, UNWIND_MAPPINGS, UNWIND_ROWS};
+
+/// Steps of the search among a process's mappings: enough for `MAX_UNWIND_MAPS`.
+const MAP_SEARCH_STEPS: usize = 8;
+/// Steps of the search among an object's rows: enough for 2^22 rows.
+const ROW_SEARCH_STEPS: usize = 23;
+
+/// A walk in progress: `bpf_loop`'s context.
+#[repr(C)]
+pub struct Walk {
+    /// Registers of the frame being stepped from.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The hash of the frames so far.
+    pub hash: u64,
+    /// Frames so far.
+    pub n: u64,
+    /// How the walk ended (`STACK_END_*`), once it has.
+    pub end: u64,
+    /// The process's mappings: first index in `UNWIND_MAPPINGS` and count.
+    pub maps_first: u32,
+    pub maps_n: u32,
+    /// Where to store the frames (a `StackTrace`), or null to only hash them.
+    pub ips: *mut u64,
+    /// `STACK_WINDOW_WORDS` words copied from `sp0`, or null.
+    pub window: *const u64,
+    pub sp0: u64,
+}
+
+/// Mixes frame `ip` into `hash` (as the frame-pointer walk does).
+#[inline(always)]
+pub fn mix(hash: u64, ip: u64) -> u64 {
+    let h = (hash ^ ip).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 32)
+}
+
+/// The row for runtime address `pc` among the `n` mappings from `first`, packed into a
+/// scalar ([`pack`]; `CFA_NONE` when there is none). A BPF global function: the verifier
+/// checks its two searches once, not once per state of the walk's loop (which took it past
+/// half a million instructions and seconds per program).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_find_row(first: u64, n: u64, pc: u64) -> u64 {
+    #[expect(clippy::cast_possible_truncation, reason = "indexes passed as scalars")]
+    let row = find_row(first as u32, n as u32, pc);
+    pack(row.unwrap_or(UnwindRow { cfa_reg: CFA_NONE, ..UnwindRow::default() }))
+}
+
+/// A row's rule in one scalar (its `pc` left out).
+#[inline(always)]
+fn pack(r: UnwindRow) -> u64 {
+    u64::from(r.cfa_offset as u32)
+        | (u64::from(r.rbp_offset as u16) << 32)
+        | (u64::from(r.cfa_reg) << 48)
+        | (u64::from(r.rbp_rule) << 56)
+}
+
+/// See [`pack`].
+#[inline(always)]
+fn unpack(v: u64) -> UnwindRow {
+    UnwindRow {
+        pc: 0,
+        cfa_offset: v as u32 as i32,
+        rbp_offset: (v >> 32) as u16 as i16,
+        cfa_reg: (v >> 48) as u8,
+        rbp_rule: (v >> 56) as u8,
+    }
+}
+
+#[inline(always)]
+fn find_row(first: u32, n: u32, pc: u64) -> Option<UnwindRow> {
+    // The first mapping starting after `pc`; the one before it may hold `pc`.
+    let (mut lo, mut hi) = (first, first.saturating_add(n));
+    let mut step = 0;
+    while step < MAP_SEARCH_STEPS {
+        if lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let m = UNWIND_MAPPINGS.get(mid)?;
+            if m.start <= pc {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        step += 1;
+    }
+    if lo == first {
+        return None;
+    }
+    let m = UNWIND_MAPPINGS.get(lo - 1)?;
+    if pc >= m.end {
+        return None;
+    }
+    let vaddr = pc.wrapping_sub(m.bias);
+    if vaddr > u64::from(u32::MAX) {
+        return None;
+    }
+    let vaddr = vaddr as u32;
+    // The last row at or before `vaddr`.
+    let (first, mut lo, mut hi) = (m.first, m.first, m.first.saturating_add(m.count));
+    let mut step = 0;
+    while step < ROW_SEARCH_STEPS {
+        if lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let row = UNWIND_ROWS.get(mid)?;
+            if row.pc <= vaddr {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        step += 1;
+    }
+    if lo == first {
+        return None;
+    }
+    UNWIND_ROWS.get(lo - 1).copied()
+}
+
+/// Two stack words at `addr`: from the window when they lie in it, else read.
+#[inline(always)]
+fn read_pair(w: &Walk, addr: u64) -> Option<[u64; 2]> {
+    if !w.window.is_null() && addr >= w.sp0 && addr.is_multiple_of(8) {
+        let off = addr - w.sp0;
+        // A byte offset bound, for the verifier (see the frame-pointer walk).
+        if off <= (STACK_WINDOW_WORDS as u64 - 2) * 8 {
+            let i = (off >> 3) as usize;
+            // SAFETY: i + 1 < STACK_WINDOW_WORDS.
+            return Some(unsafe { [*w.window.add(i), *w.window.add(i + 1)] });
+        }
+    }
+    // SAFETY: the helper handles faults.
+    unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()
+}
+
+/// One frame: from `w`'s registers to its caller's, which is frame `index + 1`. Returns 1
+/// (stop) once the walk ends.
+#[inline(never)]
+extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
+    // SAFETY: our own context, on the caller's stack.
+    let w = unsafe { &mut *w };
+    let n = index + 1;
+    if n >= MAX_STACK_DEPTH as u64 {
+        return 1;
+    }
+    // A return address: the call is the instruction before it.
+    let row = Some(unpack(leak_find_row(
+        u64::from(w.maps_first),
+        u64::from(w.maps_n),
+        w.ip.wrapping_sub(1),
+    )));
+    let (cfa, rbp_at) = match row {
+        Some(r) if r.cfa_reg == CFA_RSP || r.cfa_reg == CFA_RBP => {
+            let base = if r.cfa_reg == CFA_RSP { w.sp } else { w.bp };
+            let cfa = base.wrapping_add_signed(i64::from(r.cfa_offset));
+            let at = (r.rbp_rule == RBP_AT_CFA)
+                .then(|| cfa.wrapping_add_signed(i64::from(r.rbp_offset)));
+            (cfa, at)
+        }
+        Some(r) if r.cfa_reg == CFA_OUTERMOST => {
+            w.end = STACK_END_COMPLETE;
+            return 1;
+        }
+        Some(r) if r.cfa_reg != CFA_NONE => {
+            w.end = STACK_END_UNSUPPORTED;
+            return 1;
+        }
+        // No table here (code without one, such as JIT output): with `auto`, the frame
+        // pointer, which such code usually keeps.
+        _ if UNWIND.load() == UNWIND_AUTO && w.bp > w.sp && w.bp.is_multiple_of(8) => {
+            (w.bp.wrapping_add(16), Some(w.bp))
+        }
+        _ => {
+            w.end = STACK_END_NO_UNWIND_INFO;
+            return 1;
+        }
+    };
+    // The caller's frame lies above this one.
+    if cfa <= w.sp {
+        w.end = STACK_END_BAD_FRAME;
+        return 1;
+    }
+    // The return address, and the saved rbp when it sits right below it (a frame pointer's
+    // push, the usual case): one read.
+    let Some([below, ra]) = read_pair(w, cfa.wrapping_sub(16)) else {
+        w.end = STACK_END_BAD_FRAME;
+        return 1;
+    };
+    if let Some(at) = rbp_at {
+        if at == cfa.wrapping_sub(16) {
+            w.bp = below;
+        } else {
+            let Some([saved, _]) = read_pair(w, at) else {
+                w.end = STACK_END_BAD_FRAME;
+                return 1;
+            };
+            w.bp = saved;
+        }
+    }
+    if ra == 0 {
+        w.end = STACK_END_COMPLETE;
+        return 1;
+    }
+    if !w.ips.is_null() {
+        // SAFETY: n < MAX_STACK_DEPTH, inside the StackTrace.
+        unsafe { *w.ips.add(n as usize) = ra };
+    }
+    w.hash = mix(w.hash, ra);
+    w.n = n + 1;
+    w.ip = ra;
+    w.sp = cfa;
+    0
+}
+
+/// Walks the stack from `ip`/`sp`/`bp` with the tables of `maps`: the stack's hash (as
+/// `walk_stack`'s, never `STACK_ID_NONE`). With `ips` non-null, also stores the frames there,
+/// ended by a zero and the end code.
+#[inline(always)]
+pub fn walk_tables(
+    maps: ProcessMaps,
+    (ip, sp, bp): (u64, u64, u64),
+    ips: *mut u64,
+    window: *const u64,
+) -> u64 {
+    let mut w = Walk {
+        ip,
+        sp,
+        bp,
+        hash: mix(0x9e37_79b9_7f4a_7c15, ip),
+        n: 1,
+        end: STACK_END_UNKNOWN,
+        maps_first: maps.first,
+        maps_n: maps.n,
+        ips,
+        window,
+        sp0: sp,
+    };
+    if !ips.is_null() {
+        // SAFETY: index 0 of a StackTrace.
+        unsafe { *ips = ip };
+    }
+    // SAFETY: `step` has the callback's signature; the context is a live stack value.
+    unsafe {
+        bpf_loop(MAX_STACK_DEPTH as u32, step as *mut core::ffi::c_void, (&raw mut w).cast(), 0);
+    }
+    if !ips.is_null() {
+        // Each index bounded on its own (masked), for the verifier.
+        let n = (w.n & 127) as usize;
+        let after = (w.n.wrapping_add(1) & 127) as usize;
+        // SAFETY: both below MAX_STACK_DEPTH: the zero ends the stack, the end code follows.
+        unsafe {
+            if n < MAX_STACK_DEPTH && w.n < MAX_STACK_DEPTH as u64 {
+                *ips.add(n) = 0;
+            }
+            if after < MAX_STACK_DEPTH && w.n + 1 < MAX_STACK_DEPTH as u64 {
+                *ips.add(after) = w.end;
+            }
+        }
+    }
+    let hash = w.hash ^ w.n;
+    if hash == leak_common::STACK_ID_NONE { 1 } else { hash }
+}
