@@ -70,6 +70,22 @@ fn main() {
             .expect("run cc");
         assert!(status.success(), "cc failed for fixture {name}");
     }
+    // A library loaded after leak attached, and its loader, without frame pointers.
+    let nofp = ["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
+    for (name, source, extra) in [
+        ("libplugin.so", "plugin", &["-shared", "-fPIC"][..]),
+        ("dlopener", "dlopener", &["-ldl"][..]),
+    ] {
+        let status = Command::new("cc")
+            .args(nofp)
+            .arg("-o")
+            .arg(out.join(name))
+            .arg(src.join(format!("{source}.c")))
+            .args(extra)
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "cc failed for fixture {name}");
+    }
     // C++ through libstdc++'s operator new/delete.
     let status = Command::new("c++")
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])

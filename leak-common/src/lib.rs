@@ -490,7 +490,8 @@ pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 20;
 pub const MAX_UNWIND_MAPS: u32 = 128;
 /// Processes with tables at once, at most (the capacity of [`MAP_UNWIND_MAPS`]).
 pub const MAX_UNWIND_PROCESSES: u32 = 64;
-/// Name of the array of [`UnwindMap`]s: [`MAX_UNWIND_MAPS`] slots per process with tables.
+/// Name of the array of [`UnwindMap`]s: two sets of [`MAX_UNWIND_MAPS`] slots per process
+/// with tables, written in turn, so that a walk never sees a set half rewritten.
 pub const MAP_UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
 
 /// One executable mapping of a traced process and where its object's rows are.
@@ -520,7 +521,15 @@ pub struct ProcessMaps {
     pub first: u32,
     /// Its mappings.
     pub n: u32,
+    /// Changes each time the loader writes a process's mappings: rows the walk cached
+    /// (`MAP_ROW_CACHE`) for an earlier set (before an exec) are not taken for this one.
+    pub generation: u64,
 }
+
+/// Name of the cache of rows the walk has looked up, by process and address.
+pub const MAP_ROW_CACHE: &str = "ROW_CACHE";
+/// Entries of [`MAP_ROW_CACHE`]: a power of two.
+pub const ROW_CACHE_SLOTS: u32 = 1 << 12;
 
 /// Why an event was lost or only partly recorded: indexes of [`MAP_DROPS`].
 #[repr(u32)]

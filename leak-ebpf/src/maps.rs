@@ -10,8 +10,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use leak_common::{
     AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS,
     DEFAULT_UNWIND_ROWS, DropReason, MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, MAX_UNWIND_MAPS,
-    MAX_UNWIND_PROCESSES, Pending, ProcessMaps, SAMPLE_GAP_ENTRIES, SiteKey, SiteTotal, StackTrace,
-    UnwindMap, UnwindRow, hit_index,
+    MAX_UNWIND_PROCESSES, Pending, ProcessMaps, ROW_CACHE_SLOTS, SAMPLE_GAP_ENTRIES, SiteKey,
+    SiteTotal, StackTrace, UnwindMap, UnwindRow, hit_index,
 };
 
 /// Outstanding allocations: (address, process) -> record. Sized by the loader (`--max-allocs`).
@@ -115,10 +115,18 @@ pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIN
 pub static UNWIND_MAPS: HashMap<u32, ProcessMaps> =
     HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
-/// Executable mappings of the processes with tables, `MAX_UNWIND_MAPS` slots each.
+/// Rows the walk has looked up: `[tag, packed row]` at a slot chosen by a hash of the
+/// process, its mappings' generation and the address. The tag is the key mixed with the
+/// row, so an entry another CPU is halfway through writing does not match (a torn read
+/// would pair one key's tag with another's row).
+#[map]
+pub static ROW_CACHE: Array<[u64; 2]> = Array::with_max_entries(ROW_CACHE_SLOTS, 0);
+
+/// Executable mappings of the processes with tables: two sets of `MAX_UNWIND_MAPS` slots
+/// each, written in turn (see `leak_common::MAP_UNWIND_MAPPINGS`).
 #[map]
 pub static UNWIND_MAPPINGS: Array<UnwindMap> =
-    Array::with_max_entries(MAX_UNWIND_PROCESSES * MAX_UNWIND_MAPS, 0);
+    Array::with_max_entries(2 * MAX_UNWIND_PROCESSES * MAX_UNWIND_MAPS, 0);
 
 /// Benchmarks' probe floor: the program should do nothing. A load-time constant, so the
 /// verifier prunes whichever branch is dead.

@@ -23,7 +23,7 @@ use leak_common::{
     STACK_END_UNSUPPORTED, STACK_WINDOW_WORDS, UNWIND_AUTO, UnwindRow,
 };
 
-use crate::maps::{UNWIND, UNWIND_MAPPINGS, UNWIND_ROWS};
+use crate::maps::{ROW_CACHE, UNWIND, UNWIND_MAPPINGS, UNWIND_ROWS};
 
 /// Steps of the search among a process's mappings: enough for `MAX_UNWIND_MAPS`.
 const MAP_SEARCH_STEPS: usize = 8;
@@ -46,6 +46,8 @@ pub struct Walk {
     /// The process's mappings: first index in `UNWIND_MAPPINGS` and count.
     pub maps_first: u32,
     pub maps_n: u32,
+    /// The process and its mappings' generation, mixed: keys `ROW_CACHE`.
+    pub cache_key: u64,
     /// Where to store the frames (a `StackTrace`), or null to only hash them.
     pub ips: *mut u64,
     /// `STACK_WINDOW_WORDS` words copied from `sp0`, or null.
@@ -143,6 +145,30 @@ fn find_row(first: u32, n: u32, pc: u64) -> Option<UnwindRow> {
     UNWIND_ROWS.get(lo - 1).copied()
 }
 
+/// The packed row for `pc` (see [`leak_find_row`]), from `ROW_CACHE` when there: a stack's
+/// frames repeat from one allocation to the next, and one lookup costs less than two
+/// searches.
+#[inline(always)]
+fn cached_row(w: &Walk, pc: u64) -> u64 {
+    let key = mix(w.cache_key, pc);
+    let slot = (key >> 32) as u32 & (leak_common::ROW_CACHE_SLOTS - 1);
+    let Some(entry) = ROW_CACHE.get_ptr_mut(slot) else {
+        return leak_find_row(u64::from(w.maps_first), u64::from(w.maps_n), pc);
+    };
+    // SAFETY: a live map value; another CPU may be writing it (see ROW_CACHE).
+    let (tag, packed) = unsafe { ((*entry)[0], (*entry)[1]) };
+    if tag == key ^ mix(0, packed) {
+        return packed;
+    }
+    let packed = leak_find_row(u64::from(w.maps_first), u64::from(w.maps_n), pc);
+    // SAFETY: as above.
+    unsafe {
+        (*entry)[0] = key ^ mix(0, packed);
+        (*entry)[1] = packed;
+    }
+    packed
+}
+
 /// Two stack words at `addr`: from the window when they lie in it, else read.
 #[inline(always)]
 fn read_pair(w: &Walk, addr: u64) -> Option<[u64; 2]> {
@@ -170,11 +196,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
         return 1;
     }
     // A return address: the call is the instruction before it.
-    let row = Some(unpack(leak_find_row(
-        u64::from(w.maps_first),
-        u64::from(w.maps_n),
-        w.ip.wrapping_sub(1),
-    )));
+    let row = Some(unpack(cached_row(w, w.ip.wrapping_sub(1))));
     let (cfa, rbp_at) = match row {
         Some(r) if r.cfa_reg == CFA_RSP || r.cfa_reg == CFA_RBP => {
             let base = if r.cfa_reg == CFA_RSP { w.sp } else { w.bp };
@@ -244,6 +266,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
 #[inline(always)]
 pub fn walk_tables(
     maps: ProcessMaps,
+    tgid: u32,
     (ip, sp, bp): (u64, u64, u64),
     ips: *mut u64,
     window: *const u64,
@@ -257,6 +280,7 @@ pub fn walk_tables(
         end: STACK_END_UNKNOWN,
         maps_first: maps.first,
         maps_n: maps.n,
+        cache_key: mix(u64::from(tgid), maps.generation),
         ips,
         window,
         sp0: sp,

@@ -455,7 +455,9 @@ fn take_stack<C: EbpfContext>(
     let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
     let window = if copied { window.as_ptr() } else { core::ptr::null() };
     let hash = match tables(pid_tgid) {
-        Some(maps) => walk_tables(maps, (ip, sp, fp), core::ptr::null_mut(), window),
+        Some(maps) => {
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), core::ptr::null_mut(), window)
+        }
         None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window),
     };
     if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) < 0 {
@@ -549,7 +551,9 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
         return -1;
     };
     let hash = match tables(pid_tgid) {
-        Some(maps) => walk_tables(maps, (ip, sp, fp), buf.cast::<u64>(), core::ptr::null()),
+        Some(maps) => {
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), buf.cast::<u64>(), core::ptr::null())
+        }
         None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
     };
     // SAFETY: `buf` is a valid map value of the map's value type.

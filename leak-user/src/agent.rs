@@ -675,6 +675,8 @@ pub async fn trace(
             }
             _ = maps_tick.tick() => {
                 session.symbolizer.refresh();
+                // Libraries loaded since: their unwind tables.
+                tracer.load_unwind_tables(session.pid);
                 tracer.flush_logs();
             }
             () = &mut until_deadline => break End::Duration,

@@ -217,6 +217,10 @@ pub struct TraceArgs {
     /// libc), or `auto` (tables, and frame pointers where there are none).
     #[arg(long, value_enum, default_value = "auto")]
     pub unwind: crate::config::Unwind,
+    /// Capacity of the unwind-table rows in the kernel (12 bytes each); an object whose
+    /// table does not fit keeps frame pointers only.
+    #[arg(long, default_value_t = leak_common::DEFAULT_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unwind_rows: u32,
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
@@ -288,6 +292,7 @@ impl From<TraceArgs> for TraceConfig {
             threshold: a.threshold,
             max_overhead: None,
             unwind: a.unwind,
+            unwind_rows: a.unwind_rows,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct TraceConfig {
     pub max_overhead: Option<u32>,
     /// How stacks are walked.
     pub unwind: Unwind,
+    /// Capacity of the unwind-table rows.
+    pub unwind_rows: u32,
 }
 
 /// How allocation stacks are walked (`--unwind`).
@@ -134,6 +136,7 @@ impl Default for TraceConfig {
             threshold: 0,
             max_overhead: None,
             unwind: Unwind::Auto,
+            unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
         }
     }
 }

@@ -155,6 +155,8 @@ impl<'a> Controller<'a> {
                 _ = maps_tick.tick() => {
                     for s in self.sessions.values_mut() {
                         s.refresh_maps();
+                        // Libraries loaded since: their unwind tables.
+                        self.tracer.load_unwind_tables(s.pid());
                     }
                     self.tracer.flush_logs();
                 }

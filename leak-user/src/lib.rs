@@ -126,6 +126,7 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
         probe_floor: trace.probe_floor,
         sample_mean: trace.sample_mean.unwrap_or(0),
         unwind: trace.unwind.bpf(),
+        unwind_rows: trace.unwind_rows,
         ..LoadOptions::default()
     }
 }

@@ -153,6 +153,11 @@ impl Fixture {
         stdin.flush().expect("flush");
     }
 
+    /// Waits for the line `line` on its stdout.
+    pub fn wait_line(&mut self, line: &str) {
+        self.stdout.wait_for(line, |l| l == line);
+    }
+
     /// Sends `go` and waits for `done`.
     pub fn go_and_wait_done(&mut self) {
         self.send("go");

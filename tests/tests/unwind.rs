@@ -148,3 +148,49 @@ fn run_loads_the_tables_before_main() {
     assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
     assert_whole_stacks(&read_report(&json), "main");
 }
+
+#[test]
+fn a_library_loaded_after_attaching_gets_its_table() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut cmd = std::process::Command::new(leak_tests::fixture("dlopener"));
+    cmd.arg(leak_tests::fixture("libplugin.so"));
+    let mut target = Fixture::start_command(cmd);
+    let leak = Leak::attach(target.pid(), &["--json", json.to_str().unwrap()]);
+    target.send("go");
+    target.wait_line("loaded");
+    // leak re-reads the maps every second: the new library's table is loaded by then.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let report = target.exit_under(leak, &json);
+    let s = assert_site(&report, "plugin_level3", (1554, 2));
+    let want = ["plugin_level3", "plugin_level2", "plugin_entry", "call_plugin", "main"];
+    assert_eq!(chain(s)[..want.len()], want, "{:?}", chain(s));
+    assert_eq!(s.stack_end, Some(StackEnd::Complete), "{:?}", chain(s));
+}
+
+#[test]
+fn a_table_that_does_not_fit_is_left_out_with_a_warning() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut target = Fixture::start("nofp");
+    // Room for the fixture's own table, not libc's (about 28,000 rows).
+    let leak =
+        Leak::attach(target.pid(), &["--unwind-rows", "5000", "--json", json.to_str().unwrap()]);
+    target.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert!(
+        done.stderr
+            .iter()
+            .any(|l| l.contains("libc.so.6: no room for its") && l.contains("raise --unwind-rows")),
+        "{:#?}",
+        done.stderr
+    );
+    // The fixture's frames still come from its table: the same bytes, down to main.
+    let report = read_report(&json);
+    let s = assert_site(&report, "level5", (3000, 3));
+    let levels = ["level5", "level4", "level3", "level2", "level1", "main"];
+    assert_eq!(chain(s)[..levels.len()], levels, "{:?}", chain(s));
+}

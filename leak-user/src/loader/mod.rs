@@ -183,6 +183,12 @@ struct UnwindTables {
     overflowed: usize,
     /// Each process's slot in `UNWIND_MAPPINGS`.
     slots: std::collections::HashMap<u32, u32>,
+    /// Mapping sets written so far (each one's generation).
+    generations: u64,
+    /// Which of its two sets in `UNWIND_MAPPINGS` each process uses now.
+    halves: std::collections::HashMap<u32, u32>,
+    /// Each process's executable mappings (start, end, inode) when last written.
+    written: std::collections::HashMap<u32, Vec<(u64, u64, u64)>>,
 }
 
 /// Where one object's rows are, and its loadable segments.
@@ -319,11 +325,22 @@ impl Tracer {
     /// object's rows are loaded once, for every process that maps it). Without a table, or
     /// when the row array is full, a mapping's frames fall back to the frame pointer (auto)
     /// or end the stack (dwarf). Failures are logged, never fatal: stacks then lose depth.
+    /// Called again as the process runs: nothing is done unless its executable mappings
+    /// changed (a library loaded with `dlopen`, or unloaded).
     pub fn load_unwind_tables(&mut self, pid: u32) {
         let Some(tables) = self.unwind.as_mut() else { return };
         let began = std::time::Instant::now();
+        let Ok(maps) = crate::procfs::read_maps(pid) else { return };
+        let executable: Vec<(u64, u64, u64)> = maps
+            .iter()
+            .filter(|m| m.is_file() && m.perms.contains('x'))
+            .map(|m| (m.start, m.end, m.inode))
+            .collect();
+        if executable.is_empty() || tables.written.get(&pid) == Some(&executable) {
+            return;
+        }
+        tables.written.insert(pid, executable);
         let root = crate::procfs::RootPath::of(pid);
-        let maps = crate::procfs::read_maps(pid).unwrap_or_default();
         let mut entries = Vec::new();
         for m in maps.iter().filter(|m| m.is_file() && m.perms.contains('x')) {
             let key = (m.inode, m.file_path().unwrap_or_default().to_owned());
@@ -356,8 +373,12 @@ impl Tracer {
             warn!("pid {pid}: unwind tables for {slot} processes already: frame pointers only");
             return;
         }
-        let first = slot * leak_common::MAX_UNWIND_MAPS;
-        match write_mappings(&mut self.ebpf, pid, first, &entries) {
+        tables.generations += 1;
+        let generation = tables.generations;
+        // The set the walk is not reading: it switches with the UNWIND_MAPS entry, at once.
+        let half = *tables.halves.entry(pid).and_modify(|h| *h ^= 1).or_insert(0);
+        let first = (slot * 2 + half) * leak_common::MAX_UNWIND_MAPS;
+        match write_mappings(&mut self.ebpf, pid, (first, generation), &entries) {
             Ok(()) => debug!(
                 "pid {pid}: unwind tables for {} mappings, {} rows loaded in all, {:?}",
                 entries.len(),
@@ -548,7 +569,7 @@ fn object_rows(
 fn write_mappings(
     ebpf: &mut Ebpf,
     pid: u32,
-    first: u32,
+    (first, generation): (u32, u64),
     entries: &[leak_common::UnwindMap],
 ) -> Result<(), aya::maps::MapError> {
     let missing = |name: &str| aya::maps::MapError::InvalidName { name: name.into() };
@@ -565,7 +586,7 @@ fn write_mappings(
         .ok_or_else(|| missing(leak_common::MAP_UNWIND_MAPS))?;
     aya::maps::HashMap::<_, u32, leak_common::ProcessMaps>::try_from(map)?.insert(
         pid,
-        leak_common::ProcessMaps { first, n },
+        leak_common::ProcessMaps { first, n, generation },
         0,
     )
 }
