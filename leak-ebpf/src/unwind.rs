@@ -16,7 +16,7 @@
     reason = "packing rows into scalars and back, and stack words as offsets: each bounded by \
               the check before it"
 )]
-use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
+use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop};
 use leak_common::{
     CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, ProcessMaps, RBP_AT_CFA,
     STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO, STACK_END_UNKNOWN,
@@ -50,8 +50,9 @@ pub struct Walk {
     pub cache_key: u64,
     /// Where to store the frames (a `StackTrace`), or null to only hash them.
     pub ips: *mut u64,
-    /// `STACK_WINDOW_WORDS` words copied from `sp0`, or null.
-    pub window: *const u64,
+    /// `STACK_WINDOW_WORDS` words copied from `sp0`, or null. Moved up the stack as the walk
+    /// leaves it (see [`read_pair`]).
+    pub window: *mut u64,
     pub sp0: u64,
 }
 
@@ -169,13 +170,31 @@ fn cached_row(w: &Walk, pc: u64) -> u64 {
     packed
 }
 
-/// Two stack words at `addr`: from the window when they lie in it, else read.
+/// Two stack words at `addr`: from the window when they lie in it. Past it, the window is
+/// read again from `addr`: a read costs about the same for 16 bytes as for 512, and the
+/// next frames lie just above (deep stacks, as in servers, went from a read per frame to
+/// one per 512 bytes of stack). Without a window, or where the stack ends within 512 bytes
+/// (the read fails), the two words are read alone.
 #[inline(always)]
-fn read_pair(w: &Walk, addr: u64) -> Option<[u64; 2]> {
-    if !w.window.is_null() && addr >= w.sp0 && addr.is_multiple_of(8) {
-        let off = addr - w.sp0;
+fn read_pair(w: &mut Walk, addr: u64) -> Option<[u64; 2]> {
+    const LAST: u64 = (STACK_WINDOW_WORDS as u64 - 2) * 8;
+    if !w.window.is_null() && addr.is_multiple_of(8) {
+        if addr < w.sp0 || addr - w.sp0 > LAST {
+            // SAFETY: the window's bytes, written only through this slice.
+            let bytes = unsafe {
+                core::slice::from_raw_parts_mut(w.window.cast::<u8>(), STACK_WINDOW_WORDS * 8)
+            };
+            // SAFETY: the helper handles faults.
+            if unsafe { bpf_probe_read_user_buf(addr as *const u8, bytes) }.is_ok() {
+                w.sp0 = addr;
+            } else {
+                // A failed read zeroes the buffer: no window from here on.
+                w.window = core::ptr::null_mut();
+            }
+        }
+        let off = addr.wrapping_sub(w.sp0);
         // A byte offset bound, for the verifier (see the frame-pointer walk).
-        if off <= (STACK_WINDOW_WORDS as u64 - 2) * 8 {
+        if !w.window.is_null() && off <= LAST {
             let i = (off >> 3) as usize;
             // SAFETY: i + 1 < STACK_WINDOW_WORDS.
             return Some(unsafe { [*w.window.add(i), *w.window.add(i + 1)] });
@@ -269,7 +288,7 @@ pub fn walk_tables(
     tgid: u32,
     (ip, sp, bp): (u64, u64, u64),
     ips: *mut u64,
-    window: *const u64,
+    window: *mut u64,
 ) -> u64 {
     let mut w = Walk {
         ip,

@@ -453,12 +453,12 @@ fn take_stack<C: EbpfContext>(
     // SAFETY: the helper handles faults.
     // An unaligned `sp` (never at a call's return on x86-64) would misplace the frames.
     let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
-    let window = if copied { window.as_ptr() } else { core::ptr::null() };
+    let window = if copied { window.as_mut_ptr() } else { core::ptr::null_mut() };
     let hash = match tables(pid_tgid) {
         Some(maps) => {
             walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), core::ptr::null_mut(), window)
         }
-        None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window),
+        None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window.cast_const()),
     };
     if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) < 0 {
         return STACK_ID_NONE;
@@ -552,7 +552,8 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
     };
     let hash = match tables(pid_tgid) {
         Some(maps) => {
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), buf.cast::<u64>(), core::ptr::null())
+            let no_window = core::ptr::null_mut();
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), buf.cast::<u64>(), no_window)
         }
         None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
     };

@@ -34,6 +34,9 @@ use crate::{
     trend::Params,
 };
 
+/// Entry hits of a hook without one return hit that make the return probe suspect.
+const SILENT_RETURN_MIN: u64 = 20;
+
 /// How often the target's memory map is re-read for symbolization.
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the target's liveness is polled where pidfds are unavailable.
@@ -377,6 +380,19 @@ impl Session {
                  hooks in that time; trace it for longer, or while it works",
                 self.pid
             );
+        }
+        // Entries without a single return: the calls' blocks were never recorded. Seen once
+        // on kernel 6.18 (malloc's return probe silent for a whole trace, its entry probe
+        // firing) and not understood yet: say so rather than report "no leak".
+        for (i, h) in self.hooks.iter().enumerate().filter(|(_, h)| h.has_exit) {
+            let (enter, exit) = (snap.hits.get(i, false), snap.hits.get(i, true));
+            if !self.cfg.probe_floor && enter >= SILENT_RETURN_MIN && exit == 0 {
+                warn!(
+                    "{} was called {enter} times in pid {} without its return probe firing: \
+                     its blocks are missing from this report; trace it again",
+                    h.symbol, self.pid
+                );
+            }
         }
         let why = match end {
             End::Duration => "duration reached",
