@@ -98,25 +98,11 @@ fn unpack(v: u64) -> UnwindRow {
 
 #[inline(always)]
 fn find_row(first: u32, n: u32, pc: u64) -> Option<UnwindRow> {
-    // The first mapping starting after `pc`; the one before it may hold `pc`.
-    let (mut lo, mut hi) = (first, first.saturating_add(n));
-    let mut step = 0;
-    while step < MAP_SEARCH_STEPS {
-        if lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let m = UNWIND_MAPPINGS.get(mid)?;
-            if m.start <= pc {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        step += 1;
-    }
-    if lo == first {
-        return None;
-    }
-    let m = UNWIND_MAPPINGS.get(lo - 1)?;
+    // The mapping that starts last at or before `pc` may hold it.
+    let at = last_at_or_before(first, n, MAP_SEARCH_STEPS, pc, |i| {
+        UNWIND_MAPPINGS.get(i).map(|m| m.start)
+    })?;
+    let m = UNWIND_MAPPINGS.get(at)?;
     if pc >= m.end {
         return None;
     }
@@ -124,15 +110,28 @@ fn find_row(first: u32, n: u32, pc: u64) -> Option<UnwindRow> {
     if vaddr > u64::from(u32::MAX) {
         return None;
     }
-    let vaddr = vaddr as u32;
-    // The last row at or before `vaddr`.
-    let (first, mut lo, mut hi) = (m.first, m.first, m.first.saturating_add(m.count));
+    let at = last_at_or_before(m.first, m.count, ROW_SEARCH_STEPS, vaddr, |i| {
+        UNWIND_ROWS.get(i).map(|r| u64::from(r.pc))
+    })?;
+    UNWIND_ROWS.get(at).copied()
+}
+
+/// Binary search in `steps` steps among the `n` entries from `first`, sorted by `key`: the
+/// last one whose key is at or before `target`.
+#[inline(always)]
+fn last_at_or_before(
+    first: u32,
+    n: u32,
+    steps: usize,
+    target: u64,
+    key: impl Fn(u32) -> Option<u64>,
+) -> Option<u32> {
+    let (mut lo, mut hi) = (first, first.saturating_add(n));
     let mut step = 0;
-    while step < ROW_SEARCH_STEPS {
+    while step < steps {
         if lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let row = UNWIND_ROWS.get(mid)?;
-            if row.pc <= vaddr {
+            if key(mid)? <= target {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -140,10 +139,7 @@ fn find_row(first: u32, n: u32, pc: u64) -> Option<UnwindRow> {
         }
         step += 1;
     }
-    if lo == first {
-        return None;
-    }
-    UNWIND_ROWS.get(lo - 1).copied()
+    (lo != first).then(|| lo - 1)
 }
 
 /// The packed row for `pc` (see [`leak_find_row`]), from `ROW_CACHE` when there: a stack's

@@ -297,13 +297,18 @@ fn process_families(processes: &[WatchedProcess]) -> [Family; 3] {
         let labels = process_labels(p.pid, &p.comm, p.pod.as_ref());
         anon.push(labels.clone(), p.anon_bytes as f64);
         rate.push(labels.clone(), p.trend.rate_bytes_per_s);
-        for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
-            let mut l = labels.clone();
-            l.push(("verdict", v.as_str().to_owned()));
-            verdict.push(l, f64::from(u8::from(p.trend.verdict == v)));
-        }
+        push_verdicts(&mut verdict, &labels, p.trend.verdict);
     }
     [anon, rate, verdict]
+}
+
+/// One-hot: 1 for `current`, 0 for the other verdicts, each labelled `verdict`.
+fn push_verdicts(family: &mut Family, labels: &[(&'static str, String)], current: Verdict) {
+    for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
+        let mut l = labels.to_vec();
+        l.push(("verdict", v.as_str().to_owned()));
+        family.push(l, f64::from(u8::from(current == v)));
+    }
 }
 
 /// Each container's memory, growth rate and verdict.
@@ -332,11 +337,7 @@ fn container_families(containers: &[WatchedContainer]) -> [Family; 3] {
             memory.push(l, v as f64);
         }
         rate.push(labels.clone(), c.trend.rate_bytes_per_s);
-        for v in [Verdict::Leak, Verdict::Growing, Verdict::Plateau, Verdict::Stable] {
-            let mut l = labels.clone();
-            l.push(("verdict", v.as_str().to_owned()));
-            verdict.push(l, f64::from(u8::from(c.trend.verdict == v)));
-        }
+        push_verdicts(&mut verdict, &labels, c.trend.verdict);
     }
     [memory, rate, verdict]
 }

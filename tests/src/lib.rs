@@ -219,9 +219,15 @@ impl Leak {
     /// As [`Self::spawn`], with these environment variables set.
     #[must_use]
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(leak_bin())
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(leak_bin());
+        cmd.args(args).envs(env.iter().copied());
+        Self::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (which runs `leak`, perhaps through a wrapper that execs it), its
+    /// output read in the background.
+    fn spawn_command(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -240,19 +246,9 @@ impl Leak {
             "echo $$ > {}/cgroup.procs && exec unshare --cgroup \"$0\" \"$@\"",
             cgroup.dir().display()
         );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .arg(leak_bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start leak");
-        let stderr = Lines::spawn(child.stderr.take().expect("stderr"));
-        let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
-        Self { child, stderr, stdout }
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]).arg(leak_bin()).args(args).envs(env.iter().copied());
+        Self::spawn_command(cmd)
     }
 
     /// `leak attach --pid PID args...`, returned once it says it is attached.
