@@ -531,6 +531,13 @@ fn walk_stack(ip: u64, sp: u64, mut fp: u64, ips: *mut u64, window: *const u64) 
     if store && n < MAX_STACK_DEPTH {
         // SAFETY: n < MAX_STACK_DEPTH: ends the stack (what follows is left from earlier).
         unsafe { *ips.add(n) = 0 };
+        // The end code after it (`StackTrace::end`): this walk records none. Masked on its
+        // own, for the verifier.
+        let after = (n + 1) & 127;
+        if after < MAX_STACK_DEPTH && n + 1 < MAX_STACK_DEPTH {
+            // SAFETY: after < MAX_STACK_DEPTH.
+            unsafe { *ips.add(after) = leak_common::STACK_END_UNKNOWN };
+        }
     }
     hash ^= n as u64;
     if hash == STACK_ID_NONE {
