@@ -195,6 +195,13 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
     eprintln!("attached to PID {pid} ({} probes)", links.len());
     let (report, _) = rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals))?;
+    // A breakpoint the kernel took out while our probes were attached (not seen, but a
+    // trace once saw malloc's entries without a single return): say which.
+    if procfs::is_running(pid) {
+        for h in plan.unarmed(pid) {
+            warn!("probe on {} was not armed in pid {pid} at the end of the trace", h.spec.symbol);
+        }
+    }
     tracer.release_in_background();
     Ok(if agent::fails(&report, &trace_cfg) { config::LEAK_FOUND_EXIT } else { 0 })
 }

@@ -57,6 +57,8 @@ fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
         let p = report.processes.iter().find(|p| p.pid == pid).expect("watched");
         (p.trend.verdict, p.trend.gained_bytes)
     };
+    // Shown if an assertion fails: the escalation's warnings go there.
+    eprintln!("leak watch's stderr: {:#?}", done.stderr);
     let (v, gained) = verdict(leaking.pid());
     assert_eq!(v, Verdict::Leak, "{text}");
     // 40 KiB/s of touched heap for ~6 s, in whole pages.
