@@ -66,9 +66,9 @@ impl End {
     }
 }
 
-/// What one probe hit costs when it was not measured at start (calibration is off by
-/// default): the churn bench's full trace, 3.9 µs per malloc+free pair of three hits
-/// (docs/benchmarks.md), rounded up.
+/// What one probe hit costs when it was not measured at start (`LEAK_MEASURE_PROBES=0`, or
+/// the measure failed): the churn bench's full trace, 3.9 µs per malloc+free pair of three
+/// hits (docs/benchmarks.md), rounded up.
 pub const DEFAULT_HIT_COST_NS: f64 = 1_300.0;
 
 /// `--max-overhead`: the share of a CPU the target spends in the probes, estimated from the

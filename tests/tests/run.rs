@@ -93,8 +93,19 @@ fn the_probe_floor_attaches_the_same_probes_and_records_nothing() {
     let (full, floor) = (&reports[0], &reports[1]);
     assert_eq!(full.0, floor.0, "the same number of probes");
     assert!(full.1.totals.outstanding_bytes > 0 && full.1.probe_hits["malloc_enter"] > 0);
-    // Measuring the probes' cost is off by default (see `calibrate` in lib.rs).
-    assert!(full.1.probe_time.is_none());
+    // What the probes cost the target: measured at start, times the hits.
+    let cost = full.1.probe_time.as_ref().expect("the probes' cost in the report");
+    assert!(cost.entry_ns > 0 && cost.return_ns > 0, "{cost:#?}");
+    assert_eq!(
+        cost.entry_hits,
+        full.1
+            .probe_hits
+            .iter()
+            .filter(|(k, _)| k.ends_with("_enter"))
+            .map(|(_, v)| v)
+            .sum::<u64>()
+    );
+    assert!(cost.estimated_s > 0.0, "{cost:#?}");
     assert_eq!(floor.1.totals.outstanding_bytes, 0);
     assert!(floor.1.probe_hits.values().all(|&h| h == 0), "{:#?}", floor.1.probe_hits);
 }
