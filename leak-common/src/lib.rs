@@ -9,7 +9,14 @@
 #![no_std]
 #![deny(missing_docs)]
 
-/// Name of the hash map [`AllocKey`] `-> AllocInfo` of outstanding allocations.
+/// Name of the array of [`AllocBucket`]s: the table of outstanding allocations (see
+/// [`AllocBucket`]).
+pub const MAP_ALLOC_TABLE: &str = "ALLOC_TABLE";
+/// Name of the array of per-bucket counts of records in [`MAP_ALLOCS`] (a bucket of
+/// [`MAP_ALLOC_TABLE`] that was full when they were made).
+pub const MAP_ALLOC_SPILLS: &str = "ALLOC_SPILLS";
+/// Name of the hash map [`AllocKey`] `-> AllocInfo` of outstanding allocations that found
+/// their bucket of [`MAP_ALLOC_TABLE`] full.
 pub const MAP_ALLOCS: &str = "ALLOCS";
 /// Name of the hash map `stack id -> StackTrace` of user stacks.
 pub const MAP_STACKS: &str = "STACKS";
@@ -97,11 +104,98 @@ pub fn sample_step(left: u64, size: u64, mut gap: impl FnMut() -> u64) -> (bool,
 /// the probes themselves at exactly the points the tool uses).
 pub const GLOBAL_PROBE_FLOOR: &str = "PROBE_FLOOR";
 
-/// Default capacity of [`MAP_ALLOCS`] (outstanding allocations).
+/// Default capacity for outstanding allocations (`--max-allocs`).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
-/// [`MAP_ALLOCS`] is preallocated up to this capacity (about 110 bytes of kernel memory an
-/// entry, pinned while tracing), grown on demand above it.
-pub const PREALLOC_MAX_ALLOCS: u32 = 2 << 20;
+/// Read-only global: [`MAP_ALLOC_TABLE`]'s bucket count minus one (a power of two minus one).
+pub const GLOBAL_ALLOC_BUCKET_MASK: &str = "ALLOC_BUCKET_MASK";
+/// Read-only global: slots used in each bucket, at most [`ALLOC_BUCKET_SLOTS`] (fewer only
+/// for a capacity under that).
+pub const GLOBAL_ALLOC_SLOTS: &str = "ALLOC_SLOTS";
+/// Read-only global: non-zero when [`MAP_ALLOCS`] takes the records of full buckets.
+pub const GLOBAL_ALLOC_SPILL: &str = "ALLOC_SPILL";
+/// Slots of one [`AllocBucket`].
+pub const ALLOC_BUCKET_SLOTS: usize = 8;
+/// Buckets of [`MAP_ALLOC_TABLE`] at most: 4M slots, 160 MiB of kernel memory. Records past
+/// what the table holds go to [`MAP_ALLOCS`], which grows with use.
+pub const MAX_ALLOC_BUCKETS: u32 = 1 << 19;
+
+/// How a capacity of `max_allocs` outstanding allocations is laid out: the table's buckets,
+/// the slots used in each, and the capacity of [`MAP_ALLOCS`] for records whose bucket is
+/// full (0: none).
+///
+/// The table holds between half and all of the capacity (buckets a power of two), and
+/// [`MAP_ALLOCS`] the rest plus a quarter of the table: records do not spread evenly over
+/// the buckets, so some spill before the table is full.
+#[must_use]
+pub fn alloc_layout(max_allocs: u32) -> AllocLayout {
+    let slots = (max_allocs as usize).clamp(1, ALLOC_BUCKET_SLOTS);
+    #[expect(clippy::cast_possible_truncation, reason = "at most 8")]
+    let slots = slots as u32;
+    let wanted = (max_allocs / slots).max(1);
+    // The largest power of two not above `wanted`.
+    let buckets = (1u32 << wanted.ilog2()).min(MAX_ALLOC_BUCKETS);
+    let table = buckets * slots;
+    // A capacity within one bucket is exact; any other has room for uneven buckets.
+    let spill = if max_allocs <= slots {
+        0
+    } else {
+        max_allocs.saturating_sub(table).saturating_add(table / 4)
+    };
+    AllocLayout { buckets, slots, spill }
+}
+
+/// See [`alloc_layout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocLayout {
+    /// Buckets of [`MAP_ALLOC_TABLE`], a power of two.
+    pub buckets: u32,
+    /// Slots used in each.
+    pub slots: u32,
+    /// Capacity of [`MAP_ALLOCS`]; 0: records of a full bucket are dropped.
+    pub spill: u32,
+}
+
+/// The bucket of [`MAP_ALLOC_TABLE`] that holds `addr` of process `tgid` (`mask`: the bucket
+/// count minus one). A multiplicative hash: allocator addresses share their low bits.
+#[expect(clippy::inline_always, reason = "BPF: inlined into each program, no BPF-to-BPF call")]
+#[inline(always)]
+#[must_use]
+pub fn alloc_bucket(addr: u64, tgid: u32, mask: u32) -> u32 {
+    let h = (addr ^ (u64::from(tgid) << 47)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let high = (h >> 32) as u32;
+    high & mask
+}
+
+/// One bucket of [`MAP_ALLOC_TABLE`]: eight slots of outstanding allocations, found by
+/// [`alloc_bucket`]. A table of our own in an array rather than a BPF hash map: a hash map's
+/// insert and delete take a bucket lock and a free-list node each, about 140 ns per
+/// malloc+free here; a slot is claimed and released with one compare-and-swap each.
+///
+/// A slot is free when its address is 0. The BPF program that records a block claims a free
+/// slot by swapping its address in, writes the record, and publishes it by writing
+/// [`AllocInfo::tgid`] (with `kind`, one 64-bit word) last; until then the slot matches no
+/// lookup. Removal swaps that word to 0 (of two racing removals only one wins), then frees
+/// the slot. The addresses come first, in one cache line: a lookup reads the record of the
+/// matching slot only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocBucket {
+    /// Each slot's block address; 0: free.
+    pub addrs: [u64; ALLOC_BUCKET_SLOTS],
+    /// Each slot's record; `tgid` 0: not (or no longer) published.
+    pub infos: [AllocInfo; ALLOC_BUCKET_SLOTS],
+}
+
+/// Byte offset of the word holding [`AllocInfo::tgid`] (low half) and `kind` (high half).
+pub const ALLOC_INFO_OWNER_OFFSET: usize = 24;
+
+impl AllocInfo {
+    /// The word at [`ALLOC_INFO_OWNER_OFFSET`]: `tgid` and `kind` (little-endian).
+    #[must_use]
+    pub const fn owner_word(&self) -> u64 {
+        (self.kind as u64) << 32 | self.tgid as u64
+    }
+}
 /// Capacity of [`MAP_MMAPS`]: anonymous mappings outstanding at once.
 pub const MAX_MMAPS: u32 = 1 << 16;
 /// Default capacity of [`MAP_STACKS`] (distinct allocation stacks).
@@ -535,7 +629,7 @@ pub const ROW_CACHE_SLOTS: u32 = 1 << 12;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
-    /// [`MAP_ALLOCS`] was full: an allocation was not recorded.
+    /// The allocation table and [`MAP_ALLOCS`] had no room: an allocation was not recorded.
     AllocMapFull = 0,
     /// `bpf_get_stack` failed: the allocation is recorded without a stack.
     StackMissing = 1,
@@ -600,6 +694,8 @@ pub const PROGRAM_ENTRY_STOP: &str = "entry_stop";
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
+const _: () = assert!(core::mem::offset_of!(AllocInfo, tgid) == ALLOC_INFO_OWNER_OFFSET);
+const _: () = assert!(core::mem::size_of::<AllocBucket>() == 320);
 const _: () = assert!(core::mem::size_of::<Pending>() == 88 + STACK_WINDOW_WORDS * 8);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteTotal>() == 16);
@@ -609,8 +705,8 @@ const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AllocInfo, AllocKey, Pending, ProcessMaps, SiteKey, SiteTotal, StackTrace, UnwindMap,
-        UnwindRow,
+        AllocBucket, AllocInfo, AllocKey, Pending, ProcessMaps, SiteKey, SiteTotal, StackTrace,
+        UnwindMap, UnwindRow,
     };
 
     // SAFETY: all three are `#[repr(C)]`, `Copy`, contain only integers and have no padding
@@ -618,6 +714,8 @@ mod user {
     unsafe impl aya::Pod for AllocInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AllocKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AllocBucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.
@@ -680,6 +778,52 @@ mod tests {
         assert_eq!(s.frames(), &[0x10, 0x20]);
         s.ips = [7; MAX_STACK_DEPTH];
         assert_eq!(s.frames().len(), MAX_STACK_DEPTH);
+    }
+
+    #[test]
+    fn alloc_layout_holds_the_capacity() {
+        // The exact capacity below one bucket's slots (the map-full test uses 4).
+        assert_eq!(alloc_layout(4), AllocLayout { buckets: 1, slots: 4, spill: 0 });
+        assert_eq!(alloc_layout(1), AllocLayout { buckets: 1, slots: 1, spill: 0 });
+        assert_eq!(alloc_layout(8), AllocLayout { buckets: 1, slots: 8, spill: 0 });
+        assert_eq!(alloc_layout(12), AllocLayout { buckets: 1, slots: 8, spill: 6 });
+        // The default: a table of 1M slots (40 MiB), and a spill map for what does not fit.
+        let d = alloc_layout(DEFAULT_MAX_ALLOCS);
+        assert_eq!(d, AllocLayout { buckets: 1 << 17, slots: 8, spill: 1 << 18 });
+        // 10M: the table at its largest, the rest in the spill map.
+        let big = alloc_layout(10_000_000);
+        assert_eq!(big.buckets, MAX_ALLOC_BUCKETS);
+        assert_eq!(big.spill, 10_000_000 - (4 << 20) + (1 << 20));
+        for max in [1, 3, 9, 100, 1000, 5000, 1 << 20, (1 << 20) + 1, u32::MAX] {
+            let l = alloc_layout(max);
+            assert!(l.buckets.is_power_of_two(), "{max}: {l:?}");
+            assert!(
+                u64::from(l.buckets) * u64::from(l.slots) + u64::from(l.spill) >= u64::from(max),
+                "{max}: {l:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn alloc_buckets_spread_heap_addresses() {
+        // 16-byte aligned blocks of one heap, 4096 buckets: no bucket far above the mean.
+        let mask = 4095;
+        let mut count = std::vec![0u32; 4096];
+        for i in 0..32768u64 {
+            count[alloc_bucket(0x5555_5555_0000 + i * 48, 1234, mask) as usize] += 1;
+        }
+        let max = count.iter().copied().max().unwrap_or(0);
+        assert!(max <= 24, "fullest bucket {max} (mean 8)");
+        // The process is part of the key.
+        assert_ne!(alloc_bucket(0x1000, 1, u32::MAX), alloc_bucket(0x1000, 2, u32::MAX));
+    }
+
+    #[test]
+    fn owner_word_is_tgid_and_kind() {
+        let a = AllocInfo { size: 1, timestamp_ns: 2, stack_id: 3, tgid: 42, kind: 7 };
+        // SAFETY: AllocInfo is repr(C) with no padding.
+        let bytes: [u8; 32] = unsafe { core::mem::transmute(a) };
+        assert_eq!(&bytes[ALLOC_INFO_OWNER_OFFSET..], &a.owner_word().to_le_bytes());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 mod maps;
 mod probes;
+mod table;
 mod unwind;
 mod verbs;
 

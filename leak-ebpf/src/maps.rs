@@ -1,28 +1,48 @@
 //! Every map and load-time global of the BPF object. Names match `leak_common::MAP_*`.
 use aya_ebpf::{
     Global,
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use leak_common::{
-    AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_STACKS,
+    ALLOC_BUCKET_SLOTS, AllocBucket, AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_STACKS,
     DEFAULT_UNWIND_ROWS, DropReason, MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, MAX_UNWIND_MAPS,
     MAX_UNWIND_PROCESSES, Pending, ProcessMaps, ROW_CACHE_SLOTS, SAMPLE_GAP_ENTRIES, SiteKey,
     SiteTotal, StackTrace, UnwindMap, UnwindRow, hit_index,
 };
 
-/// Outstanding allocations: (address, process) -> record. Sized by the loader (`--max-allocs`).
-/// `BPF_F_NO_PREALLOC`: kernel memory grows with use instead of reserving the whole capacity
-/// (10M entries preallocated would pin about 1 GiB); since 6.1 the allocation comes from
-/// `bpf_mem_alloc`'s per-CPU caches, safe in uprobe context. The loader clears the flag for
-/// capacities up to `leak_common::PREALLOC_MAX_ALLOCS`: a preallocated insert and delete cost
-/// about 250 ns less per malloc+free here.
+/// Outstanding allocations (see `leak_common::AllocBucket`), sized by the loader from
+/// `--max-allocs` (`leak_common::alloc_layout`). Mmappable: user space reads a snapshot of a
+/// million records straight from the array, and writes it for forks and exits.
 #[map]
-pub static ALLOCS: HashMap<AllocKey, AllocInfo> =
-    HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
+pub static ALLOC_TABLE: Array<AllocBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Per bucket of `ALLOC_TABLE`: its records in `ALLOCS`. A lookup that misses in a bucket
+/// whose count is 0 ends there, without a hash-map lookup.
+#[map]
+pub static ALLOC_SPILLS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Outstanding allocations whose bucket of `ALLOC_TABLE` was full: (address, process) ->
+/// record. `BPF_F_NO_PREALLOC`: kernel memory grows with use (since 6.1 from
+/// `bpf_mem_alloc`'s per-CPU caches, safe in uprobe context).
+#[map]
+pub static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// `ALLOC_TABLE`'s bucket count minus one (`leak_common::GLOBAL_ALLOC_BUCKET_MASK`).
+#[unsafe(no_mangle)]
+pub static ALLOC_BUCKET_MASK: Global<u32> = Global::new(0);
+
+/// Slots used per bucket (`leak_common::GLOBAL_ALLOC_SLOTS`).
+#[unsafe(no_mangle)]
+#[expect(clippy::cast_possible_truncation, reason = "8")]
+pub static ALLOC_SLOTS: Global<u32> = Global::new(ALLOC_BUCKET_SLOTS as u32);
+
+/// Non-zero: full buckets spill into `ALLOCS` (`leak_common::GLOBAL_ALLOC_SPILL`).
+#[unsafe(no_mangle)]
+pub static ALLOC_SPILL: Global<u32> = Global::new(1);
 
 /// Stacks by 64-bit hash. Our own map rather than `BPF_MAP_TYPE_STACK_TRACE`: that one keys by a
 /// 32-bit bucket index and fails with -EEXIST when two stacks share a bucket, which with a few
@@ -32,13 +52,13 @@ pub static ALLOCS: HashMap<AllocKey, AllocInfo> =
 pub static STACKS: HashMap<u64, StackTrace> =
     HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
 
-/// Outstanding bytes and allocations per (stack, process), kept with ALLOCS (see
+/// Outstanding bytes and allocations per (stack, process), kept with the records (see
 /// `leak_common::MAP_SITES`). Sized by the loader (twice `--max-stacks`).
 #[map]
 pub static SITES: HashMap<SiteKey, SiteTotal> =
     HashMap::with_max_entries(2 * DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
 
-/// Anonymous mappings recorded in ALLOCS: start -> end (page-rounded), for `munmap` ranges.
+/// Anonymous mappings recorded as allocations: start -> end (page-rounded), for `munmap` ranges.
 #[map]
 pub static MMAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_MMAPS, BPF_F_NO_PREALLOC);
 

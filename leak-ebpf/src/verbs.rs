@@ -27,10 +27,10 @@ use leak_common::{
 
 use crate::{
     maps::{
-        ALLOCS, FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITES,
-        STACK_SCRATCH, STACKS, TRACE, UNWIND, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK, atomic_add,
-        count_drop,
+        FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITES, STACK_SCRATCH,
+        STACKS, TRACE, UNWIND, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK, atomic_add, count_drop,
     },
+    table::{insert_record, remove_record},
     unwind::walk_tables,
 };
 
@@ -170,7 +170,7 @@ fn count_unknown_free() {
 /// A lookup and two atomic adds per allocation and per free: what lets a growth sample read
 /// one entry per site instead of every record.
 #[inline(always)]
-fn site_add(info: &AllocInfo, add: bool) {
+pub fn site_add(info: &AllocInfo, add: bool) {
     let key = SiteKey::new(info.stack_id, info.tgid);
     let slot = match SITES.get_ptr_mut(key) {
         Some(slot) => slot,
@@ -192,42 +192,6 @@ fn site_add(info: &AllocInfo, add: bool) {
         atomic_add(&raw mut (*slot).bytes, bytes);
         atomic_add(&raw mut (*slot).count, count);
     }
-}
-
-/// Records `info` at `key` and adds it to its site. A record already there (a block whose free
-/// was missed, the address since reused) leaves its site first.
-#[inline(always)]
-fn insert_record(key: AllocKey, info: &AllocInfo) {
-    match ALLOCS.insert(key, info, u64::from(BPF_NOEXIST)) {
-        Ok(()) => site_add(info, true),
-        Err(EEXIST) => {
-            if let Some(old) = ALLOCS.get_ptr_mut(key) {
-                // SAFETY: live map value; the address is this call's result, so no other
-                // thread frees or records it now.
-                unsafe {
-                    site_add(&*old, false);
-                    *old = *info;
-                }
-                site_add(info, true);
-            }
-        }
-        Err(_) => count_drop(DropReason::AllocMapFull),
-    }
-}
-
-/// Removes the record at `key`, and it from its site. Returns whether there was one.
-#[inline(always)]
-fn remove_record(key: AllocKey) -> bool {
-    let Some(info) = ALLOCS.get_ptr(key) else { return false };
-    // SAFETY: live map value, copied out.
-    let info = unsafe { *info };
-    // Only the thread whose delete succeeds takes the block out of its site (a double free
-    // racing on two threads).
-    if ALLOCS.remove(key).is_err() {
-        return false;
-    }
-    site_add(&info, false);
-    true
 }
 
 /// This thread is inside a hooked call.
@@ -317,9 +281,7 @@ pub fn free_enter(ptr: u64, note: bool) {
     if note && LAST_FREE.insert(pid_tgid, ptr, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
     }
-    // The lookup first also suits sampling: most blocks were never recorded, and a lookup
-    // (lock-free) costs less than a delete that misses (it takes the bucket lock).
-    if remove_record(AllocKey::new(ptr, tgid(pid_tgid))) {
+    if remove_record(AllocKey::new(ptr, tgid(pid_tgid))).is_some() {
         return;
     }
     // Inside a hooked call (glibc's realloc(p, 0) frees p through free(); realloc's entry
@@ -337,7 +299,7 @@ pub fn free_enter(ptr: u64, note: bool) {
     count_unknown_free();
 }
 
-/// Entry of `realloc(ptr, size)` or `reallocarray`. The old block is taken out of ALLOCS here,
+/// Entry of `realloc(ptr, size)` or `reallocarray`. The old block's record is taken out here,
 /// not at the return: once realloc has freed it internally another thread may be handed the
 /// same address, and a removal at the return would then delete that thread's record. A failed
 /// realloc leaves the old block live, so its record travels in the stash and is put back at
@@ -352,22 +314,15 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
     if !stash(pid_tgid, call, true) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
         return;
     }
-    let key = AllocKey::new(ptr, tgid(pid_tgid));
-    let Some(old) = ALLOCS.get_ptr(key) else {
+    let Some(old) = remove_record(AllocKey::new(ptr, tgid(pid_tgid))) else {
         count_unknown_free();
         return;
     };
-    // SAFETY: live map value, copied out.
-    let old = unsafe { *old };
     if let Some(stashed) = PENDING.get_ptr_mut(pid_tgid) {
         // SAFETY: this thread's own stash; no other program writes it.
         unsafe {
             (*stashed).old = old;
             (*stashed).has_old = 1;
-        }
-        // Only once the record is safe in the stash.
-        if ALLOCS.remove(key).is_ok() {
-            site_add(&old, false);
         }
     }
 }
@@ -802,15 +757,8 @@ pub extern "C" fn leak_trim(s: u64, e: u64, a: u64, b: u64, tgid: u64) -> i32 {
 #[inline(always)]
 fn trim(s: u64, e: u64, a: u64, b: u64, tgid: u32) {
     let key = AllocKey::new(s, tgid);
-    let info = ALLOCS.get_ptr(key).map(|p| {
-        // SAFETY: live map value, copied out.
-        unsafe { *p }
-    });
     let _ = MMAPS.remove(key);
-    let Some(info) = info else { return };
-    if ALLOCS.remove(key).is_ok() {
-        site_add(&info, false);
-    }
+    let Some(info) = remove_record(key) else { return };
     if s < a {
         let mut left = info;
         left.size = info.size.min(a - s);

@@ -83,21 +83,24 @@ impl AllocSource for Tracer {
         // timestamps after `taken_ns` and count as age 0, never as negative ages.
         let taken_ns = monotonic_ns();
         let started = std::time::Instant::now();
-        let Some(Map::HashMap(map)) = self.ebpf.map(MAP_ALLOCS) else {
-            return Err(SourceError::MissingMap(MAP_ALLOCS));
+        let convert = |key: AllocKey, info: AllocInfo| Allocation {
+            addr: key.addr,
+            size: info.size,
+            timestamp_ns: info.timestamp_ns,
+            stack_id: info.stack_id,
+            tgid: key.tgid,
+            kind: info.kind,
         };
-        // Converted chunk by chunk: a million records are 40 MB as `Allocation`s, 56 MB as
-        // key-value pairs.
-        let allocations =
-            lookup_batch(map.fd().as_fd(), |key: AllocKey, info: AllocInfo| Allocation {
-                addr: key.addr,
-                size: info.size,
-                timestamp_ns: info.timestamp_ns,
-                stack_id: info.stack_id,
-                tgid: key.tgid,
-                kind: info.kind,
-            })
-            .map_err(|source| SourceError::Read { map: MAP_ALLOCS, source })?;
+        let mut allocations = Vec::new();
+        self.table.records(|k, v| allocations.push(convert(k, v)));
+        if self.table.spills() {
+            let Some(Map::HashMap(map)) = self.ebpf.map(MAP_ALLOCS) else {
+                return Err(SourceError::MissingMap(MAP_ALLOCS));
+            };
+            let spilled = lookup_batch(map.fd().as_fd(), convert)
+                .map_err(|source| SourceError::Read { map: MAP_ALLOCS, source })?;
+            allocations.extend(spilled);
+        }
         let mut drops = DropCounts::default();
         read_counters(&self.ebpf, MAP_DROPS, &mut drops.0)?;
         let mut hits = ProbeHits::default();
@@ -129,25 +132,45 @@ impl AllocSource for Tracer {
     }
 
     fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {
+        let mut n = self.table.remove_process(tgid);
         let allocs = self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == tgid)?;
         let mmaps = self.entries_of::<AllocKey, u64>(MAP_MMAPS, |k| k.tgid == tgid)?;
         let sites = self.entries_of::<SiteKey, BpfSiteTotal>(MAP_SITES, |k| k.tgid == tgid)?;
         delete_all(&self.ebpf, MAP_ALLOCS, &allocs)?;
+        for (k, _) in &allocs {
+            self.table.note_spilled(*k, u64::MAX);
+        }
         delete_all(&self.ebpf, MAP_MMAPS, &mmaps)?;
         delete_all(&self.ebpf, MAP_SITES, &sites)?;
-        Ok(allocs.len())
+        n += allocs.len();
+        Ok(n)
     }
 
     fn copy_process(&mut self, from: u32, to: u32) -> Result<usize, SourceError> {
-        let allocs = self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == from)?;
+        let mut allocs = Vec::new();
+        self.table.records(|k, v| {
+            if k.tgid == from {
+                allocs.push((k, v));
+            }
+        });
+        allocs.extend(self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == from)?);
         let mmaps = self.entries_of::<AllocKey, u64>(MAP_MMAPS, |k| k.tgid == from)?;
         // The child's site totals are those of the records it gets (the parent's other
         // threads may allocate meanwhile, so the parent's totals could differ).
         let mut sites: hashbrown::HashMap<u64, BpfSiteTotal> = hashbrown::HashMap::new();
-        let mut map = self.hash_mut::<AllocKey, AllocInfo>(MAP_ALLOCS)?;
+        let mut copied = 0;
         for (k, v) in &allocs {
+            let key = AllocKey::new(k.addr, to);
             let info = AllocInfo { tgid: to, ..*v };
-            map.insert(AllocKey::new(k.addr, to), info, 0).map_err(write_err(MAP_ALLOCS))?;
+            if !self.table.insert(key, &info) {
+                if !self.table.spills() {
+                    continue;
+                }
+                let mut map = self.hash_mut::<AllocKey, AllocInfo>(MAP_ALLOCS)?;
+                map.insert(key, info, 0).map_err(write_err(MAP_ALLOCS))?;
+                self.table.note_spilled(key, 1);
+            }
+            copied += 1;
             let site = sites.entry(v.stack_id).or_default();
             site.bytes += v.size;
             site.count += 1;
@@ -160,7 +183,7 @@ impl AllocSource for Tracer {
         for (stack_id, total) in &sites {
             map.insert(SiteKey::new(*stack_id, to), total, 0).map_err(write_err(MAP_SITES))?;
         }
-        Ok(allocs.len())
+        Ok(copied)
     }
 
     fn stack(&mut self, stack_id: u64) -> Result<Option<RawStack>, SourceError> {

@@ -201,6 +201,19 @@ fn a_full_allocation_map_is_counted_and_shown() {
     assert!(text.contains(&format!("alloc_map_full={full}")), "{text}");
 }
 
+/// A table too small for the fixture: records whose bucket is full go to the spill map,
+/// are freed from it and read back from it, with the same exact results.
+#[test]
+fn records_past_a_full_bucket_spill_and_stay_exact() {
+    // 2 buckets of 8 slots (16 records) and room for 19 more in the spill map
+    // (`leak_common::alloc_layout`).
+    let report = trace_fixture("leaker", &[], &["--max-allocs", "31"]);
+    assert_leaker_truth(&report);
+    // The 32 blocks the fixture leaks: twice what the table holds.
+    assert_eq!(report.totals.outstanding_allocs, 32);
+    assert_eq!(report.drops["alloc_map_full"], 0);
+}
+
 /// The leaker fixture on another allocator: exact results, nothing dropped.
 fn leaker_on(fixture_name: &str, env: &[(&str, &str)], memalign: &str, allocator: &str) {
     let report = trace_fixture(fixture_name, env, &[]);

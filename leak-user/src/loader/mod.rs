@@ -12,13 +12,14 @@ use aya_log::EbpfLogger;
 use leak_common::{
     COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS,
     GLOBAL_FILTER_TGID, GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS,
-    MAP_SAMPLE_GAPS, MAP_SITES, MAP_STACKS, PREALLOC_MAX_ALLOCS, PROGRAM_ENTRY_STOP, Program,
+    MAP_SAMPLE_GAPS, MAP_SITES, MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
 };
 use log::{debug, warn};
 
-use crate::{hooks::HookKind, target::AllocatorPlan};
+mod table;
+pub(crate) use table::AllocTable;
 
-mod object;
+use crate::{hooks::HookKind, target::AllocatorPlan};
 
 /// The BPF object, built by build.rs from `leak-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -58,9 +59,6 @@ pub enum LoaderError {
     #[error("BPF object: {0}")]
     Object(String),
 }
-
-/// `BPF_F_NO_PREALLOC`.
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 pub use crate::model::ProbeCost;
 
@@ -167,6 +165,8 @@ pub struct Tracer {
     calibration: Links,
     /// Unwind tables loaded so far (stacks walked with them unless `--unwind fp`).
     unwind: Option<UnwindTables>,
+    /// The outstanding allocations' table, mapped.
+    pub(crate) table: AllocTable,
 }
 
 /// The objects whose unwind rows are in `UNWIND_ROWS`.
@@ -223,12 +223,10 @@ impl Tracer {
     /// # Errors
     /// See [`LoaderError`].
     pub fn load(opts: LoadOptions) -> Result<Self, LoaderError> {
-        // Preallocated up to PREALLOC_MAX_ALLOCS (see ALLOCS in the BPF maps): faster, but
-        // the whole capacity is pinned in kernel memory (about 110 bytes an entry).
-        let flags = if opts.max_allocs <= PREALLOC_MAX_ALLOCS { 0 } else { BPF_F_NO_PREALLOC };
-        let patched = object::with_map_flags(EBPF_OBJECT, MAP_ALLOCS, flags)
-            .map_err(|e| LoaderError::Object(format!("{MAP_ALLOCS}: {e}")))?;
-        debug!("{MAP_ALLOCS}: {} entries, flags {flags:#x}", opts.max_allocs);
+        let layout = leak_common::alloc_layout(opts.max_allocs);
+        debug!("allocation table: {layout:?}");
+        let mask = layout.buckets - 1;
+        let spill = u32::from(layout.spill > 0);
         let trace = u32::from(opts.trace);
         let floor = u32::from(opts.probe_floor);
         let mut ebpf = EbpfLoader::new()
@@ -242,11 +240,17 @@ impl Tracer {
                 leak_common::MAP_UNWIND_ROWS,
                 if opts.unwind == leak_common::UNWIND_FP { 1 } else { opts.unwind_rows },
             )
-            .map_max_entries(MAP_ALLOCS, opts.max_allocs)
+            .override_global(leak_common::GLOBAL_ALLOC_BUCKET_MASK, &mask, true)
+            .override_global(leak_common::GLOBAL_ALLOC_SLOTS, &layout.slots, true)
+            .override_global(leak_common::GLOBAL_ALLOC_SPILL, &spill, true)
+            .map_max_entries(leak_common::MAP_ALLOC_TABLE, layout.buckets)
+            .map_max_entries(leak_common::MAP_ALLOC_SPILLS, layout.buckets)
+            // A hash map cannot have 0 entries; with `spill` 0 the programs never use it.
+            .map_max_entries(MAP_ALLOCS, layout.spill.max(1))
             .map_max_entries(MAP_STACKS, opts.max_stacks)
             // A stack can be a site in a parent and in its forked children.
             .map_max_entries(MAP_SITES, opts.max_stacks.saturating_mul(2))
-            .load(patched.bytes())
+            .load(EBPF_OBJECT)
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -267,7 +271,9 @@ impl Tracer {
         fill_sample_gaps(&mut ebpf)?;
         let unwind = (opts.unwind != leak_common::UNWIND_FP)
             .then(|| UnwindTables { capacity: opts.unwind_rows, ..UnwindTables::default() });
-        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default(), unwind })
+        let table =
+            AllocTable::new(&ebpf, layout).map_err(|e| LoaderError::Object(e.to_string()))?;
+        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default(), unwind, table })
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of
