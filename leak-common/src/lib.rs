@@ -454,9 +454,45 @@ pub struct Pending {
     /// Sampling: bytes this thread allocates before its next sample (0: not drawn yet). Kept
     /// across calls, unlike the other fields.
     pub sample_left: u64,
+    /// This thread's last walk by unwind tables (kept across calls).
+    pub memo: StackMemo,
     /// The top of the user stack at the return, copied in one read for the frame walk
     /// (scratch space; kept here because the return probe has this slot at hand).
     pub window: [u64; STACK_WINDOW_WORDS],
+}
+
+/// Pairs of stack-window words a walk may read and still be memoized ([`StackMemo`]): two
+/// per frame, for 8 frames.
+pub const MEMO_READS: usize = 16;
+/// [`StackMemo::reads`] entry of no read.
+pub const MEMO_NO_READ: u8 = 0xff;
+
+/// A thread's last walk by unwind tables and what it depended on: the registers, the
+/// process's tables (their generation) and the window words it read. A walk is a function of
+/// these alone, so when they all match again (an allocation site called in a loop, at the
+/// same depth) its stack is the memo's without a step or a row lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackMemo {
+    /// Registers at the return.
+    pub ip: u64,
+    /// As above.
+    pub sp: u64,
+    /// As above.
+    pub bp: u64,
+    /// The process and its mappings' generation, mixed (the row cache's key).
+    pub key: u64,
+    /// A hash of the window words read, in order.
+    pub digest: u64,
+    /// The stack's id.
+    pub hash: u64,
+    /// Non-zero: the memo holds a walk.
+    pub valid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// Index in the window of each pair's first word: frame `i`'s reads at `2i` and `2i + 1`,
+    /// [`MEMO_NO_READ`] where there was none.
+    pub reads: [u8; MEMO_READS],
 }
 
 impl Default for Pending {
@@ -472,6 +508,7 @@ impl Default for Pending {
             flags: 0,
             pad: 0,
             sample_left: 0,
+            memo: StackMemo::default(),
             window: [0; STACK_WINDOW_WORDS],
         }
     }
@@ -696,7 +733,8 @@ const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
 const _: () = assert!(core::mem::offset_of!(AllocInfo, tgid) == ALLOC_INFO_OWNER_OFFSET);
 const _: () = assert!(core::mem::size_of::<AllocBucket>() == 320);
-const _: () = assert!(core::mem::size_of::<Pending>() == 88 + STACK_WINDOW_WORDS * 8);
+const _: () = assert!(core::mem::size_of::<StackMemo>() == 72);
+const _: () = assert!(core::mem::size_of::<Pending>() == 88 + 72 + STACK_WINDOW_WORDS * 8);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteTotal>() == 16);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);

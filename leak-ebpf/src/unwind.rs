@@ -18,9 +18,10 @@
 )]
 use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop};
 use leak_common::{
-    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, ProcessMaps, RBP_AT_CFA,
-    STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO, STACK_END_UNKNOWN,
-    STACK_END_UNSUPPORTED, STACK_WINDOW_WORDS, UNWIND_AUTO, UnwindRow,
+    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, MEMO_NO_READ, MEMO_READS, ProcessMaps,
+    RBP_AT_CFA, STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO,
+    STACK_END_UNKNOWN, STACK_END_UNSUPPORTED, STACK_WINDOW_WORDS, StackMemo, UNWIND_AUTO,
+    UnwindRow,
 };
 
 use crate::maps::{ROW_CACHE, UNWIND, UNWIND_MAPPINGS, UNWIND_ROWS};
@@ -54,6 +55,14 @@ pub struct Walk {
     /// leaves it (see [`read_pair`]).
     pub window: *mut u64,
     pub sp0: u64,
+    /// The window's first address as copied at the probe: while `sp0` is still it, the
+    /// words read are the ones a memo checks.
+    pub sp_start: u64,
+    /// Index of each pair read from the window (see `StackMemo`).
+    pub reads: [u8; MEMO_READS],
+    /// Non-zero while every word read came from the first window, and few enough of them
+    /// to memoize the walk.
+    pub memo_ok: u32,
 }
 
 /// Mixes frame `ip` into `hash` (as the frame-pointer walk does).
@@ -172,7 +181,11 @@ fn cached_row(w: &Walk, pc: u64) -> u64 {
 /// one per 512 bytes of stack). Without a window, or where the stack ends within 512 bytes
 /// (the read fails), the two words are read alone.
 #[inline(always)]
-fn read_pair(w: &mut Walk, addr: u64) -> Option<[u64; 2]> {
+///
+/// `slot`: where in `w.reads` this read is noted for the memo (two per frame, from the loop
+/// index: a count kept in the context would be a value the verifier tracks exactly from one
+/// step to the next, which multiplied its states past its limit).
+fn read_pair(w: &mut Walk, addr: u64, slot: u64) -> Option<[u64; 2]> {
     const LAST: u64 = (STACK_WINDOW_WORDS as u64 - 2) * 8;
     if !w.window.is_null() && addr.is_multiple_of(8) {
         if addr < w.sp0 || addr - w.sp0 > LAST {
@@ -192,12 +205,42 @@ fn read_pair(w: &mut Walk, addr: u64) -> Option<[u64; 2]> {
         // A byte offset bound, for the verifier (see the frame-pointer walk).
         if !w.window.is_null() && off <= LAST {
             let i = (off >> 3) as usize;
+            if w.sp0 == w.sp_start && slot < MEMO_READS as u64 {
+                w.reads[(slot as usize) & (MEMO_READS - 1)] = i as u8;
+            } else {
+                w.memo_ok = 0;
+            }
             // SAFETY: i + 1 < STACK_WINDOW_WORDS.
             return Some(unsafe { [*w.window.add(i), *w.window.add(i + 1)] });
         }
     }
+    w.memo_ok = 0;
     // SAFETY: the helper handles faults.
     unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()
+}
+
+/// The digest of the window pairs at `reads[..n]` (see `StackMemo`).
+#[inline(always)]
+pub fn window_digest(window: *const u64, reads: &[u8; MEMO_READS]) -> u64 {
+    let mut d = 0x2545_f491_4f6c_dd1d;
+    let mut j = 0;
+    while j < MEMO_READS {
+        if reads[j] != MEMO_NO_READ {
+            let i = (reads[j] & 63) as usize;
+            if i < STACK_WINDOW_WORDS - 1 {
+                // SAFETY: i + 1 < STACK_WINDOW_WORDS.
+                d = unsafe { mix(mix(d, *window.add(i)), *window.add(i + 1)) };
+            }
+        }
+        j += 1;
+    }
+    d
+}
+
+/// The row cache's key for process `tgid` with mappings of generation `generation`.
+#[inline(always)]
+pub fn cache_key(tgid: u32, generation: u64) -> u64 {
+    mix(u64::from(tgid), generation)
 }
 
 /// One frame: from `w`'s registers to its caller's, which is frame `index + 1`. Returns 1
@@ -245,7 +288,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
     }
     // The return address, and the saved rbp when it sits right below it (a frame pointer's
     // push, the usual case): one read.
-    let Some([below, ra]) = read_pair(w, cfa.wrapping_sub(16)) else {
+    let Some([below, ra]) = read_pair(w, cfa.wrapping_sub(16), 2 * index) else {
         w.end = STACK_END_BAD_FRAME;
         return 1;
     };
@@ -253,7 +296,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
         if at == cfa.wrapping_sub(16) {
             w.bp = below;
         } else {
-            let Some([saved, _]) = read_pair(w, at) else {
+            let Some([saved, _]) = read_pair(w, at, 2 * index + 1) else {
                 w.end = STACK_END_BAD_FRAME;
                 return 1;
             };
@@ -277,7 +320,8 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
 
 /// Walks the stack from `ip`/`sp`/`bp` with the tables of `maps`: the stack's hash (as
 /// `walk_stack`'s, never `STACK_ID_NONE`). With `ips` non-null, also stores the frames there,
-/// ended by a zero and the end code.
+/// ended by a zero and the end code. With `memo` non-null (and a window), records the walk
+/// there when it can be memoized, and marks it invalid otherwise.
 #[inline(always)]
 pub fn walk_tables(
     maps: ProcessMaps,
@@ -285,6 +329,7 @@ pub fn walk_tables(
     (ip, sp, bp): (u64, u64, u64),
     ips: *mut u64,
     window: *mut u64,
+    memo: *mut StackMemo,
 ) -> u64 {
     let mut w = Walk {
         ip,
@@ -295,10 +340,13 @@ pub fn walk_tables(
         end: STACK_END_UNKNOWN,
         maps_first: maps.first,
         maps_n: maps.n,
-        cache_key: mix(u64::from(tgid), maps.generation),
+        cache_key: cache_key(tgid, maps.generation),
         ips,
         window,
         sp0: sp,
+        sp_start: sp,
+        reads: [MEMO_NO_READ; MEMO_READS],
+        memo_ok: 1,
     };
     if !ips.is_null() {
         // SAFETY: index 0 of a StackTrace.
@@ -323,5 +371,36 @@ pub fn walk_tables(
         }
     }
     let hash = w.hash ^ w.n;
-    if hash == leak_common::STACK_ID_NONE { 1 } else { hash }
+    let hash = if hash == leak_common::STACK_ID_NONE { 1 } else { hash };
+    if !memo.is_null() {
+        // SAFETY: the caller's thread slot, which only this program writes now.
+        let m = unsafe { &mut *memo };
+        m.valid = 0;
+        if w.memo_ok != 0 && !w.window.is_null() && w.sp0 == sp {
+            m.ip = ip;
+            m.sp = sp;
+            m.bp = bp;
+            m.key = w.cache_key;
+            m.reads = w.reads;
+            m.digest = window_digest(w.window, &w.reads);
+            m.hash = hash;
+            m.valid = 1;
+        }
+    }
+    hash
+}
+
+/// The memoized stack id, when `memo` holds a walk from these registers, over the same tables,
+/// that read the same words as `window` holds now.
+#[inline(always)]
+pub fn memoized(
+    memo: &StackMemo,
+    key: u64,
+    (ip, sp, bp): (u64, u64, u64),
+    window: *const u64,
+) -> Option<u64> {
+    if memo.valid == 0 || memo.ip != ip || memo.sp != sp || memo.bp != bp || memo.key != key {
+        return None;
+    }
+    (window_digest(window, &memo.reads) == memo.digest).then_some(memo.hash)
 }

@@ -31,7 +31,7 @@ use crate::{
         STACKS, TRACE, UNWIND, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK, atomic_add, count_drop,
     },
     table::{insert_record, remove_record},
-    unwind::walk_tables,
+    unwind::{cache_key, memoized, walk_tables},
 };
 
 /// -EEXIST as returned by map helpers.
@@ -364,7 +364,7 @@ fn record<C: EbpfContext>(
     if call.flags & PENDING_UNSAMPLED != 0 {
         return false;
     }
-    let stack_id = take_stack(ctx, pid_tgid, &mut call.window);
+    let stack_id = take_stack(ctx, pid_tgid, call);
     let size = call.size;
     let info =
         AllocInfo { size, timestamp_ns: call.start_ns, stack_id, tgid: tgid(pid_tgid), kind: func };
@@ -391,31 +391,43 @@ fn record<C: EbpfContext>(
 /// been seen before, and then nothing else is needed: no per-thread buffer is looked up or
 /// written. A new stack is walked again by [`leak_store_stack`] (the same registers over the
 /// same memory give the same frames).
+///
+/// With tables, a walk that repeats the thread's last one (same registers, tables and stack
+/// words read: an allocation site called in a loop) takes its stack from the memo in the
+/// thread's slot (`leak_common::StackMemo`): a comparison of the words instead of a step and
+/// a row lookup per frame, and no STACKS lookup, as the memo's stack was stored.
 #[inline(always)]
-fn take_stack<C: EbpfContext>(
-    ctx: &C,
-    pid_tgid: u64,
-    window: &mut [u64; STACK_WINDOW_WORDS],
-) -> u64 {
+fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pending) -> u64 {
     // SAFETY: a uprobe's context is its pt_regs.
     let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
     let (ip, sp, fp) = (regs.rip, regs.rsp, regs.rbp);
     // SAFETY: the window's bytes, written only through this slice.
     let bytes = unsafe {
-        core::slice::from_raw_parts_mut(window.as_mut_ptr().cast::<u8>(), STACK_WINDOW_WORDS * 8)
+        core::slice::from_raw_parts_mut(
+            call.window.as_mut_ptr().cast::<u8>(),
+            STACK_WINDOW_WORDS * 8,
+        )
     };
     // Fails when the window runs past the stack's mapping: frames are then read one by one.
     // SAFETY: the helper handles faults.
     // An unaligned `sp` (never at a call's return on x86-64) would misplace the frames.
     let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
-    let window = if copied { window.as_mut_ptr() } else { core::ptr::null_mut() };
+    let window = if copied { call.window.as_mut_ptr() } else { core::ptr::null_mut() };
+    let memo = &raw mut call.memo;
     let hash = match tables(pid_tgid) {
         Some(maps) => {
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), core::ptr::null_mut(), window)
+            let key = cache_key(tgid(pid_tgid), maps.generation);
+            // SAFETY: this thread's own slot (see `take_pending`).
+            if copied && let Some(hash) = memoized(unsafe { &*memo }, key, (ip, sp, fp), window) {
+                return hash;
+            }
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), core::ptr::null_mut(), window, memo)
         }
         None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window.cast_const()),
     };
     if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) < 0 {
+        // SAFETY: as above.
+        unsafe { (*memo).valid = 0 };
         return STACK_ID_NONE;
     }
     hash
@@ -514,8 +526,8 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
     };
     let hash = match tables(pid_tgid) {
         Some(maps) => {
-            let no_window = core::ptr::null_mut();
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), buf.cast::<u64>(), no_window)
+            let (no_window, no_memo) = (core::ptr::null_mut(), core::ptr::null_mut());
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), buf.cast::<u64>(), no_window, no_memo)
         }
         None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
     };
