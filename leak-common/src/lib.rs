@@ -480,7 +480,8 @@ pub struct StackMemo {
     pub sp: u64,
     /// As above.
     pub bp: u64,
-    /// The process and its mappings' generation, mixed (the row cache's key).
+    /// The process and the last generation of any mapping set, mixed (see
+    /// [`MAP_UNWIND_GENERATION`]).
     pub key: u64,
     /// A hash of the window words read, in order.
     pub digest: u64,
@@ -656,6 +657,11 @@ pub struct ProcessMaps {
     /// (`MAP_ROW_CACHE`) for an earlier set (before an exec) are not taken for this one.
     pub generation: u64,
 }
+
+/// Name of the one-entry array holding the generation of the mapping set the loader wrote
+/// last (in any process): a thread's memoized walk ([`StackMemo`]) is keyed by it, so that
+/// checking the memo needs no lookup of the process's [`ProcessMaps`].
+pub const MAP_UNWIND_GENERATION: &str = "UNWIND_GENERATION";
 
 /// Name of the cache of rows the walk has looked up, by process and address.
 pub const MAP_ROW_CACHE: &str = "ROW_CACHE";

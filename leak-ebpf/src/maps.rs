@@ -135,6 +135,10 @@ pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIN
 pub static UNWIND_MAPS: HashMap<u32, ProcessMaps> =
     HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
+/// The generation of the mapping set written last (`leak_common::MAP_UNWIND_GENERATION`).
+#[map]
+pub static UNWIND_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Rows the walk has looked up: `[tag, packed row]` at a slot chosen by a hash of the
 /// process, its mappings' generation and the address. The tag is the key mixed with the
 /// row, so an entry another CPU is halfway through writing does not match (a torn read

@@ -18,8 +18,8 @@
 )]
 use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop};
 use leak_common::{
-    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, MEMO_NO_READ, MEMO_READS, ProcessMaps,
-    RBP_AT_CFA, STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO,
+    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, MEMO_NO_READ, MEMO_READS,
+    ProcessMaps, RBP_AT_CFA, STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO,
     STACK_END_UNKNOWN, STACK_END_UNSUPPORTED, STACK_WINDOW_WORDS, StackMemo, UNWIND_AUTO,
     UnwindRow,
 };
@@ -321,7 +321,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
 /// Walks the stack from `ip`/`sp`/`bp` with the tables of `maps`: the stack's hash (as
 /// `walk_stack`'s, never `STACK_ID_NONE`). With `ips` non-null, also stores the frames there,
 /// ended by a zero and the end code. With `memo` non-null (and a window), records the walk
-/// there when it can be memoized, and marks it invalid otherwise.
+/// there under `memo_key` when it can be memoized, and marks it invalid otherwise.
 #[inline(always)]
 pub fn walk_tables(
     maps: ProcessMaps,
@@ -329,7 +329,7 @@ pub fn walk_tables(
     (ip, sp, bp): (u64, u64, u64),
     ips: *mut u64,
     window: *mut u64,
-    memo: *mut StackMemo,
+    (memo, memo_key): (*mut StackMemo, u64),
 ) -> u64 {
     let mut w = Walk {
         ip,
@@ -380,7 +380,7 @@ pub fn walk_tables(
             m.ip = ip;
             m.sp = sp;
             m.bp = bp;
-            m.key = w.cache_key;
+            m.key = memo_key;
             m.reads = w.reads;
             m.digest = window_digest(w.window, &w.reads);
             m.hash = hash;

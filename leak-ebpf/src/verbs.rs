@@ -28,7 +28,8 @@ use leak_common::{
 use crate::{
     maps::{
         FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITES, STACK_SCRATCH,
-        STACKS, TRACE, UNWIND, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK, atomic_add, count_drop,
+        STACKS, TRACE, UNWIND, UNWIND_GENERATION, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK,
+        atomic_add, count_drop,
     },
     table::{insert_record, remove_record},
     unwind::{cache_key, memoized, walk_tables},
@@ -414,14 +415,19 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pending) -> u64
     let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
     let window = if copied { call.window.as_mut_ptr() } else { core::ptr::null_mut() };
     let memo = &raw mut call.memo;
+    let mut key = 0;
+    if UNWIND.load() != UNWIND_FP && copied {
+        let generation = UNWIND_GENERATION.get(0).copied().unwrap_or(0);
+        key = cache_key(tgid(pid_tgid), generation);
+        // SAFETY: this thread's own slot (see `take_pending`).
+        if let Some(hash) = memoized(unsafe { &*memo }, key, (ip, sp, fp), window) {
+            return hash;
+        }
+    }
     let hash = match tables(pid_tgid) {
         Some(maps) => {
-            let key = cache_key(tgid(pid_tgid), maps.generation);
-            // SAFETY: this thread's own slot (see `take_pending`).
-            if copied && let Some(hash) = memoized(unsafe { &*memo }, key, (ip, sp, fp), window) {
-                return hash;
-            }
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), core::ptr::null_mut(), window, memo)
+            let no_ips = core::ptr::null_mut();
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), no_ips, window, (memo, key))
         }
         None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window.cast_const()),
     };
@@ -527,7 +533,14 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
     let hash = match tables(pid_tgid) {
         Some(maps) => {
             let (no_window, no_memo) = (core::ptr::null_mut(), core::ptr::null_mut());
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), buf.cast::<u64>(), no_window, no_memo)
+            walk_tables(
+                maps,
+                tgid(pid_tgid),
+                (ip, sp, fp),
+                buf.cast::<u64>(),
+                no_window,
+                (no_memo, 0),
+            )
         }
         None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
     };

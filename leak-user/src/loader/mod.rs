@@ -594,5 +594,11 @@ fn write_mappings(
         pid,
         leak_common::ProcessMaps { first, n, generation },
         0,
-    )
+    )?;
+    // After the switch: a walk that sees this generation sees the new set (see
+    // `leak_common::MAP_UNWIND_GENERATION`).
+    let map = ebpf
+        .map_mut(leak_common::MAP_UNWIND_GENERATION)
+        .ok_or_else(|| missing(leak_common::MAP_UNWIND_GENERATION))?;
+    aya::maps::Array::<_, u64>::try_from(map)?.set(0, generation, 0)
 }
