@@ -189,7 +189,15 @@ pub fn count_drop(reason: DropReason) {
 }
 
 /// Counts one hit of the entry (`exit` false) or return probe of hook `cookie`.
+///
+/// A plain increment, not an atomic one like the drop counters': a locked add is about 6 ns
+/// here, three times per malloc+free pair, and the counter is this CPU's own. Only a task
+/// preempted between the load and the store, with another probe hit on this CPU meanwhile,
+/// loses one, and hits are a figure for the report (the probes' cost), not a record.
 #[inline(always)]
 pub fn count_hit(cookie: u32, exit: bool) {
-    bump(&HITS, hit_index(cookie, exit));
+    if let Some(slot) = HITS.get_ptr_mut(hit_index(cookie, exit)) {
+        // SAFETY: `slot` points to an aligned u64 in a live map value.
+        unsafe { *slot += 1 };
+    }
 }
