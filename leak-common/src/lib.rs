@@ -24,6 +24,47 @@ pub const MAP_STACKS: &str = "STACKS";
 /// stack and process, kept up to date by every record and removal in [`MAP_ALLOCS`], so that
 /// growth samples read one entry per site instead of one per allocation.
 pub const MAP_SITES: &str = "SITES";
+/// Name of the array of [`SiteBucket`]s: the per-site totals, as [`MAP_SITES`] but found
+/// with array lookups. A site whose bucket is full (or whose stack id is 0) is kept in
+/// [`MAP_SITES`]; a site can have entries in both (readers add them up).
+pub const MAP_SITE_TABLE: &str = "SITE_TABLE";
+/// Read-only global: [`MAP_SITE_TABLE`]'s bucket count minus one.
+pub const GLOBAL_SITE_BUCKET_MASK: &str = "SITE_BUCKET_MASK";
+/// Slots of one [`SiteBucket`].
+pub const SITE_BUCKET_SLOTS: usize = 8;
+
+/// Buckets of [`MAP_SITE_TABLE`] for `max_stacks` stacks: a power of two, room for twice
+/// as many sites (a stack can be a site in a parent and in its forked children).
+#[must_use]
+pub fn site_buckets(max_stacks: u32) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "8")]
+    let slots = SITE_BUCKET_SLOTS as u32;
+    (max_stacks.saturating_mul(2) / slots).max(1).next_power_of_two()
+}
+
+/// The bucket of [`MAP_SITE_TABLE`] of stack `stack_id` in process `tgid`.
+#[expect(clippy::inline_always, reason = "BPF: inlined into each program, no BPF-to-BPF call")]
+#[inline(always)]
+#[must_use]
+pub fn site_bucket(stack_id: u64, tgid: u32, mask: u32) -> u32 {
+    let h = (stack_id ^ u64::from(tgid)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as u32 & mask
+}
+
+/// One bucket of [`MAP_SITE_TABLE`]. A slot is claimed by swapping its stack id in (from 0),
+/// then published by writing its process; until then it matches no lookup (a lookup racing
+/// with the claim may claim a second slot for the same site: readers add them up).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteBucket {
+    /// Each slot's stack id; 0: free.
+    pub stacks: [u64; SITE_BUCKET_SLOTS],
+    /// Each slot's process; 0: not published.
+    pub tgids: [u32; SITE_BUCKET_SLOTS],
+    /// Each slot's totals (atomic adds, as in [`MAP_SITES`]).
+    pub totals: [SiteTotal; SITE_BUCKET_SLOTS],
+}
+
 /// Name of the hash map [`AllocKey`] (start) `-> end` indexing the anonymous mappings recorded
 /// in [`MAP_ALLOCS`], for `munmap` ranges.
 pub const MAP_MMAPS: &str = "MMAPS";
@@ -739,6 +780,7 @@ const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::align_of::<AllocInfo>() == 8);
 const _: () = assert!(core::mem::offset_of!(AllocInfo, tgid) == ALLOC_INFO_OWNER_OFFSET);
 const _: () = assert!(core::mem::size_of::<AllocBucket>() == 320);
+const _: () = assert!(core::mem::size_of::<SiteBucket>() == 224);
 const _: () = assert!(core::mem::size_of::<StackMemo>() == 72);
 const _: () = assert!(core::mem::size_of::<Pending>() == 88 + 72 + STACK_WINDOW_WORDS * 8);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
@@ -749,8 +791,8 @@ const _: () = assert!(DropReason::ALL.len() <= COUNTER_SLOTS as usize);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        AllocBucket, AllocInfo, AllocKey, Pending, ProcessMaps, SiteKey, SiteTotal, StackTrace,
-        UnwindMap, UnwindRow,
+        AllocBucket, AllocInfo, AllocKey, Pending, ProcessMaps, SiteBucket, SiteKey, SiteTotal,
+        StackTrace, UnwindMap, UnwindRow,
     };
 
     // SAFETY: all three are `#[repr(C)]`, `Copy`, contain only integers and have no padding
@@ -760,6 +802,8 @@ mod user {
     unsafe impl aya::Pod for AllocKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AllocBucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SiteBucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.

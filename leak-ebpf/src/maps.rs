@@ -5,13 +5,13 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use leak_common::{
     ALLOC_BUCKET_SLOTS, AllocBucket, AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_STACKS,
     DEFAULT_UNWIND_ROWS, DropReason, MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, MAX_UNWIND_MAPS,
-    MAX_UNWIND_PROCESSES, Pending, ProcessMaps, ROW_CACHE_SLOTS, SAMPLE_GAP_ENTRIES, SiteKey,
-    SiteTotal, StackTrace, UnwindMap, UnwindRow, hit_index,
+    MAX_UNWIND_PROCESSES, Pending, ProcessMaps, ROW_CACHE_SLOTS, SAMPLE_GAP_ENTRIES, SiteBucket,
+    SiteKey, SiteTotal, StackTrace, UnwindMap, UnwindRow, hit_index,
 };
 
 /// Outstanding allocations (see `leak_common::AllocBucket`), sized by the loader from
@@ -57,6 +57,15 @@ pub static STACKS: HashMap<u64, StackTrace> =
 #[map]
 pub static SITES: HashMap<SiteKey, SiteTotal> =
     HashMap::with_max_entries(2 * DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Per-site totals found with array lookups (`leak_common::SiteBucket`); SITES keeps the
+/// rest. Sized by the loader; mmappable for user space to read.
+#[map]
+pub static SITE_TABLE: Array<SiteBucket> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// `SITE_TABLE`'s bucket count minus one (`leak_common::GLOBAL_SITE_BUCKET_MASK`).
+#[unsafe(no_mangle)]
+pub static SITE_BUCKET_MASK: Global<u32> = Global::new(0);
 
 /// Anonymous mappings recorded as allocations: start -> end (page-rounded), for `munmap` ranges.
 #[map]
@@ -172,6 +181,19 @@ pub fn floor() -> bool {
 pub unsafe fn atomic_add(slot: *mut u64, n: u64) {
     // SAFETY: the caller's contract.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
+}
+
+/// Compare-and-swap of the u64 at `slot`: whether it held `old` (and now holds `new`).
+///
+/// # Safety
+/// `slot` points to an aligned u64 in a live map value.
+#[inline(always)]
+pub unsafe fn cas(slot: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, old, new)
+    }
+    .1
 }
 
 #[inline(always)]

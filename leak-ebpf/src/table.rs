@@ -6,7 +6,6 @@
 //! an earlier load, so a record written before its owner word is seen whole by a reader that
 //! checked the owner word first.
 use core::{
-    intrinsics::{AtomicOrdering, atomic_cxchg},
     ptr::{read_volatile, write_volatile},
     sync::atomic::{Ordering, compiler_fence},
 };
@@ -20,23 +19,10 @@ use leak_common::{
 use crate::{
     maps::{
         ALLOC_BUCKET_MASK, ALLOC_SLOTS, ALLOC_SPILL, ALLOC_SPILLS, ALLOC_TABLE, ALLOCS, atomic_add,
-        count_drop,
+        cas, count_drop,
     },
     verbs::site_add,
 };
-
-/// Compare-and-swap of the u64 at `slot`: whether it held `old` (and now holds `new`).
-///
-/// # Safety
-/// `slot` points to an aligned u64 in a live map value.
-#[inline(always)]
-unsafe fn cas(slot: *mut u64, old: u64, new: u64) -> bool {
-    // SAFETY: the caller's contract.
-    unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, old, new)
-    }
-    .1
-}
 
 /// The bucket of `key`: its address-slot array, its record array, and its index.
 #[inline(always)]

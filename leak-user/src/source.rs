@@ -114,18 +114,34 @@ impl AllocSource for Tracer {
         let Some(Map::HashMap(map)) = self.ebpf.map(MAP_SITES) else {
             return Err(SourceError::MissingMap(MAP_SITES));
         };
-        let sites = lookup_batch(map.fd().as_fd(), |key: SiteKey, total: BpfSiteTotal| {
-            // A removal may be counted a moment before its record (see
-            // `leak_common::SiteTotal`): a negative value is read as nothing.
-            let positive = |v: u64| if i64::try_from(v).is_ok() { v } else { 0 };
-            SiteTotal {
-                stack_id: key.stack_id,
-                tgid: key.tgid,
-                bytes: positive(total.bytes),
-                count: positive(total.count),
-            }
-        })
-        .map_err(|source| SourceError::Read { map: MAP_SITES, source })?;
+        // A site can have a slot in the table and an entry in SITES (a full bucket, a forked
+        // child's copied totals), even two slots (a claim race): added up, wrapping, as the
+        // atomic adds were.
+        let mut sum: hashbrown::HashMap<(u64, u32), (u64, u64)> = hashbrown::HashMap::new();
+        let mut add = |stack_id: u64, tgid: u32, bytes: u64, count: u64| {
+            let e = sum.entry((stack_id, tgid)).or_default();
+            e.0 = e.0.wrapping_add(bytes);
+            e.1 = e.1.wrapping_add(count);
+        };
+        self.sites.sites(&mut add);
+        let in_map =
+            lookup_batch(map.fd().as_fd(), |key: SiteKey, total: BpfSiteTotal| (key, total))
+                .map_err(|source| SourceError::Read { map: MAP_SITES, source })?;
+        for (key, total) in in_map {
+            add(key.stack_id, key.tgid, total.bytes, total.count);
+        }
+        // A removal may be counted a moment before its record (see
+        // `leak_common::SiteTotal`): a negative value is read as nothing.
+        let positive = |v: u64| if i64::try_from(v).is_ok() { v } else { 0 };
+        let sites = sum
+            .into_iter()
+            .map(|((stack_id, tgid), (bytes, count))| SiteTotal {
+                stack_id,
+                tgid,
+                bytes: positive(bytes),
+                count: positive(count),
+            })
+            .collect();
         let mut hits = ProbeHits::default();
         read_counters(&self.ebpf, MAP_HITS, &mut hits.0)?;
         Ok(Totals { taken_ns, sites, hits })
@@ -133,6 +149,7 @@ impl AllocSource for Tracer {
 
     fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {
         let mut n = self.table.remove_process(tgid);
+        self.sites.remove_process(tgid);
         let allocs = self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == tgid)?;
         let mmaps = self.entries_of::<AllocKey, u64>(MAP_MMAPS, |k| k.tgid == tgid)?;
         let sites = self.entries_of::<SiteKey, BpfSiteTotal>(MAP_SITES, |k| k.tgid == tgid)?;

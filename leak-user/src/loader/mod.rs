@@ -17,7 +17,7 @@ use leak_common::{
 use log::{debug, warn};
 
 mod table;
-pub(crate) use table::AllocTable;
+pub(crate) use table::{AllocTable, SiteTable};
 
 use crate::{hooks::HookKind, target::AllocatorPlan};
 
@@ -167,6 +167,8 @@ pub struct Tracer {
     unwind: Option<UnwindTables>,
     /// The outstanding allocations' table, mapped.
     pub(crate) table: AllocTable,
+    /// The per-site totals' table, mapped.
+    pub(crate) sites: SiteTable,
 }
 
 /// The objects whose unwind rows are in `UNWIND_ROWS`.
@@ -227,6 +229,8 @@ impl Tracer {
         debug!("allocation table: {layout:?}");
         let mask = layout.buckets - 1;
         let spill = u32::from(layout.spill > 0);
+        let site_buckets = leak_common::site_buckets(opts.max_stacks);
+        let site_mask = site_buckets - 1;
         let trace = u32::from(opts.trace);
         let floor = u32::from(opts.probe_floor);
         let mut ebpf = EbpfLoader::new()
@@ -243,6 +247,8 @@ impl Tracer {
             .override_global(leak_common::GLOBAL_ALLOC_BUCKET_MASK, &mask, true)
             .override_global(leak_common::GLOBAL_ALLOC_SLOTS, &layout.slots, true)
             .override_global(leak_common::GLOBAL_ALLOC_SPILL, &spill, true)
+            .override_global(leak_common::GLOBAL_SITE_BUCKET_MASK, &site_mask, true)
+            .map_max_entries(leak_common::MAP_SITE_TABLE, site_buckets)
             .map_max_entries(leak_common::MAP_ALLOC_TABLE, layout.buckets)
             .map_max_entries(leak_common::MAP_ALLOC_SPILLS, layout.buckets)
             // A hash map cannot have 0 entries; with `spill` 0 the programs never use it.
@@ -273,7 +279,9 @@ impl Tracer {
             .then(|| UnwindTables { capacity: opts.unwind_rows, ..UnwindTables::default() });
         let table =
             AllocTable::new(&ebpf, layout).map_err(|e| LoaderError::Object(e.to_string()))?;
-        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default(), unwind, table })
+        let sites =
+            SiteTable::new(&ebpf, site_buckets).map_err(|e| LoaderError::Object(e.to_string()))?;
+        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default(), unwind, table, sites })
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of

@@ -12,7 +12,8 @@ use std::{
 use aya::{Ebpf, maps::Map};
 use leak_common::{
     ALLOC_BUCKET_SLOTS, ALLOC_INFO_OWNER_OFFSET, AllocBucket, AllocInfo, AllocKey, AllocLayout,
-    MAP_ALLOC_SPILLS, MAP_ALLOC_TABLE, alloc_bucket,
+    MAP_ALLOC_SPILLS, MAP_ALLOC_TABLE, MAP_SITE_TABLE, SITE_BUCKET_SLOTS, SiteBucket, SiteTotal,
+    alloc_bucket,
 };
 
 /// One BPF array's values, mapped shared and writable.
@@ -259,6 +260,80 @@ impl AllocTable {
 
     fn bucket_of(&self, key: AllocKey) -> u32 {
         alloc_bucket(key.addr, key.tgid, self.layout.buckets - 1)
+    }
+}
+
+/// The per-site totals' table (`leak_common::SiteBucket`), mapped.
+pub struct SiteTable {
+    buckets: usize,
+    map: Mapping,
+}
+
+// SAFETY: as for `AllocTable`.
+unsafe impl Send for SiteTable {}
+// SAFETY: as above.
+unsafe impl Sync for SiteTable {}
+
+impl SiteTable {
+    /// Maps the loaded object's site table of `buckets` buckets.
+    ///
+    /// # Errors
+    /// The array is missing or cannot be mapped.
+    pub fn new(ebpf: &Ebpf, buckets: u32) -> io::Result<Self> {
+        let buckets = buckets as usize;
+        let len = page_round(buckets * std::mem::size_of::<SiteBucket>());
+        Ok(Self { buckets, map: Mapping::new(ebpf, MAP_SITE_TABLE, len)? })
+    }
+
+    fn bucket(&self, b: usize) -> *mut SiteBucket {
+        assert!(b < self.buckets);
+        // SAFETY: b < buckets: inside the mapping (page-aligned, so aligned for the buckets).
+        unsafe { self.map.ptr.cast::<SiteBucket>().as_ptr().add(b) }
+    }
+
+    /// Every published slot: (stack id, process, bytes, count), the totals as the atomic adds
+    /// left them (two's complement for a removal counted first).
+    pub fn sites(&self, mut each: impl FnMut(u64, u32, u64, u64)) {
+        for b in 0..self.buckets {
+            let bucket = self.bucket(b);
+            for s in 0..SITE_BUCKET_SLOTS {
+                // SAFETY: aligned fields inside the mapping, written by BPF programs (read
+                // volatile; a slot being claimed shows process 0 and is skipped).
+                unsafe {
+                    let stack = std::ptr::read_volatile(&raw const (*bucket).stacks[s]);
+                    let tgid = std::ptr::read_volatile(&raw const (*bucket).tgids[s]);
+                    if stack == 0 || tgid == 0 {
+                        continue;
+                    }
+                    let total = &raw const (*bucket).totals[s];
+                    each(
+                        stack,
+                        tgid,
+                        std::ptr::read_volatile(&raw const (*total).bytes),
+                        std::ptr::read_volatile(&raw const (*total).count),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Frees every slot of process `tgid` (it exited: no program adds to them any more).
+    pub fn remove_process(&self, tgid: u32) {
+        for b in 0..self.buckets {
+            let bucket = self.bucket(b);
+            for s in 0..SITE_BUCKET_SLOTS {
+                // SAFETY: as above; the slot is freed last (its stack id), as BPF claims it.
+                unsafe {
+                    if std::ptr::read_volatile(&raw const (*bucket).tgids[s]) != tgid {
+                        continue;
+                    }
+                    std::ptr::write_volatile(&raw mut (*bucket).totals[s], SiteTotal::default());
+                    std::ptr::write_volatile(&raw mut (*bucket).tgids[s], 0);
+                    std::sync::atomic::fence(Ordering::Release);
+                    std::ptr::write_volatile(&raw mut (*bucket).stacks[s], 0);
+                }
+            }
+        }
     }
 }
 
