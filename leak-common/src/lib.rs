@@ -495,6 +495,11 @@ pub struct Pending {
     /// Sampling: bytes this thread allocates before its next sample (0: not drawn yet). Kept
     /// across calls, unlike the other fields.
     pub sample_left: u64,
+    /// The clock (`bpf_ktime_get_ns`) as last read on this thread, and `jiffies` then: a
+    /// call within the same jiffy reuses it (kept across calls, see the BPF `stash`).
+    pub clock_ns: u64,
+    /// As above.
+    pub clock_jiffies: u64,
     /// This thread's last walk by unwind tables (kept across calls).
     pub memo: StackMemo,
     /// The top of the user stack at the return, copied in one read for the frame walk
@@ -550,6 +555,8 @@ impl Default for Pending {
             flags: 0,
             pad: 0,
             sample_left: 0,
+            clock_ns: 0,
+            clock_jiffies: 0,
             memo: StackMemo::default(),
             window: [0; STACK_WINDOW_WORDS],
         }
@@ -782,7 +789,7 @@ const _: () = assert!(core::mem::offset_of!(AllocInfo, tgid) == ALLOC_INFO_OWNER
 const _: () = assert!(core::mem::size_of::<AllocBucket>() == 320);
 const _: () = assert!(core::mem::size_of::<SiteBucket>() == 224);
 const _: () = assert!(core::mem::size_of::<StackMemo>() == 72);
-const _: () = assert!(core::mem::size_of::<Pending>() == 88 + 72 + STACK_WINDOW_WORDS * 8);
+const _: () = assert!(core::mem::size_of::<Pending>() == 104 + 72 + STACK_WINDOW_WORDS * 8);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteTotal>() == 16);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);
