@@ -42,18 +42,10 @@ pub fn site_buckets(max_stacks: u32) -> u32 {
     (max_stacks.saturating_mul(2) / slots).max(1).next_power_of_two()
 }
 
-/// The bucket of [`MAP_SITE_TABLE`] of stack `stack_id` in process `tgid`.
-#[expect(clippy::inline_always, reason = "BPF: inlined into each program, no BPF-to-BPF call")]
-#[inline(always)]
-#[must_use]
-pub fn site_bucket(stack_id: u64, tgid: u32, mask: u32) -> u32 {
-    let h = (stack_id ^ u64::from(tgid)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> 32) as u32 & mask
-}
-
-/// One bucket of [`MAP_SITE_TABLE`]. A slot is claimed by swapping its stack id in (from 0),
-/// then published by writing its process; until then it matches no lookup (a lookup racing
-/// with the claim may claim a second slot for the same site: readers add them up).
+/// One bucket of [`MAP_SITE_TABLE`], found by [`table_bucket`]. A slot is claimed by swapping
+/// its stack id in (from 0), then published by writing its process; until then it matches no
+/// lookup (a lookup racing with the claim may claim a second slot for the same site: readers
+/// add them up).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteBucket {
@@ -196,19 +188,20 @@ pub struct AllocLayout {
     pub spill: u32,
 }
 
-/// The bucket of [`MAP_ALLOC_TABLE`] that holds `addr` of process `tgid` (`mask`: the bucket
-/// count minus one). A multiplicative hash: allocator addresses share their low bits.
+/// The bucket of a table of ours (`mask`: its bucket count minus one) that holds `key` of
+/// process `tgid`: a block's address in [`MAP_ALLOC_TABLE`], a stack id in
+/// [`MAP_SITE_TABLE`]. A multiplicative hash: allocator addresses share their low bits.
 #[expect(clippy::inline_always, reason = "BPF: inlined into each program, no BPF-to-BPF call")]
 #[inline(always)]
 #[must_use]
-pub fn alloc_bucket(addr: u64, tgid: u32, mask: u32) -> u32 {
-    let h = (addr ^ (u64::from(tgid) << 47)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+pub fn table_bucket(key: u64, tgid: u32, mask: u32) -> u32 {
+    let h = (key ^ (u64::from(tgid) << 47)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let high = (h >> 32) as u32;
     high & mask
 }
 
 /// One bucket of [`MAP_ALLOC_TABLE`]: eight slots of outstanding allocations, found by
-/// [`alloc_bucket`]. A table of our own in an array rather than a BPF hash map: a hash map's
+/// [`table_bucket`]. A table of our own in an array rather than a BPF hash map: a hash map's
 /// insert and delete take a bucket lock and a free-list node each, about 140 ns per
 /// malloc+free here; a slot is claimed and released with one compare-and-swap each.
 ///
@@ -900,17 +893,17 @@ mod tests {
     }
 
     #[test]
-    fn alloc_buckets_spread_heap_addresses() {
+    fn table_buckets_spread_heap_addresses() {
         // 16-byte aligned blocks of one heap, 4096 buckets: no bucket far above the mean.
         let mask = 4095;
         let mut count = std::vec![0u32; 4096];
         for i in 0..32768u64 {
-            count[alloc_bucket(0x5555_5555_0000 + i * 48, 1234, mask) as usize] += 1;
+            count[table_bucket(0x5555_5555_0000 + i * 48, 1234, mask) as usize] += 1;
         }
         let max = count.iter().copied().max().unwrap_or(0);
         assert!(max <= 24, "fullest bucket {max} (mean 8)");
         // The process is part of the key.
-        assert_ne!(alloc_bucket(0x1000, 1, u32::MAX), alloc_bucket(0x1000, 2, u32::MAX));
+        assert_ne!(table_bucket(0x1000, 1, u32::MAX), table_bucket(0x1000, 2, u32::MAX));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use core::{
 use aya_ebpf::bindings::BPF_NOEXIST;
 use leak_common::{
     ALLOC_BUCKET_SLOTS, ALLOC_INFO_OWNER_OFFSET, AllocBucket, AllocInfo, AllocKey, DropReason,
-    alloc_bucket,
+    table_bucket,
 };
 
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
 /// The bucket of `key`: its address-slot array, its record array, and its index.
 #[inline(always)]
 fn bucket_of(key: AllocKey) -> Option<(*mut u64, *mut AllocInfo, u32)> {
-    let i = alloc_bucket(key.addr, key.tgid, ALLOC_BUCKET_MASK.load());
+    let i = table_bucket(key.addr, key.tgid, ALLOC_BUCKET_MASK.load());
     let b: *mut AllocBucket = ALLOC_TABLE.get_ptr_mut(i)?;
     // SAFETY: fields of a live map value.
     unsafe { Some(((&raw mut (*b).addrs).cast(), (&raw mut (*b).infos).cast(), i)) }

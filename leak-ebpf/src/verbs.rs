@@ -27,7 +27,7 @@ use leak_common::{
     AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
     PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
     SAMPLE_GAP_SHIFT, SITE_BUCKET_SLOTS, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS,
-    SiteBucket, SiteKey, SiteTotal, StackTrace, UNWIND_FP, sample_gap, sample_step, site_bucket,
+    SiteBucket, SiteKey, SiteTotal, StackTrace, UNWIND_FP, sample_gap, sample_step, table_bucket,
 };
 
 use crate::{
@@ -78,9 +78,9 @@ struct Call {
     flags: u32,
 }
 
-/// Stashes the arguments of a call, stamped with the time. Returns false when the call is
-/// nested in another hooked call of this thread (which then accounts for everything), or
-/// cannot be stashed. `sample`: the call makes a new block of `call.size` bytes, which
+/// Stashes the arguments of a call, stamped with the time, and returns the stash. `None` when
+/// the call is nested in another hooked call of this thread (which then accounts for
+/// everything), or cannot be stashed. `sample`: the call makes a new block of `call.size` bytes, which
 /// sampling may leave out.
 ///
 /// Each thread keeps its slot: an ended call marks it idle (`PENDING_IDLE`) rather than
@@ -89,7 +89,7 @@ struct Call {
 /// that have gone. Written field by field: a whole `Pending` built on the stack is zeroed by
 /// a call to a BPF `memset` (about 5% of `alloc_enter`'s time), and is too large anyway.
 #[inline(always)]
-fn stash(pid_tgid: u64, call: Call, sample: bool) -> bool {
+fn stash(pid_tgid: u64, call: Call, sample: bool) -> Option<*mut Pending> {
     let found = PENDING.get_ptr_mut(pid_tgid);
     let start_ns = thread_clock(found);
     let slot = if let Some(slot) = found {
@@ -97,7 +97,7 @@ fn stash(pid_tgid: u64, call: Call, sample: bool) -> bool {
         let (kind, started) = unsafe { ((*slot).kind, (*slot).start_ns) };
         if kind != PENDING_IDLE {
             if start_ns.wrapping_sub(started) < STALE_PENDING_NS {
-                return false;
+                return None;
             }
             // Left by a call whose return never arrived: replace it.
             count_drop(DropReason::StalePending);
@@ -107,8 +107,9 @@ fn stash(pid_tgid: u64, call: Call, sample: bool) -> bool {
         slot
     } else {
         count_drop(DropReason::PendingFull);
-        return false;
+        return None;
     };
+    let stash = slot;
     // SAFETY: as above.
     let slot = unsafe { &mut *slot };
     let mut flags = call.flags;
@@ -126,7 +127,7 @@ fn stash(pid_tgid: u64, call: Call, sample: bool) -> bool {
     slot.has_old = 0;
     slot.flags = flags;
     slot.kind = call.kind;
-    true
+    Some(stash)
 }
 
 /// `CLOCK_MONOTONIC` for a call's start, from the thread's slot when it read the clock
@@ -226,7 +227,7 @@ fn site_slot(stack_id: u64, tgid: u32, claim: bool) -> Option<*mut SiteTotal> {
         return None;
     }
     let b: *mut SiteBucket =
-        SITE_TABLE.get_ptr_mut(site_bucket(stack_id, tgid, SITE_BUCKET_MASK.load()))?;
+        SITE_TABLE.get_ptr_mut(table_bucket(stack_id, tgid, SITE_BUCKET_MASK.load()))?;
     // SAFETY: fields of a live map value; indexes below SITE_BUCKET_SLOTS.
     unsafe {
         let stacks = (&raw mut (*b).stacks).cast::<u64>();
@@ -393,19 +394,18 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
     let call = Call { size, old_ptr: ptr, kind: func, flags, ..Call::default() };
     // Stash first: a nested realloc (inside reallocarray) must not touch the old block, which
     // the outer call has already taken out.
-    if !stash(pid_tgid, call, true) || ptr == 0 || flags & PENDING_OVERFLOW != 0 {
+    let Some(stashed) = stash(pid_tgid, call, true) else { return };
+    if ptr == 0 || flags & PENDING_OVERFLOW != 0 {
         return;
     }
     let Some(old) = remove_record(AllocKey::new(ptr, tgid(pid_tgid))) else {
         count_unknown_free();
         return;
     };
-    if let Some(stashed) = PENDING.get_ptr_mut(pid_tgid) {
-        // SAFETY: this thread's own stash; no other program writes it.
-        unsafe {
-            (*stashed).old = old;
-            (*stashed).has_old = 1;
-        }
+    // SAFETY: this thread's own stash; no other program writes it.
+    unsafe {
+        (*stashed).old = old;
+        (*stashed).has_old = 1;
     }
 }
 

@@ -13,7 +13,7 @@ use aya::{Ebpf, maps::Map};
 use leak_common::{
     ALLOC_BUCKET_SLOTS, ALLOC_INFO_OWNER_OFFSET, AllocBucket, AllocInfo, AllocKey, AllocLayout,
     MAP_ALLOC_SPILLS, MAP_ALLOC_TABLE, MAP_SITE_TABLE, SITE_BUCKET_SLOTS, SiteBucket, SiteTotal,
-    alloc_bucket,
+    table_bucket,
 };
 
 /// One BPF array's values, mapped shared and writable.
@@ -259,7 +259,7 @@ impl AllocTable {
     }
 
     fn bucket_of(&self, key: AllocKey) -> u32 {
-        alloc_bucket(key.addr, key.tgid, self.layout.buckets - 1)
+        table_bucket(key.addr, key.tgid, self.layout.buckets - 1)
     }
 }
 
