@@ -133,6 +133,26 @@ pub fn sample_step(left: u64, size: u64, mut gap: impl FnMut() -> u64) -> (bool,
     }
 }
 
+/// Name of the map, for the compatible object, from a process to `[recorded mappings, ones
+/// ever recorded larger than UNMAP_PROBE_PAGES pages]`: an unmap search that cannot be
+/// exhaustive misses nothing in a process with none, and nothing before its start in one
+/// without large ones.
+pub const MAP_MMAP_COUNTS: &str = "MMAP_COUNTS";
+/// Pages the compatible object's `munmap` searches before and after its start for recorded
+/// mappings (it cannot iterate [`MAP_MMAPS`]): a search that cannot be exhaustive is counted
+/// ([`DropReason::UnmapUnchecked`]).
+pub const UNMAP_PROBE_PAGES: u64 = 32;
+
+/// Name of the hash map from a probe's address (and process) to its hook's cookie, for the
+/// compatible object (kernels without attach cookies): key [`AllocKey`] with the probed
+/// instruction's address, value the cookie the full object's probe would carry.
+pub const MAP_HOOK_IPS: &str = "HOOK_IPS";
+/// Capacity of [`MAP_HOOK_IPS`].
+pub const MAX_HOOK_IPS: u32 = 1 << 13;
+/// Read-only global: leak's own process id. The compatible object, which has no attach cookie
+/// to mark the calibration probes with, knows them by it.
+pub const GLOBAL_LEAK_TGID: &str = "LEAK_TGID";
+
 /// Read-only global: non-zero makes every program return at once (benchmarks: the cost of
 /// the probes themselves at exactly the points the tool uses).
 pub const GLOBAL_PROBE_FLOOR: &str = "PROBE_FLOOR";
@@ -175,6 +195,14 @@ pub fn alloc_layout(max_allocs: u32) -> AllocLayout {
         max_allocs.saturating_sub(table).saturating_add(table / 4)
     };
     AllocLayout { buckets, slots, spill }
+}
+
+/// The compatible object's layout for `max_allocs` records: no table slots (claiming one
+/// takes a compare-and-swap, which kernels before 5.12 lack), every record in
+/// [`MAP_ALLOCS`].
+#[must_use]
+pub const fn compat_alloc_layout(max_allocs: u32) -> AllocLayout {
+    AllocLayout { buckets: 1, slots: 0, spill: if max_allocs == 0 { 1 } else { max_allocs } }
 }
 
 /// See [`alloc_layout`].
@@ -485,6 +513,15 @@ pub struct Pending {
     pub flags: u32,
     /// Explicit padding.
     pub pad: u32,
+    /// The compatible object: the stack pointer at the call's entry (its return address's
+    /// slot), which tells the call's return from a nested call's.
+    pub entry_sp: u64,
+    /// The compatible object: the stack pointer of the last return that took a stash (a call
+    /// chained to it by a jump returns at the same point right after).
+    pub taken_sp: u64,
+    /// The compatible object: the last pointer this thread passed to `free`, until an
+    /// `munmap` of the allocator's that holds it (glibc unmapping a large block) consumes it.
+    pub freed: u64,
     /// Sampling: bytes this thread allocates before its next sample (0: not drawn yet). Kept
     /// across calls, unlike the other fields.
     pub sample_left: u64,
@@ -495,9 +532,75 @@ pub struct Pending {
     pub clock_jiffies: u64,
     /// This thread's last walk by unwind tables (kept across calls).
     pub memo: StackMemo,
+    /// A walk by unwind tables in progress (scratch space, like what follows).
+    pub walk: WalkState,
+    /// An unmapped range's overlapping regions, as an `munmap` gathers them.
+    pub unmap: UnmapScratch,
     /// The top of the user stack at the return, copied in one read for the frame walk
     /// (scratch space; kept here because the return probe has this slot at hand).
     pub window: [u64; STACK_WINDOW_WORDS],
+}
+
+/// A stack walk by unwind tables in progress (`leak-ebpf`'s `unwind::step`). In the thread's
+/// [`Pending`] slot, not on the BPF stack: the verifiers of 5.10-6.12 allow 512 bytes for a
+/// program's whole chain of calls, and the walk runs three calls deep.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkState {
+    /// Registers of the frame being stepped from.
+    pub ip: u64,
+    /// As above.
+    pub sp: u64,
+    /// As above.
+    pub bp: u64,
+    /// The hash of the frames so far.
+    pub hash: u64,
+    /// Frames so far.
+    pub n: u64,
+    /// How the walk ended (`STACK_END_*`), once it has.
+    pub end: u64,
+    /// The process's mappings: first index in [`MAP_UNWIND_MAPPINGS`].
+    pub maps_first: u32,
+    /// Their count.
+    pub maps_n: u32,
+    /// The process and its mappings' generation, mixed: keys [`MAP_ROW_CACHE`].
+    pub cache_key: u64,
+    /// Where the stack window was last copied from.
+    pub sp0: u64,
+    /// The window's first address as copied at the probe: while `sp0` is still it, the
+    /// words read are the ones a memo checks.
+    pub sp_start: u64,
+    /// Index of each pair read from the window (see [`StackMemo`]).
+    pub reads: [u8; MEMO_READS],
+    /// Non-zero while every word read came from the first window, and few enough of them
+    /// to memoize the walk.
+    pub memo_ok: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+
+/// Recorded mappings an `munmap` range overlaps that one call trims after searching them all.
+pub const UNMAP_MAX_OVERLAPS: usize = 4;
+
+/// The recorded mappings that overlap an unmapped range `[a, b)`, gathered by a search of
+/// [`MAP_MMAPS`] (scratch space in the thread's [`Pending`] slot, off the BPF stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapScratch {
+    /// The range.
+    pub a: u64,
+    /// As above.
+    pub b: u64,
+    /// Regions found (may exceed [`UNMAP_MAX_OVERLAPS`] by one: more than fit).
+    pub n: u64,
+    /// The process.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// The regions found: starts.
+    pub starts: [u64; UNMAP_MAX_OVERLAPS],
+    /// Their ends.
+    pub ends: [u64; UNMAP_MAX_OVERLAPS],
 }
 
 /// Pairs of stack-window words a walk may read and still be memoized ([`StackMemo`]): two
@@ -547,10 +650,15 @@ impl Default for Pending {
             has_old: 0,
             flags: 0,
             pad: 0,
+            entry_sp: 0,
+            taken_sp: 0,
+            freed: 0,
             sample_left: 0,
             clock_ns: 0,
             clock_jiffies: 0,
             memo: StackMemo::default(),
+            walk: WalkState::default(),
+            unmap: UnmapScratch::default(),
             window: [0; STACK_WINDOW_WORDS],
         }
     }
@@ -736,11 +844,18 @@ pub enum DropReason {
     /// [`MAP_SITES`] was full: a block is recorded but its site's totals leave it out (growth
     /// samples then undercount the site; reports, which sum the records, do not).
     SiteMapFull = 9,
+    /// An `munmap` (or `MAP_FIXED` mapping) range that a kernel without map iteration (before
+    /// 5.13, the compatible object) could not search whole: a recorded mapping in it may stay
+    /// recorded although unmapped.
+    UnmapUnchecked = 10,
+    /// A probe fired at an address leak did not register for the process (the compatible
+    /// object finds hooks by address): the call was not followed.
+    UnknownHook = 11,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::AllocMapFull,
         Self::StackMissing,
         Self::StackMapFull,
@@ -751,6 +866,8 @@ impl DropReason {
         Self::ReadFailed,
         Self::UnmapOverflow,
         Self::SiteMapFull,
+        Self::UnmapUnchecked,
+        Self::UnknownHook,
     ];
 
     /// Stable name used in reports.
@@ -767,6 +884,8 @@ impl DropReason {
             Self::ReadFailed => "read_failed",
             Self::UnmapOverflow => "unmap_overflow",
             Self::SiteMapFull => "site_map_full",
+            Self::UnmapUnchecked => "unmap_unchecked",
+            Self::UnknownHook => "unknown_hook",
         }
     }
 }
@@ -782,7 +901,10 @@ const _: () = assert!(core::mem::offset_of!(AllocInfo, tgid) == ALLOC_INFO_OWNER
 const _: () = assert!(core::mem::size_of::<AllocBucket>() == 320);
 const _: () = assert!(core::mem::size_of::<SiteBucket>() == 224);
 const _: () = assert!(core::mem::size_of::<StackMemo>() == 72);
-const _: () = assert!(core::mem::size_of::<Pending>() == 104 + 72 + STACK_WINDOW_WORDS * 8);
+const _: () = assert!(core::mem::size_of::<WalkState>() == 104);
+const _: () = assert!(core::mem::size_of::<UnmapScratch>() == 96);
+const _: () =
+    assert!(core::mem::size_of::<Pending>() == 128 + 72 + 104 + 96 + STACK_WINDOW_WORDS * 8);
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SiteTotal>() == 16);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 8 * MAX_STACK_DEPTH);
@@ -843,6 +965,8 @@ mod tests {
                 (7, "read_failed"),
                 (8, "unmap_overflow"),
                 (9, "site_map_full"),
+                (10, "unmap_unchecked"),
+                (11, "unknown_hook"),
             ]
         );
         assert_eq!(hit_index(0, false), 0);

@@ -26,6 +26,11 @@ mod table;
 mod unwind;
 mod verbs;
 
+/// This build is the full object (kernels 5.17+; `compat.rs` builds the other from the same
+/// modules). A constant, so each build keeps only its own branches: the compatible object
+/// holds no instruction or helper a 5.10 verifier rejects, even in dead code.
+const COMPAT: bool = false;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

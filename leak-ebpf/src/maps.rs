@@ -9,9 +9,10 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use leak_common::{
     ALLOC_BUCKET_SLOTS, AllocBucket, AllocInfo, AllocKey, COUNTER_SLOTS, DEFAULT_MAX_STACKS,
-    DEFAULT_UNWIND_ROWS, DropReason, MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS, MAX_UNWIND_MAPS,
-    MAX_UNWIND_PROCESSES, Pending, ProcessMaps, ROW_CACHE_SLOTS, SAMPLE_GAP_ENTRIES, SiteBucket,
-    SiteKey, SiteTotal, StackTrace, UnwindMap, UnwindRow, hit_index,
+    DEFAULT_UNWIND_ROWS, DropReason, MAX_HOOK_IPS, MAX_MMAPS, MAX_PENDING, MAX_SCRATCH_THREADS,
+    MAX_UNWIND_MAPS, MAX_UNWIND_PROCESSES, Pending, ProcessMaps, ROW_CACHE_SLOTS,
+    SAMPLE_GAP_ENTRIES, SiteBucket, SiteKey, SiteTotal, StackTrace, UnwindMap, UnwindRow,
+    hit_index,
 };
 
 /// Outstanding allocations (see `leak_common::AllocBucket`), sized by the loader from
@@ -160,6 +161,22 @@ pub static ROW_CACHE: Array<[u64; 2]> = Array::with_max_entries(ROW_CACHE_SLOTS,
 #[map]
 pub static UNWIND_MAPPINGS: Array<UnwindMap> =
     Array::with_max_entries(2 * MAX_UNWIND_PROCESSES * MAX_UNWIND_MAPS, 0);
+
+/// The compatible object's hooks, by probe address and process (`leak_common::MAP_HOOK_IPS`),
+/// written by the loader as it attaches.
+#[map]
+pub static HOOK_IPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_HOOK_IPS, 0);
+
+/// The compatible object's counts of recorded mappings by process
+/// (`leak_common::MAP_MMAP_COUNTS`).
+#[map]
+pub static MMAP_COUNTS: HashMap<u32, [u64; 2]> =
+    HashMap::with_max_entries(MAX_UNWIND_PROCESSES * 16, BPF_F_NO_PREALLOC);
+
+/// leak's own process (`leak_common::GLOBAL_LEAK_TGID`): the compatible object's calibration
+/// probes fire there.
+#[unsafe(no_mangle)]
+pub static LEAK_TGID: Global<u32> = Global::new(0);
 
 /// Benchmarks' probe floor: the program should do nothing. A load-time constant, so the
 /// verifier prunes whichever branch is dead.

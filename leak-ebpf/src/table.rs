@@ -57,7 +57,9 @@ pub fn insert_record(key: AllocKey, info: &AllocInfo) {
         count_drop(DropReason::AllocMapFull);
         return;
     };
-    let slots = ALLOC_SLOTS.load() as usize;
+    // The compatible object keeps every record in ALLOCS: without compare-and-swap (5.12)
+    // a slot cannot be claimed (the loader gives it a table of no slots).
+    let slots = if crate::COMPAT { 0 } else { ALLOC_SLOTS.load() as usize };
     let mut s = 0;
     while s < ALLOC_BUCKET_SLOTS && s < slots {
         // SAFETY: s < ALLOC_BUCKET_SLOTS: slots of a live map value. The key is this call's
@@ -123,12 +125,32 @@ pub fn insert_record(key: AllocKey, info: &AllocInfo) {
     site_add(info, true);
 }
 
+/// [`insert_record`] as a BPF global function, its record passed as scalars (`owner`:
+/// `AllocInfo::owner_word`, the process and the hook). Called from programs whose stack is
+/// already deep (a return probe's, an unmap's): its frame is its own, a leaf next to the
+/// stack walk's chain instead of on it.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_insert_record(
+    addr: u64,
+    size: u64,
+    timestamp_ns: u64,
+    stack_id: u64,
+    owner: u64,
+) -> i32 {
+    #[expect(clippy::cast_possible_truncation, reason = "the two halves of the owner word")]
+    let info =
+        AllocInfo { size, timestamp_ns, stack_id, tgid: owner as u32, kind: (owner >> 32) as u32 };
+    insert_record(AllocKey::new(addr, info.tgid), &info);
+    0
+}
+
 /// Removes the record at `key` and takes it out of its site. Returns it, if there was one (of
 /// two threads racing to free one block, only one gets it).
 #[inline(always)]
 pub fn remove_record(key: AllocKey) -> Option<AllocInfo> {
     let (addrs, infos, i) = bucket_of(key)?;
-    let slots = ALLOC_SLOTS.load() as usize;
+    let slots = if crate::COMPAT { 0 } else { ALLOC_SLOTS.load() as usize };
     let mut s = 0;
     while s < ALLOC_BUCKET_SLOTS && s < slots {
         // SAFETY: s < ALLOC_BUCKET_SLOTS: slots of a live map value; the record is ours once

@@ -17,11 +17,12 @@
               the check before it"
 )]
 use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop};
+use core::ptr::read_volatile;
 use leak_common::{
     CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, MAX_STACK_DEPTH, MEMO_NO_READ, MEMO_READS,
     ProcessMaps, RBP_AT_CFA, STACK_END_BAD_FRAME, STACK_END_COMPLETE, STACK_END_NO_UNWIND_INFO,
     STACK_END_UNKNOWN, STACK_END_UNSUPPORTED, STACK_WINDOW_WORDS, StackMemo, UNWIND_AUTO,
-    UnwindRow,
+    UnwindRow, WalkState,
 };
 
 use crate::maps::{ROW_CACHE, UNWIND, UNWIND_MAPPINGS, UNWIND_ROWS};
@@ -31,38 +32,18 @@ const MAP_SEARCH_STEPS: usize = 8;
 /// Steps of the search among an object's rows: enough for 2^22 rows.
 const ROW_SEARCH_STEPS: usize = 23;
 
-/// A walk in progress: `bpf_loop`'s context.
+/// `bpf_loop`'s context: where the walk's state is, and two buffers. Only pointers, on the
+/// stack: the state itself is in the thread's `Pending` slot (`leak_common::WalkState`), off
+/// the 512-byte stack; a pointer cannot go there (the verifier would give it back as a number).
 #[repr(C)]
 pub struct Walk {
-    /// Registers of the frame being stepped from.
-    pub ip: u64,
-    pub sp: u64,
-    pub bp: u64,
-    /// The hash of the frames so far.
-    pub hash: u64,
-    /// Frames so far.
-    pub n: u64,
-    /// How the walk ended (`STACK_END_*`), once it has.
-    pub end: u64,
-    /// The process's mappings: first index in `UNWIND_MAPPINGS` and count.
-    pub maps_first: u32,
-    pub maps_n: u32,
-    /// The process and its mappings' generation, mixed: keys `ROW_CACHE`.
-    pub cache_key: u64,
+    /// The state.
+    pub w: *mut WalkState,
     /// Where to store the frames (a `StackTrace`), or null to only hash them.
     pub ips: *mut u64,
-    /// `STACK_WINDOW_WORDS` words copied from `sp0`, or null. Moved up the stack as the walk
-    /// leaves it (see [`read_pair`]).
+    /// `STACK_WINDOW_WORDS` words copied from `w.sp0`, or null. Moved up the stack as the
+    /// walk leaves it (see [`read_pair`]).
     pub window: *mut u64,
-    pub sp0: u64,
-    /// The window's first address as copied at the probe: while `sp0` is still it, the
-    /// words read are the ones a memo checks.
-    pub sp_start: u64,
-    /// Index of each pair read from the window (see `StackMemo`).
-    pub reads: [u8; MEMO_READS],
-    /// Non-zero while every word read came from the first window, and few enough of them
-    /// to memoize the walk.
-    pub memo_ok: u32,
 }
 
 /// Mixes frame `ip` into `hash` (as the frame-pointer walk does).
@@ -155,7 +136,7 @@ fn last_at_or_before(
 /// frames repeat from one allocation to the next, and one lookup costs less than two
 /// searches.
 #[inline(always)]
-fn cached_row(w: &Walk, pc: u64) -> u64 {
+fn cached_row(w: &WalkState, pc: u64) -> u64 {
     let key = mix(w.cache_key, pc);
     let slot = (key >> 32) as u32 & (leak_common::ROW_CACHE_SLOTS - 1);
     let Some(entry) = ROW_CACHE.get_ptr_mut(slot) else {
@@ -185,25 +166,25 @@ fn cached_row(w: &Walk, pc: u64) -> u64 {
 /// `slot`: where in `w.reads` this read is noted for the memo (two per frame, from the loop
 /// index: a count kept in the context would be a value the verifier tracks exactly from one
 /// step to the next, which multiplied its states past its limit).
-fn read_pair(w: &mut Walk, addr: u64, slot: u64) -> Option<[u64; 2]> {
+fn read_pair(walk: &mut Walk, w: &mut WalkState, addr: u64, slot: u64) -> Option<[u64; 2]> {
     const LAST: u64 = (STACK_WINDOW_WORDS as u64 - 2) * 8;
-    if !w.window.is_null() && addr.is_multiple_of(8) {
+    if !walk.window.is_null() && addr.is_multiple_of(8) {
         if addr < w.sp0 || addr - w.sp0 > LAST {
             // SAFETY: the window's bytes, written only through this slice.
             let bytes = unsafe {
-                core::slice::from_raw_parts_mut(w.window.cast::<u8>(), STACK_WINDOW_WORDS * 8)
+                core::slice::from_raw_parts_mut(walk.window.cast::<u8>(), STACK_WINDOW_WORDS * 8)
             };
             // SAFETY: the helper handles faults.
             if unsafe { bpf_probe_read_user_buf(addr as *const u8, bytes) }.is_ok() {
                 w.sp0 = addr;
             } else {
                 // A failed read zeroes the buffer: no window from here on.
-                w.window = core::ptr::null_mut();
+                walk.window = core::ptr::null_mut();
             }
         }
         let off = addr.wrapping_sub(w.sp0);
         // A byte offset bound, for the verifier (see the frame-pointer walk).
-        if !w.window.is_null() && off <= LAST {
+        if !walk.window.is_null() && off <= LAST {
             let i = (off >> 3) as usize;
             if w.sp0 == w.sp_start && slot < MEMO_READS as u64 {
                 w.reads[(slot as usize) & (MEMO_READS - 1)] = i as u8;
@@ -211,7 +192,7 @@ fn read_pair(w: &mut Walk, addr: u64, slot: u64) -> Option<[u64; 2]> {
                 w.memo_ok = 0;
             }
             // SAFETY: i + 1 < STACK_WINDOW_WORDS.
-            return Some(unsafe { [*w.window.add(i), *w.window.add(i + 1)] });
+            return Some(unsafe { [*walk.window.add(i), *walk.window.add(i + 1)] });
         }
     }
     w.memo_ok = 0;
@@ -225,12 +206,13 @@ pub fn window_digest(window: *const u64, reads: &[u8; MEMO_READS]) -> u64 {
     let mut d = 0x2545_f491_4f6c_dd1d;
     let mut j = 0;
     while j < MEMO_READS {
-        if reads[j] != MEMO_NO_READ {
-            let i = (reads[j] & 63) as usize;
-            if i < STACK_WINDOW_WORDS - 1 {
-                // SAFETY: i + 1 < STACK_WINDOW_WORDS.
-                d = unsafe { mix(mix(d, *window.add(i)), *window.add(i + 1)) };
-            }
+        // Loaded afresh and compared unmasked (see `walk_tables`): MEMO_NO_READ and
+        // anything else past the window's last pair is skipped.
+        // SAFETY: an element of `reads`.
+        let i = usize::from(unsafe { read_volatile(&raw const reads[j]) });
+        if i < STACK_WINDOW_WORDS - 1 {
+            // SAFETY: i + 1 < STACK_WINDOW_WORDS.
+            d = unsafe { mix(mix(d, *window.add(i)), *window.add(i + 1)) };
         }
         j += 1;
     }
@@ -246,9 +228,10 @@ pub fn cache_key(tgid: u32, generation: u64) -> u64 {
 /// One frame: from `w`'s registers to its caller's, which is frame `index + 1`. Returns 1
 /// (stop) once the walk ends.
 #[inline(never)]
-extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
-    // SAFETY: our own context, on the caller's stack.
-    let w = unsafe { &mut *w };
+extern "C" fn step(index: u64, walk: *mut Walk) -> i64 {
+    // SAFETY: our own context, on the caller's stack, and the state it points to (the
+    // thread's own slot).
+    let (walk, w) = unsafe { (&mut *walk, &mut *(*walk).w) };
     let n = index + 1;
     if n >= MAX_STACK_DEPTH as u64 {
         return 1;
@@ -288,7 +271,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
     }
     // The return address, and the saved rbp when it sits right below it (a frame pointer's
     // push, the usual case): one read.
-    let Some([below, ra]) = read_pair(w, cfa.wrapping_sub(16), 2 * index) else {
+    let Some([below, ra]) = read_pair(walk, w, cfa.wrapping_sub(16), 2 * index) else {
         w.end = STACK_END_BAD_FRAME;
         return 1;
     };
@@ -296,7 +279,7 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
         if at == cfa.wrapping_sub(16) {
             w.bp = below;
         } else {
-            let Some([saved, _]) = read_pair(w, at, 2 * index + 1) else {
+            let Some([saved, _]) = read_pair(walk, w, at, 2 * index + 1) else {
                 w.end = STACK_END_BAD_FRAME;
                 return 1;
             };
@@ -307,9 +290,9 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
         w.end = STACK_END_COMPLETE;
         return 1;
     }
-    if !w.ips.is_null() {
+    if !walk.ips.is_null() {
         // SAFETY: n < MAX_STACK_DEPTH, inside the StackTrace.
-        unsafe { *w.ips.add(n as usize) = ra };
+        unsafe { *walk.ips.add(n as usize) = ra };
     }
     w.hash = mix(w.hash, ra);
     w.n = n + 1;
@@ -321,68 +304,86 @@ extern "C" fn step(index: u64, w: *mut Walk) -> i64 {
 /// Walks the stack from `ip`/`sp`/`bp` with the tables of `maps`: the stack's hash (as
 /// `walk_stack`'s, never `STACK_ID_NONE`). With `ips` non-null, also stores the frames there,
 /// ended by a zero and the end code. With `memo` non-null (and a window), records the walk
-/// there under `memo_key` when it can be memoized, and marks it invalid otherwise.
+/// there under `memo_key` when it can be memoized, and marks it invalid otherwise. `w`: the
+/// thread's walk state, overwritten.
 #[inline(always)]
 pub fn walk_tables(
-    maps: ProcessMaps,
+    maps: &ProcessMaps,
     tgid: u32,
     (ip, sp, bp): (u64, u64, u64),
     ips: *mut u64,
     window: *mut u64,
     (memo, memo_key): (*mut StackMemo, u64),
+    w: *mut WalkState,
 ) -> u64 {
-    let mut w = Walk {
-        ip,
-        sp,
-        bp,
-        hash: mix(0x9e37_79b9_7f4a_7c15, ip),
-        n: 1,
-        end: STACK_END_UNKNOWN,
-        maps_first: maps.first,
-        maps_n: maps.n,
-        cache_key: cache_key(tgid, maps.generation),
-        ips,
-        window,
-        sp0: sp,
-        sp_start: sp,
-        reads: [MEMO_NO_READ; MEMO_READS],
-        memo_ok: 1,
-    };
+    // SAFETY: the thread's own slot, which only this program writes now.
+    let state = unsafe { &mut *w };
+    state.ip = ip;
+    state.sp = sp;
+    state.bp = bp;
+    state.hash = mix(0x9e37_79b9_7f4a_7c15, ip);
+    state.n = 1;
+    state.end = STACK_END_UNKNOWN;
+    state.maps_first = maps.first;
+    state.maps_n = maps.n;
+    state.cache_key = cache_key(tgid, maps.generation);
+    state.sp0 = sp;
+    state.sp_start = sp;
+    state.reads = [MEMO_NO_READ; MEMO_READS];
+    state.memo_ok = 1;
+    let mut walk = Walk { w, ips, window };
     if !ips.is_null() {
         // SAFETY: index 0 of a StackTrace.
         unsafe { *ips = ip };
     }
-    // SAFETY: `step` has the callback's signature; the context is a live stack value.
-    unsafe {
-        bpf_loop(MAX_STACK_DEPTH as u32, step as *mut core::ffi::c_void, (&raw mut w).cast(), 0);
-    }
-    if !ips.is_null() {
-        // Each index bounded on its own (masked), for the verifier.
-        let n = (w.n & 127) as usize;
-        let after = (w.n.wrapping_add(1) & 127) as usize;
-        // SAFETY: both below MAX_STACK_DEPTH: the zero ends the stack, the end code follows.
-        unsafe {
-            if n < MAX_STACK_DEPTH && w.n < MAX_STACK_DEPTH as u64 {
-                *ips.add(n) = 0;
+    if crate::COMPAT {
+        // No bpf_loop before 5.17: a bounded loop (5.3+), which the verifier follows step by
+        // step (the compatible object walks once per new stack only, in a global function).
+        let mut i = 0;
+        while i < MAX_STACK_DEPTH as u64 {
+            if step(i, &raw mut walk) != 0 {
+                break;
             }
-            if after < MAX_STACK_DEPTH && w.n + 1 < MAX_STACK_DEPTH as u64 {
-                *ips.add(after) = w.end;
+            i += 1;
+        }
+    } else {
+        // SAFETY: `step` has the callback's signature; the context is a live stack value.
+        unsafe {
+            let cb = step as *mut core::ffi::c_void;
+            bpf_loop(MAX_STACK_DEPTH as u32, cb, (&raw mut walk).cast(), 0);
+        }
+    }
+    // SAFETY: as above.
+    let state = unsafe { &mut *w };
+    if !ips.is_null() {
+        // Each index loaded afresh and compared unmasked: a mask lets the compiler turn
+        // `< 127` into `!= 127`, from which 6.1's verifier learns no bound.
+        // SAFETY: a field of the thread's slot; both indexes checked below MAX_STACK_DEPTH:
+        // the zero ends the stack, the end code follows.
+        unsafe {
+            let n = read_volatile(&raw const state.n);
+            if n < MAX_STACK_DEPTH as u64 {
+                *ips.add(n as usize) = 0;
+            }
+            let after = read_volatile(&raw const state.n).wrapping_add(1);
+            if after < MAX_STACK_DEPTH as u64 {
+                *ips.add(after as usize) = state.end;
             }
         }
     }
-    let hash = w.hash ^ w.n;
+    let hash = state.hash ^ state.n;
     let hash = if hash == leak_common::STACK_ID_NONE { 1 } else { hash };
     if !memo.is_null() {
         // SAFETY: the caller's thread slot, which only this program writes now.
         let m = unsafe { &mut *memo };
         m.valid = 0;
-        if w.memo_ok != 0 && !w.window.is_null() && w.sp0 == sp {
+        if state.memo_ok != 0 && !walk.window.is_null() && state.sp0 == sp {
             m.ip = ip;
             m.sp = sp;
             m.bp = bp;
             m.key = memo_key;
-            m.reads = w.reads;
-            m.digest = window_digest(w.window, &w.reads);
+            m.reads = state.reads;
+            m.digest = window_digest(walk.window, &state.reads);
             m.hash = hash;
             m.valid = 1;
         }

@@ -27,16 +27,18 @@ use leak_common::{
     AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
     PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
     SAMPLE_GAP_SHIFT, SITE_BUCKET_SLOTS, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS,
-    SiteBucket, SiteKey, SiteTotal, StackTrace, UNWIND_FP, sample_gap, sample_step, table_bucket,
+    SiteBucket, SiteKey, SiteTotal, StackTrace, UNMAP_MAX_OVERLAPS, UNMAP_PROBE_PAGES, UNWIND_FP,
+    UnmapScratch, sample_gap, sample_step, table_bucket,
 };
 
 use crate::{
     maps::{
-        FILTER_TGID, LAST_FREE, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN, SITE_BUCKET_MASK,
-        SITE_TABLE, SITES, STACK_SCRATCH, STACKS, TRACE, UNWIND, UNWIND_GENERATION, UNWIND_MAPS,
-        ZERO_PENDING, ZERO_STACK, atomic_add, cas, count_drop,
+        FILTER_TGID, LAST_FREE, MMAP_COUNTS, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN,
+        SITE_BUCKET_MASK, SITE_TABLE, SITES, STACK_SCRATCH, STACKS, TRACE, UNWIND,
+        UNWIND_GENERATION, UNWIND_MAPS, ZERO_PENDING, ZERO_STACK, atomic_add, cas, count_drop,
+        count_hit,
     },
-    table::{insert_record, remove_record},
+    table::{leak_insert_record, remove_record},
     unwind::{cache_key, memoized, walk_tables},
 };
 
@@ -76,7 +78,23 @@ struct Call {
     out_ptr: u64,
     kind: u32,
     flags: u32,
+    /// The compatible object: the stack pointer at entry (see `Pending::entry_sp`).
+    sp: u64,
 }
+
+/// A probe that fired: its hook (`leak_common::MAX_HOOKS`), and in the compatible object
+/// the stack pointer.
+#[derive(Clone, Copy)]
+pub struct Fired {
+    /// The hook index; [`FUNC_BY_STACK`] in a return probe of the compatible object.
+    pub func: u32,
+    /// `rsp` (the compatible object only; 0 otherwise).
+    pub sp: u64,
+}
+
+/// [`Fired::func`] of a return probe that knows its call only by the stack pointer (the
+/// compatible object: no attach cookies).
+pub const FUNC_BY_STACK: u32 = leak_common::MAX_HOOKS;
 
 /// Stashes the arguments of a call, stamped with the time, and returns the stash. `None` when
 /// the call is nested in another hooked call of this thread (which then accounts for
@@ -127,6 +145,10 @@ fn stash(pid_tgid: u64, call: Call, sample: bool) -> Option<*mut Pending> {
     slot.has_old = 0;
     slot.flags = flags;
     slot.kind = call.kind;
+    if crate::COMPAT {
+        slot.entry_sp = call.sp;
+        slot.taken_sp = 0;
+    }
     Some(stash)
 }
 
@@ -223,7 +245,8 @@ pub fn site_add(info: &AllocInfo, add: bool) {
 /// bucket when `claim`. `None`: not there (stack id 0 is never there: 0 marks a free slot).
 #[inline(always)]
 fn site_slot(stack_id: u64, tgid: u32, claim: bool) -> Option<*mut SiteTotal> {
-    if stack_id == 0 {
+    // The compatible object: SITES only (no compare-and-swap to claim a slot with).
+    if stack_id == 0 || crate::COMPAT {
         return None;
     }
     let b: *mut SiteBucket =
@@ -269,7 +292,17 @@ fn site_in_map(info: &AllocInfo, add: bool) -> Option<*mut SiteTotal> {
         return None;
     }
     // EEXIST: another CPU created it first.
-    let _ = SITES.insert(key, SiteTotal::default(), u64::from(BPF_NOEXIST));
+    // Zeroed field by field: `SiteTotal::default()` compiles to a call to a BPF `memset`,
+    // a subprogram the verifier charges 32 bytes of stack on every chain through here.
+    let mut zero = core::mem::MaybeUninit::<SiteTotal>::uninit();
+    let z = zero.as_mut_ptr();
+    // SAFETY: initializes both fields of a local.
+    let zero = unsafe {
+        write_volatile(&raw mut (*z).bytes, 0);
+        write_volatile(&raw mut (*z).count, 0);
+        zero.assume_init_ref()
+    };
+    let _ = SITES.insert(key, zero, u64::from(BPF_NOEXIST));
     let slot = SITES.get_ptr_mut(key);
     if slot.is_none() {
         count_drop(DropReason::SiteMapFull);
@@ -284,51 +317,74 @@ fn in_call(pid_tgid: u64) -> bool {
     PENDING.get_ptr(pid_tgid).is_some_and(|p| unsafe { (*p).kind } != PENDING_IDLE)
 }
 
-/// Takes this thread's stash if it belongs to a call of `func`, marking the slot idle. A stash
-/// of another function means this return is of a nested call (see the module comment): left
-/// to the outer one.
+/// Takes this thread's stash if it belongs to the call returning now (`f`), marking the slot
+/// idle; returns it with the call's hook. A stash of another call means this return is of a
+/// nested call (see the module comment): left to the outer one.
+///
+/// Which call returns: the full object's attach cookie names the function; the compatible
+/// object has none, and matches the stack pointer instead, which at a return is one word
+/// above the entry's (the return address popped). A call chained to another by a jump
+/// (`realloc(NULL, n)` to `malloc`) shares its frame: both returns come at once, the inner
+/// first, which takes the stash; the second finds it taken at the same point and is not a
+/// missed entry.
 ///
 /// Returns the slot itself, not a copy: until this program ends nothing else writes it (the
 /// thread is in this probe, and other threads have their own slots), and the return probe
 /// uses its stack window.
 #[inline(always)]
-fn take_pending(pid_tgid: u64, func: u32) -> Option<&'static mut Pending> {
+fn take_pending(pid_tgid: u64, f: Fired) -> Option<(&'static mut Pending, u32)> {
     let Some(slot) = PENDING.get_ptr_mut(pid_tgid) else {
         count_drop(DropReason::MissingEntry);
         return None;
     };
     // SAFETY: this thread's own slot, see above.
     let pending = unsafe { &mut *slot };
-    if pending.kind == PENDING_IDLE {
-        count_drop(DropReason::MissingEntry);
-        return None;
+    if crate::COMPAT {
+        if pending.kind == PENDING_IDLE {
+            if pending.taken_sp != f.sp {
+                count_drop(DropReason::MissingEntry);
+            }
+            pending.taken_sp = 0;
+            return None;
+        }
+        count_hit(pending.kind, true);
+        if pending.entry_sp.wrapping_add(8) != f.sp {
+            return None;
+        }
+        pending.taken_sp = f.sp;
+    } else {
+        if pending.kind == PENDING_IDLE {
+            count_drop(DropReason::MissingEntry);
+            return None;
+        }
+        if pending.kind != f.func {
+            return None;
+        }
     }
-    if pending.kind != func {
-        return None;
-    }
+    let kind = pending.kind;
     pending.kind = PENDING_IDLE;
-    Some(pending)
+    Some((pending, kind))
 }
 
 /// Entry of a call that returns a new block of `size` bytes.
 #[inline(always)]
-pub fn alloc_enter(func: u32, size: u64, flags: u32) {
+pub fn alloc_enter(f: Fired, size: u64, flags: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    stash(pid_tgid, Call { size, kind: func, flags, ..Call::default() }, true);
+    stash(pid_tgid, Call { size, kind: f.func, flags, sp: f.sp, ..Call::default() }, true);
 }
 
 /// Entry of `posix_memalign(out_ptr, alignment, size)`.
 #[inline(always)]
-pub fn posix_memalign_enter(func: u32, out_ptr: u64, size: u64) {
+pub fn posix_memalign_enter(f: Fired, out_ptr: u64, size: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    stash(pid_tgid, Call { size, out_ptr, kind: func, ..Call::default() }, true);
+    stash(pid_tgid, Call { size, out_ptr, kind: f.func, sp: f.sp, ..Call::default() }, true);
 }
 
 /// Return of a call that returns the new block: record `ret`.
 #[inline(always)]
-pub fn alloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+pub fn alloc_exit<C: EbpfContext>(ctx: &C, f: Fired, ret: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    let Some((pending, func)) = take_pending(pid_tgid, f) else { return };
     // NULL: the allocation failed, nothing is outstanding.
     if ret != 0 {
         record(ctx, pid_tgid, ret, func, pending);
@@ -337,9 +393,9 @@ pub fn alloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
 
 /// Return of `posix_memalign`: on success (0) the block is in `*out_ptr`.
 #[inline(always)]
-pub fn posix_memalign_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u32) {
+pub fn posix_memalign_exit<C: EbpfContext>(ctx: &C, f: Fired, ret: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    let Some((pending, func)) = take_pending(pid_tgid, f) else { return };
     if ret != 0 || pending.flags & PENDING_UNSAMPLED != 0 {
         return;
     }
@@ -363,6 +419,12 @@ pub fn free_enter(ptr: u64, note: bool) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
     if note && LAST_FREE.insert(pid_tgid, ptr, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
+    }
+    if crate::COMPAT
+        && let Some(slot) = PENDING.get_ptr_mut(pid_tgid)
+    {
+        // SAFETY: this thread's own slot.
+        unsafe { (*slot).freed = ptr };
     }
     if remove_record(AllocKey::new(ptr, tgid(pid_tgid))).is_some() {
         return;
@@ -389,9 +451,9 @@ pub fn free_enter(ptr: u64, note: bool) {
 /// the return. `flags` has `PENDING_OVERFLOW` when reallocarray's product overflowed (it then
 /// fails without touching `ptr`).
 #[inline(always)]
-pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
+pub fn realloc_enter(f: Fired, ptr: u64, size: u64, flags: u32) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let call = Call { size, old_ptr: ptr, kind: func, flags, ..Call::default() };
+    let call = Call { size, old_ptr: ptr, kind: f.func, flags, sp: f.sp, ..Call::default() };
     // Stash first: a nested realloc (inside reallocarray) must not touch the old block, which
     // the outer call has already taken out.
     let Some(stashed) = stash(pid_tgid, call, true) else { return };
@@ -411,13 +473,15 @@ pub fn realloc_enter(func: u32, ptr: u64, size: u64, flags: u32) {
 
 /// Return of `realloc` or `reallocarray`.
 #[inline(always)]
-pub fn realloc_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+pub fn realloc_exit<C: EbpfContext>(ctx: &C, f: Fired, ret: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    let Some((pending, func)) = take_pending(pid_tgid, f) else { return };
     if ret == 0 {
         // realloc(p, n > 0) failed: p is still allocated. realloc(p, 0) returning NULL freed p.
         if pending.size != 0 && pending.has_old != 0 {
-            insert_record(AllocKey::new(pending.old_ptr, tgid(pid_tgid)), &pending.old);
+            let old = &pending.old;
+            let owner = old.owner_word();
+            leak_insert_record(pending.old_ptr, old.size, old.timestamp_ns, old.stack_id, owner);
         }
         return;
     }
@@ -448,13 +512,22 @@ fn record<C: EbpfContext>(
     }
     let stack_id = take_stack(ctx, pid_tgid, call);
     let size = call.size;
-    let info =
-        AllocInfo { size, timestamp_ns: call.start_ns, stack_id, tgid: tgid(pid_tgid), kind: func };
-    insert_record(AllocKey::new(addr, info.tgid), &info);
+    let owner = u64::from(func) << 32 | (pid_tgid >> 32);
+    leak_insert_record(addr, size, call.start_ns, stack_id, owner);
     if TRACE.load() != 0 {
-        debug!(ctx, "alloc kind={} size={} addr={:x} stack={:x}", func, size, addr, stack_id);
+        leak_trace_alloc(u64::from(func), size, addr, stack_id);
     }
     true
+}
+
+/// Logs one allocation (`--bpf-trace`). A global function: the log record is assembled in
+/// its own frame, not in every return program's (which shares 512 bytes with the walk's).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_trace_alloc(func: u64, size: u64, addr: u64, stack_id: u64) -> i32 {
+    // aya-log writes to its ring buffer; the context argument is unused.
+    debug!(&(), "alloc kind={} size={} addr={:x} stack={:x}", func, size, addr, stack_id);
+    0
 }
 
 /// Collects the user stack into STACKS and returns its id (a hash of the frames).
@@ -493,6 +566,12 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pending) -> u64
     // Fails when the window runs past the stack's mapping: frames are then read one by one.
     // SAFETY: the helper handles faults.
     // An unaligned `sp` (never at a call's return on x86-64) would misplace the frames.
+    if crate::COMPAT {
+        // One walk straight into the thread's buffer, in a global function verified once:
+        // the compatible object's walk is a bounded loop, too costly to verify twice per
+        // program (and no memo: it would add to what the verifier follows).
+        return leak_store_stack(pid_tgid, ip, sp, fp);
+    }
     let copied = sp % 8 == 0 && unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_ok();
     let window = if copied { call.window.as_mut_ptr() } else { core::ptr::null_mut() };
     let memo = &raw mut call.memo;
@@ -508,11 +587,12 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pending) -> u64
     let hash = match tables(pid_tgid) {
         Some(maps) => {
             let no_ips = core::ptr::null_mut();
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), no_ips, window, (memo, key))
+            let w = &raw mut call.walk;
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), no_ips, window, (memo, key), w)
         }
         None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window.cast_const()),
     };
-    if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) < 0 {
+    if STACKS.get_ptr(hash).is_none() && leak_store_stack(pid_tgid, ip, sp, fp) == STACK_ID_NONE {
         // SAFETY: as above.
         unsafe { (*memo).valid = 0 };
         return STACK_ID_NONE;
@@ -523,12 +603,12 @@ fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pending) -> u64
 /// The unwind tables of the thread's process, unless stacks are walked by frame pointers
 /// (then, or without tables, the frame-pointer walk is used).
 #[inline(always)]
-fn tables(pid_tgid: u64) -> Option<leak_common::ProcessMaps> {
+fn tables(pid_tgid: u64) -> Option<&'static leak_common::ProcessMaps> {
     if UNWIND.load() == UNWIND_FP {
         return None;
     }
-    // SAFETY: a live map value, copied out.
-    UNWIND_MAPS.get_ptr(tgid(pid_tgid)).map(|p| unsafe { *p })
+    // SAFETY: a live map value (not copied: the stack is for what cannot go elsewhere).
+    UNWIND_MAPS.get_ptr(tgid(pid_tgid)).map(|p| unsafe { &*p })
 }
 
 /// Walks the frame-pointer chain from `ip`/`sp`/`fp` and returns the stack's hash (never
@@ -601,19 +681,26 @@ fn walk_stack(ip: u64, sp: u64, mut fp: u64, ips: *mut u64, window: *const u64) 
 }
 
 /// Stores a stack not in STACKS yet: walks it again into the thread's buffer and inserts it.
-/// Returns -1 when the thread has no buffer (the stack is then lost).
+/// Returns its id, or `STACK_ID_NONE` when the thread has no buffer (the stack is then lost).
 /// A BPF global function (scalar arguments): verified once on its own instead of a second
 /// 127-frame loop inlined into every return program.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> i32 {
+pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
     let Some(buf) = scratch(pid_tgid) else {
         count_drop(DropReason::StackMissing);
-        return -1;
+        return STACK_ID_NONE;
     };
     let hash = match tables(pid_tgid) {
         Some(maps) => {
+            // The walk's state: in the thread's slot, which the hashing walk is done with.
+            let Some(slot) = PENDING.get_ptr_mut(pid_tgid) else {
+                count_drop(DropReason::StackMissing);
+                return STACK_ID_NONE;
+            };
             let (no_window, no_memo) = (core::ptr::null_mut(), core::ptr::null_mut());
+            // SAFETY: a field of the thread's own slot.
+            let w = unsafe { &raw mut (*slot).walk };
             walk_tables(
                 maps,
                 tgid(pid_tgid),
@@ -621,6 +708,7 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
                 buf.cast::<u64>(),
                 no_window,
                 (no_memo, 0),
+                w,
             )
         }
         None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
@@ -632,11 +720,12 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
     )]
     let inserted = STACKS.insert(hash, unsafe { &*buf }, u64::from(BPF_NOEXIST));
     match inserted {
-        // EEXIST: another CPU inserted the same stack first.
+        // EEXIST: the stack is there already (another CPU inserted it first, or the
+        // compatible object, which does not look first).
         Ok(()) | Err(EEXIST) => {}
         Err(_) => count_drop(DropReason::StackMapFull),
     }
-    0
+    hash
 }
 
 /// `MAP_FAILED`.
@@ -651,8 +740,6 @@ const MAP_STACK: u64 = 0x2_0000;
 const PAGE: u64 = 4096;
 /// Regions an unmap trims by following starts (the common cases: exact, adjacent).
 const UNMAP_FAST_STEPS: usize = 8;
-/// Regions an unmap trims after searching the whole index.
-const UNMAP_MAX_OVERLAPS: usize = 4;
 
 #[inline(always)]
 fn page_end(start: u64, len: u64) -> u64 {
@@ -661,7 +748,7 @@ fn page_end(start: u64, len: u64) -> u64 {
 
 /// Entry of `mmap(addr, len, prot, flags, ...)`.
 #[inline(always)]
-pub fn mmap_enter(func: u32, addr: u64, len: u64, map_flags: u64) {
+pub fn mmap_enter(f: Fired, addr: u64, len: u64, map_flags: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
     let mut flags = 0;
     if map_flags & MAP_ANONYMOUS != 0
@@ -677,29 +764,30 @@ pub fn mmap_enter(func: u32, addr: u64, len: u64, map_flags: u64) {
     // and the allocator's own accounting covers the memory.
     stash(
         pid_tgid,
-        Call { size: len, out_ptr: addr, kind: func, flags, ..Call::default() },
+        Call { size: len, out_ptr: addr, kind: f.func, flags, sp: f.sp, ..Call::default() },
         flags & PENDING_MMAP_TRACKED != 0,
     );
 }
 
 /// Return of `mmap`.
 #[inline(always)]
-pub fn mmap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+pub fn mmap_exit<C: EbpfContext>(ctx: &C, f: Fired, ret: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    let Some((pending, func)) = take_pending(pid_tgid, f) else { return };
     if ret == MAP_FAILED {
         return;
     }
     let end = page_end(ret, pending.size);
     // MAP_FIXED replaces whatever was mapped in the range, recorded mappings included.
     if pending.flags & PENDING_MMAP_FIXED != 0 {
-        leak_unmap_range(ret, end, u64::from(tgid(pid_tgid)));
+        leak_unmap_range(ret, end, pid_tgid);
     }
-    if pending.flags & PENDING_MMAP_TRACKED != 0
-        && record(ctx, pid_tgid, ret, func, pending)
-        && MMAPS.insert(AllocKey::new(ret, tgid(pid_tgid)), end, u64::from(BPF_ANY)).is_err()
-    {
-        count_drop(DropReason::AllocMapFull);
+    if pending.flags & PENDING_MMAP_TRACKED != 0 && record(ctx, pid_tgid, ret, func, pending) {
+        if MMAPS.insert(AllocKey::new(ret, tgid(pid_tgid)), end, u64::from(BPF_ANY)).is_ok() {
+            count_mapping(tgid(pid_tgid), ret, end, 1);
+        } else {
+            count_drop(DropReason::AllocMapFull);
+        }
     }
 }
 
@@ -711,17 +799,30 @@ pub fn munmap(addr: u64, len: u64) {
     if in_call(pid_tgid) {
         return;
     }
-    leak_unmap_range(addr & !(PAGE - 1), page_end(addr, len), u64::from(tgid(pid_tgid)));
+    // The compatible object cannot search the recorded mappings whole: it skips unmaps the
+    // allocator makes inside `free` (which has no return probe to mark the call), known by
+    // the pointer just freed lying in the range.
+    if crate::COMPAT
+        && let Some(slot) = PENDING.get_ptr_mut(pid_tgid)
+    {
+        // SAFETY: this thread's own slot.
+        let freed = unsafe { &mut (*slot).freed };
+        if *freed >= addr && *freed < addr.saturating_add(len) {
+            *freed = 0;
+            return;
+        }
+    }
+    leak_unmap_range(addr & !(PAGE - 1), page_end(addr, len), pid_tgid);
 }
 
 /// Entry of `mremap(old, old_size, new_size, ...)`.
 #[inline(always)]
-pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
+pub fn mremap_enter(f: Fired, old: u64, old_size: u64, new_size: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
     // `out_ptr` carries the old size. Not sampled: a recorded mapping moves with its record.
     stash(
         pid_tgid,
-        Call { size: new_size, old_ptr: old, out_ptr: old_size, kind: func, flags: 0 },
+        Call { size: new_size, old_ptr: old, out_ptr: old_size, kind: f.func, flags: 0, sp: f.sp },
         false,
     );
 }
@@ -729,24 +830,26 @@ pub fn mremap_enter(func: u32, old: u64, old_size: u64, new_size: u64) {
 /// Return of `mremap`: a recorded mapping starting at `old` moves to (or is resized at) `ret`
 /// and takes `mremap`'s stack, as realloc's result does.
 #[inline(always)]
-pub fn mremap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
+pub fn mremap_exit<C: EbpfContext>(ctx: &C, f: Fired, ret: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    let Some(pending) = take_pending(pid_tgid, func) else { return };
+    let Some((pending, func)) = take_pending(pid_tgid, f) else { return };
     let t = tgid(pid_tgid);
     if ret == MAP_FAILED || MMAPS.get_ptr(AllocKey::new(pending.old_ptr, t)).is_none() {
         return;
     }
     // The remapped part leaves its old place (a partial remap leaves the rest recorded).
-    leak_unmap_range(pending.old_ptr, page_end(pending.old_ptr, pending.out_ptr), u64::from(t));
+    leak_unmap_range(pending.old_ptr, page_end(pending.old_ptr, pending.out_ptr), pid_tgid);
     record(ctx, pid_tgid, ret, func, pending);
-    if MMAPS.insert(AllocKey::new(ret, t), page_end(ret, pending.size), u64::from(BPF_ANY)).is_err()
-    {
+    let end = page_end(ret, pending.size);
+    if MMAPS.insert(AllocKey::new(ret, t), end, u64::from(BPF_ANY)).is_ok() {
+        count_mapping(t, ret, end, 1);
+    } else {
         count_drop(DropReason::AllocMapFull);
     }
 }
 
-/// Removes `[a, b)` from the recorded mappings: whole regions go, overlapping ones shrink or
-/// split in two.
+/// Removes `[a, b)` from the recorded mappings of the calling thread's process
+/// (`pid_tgid`): whole regions go, overlapping ones shrink or split in two.
 ///
 /// A BPF global function (exported, scalar arguments only): the verifier checks it once, on
 /// its own. Inlined into each caller, its loops times `trim`'s branches times the callers'
@@ -754,42 +857,55 @@ pub fn mremap_exit<C: EbpfContext>(ctx: &C, func: u32, ret: u64) {
 /// budget.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn leak_unmap_range(a: u64, b: u64, tgid: u64) -> i32 {
-    #[expect(clippy::cast_possible_truncation, reason = "a tgid passed as a scalar")]
-    unmap_range(a, b, tgid as u32);
+pub extern "C" fn leak_unmap_range(a: u64, b: u64, pid_tgid: u64) -> i32 {
+    unmap_range(a, b, pid_tgid);
     0
 }
 
 #[inline(always)]
-fn unmap_range(a: u64, b: u64, tgid: u32) {
+fn unmap_range(a: u64, b: u64, pid_tgid: u64) {
+    let process = tgid(pid_tgid);
     // Fast path: regions starting exactly at `a`, then at each one's end.
     let mut cur = a;
-    let mut i = 0;
-    while i < UNMAP_FAST_STEPS {
+    let mut step = 0;
+    while step < UNMAP_FAST_STEPS {
         if cur >= b {
             return;
         }
-        let Some(end) = MMAPS.get_ptr(AllocKey::new(cur, tgid)) else { break };
+        let Some(end) = MMAPS.get_ptr(AllocKey::new(cur, process)) else { break };
         // SAFETY: live map value, copied out.
         let end = unsafe { *end };
-        leak_trim(cur, end, a, b, u64::from(tgid));
+        leak_trim(cur, end, a, b, u64::from(process));
         cur = end;
-        i += 1;
+        step += 1;
     }
     if cur >= b {
         return;
     }
     // Slow path: a range starting inside a region (a tail or a middle), or past a gap.
-    let mut found = Overlaps {
-        tgid,
-        a: cur,
-        b,
-        n: 0,
-        starts: [0; UNMAP_MAX_OVERLAPS],
-        ends: [0; UNMAP_MAX_OVERLAPS],
+    if crate::COMPAT {
+        unmap_searched(a, b, cur, process);
+        return;
+    }
+    // What
+    // the search finds goes in the thread's slot: four regions' bounds do not fit the stack
+    // next to the callers' frames.
+    let Some(slot) = PENDING.get_ptr_mut(pid_tgid).or_else(|| new_slot(pid_tgid)) else {
+        count_drop(DropReason::PendingFull);
+        return;
     };
+    // SAFETY: a field of the thread's own slot; nothing else of this thread runs now.
+    let mut found = unsafe { &raw mut (*slot).unmap };
+    // SAFETY: as above.
+    unsafe {
+        (*found).tgid = process;
+        (*found).a = cur;
+        (*found).b = b;
+        (*found).n = 0;
+    }
     // SAFETY: the map pointer is MMAPS' definition, the callback a static function with the
-    // helper's signature, the context a live stack value it alone writes.
+    // helper's signature, the context a live stack value (the helper takes only those)
+    // holding the scratch's address.
     unsafe {
         bpf_for_each_map_elem(
             (&raw const MMAPS).cast_mut().cast(),
@@ -800,25 +916,86 @@ fn unmap_range(a: u64, b: u64, tgid: u32) {
     }
     let mut j = 0;
     while j < UNMAP_MAX_OVERLAPS {
-        if j < found.n {
-            leak_trim(found.starts[j], found.ends[j], a, b, u64::from(tgid));
+        // SAFETY: as above; j < UNMAP_MAX_OVERLAPS.
+        let (n, start, end) = unsafe { ((*found).n, (*found).starts[j], (*found).ends[j]) };
+        if (j as u64) < n {
+            leak_trim(start, end, a, b, u64::from(process));
         }
         j += 1;
     }
-    if found.n > UNMAP_MAX_OVERLAPS {
+    // SAFETY: as above.
+    if unsafe { (*found).n } > UNMAP_MAX_OVERLAPS as u64 {
         count_drop(DropReason::UnmapOverflow);
     }
 }
 
-/// Regions overlapping `[a, b)`, gathered by [`collect_overlaps`].
-#[repr(C)]
-struct Overlaps {
-    tgid: u32,
-    a: u64,
-    b: u64,
-    n: usize,
-    starts: [u64; UNMAP_MAX_OVERLAPS],
-    ends: [u64; UNMAP_MAX_OVERLAPS],
+/// [`unmap_range`]'s slow path on kernels that cannot iterate a map (before 5.13): the
+/// recorded mappings that overlap `[cur, b)` found by their starts, which are page-aligned.
+/// The one containing `cur` starts within `UNMAP_PROBE_PAGES` pages before it unless the
+/// process has recorded a larger mapping; those starting inside the range are all found when
+/// it is that short. Otherwise the search is counted as unchecked.
+#[inline(always)]
+fn unmap_searched(a: u64, b: u64, cur: u64, tgid: u32) {
+    // No recorded mapping in the process: nothing to search for (the common case: most
+    // programs map memory through their allocator only).
+    // SAFETY: live map value, read.
+    if MMAP_COUNTS.get_ptr(tgid).is_none_or(|n| unsafe { (*n)[0] } == 0) {
+        return;
+    }
+    let mut before_found = false;
+    let mut back = 1;
+    while back <= UNMAP_PROBE_PAGES {
+        let start = cur.wrapping_sub(back * PAGE);
+        if let Some(end) = MMAPS.get_ptr(AllocKey::new(start, tgid)) {
+            // SAFETY: live map value, copied out.
+            let end = unsafe { *end };
+            if end > cur {
+                leak_trim(start, end, a, b, u64::from(tgid));
+            }
+            // Recorded mappings do not overlap: none further down reaches `cur`.
+            before_found = true;
+            break;
+        }
+        back += 1;
+    }
+    let mut page = cur;
+    let mut ahead = 0;
+    while ahead < UNMAP_PROBE_PAGES && page < b {
+        if let Some(end) = MMAPS.get_ptr(AllocKey::new(page, tgid)) {
+            // SAFETY: live map value, copied out.
+            let end = unsafe { *end };
+            leak_trim(page, end, a, b, u64::from(tgid));
+        }
+        page += PAGE;
+        ahead += 1;
+    }
+    // SAFETY: live map value, read.
+    let large = MMAP_COUNTS.get_ptr(tgid).is_some_and(|n| unsafe { (*n)[1] } != 0);
+    if page < b || (large && !before_found) {
+        count_drop(DropReason::UnmapUnchecked);
+    }
+}
+
+/// The compatible object counts the process's recorded mappings (`delta` 1 or -1), and those
+/// ever recorded longer than its unmap search looks (see [`unmap_searched`]).
+#[inline(always)]
+fn count_mapping(tgid: u32, start: u64, end: u64, delta: u64) {
+    if !crate::COMPAT {
+        return;
+    }
+    if MMAP_COUNTS.get_ptr(tgid).is_none() {
+        // EEXIST: another thread of the process created it first.
+        let _ = MMAP_COUNTS.insert(tgid, [0, 0], u64::from(BPF_NOEXIST));
+    }
+    if let Some(n) = MMAP_COUNTS.get_ptr_mut(tgid) {
+        // SAFETY: aligned u64s of a live map value.
+        unsafe {
+            atomic_add(&raw mut (*n)[0], delta);
+            if delta == 1 && end - start > UNMAP_PROBE_PAGES * PAGE {
+                atomic_add(&raw mut (*n)[1], 1);
+            }
+        }
+    }
 }
 
 /// `bpf_for_each_map_elem` callback over MMAPS. Returns 0: visit every element.
@@ -827,21 +1004,24 @@ extern "C" fn collect_overlaps(
     _map: *mut core::ffi::c_void,
     key: *const AllocKey,
     value: *const u64,
-    found: *mut Overlaps,
+    found: *mut *mut UnmapScratch,
 ) -> i64 {
-    // SAFETY: the kernel passes the current key and value, and our context.
+    // SAFETY: the kernel passes the current key and value, and our context: the address of
+    // the thread's scratch.
     unsafe {
-        let (s, e) = ((*key).addr, *value);
-        let f = &mut *found;
-        if (*key).tgid == f.tgid && s < f.b && f.a < e {
+        let (start, end) = ((*key).addr, *value);
+        let f = &mut **found;
+        if (*key).tgid == f.tgid && start < f.b && f.a < end {
             let n = f.n;
-            if n < UNMAP_MAX_OVERLAPS {
-                *f.starts.as_mut_ptr().add(n) = s;
-                *f.ends.as_mut_ptr().add(n) = e;
+            if n < UNMAP_MAX_OVERLAPS as u64 {
+                #[expect(clippy::cast_possible_truncation, reason = "below 4")]
+                let at = n as usize;
+                f.starts[at] = start;
+                f.ends[at] = end;
             }
             // Saturate: the verifier runs this callback as a loop until its states repeat; an
             // unbounded count never repeats.
-            if n <= UNMAP_MAX_OVERLAPS {
+            if n <= UNMAP_MAX_OVERLAPS as u64 {
                 f.n = n + 1;
             }
         }
@@ -863,25 +1043,25 @@ pub extern "C" fn leak_trim(s: u64, e: u64, a: u64, b: u64, tgid: u64) -> i32 {
 #[inline(always)]
 fn trim(s: u64, e: u64, a: u64, b: u64, tgid: u32) {
     let key = AllocKey::new(s, tgid);
-    let _ = MMAPS.remove(key);
+    if MMAPS.remove(key).is_ok() {
+        count_mapping(tgid, s, e, u64::MAX);
+    }
     let Some(info) = remove_record(key) else { return };
     if s < a {
-        let mut left = info;
-        left.size = info.size.min(a - s);
-        keep(s, a, &left, tgid);
+        keep(s, a, &info, info.size.min(a - s));
     }
     if b < e {
-        let mut right = info;
-        right.size = (e - b).min(info.size.saturating_sub(b - s));
-        keep(b, e, &right, tgid);
+        keep(b, e, &info, (e - b).min(info.size.saturating_sub(b - s)));
     }
 }
 
+/// Keeps `[start, end)` of a trimmed region recorded, with `size` of its requested bytes.
 #[inline(always)]
-fn keep(start: u64, end: u64, info: &AllocInfo, tgid: u32) {
-    let key = AllocKey::new(start, tgid);
-    insert_record(key, info);
-    if MMAPS.insert(key, end, u64::from(BPF_ANY)).is_err() {
+fn keep(start: u64, end: u64, info: &AllocInfo, size: u64) {
+    leak_insert_record(start, size, info.timestamp_ns, info.stack_id, info.owner_word());
+    if MMAPS.insert(AllocKey::new(start, info.tgid), end, u64::from(BPF_ANY)).is_ok() {
+        count_mapping(info.tgid, start, end, 1);
+    } else {
         count_drop(DropReason::AllocMapFull);
     }
 }

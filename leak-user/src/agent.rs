@@ -262,6 +262,7 @@ impl Session {
             limit: self.limit(),
             sampling: self.sampling_view(&agg),
             probe_cost: self.cfg.probe_cost,
+            kernel: Some(kernel_view()),
         };
         let analysis = Analysis::of(&self.history, &Params::default());
         let stacks = report::Stacks { frames: &self.frames, ends: &self.ends };
@@ -826,6 +827,19 @@ fn pidfd_open(pid: u32) -> Option<AsyncFd<OwnedFd>> {
     let owned = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).ok()?) };
     // SAFETY: `owned` is a valid descriptor that the AsyncFd owns and nothing else closes.
     unsafe { AsyncFd::register(owned) }.ok()
+}
+
+/// The kernel as the loader probed it, and the object it loads there.
+fn kernel_view() -> report::KernelView {
+    let (features, object) = crate::loader::kernel();
+    report::KernelView {
+        release: features.release.clone(),
+        bpf_object: object.name().to_owned(),
+        degraded: crate::loader::Features::degradations(*object)
+            .iter()
+            .map(|d| (*d).to_owned())
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ pub enum CliCommand {
     /// Node agent (a privileged Kubernetes daemon set): watches every process in a pod on
     /// this node, traces those that leak, and serves metrics and reports over HTTP.
     Agent(AgentArgs),
+    /// Say whether this node can trace: kernel, privileges, uprobes, BPF features, and every
+    /// program loaded through the verifier (not attached). Exits 0 only when tracing will
+    /// work; -v adds each program's stack figures.
+    Check,
 }
 
 /// `leak agent`.
@@ -329,6 +333,7 @@ impl From<CliCommand> for Command {
                 max_overhead: None,
                 cgroup_root: w.cgroup_root,
             }),
+            CliCommand::Check => Self::Check,
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
                 targets: Targets::Pods,
                 interval: a.interval,

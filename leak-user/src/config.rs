@@ -86,6 +86,16 @@ pub enum Unwind {
 }
 
 impl Unwind {
+    /// Its name on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp => "fp",
+            Self::Dwarf => "dwarf",
+            Self::Auto => "auto",
+        }
+    }
+
     /// The BPF global's value (`leak_common::UNWIND_*`).
     #[must_use]
     pub fn bpf(self) -> u32 {
@@ -195,6 +205,8 @@ pub enum Command {
     },
     /// Watch processes' memory without probes.
     Watch(WatchConfig),
+    /// Say whether this node can trace (`leak check`).
+    Check,
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, `1.5s` or a bare number of seconds.

@@ -9,6 +9,7 @@
 //! - Bad input ends with one line saying what to do and exit code 2 ([`error::Error`]).
 pub mod agent;
 pub mod aggregate;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -82,6 +83,7 @@ pub fn run(command: Command) -> Result<u8, Error> {
         Command::Attach { pid, trace } => attach(&rt, pid, trace),
         Command::Run { argv, trace, follow_forks } => run_command(&rt, &argv, trace, follow_forks),
         Command::Watch(cfg) => watch::run(&rt, &cfg),
+        Command::Check => check::run(log::log_enabled!(log::Level::Info)),
     }
 }
 

@@ -54,6 +54,21 @@ pub struct Report {
     /// What the probes cost the target, when the cost per hit could be measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_time: Option<ProbeTime>,
+    /// The kernel traced on and what its BPF features allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelView>,
+}
+
+/// The kernel a trace ran on: which of leak's BPF objects it ran, and what that object does
+/// differently (empty for the full one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelView {
+    /// `uname -r`.
+    pub release: String,
+    /// `full` or `compat`.
+    pub bpf_object: String,
+    /// What the compatible object does differently, in words.
+    pub degraded: Vec<String>,
 }
 
 /// The time the target spent in the probes: hits times the cost of a hit measured at start.
@@ -382,6 +397,8 @@ pub struct ReportMeta {
     pub sampling: Option<SamplingView>,
     /// What a probe hit costs, when measured.
     pub probe_cost: Option<ProbeCost>,
+    /// The kernel and the BPF object.
+    pub kernel: Option<KernelView>,
 }
 
 /// A memory limit and current usage against it.
@@ -462,6 +479,7 @@ pub fn build(
         sampling: meta.sampling,
         probe_time: meta.probe_cost.map(|c| ProbeTime::new(&meta.hooks, hits, c)),
         process: growth.process_view(),
+        kernel: meta.kernel,
     }
 }
 
@@ -611,6 +629,7 @@ pub(crate) mod tests {
                 limit: None,
                 sampling: None,
                 probe_cost: None,
+                kernel: None,
                 hooks: ["malloc", "free", "calloc"]
                     .iter()
                     .map(|s| HookInfo {
@@ -698,6 +717,7 @@ pub(crate) mod tests {
                 limit: None,
                 sampling: None,
                 probe_cost: None,
+                kernel: None,
             },
             &agg,
             &Stacks { frames: &HashMap::new(), ends: &HashMap::new() },

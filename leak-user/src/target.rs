@@ -132,19 +132,31 @@ impl AllocatorPlan {
         self.hooks
             .iter()
             .filter(|h| {
-                let path = &self.objects[h.object].path;
-                let off = h.file_offset();
-                let Some(m) = maps.iter().find(|m| {
-                    m.perms.contains('x')
-                        && m.path.as_deref() == Some(path.as_str())
-                        && (m.offset..m.offset + (m.end - m.start)).contains(&off)
-                }) else {
-                    return false;
-                };
+                let Some(addr) = self.runtime_address(h, &maps) else { return false };
                 let mut byte = [0u8];
-                mem.read_exact_at(&mut byte, m.start + (off - m.offset)).is_ok() && byte[0] != 0xcc
+                mem.read_exact_at(&mut byte, addr).is_ok() && byte[0] != 0xcc
             })
             .collect()
+    }
+
+    /// Where each hook's probe lies in process `pid`'s memory (by hook index), where its
+    /// object is mapped.
+    #[must_use]
+    pub fn runtime_addresses(&self, pid: u32) -> Vec<Option<u64>> {
+        let maps = crate::procfs::read_maps(pid).unwrap_or_default();
+        self.hooks.iter().map(|h| self.runtime_address(h, &maps)).collect()
+    }
+
+    /// Where hook `h`'s probe lies in a process with mappings `maps`.
+    fn runtime_address(&self, h: &Hook, maps: &[crate::procfs::MapEntry]) -> Option<u64> {
+        let path = &self.objects[h.object].path;
+        let off = h.file_offset();
+        let m = maps.iter().find(|m| {
+            m.perms.contains('x')
+                && m.path.as_deref() == Some(path.as_str())
+                && (m.offset..m.offset + (m.end - m.start)).contains(&off)
+        })?;
+        Some(m.start + (off - m.offset))
     }
 
     /// The object serving `malloc`.

@@ -13,6 +13,8 @@ use std::{
 
 pub use leak_user::report::{Report, Site};
 
+pub mod truth;
+
 /// How long any single wait in a test may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_mins(1);
 
@@ -254,10 +256,16 @@ impl Leak {
     /// `leak attach --pid PID args...`, returned once it says it is attached.
     #[must_use]
     pub fn attach(pid: u32, args: &[&str]) -> Self {
+        Self::attach_env(pid, args, &[])
+    }
+
+    /// As [`Self::attach`], with these environment variables set.
+    #[must_use]
+    pub fn attach_env(pid: u32, args: &[&str], env: &[(&str, &str)]) -> Self {
         let pid = pid.to_string();
         let mut all = vec!["attach", "--pid", pid.as_str()];
         all.extend_from_slice(args);
-        let mut leak = Self::spawn(&all);
+        let mut leak = Self::spawn_env(&all, env);
         let line = leak.stderr.wait_for("the attached line", |l| l.starts_with("attached to PID"));
         assert_eq!(line.split(" (").next(), Some(format!("attached to PID {pid}").as_str()));
         leak

@@ -2,51 +2,8 @@
 use leak_tests::{
     Fixture, Leak, assert_absent, assert_no_drops, assert_site, read_report, require_root, summary,
     trace_fixture,
+    truth::{assert_leaker_truth, assert_leaker_truth_via},
 };
-
-/// Asserts the leaker fixture's ground truth (see fixtures/leaker.c) on glibc's malloc.
-fn assert_leaker_truth(report: &leak_tests::Report) {
-    // glibc's aligned_alloc and memalign are one function, hooked once under the first name.
-    assert_leaker_truth_via(report, "aligned_alloc", "leaker");
-}
-
-/// The leaker fixture's ground truth; `memalign` names the function reported for memalign
-/// calls (the allocator's own, or `aligned_alloc` where both are one function).
-fn assert_leaker_truth_via(report: &leak_tests::Report, memalign: &str, module: &str) {
-    let expect = [
-        ("leak_malloc", 40_960, 10, "malloc"),
-        ("leak_calloc", 1_500, 5, "calloc"),
-        ("leak_realloc", 5_000, 1, "realloc"),
-        ("leak_realloc_null", 200, 1, "realloc"),
-        ("realloc_fail_keeps", 300, 1, "malloc"),
-        ("leak_posix_memalign", 3_000, 3, "posix_memalign"),
-        ("leak_posix_memalign_small", 96, 2, "posix_memalign"),
-        ("leak_aligned_alloc", 1_024, 2, "aligned_alloc"),
-        ("leak_memalign", 640, 1, memalign),
-        ("leak_memalign_small", 72, 1, memalign),
-        ("leak_valloc", 200, 2, "valloc"),
-        ("leak_pvalloc", 5_000, 1, "pvalloc"),
-        ("leak_reallocarray", 300, 1, "reallocarray"),
-        ("reallocarray_overflow_keeps", 50, 1, "malloc"),
-    ];
-    for (function, bytes, allocs, via) in expect {
-        let s = assert_site(report, function, (bytes, allocs));
-        assert_eq!(s.allocator_fn.as_deref(), Some(via), "{function}");
-        // Frame 0 is the caller of the allocator; the fixture's main called it.
-        assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("main"), "{function}");
-        let f0 = &s.stack[0];
-        assert!(f0.file.as_deref().is_some_and(|f| f.ends_with("leaker.c")), "{f0:?}");
-        assert!(f0.line.is_some_and(|l| l > 0), "{f0:?}");
-        assert_eq!(f0.module.as_deref(), Some(module));
-    }
-    for function in
-        ["no_leak", "realloc_then_free", "realloc_zero", "failed_allocs", "aligned_no_leak"]
-    {
-        assert_absent(report, function);
-    }
-    // Every allocation, realloc and free of the run was seen and matched: nothing dropped.
-    assert_no_drops(report);
-}
 
 #[test]
 fn attach_reports_exact_leaks_per_function() {

@@ -4,8 +4,9 @@
 //! walk: the same fixture's leaks are reported with whole stacks and exact bytes, as the same
 //! source built with frame pointers is, in the main thread and in another.
 use leak_tests::{
-    Fixture, Leak, Report, Site, assert_site, read_report, require_root, run_leak_with_stdin, site,
+    Fixture, Leak, Report, assert_site, read_report, require_root, run_leak_with_stdin, site,
     summary,
+    truth::{assert_whole_stacks, chain, trace_until_exit},
 };
 use leak_user::{
     symbolize::{ProcessSymbolizer, Symbolizer as _},
@@ -58,44 +59,9 @@ fn tables_walk_a_stack_without_frame_pointers_to_its_start() {
     assert!(target.wait().success());
 }
 
-/// The function names of a site's stack.
-fn chain(site: &Site) -> Vec<&str> {
-    site.stack.iter().map(|f| f.function.as_deref().unwrap_or("?")).collect()
-}
-
-/// `nofp`'s two leak sites (see its header), each with the chain from frame 0 down to
-/// `bottom` (`main`, or `thread_main` in a thread): complete stacks, exact bytes.
-fn assert_whole_stacks(report: &Report, bottom: &str) {
-    let levels = ["level5", "level4", "level3", "level2", "level1", bottom];
-    let s = assert_site(report, "level5", (3000, 3));
-    assert_eq!(chain(s)[..levels.len()], levels, "{:#?}", s.stack);
-    assert_eq!(s.stack_end, Some(StackEnd::Complete), "{:#?}", s.stack);
-    // strdup allocates on dup_name's behalf: libc has no frame pointers, yet dup_name and
-    // everything below it are there.
-    let dup: Vec<&Site> =
-        report.sites.iter().filter(|s| chain(s).get(1) == Some(&"dup_name")).collect();
-    assert_eq!(dup.len(), 1, "{:#?}", summary(report));
-    let dup = dup[0];
-    assert!(chain(dup)[0].contains("strdup"), "{:?}", chain(dup));
-    assert_eq!((dup.outstanding_bytes, dup.outstanding_allocs), (100, 1));
-    assert_eq!(chain(dup)[2..2 + levels.len()], levels, "{:?}", chain(dup));
-    assert_eq!(dup.stack_end, Some(StackEnd::Complete));
-    let last = chain(s).last().copied().unwrap_or_default();
-    assert!(leak_user::unwind::is_outermost(last), "ends at a start: {:?}", chain(s));
-}
-
 /// Traces `fixture` (with `args`) through its allocations, with `leak args...`.
 fn trace(fixture: &str, fixture_args: &[&str], leak_args: &[&str]) -> Report {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let mut cmd = std::process::Command::new(leak_tests::fixture(fixture));
-    cmd.args(fixture_args);
-    let mut target = Fixture::start_command(cmd);
-    let mut args = vec!["--json", json.to_str().unwrap()];
-    args.extend_from_slice(leak_args);
-    let leak = Leak::attach(target.pid(), &args);
-    // It exits right after its allocations: their stacks are symbolized afterwards.
-    let report = target.exit_under(leak, &json);
+    let report = trace_until_exit(fixture, fixture_args, leak_args, &[]);
     // Attached after its start-up: only the leaks of its header.
     assert_eq!(report.totals.outstanding_bytes, 3100, "{:#?}", summary(&report));
     report

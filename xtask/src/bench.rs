@@ -31,6 +31,8 @@ pub enum Tracer {
     LeakFp,
     /// `--sample` at its default mean (512 KiB).
     LeakSampled,
+    /// The full trace with the compatible BPF object (what kernels before 5.17 run).
+    LeakCompat,
     /// bcc's memleak (full trace, its defaults).
     Memleak,
     /// heaptrack (`LD_PRELOAD`; in-process, writes a trace file).
@@ -45,6 +47,7 @@ impl Tracer {
             Self::LeakFull => "leak (full trace, unwind tables)",
             Self::LeakFp => "leak --unwind fp",
             Self::LeakSampled => "leak --sample (512 KiB)",
+            Self::LeakCompat => "leak, compatible object (kernels < 5.17)",
             Self::Memleak => "memleak-bpfcc",
             Self::Heaptrack => "heaptrack",
         }
@@ -108,6 +111,11 @@ pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
         Tracer::LeakFp,
         Tracer::LeakSampled,
     ];
+    // The compatible object's cost is the churn loop's question (the servers keep to the
+    // objects of the kernel they run on).
+    if runs(Part::Churn) {
+        configs.push(Tracer::LeakCompat);
+    }
     if env.kernel_headers.is_some() {
         configs.push(Tracer::Memleak);
     }
@@ -196,9 +204,16 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
     let n = pairs.to_string();
     match tracer {
         Tracer::None => measure(Command::new(&env.churn).arg((pairs * 50).to_string())),
-        Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakFp | Tracer::LeakSampled => {
+        Tracer::ProbeFloor
+        | Tracer::LeakFull
+        | Tracer::LeakFp
+        | Tracer::LeakSampled
+        | Tracer::LeakCompat => {
             let mut cmd = as_root(&env.leak);
             cmd.args(["run", "--interval", "60s"]);
+            if tracer == Tracer::LeakCompat {
+                cmd.env("LEAK_BPF_OBJECT", "compat");
+            }
             if tracer == Tracer::ProbeFloor {
                 cmd.arg("--probe-floor");
             }

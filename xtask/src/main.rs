@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod servers;
+mod vm;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -40,9 +41,22 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Set up, run the unit tests, then the root integration tests.
+    /// Set up, run the unit tests, the root integration tests, then the kernel suite in a
+    /// QEMU guest on each kernel of the matrix (5.10, 6.1, 6.12, the newest).
     Test {
+        /// Skip the kernel matrix (a quicker run while developing; CI runs it).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the integration test binary (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the kernel suite (tests/tests/kernel.rs) in QEMU guests booting Debian's kernels.
+    Vm {
+        /// Only these kernels (5.10, 6.1, 6.12, newest; repeat). Default: all.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Arguments for the suite in the guest (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -66,7 +80,8 @@ fn main() {
         Task::Setup => setup(),
         Task::Build => setup().and_then(|()| build_release()),
         Task::Demo { seconds } => demo(seconds),
-        Task::Test { args } => test(&args),
+        Task::Test { no_vm, args } => test(&args, !no_vm),
+        Task::Vm { kernels, args } => setup().and_then(|()| vm::matrix(&kernels, &args)),
         Task::Lint => lint(),
         Task::Bench { pairs, only } => bench::bench(pairs, &only),
     };
@@ -115,6 +130,7 @@ fn setup() -> Result<()> {
     ensure_go()?;
     ensure_kubernetes_validate()?;
     ensure_prometheus()?;
+    vm::ensure_tools()?;
     Ok(())
 }
 
@@ -321,7 +337,7 @@ fn demo(seconds: u64) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // test, lint
 
-fn test(extra: &[String]) -> Result<()> {
+fn test(extra: &[String], kernels: bool) -> Result<()> {
     setup()?;
     eprintln!("test: unit tests");
     run(cargo().args([
@@ -342,7 +358,12 @@ fn test(extra: &[String]) -> Result<()> {
         cmd.args(["--config", "target.x86_64-unknown-linux-gnu.runner = 'sudo -E'"]);
     }
     cmd.arg("--").args(extra);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if kernels {
+        eprintln!("test: the kernel matrix (QEMU)");
+        vm::matrix(&[], &[])?;
+    }
+    Ok(())
 }
 
 fn lint() -> Result<()> {

@@ -174,9 +174,16 @@ impl Attached {
         // The line each tool prints once its probes are in, and on which stream.
         let (mut child, on_stderr, ready) = match tracer {
             Tracer::None => return Ok(Self { child: None }),
-            Tracer::ProbeFloor | Tracer::LeakFull | Tracer::LeakFp | Tracer::LeakSampled => {
+            Tracer::ProbeFloor
+            | Tracer::LeakFull
+            | Tracer::LeakFp
+            | Tracer::LeakSampled
+            | Tracer::LeakCompat => {
                 let mut cmd = as_root(&env.leak);
                 cmd.args(["attach", "--pid", &pid_s, "--interval", "1h"]);
+                if tracer == Tracer::LeakCompat {
+                    cmd.env("LEAK_BPF_OBJECT", "compat");
+                }
                 if tracer == Tracer::ProbeFloor {
                     cmd.arg("--probe-floor");
                 }

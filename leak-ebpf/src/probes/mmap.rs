@@ -10,14 +10,14 @@ use crate::verbs;
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, false).map(Hook::func) else { return 0 };
+    let Some(f) = begin(&ctx, false).map(Hook::fired) else { return 0 };
     verbs::mmap_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0));
     0
 }
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, true).map(Hook::func) else { return 0 };
+    let Some(f) = begin(&ctx, true).map(Hook::fired) else { return 0 };
     verbs::mmap_exit(&ctx, f, ctx.ret());
     0
 }
@@ -42,7 +42,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, false).map(Hook::func) else { return 0 };
+    let Some(f) = begin(&ctx, false).map(Hook::fired) else { return 0 };
     verbs::mremap_enter(
         f,
         ctx.arg(0).unwrap_or(0),
@@ -54,7 +54,7 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
-    let Some(f) = begin(&ctx, true).map(Hook::func) else { return 0 };
+    let Some(f) = begin(&ctx, true).map(Hook::fired) else { return 0 };
     verbs::mremap_exit(&ctx, f, ctx.ret());
     0
 }

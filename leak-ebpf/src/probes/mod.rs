@@ -6,20 +6,32 @@ mod free;
 mod mmap;
 mod run;
 
-use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_attach_cookie};
-use leak_common::{COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+};
+use leak_common::{
+    AllocKey, COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE, DropReason, MAX_HOOKS,
+};
 
-use crate::maps::{count_hit, floor};
+use crate::{
+    maps::{HOOK_IPS, LEAK_TGID, count_drop, count_hit, floor},
+    verbs::{FUNC_BY_STACK, Fired},
+};
 
 /// The hook a program fired for: the attach cookie, read once (a helper call each time).
 #[derive(Clone, Copy)]
 struct Hook {
     /// The hook index plus flags such as `COOKIE_AFTER_SYSCALL`.
     cookie: u64,
+    /// The compatible object: the stack pointer (0 in the full object, which needs none).
+    sp: u64,
 }
 
 impl Hook {
-    /// The hook index (below `leak_common::MAX_HOOKS`).
+    /// The hook index (below `leak_common::MAX_HOOKS`), or `verbs::FUNC_BY_STACK` for a
+    /// return probe of the compatible object.
     #[inline(always)]
     fn func(self) -> u32 {
         #[expect(clippy::cast_possible_truncation, reason = "hook indexes are < 2^31")]
@@ -33,6 +45,12 @@ impl Hook {
     fn has(self, flag: u64) -> bool {
         self.cookie & flag != 0
     }
+
+    /// What the verbs take.
+    #[inline(always)]
+    fn fired(self) -> Fired {
+        Fired { func: self.func(), sp: self.sp }
+    }
 }
 
 /// Every program's start: under the probe floor nothing at all; else the hit is counted and
@@ -43,12 +61,42 @@ fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
     if floor() {
         return None;
     }
+    if crate::COMPAT {
+        return begin_without_cookie(ctx, exit);
+    }
     // SAFETY: the helper only reads the context's run-time cookie.
-    let hook = Hook { cookie: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } };
+    let hook = Hook { cookie: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }, sp: 0 };
     count_hit(hook.func(), exit);
     if hook.has(COOKIE_CALIBRATION) {
         return None;
     }
+    Some(hook)
+}
+
+/// [`begin`] on kernels without attach cookies (before 5.15). An entry probe finds its hook in
+/// `HOOK_IPS` by its own address (a uprobe's `rip` is the probed instruction's) and process;
+/// a return probe's call is the one its thread stashed, matched by the stack pointer (see
+/// `verbs::take_pending`), and counted there. The calibration probes are the ones that fire
+/// in leak's own process.
+#[inline(always)]
+fn begin_without_cookie<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
+    // SAFETY: a uprobe's context is its pt_regs.
+    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == LEAK_TGID.load() {
+        count_hit(MAX_HOOKS - 1, exit);
+        return None;
+    }
+    if exit {
+        return Some(Hook { cookie: u64::from(FUNC_BY_STACK), sp: regs.rsp });
+    }
+    let Some(cookie) = HOOK_IPS.get_ptr(AllocKey::new(regs.rip, tgid)) else {
+        count_drop(DropReason::UnknownHook);
+        return None;
+    };
+    // SAFETY: a live map value, copied out.
+    let hook = Hook { cookie: unsafe { *cookie }, sp: regs.rsp };
+    count_hit(hook.func(), false);
     Some(hook)
 }
 

@@ -16,13 +16,109 @@ use leak_common::{
 };
 use log::{debug, warn};
 
+pub mod budget;
+pub mod features;
 mod table;
+pub use features::{BpfObject, Features};
 pub(crate) use table::{AllocTable, SiteTable};
 
 use crate::{hooks::HookKind, target::AllocatorPlan};
 
-/// The BPF object, built by build.rs from `leak-ebpf`.
+/// The full BPF object, built by build.rs from `leak-ebpf` (kernels 5.17+).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
+/// The same programs for older kernels (`leak-ebpf/src/compat.rs`).
+static EBPF_OBJECT_COMPAT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf-compat"));
+
+/// The ELF bytes of `object`.
+#[must_use]
+pub fn object_bytes(object: BpfObject) -> &'static [u8] {
+    match object {
+        BpfObject::Full => EBPF_OBJECT,
+        BpfObject::Compat => EBPF_OBJECT_COMPAT,
+    }
+}
+
+/// Environment variable that chooses the BPF object (`full` or `compat`) instead of the
+/// kernel's features: tests run the compatible object on new kernels with it.
+pub const BPF_OBJECT_ENV: &str = "LEAK_BPF_OBJECT";
+
+/// The kernel's features and the object to load, probed once per process.
+#[must_use]
+pub fn kernel() -> &'static (Features, BpfObject) {
+    static KERNEL: std::sync::OnceLock<(Features, BpfObject)> = std::sync::OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let features = Features::probe();
+        let object = match std::env::var(BPF_OBJECT_ENV).as_deref() {
+            Ok("compat") => BpfObject::Compat,
+            Ok("full") => BpfObject::Full,
+            _ => features.object(),
+        };
+        debug!("kernel {}: {features:?}; BPF object {object}", features.release);
+        if object == BpfObject::Compat {
+            log::info!(
+                "kernel {} lacks some BPF features: using the compatible object ({})",
+                features.release,
+                Features::degradations(object).join("; ")
+            );
+        }
+        (features, object)
+    })
+}
+
+/// The verifier's reason for rejecting a program: the last line of its log that is not a
+/// statistic (`processed N insns`, `stack depth`, ...) nor a bare register state, without
+/// the instruction it was found at.
+#[must_use]
+pub fn verifier_reason(log: &str) -> String {
+    const STATS: [&str; 8] = [
+        "verification time",
+        "stack depth",
+        "processed ",
+        "max_states_per_insn",
+        "mark_read",
+        "peak_states",
+        "total_states",
+        "-- END PROG LOAD LOG --",
+    ];
+    let line = log
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| {
+            // Not a statistic, a state dump (`123: R0=... R1=...`) or a source line
+            // (`; foo @ bar.rs:1`).
+            let noise = l.is_empty()
+                || STATS.iter().any(|s| l.starts_with(s))
+                || l.starts_with(';')
+                || (l.contains(": R") && l.contains('='));
+            !noise
+        })
+        .unwrap_or("the verifier gave no reason");
+    // `R2 max value is outside of the allowed memory range` explains the line before it.
+    let register_note =
+        line.starts_with('R') && line.chars().nth(1).is_some_and(|c| c.is_ascii_digit());
+    if register_note
+        && let Some(before) = log
+            .lines()
+            .map(str::trim)
+            .rev()
+            .skip_while(|l| *l != line)
+            .nth(1)
+            .filter(|l| !l.is_empty() && !l.contains(": ("))
+    {
+        return format!("{before} ({line})");
+    }
+    // `1376: (7b) *(u64 *)(r2 +0) = r1 invalid access to map value...`: the instruction is
+    // noise to a user; keep from the message on.
+    let line = match line.split_once(": (") {
+        Some((idx, rest)) if idx.chars().all(|c| c.is_ascii_digit()) => {
+            rest.split_once(") ").map_or(line, |(_, insn)| insn)
+        }
+        _ => line,
+    };
+    line.to_owned()
+}
 
 /// Errors loading or attaching.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +126,23 @@ pub enum LoaderError {
     /// The object did not load (verifier, permissions, map creation).
     #[error("cannot load the BPF programs: {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    /// The kernel's verifier rejected a program: a kernel leak does not support yet.
+    #[error(
+        "kernel {kernel} rejected BPF program {program} of leak's {object} object: {reason}. \
+         Try --unwind fp, and report the kernel with the output of `leak check -v`"
+    )]
+    Rejected {
+        /// Program name.
+        program: &'static str,
+        /// The object it is from.
+        object: BpfObject,
+        /// `uname -r`.
+        kernel: String,
+        /// The log's last meaningful line ([`verifier_reason`]).
+        reason: String,
+        /// The whole log (`-v` prints it).
+        log: String,
+    },
     /// A program was rejected.
     #[error("cannot load BPF program {program}: {source}")]
     Program {
@@ -40,7 +153,7 @@ pub enum LoaderError {
         source: Box<ProgramError>,
     },
     /// A probe did not attach.
-    #[error("cannot attach {program} to {target}+{offset:#x}: {source}")]
+    #[error("cannot attach {program} to {target}+{offset:#x}: {source}{}", attach_hint(source))]
     Attach {
         /// Program name.
         program: &'static str,
@@ -139,6 +252,8 @@ pub struct LoadOptions {
     pub unwind: u32,
     /// Capacity of the unwind-row array.
     pub unwind_rows: u32,
+    /// The BPF object to load (`None`: the one for this kernel, see [`kernel`]).
+    pub object: Option<BpfObject>,
 }
 
 impl Default for LoadOptions {
@@ -152,6 +267,7 @@ impl Default for LoadOptions {
             sample_mean: 0,
             unwind: leak_common::UNWIND_FP,
             unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
+            object: None,
         }
     }
 }
@@ -169,6 +285,8 @@ pub struct Tracer {
     pub(crate) table: AllocTable,
     /// The per-site totals' table, mapped.
     pub(crate) sites: SiteTable,
+    /// The object loaded.
+    object: BpfObject,
 }
 
 /// The objects whose unwind rows are in `UNWIND_ROWS`.
@@ -201,9 +319,10 @@ struct ObjectRows {
     segments: Vec<(u64, u64, u64)>,
 }
 
-/// The probes attached for one process, to detach them when it execs or exits.
+/// The probes attached for one process, to detach them when it execs or exits (and, for the
+/// compatible object, their entries in `HOOK_IPS`).
 #[derive(Debug, Default)]
-pub struct Links(Vec<(&'static str, UProbeLinkId)>);
+pub struct Links(Vec<(&'static str, UProbeLinkId)>, Vec<leak_common::AllocKey>);
 
 impl Links {
     /// Number of probes.
@@ -225,20 +344,32 @@ impl Tracer {
     /// # Errors
     /// See [`LoaderError`].
     pub fn load(opts: LoadOptions) -> Result<Self, LoaderError> {
-        let layout = leak_common::alloc_layout(opts.max_allocs);
-        debug!("allocation table: {layout:?}");
+        let (mut ebpf, object) = Self::open(&opts)?;
+        for name in program_names() {
+            load_program(&mut ebpf, name, object)?;
+        }
+        Self::finish(ebpf, object, &opts)
+    }
+
+    /// Loads the object's maps for `opts` but none of its programs.
+    fn open(opts: &LoadOptions) -> Result<(Ebpf, BpfObject), LoaderError> {
+        let object = opts.object.unwrap_or_else(|| kernel().1);
+        let layout = layout(object, opts);
+        debug!("{object} object, allocation table: {layout:?}");
         let mask = layout.buckets - 1;
         let spill = u32::from(layout.spill > 0);
-        let site_buckets = leak_common::site_buckets(opts.max_stacks);
+        let site_buckets = site_buckets(object, opts);
         let site_mask = site_buckets - 1;
         let trace = u32::from(opts.trace);
         let floor = u32::from(opts.probe_floor);
-        let mut ebpf = EbpfLoader::new()
+        let me = std::process::id();
+        let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
             .override_global(GLOBAL_TRACE, &trace, true)
             .override_global(GLOBAL_PROBE_FLOOR, &floor, true)
             .override_global(GLOBAL_SAMPLE_MEAN, &opts.sample_mean, true)
             .override_global(leak_common::GLOBAL_UNWIND, &opts.unwind, true)
+            .override_global(leak_common::GLOBAL_LEAK_TGID, &me, true)
             // One row is enough when stacks are walked by frame pointers only.
             .map_max_entries(
                 leak_common::MAP_UNWIND_ROWS,
@@ -256,8 +387,13 @@ impl Tracer {
             .map_max_entries(MAP_STACKS, opts.max_stacks)
             // A stack can be a site in a parent and in its forked children.
             .map_max_entries(MAP_SITES, opts.max_stacks.saturating_mul(2))
-            .load(EBPF_OBJECT)
+            .load(object_bytes(object))
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
+        Ok((ebpf, object))
+    }
+
+    /// The tracer around a loaded object.
+    fn finish(mut ebpf: Ebpf, object: BpfObject, opts: &LoadOptions) -> Result<Self, LoaderError> {
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -265,23 +401,47 @@ impl Tracer {
                 None
             }
         };
-        let names: Vec<&'static str> = Program::ALL
-            .iter()
-            .map(|p| p.name())
-            .chain(std::iter::once(PROGRAM_ENTRY_STOP))
-            .collect();
-        for name in names {
-            let prog = uprobe(&mut ebpf, name)?;
-            prog.load().map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })?;
-        }
         fill_sample_gaps(&mut ebpf)?;
         let unwind = (opts.unwind != leak_common::UNWIND_FP)
             .then(|| UnwindTables { capacity: opts.unwind_rows, ..UnwindTables::default() });
-        let table =
-            AllocTable::new(&ebpf, layout).map_err(|e| LoaderError::Object(e.to_string()))?;
-        let sites =
-            SiteTable::new(&ebpf, site_buckets).map_err(|e| LoaderError::Object(e.to_string()))?;
-        Ok(Self { ebpf, logger, attached: 0, calibration: Links::default(), unwind, table, sites })
+        let table = AllocTable::new(&ebpf, layout(object, opts))
+            .map_err(|e| LoaderError::Object(e.to_string()))?;
+        let sites = SiteTable::new(&ebpf, site_buckets(object, opts))
+            .map_err(|e| LoaderError::Object(e.to_string()))?;
+        Ok(Self {
+            ebpf,
+            logger,
+            attached: 0,
+            calibration: Links::default(),
+            unwind,
+            table,
+            sites,
+            object,
+        })
+    }
+
+    /// Loads each program of the object for `opts` and says which the kernel accepts, without
+    /// stopping at the first it rejects (`leak check`). The object's maps are created and
+    /// freed again.
+    ///
+    /// # Errors
+    /// The object itself could not be loaded (its maps).
+    pub fn check(opts: &LoadOptions) -> Result<(BpfObject, Vec<ProgramCheck>), LoaderError> {
+        let (mut ebpf, object) = Self::open(opts)?;
+        let checks = program_names()
+            .map(|name| {
+                let started = std::time::Instant::now();
+                let result = load_program(&mut ebpf, name, object);
+                ProgramCheck { program: name, result, took: started.elapsed() }
+            })
+            .collect();
+        Ok((object, checks))
+    }
+
+    /// The object loaded.
+    #[must_use]
+    pub fn object(&self) -> BpfObject {
+        self.object
     }
 
     /// Attaches every probe of `plan`, firing only in process `pid`. Returns the number of
@@ -296,21 +456,40 @@ impl Tracer {
     ) -> Result<Links, LoaderError> {
         self.load_unwind_tables(pid.get());
         let mut links = Links::default();
-        for (cookie, hook) in plan.hooks.iter().enumerate() {
+        // The compatible object finds an entry probe's hook by its address instead of a
+        // cookie: where each probe lies in the process.
+        let addresses =
+            (self.object == BpfObject::Compat).then(|| plan.runtime_addresses(pid.get()));
+        for (index, hook) in plan.hooks.iter().enumerate() {
             let object = &plan.objects[hook.object];
             let offset = hook.file_offset();
+            // The cookie tells the shared program which hook fired: the allocation's kind
+            // and its hit counter.
+            let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
+            if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
+                flags |= COOKIE_NOTE_FREE;
+            }
+            let cookie = index as u64 | flags;
+            if let Some(addresses) = &addresses {
+                match addresses.get(index).copied().flatten() {
+                    Some(addr) => {
+                        let key = leak_common::AllocKey::new(addr, pid.get());
+                        self.hook_ips()?.insert(key, cookie, 0).map_err(map_error)?;
+                        links.1.push(key);
+                    }
+                    None => warn!(
+                        "pid {pid}: {} is not mapped yet: its calls will count as unknown_hook \
+                         drops (this kernel has no attach cookies)",
+                        hook.spec.symbol
+                    ),
+                }
+            }
             for &program in hook.spec.kind.programs() {
                 let name = program.name();
                 let prog = uprobe(&mut self.ebpf, name)?;
-                // The cookie tells the shared program which hook fired: the allocation's kind
-                // and its hit counter.
-                let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
-                if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
-                    flags |= COOKIE_NOTE_FREE;
-                }
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: Some(cookie as u64 | flags),
+                    cookie: (self.object == BpfObject::Full).then_some(cookie),
                 };
                 let link = prog
                     .attach(point, &object.host_path, UProbeScope::OneProcess(pid))
@@ -410,6 +589,13 @@ impl Tracer {
     /// overlap them). Only what must go now is detached this way; see
     /// [`Self::release_in_background`].
     pub fn detach(&mut self, links: Links) {
+        if !links.1.is_empty()
+            && let Ok(mut map) = self.hook_ips()
+        {
+            for key in &links.1 {
+                let _ = map.remove(key);
+            }
+        }
         for (name, id) in links.0 {
             self.attached = self.attached.saturating_sub(1);
             if let Ok(prog) = uprobe(&mut self.ebpf, name)
@@ -454,6 +640,18 @@ impl Tracer {
         drop(self);
     }
 
+    /// The compatible object's map of hooks by address.
+    fn hook_ips(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, leak_common::AllocKey, u64>, LoaderError>
+    {
+        let map = self
+            .ebpf
+            .map_mut(leak_common::MAP_HOOK_IPS)
+            .ok_or_else(|| LoaderError::Object(format!("no map {}", leak_common::MAP_HOOK_IPS)))?;
+        aya::maps::HashMap::try_from(map).map_err(map_error)
+    }
+
     /// Probes attached by [`Self::attach_allocator`].
     #[must_use]
     pub fn attached(&self) -> usize {
@@ -483,7 +681,7 @@ impl Tracer {
                 offset: entry_offset,
                 source: Box::new(e),
             })?;
-        Ok(Links(vec![(PROGRAM_ENTRY_STOP, link)]))
+        Ok(Links(vec![(PROGRAM_ENTRY_STOP, link)], Vec::new()))
     }
 
     /// Measures what a probe hit costs a thread here: the time of a call to a function of our
@@ -502,9 +700,11 @@ impl Tracer {
         let mut costs = [0.0; 2];
         for (i, program) in [Program::AllocEnter, Program::AllocExit].into_iter().enumerate() {
             let name = program.name();
+            // The compatible object, without cookies, knows these probes by leak's pid.
+            let cookie = u64::from(leak_common::MAX_HOOKS - 1) | COOKIE_CALIBRATION;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::Symbol(CALIBRATION_SYMBOL),
-                cookie: Some(u64::from(leak_common::MAX_HOOKS - 1) | COOKIE_CALIBRATION),
+                cookie: (self.object == BpfObject::Full).then_some(cookie),
             };
             let link = uprobe(&mut self.ebpf, name)?
                 .attach(point, exe, UProbeScope::OneProcess(me))
@@ -533,11 +733,97 @@ impl Tracer {
     }
 }
 
+/// What an attach failure's errno means here, to follow the kernel's message.
+fn attach_hint(e: &ProgramError) -> &'static str {
+    let ProgramError::SyscallError(e) = e else { return "" };
+    match e.io_error.raw_os_error() {
+        Some(libc::ESRCH) => " (the process exited while the probes were being attached)",
+        Some(libc::ENOENT) => {
+            " (the file is gone: deleted or replaced since the process mapped it)"
+        }
+        Some(libc::EINVAL) => {
+            " (the kernel refused the probe point: an offset that is not an instruction of \
+             this file, or a file system without uprobe support)"
+        }
+        Some(libc::EMFILE) => " (out of file descriptors: raise `ulimit -n`)",
+        Some(libc::ENOSPC | libc::ENOMEM) => " (the kernel is out of memory for probes)",
+        Some(libc::EOPNOTSUPP) => " (this kernel cannot place uprobes here)",
+        _ => "",
+    }
+}
+
+/// One program's load, as `leak check` shows it.
+#[derive(Debug)]
+pub struct ProgramCheck {
+    /// The program.
+    pub program: &'static str,
+    /// Loaded, or why not.
+    pub result: Result<(), LoaderError>,
+    /// How long the kernel took (the verifier's work, mostly).
+    pub took: std::time::Duration,
+}
+
+/// Every program of the object, in load order.
+fn program_names() -> impl Iterator<Item = &'static str> {
+    Program::ALL.iter().map(|p| p.name()).chain(std::iter::once(PROGRAM_ENTRY_STOP))
+}
+
+/// Loads program `name`; a verifier rejection becomes [`LoaderError::Rejected`], its log
+/// printed line by line at `-v`.
+fn load_program(ebpf: &mut Ebpf, name: &'static str, object: BpfObject) -> Result<(), LoaderError> {
+    let prog = uprobe(ebpf, name)?;
+    match prog.load() {
+        Ok(()) => Ok(()),
+        // EACCES with a log is the verifier saying no (EPERM is the privilege check).
+        Err(ProgramError::LoadError { io_error, verifier_log })
+            if io_error.raw_os_error() == Some(libc::EACCES)
+                || io_error.raw_os_error() == Some(libc::EINVAL)
+                    && !verifier_log.to_string().trim().is_empty() =>
+        {
+            let log = verifier_log.to_string();
+            let kernel = kernel().0.release.clone();
+            log::info!("the verifier of kernel {kernel} on {name} ({object} object):");
+            for line in log.lines() {
+                log::info!("  {line}");
+            }
+            Err(LoaderError::Rejected {
+                program: name,
+                object,
+                kernel,
+                reason: verifier_reason(&log),
+                log,
+            })
+        }
+        Err(e) => Err(LoaderError::Program { program: name, source: Box::new(e) }),
+    }
+}
+
+/// The allocation table's layout for `object`.
+fn layout(object: BpfObject, opts: &LoadOptions) -> leak_common::AllocLayout {
+    match object {
+        BpfObject::Full => leak_common::alloc_layout(opts.max_allocs),
+        BpfObject::Compat => leak_common::compat_alloc_layout(opts.max_allocs),
+    }
+}
+
+/// Buckets of the site table for `object` (the compatible object uses the hash map only).
+fn site_buckets(object: BpfObject, opts: &LoadOptions) -> u32 {
+    match object {
+        BpfObject::Full => leak_common::site_buckets(opts.max_stacks),
+        BpfObject::Compat => 1,
+    }
+}
+
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoaderError> {
     ebpf.program_mut(name)
         .ok_or(LoaderError::Missing(name))?
         .try_into()
         .map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })
+}
+
+#[expect(clippy::needless_pass_by_value, reason = "used as `map_err(map_error)`")]
+fn map_error(e: aya::maps::MapError) -> LoaderError {
+    LoaderError::Object(e.to_string())
 }
 
 /// Builds the unwind table of mapping `m`'s object and appends its rows to `UNWIND_ROWS`.
@@ -609,4 +895,96 @@ fn write_mappings(
         .map_mut(leak_common::MAP_UNWIND_GENERATION)
         .ok_or_else(|| missing(leak_common::MAP_UNWIND_GENERATION))?;
     aya::maps::Array::<_, u64>::try_from(map)?.set(0, generation, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BpfObject, budget, object_bytes, verifier_reason};
+
+    /// Every program of both objects fits the 512-byte stack as 5.10-6.12 verifiers count it,
+    /// whatever the kernel the tests run on allows (6.13+ may give subprograms private
+    /// stacks).
+    #[test]
+    fn every_program_fits_the_classic_stack_limit() {
+        for object in [BpfObject::Full, BpfObject::Compat] {
+            let b = budget::analyze(object_bytes(object)).expect("the BPF object");
+            assert!(b.programs.len() >= 16, "{object}: programs: {:?}", b.programs);
+            let over: Vec<_> = b
+                .programs
+                .iter()
+                .map(|p| b.chain(p))
+                .inspect(|c| {
+                    eprintln!("{object} {}: {} bytes: {:?}", c.program, c.charged, c.frames);
+                })
+                .filter(|c| c.charged > budget::MAX_STACK)
+                .collect();
+            assert!(over.is_empty(), "{object}: over the 512-byte stack: {over:#?}");
+        }
+    }
+
+    /// The compatible object holds no helper or instruction a 5.10 verifier rejects, even
+    /// in code it would never reach (5.10 checks some instructions before following paths).
+    #[test]
+    fn the_compatible_object_uses_nothing_newer_than_5_10() {
+        let b = budget::analyze(object_bytes(BpfObject::Compat)).expect("the BPF object");
+        for p in &b.programs {
+            assert_eq!(b.late_features(p), std::collections::BTreeSet::new(), "{p}");
+        }
+        // The full object does use them (the check sees them).
+        let full = budget::analyze(object_bytes(BpfObject::Full)).expect("the BPF object");
+        let late = full.late_features("alloc_exit");
+        assert!(late.iter().any(|f| f.starts_with("bpf_loop")), "{late:?}");
+        assert!(late.iter().any(|f| f.starts_with("bpf_get_attach_cookie")), "{late:?}");
+        assert!(late.iter().any(|f| f.starts_with("atomic")), "{late:?}");
+    }
+
+    #[test]
+    fn an_attach_failure_says_what_its_errno_means() {
+        let e = |errno| super::LoaderError::Attach {
+            program: "alloc_enter",
+            target: "/usr/lib/libc.so.6 (malloc)".into(),
+            offset: 0x1234,
+            source: Box::new(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "perf_event_open",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })),
+        };
+        let text = e(libc::ESRCH).to_string();
+        assert!(
+            text.starts_with("cannot attach alloc_enter to /usr/lib/libc.so.6 (malloc)+0x1234")
+        );
+        assert!(text.contains("perf_event_open"), "{text}");
+        assert!(
+            text.ends_with("(the process exited while the probes were being attached)"),
+            "{text}"
+        );
+        assert!(e(libc::ENOENT).to_string().contains("the file is gone"));
+        assert!(!e(libc::EBUSY).to_string().contains(" (the"));
+    }
+
+    #[test]
+    fn the_verifier_reason_is_its_last_meaningful_line() {
+        let log = "Func#4 ('leak_find_row') is safe for any args that match its prototype\n\
+                   combined stack size of 3 calls is 528. Too large\n\
+                   verification time 2392597 usec\n\
+                   stack depth 312+144+0+64+24+0\n\
+                   processed 287415 insns (limit 1000000) max_states_per_insn 16 total_states \
+                   18542 peak_states 31610 mark_read 0\n";
+        assert_eq!(verifier_reason(log), "combined stack size of 3 calls is 528. Too large");
+        let log = "1375: (79) r1 = *(u64 *)(r7 +216)     ; R1=scalar() R7=map_value(map=PENDING)\n\
+                   1376: (7b) *(u64 *)(r2 +0) = r1\n\
+                   invalid access to map value, value_size=1016 off=1016 size=8\n\
+                   R2 max value is outside of the allowed memory range\n\
+                   processed 32247 insns (limit 1000000)\n";
+        assert_eq!(
+            verifier_reason(log),
+            "invalid access to map value, value_size=1016 off=1016 size=8 (R2 max value is \
+             outside of the allowed memory range)"
+        );
+        assert_eq!(
+            verifier_reason("12: (85) call bpf_loop#181\nunknown func bpf_loop#181\n"),
+            "unknown func bpf_loop#181"
+        );
+        assert_eq!(verifier_reason(""), "the verifier gave no reason");
+    }
 }

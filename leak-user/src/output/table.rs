@@ -184,6 +184,15 @@ fn cost_lines(s: &mut String, report: &Report) {
     if !drops.is_empty() {
         let _ = writeln!(s, "drops: {}", drops.join(" "));
     }
+    if let Some(k) = report.kernel.as_ref().filter(|k| !k.degraded.is_empty()) {
+        let _ = writeln!(
+            s,
+            "kernel: {} runs leak's {} BPF object: {}",
+            k.release,
+            k.bpf_object,
+            k.degraded.join("; ")
+        );
+    }
     if let Some(p) = &report.probe_time {
         let _ = writeln!(
             s,

@@ -1,0 +1,163 @@
+//! `leak check`: whether this node can trace, decided by doing what tracing does short of
+//! attaching: the privileges, the kernel's uprobes and BPF features, and every program of
+//! the BPF object this kernel runs loaded through the verifier in each `--unwind` mode.
+//! Like `bpftrace --info`, but it ends with a yes or a no (the exit code), so a `DaemonSet`
+//! can run it at start.
+use std::{fmt::Write as _, time::Duration};
+
+use crate::{
+    config::Unwind,
+    error::Error,
+    loader::{self, BpfObject, Features, LoadOptions, Tracer, budget},
+    preflight,
+};
+
+/// What one run of the check found.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The text to print.
+    pub text: String,
+    /// Tracing will work.
+    pub ok: bool,
+}
+
+/// Runs the check. `verbose`: also the stack each program's deepest call chain uses.
+///
+/// # Errors
+/// Never for what it checks (that is the outcome); only for a failure to report.
+pub fn run(verbose: bool) -> Result<u8, Error> {
+    let outcome = check(verbose);
+    print!("{}", outcome.text);
+    Ok(if outcome.ok { 0 } else { crate::error::EXIT_FAILURE })
+}
+
+/// Checks this node.
+#[must_use]
+pub fn check(verbose: bool) -> Outcome {
+    let mut text = String::new();
+    let mut ok = true;
+    let line = |text: &mut String, what: &str, value: &str| {
+        let _ = writeln!(text, "{what:<28}{value}");
+    };
+    let privileged = preflight::check_privileges().is_ok();
+    let (features, object) = loader::kernel().clone();
+    line(&mut text, "kernel", &format!("{} ({})", features.release, std::env::consts::ARCH));
+    line(&mut text, "privileges", if privileged { "yes" } else { "NO: run leak as root" });
+    ok &= privileged;
+    line(
+        &mut text,
+        "uprobes",
+        if features.uprobes { "yes" } else { "NO: the kernel needs CONFIG_UPROBE_EVENTS=y" },
+    );
+    ok &= features.uprobes;
+    line(&mut text, "BTF", if features.btf { "yes" } else { "no (not needed)" });
+    for (name, since, has) in features.list() {
+        let value = if has { "yes".to_owned() } else { format!("no (kernel {since}+)") };
+        line(&mut text, &format!("  {name}"), &value);
+    }
+    let chosen = if std::env::var_os(loader::BPF_OBJECT_ENV).is_some() {
+        format!("{object} (set by {})", loader::BPF_OBJECT_ENV)
+    } else {
+        object.to_string()
+    };
+    line(&mut text, "BPF object", &chosen);
+    for d in Features::degradations(object) {
+        let _ = writeln!(text, "  degraded: {d}");
+    }
+    if !privileged || !features.uprobes {
+        let _ = writeln!(text, "FAIL: this node cannot trace");
+        return Outcome { text, ok: false };
+    }
+    for unwind in [Unwind::Fp, Unwind::Dwarf, Unwind::Auto] {
+        let (loaded, failures, took) = load_programs(object, unwind);
+        let value = match &loaded {
+            Ok(n) if failures.is_empty() => format!("{n} of {n} load ({})", secs(took)),
+            Ok(n) => format!("{} of {n} load", n - failures.len()),
+            Err(e) => format!("NO: {e}"),
+        };
+        line(&mut text, &format!("programs, --unwind {}", unwind.name()), &value);
+        ok &= loaded.is_ok() && failures.is_empty();
+        for f in failures {
+            let _ = writeln!(text, "  {f}");
+        }
+    }
+    if verbose {
+        let _ = writeln!(text, "stack of each program's deepest call chain (as 5.10-6.12 count):");
+        if let Ok(b) = budget::analyze(loader::object_bytes(object)) {
+            for p in &b.programs {
+                let chain = b.chain(p);
+                let frames: Vec<String> =
+                    chain.frames.iter().map(|(f, n)| format!("{} {n}", short(f))).collect();
+                let _ = writeln!(
+                    text,
+                    "  {p:<24}{:>4} of {} bytes: {}",
+                    chain.charged,
+                    budget::MAX_STACK,
+                    frames.join(" > ")
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        text,
+        "{}",
+        if ok { "OK: this node can trace" } else { "FAIL: this node cannot trace" }
+    );
+    Outcome { text, ok }
+}
+
+/// Loads every program of `object` with `unwind`: how many there are, the ones rejected
+/// (one line each), and the time the kernel took.
+fn load_programs(
+    object: BpfObject,
+    unwind: Unwind,
+) -> (Result<usize, String>, Vec<String>, Duration) {
+    // Small maps: the check loads programs, it keeps nothing.
+    let opts = LoadOptions {
+        unwind: unwind.bpf(),
+        unwind_rows: 1024,
+        max_allocs: 1024,
+        max_stacks: 1024,
+        object: Some(object),
+        ..LoadOptions::default()
+    };
+    match Tracer::check(&opts) {
+        Ok((_, checks)) => {
+            let took = checks.iter().map(|c| c.took).sum();
+            let failures = checks
+                .iter()
+                .filter_map(|c| c.result.as_ref().err().map(|e| format!("{}: {e}", c.program)))
+                .collect();
+            (Ok(checks.len()), failures, took)
+        }
+        Err(e) => (Err(e.to_string()), Vec::new(), Duration::ZERO),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// A symbol without its Rust mangling noise (`_RNvNtCs..6unwind4step` -> `step`).
+fn short(symbol: &str) -> &str {
+    if !symbol.starts_with("_R") {
+        return symbol;
+    }
+    // The last identifier of a v0-mangled path: digits then the name, at the end.
+    let trimmed = symbol.trim_end_matches(|c: char| c == '_' || c.is_ascii_uppercase());
+    let digits_end =
+        trimmed.char_indices().rev().find(|(_, c)| c.is_ascii_digit()).map_or(0, |(i, _)| i + 1);
+    let name = &trimmed[digits_end..];
+    if name.is_empty() { symbol } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn mangled_names_are_shortened() {
+        assert_eq!(short("_RNvNtCs5mLNqaZEktD_9leak_ebpf6unwind4step"), "step");
+        assert_eq!(short("leak_find_row"), "leak_find_row");
+    }
+}

@@ -1,0 +1,151 @@
+//! The fixtures' ground truth, asserted by the tests of each feature and by the kernel suite
+//! (`tests/kernel.rs`), which checks the same on every kernel of the matrix.
+use leak_user::unwind::StackEnd;
+
+use crate::{
+    Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site, read_report, summary,
+    under,
+};
+
+/// The leaker fixture's ground truth (see fixtures/leaker.c); `memalign` names the function
+/// reported for memalign calls (the allocator's own, or `aligned_alloc` where both are one
+/// function), `module` the object the fixture's frames are in.
+pub fn assert_leaker_truth_via(report: &Report, memalign: &str, module: &str) {
+    let expect = [
+        ("leak_malloc", 40_960, 10, "malloc"),
+        ("leak_calloc", 1_500, 5, "calloc"),
+        ("leak_realloc", 5_000, 1, "realloc"),
+        ("leak_realloc_null", 200, 1, "realloc"),
+        ("realloc_fail_keeps", 300, 1, "malloc"),
+        ("leak_posix_memalign", 3_000, 3, "posix_memalign"),
+        ("leak_posix_memalign_small", 96, 2, "posix_memalign"),
+        ("leak_aligned_alloc", 1_024, 2, "aligned_alloc"),
+        ("leak_memalign", 640, 1, memalign),
+        ("leak_memalign_small", 72, 1, memalign),
+        ("leak_valloc", 200, 2, "valloc"),
+        ("leak_pvalloc", 5_000, 1, "pvalloc"),
+        ("leak_reallocarray", 300, 1, "reallocarray"),
+        ("reallocarray_overflow_keeps", 50, 1, "malloc"),
+    ];
+    for (function, bytes, allocs, via) in expect {
+        let s = assert_site(report, function, (bytes, allocs));
+        assert_eq!(s.allocator_fn.as_deref(), Some(via), "{function}");
+        // Frame 0 is the caller of the allocator; the fixture's main called it.
+        assert_eq!(s.stack.get(1).and_then(|f| f.function.as_deref()), Some("main"), "{function}");
+        let f0 = &s.stack[0];
+        assert!(f0.file.as_deref().is_some_and(|f| f.ends_with("leaker.c")), "{f0:?}");
+        assert!(f0.line.is_some_and(|l| l > 0), "{f0:?}");
+        assert_eq!(f0.module.as_deref(), Some(module));
+    }
+    for function in
+        ["no_leak", "realloc_then_free", "realloc_zero", "failed_allocs", "aligned_no_leak"]
+    {
+        assert_absent(report, function);
+    }
+    // Every allocation, realloc and free of the run was seen and matched: nothing dropped.
+    assert_no_drops(report);
+}
+
+/// The leaker fixture's ground truth on glibc's malloc.
+pub fn assert_leaker_truth(report: &Report) {
+    // glibc's aligned_alloc and memalign are one function, hooked once under the first name.
+    assert_leaker_truth_via(report, "aligned_alloc", "leaker");
+}
+
+/// The mapper fixture's ground truth (see fixtures/mapper.c): mappings recorded with their
+/// stacks, trimmed and split by munmap and `MAP_FIXED`, moved by mremap, never counted twice
+/// when an allocator maps memory itself.
+pub fn assert_mapper_truth(report: &Report) {
+    const P: u64 = 4096;
+    let sum = summary(report);
+    // Every mapping is made through the fixture's anon() helper: attribute by its caller.
+    assert_eq!(under(report, "leak_mmap"), (300_000, 3), "{sum:#?}");
+    assert_eq!(under(report, "munmap_head"), (6 * P, 1), "{sum:#?}");
+    assert_eq!(under(report, "munmap_tail"), (5 * P, 1), "{sum:#?}");
+    assert_eq!(under(report, "munmap_middle"), (8 * P, 2), "{sum:#?}");
+    assert_eq!(under(report, "fixed_replace_leak"), (8 * P, 3), "{sum:#?}");
+    let s = assert_site(report, "mremap_grow_leak", (6 * P, 1));
+    assert_eq!(s.allocator_fn.as_deref(), Some("mremap"));
+    // glibc maps a 1 MiB block itself: one allocation, by malloc, not a second one by mmap.
+    let s = assert_site(report, "malloc_large_leak", (1 << 20, 1));
+    assert_eq!(s.allocator_fn.as_deref(), Some("malloc"));
+    for gone in
+        ["munmap_all", "fixed_then_unmap", "malloc_large_free", "unmap_premapped", "not_heap"]
+    {
+        assert_absent(report, gone);
+    }
+    let mmap_sites = report.sites.iter().filter(|s| s.allocator_fn.as_deref() == Some("mmap"));
+    assert!(
+        mmap_sites.clone().all(|s| s.stack.iter().any(|f| f.function.as_deref() == Some("anon")))
+    );
+    assert_no_drops(report);
+}
+
+/// The function names of a site's stack.
+#[must_use]
+pub fn chain(site: &Site) -> Vec<&str> {
+    site.stack.iter().map(|f| f.function.as_deref().unwrap_or("?")).collect()
+}
+
+/// `nofp`'s two leak sites (see its header), each with the chain from frame 0 down to
+/// `bottom` (`main`, or `thread_main` in a thread): complete stacks, exact bytes.
+pub fn assert_whole_stacks(report: &Report, bottom: &str) {
+    let levels = ["level5", "level4", "level3", "level2", "level1", bottom];
+    let s = assert_site(report, "level5", (3000, 3));
+    assert_eq!(chain(s)[..levels.len()], levels, "{:#?}", s.stack);
+    assert_eq!(s.stack_end, Some(StackEnd::Complete), "{:#?}", s.stack);
+    // strdup allocates on dup_name's behalf: libc has no frame pointers, yet dup_name and
+    // everything below it are there.
+    let dup: Vec<&Site> =
+        report.sites.iter().filter(|s| chain(s).get(1) == Some(&"dup_name")).collect();
+    assert_eq!(dup.len(), 1, "{:#?}", summary(report));
+    let dup = dup[0];
+    assert!(chain(dup)[0].contains("strdup"), "{:?}", chain(dup));
+    assert_eq!((dup.outstanding_bytes, dup.outstanding_allocs), (100, 1));
+    assert_eq!(chain(dup)[2..2 + levels.len()], levels, "{:?}", chain(dup));
+    assert_eq!(dup.stack_end, Some(StackEnd::Complete));
+    let last = chain(s).last().copied().unwrap_or_default();
+    assert!(leak_user::unwind::is_outermost(last), "ends at a start: {:?}", chain(s));
+}
+
+/// Traces `fixture` (with `fixture_args`) through its allocations with `leak attach
+/// leak_args...` (and `leak_env`), the fixture exiting under it: its report.
+#[must_use]
+pub fn trace_until_exit(
+    fixture: &str,
+    fixture_args: &[&str],
+    leak_args: &[&str],
+    leak_env: &[(&str, &str)],
+) -> Report {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let mut cmd = std::process::Command::new(crate::fixture(fixture));
+    cmd.args(fixture_args);
+    let mut target = Fixture::start_command(cmd);
+    let mut args = vec!["--json", json.to_str().expect("utf-8 path")];
+    args.extend_from_slice(leak_args);
+    let leak = Leak::attach_env(target.pid(), &args, leak_env);
+    // It exits right after its allocations: their stacks are symbolized afterwards.
+    target.exit_under(leak, &json)
+}
+
+/// `leak run` of fixture `name` with `leak_env`, to its end: its report.
+#[must_use]
+pub fn run_to_end(
+    name: &str,
+    fixture_args: &[&str],
+    leak_args: &[&str],
+    leak_env: &[(&str, &str)],
+) -> (crate::Finished, Report) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let bin = crate::fixture(name);
+    let mut args = vec!["run", "--json", json.to_str().expect("utf-8 path")];
+    args.extend_from_slice(leak_args);
+    args.push("--");
+    args.push(bin.to_str().expect("utf-8 path"));
+    args.extend_from_slice(fixture_args);
+    let done = Leak::spawn_env(&args, leak_env).wait();
+    let report = read_report(&json);
+    (done, report)
+}

@@ -1,0 +1,157 @@
+//! The kernel suite: what must hold on every kernel of the matrix. `cargo xtask test` runs it
+//! here, on the host's kernel, with the other integration tests, then in a QEMU guest on each
+//! of Debian's kernels (`cargo xtask vm`: 5.10, 6.1, 6.12 and sid's newest).
+//!
+//! Each test runs with the BPF object this kernel gets; on a kernel that gets the full one,
+//! again with the compatible one, so that both objects are proven on every new kernel and the
+//! compatible one on the old kernels that need it.
+use leak_tests::{
+    assert_absent, assert_no_drops, assert_site, require_root, site, summary,
+    truth::{
+        assert_leaker_truth, assert_mapper_truth, assert_whole_stacks, run_to_end, trace_until_exit,
+    },
+};
+use leak_user::loader::{BPF_OBJECT_ENV, BpfObject};
+
+/// The environments to run `leak` in: this kernel's object, and the compatible one too where
+/// that is not it.
+fn objects() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    require_root();
+    let mut all = vec![("this kernel's object", vec![])];
+    if leak_user::loader::kernel().1 == BpfObject::Full {
+        all.push(("the compatible object", vec![(BPF_OBJECT_ENV, "compat")]));
+    }
+    all
+}
+
+#[test]
+fn check_says_yes_and_loads_every_program_in_each_unwind_mode() {
+    for (object, env) in objects() {
+        let done = leak_tests::Leak::spawn_env(&["check", "-v"], &env).wait();
+        let out = done.stdout.join("\n");
+        assert_eq!(done.status.code(), Some(0), "{object}: {out}\n{:#?}", done.stderr);
+        assert!(out.contains("OK: this node can trace"), "{object}: {out}");
+        for unwind in ["fp", "dwarf", "auto"] {
+            let line = done
+                .stdout
+                .iter()
+                .find(|l| l.starts_with(&format!("programs, --unwind {unwind} ")))
+                .unwrap_or_else(|| panic!("{object}: no line for --unwind {unwind}: {out}"));
+            // "N of N load (T s)"
+            let counts: Vec<&str> = line.split_whitespace().skip(3).take(3).collect();
+            assert_eq!(counts.len(), 3, "{line}");
+            assert_eq!(counts[0], counts[2], "{object}: {line}");
+            assert!(counts[0].parse::<u32>().is_ok_and(|n| n >= 16), "{line}");
+        }
+        // The figures of every program's deepest chain, within the classic limit.
+        let chains: Vec<&String> =
+            done.stdout.iter().filter(|l| l.contains(" of 512 bytes")).collect();
+        assert!(chains.len() >= 16, "{object}: {out}");
+    }
+}
+
+#[test]
+fn every_hooked_function_is_counted_exactly() {
+    for (object, env) in objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let mut fixture = leak_tests::Fixture::start("leaker");
+        let leak =
+            leak_tests::Leak::attach_env(fixture.pid(), &["--json", json.to_str().unwrap()], &env);
+        fixture.go_and_wait_done();
+        let done = leak.interrupt();
+        assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
+        let report = leak_tests::read_report(&json);
+        eprintln!("{object}: {:#?}", summary(&report));
+        assert_leaker_truth(&report);
+    }
+}
+
+#[test]
+fn mappings_are_counted_exactly() {
+    for (object, env) in objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let mut fixture = leak_tests::Fixture::start("mapper");
+        let leak =
+            leak_tests::Leak::attach_env(fixture.pid(), &["--json", json.to_str().unwrap()], &env);
+        fixture.go_and_wait_done();
+        let done = leak.interrupt();
+        assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
+        let report = leak_tests::read_report(&json);
+        eprintln!("{object}: {:#?}", summary(&report));
+        assert_mapper_truth(&report);
+    }
+}
+
+#[test]
+fn stacks_through_code_without_frame_pointers_reach_main() {
+    for (object, env) in objects() {
+        let report = trace_until_exit("nofp", &[], &[], &env);
+        eprintln!("{object}: {:#?}", summary(&report));
+        assert_eq!(report.totals.outstanding_bytes, 3100, "{object}");
+        assert_whole_stacks(&report, "main");
+    }
+}
+
+#[test]
+fn run_traces_from_the_first_instruction() {
+    for (object, env) in objects() {
+        let (done, report) = run_to_end("runner", &[], &[], &env);
+        assert_eq!(done.status.code(), Some(3), "{object}: {:#?}", done.stderr);
+        assert_eq!(report.end_reason, "target_exited");
+        // Allocated by a constructor, before main: the probes were already there.
+        assert_site(&report, "ctor_leak", (1024, 2));
+        assert_site(&report, "leak_at_start", (3000, 3));
+        assert_absent(&report, "no_leak");
+    }
+}
+
+#[test]
+fn sampling_finds_each_site_near_its_truth() {
+    // (function, bytes, allocations) of fixture `sampled` at scale 1.
+    let truth = [
+        ("leak_small", 32768 * 64, 32768),
+        ("leak_medium", 2048 * 4000, 2048),
+        ("leak_large", 64 * 128 * 1024, 64),
+    ];
+    for (object, env) in objects() {
+        let (done, report) = run_to_end("sampled", &["1"], &["--sample", "16K"], &env);
+        assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
+        assert_no_drops(&report);
+        let sampling = report.sampling.as_ref().expect("the report says it was sampled");
+        assert!(sampling.samples > 300, "{object}: {sampling:?}");
+        for (function, bytes, allocs) in truth {
+            let s = site(&report, function);
+            // About 128 samples for the smallest site: a relative error near 9%; 35% is more
+            // than three of those.
+            #[expect(clippy::cast_precision_loss, reason = "ratios")]
+            let err = |est: u64, truth: u64| (est as f64 / truth as f64 - 1.0).abs();
+            assert!(
+                err(s.outstanding_bytes, bytes) < 0.35 && err(s.outstanding_allocs, allocs) < 0.35,
+                "{object}: {function}: estimated {} B in {}, truth {bytes} B in {allocs}",
+                s.outstanding_bytes,
+                s.outstanding_allocs,
+            );
+        }
+    }
+}
+
+/// The kernel's features as `leak` sees them are in its report, with what the compatible
+/// object does differently when it runs.
+#[test]
+fn the_report_names_the_kernel_and_its_object() {
+    for (object, env) in objects() {
+        let (done, report) = run_to_end("runner", &[], &[], &env);
+        assert_eq!(done.status.code(), Some(3), "{object}: {:#?}", done.stderr);
+        let k = report.kernel.as_ref().expect("kernel in the report");
+        assert_eq!(
+            k.release,
+            std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim()
+        );
+        let compat = env.iter().any(|(k, v)| *k == BPF_OBJECT_ENV && *v == "compat")
+            || leak_user::loader::kernel().1 == BpfObject::Compat;
+        assert_eq!(k.bpf_object, if compat { "compat" } else { "full" }, "{object}");
+        assert_eq!(k.degraded.is_empty(), !compat, "{object}: {k:?}");
+    }
+}
