@@ -148,7 +148,7 @@ pub const UNMAP_PROBE_PAGES: u64 = 32;
 /// instruction's address, value the cookie the full object's probe would carry.
 pub const MAP_HOOK_IPS: &str = "HOOK_IPS";
 /// Capacity of [`MAP_HOOK_IPS`].
-pub const MAX_HOOK_IPS: u32 = 1 << 13;
+pub const MAX_HOOK_IPS: u32 = 1 << 16;
 /// Read-only global: leak's own process id. The compatible object, which has no attach cookie
 /// to mark the calibration probes with, knows them by it.
 pub const GLOBAL_LEAK_TGID: &str = "LEAK_TGID";

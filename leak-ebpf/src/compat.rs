@@ -20,7 +20,7 @@
 #![expect(internal_features, reason = "core_intrinsics, see maps.rs")]
 #![expect(
     clippy::inline_always,
-    reason = "BPF: keep helpers inlined into each program (no BPF-to-BPF calls, one verifier pass)"
+    reason = "BPF: helpers inlined into each program (a call costs a frame on the 512-byte chain)"
 )]
 #![expect(
     clippy::needless_pass_by_value,
@@ -32,6 +32,8 @@
 mod maps;
 #[path = "probes/mod.rs"]
 mod probes;
+#[path = "runtime.rs"]
+mod runtime;
 #[path = "table.rs"]
 mod table;
 #[path = "unwind.rs"]
@@ -41,16 +43,3 @@ mod verbs;
 
 /// See the crate's documentation and `main.rs`.
 const COMPAT: bool = true;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a program that passed the verifier: code paths that could panic are
-    // written so that the compiler removes them.
-    loop {}
-}
-
-// GPL-compatible: bpf_get_stack and bpf_probe_read_user are GPL-only helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -13,7 +13,7 @@
 #![expect(internal_features, reason = "core_intrinsics, see maps.rs")]
 #![expect(
     clippy::inline_always,
-    reason = "BPF: keep helpers inlined into each program (no BPF-to-BPF calls, one verifier pass)"
+    reason = "BPF: helpers inlined into each program (a call costs a frame on the 512-byte chain)"
 )]
 #![expect(
     clippy::needless_pass_by_value,
@@ -22,6 +22,7 @@
 
 mod maps;
 mod probes;
+mod runtime;
 mod table;
 mod unwind;
 mod verbs;
@@ -30,16 +31,3 @@ mod verbs;
 /// modules). A constant, so each build keeps only its own branches: the compatible object
 /// holds no instruction or helper a 5.10 verifier rejects, even in dead code.
 const COMPAT: bool = false;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a program that passed the verifier: code paths that could panic are
-    // written so that the compiler removes them.
-    loop {}
-}
-
-// GPL-compatible: bpf_get_stack and bpf_probe_read_user are GPL-only helpers.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -171,7 +171,7 @@ pub static HOOK_IPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_HOOK
 /// (`leak_common::MAP_MMAP_COUNTS`).
 #[map]
 pub static MMAP_COUNTS: HashMap<u32, [u64; 2]> =
-    HashMap::with_max_entries(MAX_UNWIND_PROCESSES * 16, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_MMAPS, BPF_F_NO_PREALLOC);
 
 /// leak's own process (`leak_common::GLOBAL_LEAK_TGID`): the compatible object's calibration
 /// probes fire there.

@@ -175,10 +175,14 @@ fn thread_clock(slot: Option<*mut Pending>) -> u64 {
     now_ns()
 }
 
-/// Creates this thread's slot (zeroed, so no sampling countdown drawn yet) on its first call.
+/// Creates this thread's slot (zeroed, so no sampling countdown drawn yet; idle, as no call
+/// is in flight) on its first call.
 #[inline(always)]
 fn new_slot(pid_tgid: u64) -> Option<*mut Pending> {
-    insert_zeroed(&PENDING, &ZERO_PENDING, pid_tgid)
+    let slot = insert_zeroed(&PENDING, &ZERO_PENDING, pid_tgid)?;
+    // SAFETY: this thread's own new slot. Kind 0 would be hook 0's call in flight.
+    unsafe { (*slot).kind = PENDING_IDLE };
+    Some(slot)
 }
 
 /// Inserts a zeroed value for this thread into `map` and returns it. From a zeroed map value
@@ -341,10 +345,11 @@ fn take_pending(pid_tgid: u64, f: Fired) -> Option<(&'static mut Pending, u32)> 
     let pending = unsafe { &mut *slot };
     if crate::COMPAT {
         if pending.kind == PENDING_IDLE {
+            // Kept for a third call in the chain (`reallocarray(NULL, ..)` to `realloc` to
+            // `malloc`); the next stash resets it.
             if pending.taken_sp != f.sp {
                 count_drop(DropReason::MissingEntry);
             }
-            pending.taken_sp = 0;
             return None;
         }
         count_hit(pending.kind, true);
@@ -420,8 +425,10 @@ pub fn free_enter(ptr: u64, note: bool) {
     if note && LAST_FREE.insert(pid_tgid, ptr, u64::from(BPF_ANY)).is_err() {
         count_drop(DropReason::PendingFull);
     }
+    // The compatible object notes the pointer for the unmap `free` may make next (see
+    // `munmap`), in the thread's slot, made for it if the thread has not allocated yet.
     if crate::COMPAT
-        && let Some(slot) = PENDING.get_ptr_mut(pid_tgid)
+        && let Some(slot) = PENDING.get_ptr_mut(pid_tgid).or_else(|| new_slot(pid_tgid))
     {
         // SAFETY: this thread's own slot.
         unsafe { (*slot).freed = ptr };
@@ -795,22 +802,22 @@ pub fn mmap_exit<C: EbpfContext>(ctx: &C, f: Fired, ret: u64) {
 #[inline(always)]
 pub fn munmap(addr: u64, len: u64) {
     let Some(pid_tgid) = traced_pid_tgid() else { return };
-    // Inside an allocator call: the allocator unmapping its own memory, never recorded.
-    if in_call(pid_tgid) {
-        return;
-    }
     // The compatible object cannot search the recorded mappings whole: it skips unmaps the
     // allocator makes inside `free` (which has no return probe to mark the call), known by
-    // the pointer just freed lying in the range.
+    // the pointer just freed lying in the range. The note serves this thread's next unmap
+    // only, whichever it is.
     if crate::COMPAT
         && let Some(slot) = PENDING.get_ptr_mut(pid_tgid)
     {
         // SAFETY: this thread's own slot.
-        let freed = unsafe { &mut (*slot).freed };
-        if *freed >= addr && *freed < addr.saturating_add(len) {
-            *freed = 0;
+        let freed = unsafe { core::mem::replace(&mut (*slot).freed, 0) };
+        if freed >= addr && freed < addr.saturating_add(len) {
             return;
         }
+    }
+    // Inside an allocator call: the allocator unmapping its own memory, never recorded.
+    if in_call(pid_tgid) {
+        return;
     }
     leak_unmap_range(addr & !(PAGE - 1), page_end(addr, len), pid_tgid);
 }
@@ -987,13 +994,17 @@ fn count_mapping(tgid: u32, start: u64, end: u64, delta: u64) {
         // EEXIST: another thread of the process created it first.
         let _ = MMAP_COUNTS.insert(tgid, [0, 0], u64::from(BPF_NOEXIST));
     }
-    if let Some(n) = MMAP_COUNTS.get_ptr_mut(tgid) {
-        // SAFETY: aligned u64s of a live map value.
-        unsafe {
-            atomic_add(&raw mut (*n)[0], delta);
-            if delta == 1 && end - start > UNMAP_PROBE_PAGES * PAGE {
-                atomic_add(&raw mut (*n)[1], 1);
-            }
+    let Some(n) = MMAP_COUNTS.get_ptr_mut(tgid) else {
+        // Full: the process's unmaps will skip their search (it looks as if it had recorded
+        // nothing), so say so now.
+        count_drop(DropReason::UnmapUnchecked);
+        return;
+    };
+    // SAFETY: aligned u64s of a live map value.
+    unsafe {
+        atomic_add(&raw mut (*n)[0], delta);
+        if delta == 1 && end - start > UNMAP_PROBE_PAGES * PAGE {
+            atomic_add(&raw mut (*n)[1], 1);
         }
     }
 }

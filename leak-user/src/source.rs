@@ -7,8 +7,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use leak_common::{
-    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_MMAPS, MAP_SITES, MAP_STACKS,
-    SiteKey, SiteTotal as BpfSiteTotal, StackTrace,
+    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_HOOK_IPS, MAP_MMAP_COUNTS, MAP_MMAPS,
+    MAP_SITES, MAP_STACKS, SiteKey, SiteTotal as BpfSiteTotal, StackTrace,
 };
 
 use crate::{
@@ -159,6 +159,12 @@ impl AllocSource for Tracer {
         }
         delete_all(&self.ebpf, MAP_MMAPS, &mmaps)?;
         delete_all(&self.ebpf, MAP_SITES, &sites)?;
+        // The compatible object's per-process state: its hooks by address and its counts of
+        // recorded mappings.
+        let hooks = self.entries_of::<AllocKey, u64>(MAP_HOOK_IPS, |k| k.tgid == tgid)?;
+        delete_all(&self.ebpf, MAP_HOOK_IPS, &hooks)?;
+        let counts = self.entries_of::<u32, [u64; 2]>(MAP_MMAP_COUNTS, |k| *k == tgid)?;
+        delete_all(&self.ebpf, MAP_MMAP_COUNTS, &counts)?;
         n += allocs.len();
         Ok(n)
     }
@@ -195,6 +201,17 @@ impl AllocSource for Tracer {
         let mut map = self.hash_mut::<AllocKey, u64>(MAP_MMAPS)?;
         for (k, end) in &mmaps {
             map.insert(AllocKey::new(k.addr, to), *end, 0).map_err(write_err(MAP_MMAPS))?;
+        }
+        // The compatible object counts each process's recorded mappings: the child's are
+        // those it got, and it has the parent's large ones.
+        let large = self
+            .entries_of::<u32, [u64; 2]>(MAP_MMAP_COUNTS, |k| *k == from)?
+            .first()
+            .map_or(0, |(_, c)| c[1]);
+        if !mmaps.is_empty() || large > 0 {
+            let mut map = self.hash_mut::<u32, [u64; 2]>(MAP_MMAP_COUNTS)?;
+            let counts = [mmaps.len() as u64, large];
+            map.insert(to, counts, 0).map_err(write_err(MAP_MMAP_COUNTS))?;
         }
         let mut map = self.hash_mut::<SiteKey, BpfSiteTotal>(MAP_SITES)?;
         for (stack_id, total) in &sites {

@@ -153,7 +153,8 @@ impl AllocatorPlan {
         let off = h.file_offset();
         let m = maps.iter().find(|m| {
             m.perms.contains('x')
-                && m.path.as_deref() == Some(path.as_str())
+                // A library replaced on disk since it was mapped is still the object.
+                && m.file_path() == Some(path.as_str())
                 && (m.offset..m.offset + (m.end - m.start)).contains(&off)
         })?;
         Some(m.start + (off - m.offset))

@@ -364,13 +364,24 @@ impl Finished {
 /// allocations, stops `leak` with SIGINT and returns the report.
 #[must_use]
 pub fn trace_fixture(name: &str, env: &[(&str, &str)], args: &[&str]) -> Report {
+    trace_fixture_env(name, env, args, &[])
+}
+
+/// As [`trace_fixture`], with `leak_env` set for `leak`.
+#[must_use]
+pub fn trace_fixture_env(
+    name: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    leak_env: &[(&str, &str)],
+) -> Report {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
     let mut fixture = Fixture::start_with(name, env);
     let mut all = vec!["--json", json.to_str().expect("utf-8 path")];
     all.extend_from_slice(args);
-    let leak = Leak::attach(fixture.pid(), &all);
+    let leak = Leak::attach_env(fixture.pid(), &all, leak_env);
     fixture.go_and_wait_done();
     let done = leak.interrupt();
     assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);

@@ -6,7 +6,7 @@
 //! again with the compatible one, so that both objects are proven on every new kernel and the
 //! compatible one on the old kernels that need it.
 use leak_tests::{
-    assert_absent, assert_no_drops, assert_site, require_root, site, summary,
+    assert_absent, assert_no_drops, assert_site, require_root, site, summary, trace_fixture_env,
     truth::{
         assert_leaker_truth, assert_mapper_truth, assert_whole_stacks, run_to_end, trace_until_exit,
     },
@@ -53,15 +53,7 @@ fn check_says_yes_and_loads_every_program_in_each_unwind_mode() {
 #[test]
 fn every_hooked_function_is_counted_exactly() {
     for (object, env) in objects() {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("report.json");
-        let mut fixture = leak_tests::Fixture::start("leaker");
-        let leak =
-            leak_tests::Leak::attach_env(fixture.pid(), &["--json", json.to_str().unwrap()], &env);
-        fixture.go_and_wait_done();
-        let done = leak.interrupt();
-        assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
-        let report = leak_tests::read_report(&json);
+        let report = trace_fixture_env("leaker", &[], &[], &env);
         eprintln!("{object}: {:#?}", summary(&report));
         assert_leaker_truth(&report);
     }
@@ -70,15 +62,7 @@ fn every_hooked_function_is_counted_exactly() {
 #[test]
 fn mappings_are_counted_exactly() {
     for (object, env) in objects() {
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("report.json");
-        let mut fixture = leak_tests::Fixture::start("mapper");
-        let leak =
-            leak_tests::Leak::attach_env(fixture.pid(), &["--json", json.to_str().unwrap()], &env);
-        fixture.go_and_wait_done();
-        let done = leak.interrupt();
-        assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
-        let report = leak_tests::read_report(&json);
+        let report = trace_fixture_env("mapper", &[], &[], &env);
         eprintln!("{object}: {:#?}", summary(&report));
         assert_mapper_truth(&report);
     }

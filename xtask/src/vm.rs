@@ -536,20 +536,31 @@ fn boot(kernel: Kernel, release: &str, vmlinuz: &Path, initrd: &Path) -> Result<
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    // Both pipes read to their end, whatever bytes they carry (the console is not all
+    // UTF-8): a pipe left unread would block QEMU once full.
+    for pipe in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                buf.clear();
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
+    drop(tx);
     let mut exit = None;
     let mut summary = String::from("no test result");
     let mut begun = false;
+    let mut deadline = started + GUEST_TIMEOUT;
     loop {
-        let left = GUEST_TIMEOUT.saturating_sub(started.elapsed());
+        let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
@@ -559,6 +570,8 @@ fn boot(kernel: Kernel, release: &str, vmlinuz: &Path, initrd: &Path) -> Result<
                     begun = true;
                 } else if let Some((_, code)) = line.split_once(EXIT) {
                     exit = code.trim().parse::<i32>().ok();
+                    // The suite is done: the guest gets a few seconds to power off.
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(20));
                 } else if line.starts_with("test result:") {
                     line.trim_start_matches("test result: ").clone_into(&mut summary);
                 }
@@ -569,12 +582,18 @@ fn boot(kernel: Kernel, release: &str, vmlinuz: &Path, initrd: &Path) -> Result<
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                writeln!(log, "(xtask: killed after {GUEST_TIMEOUT:?})")?;
-                summary = format!("timed out after {} s", GUEST_TIMEOUT.as_secs());
+                if exit.is_none() {
+                    writeln!(log, "(xtask: killed after {GUEST_TIMEOUT:?})")?;
+                    summary = format!("timed out after {} s", GUEST_TIMEOUT.as_secs());
+                } else {
+                    writeln!(log, "(xtask: killed: no power-off after the suite)")?;
+                }
                 break;
             }
         }
     }
+    // Both pipes are closed or QEMU was killed: it exits.
+    let _ = child.kill();
     let _ = child.wait();
     if !begun {
         summary = format!("the guest never ran the suite (see {})", log_path.display());

@@ -14,8 +14,12 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarge
 /// The verifier's limit for a whole call chain.
 pub const MAX_STACK: u32 = 512;
 
-/// Helpers (by `enum bpf_func_id` number) that arrived after 5.10, with the kernel that
-/// brought them. A program calling one does not load on older kernels.
+/// The last helper 5.10 has (`bpf_redirect_peer`): any helper numbered above it is newer.
+pub const LAST_5_10_HELPER: i32 = 155;
+
+/// Helpers (by `enum bpf_func_id` number) that arrived after 5.10 and that leak uses, with
+/// the kernel that brought them (names for the report; any helper above
+/// [`LAST_5_10_HELPER`] counts as late).
 pub const LATE_HELPERS: [(i32, &str, &str); 4] = [
     (164, "bpf_for_each_map_elem", "5.13"),
     (174, "bpf_get_attach_cookie", "5.15"),
@@ -30,16 +34,25 @@ pub struct Function {
     pub stack: u32,
     /// Functions it calls or passes as a callback.
     pub calls: BTreeSet<String>,
-    /// Late helpers it calls (see [`LATE_HELPERS`]).
-    pub late_helpers: BTreeSet<&'static str>,
+    /// Helpers newer than 5.10 it calls (named where [`LATE_HELPERS`] knows them).
+    pub late_helpers: BTreeSet<String>,
     /// Atomic instructions other than a plain add (`BPF_CMPXCHG`, `BPF_XCHG`, fetch
     /// variants: 5.12+).
     pub late_atomics: u32,
+    /// Instructions of the v4 instruction set (sign-extending loads and moves, signed
+    /// division, 32-bit-offset jumps, unconditional byte swaps: 6.6+).
+    pub v4_insns: u32,
+    /// Calls or callback references whose target is not a known function: their stack is
+    /// not counted, so the figure is not to be trusted.
+    pub unresolved: u32,
 }
 
 /// A program's deepest chain, as the verifier charges it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
+    /// Calls somewhere in the program whose target is not a known function: the figure
+    /// leaves their stack out.
+    pub unresolved: u32,
     /// The program.
     pub program: String,
     /// Bytes charged: every frame rounded up to 32, an empty frame 32.
@@ -126,7 +139,7 @@ pub fn analyze(elf: &[u8]) -> Result<Budget, String> {
                 break;
             }
             let Some(code) = data.get(usize_of(start)..usize_of(start + size)) else { continue };
-            let f = function(code, start, &relocs, Some(&file), &starts);
+            let f = function(code, start, &relocs, Some(&file), &starts, Some(section.index().0));
             if is_program_section {
                 budget.programs.push(name.clone());
             }
@@ -150,13 +163,34 @@ fn function_at(
     starts.get(&(section.0, offset)).map(|(n, _)| n.clone())
 }
 
-/// Scans one function's instructions (`code`, at `base` in its section).
+/// Whether `insn` belongs to the v4 instruction set (LLVM's `-mcpu=v4`, kernel 6.6+).
+fn is_v4(insn: Insn) -> bool {
+    let class = insn.code & 0x07;
+    let op = insn.code & 0xf0;
+    match class {
+        // Sign-extending loads (BPF_MEMSX).
+        BPF_LDX => insn.code & 0xe0 == 0x80,
+        // Sign-extending moves (off 8, 16, 32), signed division and modulo (off 1), byte
+        // swaps whatever the host's order (ALU64 END).
+        BPF_ALU64 | 0x04 => {
+            (op == 0xb0 && insn.off != 0)
+                || ((op == 0x30 || op == 0x90) && insn.off == 1)
+                || (class == BPF_ALU64 && op == 0xd0)
+        }
+        // `gotol`: an unconditional jump with a 32-bit offset (JMP32 | JA).
+        0x06 => op == 0x00,
+        _ => false,
+    }
+}
+
+/// Scans one function's instructions (`code`, at `base` in section `own_section`).
 fn function(
     code: &[u8],
     base: u64,
     relocs: &BTreeMap<u64, RelocationTarget>,
     file: Option<&object::File<'_>>,
     starts: &BTreeMap<(usize, u64), (String, u64)>,
+    own_section: Option<usize>,
 ) -> Function {
     let mut f = Function::default();
     // Registers known to hold r10 plus an offset.
@@ -184,22 +218,31 @@ fn function(
             // A call's imm counts instructions after the next one; ld_imm64's counts bytes.
             let offset = if wide { i64::from(insn.imm) } else { (i64::from(insn.imm) + 1) * 8 };
             let addr = sym.address().wrapping_add_signed(offset);
-            if let Some(name) = function_at(starts, section, addr) {
-                f.calls.insert(name);
+            match function_at(starts, section, addr) {
+                Some(name) => {
+                    f.calls.insert(name);
+                }
+                None => f.unresolved += 1,
             }
         } else if insn.code == (BPF_JMP | BPF_CALL) && insn.src == BPF_PSEUDO_CALL {
             // A call inside the function's own section, already resolved.
             let addr = at.wrapping_add_signed((i64::from(insn.imm) + 1) * 8);
-            for ((_, start), (name, _)) in starts {
-                if *start == addr {
-                    f.calls.insert(name.clone());
+            match own_section.and_then(|sec| function_at(starts, SectionIndex(sec), addr)) {
+                Some(name) => {
+                    f.calls.insert(name);
                 }
+                None => f.unresolved += 1,
             }
-        } else if insn.code == (BPF_JMP | BPF_CALL)
-            && insn.src == 0
-            && let Some((_, name, _)) = LATE_HELPERS.iter().find(|(id, ..)| *id == insn.imm)
+        } else if insn.code == (BPF_JMP | BPF_CALL) && insn.src == 0 && insn.imm > LAST_5_10_HELPER
         {
+            let name = LATE_HELPERS.iter().find(|(id, ..)| *id == insn.imm).map_or_else(
+                || format!("helper #{} (newer than 5.10)", insn.imm),
+                |(_, name, _)| (*name).to_owned(),
+            );
             f.late_helpers.insert(name);
+        }
+        if is_v4(insn) {
+            f.v4_insns += 1;
         }
         if (class == BPF_STX) && insn.code & 0xe0 == BPF_ATOMIC_MODE && insn.imm != 0 {
             // imm 0 is the plain add every kernel has (BPF_XADD); anything else (fetch,
@@ -251,7 +294,8 @@ impl Budget {
     #[must_use]
     pub fn chain(&self, program: &str) -> Chain {
         let (charged, frames) = self.deepest(program, &mut Vec::new());
-        Chain { program: program.to_owned(), charged, frames }
+        let unresolved = self.reachable(program).iter().map(|f| f.unresolved).sum();
+        Chain { program: program.to_owned(), charged, frames, unresolved }
     }
 
     fn deepest(&self, name: &str, path: &mut Vec<String>) -> (u32, Vec<(String, u32)>) {
@@ -274,10 +318,9 @@ impl Budget {
         (charged(f.stack) + best.0, frames)
     }
 
-    /// Late helpers and atomics anywhere in `program`'s call graph.
-    #[must_use]
-    pub fn late_features(&self, program: &str) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
+    /// The functions `program` reaches, itself included.
+    fn reachable(&self, program: &str) -> Vec<&Function> {
+        let mut out = Vec::new();
         let mut todo = vec![program.to_owned()];
         let mut seen = BTreeSet::new();
         while let Some(name) = todo.pop() {
@@ -285,14 +328,27 @@ impl Budget {
                 continue;
             }
             let Some(f) = self.functions.get(&name) else { continue };
+            out.push(f);
+            todo.extend(f.calls.iter().cloned());
+        }
+        out
+    }
+
+    /// Late helpers, atomics and instructions anywhere in `program`'s call graph.
+    #[must_use]
+    pub fn late_features(&self, program: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for f in self.reachable(program) {
             for h in &f.late_helpers {
-                let since = LATE_HELPERS.iter().find(|(_, n, _)| n == h).map_or("?", |x| x.2);
+                let since = LATE_HELPERS.iter().find(|(_, n, _)| n == h).map_or("5.11", |x| x.2);
                 out.insert(format!("{h} ({since}+)"));
             }
             if f.late_atomics > 0 {
                 out.insert("atomic compare-and-swap or fetch (5.12+)".to_owned());
             }
-            todo.extend(f.calls.iter().cloned());
+            if f.v4_insns > 0 {
+                out.insert("v4 instructions (6.6+)".to_owned());
+            }
         }
         out
     }
@@ -322,7 +378,7 @@ mod tests {
             [0x95, 0, 0, 0, 0, 0, 0, 0],
         ]
         .concat();
-        let f = function(&code, 0, &BTreeMap::new(), None, &BTreeMap::new());
+        let f = function(&code, 0, &BTreeMap::new(), None, &BTreeMap::new(), None);
         assert_eq!(f.stack, 48);
         assert!(f.calls.is_empty());
     }
@@ -337,8 +393,25 @@ mod tests {
             [0x95, 0, 0, 0, 0, 0, 0, 0],
         ]
         .concat();
-        let f = function(&code, 0, &BTreeMap::new(), None, &BTreeMap::new());
-        assert_eq!(f.late_helpers.iter().copied().collect::<Vec<_>>(), ["bpf_loop"]);
+        let f = function(&code, 0, &BTreeMap::new(), None, &BTreeMap::new(), None);
+        assert_eq!(f.late_helpers.iter().cloned().collect::<Vec<_>>(), ["bpf_loop"]);
         assert_eq!(f.late_atomics, 1);
+        assert_eq!(f.v4_insns, 0);
+        // An unknown helper past 5.10's last; a sign-extending move (r1 = (s32)r2); a call
+        // to nowhere known.
+        let code = [
+            [0x85, 0, 0, 0, 160, 0, 0, 0],
+            [0xbf, 0x21, 32, 0, 0, 0, 0, 0],
+            [0x85, 0x10, 0, 0, 5, 0, 0, 0],
+            [0x95, 0, 0, 0, 0, 0, 0, 0],
+        ]
+        .concat();
+        let f = function(&code, 0, &BTreeMap::new(), None, &BTreeMap::new(), None);
+        assert_eq!(
+            f.late_helpers.iter().cloned().collect::<Vec<_>>(),
+            ["helper #160 (newer than 5.10)"]
+        );
+        assert_eq!(f.v4_insns, 1);
+        assert_eq!(f.unresolved, 1);
     }
 }

@@ -474,7 +474,14 @@ impl Tracer {
                 match addresses.get(index).copied().flatten() {
                     Some(addr) => {
                         let key = leak_common::AllocKey::new(addr, pid.get());
-                        self.hook_ips()?.insert(key, cookie, 0).map_err(map_error)?;
+                        if let Err(e) = self
+                            .hook_ips()
+                            .and_then(|mut m| m.insert(key, cookie, 0).map_err(map_error))
+                        {
+                            // Leave nothing half attached.
+                            self.detach(links);
+                            return Err(e);
+                        }
                         links.1.push(key);
                     }
                     None => warn!(
@@ -916,7 +923,7 @@ mod tests {
                 .inspect(|c| {
                     eprintln!("{object} {}: {} bytes: {:?}", c.program, c.charged, c.frames);
                 })
-                .filter(|c| c.charged > budget::MAX_STACK)
+                .filter(|c| c.charged > budget::MAX_STACK || c.unresolved > 0)
                 .collect();
             assert!(over.is_empty(), "{object}: over the 512-byte stack: {over:#?}");
         }
