@@ -34,6 +34,8 @@ mod maps;
 mod probes;
 #[path = "runtime.rs"]
 mod runtime;
+#[path = "sites.rs"]
+mod sites;
 #[path = "table.rs"]
 mod table;
 #[path = "unwind.rs"]

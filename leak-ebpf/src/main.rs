@@ -23,6 +23,7 @@
 mod maps;
 mod probes;
 mod runtime;
+mod sites;
 mod table;
 mod unwind;
 mod verbs;

@@ -21,7 +21,7 @@ use crate::{
         ALLOC_BUCKET_MASK, ALLOC_SLOTS, ALLOC_SPILL, ALLOC_SPILLS, ALLOC_TABLE, ALLOCS, atomic_add,
         cas, count_drop,
     },
-    verbs::site_add,
+    sites::site_add,
 };
 
 /// The bucket of `key`: its address-slot array, its record array, and its index.

@@ -4,10 +4,10 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    config::Targets,
     config::{
         Command, Outputs, TraceConfig, WatchConfig, parse_duration, parse_percent, parse_size,
     },
-    watch::Targets,
 };
 
 /// Find the call stacks that hold memory a native process never frees.
@@ -346,7 +346,7 @@ impl From<CliCommand> for Command {
                 top: 10,
                 listen: Some(a.listen),
                 max_traced: usize::try_from(a.max_traced).unwrap_or(1),
-                selection: Some(crate::kube::Selection {
+                selection: Some(crate::config::Selection {
                     namespaces: a.namespaces,
                     pods: a.pods,
                     containers: a.containers,

@@ -57,7 +57,7 @@ pub struct TraceConfig {
     /// Sample one allocation per this many bytes on average (None: record every one).
     pub sample_mean: Option<u64>,
     /// What a probe hit costs here, measured when the programs are loaded (not an option).
-    pub probe_cost: Option<crate::model::ProbeCost>,
+    pub probe_cost: Option<crate::analysis::model::ProbeCost>,
     /// Memory limit to project against, bytes (default: the cgroup's).
     pub limit: Option<u64>,
     /// Fail (exit status [`LEAK_FOUND_EXIT`]) when a site is judged a leak.
@@ -65,7 +65,7 @@ pub struct TraceConfig {
     /// Sites that gained less than this over the window do not fail the run.
     pub threshold: u64,
     /// `leak attach`: stop once the probes cost the target more than this share of a CPU,
-    /// in basis points (estimated from the hit rate, see [`crate::agent::Budget`]).
+    /// in basis points (estimated from the hit rate, see [`crate::trace::session::Budget`]).
     pub max_overhead: Option<u32>,
     /// How stacks are walked.
     pub unwind: Unwind,
@@ -155,7 +155,7 @@ impl Default for TraceConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchConfig {
     /// The processes.
-    pub targets: crate::watch::Targets,
+    pub targets: Targets,
     /// Time between reports.
     pub interval: Duration,
     /// Time between memory samples.
@@ -177,7 +177,7 @@ pub struct WatchConfig {
     /// Escalations running at once, at most.
     pub max_traced: usize,
     /// Which pods' processes are watched (`leak agent`; `None`: every one).
-    pub selection: Option<crate::kube::Selection>,
+    pub selection: Option<Selection>,
     /// Each trace stops once its probes cost more than this share of a CPU (basis points).
     pub max_overhead: Option<u32>,
     /// Where the cgroup file systems are mounted (containers' memory statistics).
@@ -282,6 +282,46 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "range checked")]
     Ok(bytes.round() as u64)
+}
+
+/// What is watched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Targets {
+    /// Every process of the host (but `leak` itself and its escalations).
+    All,
+    /// Every process in a Kubernetes pod (found by its cgroup path).
+    Pods,
+    /// These processes.
+    Pids(Vec<u32>),
+}
+
+/// Which processes the agent watches: each non-empty list must match (shell-style `*` and
+/// `?` patterns); excluded namespaces never are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// Namespaces to watch (empty: all).
+    pub namespaces: Vec<String>,
+    /// Pod names to watch (empty: all).
+    pub pods: Vec<String>,
+    /// Container names to watch (empty: all).
+    pub containers: Vec<String>,
+    /// Process names (`comm`) to watch (empty: all).
+    pub processes: Vec<String>,
+    /// Namespaces never watched.
+    pub exclude_namespaces: Vec<String>,
+}
+
+impl Default for Selection {
+    /// Everything but `kube-system`.
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+            containers: Vec::new(),
+            processes: Vec::new(),
+            exclude_namespaces: vec!["kube-system".to_owned()],
+        }
+    }
 }
 
 #[cfg(test)]

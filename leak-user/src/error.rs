@@ -1,7 +1,7 @@
 //! The error a `leak` invocation ends with, and its exit code.
 use std::io;
 
-use crate::{loader::LoaderError, source::SourceError, target::TargetError};
+use crate::{trace::loader::LoaderError, trace::source::SourceError, trace::target::TargetError};
 
 /// Exit code for bad input (usage, permissions, target, kernel, output path).
 pub const EXIT_BAD_INPUT: u8 = 2;

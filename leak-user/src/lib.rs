@@ -1,59 +1,36 @@
 //! leak: find the call stacks that hold memory a native process never frees.
 //!
-//! Design constraints:
-//! - Pure logic (`aggregate`, `report`, `output::folded`, `output::table`, `placement`, the
-//!   parsers in `procfs`) imports nothing from aya, tokio, blazesym or the clock, so it is
-//!   unit-tested without root.
-//! - Only `loader` and `source` touch aya; only `symbolize` touches blazesym; only
-//!   `output::flamegraph` touches inferno; only `agent` runs the async loop.
-//! - Bad input ends with one line saying what to do and exit code 2 ([`error::Error`]).
-pub mod agent;
-pub mod aggregate;
-pub mod check;
+//! The data's way, and where each stage lives (ARCHITECTURE.md tells it at length):
+//! probes in the kernel (`leak-ebpf`) -> [`trace`] (load, attach, snapshot the maps,
+//! symbolize) -> [`analysis`] (aggregate, history, trend, verdict, report model) ->
+//! [`output`] (text, JSON, folded, flame graphs, pprof, Prometheus). For fleets, [`fleet`]
+//! watches processes' memory, escalates the growing ones to a trace, and serves the results.
+//!
+//! Dependencies point one way: `fleet -> trace -> output -> analysis`, and the files at this
+//! level (`cli`, `config`, `error`, `procfs`, `runtime`) are shared by the folders below
+//! them; `analysis` imports nothing but itself (the `layers` test checks it all).
+//! Bad input ends with one line saying what to do and exit code 2 ([`error::Error`]).
+pub mod analysis;
 pub mod cli;
-pub mod clock;
 pub mod config;
-pub mod controller;
-pub mod elf;
 pub mod error;
-pub mod growth;
-pub mod history;
-pub mod hooks;
-pub mod http;
-pub mod kube;
-pub mod kubeapi;
-pub mod loader;
-pub mod model;
+pub mod fleet;
 pub mod output;
-pub mod placement;
-pub mod pods;
-pub mod preflight;
 pub mod procfs;
-pub mod report;
-pub mod runner;
-pub mod sampling;
-pub mod serve;
-pub mod source;
-pub mod symbolize;
-pub mod target;
-pub mod tracee;
-pub mod trend;
-pub mod unwind;
-pub mod watch;
+pub mod runtime;
+pub mod trace;
 
 use std::{ffi::OsString, num::NonZeroU32};
 
 use log::{info, warn};
 
 use crate::{
-    agent::Session,
     config::{Command, TraceConfig},
-    controller::Controller,
     error::Error,
-    loader::{LoadOptions, Tracer},
-    report::{AllocatorInfo, HookInfo, ProbeInfo},
-    runner::FirstStop,
-    target::AllocatorPlan,
+    trace::controller::Controller,
+    trace::loader::{LoadOptions, Tracer},
+    trace::runner::FirstStop,
+    trace::session::{self, Session},
 };
 
 /// Runs one `leak` command; returns the process exit code.
@@ -63,7 +40,7 @@ use crate::{
 pub fn run(command: Command) -> Result<u8, Error> {
     raise_fd_limit();
     if let Command::Watch(cfg) = &command
-        && cfg.targets == watch::Targets::Pods
+        && cfg.targets == config::Targets::Pods
     {
         // Before any thread starts: each thread has its own namespaces and inherits them.
         match procfs::enter_host_cgroup_namespace() {
@@ -82,8 +59,8 @@ pub fn run(command: Command) -> Result<u8, Error> {
     match command {
         Command::Attach { pid, trace } => attach(&rt, pid, trace),
         Command::Run { argv, trace, follow_forks } => run_command(&rt, &argv, trace, follow_forks),
-        Command::Watch(cfg) => watch::run(&rt, &cfg),
-        Command::Check => check::run(log::log_enabled!(log::Level::Info)),
+        Command::Watch(cfg) => fleet::watch::run(&rt, &cfg),
+        Command::Check => trace::check::run(log::log_enabled!(log::Level::Info)),
     }
 }
 
@@ -106,14 +83,14 @@ fn nonzero(pid: u32) -> Result<NonZeroU32, Error> {
 }
 
 fn preflight(trace: &TraceConfig) -> Result<(), Error> {
-    preflight::check_privileges()?;
-    preflight::check_kernel(&preflight::sysfs_root())?;
-    preflight::check_outputs(&trace.outputs)
+    trace::preflight::check_privileges()?;
+    trace::preflight::check_kernel(&trace::preflight::sysfs_root())?;
+    trace::preflight::check_outputs(&trace.outputs)
 }
 
 /// What a probe hit costs here, for the reports; a failure only loses that line.
 /// `LEAK_MEASURE_PROBES=0` leaves it out (about 10 ms at start).
-fn calibrate(tracer: &mut Tracer) -> Option<model::ProbeCost> {
+fn calibrate(tracer: &mut Tracer) -> Option<analysis::model::ProbeCost> {
     if std::env::var_os("LEAK_MEASURE_PROBES").is_some_and(|v| v == "0") {
         return None;
     }
@@ -133,40 +110,9 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
     }
 }
 
-pub(crate) fn allocator_info(plan: &AllocatorPlan) -> AllocatorInfo {
-    AllocatorInfo {
-        path: plan.malloc_object().path.clone(),
-        probes: plan
-            .hooks
-            .iter()
-            .flat_map(|h| {
-                h.spec.kind.programs().iter().map(move |p| ProbeInfo {
-                    function: h.spec.display.clone(),
-                    object: plan.objects[h.object].path.clone(),
-                    symbol: h.spec.symbol.clone(),
-                    program: p.name().to_owned(),
-                    function_offset: h.placement.offset,
-                    emulated: h.placement.emulated,
-                })
-            })
-            .collect(),
-    }
-}
-
-pub(crate) fn hook_infos(plan: &AllocatorPlan) -> Vec<HookInfo> {
-    plan.hooks
-        .iter()
-        .map(|h| HookInfo {
-            symbol: h.spec.symbol.clone(),
-            display: h.spec.display.clone(),
-            has_exit: h.spec.kind.has_exit(),
-        })
-        .collect()
-}
-
-fn install_signals(rt: &tokio::runtime::Runtime) -> Result<agent::Signals, Error> {
+fn install_signals(rt: &tokio::runtime::Runtime) -> Result<runtime::Signals, Error> {
     let _guard = rt.enter();
-    agent::Signals::install()
+    runtime::Signals::install()
 }
 
 fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<u8, Error> {
@@ -182,7 +128,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
         _ => pid,
     };
     preflight(&trace)?;
-    let plan = target::plan_for_pid(pid, trace.lib.as_deref())?;
+    let plan = trace::target::plan_for_pid(pid, trace.lib.as_deref())?;
     let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let trace = TraceConfig { probe_cost: calibrate(&mut tracer), ..trace };
@@ -194,9 +140,9 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     // Before saying "attached": the session reads the target's maps and opens its files
     // for symbolization, which a target that exits right after its allocations would take
     // along.
-    let mut session = Session::new(pid, trace, allocator_info(&plan), hook_infos(&plan));
+    let mut session = Session::new(pid, trace, plan.allocator_info(), plan.hook_infos());
     eprintln!("attached to PID {pid} ({} probes)", links.len());
-    let (report, _) = rt.block_on(agent::trace(&mut tracer, &mut session, &mut signals))?;
+    let (report, _) = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
     // A breakpoint the kernel took out while our probes were attached (not seen, but a
     // trace once saw malloc's entries without a single return): say which.
     if procfs::is_running(pid) {
@@ -205,7 +151,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
         }
     }
     tracer.release_in_background();
-    Ok(if agent::fails(&report, &trace_cfg) { config::LEAK_FOUND_EXIT } else { 0 })
+    Ok(if session::fails(&report, &trace_cfg) { config::LEAK_FOUND_EXIT } else { 0 })
 }
 
 fn run_command(
@@ -214,13 +160,13 @@ fn run_command(
     trace: TraceConfig,
     follow_forks: bool,
 ) -> Result<u8, Error> {
-    let program = runner::resolve_program(
+    let program = trace::runner::resolve_program(
         argv.first().ok_or_else(|| Error::BadInput("no command given".into()))?,
     )?;
     preflight(&trace)?;
     // Before the command starts: its stops arrive as SIGCHLD.
     let mut signals = install_signals(rt)?;
-    let child = runner::spawn_traced(&program, argv)?;
+    let child = trace::runner::spawn_traced(&program, argv)?;
     let pid = child.pid;
     match child.wait_exec()? {
         FirstStop::Exec => {}
@@ -240,8 +186,8 @@ fn run_command(
         }
     }
     let kill_child = |e: Error| {
-        runner::kill(pid, libc::SIGKILL);
-        let _ = runner::waitpid(pid, 0);
+        trace::runner::kill(pid, libc::SIGKILL);
+        let _ = trace::runner::waitpid(pid, 0);
         e
     };
     // Following children: the probes are scoped to each process; no single tgid to filter.
@@ -260,4 +206,131 @@ fn run_command(
     };
     tracer.release_in_background();
     result
+}
+
+/// The layering of the crate, checked in its sources: what each folder and top-level file may
+/// import from the crate, and the outside crates the pure analysis must not touch.
+#[cfg(test)]
+mod layers {
+    use std::{collections::BTreeSet, fs, path::Path};
+
+    /// What each place may import (`crate::X`): a folder, or a top-level file.
+    fn allowed(place: &str) -> Option<&'static [&'static str]> {
+        Some(match place {
+            "analysis" => &["analysis"],
+            "output" => &["analysis", "output"],
+            "trace" => &["analysis", "output", "trace", "config", "error", "procfs", "runtime"],
+            "fleet" => {
+                &["analysis", "output", "trace", "fleet", "config", "error", "procfs", "runtime"]
+            }
+            "config" => &["analysis", "config"],
+            "procfs" => &["analysis", "procfs"],
+            "runtime" => &["error", "runtime"],
+            // The error a command ends with names the trace's errors (the exit code depends on
+            // them): the one file at the top that looks down into a folder.
+            "error" => &["error", "trace"],
+            // The command line and the dispatch sit above everything.
+            "cli" | "lib" | "main" => return None,
+            other => panic!("{other}: a new place in src/ needs a rule in `layers`"),
+        })
+    }
+
+    /// Outside crates a place must not use.
+    fn forbidden(place: &str) -> &'static [&'static str] {
+        match place {
+            "analysis" => &["aya", "tokio", "blazesym", "inferno", "SystemTime", "Instant::now"],
+            "output" => &["aya", "tokio", "blazesym"],
+            _ => &[],
+        }
+    }
+
+    /// The source without comments (prose may name anything).
+    fn code(text: &str) -> String {
+        text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The crate's modules a source refers to: `crate::X...` paths, and the items of
+    /// `use crate::{X::..., Y, ...}`.
+    fn imports(code: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            if let Some(body) = rest.strip_prefix('{') {
+                let mut depth = 1;
+                let mut item = String::new();
+                let mut items = Vec::new();
+                for c in body.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 1 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 1 => items.push(std::mem::take(&mut item)),
+                        _ => {}
+                    }
+                    if depth >= 1 && c != ',' {
+                        item.push(c);
+                    }
+                }
+                items.push(item);
+                for i in items {
+                    let head: String =
+                        i.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if !head.is_empty() && head != "self" {
+                        out.insert(head);
+                    }
+                }
+            } else {
+                let head: String =
+                    rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                out.insert(head);
+            }
+        }
+        out
+    }
+
+    /// Every source file under `dir`, with the place it belongs to.
+    fn sources(dir: &Path, place: Option<&str>, out: &mut Vec<(String, std::path::PathBuf)>) {
+        for e in fs::read_dir(dir).expect("src").flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                sources(&p, Some(place.unwrap_or(&name)), out);
+            } else if let Some(stem) = name.strip_suffix(".rs") {
+                out.push((place.unwrap_or(stem).to_owned(), p));
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_imports_upward() {
+        let mut files = Vec::new();
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), None, &mut files);
+        assert!(files.len() > 40, "{files:?}");
+        let mut wrong = Vec::new();
+        for (place, path) in &files {
+            let text = code(&fs::read_to_string(path).expect("source"));
+            if let Some(allowed) = allowed(place) {
+                for m in imports(&text) {
+                    if !allowed.contains(&m.as_str()) {
+                        wrong.push(format!("{}: imports crate::{m}", path.display()));
+                    }
+                }
+            }
+            for f in forbidden(place) {
+                if text.contains(f) {
+                    wrong.push(format!("{}: uses {f}", path.display()));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports against the layering:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn imports_are_read_from_use_lists_and_paths() {
+        let text = "use crate::{\n    analysis::{model, report::Report},\n    output,\n};\n\
+                    fn f() { crate::trace::loader::kernel(); }";
+        let got: Vec<String> = imports(text).into_iter().collect();
+        assert_eq!(got, ["analysis", "output", "trace"]);
+    }
 }

@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::history::ProcessMemory;
+use crate::analysis::history::ProcessMemory;
 
 /// One line of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,12 +241,6 @@ fn page_size() -> u64 {
     u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// The Kubernetes pod and container of `pid`, from its cgroup path (`None` outside pods).
-#[must_use]
-pub fn pod(pid: u32) -> Option<crate::pods::PodRef> {
-    crate::pods::pod_of(&cgroup_text(pid)?)
-}
-
 /// The text of `/proc/PID/cgroup`; `None` once it has exited.
 #[must_use]
 pub fn cgroup_text(pid: u32) -> Option<String> {
@@ -262,7 +256,7 @@ pub fn cgroup_text(pid: u32) -> Option<String> {
 /// `CAP_SYS_ADMIN`. Returns whether it switched.
 ///
 /// # Errors
-/// No other namespace could be entered (paths then stay relative; [`crate::pods`] copes with
+/// No other namespace could be entered (paths then stay relative; [`crate::fleet::pods`] copes with
 /// most).
 pub fn enter_host_cgroup_namespace() -> Result<bool, String> {
     let link = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/cgroup"));
@@ -314,35 +308,6 @@ pub fn ppid(pid: u32) -> Option<u32> {
 #[must_use]
 pub fn memory_stat_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// The memory of cgroup `cg`, with the cgroup file systems mounted under `root`
-/// (`/sys/fs/cgroup`: v2 there or, next to v1, in `unified/`; v1's memory in `memory/`), and
-/// the directory it was read from. `None` when no candidate directory holds the files.
-#[must_use]
-pub fn cgroup_memory(
-    root: &Path,
-    cg: &crate::pods::MemoryCgroup,
-) -> Option<(PathBuf, crate::history::CgroupMemory)> {
-    use crate::pods::MemoryCgroup;
-    let (hierarchy, usage_file, anon_keys): (_, _, &[&str]) = match cg {
-        MemoryCgroup::V1(_) => {
-            (root.join("memory"), "memory.usage_in_bytes", &["total_rss", "rss"])
-        }
-        MemoryCgroup::V2(_) => {
-            let unified = root.join("unified");
-            let h =
-                if root.join("cgroup.controllers").exists() { root.to_owned() } else { unified };
-            (h, "memory.current", &["anon"])
-        }
-    };
-    crate::pods::cgroup_dir_candidates(cg.path()).into_iter().find_map(|rel| {
-        let dir = hierarchy.join(rel);
-        let usage = fs::read_to_string(dir.join(usage_file)).ok()?.trim().parse().ok()?;
-        let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
-        let anon = anon_keys.iter().find_map(|k| memory_stat_value(&stat, k))?;
-        Some((dir, crate::history::CgroupMemory { usage, anon }))
-    })
 }
 
 /// Every process id in `/proc` (kernel threads included: they have no memory to read).
@@ -582,33 +547,8 @@ Private_Hugetlb:       0 kB
     }
 
     #[test]
-    fn cgroup_memory_of_each_hierarchy() {
-        use crate::{history::CgroupMemory, pods::MemoryCgroup};
-        let root = tempfile::tempdir().unwrap();
-        let write = |rel: &str, usage_file: &str, usage: &str, stat: &str| {
-            let d = root.path().join(rel);
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join(usage_file), usage).unwrap();
-            fs::write(d.join("memory.stat"), stat).unwrap();
-            d
-        };
-        // A hybrid host: v1 memory, an empty unified hierarchy.
-        let v1 = write(
-            "memory/kubepods/pod1/c",
-            "memory.usage_in_bytes",
-            "8192\n",
-            "cache 4096\nrss 100\ntotal_cache 4096\ntotal_rss 4096\n",
-        );
-        let got = cgroup_memory(root.path(), &MemoryCgroup::V1("/../kubepods/pod1/c".into()));
-        assert_eq!(got, Some((v1, CgroupMemory { usage: 8192, anon: 4096 })));
-        let v2 =
-            write("unified/k.slice/c.scope", "memory.current", "300\n", "anon 200\nfile 100\n");
-        let got = cgroup_memory(root.path(), &MemoryCgroup::V2("/k.slice/c.scope".into()));
-        assert_eq!(got, Some((v2, CgroupMemory { usage: 300, anon: 200 })));
-        // Missing: no directory, or no memory controller there.
-        assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/nope".into())), None);
-        fs::create_dir_all(root.path().join("unified/bare")).unwrap();
-        assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/bare".into())), None);
+    fn memory_stat_values_by_key() {
         assert_eq!(memory_stat_value("anon_thp 5\nanon 7\n", "anon"), Some(7));
+        assert_eq!(memory_stat_value("file 1\n", "anon"), None);
     }
 }

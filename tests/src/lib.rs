@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use leak_user::report::{Report, Site};
+pub use leak_user::analysis::report::{Report, Site};
 
 pub mod truth;
 
@@ -306,7 +306,7 @@ impl Leak {
         let done = Finished { status, stderr: self.stderr.drain(), stdout: self.stdout.drain() };
         // Every test checks the kernel's per-site totals against the records this way.
         assert!(
-            !done.stderr.iter().any(|l| l.contains(leak_user::agent::TOTALS_DISAGREE)),
+            !done.stderr.iter().any(|l| l.contains(leak_user::trace::session::TOTALS_DISAGREE)),
             "{:#?}",
             done.stderr
         );

@@ -1,6 +1,6 @@
 //! The fixtures' ground truth, asserted by the tests of each feature and by the kernel suite
 //! (`tests/kernel.rs`), which checks the same on every kernel of the matrix.
-use leak_user::unwind::StackEnd;
+use leak_user::analysis::model::StackEnd;
 
 use crate::{
     Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site, read_report, summary,
@@ -105,7 +105,7 @@ pub fn assert_whole_stacks(report: &Report, bottom: &str) {
     assert_eq!(chain(dup)[2..2 + levels.len()], levels, "{:?}", chain(dup));
     assert_eq!(dup.stack_end, Some(StackEnd::Complete));
     let last = chain(s).last().copied().unwrap_or_default();
-    assert!(leak_user::unwind::is_outermost(last), "ends at a start: {:?}", chain(s));
+    assert!(leak_user::trace::unwind::is_outermost(last), "ends at a start: {:?}", chain(s));
 }
 
 /// Traces `fixture` (with `fixture_args`) through its allocations with `leak attach

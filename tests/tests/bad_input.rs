@@ -65,7 +65,7 @@ fn kernel_without_uprobes_or_btf() {
     let with_sys = |args: &[&str]| {
         let out = std::process::Command::new(leak_bin())
             .args(args)
-            .env(leak_user::preflight::SYSFS_ROOT_ENV, sys.path())
+            .env(leak_user::trace::preflight::SYSFS_ROOT_ENV, sys.path())
             .output()
             .unwrap();
         leak_tests::Finished {

@@ -4,7 +4,7 @@
 use leak_tests::{
     assert_no_drops, assert_site, fixture, read_report, run_with_report, site, summary,
 };
-use leak_user::{config::LEAK_FOUND_EXIT, trend::Verdict};
+use leak_user::{analysis::trend::Verdict, config::LEAK_FOUND_EXIT};
 
 const TICK_MS: &str = "25";
 const CACHE_BYTES: u64 = 32 * 4096;

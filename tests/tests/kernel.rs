@@ -11,14 +11,14 @@ use leak_tests::{
         assert_leaker_truth, assert_mapper_truth, assert_whole_stacks, run_to_end, trace_until_exit,
     },
 };
-use leak_user::loader::{BPF_OBJECT_ENV, BpfObject};
+use leak_user::trace::loader::{BPF_OBJECT_ENV, BpfObject};
 
 /// The environments to run `leak` in: this kernel's object, and the compatible one too where
 /// that is not it.
 fn objects() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     require_root();
     let mut all = vec![("this kernel's object", vec![])];
-    if leak_user::loader::kernel().1 == BpfObject::Full {
+    if leak_user::trace::loader::kernel().1 == BpfObject::Full {
         all.push(("the compatible object", vec![(BPF_OBJECT_ENV, "compat")]));
     }
     all
@@ -134,7 +134,7 @@ fn the_report_names_the_kernel_and_its_object() {
             std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim()
         );
         let compat = env.iter().any(|(k, v)| *k == BPF_OBJECT_ENV && *v == "compat")
-            || leak_user::loader::kernel().1 == BpfObject::Compat;
+            || leak_user::trace::loader::kernel().1 == BpfObject::Compat;
         assert_eq!(k.bpf_object, if compat { "compat" } else { "full" }, "{object}");
         assert_eq!(k.degraded.is_empty(), !compat, "{object}: {k:?}");
     }

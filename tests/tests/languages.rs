@@ -45,7 +45,7 @@ fn cxx_without_frame_pointers() {
     for s in &report.sites {
         let chain: Vec<&str> = s.stack.iter().filter_map(|f| f.function.as_deref()).collect();
         assert!(chain.contains(&"main"), "{chain:?}");
-        assert_eq!(s.stack_end, Some(leak_user::unwind::StackEnd::Complete), "{chain:?}");
+        assert_eq!(s.stack_end, Some(leak_user::analysis::model::StackEnd::Complete), "{chain:?}");
     }
     assert_eq!(report.totals.outstanding_bytes, 192 + 400 + 1024 + 133);
     assert_absent(&report, "no_leak_cxx()");

@@ -9,8 +9,9 @@ use leak_tests::{
     truth::{assert_whole_stacks, chain, trace_until_exit},
 };
 use leak_user::{
-    symbolize::{ProcessSymbolizer, Symbolizer as _},
-    unwind::{ProcessTables, Regs, StackEnd, unwind},
+    analysis::model::StackEnd,
+    trace::symbolize::{ProcessSymbolizer, Symbolizer as _},
+    trace::unwind::{ProcessTables, Regs, unwind},
 };
 
 /// Stops `pid` (ptrace interrupt), returns its registers, and detaches.

@@ -6,7 +6,7 @@ use leak_tests::{
     Fixture, PodCgroup, fixture, pod_ids, read_report, require_root, run_leak, site,
     systemd_pod_cgroup,
 };
-use leak_user::{pods::QosClass, trend::Verdict, watch::WatchReport};
+use leak_user::{analysis::trend::Verdict, fleet::pods::QosClass, fleet::report::WatchReport};
 
 /// A finished watch's JSON report: its text, and parsed.
 fn watch_report(done: &leak_tests::Finished, json: &Path) -> (String, WatchReport) {

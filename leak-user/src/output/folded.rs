@@ -1,7 +1,7 @@
 //! Pure: a report as folded stacks (`root;...;leaf bytes`), the input of flame graphs.
 use std::collections::BTreeMap;
 
-use crate::report::{Report, StackFrame};
+use crate::analysis::report::{Report, StackFrame};
 
 /// One line per distinct symbolized stack, outermost frame first, weighted by outstanding
 /// bytes; sorted, identical stacks merged, zero-byte sites left out.
@@ -34,7 +34,7 @@ fn sanitize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::sample_report;
+    use crate::analysis::report::tests::sample_report;
 
     #[test]
     fn folds_outermost_first() {

@@ -1,7 +1,7 @@
 //! JSON rendering of a report.
 use std::io;
 
-use crate::report::Report;
+use crate::analysis::report::Report;
 
 /// Writes the pretty JSON of `report`, with a trailing newline, to `w` as it is produced.
 ///

@@ -1,4 +1,11 @@
-//! Report renderers and atomic file output.
+//! The renderers of a report, and files written atomically (a temporary file renamed over
+//! the old one: a reader never sees half a report).
+//!
+//! What it holds: the text table (`table`), JSON (`json`), folded stacks (`folded`), flame
+//! graphs (`flamegraph`, the only inferno user), pprof profiles (`pprof`) and Prometheus's
+//! text format (`prometheus`).
+//!
+//! What it may import: `analysis` only (the report model it renders).
 pub mod flamegraph;
 pub mod folded;
 pub mod json;

@@ -10,7 +10,7 @@ use std::io::{self, Write as _};
 
 use hashbrown::HashMap;
 
-use crate::report::{Report, StackFrame};
+use crate::analysis::report::{Report, StackFrame};
 
 /// Protobuf wire types.
 const VARINT: u64 = 0;
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_report_becomes_samples_locations_and_functions() {
-        let report = crate::report::tests::sample_report();
+        let report = crate::analysis::report::tests::sample_report();
         let pb = encode(&report);
         let strings: Vec<String> = all(&pb, field::STRING_TABLE)
             .into_iter()

@@ -4,9 +4,10 @@ use std::fmt::Write as _;
 use hashbrown::HashMap;
 
 use crate::{
-    aggregate::AGE_NAMES,
-    report::{ProcessView, Report},
-    trend::Verdict,
+    analysis::aggregate::AGE_NAMES,
+    analysis::report::{ProcessView, Report},
+    analysis::trend::Verdict,
+    analysis::units::{human_bytes, human_seconds, signed_bytes},
 };
 
 /// Frames shown per site before eliding the rest.
@@ -117,7 +118,9 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
             let _ = writeln!(s, "       ... {} more frames", site.stack.len() - MAX_FRAMES);
         }
         // Say when a stack stops short of its start, and why.
-        if let Some(end) = site.stack_end.filter(|e| *e != crate::unwind::StackEnd::Complete) {
+        if let Some(end) =
+            site.stack_end.filter(|e| *e != crate::analysis::model::StackEnd::Complete)
+        {
             let _ = writeln!(s, "       (stack {})", end.describe());
         }
     }
@@ -153,30 +156,6 @@ fn process_line(p: &ProcessView) -> String {
     s
 }
 
-/// `1.5 KiB`-style sizes (binary units).
-#[must_use]
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if b < 1024 {
-        return format!("{b} B");
-    }
-    #[expect(clippy::cast_precision_loss, reason = "display only")]
-    let mut v = b as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
-/// `+1.5 KiB` / `-12 B` / `+0 B`.
-#[must_use]
-pub fn signed_bytes(d: i64) -> String {
-    let sign = if d < 0 { '-' } else { '+' };
-    format!("{sign}{}", human_bytes(d.unsigned_abs()))
-}
-
 /// What tracing lost and cost: the drops, the time in probes.
 fn cost_lines(s: &mut String, report: &Report) {
     let drops: Vec<String> =
@@ -207,21 +186,10 @@ fn cost_lines(s: &mut String, report: &Report) {
     }
 }
 
-/// Seconds as `850 us`, `12 ms` or `3.4 s`.
-fn human_seconds(s: f64) -> String {
-    if s < 1e-3 {
-        format!("{:.0} us", s * 1e6)
-    } else if s < 1.0 {
-        format!("{:.0} ms", s * 1e3)
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::sample_report;
+    use crate::analysis::report::tests::sample_report;
 
     #[test]
     fn shows_sites_with_stacks_and_changes() {
@@ -260,17 +228,17 @@ by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
         report.sites[0].trend.verdict = Verdict::Leak;
         report.sites[0].trend.confidence = 0.999;
         report.sites[0].trend.rate_bytes_per_h = 28.0 * 1024.0 * 1024.0;
-        report.process = Some(crate::report::ProcessView {
+        report.process = Some(crate::analysis::report::ProcessView {
             rss_bytes: 3 << 20,
             private_bytes: 2 << 20,
             rss_gained_bytes: 4096,
             private_gained_bytes: 4096,
             traced_gained_bytes: 3072,
             traced_share: Some(0.75),
-            trend: crate::report::TrendView::default(),
-            series: crate::report::ProcessSeries::default(),
+            trend: crate::analysis::report::TrendView::default(),
+            series: crate::analysis::report::ProcessSeries::default(),
         });
-        report.probe_time = Some(crate::report::ProbeTime {
+        report.probe_time = Some(crate::analysis::report::ProbeTime {
             entry_hits: 2_000_000,
             return_hits: 1_000_000,
             entry_ns: 1000,

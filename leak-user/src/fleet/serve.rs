@@ -19,12 +19,12 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    http::{Handler, Request, Response},
+    analysis::report::{Report, StackFrame},
+    analysis::trend::Verdict,
+    fleet::http::{Handler, Request, Response},
+    fleet::pods::PodRef,
+    fleet::report::{Escalation, WatchReport, WatchedContainer, WatchedProcess},
     output::prometheus::{self, Family, Kind},
-    pods::PodRef,
-    report::{Report, StackFrame},
-    trend::Verdict,
-    watch::{Escalation, WatchReport, WatchedContainer, WatchedProcess},
 };
 
 /// Sites per traced process in `/metrics` (bounded cardinality).

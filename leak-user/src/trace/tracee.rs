@@ -52,7 +52,7 @@ pub fn decode(pid: u32, status: libc::c_int) -> Event {
         };
         return Event::Stopped(pid, stop);
     }
-    Event::Exited(pid, crate::runner::exit_code(status))
+    Event::Exited(pid, crate::trace::runner::exit_code(status))
 }
 
 fn ptrace(request: libc::c_uint, pid: u32, data: usize) -> io::Result<libc::c_long> {

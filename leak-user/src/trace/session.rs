@@ -11,27 +11,26 @@ use leak_common::STACK_ID_NONE;
 use log::{debug, warn};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until},
+    time::{Instant, MissedTickBehavior, interval, interval_at},
 };
 
 use crate::{
-    aggregate::{Aggregate, signed_diff},
-    clock,
-    config::TraceConfig,
-    error::Error,
-    growth::Analysis,
-    history::{History, Kind},
-    loader::Tracer,
-    model::{Frame, Snapshot, Totals},
-    output::{self, table::TableOptions},
-    report::{
+    analysis::aggregate::{Aggregate, signed_diff},
+    analysis::growth::Analysis,
+    analysis::history::{History, Kind},
+    analysis::model::{Frame, Snapshot, Totals},
+    analysis::report::{
         self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, SamplingView, TargetInfo, Window,
     },
-    sampling::Sampling,
-    source::{AllocSource, monotonic_ns},
-    symbolize::{ProcessSymbolizer, Symbolizer as _},
-    trend::Params,
+    analysis::sampling::Sampling,
+    analysis::trend::Params,
+    config::TraceConfig,
+    error::Error,
+    output::{self, table::TableOptions},
+    runtime::{self, Sampler, Signals, deadline},
+    trace::loader::Tracer,
+    trace::source::{AllocSource, monotonic_ns},
+    trace::symbolize::{ProcessSymbolizer, Symbolizer as _},
 };
 
 /// Entry hits of a hook without one return hit that make the return probe suspect.
@@ -83,7 +82,7 @@ pub struct Budget {
 impl Budget {
     /// A budget of `max_bp` basis points of one CPU, with hits costing `cost` when measured.
     #[must_use]
-    pub fn new(max_bp: u32, cost: Option<crate::model::ProbeCost>) -> Self {
+    pub fn new(max_bp: u32, cost: Option<crate::analysis::model::ProbeCost>) -> Self {
         let max = f64::from(max_bp) / 10_000.0;
         #[expect(clippy::cast_precision_loss, reason = "nanoseconds per hit")]
         let hit_ns = cost.map_or(DEFAULT_HIT_COST_NS, |c| (c.entry_ns + c.return_ns) as f64 / 2.0);
@@ -115,9 +114,9 @@ pub struct Session {
     start_unix: f64,
     symbolizer: ProcessSymbolizer,
     /// Raw frames by stack id (stacks never change once recorded).
-    raw_stacks: HashMap<u64, crate::source::RawStack>,
+    raw_stacks: HashMap<u64, crate::trace::source::RawStack>,
     /// How complete each symbolized stack is, when known.
-    ends: HashMap<u64, crate::unwind::StackEnd>,
+    ends: HashMap<u64, crate::analysis::model::StackEnd>,
     /// Symbolized frames by stack id.
     frames: HashMap<u64, Vec<Frame>>,
     /// Stacks with frames outside every known mapping: symbolized again next time.
@@ -148,7 +147,7 @@ impl Session {
             target,
             allocator,
             hooks,
-            start_unix: clock::now_unix(),
+            start_unix: runtime::now_unix(),
             symbolizer: ProcessSymbolizer::new(pid),
             raw_stacks: HashMap::new(),
             ends: HashMap::new(),
@@ -210,7 +209,7 @@ impl Session {
 
     /// The process's memory, unless reading it now would spend more than 1% of the time in
     /// the target's page tables.
-    fn read_memory(&mut self) -> Option<crate::history::ProcessMemory> {
+    fn read_memory(&mut self) -> Option<crate::analysis::history::ProcessMemory> {
         let started = std::time::Instant::now();
         if started < self.memory_next {
             return None;
@@ -245,7 +244,7 @@ impl Session {
         let aggregated = started.elapsed();
         self.resolve_stacks(source, &agg)?;
         let resolved = started.elapsed();
-        let end_unix_s = clock::now_unix();
+        let end_unix_s = runtime::now_unix();
         let meta = ReportMeta {
             target: self.target.clone(),
             window: Window { start_unix_s: self.start_unix, end_unix_s },
@@ -256,8 +255,8 @@ impl Session {
             hooks: self.hooks.clone(),
             window_text: format!(
                 "{}-{}",
-                clock::local_hms(self.start_unix),
-                clock::local_hms(end_unix_s)
+                runtime::local_hms(self.start_unix),
+                runtime::local_hms(end_unix_s)
             ),
             limit: self.limit(),
             sampling: self.sampling_view(&agg),
@@ -285,7 +284,7 @@ impl Session {
             let usage = self.history.process().iter().rev().find_map(|m| m.map(|m| m.rss));
             return Some(Limit { bytes, usage: usage.unwrap_or(0), source: "option" });
         }
-        let cgroupfs = crate::preflight::sysfs_root().join("fs/cgroup");
+        let cgroupfs = crate::trace::preflight::sysfs_root().join("fs/cgroup");
         crate::procfs::cgroup_memory_limit(self.pid, &cgroupfs).map(|(bytes, usage)| Limit {
             bytes,
             usage,
@@ -330,8 +329,8 @@ impl Session {
             let outermost = frames
                 .last()
                 .and_then(|f| f.function.as_deref())
-                .is_some_and(crate::unwind::is_outermost);
-            let end = raw.end.or(outermost.then_some(crate::unwind::StackEnd::Complete));
+                .is_some_and(crate::trace::unwind::is_outermost);
+            let end = raw.end.or(outermost.then_some(crate::analysis::model::StackEnd::Complete));
             if let Some(end) = end {
                 self.ends.insert(id, end);
             }
@@ -459,7 +458,7 @@ impl Session {
             "pid {} ({}) {} +{:.1}s",
             self.pid,
             self.target.comm,
-            clock::local_hms(report.window.end_unix_s),
+            runtime::local_hms(report.window.end_unix_s),
             report.duration_s
         )
     }
@@ -467,8 +466,8 @@ impl Session {
     fn window_text(report: &Report) -> String {
         format!(
             "{}-{}",
-            clock::local_hms(report.window.start_unix_s),
-            clock::local_hms(report.window.end_unix_s)
+            runtime::local_hms(report.window.start_unix_s),
+            runtime::local_hms(report.window.end_unix_s)
         )
     }
 
@@ -525,7 +524,7 @@ impl Session {
                 format!("Outstanding bytes by allocation stack: {who}"),
                 format!(
                     "{} ({} bytes) in {} allocations not freed; each tower's top frame called the allocator",
-                    output::table::human_bytes(report.totals.outstanding_bytes),
+                    crate::analysis::units::human_bytes(report.totals.outstanding_bytes),
                     report.totals.outstanding_bytes,
                     report.totals.outstanding_allocs
                 ),
@@ -549,8 +548,8 @@ impl Session {
             format!(
                 "{} ({gained} bytes) gained since the first sample at {} by the stacks that grew; \
                  each tower's top frame called the allocator",
-                output::table::human_bytes(gained),
-                clock::local_hms(self.start_unix + t)
+                crate::analysis::units::human_bytes(gained),
+                runtime::local_hms(self.start_unix + t)
             ),
         )
     }
@@ -573,8 +572,8 @@ impl Session {
         };
         let title = format!(
             "Outstanding bytes, {} against {}: pid {} ({})",
-            clock::local_hms(report.window.end_unix_s),
-            clock::local_hms(self.start_unix + t),
+            runtime::local_hms(report.window.end_unix_s),
+            runtime::local_hms(self.start_unix + t),
             self.pid,
             self.target.comm
         );
@@ -590,59 +589,16 @@ pub fn fails(report: &Report, cfg: &TraceConfig) -> bool {
     if !cfg.fail_on_leak {
         return false;
     }
-    let failing = crate::growth::failing_sites(&report.sites, cfg.threshold);
+    let failing = crate::analysis::growth::failing_sites(&report.sites, cfg.threshold);
     for site in &failing {
         eprintln!(
             "leak: pid {} ({}): leak at {}",
             report.target.pid,
             report.target.comm,
-            crate::growth::leak_line(site)
+            crate::analysis::growth::leak_line(site)
         );
     }
     !failing.is_empty()
-}
-
-/// SIGINT, SIGTERM and SIGCHLD handlers. Installed before the probes are attached (and before
-/// `leak run` starts its command): a signal that arrives from then on is held for the session
-/// loop, so it still ends with a report.
-pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    chld: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// The next SIGINT or SIGTERM.
-    pub async fn recv(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.term.recv() => libc::SIGTERM,
-        }
-    }
-
-    /// The next SIGINT or SIGTERM (its number), or SIGCHLD (`None`: a traced child stopped or
-    /// exited; several may be folded into one).
-    pub async fn next(&mut self) -> Option<i32> {
-        tokio::select! {
-            _ = self.chld.recv() => None,
-            _ = self.int.recv() => Some(libc::SIGINT),
-            _ = self.term.recv() => Some(libc::SIGTERM),
-        }
-    }
-
-    /// Installs the handlers; must run inside the tokio runtime's context.
-    ///
-    /// # Errors
-    /// The handlers could not be installed.
-    pub fn install() -> Result<Self, Error> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt())
-                .map_err(Error::io("installing a SIGINT handler"))?,
-            term: signal(SignalKind::terminate())
-                .map_err(Error::io("installing a SIGTERM handler"))?,
-            chld: signal(SignalKind::child()).map_err(Error::io("installing a SIGCHLD handler"))?,
-        })
-    }
 }
 
 /// `leak attach`: traces until `--duration`, a signal, or the target's exit; returns the
@@ -722,7 +678,7 @@ pub enum SampleData {
 impl SampleData {
     /// The probe hit counters read with the sample.
     #[must_use]
-    pub fn hits(&self) -> &crate::model::ProbeHits {
+    pub fn hits(&self) -> &crate::analysis::model::ProbeHits {
         match self {
             Self::Records(s) => &s.hits,
             Self::Totals(t) => &t.hits,
@@ -739,47 +695,6 @@ impl SampleData {
         } else {
             Self::Totals(source.totals()?)
         })
-    }
-}
-
-/// Paces the growth samples: one per period, but at most a tenth of the time goes into
-/// taking them (a snapshot of millions of allocations takes a while).
-pub struct Sampler {
-    tick: tokio::time::Interval,
-    next_allowed: Instant,
-}
-
-impl Sampler {
-    /// Ticks every `period` after `start`.
-    #[must_use]
-    pub fn new(start: Instant, period: Duration) -> Self {
-        let mut tick = interval_at(start + period, period);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { tick, next_allowed: start }
-    }
-
-    /// The next sample is due (cancel-safe).
-    pub async fn tick(&mut self) {
-        loop {
-            self.tick.tick().await;
-            if Instant::now() >= self.next_allowed {
-                return;
-            }
-        }
-    }
-
-    /// A sample begun at `started` is done: the next waits nine times as long as it took.
-    pub fn spent(&mut self, started: Instant) {
-        let now = Instant::now();
-        self.next_allowed = now + (now - started) * 9;
-    }
-}
-
-/// Resolves at `start + duration`, or never.
-pub async fn deadline(start: Instant, duration: Option<Duration>) {
-    match duration {
-        Some(d) => sleep_until(start + d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -831,11 +746,11 @@ fn pidfd_open(pid: u32) -> Option<AsyncFd<OwnedFd>> {
 
 /// The kernel as the loader probed it, and the object it loads there.
 fn kernel_view() -> report::KernelView {
-    let (features, object) = crate::loader::kernel();
+    let (features, object) = crate::trace::loader::kernel();
     report::KernelView {
         release: features.release.clone(),
         bpf_object: object.name().to_owned(),
-        degraded: crate::loader::Features::degradations(*object)
+        degraded: crate::trace::loader::Features::degradations(*object)
             .iter()
             .map(|d| (*d).to_owned())
             .collect(),
@@ -849,7 +764,7 @@ mod tests {
     #[test]
     fn the_budget_is_the_hit_rate_times_the_cost_of_a_hit() {
         // 5% of a CPU; a hit costs 1 µs (measured: entry 800 ns, return 1200 ns).
-        let cost = crate::model::ProbeCost { entry_ns: 800, return_ns: 1200 };
+        let cost = crate::analysis::model::ProbeCost { entry_ns: 800, return_ns: 1200 };
         let mut b = Budget::new(500, Some(cost));
         assert_eq!(b.check(0.0, 0), None, "the first sample only starts the count");
         // 40,000 hits in 1 s: 40 ms of probes, 4% of a CPU.

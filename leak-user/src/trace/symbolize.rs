@@ -13,7 +13,7 @@ use hashbrown::HashMap;
 use log::debug;
 
 use crate::{
-    model::{Frame, Text},
+    analysis::model::{Frame, Text},
     procfs::{self, MapEntry, RootPath},
 };
 

@@ -7,10 +7,10 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::Aggregate,
-    growth::Analysis,
-    model::{DropCounts, Frame, ProbeCost, ProbeHits, Text},
-    trend::Verdict,
+    analysis::aggregate::Aggregate,
+    analysis::growth::Analysis,
+    analysis::model::{DropCounts, Frame, ProbeCost, ProbeHits, Text},
+    analysis::trend::Verdict,
 };
 
 /// Report format version.
@@ -191,7 +191,7 @@ impl Default for TrendView {
     }
 }
 
-/// A site's samples (at most [`crate::growth::SERIES_POINTS`], evenly spaced).
+/// A site's samples (at most [`crate::analysis::growth::SERIES_POINTS`], evenly spaced).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SiteSeries {
     /// Seconds since the start.
@@ -312,7 +312,7 @@ pub struct Site {
     /// start), or why it stops short; absent when unknown (a frame-pointer walk that did not
     /// reach a start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack_end: Option<crate::unwind::StackEnd>,
+    pub stack_end: Option<crate::analysis::model::StackEnd>,
     /// Outstanding bytes by allocation age.
     pub age_bytes: AgeBuckets,
     /// Growth of this site over the window.
@@ -428,7 +428,7 @@ pub struct Stacks<'a> {
     /// Frames; a stack without an entry is reported with an empty stack.
     pub frames: &'a HashMap<u64, Vec<Frame>>,
     /// Ends, where known.
-    pub ends: &'a HashMap<u64, crate::unwind::StackEnd>,
+    pub ends: &'a HashMap<u64, crate::analysis::model::StackEnd>,
 }
 
 /// Builds a report from the sites of `agg` and their `stacks`. `growth` is the analysis of
@@ -548,7 +548,7 @@ impl StackFrame {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{history::History, model::Allocation, trend::Params};
+    use crate::{analysis::history::History, analysis::model::Allocation, analysis::trend::Params};
 
     #[test]
     fn probe_time_is_hits_times_the_measured_cost() {
@@ -611,7 +611,7 @@ pub(crate) mod tests {
         );
         let mut drops = DropCounts::default();
         drops.0[leak_common::DropReason::UnknownFree as usize] = 2;
-        let ends = [(0xa, crate::unwind::StackEnd::Complete)].into_iter().collect();
+        let ends = [(0xa, crate::analysis::model::StackEnd::Complete)].into_iter().collect();
         build(
             ReportMeta {
                 target: TargetInfo {

@@ -63,7 +63,7 @@ pub struct PodRef {
 
 impl PodRef {
     /// Fills in the names the API gave for this pod (`pods`: by UID).
-    pub fn name_from(&mut self, pods: &hashbrown::HashMap<String, crate::kube::PodMeta>) {
+    pub fn name_from(&mut self, pods: &hashbrown::HashMap<String, crate::fleet::kube::PodMeta>) {
         if let Some(meta) = pods.get(&self.pod_uid) {
             self.name = Some(meta.name.clone());
             self.namespace = Some(meta.namespace.clone());
@@ -230,6 +230,41 @@ fn container_of(part: &str) -> Option<(String, Option<&'static str>)> {
     valid.then(|| (id.to_owned(), runtime))
 }
 
+/// The Kubernetes pod and container of `pid`, from its cgroup path (`None` outside pods).
+#[must_use]
+pub fn pod(pid: u32) -> Option<crate::fleet::pods::PodRef> {
+    pod_of(&crate::procfs::cgroup_text(pid)?)
+}
+
+/// The memory of cgroup `cg`, with the cgroup file systems mounted under `root`
+/// (`/sys/fs/cgroup`: v2 there or, next to v1, in `unified/`; v1's memory in `memory/`), and
+/// the directory it was read from. `None` when no candidate directory holds the files.
+#[must_use]
+pub fn cgroup_memory(
+    root: &std::path::Path,
+    cg: &crate::fleet::pods::MemoryCgroup,
+) -> Option<(std::path::PathBuf, crate::analysis::history::CgroupMemory)> {
+    use crate::fleet::pods::MemoryCgroup;
+    let (hierarchy, usage_file, anon_keys): (_, _, &[&str]) = match cg {
+        MemoryCgroup::V1(_) => {
+            (root.join("memory"), "memory.usage_in_bytes", &["total_rss", "rss"])
+        }
+        MemoryCgroup::V2(_) => {
+            let unified = root.join("unified");
+            let h =
+                if root.join("cgroup.controllers").exists() { root.to_owned() } else { unified };
+            (h, "memory.current", &["anon"])
+        }
+    };
+    crate::fleet::pods::cgroup_dir_candidates(cg.path()).into_iter().find_map(|rel| {
+        let dir = hierarchy.join(rel);
+        let usage = std::fs::read_to_string(dir.join(usage_file)).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+        let anon = anon_keys.iter().find_map(|k| crate::procfs::memory_stat_value(&stat, k))?;
+        Some((dir, crate::analysis::history::CgroupMemory { usage, anon }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,5 +403,36 @@ mod tests {
             cgroup_dir_candidates("/../kubepods-pod1.slice/x.scope"),
             ["kubepods-pod1.slice/x.scope", "kubepods.slice/kubepods-pod1.slice/x.scope"]
         );
+    }
+
+    #[test]
+    fn cgroup_memory_of_each_hierarchy() {
+        use crate::analysis::history::CgroupMemory;
+        use std::fs;
+        let root = tempfile::tempdir().unwrap();
+        let write = |rel: &str, usage_file: &str, usage: &str, stat: &str| {
+            let d = root.path().join(rel);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(usage_file), usage).unwrap();
+            fs::write(d.join("memory.stat"), stat).unwrap();
+            d
+        };
+        // A hybrid host: v1 memory, an empty unified hierarchy.
+        let v1 = write(
+            "memory/kubepods/pod1/c",
+            "memory.usage_in_bytes",
+            "8192\n",
+            "cache 4096\nrss 100\ntotal_cache 4096\ntotal_rss 4096\n",
+        );
+        let got = cgroup_memory(root.path(), &MemoryCgroup::V1("/../kubepods/pod1/c".into()));
+        assert_eq!(got, Some((v1, CgroupMemory { usage: 8192, anon: 4096 })));
+        let v2 =
+            write("unified/k.slice/c.scope", "memory.current", "300\n", "anon 200\nfile 100\n");
+        let got = cgroup_memory(root.path(), &MemoryCgroup::V2("/k.slice/c.scope".into()));
+        assert_eq!(got, Some((v2, CgroupMemory { usage: 300, anon: 200 })));
+        // Missing: no directory, or no memory controller there.
+        assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/nope".into())), None);
+        fs::create_dir_all(root.path().join("unified/bare")).unwrap();
+        assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/bare".into())), None);
     }
 }

@@ -8,8 +8,8 @@ use std::{fmt::Write as _, time::Duration};
 use crate::{
     config::Unwind,
     error::Error,
-    loader::{self, BpfObject, Features, LoadOptions, Tracer, budget},
-    preflight,
+    trace::loader::{self, BpfObject, Features, LoadOptions, Tracer, budget},
+    trace::preflight,
 };
 
 /// What one run of the check found.

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{elf::ElfImage, error::Error};
+use crate::{error::Error, trace::elf::ElfImage};
 
 /// Finds `program` like `execvp` would: as given if it contains a `/`, else along `PATH`.
 ///
@@ -200,7 +200,7 @@ mod tests {
         let child = spawn_traced(&sh, &["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
         assert_eq!(child.wait_exec().unwrap(), FirstStop::Exec);
         assert!(entry_offset(Path::new(&format!("/proc/{}/exe", child.pid))).unwrap() > 0);
-        crate::tracee::cont(child.pid, 0).unwrap();
+        crate::trace::tracee::cont(child.pid, 0).unwrap();
         assert_eq!(exit_code(waitpid(child.pid, 0).unwrap()), 7);
     }
 

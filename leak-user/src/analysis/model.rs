@@ -131,3 +131,47 @@ pub struct ProbeCost {
     /// A return probe (uretprobe), ns.
     pub return_ns: u64,
 }
+
+/// How a walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackEnd {
+    /// At the outermost frame (`_start`, a thread's start): the whole stack.
+    Complete,
+    /// At an address with no unwind information (no object mapped there, or none for it).
+    NoUnwindInfo,
+    /// At a rule the unwinder does not follow.
+    Unsupported,
+    /// Reading the stack failed, or a frame was not above the one before it.
+    BadFrame,
+    /// At the depth limit.
+    MaxDepth,
+}
+
+impl StackEnd {
+    /// The end a BPF walk stored (`StackTrace::end`): `None` for a walk that records none
+    /// (frame pointers).
+    #[must_use]
+    pub fn from_code(code: Option<u64>) -> Option<Self> {
+        match code {
+            None => Some(Self::MaxDepth),
+            Some(leak_common::STACK_END_COMPLETE) => Some(Self::Complete),
+            Some(leak_common::STACK_END_NO_UNWIND_INFO) => Some(Self::NoUnwindInfo),
+            Some(leak_common::STACK_END_UNSUPPORTED) => Some(Self::Unsupported),
+            Some(leak_common::STACK_END_BAD_FRAME) => Some(Self::BadFrame),
+            Some(_) => None,
+        }
+    }
+
+    /// In words, for the text report.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::NoUnwindInfo => "truncated: no unwind information for the next caller",
+            Self::Unsupported => "truncated: an unwind rule leak does not follow",
+            Self::BadFrame => "truncated: the stack could not be read further",
+            Self::MaxDepth => "truncated: depth limit",
+        }
+    }
+}

@@ -3,10 +3,12 @@
 use hashbrown::HashMap;
 
 use crate::{
-    history::{History, Point},
-    output::table::{human_bytes, signed_bytes},
-    report::{Growth, Limit, LimitView, ProcessSeries, ProcessView, Site, SiteSeries, TrendView},
-    trend::{self, Params, Trend, Verdict},
+    analysis::history::{History, Point},
+    analysis::report::{
+        Growth, Limit, LimitView, ProcessSeries, ProcessView, Site, SiteSeries, TrendView,
+    },
+    analysis::trend::{self, Params, Trend, Verdict},
+    analysis::units::{human_bytes, signed_bytes},
 };
 
 /// Samples per series in the report (evenly spaced, both ends kept).
@@ -64,7 +66,7 @@ fn f(x: u64) -> f64 {
 }
 
 fn signed(a: u64, b: u64) -> i64 {
-    crate::aggregate::signed_diff(a, b)
+    crate::analysis::aggregate::signed_diff(a, b)
 }
 
 impl<'a> Analysis<'a> {
@@ -342,7 +344,12 @@ pub fn site_name(site: &Site) -> String {
     if site.stack.is_empty() {
         return format!("[no stack] {}", site.id);
     }
-    site.stack.iter().take(2).map(crate::report::StackFrame::name).collect::<Vec<_>>().join(" <- ")
+    site.stack
+        .iter()
+        .take(2)
+        .map(crate::analysis::report::StackFrame::name)
+        .collect::<Vec<_>>()
+        .join(" <- ")
 }
 
 /// `45s`, `12m`, `3h10m`, `4d2h`.
@@ -372,10 +379,10 @@ pub fn thin_indices(n: usize, max: usize) -> Vec<usize> {
 mod tests {
     use super::*;
     use crate::{
-        aggregate::Aggregate,
-        history::{Kind, ProcessMemory},
-        model::Allocation,
-        report::tests::{frame, sample_report},
+        analysis::aggregate::Aggregate,
+        analysis::history::{Kind, ProcessMemory},
+        analysis::model::Allocation,
+        analysis::report::tests::{frame, sample_report},
     };
 
     /// A history over `ticks` seconds: site 1 leaks 8 KiB/s, site 2 fills a 64 KiB cache in
@@ -457,7 +464,7 @@ mod tests {
         sites[1].trend = a.site_trend(2);
         sites[1].stack = vec![frame("cache_fn", "c.c", 1, 1)]
             .into_iter()
-            .map(|f| crate::report::StackFrame {
+            .map(|f| crate::analysis::report::StackFrame {
                 function: f.function,
                 module: f.module,
                 file: f.file,

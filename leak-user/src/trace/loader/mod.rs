@@ -22,7 +22,7 @@ mod table;
 pub use features::{BpfObject, Features};
 pub(crate) use table::{AllocTable, SiteTable};
 
-use crate::{hooks::HookKind, target::AllocatorPlan};
+use crate::{trace::hooks::HookKind, trace::target::AllocatorPlan};
 
 /// The full BPF object, built by build.rs from `leak-ebpf` (kernels 5.17+).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf"));
@@ -173,7 +173,7 @@ pub enum LoaderError {
     Object(String),
 }
 
-pub use crate::model::ProbeCost;
+pub use crate::analysis::model::ProbeCost;
 
 /// The function [`Tracer::calibrate`] probes. Written in assembly so that it starts, like the
 /// allocator functions leak probes, with a `push` the kernel emulates (a compiler might
@@ -226,7 +226,7 @@ fn fill_sample_gaps(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
         .ok_or_else(|| LoaderError::Object(format!("no map {MAP_SAMPLE_GAPS}")))?;
     let mut gaps: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)
         .map_err(|e| LoaderError::Object(format!("{MAP_SAMPLE_GAPS}: {e}")))?;
-    for (i, entry) in (0u32..).zip(crate::sampling::gap_table()) {
+    for (i, entry) in (0u32..).zip(crate::analysis::sampling::gap_table()) {
         gaps.set(i, entry, 0)
             .map_err(|e| LoaderError::Object(format!("{MAP_SAMPLE_GAPS}: {e}")))?;
     }
@@ -549,7 +549,9 @@ impl Tracer {
                 tables.objects.insert(key.clone(), rows);
             }
             let Some(Some(obj)) = tables.objects.get(&key) else { continue };
-            let Some(vaddr) = crate::unwind::vaddr_in(&obj.segments, m.offset) else { continue };
+            let Some(vaddr) = crate::trace::unwind::vaddr_in(&obj.segments, m.offset) else {
+                continue;
+            };
             entries.push(leak_common::UnwindMap {
                 start: m.start,
                 end: m.end,
@@ -844,7 +846,7 @@ fn object_rows(
     let name = m.file_path().unwrap_or_default();
     let path = crate::procfs::locate(pid, root, m)?;
     let data = std::fs::read(&path).map_err(|e| debug!("reading {name}: {e}")).ok()?;
-    let table = crate::unwind::build(&data).map_err(|e| debug!("{name}: {e}")).ok()?;
+    let table = crate::trace::unwind::build(&data).map_err(|e| debug!("{name}: {e}")).ok()?;
     let count = u32::try_from(table.rows.len()).ok()?;
     if count == 0 {
         debug!("{name}: no call frame information");
@@ -868,7 +870,7 @@ fn object_rows(
         }
     }
     tables.next = first + count;
-    Some(ObjectRows { first, count, segments: crate::unwind::load_segments(&data) })
+    Some(ObjectRows { first, count, segments: crate::trace::unwind::load_segments(&data) })
 }
 
 /// Writes process `pid`'s mappings at `first` in `UNWIND_MAPPINGS`, then points its

@@ -2,8 +2,8 @@
 use hashbrown::HashMap;
 
 use crate::{
-    model::{Allocation, SiteTotal},
-    sampling::Sampling,
+    analysis::model::{Allocation, SiteTotal},
+    analysis::sampling::Sampling,
 };
 
 /// Upper bounds of the age buckets, ns: under 10 s, under 1 min, under 10 min; then older.

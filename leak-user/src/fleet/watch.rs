@@ -2,39 +2,35 @@
 //! one's growth, and with `--escalate` attaches the probes to a process judged leaking for a
 //! while and writes its report. This is how a fleet is watched at near-zero cost.
 //!
-//! [`WatchList`] and the report model are pure; [`run`] is the loop, with the escalations
-//! as `leak attach` child processes (each isolated, the watch keeps sampling meanwhile).
+//! [`WatchList`] is pure; [`run`] is the loop. The report model is `fleet::report`, the
+//! escalations `fleet::escalate`.
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashSet},
     io::Write as _,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use crate::{
-    agent::{self, Sampler, Signals},
-    clock,
-    config::WatchConfig,
+    analysis::growth::{SERIES_POINTS, thin_indices, trend_view},
+    analysis::history::{CgroupMemory, Kind, ProcessMemory, Sampled},
+    analysis::report::Window,
+    analysis::trend::{self, Params, Verdict},
+    config::{Selection, Targets, WatchConfig},
     error::Error,
-    growth::{SERIES_POINTS, thin_indices, trend_view},
-    history::{CgroupMemory, Kind, ProcessMemory, Sampled},
-    output::{
-        self,
-        table::{human_bytes, signed_bytes},
+    fleet::{
+        escalate::Escalator,
+        pods::PodRef,
+        report::{
+            WATCH_REPORT_VERSION, WatchReport, WatchSeries, WatchedContainer, WatchedProcess,
+            bytes_f64, rank, render,
+        },
     },
-    pods::PodRef,
-    procfs,
-    report::{TrendView, Window},
-    trend::{self, Params, Verdict},
+    output, procfs,
+    runtime::{self, Sampler, Signals, deadline},
 };
-
-/// Watch report format version.
-pub const WATCH_REPORT_VERSION: u32 = 1;
 
 /// One process's memory at one instant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,110 +85,6 @@ pub struct WatchList {
     /// Containers by id.
     containers: BTreeMap<String, WatchedCgroup>,
     period: f64,
-}
-
-/// A watched container (its memory cgroup), as reported.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WatchedContainer {
-    /// Its pod and container.
-    pub pod: PodRef,
-    /// Watched processes in it at the last sample.
-    pub processes: usize,
-    /// Bytes charged to it, page cache included, at the last sample.
-    pub memory_bytes: u64,
-    /// Its anonymous bytes at the last sample.
-    pub anon_bytes: u64,
-    /// Seconds it has been watched.
-    pub watched_s: f64,
-    /// Trend of the anonymous bytes.
-    pub trend: TrendView,
-}
-
-/// A watched process, as reported.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WatchedProcess {
-    /// Process id.
-    pub pid: u32,
-    /// `comm`.
-    pub comm: String,
-    /// Start time, clock ticks after boot.
-    pub start_time_ticks: u64,
-    /// Resident bytes at the last sample.
-    pub rss_bytes: u64,
-    /// Anonymous resident bytes (resident minus file-backed and shared) at the last sample.
-    pub anon_bytes: u64,
-    /// Seconds it has been watched.
-    pub watched_s: f64,
-    /// It exited while watched (its last samples are from before).
-    pub exited: bool,
-    /// Trend of the anonymous resident bytes.
-    pub trend: TrendView,
-    /// Samples (at most [`SERIES_POINTS`], evenly spaced).
-    pub series: WatchSeries,
-    /// Its Kubernetes pod and container, if it runs in one (from its cgroup path).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodRef>,
-}
-
-/// A watched process's samples.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct WatchSeries {
-    /// Seconds since it was first seen.
-    pub t_s: Vec<f64>,
-    /// Resident bytes.
-    pub rss_bytes: Vec<u64>,
-    /// Anonymous resident bytes.
-    pub anon_bytes: Vec<u64>,
-}
-
-/// The probes attached to a flagged process.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Escalation {
-    /// Process id.
-    pub pid: u32,
-    /// `comm`.
-    pub comm: String,
-    /// When the probes were attached, Unix seconds.
-    pub start_unix_s: f64,
-    /// Its JSON report.
-    pub json: String,
-    /// Its flame graph.
-    pub svg: String,
-    /// Its pprof profile.
-    #[serde(default)]
-    pub pprof: String,
-    /// Its pod, if it runs in one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodRef>,
-    /// Exit status of the `leak attach` that traced it (None: still running, or killed).
-    pub exit_code: Option<i32>,
-}
-
-/// What `leak watch` reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WatchReport {
-    /// Format version ([`WATCH_REPORT_VERSION`]).
-    pub version: u32,
-    /// Wall-clock window.
-    pub window: Window,
-    /// Seconds watched.
-    pub duration_s: f64,
-    /// Processes watched at the last sample.
-    pub processes_watched: usize,
-    /// The processes that are not stable (with `--pid`: every one), leaks first, fastest
-    /// first.
-    pub processes: Vec<WatchedProcess>,
-    /// The containers of the watched processes (memory cgroup statistics), ordered as the
-    /// processes; without `--pid`, the ones that are not stable.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub containers: Vec<WatchedContainer>,
-    /// Processes the probes were attached to.
-    pub escalations: Vec<Escalation>,
-    /// Processes judged leaks whose turn to be traced had not come when the watch ended.
-    pub not_escalated: Vec<u32>,
-    /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
-    /// watching continues.
-    pub end_reason: String,
 }
 
 impl WatchList {
@@ -353,125 +245,12 @@ impl WatchList {
     }
 }
 
-/// `+3.5 GiB/h`.
-fn per_hour(rate: f64) -> String {
-    #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
-    let r = rate as i64;
-    format!("{}/h", signed_bytes(r))
-}
-
-fn rank(v: Verdict) -> u8 {
-    match v {
-        Verdict::Leak => 0,
-        Verdict::Growing => 1,
-        Verdict::Plateau => 2,
-        Verdict::Stable => 3,
-    }
-}
-
-#[expect(clippy::cast_precision_loss, reason = "byte counts: exact below 2^53")]
-fn bytes_f64(b: u64) -> f64 {
-    b as f64
-}
-
-/// The text table of a watch report: the `top` processes that are not stable.
-#[must_use]
-pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
-    use std::fmt::Write as _;
-    let count = |v: Verdict| report.processes.iter().filter(|p| p.trend.verdict == v).count();
-    let mut s = format!(
-        "== {header}: {} process{} watched; {} leaking, {} growing, {} plateau ==\n",
-        report.processes_watched,
-        if report.processes_watched == 1 { "" } else { "es" },
-        count(Verdict::Leak),
-        count(Verdict::Growing),
-        count(Verdict::Plateau),
-    );
-    let shown: Vec<&WatchedProcess> =
-        report.processes.iter().filter(|p| p.trend.verdict != Verdict::Stable).take(top).collect();
-    if shown.is_empty() {
-        s.push_str("no process's memory is growing\n");
-    } else {
-        let _ = writeln!(
-            s,
-            "{:>8}  {:<16} {:>11} {:>12} {:>14}  VERDICT",
-            "PID", "COMM", "ANON", "GAINED", "RATE"
-        );
-    }
-    for p in shown {
-        let _ = write!(
-            s,
-            "{:>8}  {:<16} {:>11} {:>12} {:>14}  {} ({:.0}%)",
-            p.pid,
-            p.comm,
-            human_bytes(p.anon_bytes),
-            signed_bytes(p.trend.gained_bytes),
-            per_hour(p.trend.rate_bytes_per_h),
-            p.trend.verdict.as_str(),
-            p.trend.confidence * 100.0
-        );
-        if let Some(pod) = &p.pod {
-            s.push_str("  ");
-            s.push_str(&pod_name(pod));
-        }
-        s.push('\n');
-    }
-    let containers: Vec<&WatchedContainer> =
-        report.containers.iter().filter(|c| c.trend.verdict != Verdict::Stable).take(top).collect();
-    if !containers.is_empty() {
-        let _ = writeln!(
-            s,
-            "containers (memory cgroup):\n{:>11} {:>11} {:>12} {:>14}  VERDICT",
-            "MEMORY", "ANON", "GAINED", "RATE"
-        );
-        for c in containers {
-            let _ = writeln!(
-                s,
-                "{:>11} {:>11} {:>12} {:>14}  {} ({:.0}%)  {}",
-                human_bytes(c.memory_bytes),
-                human_bytes(c.anon_bytes),
-                signed_bytes(c.trend.gained_bytes),
-                per_hour(c.trend.rate_bytes_per_h),
-                c.trend.verdict.as_str(),
-                c.trend.confidence * 100.0,
-                pod_name(&c.pod)
-            );
-        }
-    }
-    s
-}
-
-/// `pod NS/NAME container NAME`, or with enough of each id to find it in
-/// `kubectl get pods -A -o wide` / `crictl ps` when the API gave no names.
-fn pod_name(pod: &PodRef) -> String {
-    let pod_part = match (&pod.namespace, &pod.name) {
-        (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
-        _ => format!("pod {}", pod.pod_uid),
-    };
-    match (&pod.container_name, &pod.container_id) {
-        (Some(name), _) => format!("{pod_part} container {name}"),
-        (None, Some(c)) => format!("{pod_part} container {}", &c[..12.min(c.len())]),
-        (None, None) => pod_part,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The loop.
 
-/// What is watched.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Targets {
-    /// Every process of the host (but `leak` itself and its escalations).
-    All,
-    /// Every process in a Kubernetes pod (found by its cgroup path).
-    Pods,
-    /// These processes.
-    Pids(Vec<u32>),
-}
-
 /// Pod names from the Kubernetes API, refreshed in the background (see [`Names::start`]).
 #[derive(Clone, Default)]
-struct Names(Arc<std::sync::Mutex<hashbrown::HashMap<String, crate::kube::PodMeta>>>);
+struct Names(Arc<std::sync::Mutex<hashbrown::HashMap<String, crate::fleet::kube::PodMeta>>>);
 
 impl Names {
     /// How often the pod list is fetched again.
@@ -480,7 +259,7 @@ impl Names {
     /// Starts fetching this node's pods every [`Self::REFRESH`], when running in a cluster.
     fn start() -> Self {
         let names = Self::default();
-        let Some(api) = crate::kubeapi::ApiConfig::in_cluster() else {
+        let Some(api) = crate::fleet::kubeapi::ApiConfig::in_cluster() else {
             log::info!("not in a Kubernetes cluster: pods are named by UID");
             return names;
         };
@@ -488,7 +267,7 @@ impl Names {
         std::thread::spawn(move || {
             let mut failing = false;
             loop {
-                match crate::kubeapi::fetch_pods(&api) {
+                match crate::fleet::kubeapi::fetch_pods(&api) {
                     Ok(pods) => {
                         if failing {
                             log::warn!("the Kubernetes API answers again");
@@ -517,7 +296,7 @@ fn observe(
     targets: &Targets,
     skip: &HashSet<u32>,
     names: &Names,
-    selection: Option<&crate::kube::Selection>,
+    selection: Option<&Selection>,
     cgroup_root: &std::path::Path,
 ) -> (Vec<Observation>, Vec<ContainerObservation>) {
     // Held for this pass (the refresher waits at most that long), not copied.
@@ -527,14 +306,14 @@ fn observe(
         Targets::Pids(p) => p.clone(),
     };
     // Container id -> (pod, memory cgroup, processes).
-    let mut containers: BTreeMap<String, (PodRef, crate::pods::MemoryCgroup, usize)> =
+    let mut containers: BTreeMap<String, (PodRef, crate::fleet::pods::MemoryCgroup, usize)> =
         BTreeMap::new();
     let processes = pids
         .into_iter()
         .filter(|p| !skip.contains(p))
         .filter_map(|pid| {
             let cgroups = procfs::cgroup_text(pid).unwrap_or_default();
-            let mut pod = crate::pods::pod_of(&cgroups);
+            let mut pod = crate::fleet::pods::pod_of(&cgroups);
             if *targets == Targets::Pods && pod.is_none() {
                 return None;
             }
@@ -543,7 +322,7 @@ fn observe(
             }
             let comm = procfs::comm(pid).unwrap_or_default();
             if let Some(sel) = selection {
-                let id = crate::kube::Identity {
+                let id = crate::fleet::kube::Identity {
                     comm: &comm,
                     namespace: pod.as_ref().and_then(|p| p.namespace.as_deref()),
                     pod: pod.as_ref().and_then(|p| p.name.as_deref()),
@@ -561,8 +340,8 @@ fn observe(
             // The memory cgroup must be the container's own: on a hybrid host whose v1
             // memory hierarchy does not mirror the kubelet's, it is someone else's.
             if let Some((p, id)) = pod.as_ref().and_then(|p| Some((p, p.container_id.clone()?)))
-                && let Some(cg) = crate::pods::memory_cgroup_of(&cgroups)
-                && crate::pods::pod_of_path(cg.path()).and_then(|m| m.container_id).as_ref()
+                && let Some(cg) = crate::fleet::pods::memory_cgroup_of(&cgroups)
+                && crate::fleet::pods::pod_of_path(cg.path()).and_then(|m| m.container_id).as_ref()
                     == Some(&id)
             {
                 containers.entry(id).or_insert_with(|| (p.clone(), cg, 0)).2 += 1;
@@ -573,181 +352,11 @@ fn observe(
     let containers = containers
         .into_values()
         .filter_map(|(pod, cg, processes)| {
-            let (_, memory) = procfs::cgroup_memory(cgroup_root, &cg)?;
+            let (_, memory) = crate::fleet::pods::cgroup_memory(cgroup_root, &cg)?;
             Some(ContainerObservation { pod, memory, processes })
         })
         .collect();
     (processes, containers)
-}
-
-/// Runs `leak attach` on flagged processes, at most `max` at a time.
-struct Escalator {
-    duration: Duration,
-    out_dir: PathBuf,
-    max: usize,
-    max_overhead: Option<u32>,
-    queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
-    /// The running `leak attach` children, with their index in `done`.
-    running: Vec<(Child, usize)>,
-    seen: HashSet<(u32, u64)>,
-    done: Vec<Escalation>,
-}
-
-impl Escalator {
-    fn new(duration: Duration, out_dir: PathBuf, max: usize, max_overhead: Option<u32>) -> Self {
-        Self {
-            duration,
-            out_dir,
-            max: max.max(1),
-            max_overhead,
-            queue: VecDeque::new(),
-            running: Vec::new(),
-            seen: HashSet::new(),
-            done: Vec::new(),
-        }
-    }
-
-    /// Queues the processes judged leaks (each once).
-    fn flag(&mut self, judged: &[WatchedProcess]) {
-        for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak) {
-            if self.seen.insert((p.pid, p.start_time_ticks)) {
-                eprintln!(
-                    "leak: pid {} ({}) leaks {}: attaching the probes for {:.1} s",
-                    p.pid,
-                    p.comm,
-                    per_hour(p.trend.rate_bytes_per_h),
-                    self.duration.as_secs_f64()
-                );
-                self.queue.push_back((p.pid, p.start_time_ticks, p.comm.clone(), p.pod.clone()));
-            }
-        }
-    }
-
-    /// Notices finished escalations and starts the next ones.
-    fn poll(&mut self) -> Result<(), Error> {
-        let mut still = Vec::with_capacity(self.running.len());
-        for (mut child, i) in self.running.drain(..) {
-            match child.try_wait().map_err(Error::io("waiting for leak attach"))? {
-                Some(status) => {
-                    let e = &mut self.done[i];
-                    e.exit_code = status.code();
-                    if status.success() {
-                        eprintln!("leak: wrote {}, {} and {}", e.json, e.svg, e.pprof);
-                    } else {
-                        eprintln!("leak: tracing pid {} failed ({status})", e.pid);
-                    }
-                }
-                None => still.push((child, i)),
-            }
-        }
-        self.running = still;
-        while self.running.len() < self.max {
-            let Some((pid, start, comm, pod)) = self.queue.pop_front() else { break };
-            // Gone, or a new process under the same pid: nothing to trace.
-            if procfs::start_time(pid) != Some(start) {
-                continue;
-            }
-            self.start(pid, &comm, pod)?;
-        }
-        Ok(())
-    }
-
-    fn start(&mut self, pid: u32, comm: &str, pod: Option<PodRef>) -> Result<(), Error> {
-        let name = format!("leak-{}-{pid}", sanitize(comm));
-        let json = self.out_dir.join(format!("{name}.json"));
-        let svg = self.out_dir.join(format!("{name}.svg"));
-        let pprof = self.out_dir.join(format!("{name}.pb.gz"));
-        let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
-        // About 20 samples whatever the duration: enough for a verdict. Only the final
-        // report is printed (the interval is longer than the run).
-        let sample = (self.duration / 20).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let exe = std::env::current_exe().map_err(Error::io("finding the leak executable"))?;
-        let child = Command::new(exe)
-            .args(["attach", "--pid", &pid.to_string(), "--duration", &ms(self.duration)])
-            .args(["--interval", &ms(self.duration * 2), "--sample-interval", &ms(sample)])
-            .arg("--json")
-            .arg(&json)
-            .arg("--svg")
-            .arg(&svg)
-            .arg("--pprof")
-            .arg(&pprof)
-            .args(self.max_overhead.map(|bp| format!("--max-overhead={}%", f64::from(bp) / 100.0)))
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(Error::io("starting leak attach"))?;
-        self.done.push(Escalation {
-            pid,
-            comm: comm.to_owned(),
-            start_unix_s: clock::now_unix(),
-            json: json.display().to_string(),
-            svg: svg.display().to_string(),
-            pprof: pprof.display().to_string(),
-            pod,
-            exit_code: None,
-        });
-        self.running.push((child, self.done.len() - 1));
-        Ok(())
-    }
-
-    /// Pids of the running escalations (not to be watched themselves).
-    fn children(&self) -> impl Iterator<Item = u32> + '_ {
-        self.running.iter().map(|(c, _)| c.id())
-    }
-
-    /// Ends the escalations: the queued ones are not started (returned), the running one is
-    /// told to stop now (SIGINT: `leak attach` writes its report) and waited for; a second
-    /// signal, or no exit within [`STOP_GRACE`], kills it.
-    async fn finish(&mut self, signals: &mut Signals) -> Result<Vec<u32>, Error> {
-        let pending: Vec<u32> = self.queue.drain(..).map(|q| q.0).collect();
-        for pid in &pending {
-            eprintln!("leak: pid {pid} not traced: the watch ended first");
-        }
-        for (child, _) in &self.running {
-            signal_child(child, libc::SIGINT);
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        loop {
-            self.poll()?;
-            if self.running.is_empty() {
-                break;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if Instant::now() > deadline {
-                        self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
-                    }
-                }
-                _ = signals.recv() => {
-                    self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
-                }
-            }
-        }
-        Ok(pending)
-    }
-}
-
-/// How long a stopped escalation may take to write its report.
-const STOP_GRACE: Duration = Duration::from_secs(30);
-
-fn signal_child(child: &Child, sig: i32) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: plain syscall on our own, not yet reaped child.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-impl Drop for Escalator {
-    /// On an error path: do not leave a tracer running, nor a zombie.
-    fn drop(&mut self) {
-        for (child, _) in &mut self.running {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn sanitize(comm: &str) -> String {
-    comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 /// `leak watch`.
@@ -772,8 +381,8 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
         })?;
     }
     if cfg.escalate.is_some() {
-        crate::preflight::check_privileges()?;
-        crate::preflight::check_kernel(&crate::preflight::sysfs_root())?;
+        crate::trace::preflight::check_privileges()?;
+        crate::trace::preflight::check_kernel(&crate::trace::preflight::sysfs_root())?;
         output::check_writable(&cfg.out_dir.join(".leak-watch-check")).map_err(|e| {
             Error::BadInput(format!("cannot write to {}: {e}", cfg.out_dir.display()))
         })?;
@@ -792,7 +401,7 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
 
 async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, Error> {
     let start = Instant::now();
-    let start_unix = clock::now_unix();
+    let start_unix = runtime::now_unix();
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
     let mut list = WatchList::new(cfg.sample_interval.as_secs_f64());
     let mut escalator = cfg
@@ -800,7 +409,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         .map(|d| Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced, cfg.max_overhead));
     // `leak agent`: metrics and reports over HTTP, from the state published after each
     // sample (every process, stable ones included).
-    let published = Arc::new(crate::serve::Published::default());
+    let published = Arc::new(crate::fleet::serve::Published::default());
     let names = if cfg.listen.is_some() { Names::start() } else { Names::default() };
     let server = match cfg.listen {
         Some(addr) => Some(serve(addr, &published).await?),
@@ -813,7 +422,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let mut sampler = Sampler::new(start, cfg.sample_interval);
     let mut report_tick = interval_at(start + cfg.interval, cfg.interval);
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let until_deadline = agent::deadline(start, cfg.duration);
+    let until_deadline = deadline(start, cfg.duration);
     tokio::pin!(until_deadline);
     let explicit = matches!(cfg.targets, Targets::Pids(_));
     let look = |escalator: &Option<Escalator>| {
@@ -860,7 +469,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
                 let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), "interval");
                 let header = format!(
                     "watch {} +{:.1}s",
-                    clock::local_hms(report.window.end_unix_s),
+                    runtime::local_hms(report.window.end_unix_s),
                     report.duration_s
                 );
                 print(&render(&report, &header, cfg.top));
@@ -883,7 +492,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     report.not_escalated = not_escalated;
     let header = format!(
         "watch ended {} ({:.1} s, {end})",
-        clock::local_hms(report.window.end_unix_s),
+        runtime::local_hms(report.window.end_unix_s),
         report.duration_s
     );
     print(&render(&report, &header, cfg.top));
@@ -899,15 +508,15 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
 /// Serves `published` over HTTP on `addr` in the background.
 async fn serve(
     addr: std::net::SocketAddr,
-    published: &Arc<crate::serve::Published>,
+    published: &Arc<crate::fleet::serve::Published>,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Error> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Error::BadInput(format!("cannot listen on {addr}: {e}: choose another --listen"))
     })?;
     let bound = listener.local_addr().map_err(Error::io("reading the bound address"))?;
     eprintln!("leak: serving http://{bound}/metrics and /api/v1/reports");
-    let handler = crate::serve::handler(Arc::clone(published));
-    Ok(tokio::spawn(crate::http::serve(listener, handler)))
+    let handler = crate::fleet::serve::handler(Arc::clone(published));
+    Ok(tokio::spawn(crate::fleet::http::serve(listener, handler)))
 }
 
 fn build(
@@ -935,7 +544,7 @@ fn report_of(
     escalator: Option<&Escalator>,
     end_reason: &str,
 ) -> WatchReport {
-    let end_unix = clock::now_unix();
+    let end_unix = runtime::now_unix();
     WatchReport {
         version: WATCH_REPORT_VERSION,
         window: Window { start_unix_s: start_unix, end_unix_s: end_unix },
@@ -943,7 +552,7 @@ fn report_of(
         processes_watched: list.len(),
         processes,
         containers,
-        escalations: escalator.map(|e| e.done.clone()).unwrap_or_default(),
+        escalations: escalator.map(|e| e.done().to_vec()).unwrap_or_default(),
         not_escalated: Vec::new(),
         end_reason: end_reason.to_owned(),
     }
@@ -1037,7 +646,7 @@ mod tests {
                 pod_uid: "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
                 container_id: Some(id.to_string().repeat(64)),
                 runtime: Some("containerd".into()),
-                qos: crate::pods::QosClass::Burstable,
+                qos: crate::fleet::pods::QosClass::Burstable,
                 name: None,
                 namespace: None,
                 container_name: None,

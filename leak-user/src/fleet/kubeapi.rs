@@ -12,7 +12,7 @@ use std::{
 use hashbrown::HashMap;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 
-use crate::kube::{PodMeta, parse_pod_list};
+use crate::fleet::kube::{PodMeta, parse_pod_list};
 
 /// Where the service account's credentials are mounted in a pod.
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";

@@ -12,8 +12,8 @@ use leak_common::{
 };
 
 use crate::{
-    loader::Tracer,
-    model::{Allocation, DropCounts, ProbeHits, SiteTotal, Snapshot, Totals},
+    analysis::model::{Allocation, DropCounts, ProbeHits, SiteTotal, Snapshot, Totals},
+    trace::loader::Tracer,
 };
 
 /// Errors reading the maps.
@@ -74,7 +74,7 @@ pub struct RawStack {
     /// Return addresses, innermost first.
     pub ips: Vec<u64>,
     /// How the walk ended, when it says (walks by unwind tables do).
-    pub end: Option<crate::unwind::StackEnd>,
+    pub end: Option<crate::analysis::model::StackEnd>,
 }
 
 impl AllocSource for Tracer {
@@ -227,7 +227,7 @@ impl AllocSource for Tracer {
         match stacks.get(&stack_id, 0) {
             Ok(trace) => Ok(Some(RawStack {
                 ips: trace.frames().to_vec(),
-                end: crate::unwind::StackEnd::from_code(trace.end()),
+                end: crate::analysis::model::StackEnd::from_code(trace.end()),
             })),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) }),

@@ -101,36 +101,7 @@ pub struct Identity<'a> {
     pub container: Option<&'a str>,
 }
 
-/// Which processes the agent watches: each non-empty list must match (shell-style `*` and
-/// `?` patterns); excluded namespaces never are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Selection {
-    /// Namespaces to watch (empty: all).
-    pub namespaces: Vec<String>,
-    /// Pod names to watch (empty: all).
-    pub pods: Vec<String>,
-    /// Container names to watch (empty: all).
-    pub containers: Vec<String>,
-    /// Process names (`comm`) to watch (empty: all).
-    pub processes: Vec<String>,
-    /// Namespaces never watched.
-    pub exclude_namespaces: Vec<String>,
-}
-
-impl Default for Selection {
-    /// Everything but `kube-system`.
-    fn default() -> Self {
-        Self {
-            namespaces: Vec::new(),
-            pods: Vec::new(),
-            containers: Vec::new(),
-            processes: Vec::new(),
-            exclude_namespaces: vec!["kube-system".to_owned()],
-        }
-    }
-}
-
-impl Selection {
+impl crate::config::Selection {
     /// Whether the process `id` is watched. A list that names what is not known of it (no
     /// pod metadata: the API was not reachable) does not select it.
     #[must_use]
@@ -179,6 +150,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Selection;
 
     #[test]
     fn globs_match_whole_names() {

@@ -7,7 +7,7 @@
 //! series is stored as its changes only: a site that holds steady costs one entry.
 use hashbrown::HashMap;
 
-use crate::aggregate::Aggregate;
+use crate::analysis::aggregate::Aggregate;
 
 /// Samples kept at most (Theil-Sen and Mann-Kendall thin further, see `trend`).
 pub const MAX_SAMPLES: usize = 512;
@@ -332,7 +332,7 @@ impl History {
 )]
 mod tests {
     use super::*;
-    use crate::{aggregate::Aggregate, model::Allocation};
+    use crate::{analysis::aggregate::Aggregate, analysis::model::Allocation};
 
     fn agg(sites: &[(u64, u64)]) -> Aggregate {
         let allocs: Vec<Allocation> = sites

@@ -11,10 +11,11 @@ use std::{
 use log::{debug, info, warn};
 
 use crate::{
-    elf::{ElfError, ElfImage, FunctionSym},
-    hooks::{self, HookKind, HookSpec},
-    placement::{self, Needs, Placement},
+    analysis::report::{AllocatorInfo, HookInfo, ProbeInfo},
     procfs::{self, MapEntry, RootPath},
+    trace::elf::{ElfError, ElfImage, FunctionSym},
+    trace::hooks::{self, HookKind, HookSpec},
+    trace::placement::{self, Needs, Placement},
 };
 
 /// Bytes decoded for a function whose symbol has no size.
@@ -158,6 +159,41 @@ impl AllocatorPlan {
                 && (m.offset..m.offset + (m.end - m.start)).contains(&off)
         })?;
         Some(m.start + (off - m.offset))
+    }
+
+    /// The allocator and where its probes sit, for the report.
+    #[must_use]
+    pub fn allocator_info(&self) -> AllocatorInfo {
+        AllocatorInfo {
+            path: self.malloc_object().path.clone(),
+            probes: self
+                .hooks
+                .iter()
+                .flat_map(|h| {
+                    h.spec.kind.programs().iter().map(move |p| ProbeInfo {
+                        function: h.spec.display.clone(),
+                        object: self.objects[h.object].path.clone(),
+                        symbol: h.spec.symbol.clone(),
+                        program: p.name().to_owned(),
+                        function_offset: h.placement.offset,
+                        emulated: h.placement.emulated,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// What the report needs to know of each hook, by cookie.
+    #[must_use]
+    pub fn hook_infos(&self) -> Vec<HookInfo> {
+        self.hooks
+            .iter()
+            .map(|h| HookInfo {
+                symbol: h.spec.symbol.clone(),
+                display: h.spec.display.clone(),
+                has_exit: h.spec.kind.has_exit(),
+            })
+            .collect()
     }
 
     /// The object serving `malloc`.

@@ -19,14 +19,17 @@ use log::{debug, info, warn};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 use crate::{
-    agent::{self, End, Session, Signals},
     config::{LEAK_FOUND_EXIT, TraceConfig},
     error::Error,
-    loader::{Links, Tracer},
-    output, procfs, runner,
-    source::AllocSource,
-    target, tracee,
-    tracee::{Event, Stop},
+    output, procfs,
+    runtime::{Sampler, Signals, deadline},
+    trace::loader::{Links, Tracer},
+    trace::runner,
+    trace::session::{self, End, Session},
+    trace::source::AllocSource,
+    trace::target,
+    trace::tracee,
+    trace::tracee::{Event, Stop},
 };
 
 /// How often the traced processes' memory maps are re-read for symbolization.
@@ -109,8 +112,8 @@ impl<'a> Controller<'a> {
         report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut maps_tick = interval(MAPS_REFRESH);
         maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut sampler = agent::Sampler::new(start, self.cfg.sample_period());
-        let until_deadline = agent::deadline(start, self.cfg.duration);
+        let mut sampler = Sampler::new(start, self.cfg.sample_period());
+        let until_deadline = deadline(start, self.cfg.duration);
         tokio::pin!(until_deadline);
         let mut signalled = false;
         // Events may have queued before the SIGCHLD stream was first polled.
@@ -146,7 +149,7 @@ impl<'a> Controller<'a> {
                 }
                 () = sampler.tick() => {
                     let started = Instant::now();
-                    let data = agent::SampleData::read(&mut *self.tracer, &self.cfg)?;
+                    let data = session::SampleData::read(&mut *self.tracer, &self.cfg)?;
                     for s in self.sessions.values_mut() {
                         s.sample(&data);
                     }
@@ -171,7 +174,7 @@ impl<'a> Controller<'a> {
             for pid in self.session_pids() {
                 if let Some(mut s) = self.sessions.remove(&pid) {
                     let report = s.finish(&snap, &mut *self.tracer, end)?;
-                    self.leaked |= agent::fails(&report, &self.cfg);
+                    self.leaked |= session::fails(&report, &self.cfg);
                 }
             }
         }
@@ -360,8 +363,7 @@ impl<'a> Controller<'a> {
         let links = self.tracer.attach_allocator(&plan, nonzero(pid)?)?;
         eprintln!("attached to PID {pid} ({} probes)", links.len());
         let cfg = self.cfg_for(pid);
-        let session =
-            Session::new(pid, cfg, crate::allocator_info(&plan), crate::hook_infos(&plan));
+        let session = Session::new(pid, cfg, plan.allocator_info(), plan.hook_infos());
         self.sessions.insert(pid, session);
         self.procs.insert(pid, Proc::Traced(links));
         if pid == self.root {
@@ -398,7 +400,7 @@ impl<'a> Controller<'a> {
             if let Some(mut s) = self.sessions.remove(&pid) {
                 let snap = self.tracer.snapshot()?;
                 let report = s.finish(&snap, &mut *self.tracer, End::TargetExited)?;
-                self.leaked |= agent::fails(&report, &self.cfg);
+                self.leaked |= session::fails(&report, &self.cfg);
             }
             // Its records would only take room from the processes still traced; with none
             // left, the maps go with the tracer (deleting a million records one by one took

@@ -1,0 +1,95 @@
+//! Drop and hit counters: why an event was lost or only partly recorded, and each hook's
+//! hits.
+
+/// Name of the per-CPU array of drop counters, indexed by [`DropReason`].
+pub const MAP_DROPS: &str = "DROPS";
+
+/// Name of the per-CPU array of probe hit counters, indexed by [`hit_index`].
+pub const MAP_HITS: &str = "HITS";
+
+/// Length of the counter arrays [`MAP_DROPS`] and [`MAP_HITS`].
+pub const COUNTER_SLOTS: u32 = 2 * MAX_HOOKS;
+
+/// Hooks per traced process at most. A hook is one hooked function (a symbol in one object);
+/// its index in the loader's hook list is the attach cookie of its probes, the `kind` of the
+/// allocations it makes, and (times two, plus one for the return) its index in [`MAP_HITS`].
+pub const MAX_HOOKS: u32 = 128;
+
+/// Index of hook `cookie`'s entry (`exit` false) or return (`exit` true) counter in [`MAP_HITS`].
+#[must_use]
+pub const fn hit_index(cookie: u32, exit: bool) -> u32 {
+    cookie * 2 + exit as u32
+}
+
+/// Why an event was lost or only partly recorded: indexes of [`MAP_DROPS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// The allocation table and [`MAP_ALLOCS`](crate::MAP_ALLOCS) had no room: an allocation was not recorded.
+    AllocMapFull = 0,
+    /// `bpf_get_stack` failed: the allocation is recorded without a stack.
+    StackMissing = 1,
+    /// [`MAP_STACKS`](crate::MAP_STACKS) was full: the allocation is recorded, its stack is not.
+    StackMapFull = 2,
+    /// A return probe found no arguments from its entry probe (entry missed, or stash evicted).
+    MissingEntry = 3,
+    /// `free` (or `realloc`) of a pointer that is not recorded: allocated before the probes
+    /// were attached, or its allocation was dropped.
+    UnknownFree = 4,
+    /// The entry probe could not stash its arguments.
+    PendingFull = 5,
+    /// A thread's stash was left by a call whose return never arrived, and was replaced.
+    StalePending = 6,
+    /// `posix_memalign` succeeded but its out-pointer could not be read.
+    ReadFailed = 7,
+    /// An `munmap` range overlapped more recorded mappings than one call can trim: some
+    /// stay recorded although unmapped.
+    UnmapOverflow = 8,
+    /// [`MAP_SITES`](crate::MAP_SITES) was full: a block is recorded but its site's totals leave it out (growth
+    /// samples then undercount the site; reports, which sum the records, do not).
+    SiteMapFull = 9,
+    /// An `munmap` (or `MAP_FIXED` mapping) range that a kernel without map iteration (before
+    /// 5.13, the compatible object) could not search whole: a recorded mapping in it may stay
+    /// recorded although unmapped.
+    UnmapUnchecked = 10,
+    /// A probe fired at an address leak did not register for the process (the compatible
+    /// object finds hooks by address): the call was not followed.
+    UnknownHook = 11,
+}
+
+impl DropReason {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 12] = [
+        Self::AllocMapFull,
+        Self::StackMissing,
+        Self::StackMapFull,
+        Self::MissingEntry,
+        Self::UnknownFree,
+        Self::PendingFull,
+        Self::StalePending,
+        Self::ReadFailed,
+        Self::UnmapOverflow,
+        Self::SiteMapFull,
+        Self::UnmapUnchecked,
+        Self::UnknownHook,
+    ];
+
+    /// Stable name used in reports.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::AllocMapFull => "alloc_map_full",
+            Self::StackMissing => "stack_missing",
+            Self::StackMapFull => "stack_map_full",
+            Self::MissingEntry => "missing_entry",
+            Self::UnknownFree => "unknown_free",
+            Self::PendingFull => "pending_full",
+            Self::StalePending => "stale_pending",
+            Self::ReadFailed => "read_failed",
+            Self::UnmapOverflow => "unmap_overflow",
+            Self::SiteMapFull => "site_map_full",
+            Self::UnmapUnchecked => "unmap_unchecked",
+            Self::UnknownHook => "unknown_hook",
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Escalation: a process the watch judges leaking gets the probes for a while, as a `leak
+//! attach` child process of its own (isolated: the watch keeps sampling meanwhile), at most
+//! so many at once, each process once.
+use std::{
+    collections::{HashSet, VecDeque},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{
+    analysis::trend::Verdict,
+    error::Error,
+    fleet::{
+        pods::PodRef,
+        report::{Escalation, WatchedProcess, per_hour},
+    },
+    procfs,
+    runtime::{self, Signals},
+};
+use tokio::time::Instant;
+
+/// Runs `leak attach` on flagged processes, at most `max` at a time.
+pub struct Escalator {
+    duration: Duration,
+    out_dir: PathBuf,
+    max: usize,
+    max_overhead: Option<u32>,
+    queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
+    /// The running `leak attach` children, with their index in `done`.
+    running: Vec<(Child, usize)>,
+    seen: HashSet<(u32, u64)>,
+    done: Vec<Escalation>,
+}
+
+impl Escalator {
+    /// The escalations so far (done or running), in the order they started.
+    #[must_use]
+    pub fn done(&self) -> &[Escalation] {
+        &self.done
+    }
+
+    /// Escalations of `duration` each, reports in `out_dir`, at most `max` at once, each
+    /// stopped early past `max_overhead` (basis points of a CPU).
+    #[must_use]
+    pub fn new(
+        duration: Duration,
+        out_dir: PathBuf,
+        max: usize,
+        max_overhead: Option<u32>,
+    ) -> Self {
+        Self {
+            duration,
+            out_dir,
+            max: max.max(1),
+            max_overhead,
+            queue: VecDeque::new(),
+            running: Vec::new(),
+            seen: HashSet::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Queues the processes judged leaks (each once).
+    pub fn flag(&mut self, judged: &[WatchedProcess]) {
+        for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak) {
+            if self.seen.insert((p.pid, p.start_time_ticks)) {
+                eprintln!(
+                    "leak: pid {} ({}) leaks {}: attaching the probes for {:.1} s",
+                    p.pid,
+                    p.comm,
+                    per_hour(p.trend.rate_bytes_per_h),
+                    self.duration.as_secs_f64()
+                );
+                self.queue.push_back((p.pid, p.start_time_ticks, p.comm.clone(), p.pod.clone()));
+            }
+        }
+    }
+
+    /// Notices finished escalations and starts the next ones.
+    ///
+    /// # Errors
+    /// Waiting for a child or starting the next one failed.
+    pub fn poll(&mut self) -> Result<(), Error> {
+        let mut still = Vec::with_capacity(self.running.len());
+        for (mut child, i) in self.running.drain(..) {
+            match child.try_wait().map_err(Error::io("waiting for leak attach"))? {
+                Some(status) => {
+                    let e = &mut self.done[i];
+                    e.exit_code = status.code();
+                    if status.success() {
+                        eprintln!("leak: wrote {}, {} and {}", e.json, e.svg, e.pprof);
+                    } else {
+                        eprintln!("leak: tracing pid {} failed ({status})", e.pid);
+                    }
+                }
+                None => still.push((child, i)),
+            }
+        }
+        self.running = still;
+        while self.running.len() < self.max {
+            let Some((pid, start, comm, pod)) = self.queue.pop_front() else { break };
+            // Gone, or a new process under the same pid: nothing to trace.
+            if procfs::start_time(pid) != Some(start) {
+                continue;
+            }
+            self.start(pid, &comm, pod)?;
+        }
+        Ok(())
+    }
+
+    /// Starts `leak attach` on `pid` (named `comm`, in `pod`), its report named after both.
+    ///
+    /// # Errors
+    /// The `leak` executable could not be found or started.
+    pub fn start(&mut self, pid: u32, comm: &str, pod: Option<PodRef>) -> Result<(), Error> {
+        let name = format!("leak-{}-{pid}", sanitize(comm));
+        let json = self.out_dir.join(format!("{name}.json"));
+        let svg = self.out_dir.join(format!("{name}.svg"));
+        let pprof = self.out_dir.join(format!("{name}.pb.gz"));
+        let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
+        // About 20 samples whatever the duration: enough for a verdict. Only the final
+        // report is printed (the interval is longer than the run).
+        let sample = (self.duration / 20).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let exe = std::env::current_exe().map_err(Error::io("finding the leak executable"))?;
+        let child = Command::new(exe)
+            .args(["attach", "--pid", &pid.to_string(), "--duration", &ms(self.duration)])
+            .args(["--interval", &ms(self.duration * 2), "--sample-interval", &ms(sample)])
+            .arg("--json")
+            .arg(&json)
+            .arg("--svg")
+            .arg(&svg)
+            .arg("--pprof")
+            .arg(&pprof)
+            .args(self.max_overhead.map(|bp| format!("--max-overhead={}%", f64::from(bp) / 100.0)))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(Error::io("starting leak attach"))?;
+        self.done.push(Escalation {
+            pid,
+            comm: comm.to_owned(),
+            start_unix_s: runtime::now_unix(),
+            json: json.display().to_string(),
+            svg: svg.display().to_string(),
+            pprof: pprof.display().to_string(),
+            pod,
+            exit_code: None,
+        });
+        self.running.push((child, self.done.len() - 1));
+        Ok(())
+    }
+
+    /// Pids of the running escalations (not to be watched themselves).
+    pub fn children(&self) -> impl Iterator<Item = u32> + '_ {
+        self.running.iter().map(|(c, _)| c.id())
+    }
+
+    /// Ends the escalations: the queued ones are not started (returned), the running one is
+    /// told to stop now (SIGINT: `leak attach` writes its report) and waited for; a second
+    /// signal, or no exit within [`STOP_GRACE`], kills it.
+    ///
+    /// # Errors
+    /// Waiting for a child failed.
+    pub async fn finish(&mut self, signals: &mut Signals) -> Result<Vec<u32>, Error> {
+        let pending: Vec<u32> = self.queue.drain(..).map(|q| q.0).collect();
+        for pid in &pending {
+            eprintln!("leak: pid {pid} not traced: the watch ended first");
+        }
+        for (child, _) in &self.running {
+            signal_child(child, libc::SIGINT);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            self.poll()?;
+            if self.running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if Instant::now() > deadline {
+                        self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
+                    }
+                }
+                _ = signals.recv() => {
+                    self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
+                }
+            }
+        }
+        Ok(pending)
+    }
+}
+
+/// How long a stopped escalation may take to write its report.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+fn signal_child(child: &Child, sig: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: plain syscall on our own, not yet reaped child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+impl Drop for Escalator {
+    /// On an error path: do not leave a tracer running, nor a zombie.
+    fn drop(&mut self) {
+        for (child, _) in &mut self.running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sanitize(comm: &str) -> String {
+    comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}

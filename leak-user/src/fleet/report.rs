@@ -1,0 +1,221 @@
+//! The watch report: the model `leak watch` and the node agent publish (JSON, and the
+//! agent's HTTP API, `serve`) and its text rendering. Pure.
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    analysis::{
+        report::{TrendView, Window},
+        trend::Verdict,
+        units::{human_bytes, signed_bytes},
+    },
+    fleet::pods::PodRef,
+};
+
+/// Watch report format version.
+pub const WATCH_REPORT_VERSION: u32 = 1;
+
+/// A watched container (its memory cgroup), as reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchedContainer {
+    /// Its pod and container.
+    pub pod: PodRef,
+    /// Watched processes in it at the last sample.
+    pub processes: usize,
+    /// Bytes charged to it, page cache included, at the last sample.
+    pub memory_bytes: u64,
+    /// Its anonymous bytes at the last sample.
+    pub anon_bytes: u64,
+    /// Seconds it has been watched.
+    pub watched_s: f64,
+    /// Trend of the anonymous bytes.
+    pub trend: TrendView,
+}
+
+/// A watched process, as reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchedProcess {
+    /// Process id.
+    pub pid: u32,
+    /// `comm`.
+    pub comm: String,
+    /// Start time, clock ticks after boot.
+    pub start_time_ticks: u64,
+    /// Resident bytes at the last sample.
+    pub rss_bytes: u64,
+    /// Anonymous resident bytes (resident minus file-backed and shared) at the last sample.
+    pub anon_bytes: u64,
+    /// Seconds it has been watched.
+    pub watched_s: f64,
+    /// It exited while watched (its last samples are from before).
+    pub exited: bool,
+    /// Trend of the anonymous resident bytes.
+    pub trend: TrendView,
+    /// Samples (at most [`SERIES_POINTS`], evenly spaced).
+    pub series: WatchSeries,
+    /// Its Kubernetes pod and container, if it runs in one (from its cgroup path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+/// A watched process's samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatchSeries {
+    /// Seconds since it was first seen.
+    pub t_s: Vec<f64>,
+    /// Resident bytes.
+    pub rss_bytes: Vec<u64>,
+    /// Anonymous resident bytes.
+    pub anon_bytes: Vec<u64>,
+}
+
+/// The probes attached to a flagged process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// Process id.
+    pub pid: u32,
+    /// `comm`.
+    pub comm: String,
+    /// When the probes were attached, Unix seconds.
+    pub start_unix_s: f64,
+    /// Its JSON report.
+    pub json: String,
+    /// Its flame graph.
+    pub svg: String,
+    /// Its pprof profile.
+    #[serde(default)]
+    pub pprof: String,
+    /// Its pod, if it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// Exit status of the `leak attach` that traced it (None: still running, or killed).
+    pub exit_code: Option<i32>,
+}
+
+/// What `leak watch` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchReport {
+    /// Format version ([`WATCH_REPORT_VERSION`]).
+    pub version: u32,
+    /// Wall-clock window.
+    pub window: Window,
+    /// Seconds watched.
+    pub duration_s: f64,
+    /// Processes watched at the last sample.
+    pub processes_watched: usize,
+    /// The processes that are not stable (with `--pid`: every one), leaks first, fastest
+    /// first.
+    pub processes: Vec<WatchedProcess>,
+    /// The containers of the watched processes (memory cgroup statistics), ordered as the
+    /// processes; without `--pid`, the ones that are not stable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<WatchedContainer>,
+    /// Processes the probes were attached to.
+    pub escalations: Vec<Escalation>,
+    /// Processes judged leaks whose turn to be traced had not come when the watch ended.
+    pub not_escalated: Vec<u32>,
+    /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
+    /// watching continues.
+    pub end_reason: String,
+}
+
+/// `+3.5 GiB/h`.
+pub(crate) fn per_hour(rate: f64) -> String {
+    #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
+    let r = rate as i64;
+    format!("{}/h", signed_bytes(r))
+}
+
+pub(crate) fn rank(v: Verdict) -> u8 {
+    match v {
+        Verdict::Leak => 0,
+        Verdict::Growing => 1,
+        Verdict::Plateau => 2,
+        Verdict::Stable => 3,
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "byte counts: exact below 2^53")]
+pub(crate) fn bytes_f64(b: u64) -> f64 {
+    b as f64
+}
+
+/// The text table of a watch report: the `top` processes that are not stable.
+#[must_use]
+pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
+    use std::fmt::Write as _;
+    let count = |v: Verdict| report.processes.iter().filter(|p| p.trend.verdict == v).count();
+    let mut s = format!(
+        "== {header}: {} process{} watched; {} leaking, {} growing, {} plateau ==\n",
+        report.processes_watched,
+        if report.processes_watched == 1 { "" } else { "es" },
+        count(Verdict::Leak),
+        count(Verdict::Growing),
+        count(Verdict::Plateau),
+    );
+    let shown: Vec<&WatchedProcess> =
+        report.processes.iter().filter(|p| p.trend.verdict != Verdict::Stable).take(top).collect();
+    if shown.is_empty() {
+        s.push_str("no process's memory is growing\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "{:>8}  {:<16} {:>11} {:>12} {:>14}  VERDICT",
+            "PID", "COMM", "ANON", "GAINED", "RATE"
+        );
+    }
+    for p in shown {
+        let _ = write!(
+            s,
+            "{:>8}  {:<16} {:>11} {:>12} {:>14}  {} ({:.0}%)",
+            p.pid,
+            p.comm,
+            human_bytes(p.anon_bytes),
+            signed_bytes(p.trend.gained_bytes),
+            per_hour(p.trend.rate_bytes_per_h),
+            p.trend.verdict.as_str(),
+            p.trend.confidence * 100.0
+        );
+        if let Some(pod) = &p.pod {
+            s.push_str("  ");
+            s.push_str(&pod_name(pod));
+        }
+        s.push('\n');
+    }
+    let containers: Vec<&WatchedContainer> =
+        report.containers.iter().filter(|c| c.trend.verdict != Verdict::Stable).take(top).collect();
+    if !containers.is_empty() {
+        let _ = writeln!(
+            s,
+            "containers (memory cgroup):\n{:>11} {:>11} {:>12} {:>14}  VERDICT",
+            "MEMORY", "ANON", "GAINED", "RATE"
+        );
+        for c in containers {
+            let _ = writeln!(
+                s,
+                "{:>11} {:>11} {:>12} {:>14}  {} ({:.0}%)  {}",
+                human_bytes(c.memory_bytes),
+                human_bytes(c.anon_bytes),
+                signed_bytes(c.trend.gained_bytes),
+                per_hour(c.trend.rate_bytes_per_h),
+                c.trend.verdict.as_str(),
+                c.trend.confidence * 100.0,
+                pod_name(&c.pod)
+            );
+        }
+    }
+    s
+}
+
+/// `pod NS/NAME container NAME`, or with enough of each id to find it in
+/// `kubectl get pods -A -o wide` / `crictl ps` when the API gave no names.
+fn pod_name(pod: &PodRef) -> String {
+    let pod_part = match (&pod.namespace, &pod.name) {
+        (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
+        _ => format!("pod {}", pod.pod_uid),
+    };
+    match (&pod.container_name, &pod.container_id) {
+        (Some(name), _) => format!("{pod_part} container {name}"),
+        (None, Some(c)) => format!("{pod_part} container {}", &c[..12.min(c.len())]),
+        (None, None) => pod_part,
+    }
+}

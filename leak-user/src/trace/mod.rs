@@ -1,0 +1,26 @@
+//! The live trace of one process: what runs while probes are attached.
+//!
+//! What it holds: the checks before loading (`preflight`, and `check`, the `leak check`
+//! command), the BPF loader and the kernel's features (`loader`, the only aya user with
+//! `source`), the allocator's hooks and where their probes sit (`target`, `hooks`,
+//! `placement`, `elf`), unwind tables (`unwind`), reading the maps (`source`),
+//! symbolization (`symbolize`, the only blazesym user), the session loop that samples,
+//! reports and ends (`session`), and `leak run`'s process control (`controller`, `runner`,
+//! `tracee`: ptrace).
+//!
+//! What it may import: `analysis`, `output` and the shared files at the top (`config`,
+//! `error`, `procfs`, `runtime`); never `fleet` or `cli`.
+pub mod check;
+pub mod controller;
+pub mod elf;
+pub mod hooks;
+pub mod loader;
+pub mod placement;
+pub mod preflight;
+pub mod runner;
+pub mod session;
+pub mod source;
+pub mod symbolize;
+pub mod target;
+pub mod tracee;
+pub mod unwind;
