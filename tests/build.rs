@@ -102,16 +102,42 @@ fn main() {
         .status()
         .expect("run c++");
     assert!(status.success(), "c++ failed for fixture cxx-leaker-nofp");
-    // Rust on the system allocator, with frame pointers in the fixture's own code (std is
-    // prebuilt without them).
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let status = Command::new(rustc)
-        .args(["--edition", "2021", "-C", "force-frame-pointers=yes", "-C", "debuginfo=2"])
-        .args(["-C", "opt-level=0", "-o"])
-        .arg(out.join("rust-leaker"))
-        .arg(src.join("rust_leaker.rs"))
-        .status()
-        .expect("run rustc");
-    assert!(status.success(), "rustc failed for fixture rust-leaker");
+    rust_fixtures(&src, &out);
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
+}
+
+/// The Rust fixtures, on the system allocator.
+fn rust_fixtures(src: &std::path::Path, out: &std::path::Path) {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let builds: [(&str, &[&str]); 2] = [
+        // Frame pointers in the fixture's own code (std is prebuilt without them).
+        (
+            "rust-leaker",
+            &["-C", "force-frame-pointers=yes", "-C", "debuginfo=2", "-C", "opt-level=0"],
+        ),
+        // As Rust builds a release by default: optimised, no frame pointers, linked by rustc's
+        // own LLD (the default on x86-64 Linux since 1.90), line tables only.
+        (
+            "rust-leaker-release",
+            &[
+                "-C",
+                "opt-level=3",
+                "-C",
+                "debuginfo=line-tables-only",
+                "-C",
+                "force-frame-pointers=no",
+            ],
+        ),
+    ];
+    for (name, flags) in builds {
+        let status = Command::new(&rustc)
+            .args(["--edition", "2021"])
+            .args(flags)
+            .arg("-o")
+            .arg(out.join(name))
+            .arg(src.join("rust_leaker.rs"))
+            .status()
+            .expect("run rustc");
+        assert!(status.success(), "rustc failed for fixture {name}");
+    }
 }

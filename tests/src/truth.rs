@@ -1,6 +1,6 @@
 //! The fixtures' ground truth, asserted by the tests of each feature and by the kernel suite
 //! (`tests/kernel.rs`), which checks the same on every kernel of the matrix.
-use leak_user::analysis::model::StackEnd;
+pub use leak_user::analysis::{model::StackEnd, report::StackFrame as Frame};
 
 use crate::{
     Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site, read_report, summary,

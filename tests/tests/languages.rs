@@ -60,3 +60,44 @@ fn rust_box_leak_and_forgotten_vec() {
     assert_absent(&report, "rust_leaker::no_leak");
     assert_no_drops(&report);
 }
+
+/// A Rust release build as cargo makes one by default: optimised, without frame pointers,
+/// linked by LLD, whose code shares a file page with the read-only data before it (the
+/// mapping's address was once taken from the wrong segment, and every stack stopped at its
+/// first frame). Whole stacks to main, `file:line` for the fixture's own frames (named as the
+/// line tables name them: `leak_box`, inlined or not).
+#[test]
+fn rust_release_build_linked_by_lld() {
+    let bin = std::fs::read(leak_tests::fixture("rust-leaker-release")).unwrap();
+    assert!(bin.windows(11).any(|w| w == b"Linker: LLD"), "the fixture is linked by LLD");
+    let report = trace_fixture("rust-leaker-release", &[], &[]);
+    let named = |f: &leak_tests::truth::Frame, name: &str| {
+        f.function.as_deref().is_some_and(|n| n == name || n.ends_with(&format!("::{name}")))
+    };
+    for (function, expected) in [("leak_box", (3000, 3)), ("forget_vec", (4096, 1))] {
+        let sites: Vec<&leak_tests::Site> =
+            report.sites.iter().filter(|s| s.stack.iter().any(|f| named(f, function))).collect();
+        let total = sites
+            .iter()
+            .fold((0, 0), |(b, n), s| (b + s.outstanding_bytes, n + s.outstanding_allocs));
+        assert_eq!(total, expected, "{function}: {:#?}", summary(&report));
+        for s in sites {
+            let chain: Vec<&str> = s.stack.iter().filter_map(|f| f.function.as_deref()).collect();
+            assert!(s.stack.iter().any(|f| named(f, "main")), "{chain:?}");
+            assert_eq!(
+                s.stack_end,
+                Some(leak_user::analysis::model::StackEnd::Complete),
+                "{chain:?}"
+            );
+            let own = s.stack.iter().find(|f| named(f, function)).unwrap();
+            assert!(own.file.as_deref().is_some_and(|f| f.ends_with("rust_leaker.rs")), "{own:?}");
+            assert!(own.line.is_some_and(|l| l > 0), "{own:?}");
+        }
+    }
+    assert!(
+        !report.sites.iter().any(|s| s.stack.iter().any(|f| named(f, "no_leak"))),
+        "{:#?}",
+        summary(&report)
+    );
+    assert_no_drops(&report);
+}

@@ -166,26 +166,56 @@ fn to_rows(mut ranges: Vec<Range>) -> Vec<UnwindRow> {
     rows
 }
 
-/// The loadable segments of ELF object `data`: (file offset, file size, virtual address).
+/// A loadable segment (`PT_LOAD`) of an ELF object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// File offset.
+    pub offset: u64,
+    /// Bytes in the file.
+    pub filesz: u64,
+    /// Virtual address.
+    pub vaddr: u64,
+    /// `PF_X`.
+    pub executable: bool,
+}
+
+/// The loadable segments of ELF object `data`.
 #[must_use]
-pub fn load_segments(data: &[u8]) -> Vec<(u64, u64, u64)> {
+pub fn load_segments(data: &[u8]) -> Vec<Segment> {
     use object::read::elf::{ElfFile64, ProgramHeader as _};
     let Ok(elf) = ElfFile64::<object::LittleEndian>::parse(data) else { return Vec::new() };
     let endian = elf.endian();
     elf.elf_program_headers()
         .iter()
         .filter(|ph| ph.p_type(endian) == object::elf::PT_LOAD)
-        .map(|ph| (ph.p_offset(endian), ph.p_filesz(endian), ph.p_vaddr(endian)))
+        .map(|ph| Segment {
+            offset: ph.p_offset(endian),
+            filesz: ph.p_filesz(endian),
+            vaddr: ph.p_vaddr(endian),
+            executable: ph.p_flags(endian) & object::elf::PF_X != 0,
+        })
         .collect()
 }
 
-/// The virtual address of file offset `offset` in `segments` (see [`load_segments`]).
+/// The virtual address of file offset `offset` where a mapping of the object starts, the
+/// mapping being executable or not. The one translation from a mapping to the object's
+/// addresses (the unwind tables' and the BPF walk's load bias).
+///
+/// A mapping starts at a page: with linkers that pack segments into shared file pages (LLD,
+/// mold: the end of read-only data and the start of code in one page, mapped twice), its
+/// offset lies in the page-rounded range of two segments, which put that page at different
+/// addresses; the mapping's permissions tell which one it is.
 #[must_use]
-pub fn vaddr_in(segments: &[(u64, u64, u64)], offset: u64) -> Option<u64> {
-    segments
+pub fn mapping_vaddr(segments: &[Segment], offset: u64, executable: bool) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let holds =
+        |s: &&Segment| s.offset & !(PAGE - 1) <= offset && offset < s.offset + s.filesz.max(1);
+    let s = segments
         .iter()
-        .find(|&&(start, size, _)| start <= offset && offset < start + size)
-        .map(|&(start, _, vaddr)| vaddr + (offset - start))
+        .filter(holds)
+        .find(|s| s.executable == executable)
+        .or_else(|| segments.iter().find(holds))?;
+    Some(s.vaddr.wrapping_add(offset.wrapping_sub(s.offset)))
 }
 
 /// A mapped file's bytes and table.
@@ -218,7 +248,8 @@ impl ProcessTables {
                 Some((data, std::sync::Arc::new(table)))
             });
             let Some((data, table)) = entry else { continue };
-            let Some(vaddr) = vaddr_in(&load_segments(data), m.offset) else { continue };
+            let exec = m.perms.contains('x');
+            let Some(vaddr) = mapping_vaddr(&load_segments(data), m.offset, exec) else { continue };
             out.push((m.start, m.end, m.start.wrapping_sub(vaddr), std::sync::Arc::clone(table)));
         }
         out.sort_by_key(|m| m.0);
@@ -301,6 +332,75 @@ pub fn unwind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The program headers of one small C program as each linker lays it out (`readelf -l`
+    /// of `cc -O2 -fuse-ld=...` here), and of rustc's default (LLD) for a Rust release build.
+    /// The code's mapping starts at the page of its segment's file offset; its address there
+    /// is what the tables' bias is computed from.
+    #[test]
+    fn each_linkers_code_mapping_gets_its_segments_address() {
+        let seg = |offset, filesz, vaddr, executable| Segment { offset, filesz, vaddr, executable };
+        // (linker, segments, the code mapping's file offset, the address it must get)
+        let cases = [
+            // GNU ld: every segment on pages of its own.
+            (
+                "bfd",
+                vec![
+                    seg(0, 0x650, 0, false),
+                    seg(0x1000, 0x185, 0x1000, true),
+                    seg(0x2000, 0xdc, 0x2000, false),
+                    seg(0x2dd0, 0x250, 0x3dd0, false),
+                ],
+                0x1000,
+                0x1000,
+            ),
+            // gold: headers and code in one segment.
+            ("gold", vec![seg(0, 0x7f8, 0, true), seg(0xdc0, 0x268, 0x1dc0, false)], 0, 0),
+            // LLD and mold: read-only data and code share file page 0, mapped twice.
+            (
+                "lld",
+                vec![
+                    seg(0, 0x64c, 0, false),
+                    seg(0x650, 0x180, 0x1650, true),
+                    seg(0x7d0, 0x1d8, 0x27d0, false),
+                    seg(0x9a8, 0x40, 0x39a8, false),
+                ],
+                0,
+                0x1000,
+            ),
+            (
+                "mold",
+                vec![
+                    seg(0, 0x584, 0, false),
+                    seg(0x590, 0x196, 0x1590, true),
+                    seg(0x728, 0x220, 0x2728, false),
+                    seg(0x948, 0x38, 0x3948, false),
+                ],
+                0,
+                0x1000,
+            ),
+            (
+                "rust-lld",
+                vec![
+                    seg(0, 0x12d4c, 0, false),
+                    seg(0x12d50, 0x3d4d0, 0x13d50, true),
+                    seg(0x50220, 0x2748, 0x52220, false),
+                    seg(0x52968, 0x9c0, 0x55968, false),
+                ],
+                0x12000,
+                0x13000,
+            ),
+        ];
+        for (linker, segments, offset, vaddr) in cases {
+            assert_eq!(mapping_vaddr(&segments, offset, true), Some(vaddr), "{linker}");
+        }
+        // The read-only mapping of the shared page keeps the read-only segment's address.
+        let lld = [seg(0, 0x64c, 0, false), seg(0x650, 0x180, 0x1650, true)];
+        assert_eq!(mapping_vaddr(&lld, 0, false), Some(0));
+        // A code address well inside the segment: offset and address move together.
+        assert_eq!(mapping_vaddr(&lld, 0x700, true), Some(0x1700));
+        assert_eq!(mapping_vaddr(&lld, 0x10_000, true), None);
+    }
 
     fn rsp(pc: u32, off: i32) -> UnwindRow {
         UnwindRow { pc, cfa_offset: off, cfa_reg: CFA_RSP, ..UnwindRow::default() }

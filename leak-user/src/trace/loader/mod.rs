@@ -316,7 +316,7 @@ struct UnwindTables {
 struct ObjectRows {
     first: u32,
     count: u32,
-    segments: Vec<(u64, u64, u64)>,
+    segments: Vec<crate::trace::unwind::Segment>,
 }
 
 /// The probes attached for one process, to detach them when it execs or exits (and, for the
@@ -549,7 +549,9 @@ impl Tracer {
                 tables.objects.insert(key.clone(), rows);
             }
             let Some(Some(obj)) = tables.objects.get(&key) else { continue };
-            let Some(vaddr) = crate::trace::unwind::vaddr_in(&obj.segments, m.offset) else {
+            let exec = m.perms.contains('x');
+            let Some(vaddr) = crate::trace::unwind::mapping_vaddr(&obj.segments, m.offset, exec)
+            else {
                 continue;
             };
             entries.push(leak_common::UnwindMap {
