@@ -622,6 +622,12 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
         }
         None => walk_stack(ip, sp, fp, buf.cast::<u64>(), core::ptr::null()),
     };
+    // Known already (always possible for the compatible object, which walks each time
+    // without looking first): a lookup, lock-free, instead of an insert that takes the
+    // bucket's lock to find it there.
+    if STACKS.get_ptr(hash).is_some() {
+        return hash;
+    }
     // SAFETY: `buf` is a valid map value of the map's value type.
     #[expect(
         clippy::needless_borrows_for_generic_args,
@@ -629,8 +635,7 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
     )]
     let inserted = STACKS.insert(hash, unsafe { &*buf }, u64::from(BPF_NOEXIST));
     match inserted {
-        // EEXIST: the stack is there already (another CPU inserted it first, or the
-        // compatible object, which does not look first).
+        // EEXIST: another CPU inserted the same stack first.
         Ok(()) | Err(EEXIST) => {}
         Err(_) => count_drop(DropReason::StackMapFull),
     }
