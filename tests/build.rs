@@ -1,11 +1,23 @@
-//! Builds the C fixtures with frame pointers into `OUT_DIR/fixtures`.
-use std::{env, fs, path::PathBuf, process::Command};
+//! Builds the fixtures into `OUT_DIR/fixtures`: the C ones with frame pointers, the build
+//! matrix (`src/matrix.rs`) every way its table says, and one test per matrix case.
+use std::{
+    env,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+#[path = "src/matrix.rs"]
+#[allow(dead_code, reason = "the table's helpers serve the tests")]
+mod matrix;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("fixtures");
     fs::create_dir_all(&out).expect("create fixtures dir");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     println!("cargo:rerun-if-changed={}", src.display());
+    println!("cargo:rerun-if-changed=src/matrix.rs");
     // -O0 with frame pointers and no inlining: every fixture function is a frame of its own,
     // and the frame-pointer walk sees the whole chain.
     // -w: the fixtures call allocators with sizes gcc knows to fail, on purpose.
@@ -74,6 +86,18 @@ fn main() {
     let nofp = ["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
     for (name, source, extra) in [
         ("libplugin.so", "plugin", &["-shared", "-fPIC"][..]),
+        (
+            "libreuse.so",
+            "plugin",
+            &[
+                "-shared",
+                "-fPIC",
+                "-DSIZE=555",
+                "-DPAD",
+                "-Dplugin_level3=reuse_level3",
+                "-Dplugin_level2=reuse_level2",
+            ][..],
+        ),
         ("dlopener", "dlopener", &["-ldl"][..]),
     ] {
         let status = Command::new("cc")
@@ -86,7 +110,14 @@ fn main() {
             .expect("run cc");
         assert!(status.success(), "cc failed for fixture {name}");
     }
-    // C++ through libstdc++'s operator new/delete.
+    cxx_fixtures(&src, &out);
+    rust_fixtures(&src, &out);
+    build_matrix(&src, &out);
+    println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
+}
+
+/// The C++ fixtures, through libstdc++'s operator new/delete.
+fn cxx_fixtures(src: &Path, out: &Path) {
     let status = Command::new("c++")
         .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
         .arg(out.join("cxx-leaker"))
@@ -102,12 +133,10 @@ fn main() {
         .status()
         .expect("run c++");
     assert!(status.success(), "c++ failed for fixture cxx-leaker-nofp");
-    rust_fixtures(&src, &out);
-    println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }
 
 /// The Rust fixtures, on the system allocator.
-fn rust_fixtures(src: &std::path::Path, out: &std::path::Path) {
+fn rust_fixtures(src: &Path, out: &Path) {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let builds: [(&str, &[&str]); 2] = [
         // Frame pointers in the fixture's own code (std is prebuilt without them).
@@ -140,4 +169,135 @@ fn rust_fixtures(src: &std::path::Path, out: &std::path::Path) {
             .expect("run rustc");
         assert!(status.success(), "rustc failed for fixture {name}");
     }
+}
+
+/// Runs `cmd`, panicking with `what` if it fails.
+fn check(cmd: &mut Command, what: &str) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{what}: {e} (cargo xtask setup)"));
+    assert!(status.success(), "{what} failed: {cmd:?}");
+}
+
+/// Builds every case of the matrix and writes `OUT_DIR/matrix_tests.rs`, a test per case.
+fn build_matrix(src: &Path, out: &Path) {
+    use matrix::{Compiler, Debug, Lang, Link, Linker};
+    let mut tests = String::new();
+    for case in matrix::CASES {
+        let name = case.name();
+        let bin = out.join(&name);
+        let mut cmd = match case.compiler {
+            Compiler::Rustc => {
+                let mut cmd = Command::new(env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()));
+                cmd.args(["--edition", "2021", "-C", "opt-level=3", "-C"]);
+                cmd.arg("force-frame-pointers=".to_owned() + yes_no(case.frame_pointers));
+                // debug = 1 (line tables), or debug = 0 as cargo's release builds it: std's
+                // prebuilt debug info stripped too.
+                match case.debug {
+                    Debug::Symtab => cmd.args(["-C", "debuginfo=0", "-C", "strip=debuginfo"]),
+                    _ => cmd.args(["-C", "debuginfo=1"]),
+                };
+                match case.linker {
+                    Linker::Lld => {}
+                    Linker::Bfd => {
+                        cmd.args(["-C", "linker-features=-lld"]);
+                    }
+                    other => {
+                        cmd.args(["-C", "linker-features=-lld", "-C"]);
+                        cmd.arg(format!("link-arg=-fuse-ld={}", other.ld()));
+                    }
+                }
+                cmd.arg(src.join("rust_leaker.rs"));
+                cmd
+            }
+            compiler => {
+                let (driver, source) = match (compiler, case.lang) {
+                    (Compiler::Gcc, Lang::Cxx) => ("g++", "matrix.cpp"),
+                    (Compiler::Clang, Lang::Cxx) => ("clang++", "matrix.cpp"),
+                    (Compiler::Gcc, _) => ("gcc", "matrix.c"),
+                    _ => ("clang", "matrix.c"),
+                };
+                let mut cmd = Command::new(driver);
+                cmd.args(["-O2", "-g", "-w", "-fno-optimize-sibling-calls"]);
+                cmd.arg(if case.frame_pointers {
+                    "-fno-omit-frame-pointer"
+                } else {
+                    "-fomit-frame-pointer"
+                });
+                cmd.arg(format!("-fuse-ld={}", case.linker.ld()));
+                cmd.args(match case.link {
+                    Link::Pie => &["-fPIE", "-pie"][..],
+                    Link::NoPie => &["-fno-pie", "-no-pie"],
+                    Link::Static => &["-static"],
+                    Link::StaticPie => &["-fPIE", "-static-pie"],
+                });
+                if case.debug == Debug::Dynsym {
+                    cmd.arg("-rdynamic");
+                }
+                // Each case a build of its own (its own build id), as every build in the world.
+                cmd.arg(format!("-DMATRIX_CASE=\"{name}\""));
+                cmd.arg(src.join(source));
+                cmd
+            }
+        };
+        check(cmd.arg("-o").arg(&bin), &format!("building matrix case {name}"));
+        split_debug(case.debug, &bin, out);
+        let test = name.replace('-', "_");
+        let _ = write!(tests, "#[test]\nfn {test}() {{\n    matrix_case(\"{name}\");\n}}\n\n");
+    }
+    let generated = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("matrix_tests.rs");
+    fs::write(generated, tests).expect("write matrix_tests.rs");
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Moves or compresses `bin`'s debug info as `debug` says, with binutils as distributions do.
+fn split_debug(debug: matrix::Debug, bin: &Path, out: &Path) {
+    use matrix::Debug;
+    let objcopy = || Command::new("objcopy");
+    let file_name = bin.file_name().expect("file name").to_str().expect("utf-8");
+    match debug {
+        Debug::InFile => {}
+        Debug::Zlib | Debug::Zstd => {
+            let kind = if debug == Debug::Zlib { "zlib" } else { "zstd" };
+            check(
+                objcopy().arg(format!("--compress-debug-sections={kind}")).arg(bin),
+                "objcopy --compress-debug-sections",
+            );
+        }
+        Debug::Symtab => check(Command::new("strip").arg("--strip-debug").arg(bin), "strip"),
+        Debug::Dynsym => check(Command::new("strip").arg("--strip-all").arg(bin), "strip"),
+        Debug::Debuglink => {
+            // The link names the file; it is looked for next to the executable.
+            let debug_file = out.join(format!("{file_name}.debug"));
+            check(objcopy().arg("--only-keep-debug").arg(bin).arg(&debug_file), "objcopy");
+            check(
+                objcopy()
+                    .arg("--strip-debug")
+                    .arg(format!("--add-gnu-debuglink={file_name}.debug"))
+                    .arg(bin)
+                    .current_dir(out),
+                "objcopy --add-gnu-debuglink",
+            );
+        }
+        Debug::BuildId => {
+            let id = build_id(bin);
+            let dir = out.join(matrix::DEBUG_DIR).join(".build-id").join(&id[..2]);
+            fs::create_dir_all(&dir).expect("create the build-id directory");
+            let debug_file = dir.join(format!("{}.debug", &id[2..]));
+            check(objcopy().arg("--only-keep-debug").arg(bin).arg(&debug_file), "objcopy");
+            check(Command::new("strip").arg("--strip-debug").arg(bin), "strip");
+        }
+    }
+}
+
+/// `bin`'s GNU build id in hex (every linker here writes one by default through the drivers).
+fn build_id(bin: &Path) -> String {
+    let out = Command::new("readelf").arg("-n").arg(bin).output().expect("run readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("{} has no build id", bin.display()))
+        .trim()
+        .to_owned()
 }

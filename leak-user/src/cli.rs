@@ -225,6 +225,10 @@ pub struct TraceArgs {
     /// table does not fit keeps frame pointers only.
     #[arg(long, default_value_t = leak_common::DEFAULT_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub unwind_rows: u32,
+    /// Also look for separate debug files here (as `DIR/.build-id/xx/yyyy.debug`, or by a
+    /// debug link's name), before /usr/lib/debug; repeatable.
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dirs: Vec<PathBuf>,
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
@@ -297,6 +301,7 @@ impl From<TraceArgs> for TraceConfig {
             max_overhead: None,
             unwind: a.unwind,
             unwind_rows: a.unwind_rows,
+            debug_dirs: a.debug_dirs,
         }
     }
 }

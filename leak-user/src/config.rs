@@ -71,6 +71,8 @@ pub struct TraceConfig {
     pub unwind: Unwind,
     /// Capacity of the unwind-table rows.
     pub unwind_rows: u32,
+    /// Directories searched for separate debug files before the system's.
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 /// How allocation stacks are walked (`--unwind`).
@@ -147,6 +149,7 @@ impl Default for TraceConfig {
             max_overhead: None,
             unwind: Unwind::Auto,
             unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
+            debug_dirs: Vec::new(),
         }
     }
 }

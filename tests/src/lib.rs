@@ -13,6 +13,7 @@ use std::{
 
 pub use leak_user::analysis::report::{Report, Site};
 
+pub mod matrix;
 pub mod truth;
 
 /// How long any single wait in a test may take before the test fails.

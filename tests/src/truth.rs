@@ -3,8 +3,9 @@
 pub use leak_user::analysis::{model::StackEnd, report::StackFrame as Frame};
 
 use crate::{
-    Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site, read_report, summary,
-    under,
+    Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site,
+    matrix::{Case, DEBUG_DIR, Debug, Lang},
+    read_report, summary, under,
 };
 
 /// The leaker fixture's ground truth (see fixtures/leaker.c); `memalign` names the function
@@ -148,4 +149,107 @@ pub fn run_to_end(
     let done = Leak::spawn_env(&args, leak_env).wait();
     let report = read_report(&json);
     (done, report)
+}
+
+/// Traces build matrix case `name` (see [`crate::matrix`]), `leak` run with `leak_env`, and
+/// checks everything the case promises.
+pub fn assert_matrix_case(name: &str, leak_env: &[(&str, &str)]) {
+    let case = Case::named(name).expect("a case of the table");
+    let env: Vec<(&str, &str)> = case.preload.map(|p| vec![("LD_PRELOAD", p)]).unwrap_or_default();
+    let debug_dir = crate::fixture(DEBUG_DIR);
+    let mut args = Vec::new();
+    if case.debug == Debug::BuildId {
+        args = vec!["--debug-dir", debug_dir.to_str().expect("utf-8 path")];
+    }
+    let report = crate::trace_fixture_env(name, &env, &args, leak_env);
+    let sites: &[(&str, (u64, u64), &[&str])] = match case.lang {
+        Lang::C => &[
+            ("leak_direct", (4096, 4), &["leak_direct", "main"]),
+            ("leak_deep", (2000, 2), &["leak_deep", "level2", "level1", "main"]),
+        ],
+        Lang::Cxx => &[
+            ("matrix::Registry::add(int)", (144, 3), &["matrix::Registry::add(int)", "main"]),
+            ("matrix::leak_buffer()", (500, 1), &["matrix::leak_buffer()", "main"]),
+        ],
+        Lang::Rust => &[
+            ("leak_box", (3000, 3), &["leak_box", "main"]),
+            ("forget_vec", (4096, 1), &["forget_vec", "main"]),
+        ],
+    };
+    let source = match case.lang {
+        Lang::C => "matrix.c",
+        Lang::Cxx => "matrix.cpp",
+        Lang::Rust => "rust_leaker.rs",
+    };
+    for &(function, expected, chain) in sites {
+        let mine: Vec<&Site> = report.sites.iter().filter(|s| top_is(s, function)).collect();
+        let total = mine
+            .iter()
+            .fold((0, 0), |(b, n), s| (b + s.outstanding_bytes, n + s.outstanding_allocs));
+        assert_eq!(total, expected, "{name}: {function}: {:#?}", summary(&report));
+        for s in mine {
+            let names = names(s);
+            // The fixture's frames in this order (the allocator's own, and the language
+            // runtime's between its main and the C library's, aside).
+            let mut wanted = chain.iter().peekable();
+            for n in &names {
+                if wanted.peek().is_some_and(|c| same(n, c)) {
+                    wanted.next();
+                }
+            }
+            assert!(wanted.peek().is_none(), "{name}: {function}: {names:?}");
+            assert_eq!(s.stack_end, Some(StackEnd::Complete), "{name}: {names:?}");
+            let top = &s.stack[0];
+            assert_eq!(top.module.as_deref(), Some(name), "{name}: {top:?}");
+            if case.debug.has_lines() {
+                // (Rust's C-ABI `main`, which rustc generates, has no source.)
+                let rust_shim =
+                    |f: &Frame| case.lang == Lang::Rust && f.function.as_deref() == Some("main");
+                for f in
+                    s.stack.iter().filter(|f| chain.iter().any(|c| named(f, c)) && !rust_shim(f))
+                {
+                    assert!(
+                        f.file.as_deref().is_some_and(|p| p.ends_with(source))
+                            && f.line.is_some_and(|l| l > 0),
+                        "{name}: no file:line: {f:?}"
+                    );
+                }
+            }
+        }
+    }
+    for s in &report.sites {
+        assert!(
+            !s.stack.iter().any(|f| named(f, "no_leak") || named(f, "matrix::no_leak()")),
+            "{name}: no_leak holds memory: {:#?}",
+            summary(&report)
+        );
+    }
+    let module = report.modules.iter().find(|m| m.name == name);
+    assert_eq!(
+        module.map(|m| m.symbols.as_str()),
+        Some(case.debug.source()),
+        "{name}: {:#?}",
+        report.modules
+    );
+    assert_no_drops(&report);
+}
+
+/// A function's name as reported, with or without its path (line tables name Rust's inlined
+/// functions without one).
+fn same(reported: &str, wanted: &str) -> bool {
+    reported == wanted || reported.ends_with(&format!("::{wanted}"))
+}
+
+fn named(f: &Frame, wanted: &str) -> bool {
+    f.function.as_deref().is_some_and(|n| same(n, wanted))
+}
+
+fn names(s: &Site) -> Vec<&str> {
+    s.stack.iter().map(|f| f.function.as_deref().unwrap_or("?")).collect()
+}
+
+/// The site's first frame is `function`'s: the allocator's and the language's allocation
+/// plumbing are folded out of the reported site.
+fn top_is(s: &Site, function: &str) -> bool {
+    s.stack.first().is_some_and(|f| named(f, function))
 }

@@ -139,3 +139,15 @@ fn the_report_names_the_kernel_and_its_object() {
         assert_eq!(k.degraded.is_empty(), !compat, "{object}: {k:?}");
     }
 }
+
+/// One build of each linker (and a separate debug file) from the build matrix
+/// (`leak_tests::matrix::KERNEL_SUBSET`): exact bytes, whole stacks, `file:line`.
+#[test]
+fn binaries_from_every_linker() {
+    for (object, env) in objects() {
+        for name in leak_tests::matrix::KERNEL_SUBSET {
+            eprintln!("{object}: {name}");
+            leak_tests::truth::assert_matrix_case(name, &env);
+        }
+    }
+}

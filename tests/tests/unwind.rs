@@ -45,7 +45,7 @@ fn tables_walk_a_stack_without_frame_pointers_to_its_start() {
         Some(u64::from_le_bytes(b))
     };
     let (frames, end) = unwind(|a| tables.lookup(a), read, regs, 64);
-    let names: Vec<String> = ProcessSymbolizer::new(target.pid())
+    let names: Vec<String> = ProcessSymbolizer::new(target.pid(), &[])
         .symbolize(&frames)
         .iter()
         .map(|f| f.last().and_then(|f| f.function.as_deref()).unwrap_or("?").to_owned())
@@ -126,7 +126,7 @@ fn a_library_loaded_after_attaching_gets_its_table() {
     let mut target = Fixture::start_command(cmd);
     let leak = Leak::attach(target.pid(), &["--json", json.to_str().unwrap()]);
     target.send("go");
-    target.wait_line("loaded");
+    target.stdout.wait_for("loaded", |l| l.starts_with("loaded "));
     // leak re-reads the maps every second: the new library's table is loaded by then.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let report = target.exit_under(leak, &json);
@@ -134,6 +134,44 @@ fn a_library_loaded_after_attaching_gets_its_table() {
     let want = ["plugin_level3", "plugin_level2", "plugin_entry", "call_plugin", "main"];
     assert_eq!(chain(s)[..want.len()], want, "{:?}", chain(s));
     assert_eq!(s.stack_end, Some(StackEnd::Complete), "{:?}", chain(s));
+}
+
+/// A library closed with its leaks outstanding, and another mapped at its address: each
+/// leak is named after the library that made it (the address cache is dropped where the
+/// mapping changed; stacks seen in a report before keep their names), each stack whole.
+#[test]
+fn a_library_mapped_where_a_closed_one_was_is_named_as_itself() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut cmd = std::process::Command::new(leak_tests::fixture("dlopener"));
+    cmd.arg(leak_tests::fixture("libplugin.so")).arg(leak_tests::fixture("libreuse.so"));
+    let mut target = Fixture::start_command(cmd);
+    let leak = Leak::attach(target.pid(), &["--interval", "1s", "--json", json.to_str().unwrap()]);
+    target.send("go");
+    let first = target.stdout.wait_for("loaded", |l| l.starts_with("loaded "));
+    // leak re-reads the maps every second: the library's table is loaded by then.
+    let settle = std::time::Duration::from_millis(2500);
+    std::thread::sleep(settle);
+    target.send("leak");
+    target.wait_line("closed");
+    // A report (every second) symbolizes the first library's stacks while it is mapped.
+    std::thread::sleep(settle);
+    target.send("open");
+    let second = target.stdout.wait_for("loaded", |l| l.starts_with("loaded "));
+    assert_eq!(first, second, "the second library is not where the first was: nothing tested");
+    std::thread::sleep(settle);
+    let report = target.exit_under(leak, &json);
+    let a = assert_site(&report, "plugin_level3", (1554, 2));
+    let b = assert_site(&report, "reuse_level3", (1110, 2));
+    for (s, module, top) in
+        [(a, "libplugin.so", "plugin_level3"), (b, "libreuse.so", "reuse_level3")]
+    {
+        assert_eq!(s.stack[0].module.as_deref(), Some(module), "{:?}", chain(s));
+        let want = [top, &top.replace('3', "2"), "plugin_entry", "call_plugin", "main"];
+        assert_eq!(chain(s)[..want.len()], want, "{:?}", chain(s));
+        assert_eq!(s.stack_end, Some(StackEnd::Complete), "{:?}", chain(s));
+    }
 }
 
 #[test]

@@ -127,6 +127,7 @@ fn setup() -> Result<()> {
     ensure_c_compiler()?;
     ensure_bpf_linker()?;
     ensure_test_allocators()?;
+    ensure_build_matrix()?;
     ensure_go()?;
     ensure_kubernetes_validate()?;
     ensure_prometheus()?;
@@ -171,6 +172,16 @@ fn ensure_test_allocators() -> Result<()> {
     apt_install(
         &["libjemalloc2", "libjemalloc-dev", "libtcmalloc-minimal4", "libgoogle-perftools-dev"],
         "jemalloc and tcmalloc (the integration tests trace a fixture on each)",
+    )
+}
+
+/// The build matrix's toolchains (tests/src/matrix.rs): clang, the LLD, gold and mold
+/// linkers, binutils to split and compress debug info, and glibc's debug files (libc frames
+/// get `file:line` from them, found by build id).
+fn ensure_build_matrix() -> Result<()> {
+    apt_install(
+        &["clang", "lld", "mold", "binutils", "libc6-dbg"],
+        "the build matrix's compilers, linkers and libc debug files",
     )
 }
 

@@ -16,6 +16,10 @@
 //!
 //! Design as in aya's `xtask integration-test vm` and the OpenTelemetry profiler's
 //! `run-tests.sh` (an initramfs per test binary), written for this project.
+
+#[path = "../../tests/src/matrix.rs"]
+#[allow(dead_code, reason = "xtask reads the kernel subset only")]
+mod matrix;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
@@ -364,6 +368,13 @@ fn initramfs(suite: &Suite, filter: &[String]) -> Result<PathBuf> {
         .flatten()
     {
         let p = e.path();
+        // Of the build matrix, only the cases the kernel suite runs (the rest are tested on
+        // the host; each guest would unpack tens of MB more).
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let case = name.strip_suffix(".debug").unwrap_or(name);
+        if matrix::Case::named(case).is_some() && !matrix::KERNEL_SUBSET.contains(&case) {
+            continue;
+        }
         if p.is_file() {
             files.insert(p.clone(), p.clone());
             elves.push(p);

@@ -2,7 +2,7 @@
 //!
 //! What it holds: the data model of a snapshot (`model`), sums by site (`aggregate`), the
 //! growth history of sites and processes (`history`), the trend fit and verdicts (`trend`),
-//! the growth summary (`growth`), sampling's estimates (`sampling`), the report model
+//! the growth summary (`growth`), the allocation plumbing folded off stacks (`plumbing`), sampling's estimates (`sampling`), the report model
 //! (`report`, the JSON contract) and numbers for people (`units`).
 //!
 //! What it may import: nothing of this crate outside `analysis`, and no aya, tokio,
@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod growth;
 pub mod history;
 pub mod model;
+pub mod plumbing;
 pub mod report;
 pub mod sampling;
 pub mod trend;

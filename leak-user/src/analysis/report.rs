@@ -57,6 +57,24 @@ pub struct Report {
     /// The kernel traced on and what its BPF features allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelView>,
+    /// Where the symbols of each module in the stacks came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleSymbols>,
+}
+
+/// Where a module's symbols came from: why its frames have `file:line` or only names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleSymbols {
+    /// File name, as frames name the module.
+    pub name: String,
+    /// Its path as the process maps it.
+    pub path: String,
+    /// `debug_info` (its own DWARF), `build-id` or `debuglink` (a separate debug file),
+    /// `symtab` or `dynsym` (names only), `none`.
+    pub symbols: String,
+    /// The separate debug file read, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_file: Option<String>,
 }
 
 /// The kernel a trace ran on: which of leak's BPF objects it ran, and what that object does
@@ -480,6 +498,7 @@ pub fn build(
         probe_time: meta.probe_cost.map(|c| ProbeTime::new(&meta.hooks, hits, c)),
         process: growth.process_view(),
         kernel: meta.kernel,
+        modules: Vec::new(),
     }
 }
 

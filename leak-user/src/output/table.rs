@@ -172,6 +172,20 @@ fn cost_lines(s: &mut String, report: &Report) {
             k.degraded.join("; ")
         );
     }
+    let no_lines: Vec<String> = report
+        .modules
+        .iter()
+        .filter(|m| !matches!(m.symbols.as_str(), "debug_info" | "build-id" | "debuglink"))
+        .map(|m| format!("{} ({})", m.name, m.symbols))
+        .collect();
+    if !no_lines.is_empty() {
+        let _ = writeln!(
+            s,
+            "symbols: no file:line in {}: no debug info found (install its debug package, or \
+             point --debug-dir at its debug files)",
+            no_lines.join(", ")
+        );
+    }
     if let Some(p) = &report.probe_time {
         let _ = writeln!(
             s,

@@ -196,6 +196,46 @@ impl ElfImage {
         vaddr_to_offset(&file, file.entry())
     }
 
+    /// Where its symbols and debug info are (see [`DebugLayout`]).
+    #[must_use]
+    pub fn debug_layout(&self) -> DebugLayout {
+        use object::ObjectSection as _;
+        let Ok(file) = self.parse() else { return DebugLayout::default() };
+        // A debug section that takes room in the file (a stripped file's debug-only twin has
+        // them as NOBITS, and some strippers leave empty ones behind).
+        let present = |name: &str| {
+            file.section_by_name(name).is_some_and(|s| {
+                s.kind() != object::SectionKind::UninitializedData
+                    && s.file_range().is_some_and(|(_, size)| size > 0)
+            })
+        };
+        DebugLayout {
+            debug_info: present(".debug_info") && present(".debug_line"),
+            build_id: file.build_id().ok().flatten().map(<[u8]>::to_vec),
+            debuglink: file
+                .gnu_debuglink()
+                .ok()
+                .flatten()
+                .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc)),
+            symtab: file.symbols().next().is_some(),
+            dynsym: file.dynamic_symbols().next().is_some(),
+        }
+    }
+
+    /// The loadable segments (program headers).
+    #[must_use]
+    pub fn segments(&self) -> Vec<crate::trace::unwind::Segment> {
+        crate::trace::unwind::load_segments(self.data.bytes())
+    }
+
+    /// The CRC-32 of the whole file (what `.gnu_debuglink` records of its target).
+    #[must_use]
+    pub fn crc32(&self) -> u32 {
+        let mut crc = flate2::Crc::new();
+        crc.update(self.data.bytes());
+        crc.sum()
+    }
+
     /// Up to `len` bytes at a file offset.
     #[must_use]
     pub fn bytes_at(&self, file_offset: u64, len: usize) -> &[u8] {
@@ -204,6 +244,21 @@ impl ElfImage {
         let end = start.saturating_add(len).min(data.len());
         data.get(start..end).unwrap_or(&[])
     }
+}
+
+/// What an ELF object carries for symbolization.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DebugLayout {
+    /// DWARF line tables and units in the file itself (compressed or not).
+    pub debug_info: bool,
+    /// `NT_GNU_BUILD_ID`.
+    pub build_id: Option<Vec<u8>>,
+    /// `.gnu_debuglink`: the debug file's name and CRC-32.
+    pub debuglink: Option<(String, u32)>,
+    /// A `.symtab`.
+    pub symtab: bool,
+    /// A `.dynsym`.
+    pub dynsym: bool,
 }
 
 fn vaddr_to_offset(file: &object::File<'_>, vaddr: u64) -> Option<u64> {

@@ -4,7 +4,7 @@
 //! command), the BPF loader and the kernel's features (`loader`, the only aya user with
 //! `source`), the allocator's hooks and where their probes sit (`target`, `hooks`,
 //! `placement`, `elf`), unwind tables (`unwind`), reading the maps (`source`),
-//! symbolization (`symbolize`, the only blazesym user), the session loop that samples,
+//! symbolization (`symbolize`, the only blazesym user, and `debuginfo`, where symbols are), the session loop that samples,
 //! reports and ends (`session`), and `leak run`'s process control (`controller`, `runner`,
 //! `tracee`: ptrace).
 //!
@@ -12,6 +12,7 @@
 //! `error`, `procfs`, `runtime`); never `fleet` or `cli`.
 pub mod check;
 pub mod controller;
+pub mod debuginfo;
 pub mod elf;
 pub mod hooks;
 pub mod loader;

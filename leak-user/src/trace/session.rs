@@ -141,6 +141,7 @@ impl Session {
             start_time_ticks: crate::procfs::start_time(pid).unwrap_or(0),
         };
         let period = cfg.sample_period().as_secs_f64();
+        let symbolizer = ProcessSymbolizer::new(pid, &cfg.debug_dirs);
         Self {
             pid,
             cfg,
@@ -148,7 +149,7 @@ impl Session {
             allocator,
             hooks,
             start_unix: runtime::now_unix(),
-            symbolizer: ProcessSymbolizer::new(pid),
+            symbolizer,
             raw_stacks: HashMap::new(),
             ends: HashMap::new(),
             frames: HashMap::new(),
@@ -265,7 +266,17 @@ impl Session {
         };
         let analysis = Analysis::of(&self.history, &Params::default());
         let stacks = report::Stacks { frames: &self.frames, ends: &self.ends };
-        let report = report::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
+        let mut report = report::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
+        let modules: Vec<_> = {
+            let shown: hashbrown::HashSet<&str> = report
+                .sites
+                .iter()
+                .flat_map(|s| s.stack.iter().filter_map(|f| f.module.as_deref()))
+                .collect();
+            let all = self.symbolizer.modules();
+            all.into_iter().filter(|m| shown.contains(m.name.as_str())).collect()
+        };
+        report.modules = modules;
         debug!(
             "pid {}: {} records, {} sites: aggregated in {aggregated:.1?}, symbolized by \
              {resolved:.1?}, report built by {:.1?}",
@@ -324,7 +335,8 @@ impl Session {
         let mut resolved = self.symbolizer.symbolize(&all).into_iter();
         for id in todo {
             let raw = &self.raw_stacks[&id];
-            let frames: Vec<Frame> = resolved.by_ref().take(raw.ips.len()).flatten().collect();
+            let mut frames: Vec<Frame> = resolved.by_ref().take(raw.ips.len()).flatten().collect();
+            crate::analysis::plumbing::fold_top(&mut frames);
             // A walk that says nothing (frame pointers) is complete if it reached a start.
             let outermost = frames
                 .last()

@@ -6,6 +6,11 @@
 //! any mount namespace, even deleted) and kept open; blazesym reads it as `/proc/self/fd/N`.
 //! So the final report of a target that has exited, or of a container whose root went away
 //! with it, is still symbolized.
+//!
+//! Each file's symbols come from where [`debuginfo::locate`] finds them (its own DWARF, a
+//! debug file by build id or debug link, else its symbol tables); addresses are translated
+//! to the object's virtual addresses by [`unwind::mapping_vaddr`], the same translation the
+//! unwinder uses, and looked up there (in the debug file, which has the same addresses).
 use std::{fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
 use blazesym::symbolize::{self, Input, Symbolized};
@@ -13,9 +18,24 @@ use hashbrown::HashMap;
 use log::debug;
 
 use crate::{
-    analysis::model::{Frame, Text},
+    analysis::{
+        model::{Frame, Text},
+        report::ModuleSymbols,
+    },
     procfs::{self, MapEntry, RootPath},
+    trace::{
+        debuginfo::{self, DebugDirs, Symbols},
+        elf::ElfImage,
+        unwind::{self, Segment},
+    },
 };
+
+/// A mapped file, opened while the process lived.
+struct Opened {
+    file: File,
+    segments: Vec<Segment>,
+    symbols: Symbols,
+}
 
 /// Symbolizes return addresses of one process.
 pub trait Symbolizer {
@@ -30,20 +50,28 @@ pub struct ProcessSymbolizer {
     maps: Vec<MapEntry>,
     cache: HashMap<u64, Vec<Frame>>,
     /// Mapped files opened so far, by (inode, path); `None` if unreachable.
-    files: HashMap<(u64, String), Option<File>>,
+    files: HashMap<(u64, String), Option<Opened>>,
+    /// Where symbols are looked for.
+    debug_dirs: DebugDirs,
+    /// Where each module's symbols came from, by module name, for the modules symbolized.
+    modules: std::collections::BTreeMap<String, ModuleSymbols>,
     blaze: symbolize::Symbolizer,
 }
 
 impl ProcessSymbolizer {
-    /// A symbolizer for `pid`; reads its maps now.
+    /// A symbolizer for `pid` that also looks for debug files in `debug_dirs`; reads its
+    /// maps now.
     #[must_use]
-    pub fn new(pid: u32) -> Self {
+    pub fn new(pid: u32, debug_dirs: &[PathBuf]) -> Self {
+        let root = RootPath::of(pid);
         let mut s = Self {
             pid,
-            root: RootPath::of(pid),
+            debug_dirs: DebugDirs::new(debug_dirs, &root),
+            root,
             maps: Vec::new(),
             cache: HashMap::new(),
             files: HashMap::new(),
+            modules: std::collections::BTreeMap::new(),
             blaze: symbolize::Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
@@ -65,12 +93,19 @@ impl ProcessSymbolizer {
         for m in maps.iter().filter(|m| m.is_file()) {
             let _ = self.file_of(m);
         }
-        let kept: Vec<MapEntry> = self
-            .maps
-            .iter()
-            .filter(|old| !maps.iter().any(|m| m.start < old.end && old.start < m.end))
-            .cloned()
-            .collect();
+        let overlaps = |a: &MapEntry, b: &MapEntry| a.start < b.end && b.start < a.end;
+        let (replaced, kept): (Vec<MapEntry>, Vec<MapEntry>) =
+            self.maps.iter().cloned().partition(|old| maps.iter().any(|m| overlaps(m, old)));
+        // A library unloaded and another mapped at its addresses: what was cached there
+        // named the old one.
+        for old in replaced {
+            let same = |m: &MapEntry| {
+                m.start == old.start && m.inode == old.inode && m.offset == old.offset
+            };
+            if !maps.iter().any(same) {
+                self.cache.retain(|a, _| !(old.start < *a && *a <= old.end));
+            }
+        }
         maps.extend(kept);
         maps.sort_by_key(|m| m.start);
         if maps.len() != self.maps.len() {
@@ -79,20 +114,38 @@ impl ProcessSymbolizer {
         self.maps = maps;
     }
 
-    /// `/proc/self/fd/N` of our open copy of mapping `m`'s file.
-    fn file_of(&mut self, m: &MapEntry) -> Option<PathBuf> {
-        let key = (m.inode, m.file_path().unwrap_or_default().to_owned());
-        let (pid, root) = (self.pid, &self.root);
+    /// Our open copy of mapping `m`'s file, and where its symbols are.
+    fn file_of(&mut self, m: &MapEntry) -> Option<&Opened> {
+        let shown = m.file_path().unwrap_or_default().to_owned();
+        let key = (m.inode, shown.clone());
+        let (pid, root, dirs) = (self.pid, &self.root, &self.debug_dirs);
         let file = self.files.entry(key).or_insert_with(|| {
             let path = procfs::locate(pid, root, m)?;
-            File::open(&path).map_err(|e| debug!("opening {}: {e}", path.display())).ok()
+            let file =
+                File::open(&path).map_err(|e| debug!("opening {}: {e}", path.display())).ok()?;
+            let fd_path = fd_path(&file);
+            let image = ElfImage::open(&fd_path).ok()?;
+            // Debug links are looked for beside the file: its directory, through the root.
+            let beside = root.resolve(&shown);
+            let host = std::fs::metadata(&beside)
+                .is_ok_and(|md| std::os::unix::fs::MetadataExt::ino(&md) == m.inode)
+                .then_some(beside.as_path());
+            let symbols = debuginfo::locate(&image, host, &shown, dirs);
+            debug!("{shown}: symbols from {}", symbols.name());
+            Some(Opened { segments: image.segments(), symbols, file })
         });
-        file.as_ref().map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+        file.as_ref()
+    }
+
+    /// Where the symbols of each module symbolized so far came from.
+    #[must_use]
+    pub fn modules(&self) -> Vec<ModuleSymbols> {
+        self.modules.values().cloned().collect()
     }
 
     fn resolve_uncached(&mut self, addrs: &[u64]) -> Vec<Vec<Frame>> {
         // Group addresses by file so each file is symbolized in one call.
-        let mut by_file: HashMap<(PathBuf, String), Vec<(usize, u64)>> = HashMap::new();
+        let mut by_file: HashMap<(PathBuf, bool, String), Vec<(usize, u64)>> = HashMap::new();
         let mut out: Vec<Vec<Frame>> = addrs.iter().map(|&a| vec![Frame::unknown(a)]).collect();
         for (i, &addr) in addrs.iter().enumerate() {
             // Return addresses point after the call; the call itself is one byte earlier.
@@ -104,14 +157,33 @@ impl ProcessSymbolizer {
             };
             let module = path.rsplit('/').next().unwrap_or(path).to_owned();
             out[i][0].module = Some(module.as_str().into());
-            let file_offset = lookup - m.start + m.offset;
-            let Some(host) = self.file_of(&m) else { continue };
-            by_file.entry((host, module)).or_default().push((i, file_offset));
+            let shown = path.to_owned();
+            let Some(opened) = self.file_of(&m) else { continue };
+            let exec = m.perms.contains('x');
+            let Some(vaddr) = unwind::mapping_vaddr(&opened.segments, m.offset, exec) else {
+                continue;
+            };
+            let symbols = opened.symbols.clone();
+            let (elf, dwarf) = match symbols.debug_file() {
+                Some(debug_file) => (debug_file.to_path_buf(), true),
+                None => (fd_path(&opened.file), symbols.has_dwarf()),
+            };
+            self.modules.entry(module.clone()).or_insert_with(|| ModuleSymbols {
+                name: module.clone(),
+                path: shown,
+                symbols: symbols.name().to_owned(),
+                debug_file: symbols.debug_file().map(|p| p.display().to_string()),
+            });
+            let virt = vaddr.wrapping_add(lookup - m.start);
+            by_file.entry((elf, dwarf, module)).or_default().push((i, virt));
         }
-        for ((host_path, module), items) in by_file {
-            let offsets: Vec<u64> = items.iter().map(|&(_, off)| off).collect();
-            let src = symbolize::source::Source::Elf(symbolize::source::Elf::new(&host_path));
-            let results = match self.blaze.symbolize(&src, Input::FileOffset(&offsets)) {
+        for ((elf, dwarf, module), items) in by_file {
+            let virts: Vec<u64> = items.iter().map(|&(_, v)| v).collect();
+            let mut source = symbolize::source::Elf::new(&elf);
+            source.debug_syms = dwarf;
+            let src = symbolize::source::Source::Elf(source);
+            let host_path = &elf;
+            let results = match self.blaze.symbolize(&src, Input::VirtOffset(&virts)) {
                 Ok(r) => r,
                 Err(e) => {
                     debug!("symbolizing {}: {e}", host_path.display());
@@ -126,6 +198,11 @@ impl ProcessSymbolizer {
         }
         out
     }
+}
+
+/// The path through which blazesym reads our open copy of a file.
+fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// One symbol -> frames, innermost (deepest inlined call) first.
@@ -203,7 +280,7 @@ mod tests {
 
     #[test]
     fn symbolizes_our_own_functions() {
-        let mut s = ProcessSymbolizer::new(std::process::id());
+        let mut s = ProcessSymbolizer::new(std::process::id(), &[]);
         let addr = a_named_function() + 1;
         let frames = s.symbolize(&[addr, addr, 0x10]);
         assert_eq!(frames.len(), 3);
