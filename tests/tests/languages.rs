@@ -101,3 +101,43 @@ fn rust_release_build_linked_by_lld() {
     );
     assert_no_drops(&report);
 }
+
+/// `#[global_allocator]` set to jemalloc (tikv-jemallocator: `_rjem_mallocx`, `_rjem_sdallocx`)
+/// or mimalloc (`mi_malloc_aligned`, `mi_free`), linked into the executable: found there,
+/// traced, the same bytes under the same functions, Rust's plumbing folded off the top.
+#[test]
+fn rust_global_allocators_jemalloc_and_mimalloc() {
+    leak_tests::require_root();
+    for (bin, allocator) in [
+        (env!("CARGO_BIN_EXE_rust_jemalloc"), "_rjem_"),
+        (env!("CARGO_BIN_EXE_rust_mimalloc"), "mi_"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let mut target = leak_tests::Fixture::start_command(std::process::Command::new(bin));
+        let leak = leak_tests::Leak::attach(target.pid(), &["--json", json.to_str().unwrap()]);
+        let report = target.exit_under(leak, &json);
+        let hooked: Vec<&str> = report.allocator.probes.iter().map(|p| p.symbol.as_str()).collect();
+        assert!(hooked.iter().any(|h| h.starts_with(allocator)), "{bin}: {hooked:?}");
+        for (function, expected) in [("leak_box", (3000, 3)), ("forget_vec", (4096, 1))] {
+            let top = |s: &&leak_tests::Site| {
+                leak_tests::frame0(s).is_some_and(|f| f.ends_with(&format!("::{function}")))
+            };
+            let total = report
+                .sites
+                .iter()
+                .filter(top)
+                .fold((0, 0), |(b, n), s| (b + s.outstanding_bytes, n + s.outstanding_allocs));
+            assert_eq!(total, expected, "{bin}: {function}: {:#?}", summary(&report));
+        }
+        assert!(
+            !report.sites.iter().any(|s| s
+                .stack
+                .iter()
+                .any(|f| f.function.as_deref().is_some_and(|n| n.ends_with("::no_leak")))),
+            "{bin}: {:#?}",
+            summary(&report)
+        );
+        assert_no_drops(&report);
+    }
+}

@@ -7,13 +7,15 @@
 //! `alloc::alloc::alloc`, `alloc::raw_vec`, `__rust_alloc` and std's `__rdl_alloc` (or the
 //! `#[global_allocator]`'s `__rg_alloc`). With full symbols they are named by path; line
 //! tables alone name inlined functions without one (`alloc`, `allocate`, `new<T>`), and then
-//! the source file tells: rustc's own library under `library/alloc/src/`.
+//! the source file tells: rustc's own library under `library/alloc/src/`. A
+//! `#[global_allocator]` (jemalloc, mimalloc) sits under `__rust_alloc`/`__rg_alloc`: all
+//! above the outermost of those is the allocator's, whatever its frames are named.
 use crate::analysis::model::Frame;
 
 /// Whether `frame` is Rust's allocation plumbing.
 #[must_use]
 pub fn is_plumbing(frame: &Frame) -> bool {
-    let by_name = frame.function.as_deref().is_some_and(|f| {
+    let by_name = frame.function.as_deref().map(unprefixed).is_some_and(|f| {
         const PREFIXES: [&str; 9] = [
             "__rust_alloc",
             "__rust_realloc",
@@ -26,6 +28,8 @@ pub fn is_plumbing(frame: &Frame) -> bool {
             "core::alloc::",
         ];
         PREFIXES.iter().any(|p| f.starts_with(p))
+            || f.contains(" as core::alloc::global::GlobalAlloc>::")
+            || f.contains(" as core::alloc::Allocator>::")
     });
     let by_file = frame.file.as_deref().is_some_and(|f| {
         ["/library/alloc/src/", "/library/std/src/alloc.rs", "/library/core/src/alloc/"]
@@ -35,9 +39,26 @@ pub fn is_plumbing(frame: &Frame) -> bool {
     by_name || by_file
 }
 
-/// Drops the plumbing frames at the top of `frames` (innermost first), keeping at least one.
+/// Whether `frame` is one of the shims through which Rust calls its global allocator.
+fn is_shim(frame: &Frame) -> bool {
+    frame.function.as_deref().map(unprefixed).is_some_and(|f| {
+        ["__rust_alloc", "__rust_realloc", "__rg_", "__rdl_"].iter().any(|p| f.starts_with(p))
+    })
+}
+
+/// The shims' names without the `__rustc::` path rustc gives them since 1.88 (v0 mangling).
+fn unprefixed(f: &str) -> &str {
+    f.strip_prefix("__rustc::").unwrap_or(f)
+}
+
+/// How far from the top a shim is looked for: the allocator's own depth.
+const SHIM_DEPTH: usize = 16;
+
+/// Drops the plumbing frames at the top of `frames` (innermost first), keeping at least one:
+/// everything up to the outermost allocator shim near the top, then the plumbing after it.
 pub fn fold_top(frames: &mut Vec<Frame>) {
-    let plumbing = frames.iter().take_while(|f| is_plumbing(f)).count();
+    let shim = frames.iter().take(SHIM_DEPTH).rposition(is_shim).map_or(0, |i| i + 1);
+    let plumbing = shim + frames[shim..].iter().take_while(|f| is_plumbing(f)).count();
     frames.drain(..plumbing.min(frames.len().saturating_sub(1)));
 }
 
@@ -87,6 +108,22 @@ mod tests {
         ];
         fold_top(&mut frames);
         assert_eq!(names(&frames), ["leak_box", "main"]);
+    }
+
+    #[test]
+    fn a_global_allocators_frames_fold_whatever_their_names() {
+        let mut frames = vec![
+            frame("imalloc_body", Some("/src/jemalloc.c")),
+            frame("_rjem_mallocx", None),
+            frame("alloc", Some("/cargo/tikv-jemallocator/src/lib.rs")),
+            frame("<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc", None),
+            frame("__rustc::__rust_alloc", None),
+            frame("alloc::alloc::alloc", None),
+            frame("server::leak_box", None),
+            frame("main", None),
+        ];
+        fold_top(&mut frames);
+        assert_eq!(names(&frames), ["server::leak_box", "main"]);
     }
 
     #[test]
