@@ -54,6 +54,14 @@ pub struct AgentArgs {
     /// Address to serve /metrics, /healthz and /api/v1/reports on.
     #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
+    /// TLS and basic authentication for the API, in the Prometheus exporters' web
+    /// configuration format (`tls_server_config`, `basic_auth_users` with bcrypt hashes).
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+    /// Also accept `Authorization: Bearer` with the token in this file (in-cluster scrapers).
+    /// With this or --web-config's users, every endpoint but /healthz needs credentials.
+    #[arg(long, value_name = "FILE")]
+    pub bearer_token_file: Option<PathBuf>,
     /// Time between memory samples.
     #[arg(long, default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
     pub sample_interval: Duration,
@@ -333,6 +341,8 @@ impl From<CliCommand> for Command {
                 json: w.json,
                 top: usize::try_from(w.top).unwrap_or(usize::MAX),
                 listen: None,
+                web_config: None,
+                bearer_token_file: None,
                 max_traced: 1,
                 selection: None,
                 max_overhead: None,
@@ -350,6 +360,8 @@ impl From<CliCommand> for Command {
                 json: None,
                 top: 10,
                 listen: Some(a.listen),
+                web_config: a.web_config,
+                bearer_token_file: a.bearer_token_file,
                 max_traced: usize::try_from(a.max_traced).unwrap_or(1),
                 selection: Some(crate::config::Selection {
                     namespaces: a.namespaces,

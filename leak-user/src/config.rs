@@ -177,6 +177,10 @@ pub struct WatchConfig {
     pub top: usize,
     /// Serve metrics and reports over HTTP here (`leak agent`).
     pub listen: Option<std::net::SocketAddr>,
+    /// The API's TLS and users (`--web-config`).
+    pub web_config: Option<PathBuf>,
+    /// The API's bearer token (`--bearer-token-file`).
+    pub bearer_token_file: Option<PathBuf>,
     /// Escalations running at once, at most.
     pub max_traced: usize,
     /// Which pods' processes are watched (`leak agent`; `None`: every one).

@@ -195,12 +195,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     let result = prometheus.query_until(&query, |r| !r.is_empty());
     assert_eq!(result[0]["metric"]["pod_uid"], uid.as_str(), "{result:#?}");
     assert_eq!(result[0]["value"][1], leak.outstanding_bytes.to_string(), "{result:#?}");
-    // Label values are strings.
-    let pid = target.pid().to_string();
-    let verdicts = prometheus.query_until("leak_process_verdict{verdict=\"leak\"} == 1", |r| {
-        r.iter().any(|s| s["metric"]["pid"].as_str() == Some(pid.as_str()))
-    });
-    assert!(verdicts.iter().all(|s| s["metric"]["container_id"] == cid.as_str()), "{verdicts:#?}");
+    assert_leak_verdict(&prometheus, target.pid(), &cid);
     drop(prometheus);
 
     // The container restarts: its process exits and a new one starts in the same pod.
@@ -213,6 +208,21 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert_nothing_left();
 }
 
+/// Prometheus has the process's leak verdict, labelled with its container.
+fn assert_leak_verdict(prometheus: &Prometheus, pid: u32, cid: &str) {
+    // Label values are strings.
+    let pid = pid.to_string();
+    let verdicts = prometheus.query_until("leak_process_verdict{verdict=\"leak\"} == 1", |r| {
+        r.iter().any(|s| s["metric"]["pid"].as_str() == Some(pid.as_str()))
+    });
+    // (Other tests' pods may leak on this host meanwhile: only this process's series count.)
+    let mine = verdicts.iter().filter(|s| s["metric"]["pid"].as_str() == Some(pid.as_str()));
+    assert!(
+        mine.clone().count() > 0 && mine.into_iter().all(|s| s["metric"]["container_id"] == cid),
+        "{verdicts:#?}"
+    );
+}
+
 /// Debian's Prometheus on a free loopback port, scraping `target` every second.
 struct Prometheus {
     child: std::process::Child,
@@ -221,11 +231,17 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(dir: &std::path::Path, target: &str) -> Self {
+        Self::start_with(dir, target, "")
+    }
+
+    /// As [`Prometheus::start`], with `scrape` added to the job's `scrape_config` (indented
+    /// by four spaces: TLS, credentials).
+    fn start_with(dir: &std::path::Path, target: &str, scrape: &str) -> Self {
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leak\n    \
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leak\n{scrape}    \
                  static_configs:\n      - targets: ['{target}']\n"
             ),
         )
@@ -376,4 +392,142 @@ fn restart_is_traced(
     }
     assert_eq!(get(addr, &format!("/api/v1/reports/{id}")).0, 200, "still served");
     target
+}
+
+/// A test CA and a server certificate for 127.0.0.1 it signed, made with openssl: (CA
+/// certificate, server certificate, server key).
+fn test_pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=leak test CA"]);
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(&csr);
+    std::fs::write(
+        p("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
+         keyUsage=critical,digitalSignature\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+    ]);
+    (p("ca.crt"), p("server.crt"), p("server.key"))
+}
+
+/// `curl` of `url` with `args` (credentials, CA): the status, 0 when no HTTP answer came.
+fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// With exporter-toolkit's web config (TLS, a bcrypt user) and a bearer token, the agent
+/// answers only over TLS, only with the right credentials (`/healthz` excepted), and a real
+/// Prometheus scrapes it with the matching `scrape_config`.
+#[test]
+fn agent_api_needs_tls_and_credentials_when_configured() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    // The key by a path relative to the web config, as exporter-toolkit reads them.
+    let (ca, cert, _key) = test_pki(dir.path());
+    let hash = bcrypt::hash("scrape-pass", 10).unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: server.key\n\
+             basic_auth_users:\n  prometheus: {hash}\n",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "in-cluster-t0ken\n").unwrap();
+    let mut agent = Leak::spawn(&[
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--sample-interval",
+        "250ms",
+        "--web-config",
+        web.to_str().unwrap(),
+        "--bearer-token-file",
+        token.to_str().unwrap(),
+        "--out-dir",
+        dir.path().join("reports").to_str().unwrap(),
+    ]);
+    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving https://"));
+    assert!(line.contains("credentials required"), "{line}");
+    let addr = line.split("https://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let url = |path: &str| format!("https://{addr}{path}");
+    let ca_arg = ca.to_str().unwrap();
+    let tls = ["--cacert", ca_arg];
+    // No TLS: no HTTP answer at all.
+    assert_eq!(curl(&format!("http://{addr}/metrics"), &[]).0, 0);
+    // TLS without credentials, with wrong ones: 401.
+    assert_eq!(curl(&url("/metrics"), &tls).0, 401);
+    assert_eq!(curl(&url("/metrics"), &[&tls[..], &["-u", "prometheus:wrong"]].concat()).0, 401);
+    assert_eq!(curl(&url("/metrics"), &[&tls[..], &["-u", "nobody:scrape-pass"]].concat()).0, 401);
+    let bearer = ["-H", "Authorization: Bearer wrong"];
+    assert_eq!(curl(&url("/api/v1/reports"), &[&tls[..], &bearer].concat()).0, 401);
+    // The right ones: 200.
+    let (status, metrics) =
+        curl(&url("/metrics"), &[&tls[..], &["-u", "prometheus:scrape-pass"]].concat());
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("leak_agent_cpu_seconds_total"), "{metrics}");
+    let bearer = ["-H", "Authorization: Bearer in-cluster-t0ken"];
+    assert_eq!(curl(&url("/api/v1/reports"), &[&tls[..], &bearer].concat()).0, 200);
+    // A certificate the client does not trust: refused by the client.
+    assert_eq!(curl(&url("/healthz"), &[]).0, 0);
+    // Liveness probes need none.
+    assert_eq!(curl(&url("/healthz"), &tls).0, 200);
+
+    // Prometheus with the matching scrape_config gets the agent's own metrics.
+    let scrape = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {ca_arg}\n    basic_auth:\n      \
+         username: prometheus\n      password: scrape-pass\n"
+    );
+    let prometheus = Prometheus::start_with(dir.path(), &addr, &scrape);
+    let up = prometheus.query_until("up{job=\"leak\"} == 1", |r| !r.is_empty());
+    assert_eq!(up.len(), 1, "{up:#?}");
+    let cpu = prometheus.query_until("leak_agent_cpu_seconds_total", |r| !r.is_empty());
+    assert_eq!(cpu[0]["metric"]["job"], "leak", "{cpu:#?}");
+    drop(prometheus);
+    let done = agent.terminate();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
 }

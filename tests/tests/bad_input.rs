@@ -103,3 +103,25 @@ fn agent_config_file_missing_or_wrong() {
     run_leak(&["agent", "--config", file.to_str().unwrap()])
         .assert_bad_input("listen: not a value an option takes");
 }
+
+/// The agent's web config: unreadable, not a bcrypt hash, a setting leak does not implement,
+/// a certificate that does not load: one line each, before anything is served.
+#[test]
+fn bad_web_configs() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = |web: &str| {
+        let path = dir.path().join("web.yml");
+        std::fs::write(&path, web).unwrap();
+        let p = path.to_str().unwrap().to_owned();
+        run_leak(&["agent", "--listen", "127.0.0.1:0", "--web-config", &p])
+    };
+    run_leak(&["agent", "--listen", "127.0.0.1:0", "--web-config", "/nonexistent/web.yml"])
+        .assert_bad_input("cannot read --web-config /nonexistent/web.yml");
+    agent("basic_auth_users:\n  alice: secret\n").assert_bad_input("not a bcrypt hash");
+    agent("http_server_config:\n  http2: false\n").assert_bad_input("http_server_config");
+    agent("tls_server_config:\n  cert_file: none.crt\n  key_file: none.key\n")
+        .assert_bad_input("cert_file");
+    run_leak(&["agent", "--listen", "127.0.0.1:0", "--bearer-token-file", "/dev/null"])
+        .assert_bad_input("is empty");
+}

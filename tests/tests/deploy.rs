@@ -29,7 +29,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     let files = manifests();
     let names: Vec<String> =
         files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["daemonset.yaml", "rbac.yaml", "service.yaml"]);
+    assert_eq!(names, ["daemonset.yaml", "networkpolicy.yaml", "rbac.yaml", "service.yaml"]);
     // The oldest version with the fields used (appArmorProfile: 1.30) and the newest known.
     for version in ["1.30", "1.37"] {
         let out = Command::new(&tool)
@@ -40,7 +40,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "Kubernetes {version}: {text}");
-        assert_eq!(text.matches(" passed for resource ").count(), 6, "{text}");
+        assert_eq!(text.matches(" passed for resource ").count(), 7, "{text}");
     }
 }
 

@@ -139,8 +139,9 @@ fn setup() -> Result<()> {
 /// and bpftool, with which it checks that no program of leak's is left after SIGTERM.
 fn ensure_prometheus() -> Result<()> {
     apt_install(
-        &["prometheus", "bpftool"],
-        "Prometheus and bpftool (a test scrapes the agent with one, checks its exit with the other)",
+        &["prometheus", "bpftool", "curl", "openssl"],
+        "Prometheus, bpftool, curl and openssl (tests scrape the agent, over TLS with a test CA, \
+         and check its exit)",
     )
 }
 

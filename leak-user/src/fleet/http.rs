@@ -1,19 +1,34 @@
-//! A minimal read-only HTTP/1.1 server, for the node agent's endpoints (#6): GET and HEAD,
-//! one request per connection (`Connection: close`), the request head bounded in size and
-//! time. Enough for Prometheus scrapes, curl and browsers without a web framework.
+//! The node agent's HTTP server (#6, #15), on hyper: GET and HEAD, HTTP/1.1 with keep-alive,
+//! TLS (tokio-rustls) and credentials when the web configuration asks for them
+//! ([`crate::fleet::web`]). Bounded so that a slow or huge request stalls nobody: at most
+//! [`MAX_CONNECTIONS`] at once, [`HEAD_TIMEOUT`] to send a request head (and to finish a TLS
+//! handshake), [`MAX_HEAD`] bytes of it, [`CONNECTION_TIMEOUT`] for a connection in all.
 //!
-//! Request parsing is pure ([`parse_request`]); [`serve`] is the accept loop.
-use std::{io, sync::Arc, time::Duration};
+//! Routing is pure ([`Handler`]: a [`Request`] in, a [`Response`] out); [`serve`] is the
+//! accept loop.
+use std::{convert::Infallible, io, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, StatusCode, header, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
 };
 
-/// Largest request head accepted: the endpoints take no body, and their paths are short.
-const MAX_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::fleet::web::{Access, WebConfig};
+
+/// Largest request head accepted (hyper's buffer; the smallest it takes): the endpoints
+/// take no body, and their paths are short.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// How long a client may take to send a request head, or to finish a TLS handshake.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may last, keep-alive included.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_mins(1);
+/// Connections served at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// A parsed request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,75 +76,19 @@ impl Response {
     }
 }
 
-/// The reason phrase of `status`.
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Parses a request head (up to and including its blank line). Errors are the status to
-/// answer with.
-///
-/// # Errors
-/// 400 for a malformed request line, 405 for a method other than GET and HEAD.
-pub fn parse_request(head: &[u8]) -> Result<Request, u16> {
-    let text = std::str::from_utf8(head).map_err(|_| 400u16)?;
-    let line = text.split("\r\n").next().ok_or(400u16)?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(400);
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Err(400);
-    }
-    if method != "GET" && method != "HEAD" {
-        return Err(405);
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
-        None => (target, None),
-    };
-    Ok(Request { method: method.to_owned(), path: path.to_owned(), query })
-}
-
-/// The bytes of `response` to `method` (HEAD: the head alone, with the body's length).
-#[must_use]
-pub fn encode(response: &Response, method: &str) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    )
-    .into_bytes();
-    if method != "HEAD" {
-        out.extend_from_slice(&response.body);
-    }
-    out
-}
-
 /// What answers requests.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
-/// Serves `listener` until the task is dropped: each connection in its own task, so a slow
-/// client delays nobody else.
+/// Serves `listener` with `handler` until the task is dropped, over TLS and behind the
+/// credentials that `web` configures: each connection in its own task.
 ///
 /// # Errors
 /// Accepting failed for good (not a single connection's error, which only ends it).
-pub async fn serve(listener: TcpListener, handler: Handler) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, handler: Handler, web: WebConfig) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tls = web.tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return Ok(()) };
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             // Out of descriptors and the like: back off, the listener itself is fine.
@@ -139,118 +98,179 @@ pub async fn serve(listener: TcpListener, handler: Handler) -> io::Result<()> {
             }
             Err(e) => return Err(e),
         };
-        let handler = Arc::clone(&handler);
+        let (handler, access, tls) = (Arc::clone(&handler), Arc::clone(&web.access), tls.clone());
         tokio::spawn(async move {
-            let _ = answer(stream, &handler).await;
+            let _permit = permit;
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream));
+                        if let Ok(Ok(stream)) = handshake.await {
+                            connection(stream, handler, access).await;
+                        }
+                    }
+                    None => connection(stream, handler, access).await,
+                }
+            };
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, served).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, handler: &Handler) -> io::Result<()> {
-    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
-    let (response, method) = match head {
-        Err(_) => (Response::error(408, "request timeout"), "GET".to_owned()),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(None)) => {
-            // Read what the client still sends: closing with unread data resets the
-            // connection, and the client might never see the answer.
-            let mut sink = [0u8; 4096];
-            let drain = async { while stream.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
-            let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
-            (Response::error(431, "request head too large"), "GET".to_owned())
-        }
-        Ok(Ok(Some(head))) => match parse_request(&head) {
-            Ok(request) => (handler(&request), request.method),
-            Err(status) => (Response::error(status, reason(status)), "GET".to_owned()),
-        },
-    };
-    stream.write_all(&encode(&response, &method)).await?;
-    stream.shutdown().await
+/// Serves HTTP/1.1 on one connection.
+async fn connection<S>(io: S, handler: Handler, access: Arc<Access>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let (handler, access) = (Arc::clone(&handler), Arc::clone(&access));
+        async move { Ok::<_, Infallible>(respond(&request, &handler, &access).await) }
+    });
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
-/// Reads up to the blank line ending the head; `None` if it exceeds [`MAX_HEAD`].
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            head.truncate(end + 4);
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(None);
+/// The answer to one request: 405 for a method other than GET and HEAD, 401 without the
+/// credentials required (`/healthz` is open: it tells nothing), else the handler's.
+async fn respond<B>(
+    request: &hyper::Request<B>,
+    handler: &Handler,
+    access: &Arc<Access>,
+) -> hyper::Response<Full<Bytes>> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = to_hyper(Response::error(405, "method not allowed: use GET or HEAD"));
+        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let req = Request {
+        method: method.as_str().to_owned(),
+        path: request.uri().path().to_owned(),
+        query: request.uri().query().map(str::to_owned),
+    };
+    if req.path != "/healthz" && !access.is_open() {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let check = Arc::clone(access);
+        // bcrypt takes tens of milliseconds the first time: off the runtime's thread.
+        let allowed = tokio::task::spawn_blocking(move || check.allows(authorization.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !allowed {
+            let mut r = to_hyper(Response::error(
+                401,
+                "unauthorized: send the credentials the agent's --web-config or --bearer-token-file sets",
+            ));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(access.challenge()),
+            );
+            return r;
         }
     }
+    to_hyper(handler(&req))
+}
+
+/// `response` as hyper's (hyper leaves the body out of a HEAD response, keeping its length).
+fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(response.body)));
+    *r.status_mut() =
+        StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(response.content_type));
+    r
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+
     use super::*;
-
-    #[test]
-    fn request_lines_are_parsed_or_refused_with_a_status() {
-        let r = parse_request(b"GET /api/v1/reports?limit=3 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/api/v1/reports");
-        assert_eq!(r.query.as_deref(), Some("limit=3"));
-        assert_eq!(parse_request(b"HEAD /healthz HTTP/1.0\r\n\r\n").unwrap().method, "HEAD");
-        assert_eq!(parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"), Err(405));
-        assert_eq!(parse_request(b"GET metrics HTTP/1.1\r\n\r\n"), Err(400));
-        assert_eq!(parse_request(b"GET /a /b HTTP/1.1\r\n\r\n"), Err(400));
-        assert_eq!(parse_request(b"GET /\r\n\r\n"), Err(400));
-        assert_eq!(parse_request(b"\xff\xfe\r\n\r\n"), Err(400));
-    }
-
-    #[test]
-    fn head_responses_have_the_length_but_no_body() {
-        let r = Response::ok("text/plain", "hello");
-        let get = String::from_utf8(encode(&r, "GET")).unwrap();
-        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
-        assert!(get.contains("Content-Length: 5\r\n") && get.ends_with("\r\n\r\nhello"), "{get}");
-        let head = String::from_utf8(encode(&r, "HEAD")).unwrap();
-        assert!(head.contains("Content-Length: 5\r\n") && head.ends_with("\r\n\r\n"), "{head}");
-    }
 
     async fn fetch(addr: std::net::SocketAddr, request: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(request).await.unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
-        String::from_utf8(out).unwrap()
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn handler() -> Handler {
+        Arc::new(|r: &Request| match r.path.as_str() {
+            "/healthz" => Response::ok("text/plain", "ok\n"),
+            "/metrics" => Response::ok("text/plain", format!("q={:?}\n", r.query)),
+            _ => Response::not_found(),
+        })
     }
 
     #[test]
-    fn serves_requests_over_tcp() {
+    fn serves_requests_over_tcp_within_bounds() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let handler: Handler = Arc::new(|r: &Request| match r.path.as_str() {
-                "/healthz" => Response::ok("text/plain", "ok\n"),
-                _ => Response::not_found(),
-            });
-            let server = tokio::spawn(serve(listener, handler));
-            let ok = fetch(addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+            let server = tokio::spawn(serve(listener, handler(), WebConfig::default()));
+            let close = "Connection: close\r\n\r\n";
+            let ok = fetch(addr, format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{close}").as_bytes())
+                .await;
             assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.ends_with("\r\n\r\nok\n"), "{ok}");
-            let missing = fetch(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+            let q = fetch(addr, format!("GET /metrics?a=1 HTTP/1.1\r\n{close}").as_bytes()).await;
+            assert!(q.ends_with("q=Some(\"a=1\")\n"), "{q}");
+            let head = fetch(addr, format!("HEAD /healthz HTTP/1.1\r\n{close}").as_bytes()).await;
+            assert!(head.contains("content-length: 3\r\n") && head.ends_with("\r\n\r\n"), "{head}");
+            let missing = fetch(addr, format!("GET /nope HTTP/1.1\r\n{close}").as_bytes()).await;
             assert!(missing.starts_with("HTTP/1.1 404 Not Found"), "{missing}");
-            let post = fetch(addr, b"POST /healthz HTTP/1.1\r\n\r\n").await;
+            let post = fetch(addr, format!("POST /healthz HTTP/1.1\r\n{close}").as_bytes()).await;
             assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed"), "{post}");
-            // A head that never ends: the client sends it and closes its side.
-            let mut s = TcpStream::connect(addr).await.unwrap();
+            let garbage = fetch(addr, b"\xff\xfe nonsense\r\n\r\n").await;
+            assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+            // A head that never ends.
             let mut huge = b"GET /".to_vec();
-            huge.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
-            s.write_all(&huge).await.unwrap();
-            s.shutdown().await.unwrap();
-            let mut out = Vec::new();
-            s.read_to_end(&mut out).await.unwrap();
-            let big = String::from_utf8(out).unwrap();
-            assert!(big.starts_with("HTTP/1.1 431 "), "{big}");
+            huge.extend(std::iter::repeat_n(b'a', MAX_HEAD * 2));
+            let big = fetch(addr, &huge).await;
+            assert!(big.is_empty() || big.starts_with("HTTP/1.1 431 "), "{big}");
+            server.abort();
+        });
+    }
+
+    #[test]
+    fn credentials_are_required_when_configured() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let web = WebConfig {
+                tls: None,
+                access: Arc::new(Access::new(
+                    std::collections::BTreeMap::default(),
+                    Some("t0ken".into()),
+                )),
+            };
+            let server = tokio::spawn(serve(listener, handler(), web));
+            let get =
+                |auth: &str| format!("GET /metrics HTTP/1.1\r\n{auth}Connection: close\r\n\r\n");
+            let none = fetch(addr, get("").as_bytes()).await;
+            assert!(
+                none.starts_with("HTTP/1.1 401") && none.contains("www-authenticate: Bearer"),
+                "{none}"
+            );
+            let wrong = fetch(addr, get("Authorization: Bearer nope\r\n").as_bytes()).await;
+            assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+            let right = fetch(addr, get("Authorization: Bearer t0ken\r\n").as_bytes()).await;
+            assert!(right.starts_with("HTTP/1.1 200"), "{right}");
+            // Liveness probes carry no credentials.
+            let health = fetch(addr, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+            assert!(health.starts_with("HTTP/1.1 200"), "{health}");
             server.abort();
         });
     }

@@ -1,23 +1,25 @@
 //! The in-cluster Kubernetes API, read-only: the pods of this node, for their names,
 //! namespaces and container names (#6). HTTPS with the service account's CA and token, one
-//! request per refresh; when the API is not reachable the agent goes on without names.
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+//! request per refresh, on hyper's HTTP/1.1 client over tokio-rustls; bounded in time and in
+//! the size of the answer (the API is reached over the network and may be slow, hostile or
+//! broken). When the API is not reachable the agent goes on without names.
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use hashbrown::HashMap;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 
 use crate::fleet::kube::{PodMeta, parse_pod_list};
 
 /// Where the service account's credentials are mounted in a pod.
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// Connect and read timeouts: a slow API must not hold up the agent.
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for the whole request, connection included: a slow API must not hold up the agent.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest pod list accepted: one node's pods take tens of KiB (110 pods by default, a
+/// few KiB each); anything near this is not an answer to trust.
+pub const MAX_BODY: usize = 32 << 20;
 
 /// How to reach the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,11 +62,21 @@ impl ApiConfig {
 /// This node's pods by UID.
 ///
 /// # Errors
-/// A one-line reason: credentials unreadable, connection or TLS failure, an HTTP error
-/// status, or a body that is not a pod list.
+/// A one-line reason: credentials unreadable, connection or TLS failure, a timeout, an HTTP
+/// error status, an answer over [`MAX_BODY`], or a body that is not a pod list.
 pub fn fetch_pods(cfg: &ApiConfig) -> Result<HashMap<String, PodMeta>, String> {
-    let token = std::fs::read_to_string(&cfg.token_file)
-        .map_err(|e| format!("reading {}: {e}", cfg.token_file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the API client: {e}"))?;
+    let body = rt
+        .block_on(async { tokio::time::timeout(TIMEOUT, get_pods(cfg)).await })
+        .map_err(|_| format!("{}:{}: no answer within {TIMEOUT:?}", cfg.host, cfg.port))??;
+    parse_pod_list(&body)
+}
+
+/// The TLS client configuration trusting the cluster's CA bundle.
+fn tls_config(cfg: &ApiConfig) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&cfg.ca_file)
         .map_err(|e| format!("reading {}: {e}", cfg.ca_file.display()))?;
@@ -73,94 +85,139 @@ pub fn fetch_pods(cfg: &ApiConfig) -> Result<HashMap<String, PodMeta>, String> {
         roots.add(cert).map_err(|e| format!("{}: {e}", cfg.ca_file.display()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// `GET /api/v1/pods` (this node's): the body of a 200 answer.
+async fn get_pods(cfg: &ApiConfig) -> Result<Bytes, String> {
+    let token = std::fs::read_to_string(&cfg.token_file)
+        .map_err(|e| format!("reading {}: {e}", cfg.token_file.display()))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(cfg)?));
     let name = ServerName::try_from(cfg.host.clone()).map_err(|e| format!("{}: {e}", cfg.host))?;
-    let conn = rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| e.to_string())?;
-    let addr = (cfg.host.as_str(), cfg.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{}:{}: {e}", cfg.host, cfg.port))?
-        .next()
-        .ok_or_else(|| format!("{}: no address", cfg.host))?;
-    let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("{addr}: {e}"))?;
-    tcp.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    tcp.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let at = format!("{}:{}", cfg.host, cfg.port);
+    let tcp = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
+    let stream = tls.connect(name, tcp).await.map_err(|e| format!("{at}: TLS: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
+    tokio::spawn(connection);
     let path = match &cfg.node {
         Some(node) => format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"),
         None => "/api/v1/pods".to_owned(),
     };
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: \
-         application/json\r\nConnection: close\r\n\r\n",
-        cfg.host,
-        token.trim()
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut response = Vec::new();
-    // A server that closes without TLS close_notify still sent the whole body.
-    if let Err(e) = stream.read_to_end(&mut response)
-        && e.kind() != std::io::ErrorKind::UnexpectedEof
-    {
-        return Err(format!("{addr}: {e}"));
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, cfg.host.as_str())
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| format!("{at}: {e}"))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("{at}: reading the answer: {e} (at most {MAX_BODY} bytes)"))?
+        .to_bytes();
+    if status != hyper::StatusCode::OK {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        return Err(format!("the API answered {}: {}", status.as_u16(), text.trim()));
     }
-    let body = http_body(&response)?;
-    parse_pod_list(&body)
-}
-
-/// The body of an HTTP/1.1 response, checked for status 200, de-chunked if need be.
-fn http_body(response: &[u8]) -> Result<Vec<u8>, String> {
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the API's answer has no HTTP head")?;
-    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
-    let body = &response[end + 4..];
-    let status = head.split(' ').nth(1).unwrap_or("");
-    if status != "200" {
-        let text = String::from_utf8_lossy(body);
-        return Err(format!("the API answered {status}: {}", text.trim()));
-    }
-    if !head.contains("transfer-encoding: chunked") {
-        return Ok(body.to_vec());
-    }
-    // Chunks: a hex size line, the data, CRLF; a zero size ends them.
-    let mut out = Vec::with_capacity(body.len());
-    let mut rest = body;
-    loop {
-        let line_end =
-            rest.windows(2).position(|w| w == b"\r\n").ok_or("a chunk without its size line")?;
-        let size_text = String::from_utf8_lossy(&rest[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("a bad chunk size {size_text:?}"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..size).ok_or("a chunk cut short")?;
-        out.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).ok_or("a chunk cut short")?;
-    }
+    Ok(body)
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
+    /// A TLS server on loopback answering every connection with `answer` (after reading the
+    /// request head), with a self-signed certificate made by openssl in `dir`: the config to
+    /// reach it.
+    fn serve(answer: Vec<u8>, dir: &std::path::Path) -> ApiConfig {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = |f: &str| dir.join(f);
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(p("key.pem"))
+            .arg("-out")
+            .arg(p("cert.pem"))
+            .output()
+            .expect("openssl (cargo xtask setup installs it)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        std::fs::write(p("token"), "t").unwrap();
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(p("cert.pem")).unwrap().map(Result::unwrap).collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(p("key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                    let mut head = vec![0u8; 4096];
+                    let _ = tls.read(&mut head).await;
+                    let _ = tls.write_all(&answer).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        });
+        ApiConfig {
+            host: "127.0.0.1".into(),
+            port,
+            token_file: p("token"),
+            ca_file: p("cert.pem"),
+            node: Some("n".into()),
+        }
+    }
+
     #[test]
-    fn bodies_plain_chunked_and_errors() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(http_body(plain).unwrap(), b"{}");
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n";
-        assert_eq!(http_body(chunked).unwrap(), b"{\"a\":1}");
-        let denied = b"HTTP/1.1 403 Forbidden\r\n\r\npods is forbidden";
-        assert_eq!(http_body(denied).unwrap_err(), "the API answered 403: pods is forbidden");
-        assert!(http_body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
-        assert!(http_body(b"garbage").is_err());
+    fn pods_errors_and_hostile_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let pods = br#"{"kind":"PodList","items":[{"metadata":{"uid":"u1","name":"web","namespace":"shop"}}]}"#;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", pods.len());
+        let found = fetch_pods(&serve([head.as_bytes(), pods].concat(), &at("a"))).unwrap();
+        assert_eq!(found["u1"].name, "web");
+        // Chunked, as the API server streams long lists.
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        4\r\n{\"ki\r\n19\r\nnd\":\"PodList\",\"items\":[]}\r\n0\r\n\r\n";
+        assert!(fetch_pods(&serve(chunked.to_vec(), &at("b"))).unwrap().is_empty());
+        let denied = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 17\r\n\r\npods is forbidden";
+        let err = fetch_pods(&serve(denied.to_vec(), &at("c"))).unwrap_err();
+        assert_eq!(err, "the API answered 403: pods is forbidden");
+        let garbage = b"\x00\x01 not http at all\r\n\r\n";
+        assert!(fetch_pods(&serve(garbage.to_vec(), &at("d"))).is_err());
+        // An answer bigger than any node's pods take: refused, not buffered.
+        let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        let huge = [huge.into_bytes(), vec![b' '; MAX_BODY + 1]].concat();
+        let err = fetch_pods(&serve(huge, &at("e"))).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        // Nobody listening.
+        let mut gone = serve(Vec::new(), &at("f"));
+        gone.port =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(fetch_pods(&gone).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //! What it holds: the watcher that samples every selected process's memory and judges it
 //! (`watch`), escalates the leaking ones to a trace (`escalate`), and reports (`report`); pods and containers from cgroup paths and their
 //! memory (`pods`), the Kubernetes API client and selection rules (`kube`, `kubeapi`), and
-//! the agent's HTTP server for metrics and reports (`serve`, on `http`).
+//! the agent's HTTP server for metrics and reports (`serve`, on `http`: hyper, with the
+//! TLS and credentials of `web`).
 //!
 //! What it may import: everything below it (`trace`, `output`, `analysis`) and the shared
 //! files at the top; never `cli`.
@@ -15,3 +16,4 @@ pub mod pods;
 pub mod report;
 pub mod serve;
 pub mod watch;
+pub mod web;

@@ -412,7 +412,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let published = Arc::new(crate::fleet::serve::Published::default());
     let names = if cfg.listen.is_some() { Names::start() } else { Names::default() };
     let server = match cfg.listen {
-        Some(addr) => Some(serve(addr, &published).await?),
+        Some(addr) => Some(serve(addr, &published, cfg).await?),
         None => None,
     };
     // Not ourselves, nor the escalations we run.
@@ -505,18 +505,27 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     Ok(report)
 }
 
-/// Serves `published` over HTTP on `addr` in the background.
+/// Serves `published` over HTTP on `addr` in the background, with the TLS and credentials
+/// `cfg` configures.
 async fn serve(
     addr: std::net::SocketAddr,
     published: &Arc<crate::fleet::serve::Published>,
+    cfg: &WatchConfig,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Error> {
+    let web = crate::fleet::web::WebConfig::load(
+        cfg.web_config.as_deref(),
+        cfg.bearer_token_file.as_deref(),
+    )
+    .map_err(Error::BadInput)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         Error::BadInput(format!("cannot listen on {addr}: {e}: choose another --listen"))
     })?;
     let bound = listener.local_addr().map_err(Error::io("reading the bound address"))?;
-    eprintln!("leak: serving http://{bound}/metrics and /api/v1/reports");
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth = if web.access.is_open() { "" } else { " (credentials required)" };
+    eprintln!("leak: serving {scheme}://{bound}/metrics and /api/v1/reports{auth}");
     let handler = crate::fleet::serve::handler(Arc::clone(published));
-    Ok(tokio::spawn(crate::fleet::http::serve(listener, handler)))
+    Ok(tokio::spawn(crate::fleet::http::serve(listener, handler, web)))
 }
 
 fn build(
