@@ -233,7 +233,11 @@ pub fn parse_statm(text: &str, page: u64) -> Option<ProcessMemory> {
     let mut fields = text.split_whitespace().skip(1).map(|f| f.parse::<u64>().ok());
     let resident = fields.next()??;
     let shared = fields.next()??;
-    Some(ProcessMemory { rss: resident * page, private: resident.saturating_sub(shared) * page })
+    // Saturating: a garbled file must not overflow (a panic in debug builds, a wrap else).
+    Some(ProcessMemory {
+        rss: resident.saturating_mul(page),
+        private: resident.saturating_sub(shared).saturating_mul(page),
+    })
 }
 
 fn page_size() -> u64 {
@@ -334,9 +338,10 @@ pub fn memory(pid: u32) -> Option<ProcessMemory> {
 pub fn parse_smaps_rollup(text: &str) -> Option<ProcessMemory> {
     let kb = |name: &str| -> Option<u64> {
         let line = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
-        line.split_whitespace().next()?.parse::<u64>().ok().map(|v| v * 1024)
+        line.split_whitespace().next()?.parse::<u64>().ok().map(|v| v.saturating_mul(1024))
     };
-    Some(ProcessMemory { rss: kb("Rss")?, private: kb("Private_Clean")? + kb("Private_Dirty")? })
+    let private = kb("Private_Clean")?.saturating_add(kb("Private_Dirty")?);
+    Some(ProcessMemory { rss: kb("Rss")?, private })
 }
 
 /// The memory limit over process `pid`'s cgroup and its ancestors that leaves the least

@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 mod servers;
 mod vm;
 
@@ -60,6 +61,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz every parser of tenant-controlled input (leak-user/tests/fuzz.rs) for a while.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Targets fuzzed at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
     /// rustfmt check and clippy (host crates with -D warnings, and the BPF crate).
     Lint,
     /// Measure tracing cost against the untraced run, the probe floor and the peer tools
@@ -82,6 +92,7 @@ fn main() {
         Task::Demo { seconds } => demo(seconds),
         Task::Test { no_vm, args } => test(&args, !no_vm),
         Task::Vm { kernels, args } => setup().and_then(|()| vm::matrix(&kernels, &args)),
+        Task::Fuzz { minutes, jobs } => fuzz::fuzz(minutes, jobs),
         Task::Lint => lint(),
         Task::Bench { pairs, only } => bench::bench(pairs, &only),
     };
