@@ -284,6 +284,12 @@ impl Leak {
         self.signal(libc::SIGTERM)
     }
 
+    /// Kills it with SIGKILL (no chance to clean up) and reaps it.
+    #[must_use]
+    pub fn kill(self) -> Finished {
+        self.signal(libc::SIGKILL)
+    }
+
     fn signal(self, sig: libc::c_int) -> Finished {
         // SAFETY: plain syscall.
         unsafe { libc::kill(self.child.id().cast_signed(), sig) };
