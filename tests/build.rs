@@ -25,7 +25,7 @@ fn main() {
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
     let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
-    let builds: [(&str, &str, &[&str], &[&str]); 15] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 16] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -45,6 +45,8 @@ fn main() {
         ("runner", "runner", &[], &[]),
         ("cacher", "cacher", &[], &[]),
         ("sampled", "sampled", &[], &[]),
+        // The soak's population (`cargo xtask soak`).
+        ("soaker", "soaker", &["-pthread"], &["-ldl"]),
         (
             "nomalloc",
             "nomalloc",

@@ -83,6 +83,10 @@ pub struct AgentArgs {
     /// Where the reports are kept.
     #[arg(long, default_value = "/var/lib/leak", value_name = "DIR")]
     pub out_dir: PathBuf,
+    /// Finished reports kept (files and metrics); older ones are deleted, so that a node
+    /// where leaking processes come and go for months keeps a bounded disk and /metrics.
+    #[arg(long, default_value_t = crate::config::DEFAULT_KEEP_REPORTS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_reports: u64,
     /// Stop after this long (default: until SIGTERM or SIGINT).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -240,6 +244,10 @@ pub struct TraceArgs {
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
+    /// Capacity of the stack map (distinct call stacks); allocations at a stack beyond it are
+    /// counted as drops (`stack_map_full`).
+    #[arg(long, default_value_t = leak_common::DEFAULT_MAX_STACKS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: u32,
     /// Memory limit to project the growth against, e.g. 512M (default: the cgroup's limit).
     #[arg(long, value_parser = parse_size, value_name = "BYTES")]
     pub limit: Option<u64>,
@@ -299,6 +307,7 @@ impl From<TraceArgs> for TraceConfig {
             },
             lib: a.lib,
             max_allocs: a.max_allocs,
+            max_stacks: a.max_stacks,
             bpf_trace: a.bpf_trace,
             probe_floor: a.probe_floor,
             sample_mean: a.sample,
@@ -344,6 +353,7 @@ impl From<CliCommand> for Command {
                 web_config: None,
                 bearer_token_file: None,
                 max_traced: 1,
+                keep_reports: usize::try_from(crate::config::DEFAULT_KEEP_REPORTS).unwrap_or(1),
                 selection: None,
                 max_overhead: None,
                 cgroup_root: w.cgroup_root,
@@ -363,6 +373,7 @@ impl From<CliCommand> for Command {
                 web_config: a.web_config,
                 bearer_token_file: a.bearer_token_file,
                 max_traced: usize::try_from(a.max_traced).unwrap_or(1),
+                keep_reports: usize::try_from(a.keep_reports).unwrap_or(usize::MAX),
                 selection: Some(crate::config::Selection {
                     namespaces: a.namespaces,
                     pods: a.pods,

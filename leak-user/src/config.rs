@@ -50,6 +50,8 @@ pub struct TraceConfig {
     pub lib: Option<PathBuf>,
     /// Capacity of the outstanding-allocation map.
     pub max_allocs: u32,
+    /// Capacity of the stack map.
+    pub max_stacks: u32,
     /// Per-event BPF logging.
     pub bpf_trace: bool,
     /// Attach programs that return at once (benchmarks: the probes' own cost).
@@ -113,6 +115,9 @@ impl Unwind {
 /// as `LeakSanitizer`).
 pub const LEAK_FOUND_EXIT: u8 = 23;
 
+/// Finished escalation reports the agent keeps by default (`--keep-reports`).
+pub const DEFAULT_KEEP_REPORTS: u64 = 100;
+
 impl TraceConfig {
     /// The growth sampling period: never longer than the report interval.
     #[must_use]
@@ -139,6 +144,7 @@ impl Default for TraceConfig {
             outputs: Outputs::default(),
             lib: None,
             max_allocs: leak_common::DEFAULT_MAX_ALLOCS,
+            max_stacks: leak_common::DEFAULT_MAX_STACKS,
             bpf_trace: false,
             probe_floor: false,
             sample_mean: None,
@@ -183,6 +189,8 @@ pub struct WatchConfig {
     pub bearer_token_file: Option<PathBuf>,
     /// Escalations running at once, at most.
     pub max_traced: usize,
+    /// Finished escalations kept (their files and metrics); older ones are deleted.
+    pub keep_reports: usize,
     /// Which pods' processes are watched (`leak agent`; `None`: every one).
     pub selection: Option<Selection>,
     /// Each trace stops once its probes cost more than this share of a CPU (basis points).

@@ -101,6 +101,7 @@ fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
     LoadOptions {
         filter_tgid: pid,
         max_allocs: trace.max_allocs,
+        max_stacks: trace.max_stacks,
         trace: trace.bpf_trace,
         probe_floor: trace.probe_floor,
         sample_mean: trace.sample_mean.unwrap_or(0),

@@ -93,6 +93,12 @@ impl Lines {
         }
     }
 
+    /// The lines that arrived since the last call, without waiting.
+    #[must_use]
+    pub fn poll(&mut self) -> Vec<String> {
+        self.rx.try_iter().collect()
+    }
+
     /// Everything read so far plus the rest until EOF.
     #[must_use]
     pub fn drain(&mut self) -> Vec<String> {
@@ -165,6 +171,11 @@ impl Fixture {
     pub fn go_and_wait_done(&mut self) {
         self.send("go");
         self.stdout.wait_for("done", |l| l == "done");
+    }
+
+    /// Its exit status, if it has exited (reaped then).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait fixture")
     }
 
     /// Waits for it to exit.
@@ -252,6 +263,18 @@ impl Leak {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", &script]).arg(leak_bin()).args(args).envs(env.iter().copied());
         Self::spawn_command(cmd)
+    }
+
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The lines it wrote to stdout since the last call, without waiting.
+    #[must_use]
+    pub fn poll_stdout(&mut self) -> Vec<String> {
+        self.stdout.poll()
     }
 
     /// `leak attach --pid PID args...`, returned once it says it is attached.
@@ -536,6 +559,35 @@ impl PodCgroup {
     #[must_use]
     pub fn dir(&self) -> PathBuf {
         self.root.join(&self.rel)
+    }
+
+    /// Limits its memory to `bytes` (swap included where the kernel accounts it), in the
+    /// hierarchy that accounts it: past it, the OOM killer takes one of its processes.
+    pub fn limit_memory(&self, bytes: u64) {
+        if let Some(m) = &self.memory {
+            // v1: the limit, then memory+swap (absent without swap accounting).
+            std::fs::write(m.dir().join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+            let _ = std::fs::write(m.dir().join("memory.memsw.limit_in_bytes"), bytes.to_string());
+        } else {
+            std::fs::write(self.dir().join("memory.max"), bytes.to_string()).unwrap();
+            let _ = std::fs::write(self.dir().join("memory.swap.max"), "0");
+        }
+    }
+
+    /// Processes the OOM killer took in it (`oom_kill` of v2's `memory.events`, or of v1's
+    /// `memory.oom_control`).
+    #[must_use]
+    pub fn oom_kills(&self) -> u64 {
+        let file = match &self.memory {
+            Some(m) => m.dir().join("memory.oom_control"),
+            None => self.dir().join("memory.events"),
+        };
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Moves process `pid` into it.

@@ -1,7 +1,7 @@
 //! `leak attach` on live fixture processes: exact bytes and counts per leaking function.
 use leak_tests::{
-    Fixture, Leak, assert_absent, assert_no_drops, assert_site, read_report, require_root, summary,
-    trace_fixture,
+    Fixture, Leak, assert_absent, assert_no_drops, assert_site, frame0, read_report, require_root,
+    summary, trace_fixture,
     truth::{assert_leaker_truth, assert_leaker_truth_via},
 };
 
@@ -156,6 +156,31 @@ fn a_full_allocation_map_is_counted_and_shown() {
     assert!(full >= 28, "alloc_map_full = {full}");
     let text = done.stdout.join("\n");
     assert!(text.contains(&format!("alloc_map_full={full}")), "{text}");
+}
+
+/// A stack map too small for the fixture's call stacks: the stacks that do not fit are
+/// counted (`stack_map_full`) and shown, tracing goes on: every block is still recorded
+/// (under `[no stack]` where its stack did not fit), and the stacks that fit are named.
+#[test]
+fn a_full_stack_map_is_counted_and_shown() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut fixture = Fixture::start("leaker");
+    // Room for 3 stacks: the fixture allocates from more than 20.
+    let leak =
+        Leak::attach(fixture.pid(), &["--max-stacks", "3", "--json", json.to_str().unwrap()]);
+    fixture.go_and_wait_done();
+    let done = leak.interrupt();
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let report = read_report(&json);
+    let full = report.drops["stack_map_full"];
+    assert!(full > 0, "stack_map_full = {full}: {:#?}", summary(&report));
+    let text = done.stdout.join("\n");
+    assert!(text.contains(&format!("stack_map_full={full}")), "{text}");
+    assert_eq!(report.totals.outstanding_allocs, 32, "{:#?}", summary(&report));
+    let named = report.sites.iter().filter(|s| frame0(s).is_some()).count();
+    assert!((1..=3).contains(&named), "{:#?}", summary(&report));
 }
 
 /// A table too small for the fixture: records whose bucket is full go to the spill map,

@@ -70,6 +70,16 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         jobs: usize,
     },
+    /// Run the release `leak agent` and a long `leak attach` over a churning population and
+    /// judge leak's own memory, descriptors and maps (tests/src/bin/soak.rs).
+    Soak {
+        /// Minutes to run (docs/reliability.md's figures are from an hour).
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+        /// Where soak.md and samples.csv go.
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+    },
     /// rustfmt check and clippy (host crates with -D warnings, and the BPF crate).
     Lint,
     /// Measure tracing cost against the untraced run, the probe floor and the peer tools
@@ -93,6 +103,7 @@ fn main() {
         Task::Test { no_vm, args } => test(&args, !no_vm),
         Task::Vm { kernels, args } => setup().and_then(|()| vm::matrix(&kernels, &args)),
         Task::Fuzz { minutes, jobs } => fuzz::fuzz(minutes, jobs),
+        Task::Soak { minutes, out } => soak(minutes, &out),
         Task::Lint => lint(),
         Task::Bench { pairs, only } => bench::bench(pairs, &only),
     };
@@ -358,7 +369,7 @@ fn demo(seconds: u64) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// test, lint
+// test, soak, lint
 
 fn test(extra: &[String], kernels: bool) -> Result<()> {
     setup()?;
@@ -387,6 +398,22 @@ fn test(extra: &[String], kernels: bool) -> Result<()> {
         vm::matrix(&[], &[])?;
     }
     Ok(())
+}
+
+fn soak(minutes: f64, out: &Path) -> Result<()> {
+    setup()?;
+    build_release()?;
+    // The driver and its fixtures are test code: the debug build is enough for them.
+    run(cargo().args(["build", "-p", "leak-tests", "--bin", "soak"]))?;
+    let root = workspace_root();
+    let mut cmd = as_root(&root.join("target/debug/soak"));
+    cmd.env("LEAK_BIN", root.join("target/release/leak"))
+        .arg("--minutes")
+        .arg(minutes.to_string())
+        .arg("--out")
+        .arg(root.join(out))
+        .current_dir(&root);
+    run(&mut cmd)
 }
 
 fn lint() -> Result<()> {

@@ -1,9 +1,11 @@
 //! Escalation: a process the watch judges leaking gets the probes for a while, as a `leak
 //! attach` child process of its own (isolated: the watch keeps sampling meanwhile), at most
-//! so many at once, each process once.
+//! so many at once, each process once. Only the latest finished reports are kept: on a node
+//! where leaking processes come and go for months, the disk, the memory and `/metrics` stay
+//! bounded.
 use std::{
     collections::{HashSet, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -31,7 +33,11 @@ pub struct Escalator {
     running: Vec<(Child, usize)>,
     seen: HashSet<(u32, u64)>,
     done: Vec<Escalation>,
+    keep: usize,
 }
+
+/// Flagged processes remembered before the gone ones are forgotten.
+const SEEN_PRUNE: usize = 4096;
 
 impl Escalator {
     /// The escalations so far (done or running), in the order they started.
@@ -58,11 +64,23 @@ impl Escalator {
             running: Vec::new(),
             seen: HashSet::new(),
             done: Vec::new(),
+            keep: usize::MAX,
         }
+    }
+
+    /// Keeps only the latest `keep` finished reports: older ones are deleted, files and all.
+    #[must_use]
+    pub fn keeping(mut self, keep: usize) -> Self {
+        self.keep = keep.max(1);
+        self
     }
 
     /// Queues the processes judged leaks (each once).
     pub fn flag(&mut self, judged: &[WatchedProcess]) {
+        if self.seen.len() > SEEN_PRUNE {
+            // A process that is gone will not be judged again: forget it.
+            self.seen.retain(|&(pid, start)| procfs::start_time(pid) == Some(start));
+        }
         for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak) {
             if self.seen.insert((p.pid, p.start_time_ticks)) {
                 eprintln!(
@@ -98,6 +116,7 @@ impl Escalator {
             }
         }
         self.running = still;
+        self.forget_old();
         while self.running.len() < self.max {
             let Some((pid, start, comm, pod)) = self.queue.pop_front() else { break };
             // Gone, or a new process under the same pid: nothing to trace.
@@ -109,12 +128,51 @@ impl Escalator {
         Ok(())
     }
 
+    /// Deletes the oldest finished reports beyond `keep`, files and all.
+    fn forget_old(&mut self) {
+        let finished = self.done.iter().filter(|e| e.exit_code.is_some()).count();
+        for _ in self.keep..finished {
+            let Some(k) = self.done.iter().position(|e| e.exit_code.is_some()) else { break };
+            let old = self.done.remove(k);
+            for (_, i) in &mut self.running {
+                if *i > k {
+                    *i -= 1;
+                }
+            }
+            for f in [&old.json, &old.svg, &old.pprof] {
+                match std::fs::remove_file(f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        eprintln!("leak: cannot delete the old report {f}: {e}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A report name no kept report has: `leak-COMM-PID`, with `-2`, `-3`... for a pid the
+    /// kernel gave again to a process of the same name.
+    fn name_for(&self, comm: &str, pid: u32) -> String {
+        let base = format!("leak-{}-{pid}", sanitize(comm));
+        let taken = |name: &str| {
+            self.done.iter().any(|e| Path::new(&e.json).file_stem().is_some_and(|s| s == name))
+        };
+        let mut name = base.clone();
+        for n in 2.. {
+            if !taken(&name) {
+                break;
+            }
+            name = format!("{base}-{n}");
+        }
+        name
+    }
+
     /// Starts `leak attach` on `pid` (named `comm`, in `pod`), its report named after both.
     ///
     /// # Errors
     /// The `leak` executable could not be found or started.
     pub fn start(&mut self, pid: u32, comm: &str, pod: Option<PodRef>) -> Result<(), Error> {
-        let name = format!("leak-{}-{pid}", sanitize(comm));
+        let name = self.name_for(comm, pid);
         let json = self.out_dir.join(format!("{name}.json"));
         let svg = self.out_dir.join(format!("{name}.svg"));
         let pprof = self.out_dir.join(format!("{name}.pb.gz"));
@@ -212,4 +270,59 @@ impl Drop for Escalator {
 
 fn sanitize(comm: &str) -> String {
     comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished (or, with `None`, running) escalation of `pid` whose files are in `dir`.
+    fn escalation(dir: &Path, name: &str, pid: u32, exit_code: Option<i32>) -> Escalation {
+        let file = |ext: &str| {
+            let p = dir.join(format!("{name}.{ext}"));
+            std::fs::write(&p, "x").unwrap();
+            p.display().to_string()
+        };
+        Escalation {
+            pid,
+            comm: "srv".into(),
+            start_unix_s: 0.0,
+            json: file("json"),
+            svg: file("svg"),
+            pprof: file("pb.gz"),
+            pod: None,
+            exit_code,
+        }
+    }
+
+    #[test]
+    fn keeps_only_the_latest_finished_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Escalator::new(Duration::from_secs(1), dir.path().into(), 1, None).keeping(2);
+        for (i, code) in [Some(0), Some(1), None, Some(0), Some(0)].into_iter().enumerate() {
+            let pid = u32::try_from(i).unwrap() + 100;
+            e.done.push(escalation(dir.path(), &format!("leak-srv-{pid}"), pid, code));
+        }
+        // The running one (index 2) is tracked by index: it must follow the removals.
+        let child = Command::new("true").spawn().unwrap();
+        e.running.push((child, 2));
+        e.forget_old();
+        let pids: Vec<u32> = e.done.iter().map(|e| e.pid).collect();
+        assert_eq!(pids, [102, 103, 104], "the running one and the two latest finished");
+        assert_eq!(e.running[0].1, 0);
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 9, "{files:?}");
+        assert!(
+            !files.iter().any(|f| f.starts_with("leak-srv-100.") || f.starts_with("leak-srv-101."))
+        );
+        // A pid given again to a process of the same name gets a report of its own.
+        assert_eq!(e.name_for("srv", 103), "leak-srv-103-2");
+        assert_eq!(e.name_for("srv", 100), "leak-srv-100");
+        e.running[0].0.wait().unwrap();
+        e.running.clear();
+    }
 }

@@ -56,6 +56,14 @@ impl Published {
         self.report.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Forgets the summaries of reports the agent no longer keeps.
+    fn forget_all_but(&self, kept: &[Escalation]) {
+        let mut cache = self.summaries.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() > kept.len() {
+            cache.retain(|json, _| kept.iter().any(|e| &e.json == json));
+        }
+    }
+
     /// The summary of a finished escalation's report, read once.
     fn summary(&self, e: &Escalation) -> Option<Summary> {
         let mut cache = self.summaries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -230,6 +238,7 @@ fn metrics(state: &Published) -> String {
     let [container_memory, container_rate, container_verdict] =
         container_families(report.as_ref().map_or(&[], |r| &r.containers));
     if let Some(report) = report {
+        state.forget_all_but(&report.escalations);
         watched.push(vec![], report.processes_watched as f64);
         let running = report.escalations.iter().filter(|e| e.exit_code.is_none()).count();
         traced.push(vec![], running as f64);

@@ -399,14 +399,20 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
     Ok(0)
 }
 
+/// The escalations `cfg` asks for, if any.
+fn escalator_for(cfg: &WatchConfig) -> Option<Escalator> {
+    cfg.escalate.map(|d| {
+        Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced, cfg.max_overhead)
+            .keeping(cfg.keep_reports)
+    })
+}
+
 async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, Error> {
     let start = Instant::now();
     let start_unix = runtime::now_unix();
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
     let mut list = WatchList::new(cfg.sample_interval.as_secs_f64());
-    let mut escalator = cfg
-        .escalate
-        .map(|d| Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced, cfg.max_overhead));
+    let mut escalator = escalator_for(cfg);
     // `leak agent`: metrics and reports over HTTP, from the state published after each
     // sample (every process, stable ones included).
     let published = Arc::new(crate::fleet::serve::Published::default());
