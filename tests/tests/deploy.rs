@@ -1,6 +1,7 @@
 //! `deploy/`: the manifests validate against the Kubernetes schemas (offline, with the
 //! `kubernetes-validate` package `cargo xtask test` installs), and the daemon set's capability
-//! set is enough: leak, holding exactly those capabilities, traces another user's process.
+//! set is enough: leak, holding exactly those capabilities, traces another user's process;
+//! and the agent, short of any one of them, names it in one line (or works without it).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -90,4 +91,54 @@ fn the_daemonsets_capabilities_are_enough_to_trace_another_users_process() {
     assert!(leak.wait().unwrap().success());
     let report = read_report(&json);
     leak_tests::assert_site(&report, "leak_malloc", (40_960, 10));
+}
+
+/// The agent with the daemon set's capabilities but one: it names the one it lacks in one
+/// line and stops, or (`DAC_READ_SEARCH`) names it in a warning and serves; `BPF` and
+/// `PERFMON` are covered by `SYS_ADMIN`, and `SYS_RESOURCE` is only needed where the kernel
+/// charges BPF maps to `RLIMIT_MEMLOCK` (before 5.11).
+#[test]
+fn the_agent_names_each_capability_it_lacks() {
+    require_root();
+    let caps = daemonset_capabilities();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let old_memlock = (v.next().unwrap(), v.next().unwrap()) < (5, 11);
+    let dir = tempfile::tempdir().unwrap();
+    for missing in &caps {
+        let rest: Vec<String> = caps
+            .iter()
+            .filter(|c| *c != missing)
+            .map(|c| format!("+{}", c.to_lowercase()))
+            .collect();
+        let out = Command::new("setpriv")
+            .arg(format!("--bounding-set=-all,{}", rest.join(",")))
+            .arg("--")
+            .arg(leak_tests::leak_bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--duration", "1s", "--out-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let named: Vec<&str> =
+            stderr.lines().filter(|l| l.contains(&format!("lacks CAP_{missing}"))).collect();
+        match missing.as_str() {
+            "SYS_ADMIN" | "SYS_PTRACE" => {
+                assert!(!out.status.success(), "without {missing}: {stderr}");
+                assert_eq!(named.len(), 1, "without {missing}: {stderr}");
+                assert!(named[0].starts_with("leak: the agent lacks"), "{stderr}");
+            }
+            "SYS_RESOURCE" if old_memlock => {
+                assert!(!out.status.success() && named.len() == 1, "{stderr}");
+            }
+            "DAC_READ_SEARCH" => {
+                assert!(out.status.success(), "without {missing}: {stderr}");
+                assert_eq!(named.len(), 1, "without {missing}: {stderr}");
+            }
+            _ => {
+                assert!(out.status.success(), "without {missing}: {stderr}");
+                assert!(named.is_empty() && stderr.contains("serving http://"), "{stderr}");
+            }
+        }
+    }
 }

@@ -16,10 +16,13 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fuzz;
+mod image;
 mod servers;
 mod vm;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The image `cargo xtask image` builds.
+const IMAGE: &str = "localhost/leak:dev";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const APT_PACKAGES: [&str; 3] = ["llvm-22-dev", "libzstd-dev", "zlib1g-dev"];
 
@@ -34,8 +37,15 @@ struct Cli {
 enum Task {
     /// Install what the build needs (idempotent).
     Setup,
-    /// Set up and build the release binary (target/release/leak).
+    /// Install what the build needs and build the release binary (target/release/leak).
     Build,
+    /// Build the container image from deploy/Dockerfile with podman, on local base images
+    /// made with debootstrap (no registry needed); says its size.
+    Image {
+        /// The image's name.
+        #[arg(long, default_value = IMAGE)]
+        tag: String,
+    },
     /// Set up, build, trace the bundled demo for 10 s; writes leaks.svg and leaks.json.
     Demo {
         /// Seconds to trace.
@@ -98,7 +108,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup(),
-        Task::Build => setup().and_then(|()| build_release()),
+        Task::Build => setup_build().and_then(|()| build_release()),
+        Task::Image { tag } => image::build(&tag),
         Task::Demo { seconds } => demo(seconds),
         Task::Test { no_vm, args } => test(&args, !no_vm),
         Task::Vm { kernels, args } => setup().and_then(|()| vm::matrix(&kernels, &args)),
@@ -144,15 +155,21 @@ fn cargo() -> Command {
 // ---------------------------------------------------------------------------------------------
 // setup
 
-fn setup() -> Result<()> {
+/// What building `leak` needs, and no more (the image's builder runs this).
+fn setup_build() -> Result<()> {
     ensure_nightly_component("rust-src")?;
     ensure_c_compiler()?;
-    ensure_bpf_linker()?;
+    ensure_bpf_linker()
+}
+
+fn setup() -> Result<()> {
+    setup_build()?;
     ensure_test_allocators()?;
     ensure_build_matrix()?;
     ensure_go()?;
     ensure_kubernetes_validate()?;
     ensure_prometheus()?;
+    image::ensure_tools()?;
     vm::ensure_tools()?;
     Ok(())
 }
@@ -257,12 +274,14 @@ fn ensure_c_compiler() -> Result<()> {
 }
 
 fn ensure_bpf_linker() -> Result<()> {
+    // LLVM first: a bpf-linker already built (a toolchain mounted into a container) runs
+    // once its libLLVM is there.
+    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        apt_install(&APT_PACKAGES, "LLVM 22, which bpf-linker links against")?;
+    }
     let version = output(Command::new("bpf-linker").arg("--version"));
     if version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
         return Ok(());
-    }
-    if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
-        apt_install(&APT_PACKAGES, "LLVM 22, which bpf-linker links against")?;
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     // bpf-linker's build script reads LLVM_PREFIX; without it, it finds /usr/bin/llvm-config
@@ -382,6 +401,12 @@ fn test(extra: &[String], kernels: bool) -> Result<()> {
         "--exclude",
         "leak-ebpf",
     ]))?;
+    eprintln!("test: the container image (tests/tests/container.rs runs it)");
+    if is_root() {
+        image::build(IMAGE)?;
+    } else {
+        run(as_root(&env::current_exe()?).arg("image"))?;
+    }
     eprintln!("test: root integration tests");
     // The integration tests run the `leak` binary: build it in the same profile first.
     run(cargo().args(["build", "-p", "leak-user", "--bin", "leak"]))?;

@@ -399,6 +399,39 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
     Ok(0)
 }
 
+/// The agent's start-up check, printed to its log (the container's): its capabilities (one
+/// line naming any that it lacks), then `leak check`'s findings; fails if it cannot trace.
+fn agent_start_check() -> Result<(), Error> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let (features, _) = crate::trace::loader::kernel();
+    let degraded =
+        crate::trace::preflight::agent_capabilities(&status, charges_memlock(&features.release))
+            .map_err(Error::BadInput)?;
+    for line in degraded {
+        eprintln!("leak: warning: {line}");
+    }
+    let outcome = crate::trace::check::check(false);
+    eprint!("{}", outcome.text);
+    if !outcome.ok {
+        return Err(Error::BadInput(
+            "this node cannot trace (see `leak check` above): the agent stops".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether kernel `release` charges BPF maps to `RLIMIT_MEMLOCK` (before 5.11, when the
+/// memory cgroup took over) and the limit is not lifted yet.
+fn charges_memlock(release: &str) -> bool {
+    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass.
+    let unlimited = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) } == 0
+        && lim.rlim_cur == libc::RLIM_INFINITY;
+    version < (5, 11) && !unlimited
+}
+
 /// The escalations `cfg` asks for, if any.
 fn escalator_for(cfg: &WatchConfig) -> Option<Escalator> {
     cfg.escalate.map(|d| {
@@ -527,6 +560,10 @@ async fn serve(
         Error::BadInput(format!("cannot listen on {addr}: {e}: choose another --listen"))
     })?;
     let bound = listener.local_addr().map_err(Error::io("reading the bound address"))?;
+    // Once the input is known good (a bad one gets its one line alone).
+    if cfg.escalate.is_some() {
+        agent_start_check()?;
+    }
     let scheme = if web.tls.is_some() { "https" } else { "http" };
     let auth = if web.access.is_open() { "" } else { " (credentials required)" };
     eprintln!("leak: serving {scheme}://{bound}/metrics and /api/v1/reports{auth}");

@@ -6,8 +6,14 @@ use std::{
 
 use crate::{config::Outputs, error::Error, output};
 
+/// `CAP_DAC_READ_SEARCH`
+const CAP_DAC_READ_SEARCH: u32 = 2;
+/// `CAP_SYS_PTRACE`
+const CAP_SYS_PTRACE: u32 = 19;
 /// `CAP_SYS_ADMIN`
 const CAP_SYS_ADMIN: u32 = 21;
+/// `CAP_SYS_RESOURCE`
+const CAP_SYS_RESOURCE: u32 = 24;
 /// `CAP_PERFMON`
 const CAP_PERFMON: u32 = 38;
 /// `CAP_BPF`
@@ -17,19 +23,61 @@ const CAP_BPF: u32 = 39;
 /// without uprobes or BTF).
 pub const SYSFS_ROOT_ENV: &str = "LEAK_SYSFS_ROOT";
 
+/// The effective capabilities of a `/proc/PID/status` text (its `CapEff` line).
+fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
 /// Whether the `CapEff` line of a `/proc/PID/status` text grants loading tracing programs:
 /// `CAP_BPF` with `CAP_PERFMON`, or `CAP_SYS_ADMIN`.
 #[must_use]
 pub fn caps_allow_tracing(status: &str) -> bool {
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    else {
-        return false;
-    };
+    let Some(eff) = effective_caps(status) else { return false };
     let has = |cap: u32| eff & (1 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// What the node agent's capabilities let it do, judged from a `/proc/PID/status` text: the
+/// one line naming the first capability it cannot work without, or the lines naming those
+/// whose absence only degrades it. `old_memlock`: the kernel charges BPF maps to
+/// `RLIMIT_MEMLOCK` (before 5.11) and the limit is not unlimited yet.
+///
+/// # Errors
+/// The line naming the missing capability, what it is for, and where to add it.
+pub fn agent_capabilities(status: &str, old_memlock: bool) -> Result<Vec<String>, String> {
+    let eff = effective_caps(status).unwrap_or(0);
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    let add = "add it to the container's securityContext.capabilities (deploy/daemonset.yaml)";
+    // CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON (the kernel's bpf_capable() and
+    // perfmon_capable() accept either); it is needed anyway.
+    let required = [
+        (
+            has(CAP_SYS_ADMIN),
+            "SYS_ADMIN",
+            "to open uprobe perf events (6.18 refuses them with CAP_PERFMON alone), enter the \
+             host's cgroup namespace and read /proc/PID/map_files",
+        ),
+        (has(CAP_SYS_PTRACE), "SYS_PTRACE", "to read other users' /proc/PID/maps and memory"),
+        (
+            has(CAP_SYS_RESOURCE) || !old_memlock,
+            "SYS_RESOURCE",
+            "to lift RLIMIT_MEMLOCK, which this kernel (before 5.11) charges BPF maps to",
+        ),
+    ];
+    if let Some((_, name, why)) = required.iter().find(|r| !r.0) {
+        return Err(format!("the agent lacks CAP_{name}, which it needs {why}: {add}"));
+    }
+    let mut degraded = Vec::new();
+    if !has(CAP_DAC_READ_SEARCH) {
+        degraded.push(format!(
+            "the agent lacks CAP_DAC_READ_SEARCH: files of other users that root may not read \
+             (in 0700 directories) cannot be symbolized; {add}"
+        ));
+    }
+    Ok(degraded)
 }
 
 /// Fails unless this process may load and attach tracing programs.
@@ -104,6 +152,26 @@ mod tests {
         assert!(!caps_allow_tracing(&status("0000008000000000")), "CAP_BPF alone");
         assert!(!caps_allow_tracing(&status("0000000000000000")), "nobody");
         assert!(!caps_allow_tracing("garbage"));
+    }
+
+    #[test]
+    fn agent_capability_sets() {
+        let status = |eff: u64| format!("Name:\tx\nCapEff:\t{eff:016x}\n");
+        let manifest = [2, 19, 21, 24, 38, 39].iter().fold(0u64, |m, b| m | 1 << b);
+        assert_eq!(agent_capabilities(&status(manifest), true), Ok(vec![]));
+        for (bit, name) in [(21, "SYS_ADMIN"), (19, "SYS_PTRACE"), (24, "SYS_RESOURCE")] {
+            let err = agent_capabilities(&status(manifest & !(1 << bit)), true).unwrap_err();
+            assert!(err.starts_with(&format!("the agent lacks CAP_{name}, ")), "{err}");
+            assert!(err.contains("deploy/daemonset.yaml") && !err.contains('\n'), "{err}");
+        }
+        // Memory accounted by the memory cgroup (5.11 on): no RLIMIT_MEMLOCK to lift.
+        assert_eq!(agent_capabilities(&status(manifest & !(1 << 24)), false), Ok(vec![]));
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
+        let no_bpf = manifest & !(1 << 38) & !(1 << 39);
+        assert_eq!(agent_capabilities(&status(no_bpf), true), Ok(vec![]));
+        let degraded = agent_capabilities(&status(manifest & !(1 << 2)), true).unwrap();
+        assert!(degraded[0].starts_with("the agent lacks CAP_DAC_READ_SEARCH: "), "{degraded:?}");
+        assert!(agent_capabilities("garbage", false).is_err());
     }
 
     #[test]

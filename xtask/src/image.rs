@@ -1,0 +1,146 @@
+//! `cargo xtask image` (#16): `deploy/Dockerfile`, the file users build, built here with
+//! podman on a machine that reaches Debian's archive but no container registry. The
+//! Dockerfile's two base images are build arguments; here they are local stand-ins:
+//! - the runtime base: a Debian bookworm root file system made with `debootstrap`, with the
+//!   same APT sources as Docker Hub's `debian:bookworm` (security updates included);
+//! - the builder: that same system with the environment of Docker Hub's `rust:1-bookworm`
+//!   (`RUSTUP_HOME`, `CARGO_HOME`, `PATH`), and this machine's own Rust toolchain and cargo
+//!   home mounted there during the build (rustup cannot download one here).
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{apt_install, is_root, output, run, workspace_root};
+
+/// The runtime base image's stand-in.
+pub const BASE: &str = "localhost/debian:bookworm";
+/// The builder image's stand-in.
+pub const BUILDER: &str = "localhost/leak-builder:bookworm";
+/// APT sources of Docker Hub's `debian:bookworm` (debootstrap writes only the first).
+const SOURCES: &str = "deb http://deb.debian.org/debian bookworm main\n\
+                       deb http://deb.debian.org/debian bookworm-updates main\n\
+                       deb http://deb.debian.org/debian-security bookworm-security main\n";
+/// `rust:1-bookworm`'s environment.
+const RUST_ENV: &str = "ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo \
+                        PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:\
+                        /usr/bin:/sbin:/bin\n";
+
+/// `podman` as this kind of machine runs it: crun refuses a host that mounts cgroup v1
+/// controllers next to v2, runc does not.
+pub fn podman() -> Command {
+    let mut c = Command::new("podman");
+    c.args(["--runtime", "runc"]);
+    c
+}
+
+/// Options `podman run` and `podman build` need here: without them runc fails to raise
+/// `RLIMIT_NOFILE` and `RLIMIT_NPROC` past this machine's hard limits (`setrlimit ...:
+/// Operation not permitted`).
+pub const LIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"];
+
+/// podman, runc and debootstrap (Debian's packages).
+pub fn ensure_tools() -> Result<()> {
+    apt_install(
+        &["podman", "runc", "debootstrap"],
+        "podman, runc and debootstrap (the image is built and run with them)",
+    )
+}
+
+/// Builds `tag` from `deploy/Dockerfile` and says its size.
+pub fn build(tag: &str) -> Result<()> {
+    if !is_root() {
+        bail!("building the image needs root (debootstrap, rootful podman): run it with sudo");
+    }
+    ensure_tools()?;
+    ensure_base()?;
+    ensure_builder()?;
+    let home = PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let rustup = env::var_os("RUSTUP_HOME").map_or_else(|| home.join(".rustup"), PathBuf::from);
+    let cargo_home = env::var_os("CARGO_HOME").map_or_else(|| home.join(".cargo"), PathBuf::from);
+    let root = workspace_root();
+    eprintln!("image: building {tag} from deploy/Dockerfile (a release build: minutes)");
+    run(podman()
+        .arg("build")
+        .args(LIMITS)
+        .args(["--network", "host", "--build-arg", &format!("BUILDER={BUILDER}")])
+        .args(["--build-arg", &format!("BASE={BASE}")])
+        .arg("--volume")
+        .arg(format!("{}:/usr/local/rustup:ro", rustup.display()))
+        .arg("--volume")
+        .arg(format!("{}:/usr/local/cargo", cargo_home.display()))
+        .args(["-f", "deploy/Dockerfile", "-t", tag, "."])
+        .current_dir(&root))?;
+    let size = output(podman().args(["image", "inspect", "--format", "{{.Size}}", tag]))
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .context("podman image inspect")?;
+    #[expect(clippy::cast_precision_loss, reason = "a size in MB")]
+    let mb = size as f64 / 1e6;
+    eprintln!("image: {tag} is {mb:.1} MB");
+    Ok(())
+}
+
+fn image_exists(name: &str) -> bool {
+    podman().args(["image", "exists", name]).status().is_ok_and(|s| s.success())
+}
+
+/// The runtime base: `debootstrap --variant=minbase bookworm`, imported.
+fn ensure_base() -> Result<()> {
+    if image_exists(BASE) {
+        return Ok(());
+    }
+    let rootfs = workspace_root().join("target/image/rootfs");
+    if rootfs.exists() {
+        fs::remove_dir_all(&rootfs).context("removing an old root file system")?;
+    }
+    fs::create_dir_all(&rootfs)?;
+    eprintln!("image: debootstrap bookworm into {} (half a minute)", rootfs.display());
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", "bookworm"])
+        .arg(&rootfs)
+        .arg("http://deb.debian.org/debian"))?;
+    fs::write(rootfs.join("etc/apt/sources.list"), SOURCES)?;
+    clear(&rootfs.join("var/cache/apt/archives"))?;
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting tar")?;
+    let imported = podman()
+        .args(["import", "-", BASE])
+        .stdin(tar.stdout.context("tar's stdout")?)
+        .status()
+        .context("podman import")?;
+    if !imported.success() {
+        bail!("podman import of {} failed", rootfs.display());
+    }
+    fs::remove_dir_all(&rootfs)?;
+    Ok(())
+}
+
+/// The builder: the base with `rust:1-bookworm`'s environment.
+fn ensure_builder() -> Result<()> {
+    if image_exists(BUILDER) {
+        return Ok(());
+    }
+    let dir = workspace_root().join("target/image/builder");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("Containerfile"), format!("FROM {BASE}\n{RUST_ENV}"))?;
+    run(podman().arg("build").args(LIMITS).args(["-t", BUILDER]).arg(&dir))
+}
+
+/// Removes the `.deb` files in `dir`.
+fn clear(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            fs::remove_file(p)?;
+        }
+    }
+    Ok(())
+}
