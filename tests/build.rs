@@ -112,6 +112,16 @@ fn main() {
             .expect("run cc");
         assert!(status.success(), "cc failed for fixture {name}");
     }
+    // The demo's program (`cargo xtask demo`), as the demo builds it: tests/html.rs.
+    let demo = src.join("../../xtask/programs/demo.c");
+    println!("cargo:rerun-if-changed={}", demo.display());
+    let status = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(out.join("demo"))
+        .arg(&demo)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc failed for the demo");
     cxx_fixtures(&src, &out);
     rust_fixtures(&src, &out);
     build_matrix(&src, &out);

@@ -220,6 +220,10 @@ pub struct TraceArgs {
     /// `go tool pprof`, Pyroscope, Parca or Grafana.
     #[arg(long, value_name = "FILE")]
     pub pprof: Option<PathBuf>,
+    /// Write the HTML report to this file: one self-contained page with the memory charts,
+    /// a chart per top site and both flame graphs, to open offline or attach to a ticket.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Object that defines malloc (default: found from the process's memory map).
     #[arg(long, value_name = "PATH")]
     pub lib: Option<PathBuf>,
@@ -304,6 +308,7 @@ impl From<TraceArgs> for TraceConfig {
                 folded: a.folded,
                 svg_diff: a.svg_diff,
                 pprof: a.pprof,
+                html: a.html,
             },
             lib: a.lib,
             max_allocs: a.max_allocs,

@@ -14,20 +14,31 @@ pub struct Outputs {
     pub svg_diff: Option<PathBuf>,
     /// Gzipped pprof profile.
     pub pprof: Option<PathBuf>,
+    /// The HTML report.
+    pub html: Option<PathBuf>,
 }
 
 impl Outputs {
     /// Every configured path.
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.svg, &self.json, &self.folded, &self.svg_diff, &self.pprof].into_iter().flatten()
+        [&self.svg, &self.json, &self.folded, &self.svg_diff, &self.pprof, &self.html]
+            .into_iter()
+            .flatten()
     }
 
     /// Every configured path, to rename (one list with [`Self::paths`], so a new output
     /// cannot be forgotten in either).
     pub fn paths_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
-        [&mut self.svg, &mut self.json, &mut self.folded, &mut self.svg_diff, &mut self.pprof]
-            .into_iter()
-            .flatten()
+        [
+            &mut self.svg,
+            &mut self.json,
+            &mut self.folded,
+            &mut self.svg_diff,
+            &mut self.pprof,
+            &mut self.html,
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

@@ -155,6 +155,10 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert!(leak.outstanding_allocs > 0);
     assert_eq!(leak.outstanding_bytes, leak.outstanding_allocs * 1024);
     let svg = get_text(&addr, &format!("/api/v1/reports/{id}/flamegraph.svg"));
+    // The page to look at, self-contained: the site's chart, its stack, the flame graphs.
+    let html = get_text(&addr, &format!("/api/v1/reports/{id}/report.html"));
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("leak_fn"), "{html}");
+    assert!(html.contains("class=\"chart site-chart\"><svg") && html.contains("<iframe"));
     assert!(svg.contains("leak_fn"));
     let (status, profile) = get(&addr, &format!("/api/v1/reports/{id}/profile.pb.gz"));
     assert_eq!(status, 200);

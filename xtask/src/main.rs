@@ -46,7 +46,8 @@ enum Task {
         #[arg(long, default_value = IMAGE)]
         tag: String,
     },
-    /// Set up, build, trace the bundled demo for 10 s; writes leaks.svg and leaks.json.
+    /// Set up, build, trace the bundled demo for 10 s; writes leaks.html, leaks.svg and
+    /// leaks.json.
     Demo {
         /// Seconds to trace.
         #[arg(long, default_value_t = 10)]
@@ -170,6 +171,7 @@ fn setup() -> Result<()> {
     ensure_kubernetes_validate()?;
     ensure_prometheus()?;
     image::ensure_tools()?;
+    apt_install(&["chromium"], "Chromium (tests/tests/html.rs loads the HTML report in it)")?;
     vm::ensure_tools()?;
     Ok(())
 }
@@ -374,14 +376,16 @@ fn demo(seconds: u64) -> Result<()> {
     let mut cmd = as_root(&leak);
     cmd.args(["attach", "--pid", &pid, "--duration", &duration, "--interval", "2s", "--top", "3"])
         .args(["--svg", "leaks.svg", "--svg-diff", "leaks-diff.svg", "--json", "leaks.json"])
-        .args(["--folded", "leaks.folded", "--limit", "256M"])
+        .args(["--folded", "leaks.folded", "--html", "leaks.html", "--limit", "256M"])
         .current_dir(&root);
     let result = run(&mut cmd);
     let _ = demo.kill();
     let _ = demo.wait();
     result?;
     eprintln!(
-        "\ndemo: the leak is parse_request's malloc(512); open {} in a browser",
+        "\ndemo: the leak is parse_request's malloc(512); open {} in a browser (the charts \
+         and both flame graphs), or {} (the flame graph alone)",
+        root.join("leaks.html").display(),
         root.join("leaks.svg").display()
     );
     Ok(())

@@ -139,7 +139,7 @@ impl Escalator {
                     *i -= 1;
                 }
             }
-            for f in [&old.json, &old.svg, &old.pprof] {
+            for f in [&old.json, &old.svg, &old.pprof, &html_of(&old.json)] {
                 match std::fs::remove_file(f) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         eprintln!("leak: cannot delete the old report {f}: {e}");
@@ -190,6 +190,8 @@ impl Escalator {
             .arg(&svg)
             .arg("--pprof")
             .arg(&pprof)
+            .arg("--html")
+            .arg(html_of(&json.display().to_string()))
             .args(self.max_overhead.map(|bp| format!("--max-overhead={}%", f64::from(bp) / 100.0)))
             .stdin(Stdio::null())
             .spawn()
@@ -268,6 +270,12 @@ impl Drop for Escalator {
     }
 }
 
+/// The HTML report next to a JSON report (`leak-COMM-PID.html`).
+#[must_use]
+pub fn html_of(json: &str) -> String {
+    Path::new(json).with_extension("html").display().to_string()
+}
+
 fn sanitize(comm: &str) -> String {
     comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
@@ -316,6 +324,7 @@ mod tests {
             .collect();
         files.sort();
         assert_eq!(files.len(), 9, "{files:?}");
+        assert_eq!(html_of("/r/leak-srv-1.json"), "/r/leak-srv-1.html");
         assert!(
             !files.iter().any(|f| f.starts_with("leak-srv-100.") || f.starts_with("leak-srv-101."))
         );

@@ -6,8 +6,8 @@
 //!   cgroup; each traced process's top sites
 //!   (outstanding bytes and allocations), drops and probe hits; the agent's own CPU time;
 //! - `/api/v1/reports`: the traced processes, running and done;
-//!   `/api/v1/reports/{id}`: a report (JSON), with `/flamegraph.svg` and `/profile.pb.gz`
-//!   (pprof: what Pyroscope, Parca and Grafana ingest).
+//!   `/api/v1/reports/{id}`: a report (JSON), with `/report.html` (the page to look at),
+//!   `/flamegraph.svg` and `/profile.pb.gz` (pprof: what Pyroscope, Parca and Grafana ingest).
 //!
 //! The watch loop publishes its latest state ([`Published::publish`]); requests read it.
 use std::{
@@ -116,8 +116,10 @@ fn route(state: &Published, request: &Request) -> Response {
             let Some(e) = report.escalations.iter().rev().find(|e| id_of(e) == *id) else {
                 return Response::not_found();
             };
+            let html = crate::fleet::escalate::html_of(&e.json);
             let (path, content_type) = match rest {
                 [] => (&e.json, "application/json"),
+                ["report.html"] => (&html, "text/html; charset=utf-8"),
                 ["flamegraph.svg"] => (&e.svg, "image/svg+xml"),
                 ["profile.pb.gz"] => (&e.pprof, "application/octet-stream"),
                 _ => return Response::not_found(),

@@ -6,8 +6,10 @@
 //! text format (`prometheus`).
 //!
 //! What it may import: `analysis` only (the report model it renders).
+pub mod charts;
 pub mod flamegraph;
 pub mod folded;
+pub mod html;
 pub mod json;
 pub mod pprof;
 pub mod prometheus;

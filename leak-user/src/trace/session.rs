@@ -509,14 +509,34 @@ impl Session {
                 .map_err(Error::io(format!("writing {}", p.display())))?;
             eprintln!("wrote {}", p.display());
         }
-        if let Some(p) = &outputs.svg {
-            let svg = self.growth_svg(report, &folded)?;
-            output::write_atomic(p, &svg).map_err(Error::io(format!("writing {}", p.display())))?;
-            eprintln!("wrote {}", p.display());
+        let html = outputs.html.as_ref();
+        let growth = if outputs.svg.is_some() || html.is_some() {
+            Some(self.growth_svg(report, &folded)?)
+        } else {
+            None
+        };
+        let diff = if outputs.svg_diff.is_some() || html.is_some() {
+            Some(self.diff_svg(report, &folded)?)
+        } else {
+            None
+        };
+        for (path, svg) in [(&outputs.svg, &growth), (&outputs.svg_diff, &diff)] {
+            if let (Some(p), Some(svg)) = (path, svg) {
+                output::write_atomic(p, svg)
+                    .map_err(Error::io(format!("writing {}", p.display())))?;
+                eprintln!("wrote {}", p.display());
+            }
         }
-        if let Some(p) = &outputs.svg_diff {
-            let svg = self.diff_svg(report, &folded)?;
-            output::write_atomic(p, &svg).map_err(Error::io(format!("writing {}", p.display())))?;
+        if let Some(p) = html {
+            let page = output::html::render(&output::html::Page {
+                report,
+                growth_svg: growth.as_deref(),
+                diff_svg: diff.as_deref(),
+                clock: &runtime::local_hms,
+                top: self.cfg.top,
+            });
+            output::write_atomic(p, page.as_bytes())
+                .map_err(Error::io(format!("writing {}", p.display())))?;
             eprintln!("wrote {}", p.display());
         }
         Ok(())
