@@ -135,7 +135,14 @@ impl Fixture {
     /// Runs `cmd` (a fixture, possibly through a wrapper that execs it, so the pid stays the
     /// same) and waits for its `ready` line.
     #[must_use]
-    pub fn start_command(mut cmd: Command) -> Self {
+    pub fn start_command(cmd: Command) -> Self {
+        Self::start_command_until(cmd, |l| l == "ready")
+    }
+
+    /// Runs `cmd` and waits for its first line satisfying `ready` (a program of its own
+    /// protocol: once it prints, it runs its own code, with its libraries mapped).
+    #[must_use]
+    pub fn start_command_until(mut cmd: Command, ready: impl Fn(&str) -> bool) -> Self {
         let name = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -145,7 +152,7 @@ impl Fixture {
         let stdin = child.stdin.take();
         let stdout = Lines::spawn(child.stdout.take().expect("stdout"));
         let mut f = Self { child, stdin, stdout };
-        f.stdout.wait_for("ready", |l| l == "ready");
+        f.stdout.wait_for("ready", ready);
         f
     }
 

@@ -121,10 +121,11 @@ fn trace_to_html(target: &Fixture, name: &str, seconds: u32, top: usize) -> (Pat
 #[test]
 fn the_demos_page_in_a_browser() {
     require_root();
-    // The demo says one line, not "ready": say it for it.
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "echo ready; exec \"$0\" > /dev/null"]).arg(fixture("demo"));
-    let demo = Fixture::start_command(cmd);
+    // The demo says one line when it serves (not "ready"): from then on it runs main, libc
+    // mapped.
+    let demo = Fixture::start_command_until(Command::new(fixture("demo")), |l| {
+        l.starts_with("leak-demo: pid ")
+    });
     let (html, charts) = trace_to_html(&demo, "demo", 8, 3);
     assert!(charts >= 3, "the process, the leak and the cache");
     check_in_browser(&html, charts, "parse_request", Some(&out_dir().join("demo.png")));

@@ -65,13 +65,21 @@ impl ApiConfig {
 /// A one-line reason: credentials unreadable, connection or TLS failure, a timeout, an HTTP
 /// error status, an answer over [`MAX_BODY`], or a body that is not a pod list.
 pub fn fetch_pods(cfg: &ApiConfig) -> Result<HashMap<String, PodMeta>, String> {
+    fetch_pods_within(cfg, TIMEOUT)
+}
+
+/// [`fetch_pods`], giving up after `timeout`.
+fn fetch_pods_within(
+    cfg: &ApiConfig,
+    timeout: Duration,
+) -> Result<HashMap<String, PodMeta>, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the API client: {e}"))?;
     let body = rt
-        .block_on(async { tokio::time::timeout(TIMEOUT, get_pods(cfg)).await })
-        .map_err(|_| format!("{}:{}: no answer within {TIMEOUT:?}", cfg.host, cfg.port))??;
+        .block_on(async { tokio::time::timeout(timeout, get_pods(cfg)).await })
+        .map_err(|_| format!("{}:{}: no answer within {timeout:?}", cfg.host, cfg.port))??;
     parse_pod_list(&body)
 }
 
@@ -214,6 +222,14 @@ mod tests {
         let huge = [huge.into_bytes(), vec![b' '; MAX_BODY + 1]].concat();
         let err = fetch_pods(&serve(huge, &at("e"))).unwrap_err();
         assert!(err.contains("at most"), "{err}");
+        // A server that takes the connection and never answers (nor finishes the TLS
+        // handshake): given up on at the deadline, not waited for.
+        let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut stalled = serve(Vec::new(), &at("g"));
+        stalled.port = slow.local_addr().unwrap().port();
+        let err = fetch_pods_within(&stalled, Duration::from_millis(300)).unwrap_err();
+        assert!(err.ends_with("no answer within 300ms"), "{err}");
+        drop(slow);
         // Nobody listening.
         let mut gone = serve(Vec::new(), &at("f"));
         gone.port =
