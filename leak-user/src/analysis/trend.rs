@@ -243,6 +243,13 @@ impl Line {
     }
 }
 
+/// The intercept of the line with slope `slope` that `samples` sit around: the median of
+/// `y - slope * t` (how the classifier places its Theil-Sen line; the HTML report draws it).
+#[must_use]
+pub fn intercept(samples: &[(f64, f64)], slope: f64) -> f64 {
+    Line::through(samples, slope).a
+}
+
 /// Residuals around the better of `line` and the best two-segment fit (a knee, a line on
 /// each side): the autocorrelation correction must see the noise, not the curvature of a
 /// deterministic shape (a leak next to a cache that filled). In whole bytes: rounding noise

@@ -105,19 +105,12 @@ fn draw(
 }
 
 /// The straight line through `points` with slope `rate` (per second) that the points sit
-/// around: its intercept is the median of `y - rate * t` (the Theil-Sen fit's). The line's
-/// two ends, at the first and last point's time.
+/// around, placed as the trend classifier places it (`trend::intercept`): its two ends, at
+/// the first and last point's time.
 #[must_use]
 pub fn fitted(points: &[(f64, f64)], rate: f64) -> Vec<(f64, f64)> {
     let (Some(first), Some(last)) = (points.first(), points.last()) else { return Vec::new() };
-    let mut offsets: Vec<f64> = points.iter().map(|p| p.1 - rate * p.0).collect();
-    offsets.sort_by(f64::total_cmp);
-    let mid = offsets.len() / 2;
-    let b = if offsets.len().is_multiple_of(2) {
-        f64::midpoint(offsets[mid - 1], offsets[mid])
-    } else {
-        offsets[mid]
-    };
+    let b = crate::analysis::trend::intercept(points, rate);
     vec![(first.0, b + rate * first.0), (last.0, b + rate * last.0)]
 }
 

@@ -61,7 +61,7 @@ fn options(title: &str, subtitle: &str) -> Options<'static> {
 }
 
 fn empty_svg(title: &str, subtitle: &str) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = super::escape_markup;
     format!(
         "<?xml version=\"1.0\" standalone=\"no\"?>\n\
          <svg version=\"1.1\" width=\"1200\" height=\"90\" xmlns=\"http://www.w3.org/2000/svg\">\n\

@@ -16,7 +16,10 @@ use crate::{
         trend::Verdict,
         units::{human_bytes, signed_bytes},
     },
-    output::charts::{self, Line},
+    output::{
+        charts::{self, Line},
+        escape_markup as esc,
+    },
 };
 
 /// What the page is made from.
@@ -294,22 +297,6 @@ fn duration(s: f64) -> String {
         60..3600 => format!("{} min", s / 60),
         _ => format!("{} h {} min", s / 3600, s / 60 % 60),
     }
-}
-
-/// Text for HTML content and attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
