@@ -138,7 +138,7 @@ pub struct WatchArgs {
     #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "BYTES")]
     pub min_growth: u64,
     /// Attach the probes to each process judged leaking, for this long, and write its report
-    /// (leak-COMM-PID.json and .svg in --out-dir). Needs root.
+    /// (leak-COMM-PID.json, .html, .svg and .pb.gz in --out-dir). Needs root.
     #[arg(long, value_parser = parse_escalate, value_name = "DURATION")]
     pub escalate: Option<Duration>,
     /// Where --escalate writes its reports.
@@ -147,6 +147,10 @@ pub struct WatchArgs {
     /// Write the watch report (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the watch page (HTML: a chart per growing process and container, links to
+    /// each trace's page) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Processes shown in the text report.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub top: u64,
@@ -353,6 +357,7 @@ impl From<CliCommand> for Command {
                 escalate: w.escalate,
                 out_dir: w.out_dir,
                 json: w.json,
+                html: w.html,
                 top: usize::try_from(w.top).unwrap_or(usize::MAX),
                 listen: None,
                 web_config: None,
@@ -373,6 +378,7 @@ impl From<CliCommand> for Command {
                 escalate: Some(a.trace_for),
                 out_dir: a.out_dir,
                 json: None,
+                html: None,
                 top: 10,
                 listen: Some(a.listen),
                 web_config: a.web_config,

@@ -190,6 +190,8 @@ pub struct WatchConfig {
     pub out_dir: PathBuf,
     /// The watch report.
     pub json: Option<PathBuf>,
+    /// The watch page.
+    pub html: Option<PathBuf>,
     /// Processes shown in the text report.
     pub top: usize,
     /// Serve metrics and reports over HTTP here (`leak agent`).

@@ -13,6 +13,7 @@ use std::{
 
 pub use leak_user::analysis::report::{Report, Site};
 
+pub mod browser;
 pub mod matrix;
 pub mod truth;
 

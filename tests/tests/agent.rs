@@ -100,6 +100,21 @@ fn serving_addr(agent: &mut Leak) -> String {
     line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned()
 }
 
+/// The node's page (`/`): the leaking process `pid` charted under its pod's name, linked to
+/// its trace `id`.
+fn check_node_page(addr: &str, pid: u32, id: &str) {
+    let node = get_text(addr, "/");
+    let process = node
+        .split(&format!("id=\"pid-{pid}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("the traced process on the node's page: {node}"));
+    let process = &process[..process.find("</div>\n").unwrap()];
+    assert!(process.contains("badge leak") && process.contains("pod shop/shop-api-1"), "{node}");
+    assert!(process.contains("<div class=\"chart\"><svg"), "{process}");
+    let link = format!("href=\"api/v1/reports/{id}/report.html\"");
+    assert!(process.contains(&link) && node.contains("<table id=\"traces\">"), "{process}");
+}
+
 #[test]
 fn agent_finds_traces_and_serves_a_leaking_pod() {
     require_root();
@@ -160,6 +175,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert!(html.starts_with("<!DOCTYPE html>") && html.contains("leak_fn"), "{html}");
     assert!(html.contains("class=\"chart site-chart\"><svg") && html.contains("<iframe"));
     assert!(svg.contains("leak_fn"));
+    check_node_page(&addr, target.pid(), &id);
     let (status, profile) = get(&addr, &format!("/api/v1/reports/{id}/profile.pb.gz"));
     assert_eq!(status, 200);
     let profile_path = dir.path().join("profile.pb.gz");

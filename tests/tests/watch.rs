@@ -1,9 +1,10 @@
 //! `leak watch`: memory-only sampling flags the leaking process, not the one whose cache
-//! levels off, and `--escalate` traces the flagged one (fixture `cacher`, see growth.rs).
+//! levels off, and `--escalate` traces the flagged one (fixture `cacher`, see growth.rs);
+//! `--html`'s page, in Chromium, links the trace's own page.
 use std::{path::Path, process::Command};
 
 use leak_tests::{
-    Fixture, PodCgroup, fixture, pod_ids, read_report, require_root, run_leak, site,
+    Fixture, PodCgroup, browser, fixture, pod_ids, read_report, require_root, run_leak, site,
     systemd_pod_cgroup,
 };
 use leak_user::{analysis::trend::Verdict, fleet::pods::QosClass, fleet::report::WatchReport};
@@ -28,7 +29,7 @@ fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
     let leaking = start(&[]);
     let clean = start(&["clean"]);
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("watch.json");
+    let (json, html) = (dir.path().join("watch.json"), dir.path().join("watch.html"));
     let (a, b) = (leaking.pid().to_string(), clean.pid().to_string());
     let done = run_leak(&[
         "watch",
@@ -48,6 +49,8 @@ fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
         dir.path().to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
         // Room for the 2 s escalation after the leak is seen (about 2 s in) and the probes
         // are attached: under the whole suite's load, attaching alone has taken 2 s, and an
         // escalation cut short after one sample cannot judge its sites.
@@ -83,6 +86,24 @@ fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
     assert!(std::fs::read_to_string(&e.svg).unwrap().contains("leak_fn"));
     assert!(report.not_escalated.is_empty(), "{text}");
     assert!(done.stdout.iter().any(|l| l.starts_with("== watch ended")), "{:#?}", done.stdout);
+    check_watch_page(&html, &report, leaking.pid());
+}
+
+/// The watch page in the browser: a chart per process that is not stable, and the leaking
+/// process `pid` linked to its trace's page, next to the watch page.
+fn check_watch_page(html: &Path, report: &WatchReport, pid: u32) {
+    let unstable = report.processes.iter().filter(|p| p.trend.verdict != Verdict::Stable).count();
+    browser::check_in_browser(html, unstable, None, Some(&browser::out_dir().join("watch.png")));
+    let page = std::fs::read_to_string(html).unwrap();
+    let process = page.split(&format!("id=\"pid-{pid}\"")).nth(1).expect("the leaking process");
+    let href = process
+        .split("<a class=\"trace\" href=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("a link to its trace: {process}"));
+    assert!(!href.contains('/'), "a page in the same directory: {href}");
+    let trace = std::fs::read_to_string(html.with_file_name(href)).unwrap();
+    assert!(trace.contains(&format!("<title>leak: pid {pid} (cacher)</title>")), "{href}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Many processes at once: `leak watch` and the node agent (`leak agent`).
 //!
 //! What it holds: the watcher that samples every selected process's memory and judges it
-//! (`watch`), escalates the leaking ones to a trace (`escalate`), and reports (`report`); pods and containers from cgroup paths and their
+//! (`watch`), escalates the leaking ones to a trace (`escalate`), and reports (`report`,
+//! and the page of `page`); pods and containers from cgroup paths and their
 //! memory (`pods`), the Kubernetes API client and selection rules (`kube`, `kubeapi`), and
 //! the agent's HTTP server for metrics and reports (`serve`, on `http`: hyper, with the
 //! TLS and credentials of `web`).
@@ -12,6 +13,7 @@ pub mod escalate;
 pub mod http;
 pub mod kube;
 pub mod kubeapi;
+pub mod page;
 pub mod pods;
 pub mod report;
 pub mod serve;

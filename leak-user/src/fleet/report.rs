@@ -27,8 +27,33 @@ pub struct WatchedContainer {
     pub anon_bytes: u64,
     /// Seconds it has been watched.
     pub watched_s: f64,
+    /// When it was first seen, seconds after the watch started.
+    #[serde(default)]
+    pub first_seen_s: f64,
     /// Trend of the anonymous bytes.
     pub trend: TrendView,
+    /// Samples (at most [`SERIES_POINTS`], evenly spaced).
+    #[serde(default, skip_serializing_if = "ContainerSeries::is_empty")]
+    pub series: ContainerSeries,
+}
+
+/// A watched container's samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSeries {
+    /// Seconds since it was first seen.
+    pub t_s: Vec<f64>,
+    /// Bytes charged to it, page cache included.
+    pub memory_bytes: Vec<u64>,
+    /// Anonymous bytes.
+    pub anon_bytes: Vec<u64>,
+}
+
+impl ContainerSeries {
+    /// No samples (reports from before the series were kept).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.t_s.is_empty()
+    }
 }
 
 /// A watched process, as reported.
@@ -46,6 +71,9 @@ pub struct WatchedProcess {
     pub anon_bytes: u64,
     /// Seconds it has been watched.
     pub watched_s: f64,
+    /// When it was first seen, seconds after the watch started.
+    #[serde(default)]
+    pub first_seen_s: f64,
     /// It exited while watched (its last samples are from before).
     pub exited: bool,
     /// Trend of the anonymous resident bytes.
@@ -208,7 +236,7 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
 
 /// `pod NS/NAME container NAME`, or with enough of each id to find it in
 /// `kubectl get pods -A -o wide` / `crictl ps` when the API gave no names.
-fn pod_name(pod: &PodRef) -> String {
+pub(crate) fn pod_name(pod: &PodRef) -> String {
     let pod_part = match (&pod.namespace, &pod.name) {
         (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
         _ => format!("pod {}", pod.pod_uid),

@@ -1,5 +1,7 @@
 //! What `leak agent` serves over HTTP (#6), read-only:
 //!
+//! - `/`: the node's watch page (HTML, `fleet::page`): its growing processes and
+//!   containers charted, each trace linked;
 //! - `/healthz`;
 //! - `/metrics`: Prometheus text: each watched process's anonymous memory, growth rate and
 //!   verdict, labelled with its pod and container; the same for each container's memory
@@ -22,10 +24,14 @@ use crate::{
     analysis::report::{Report, StackFrame},
     analysis::trend::Verdict,
     fleet::http::{Handler, Request, Response},
+    fleet::page,
     fleet::pods::PodRef,
     fleet::report::{Escalation, WatchReport, WatchedContainer, WatchedProcess},
     output::prometheus::{self, Family, Kind},
 };
+
+/// Processes and containers charted on the node's page.
+pub const TOP_PROCESSES: usize = 20;
 
 /// Sites per traced process in `/metrics` (bounded cardinality).
 pub const TOP_SITES: usize = 10;
@@ -104,6 +110,10 @@ fn id_of(e: &Escalation) -> String {
 fn route(state: &Published, request: &Request) -> Response {
     let parts: Vec<&str> = request.path.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
+        [] => match state.report() {
+            Some(report) => Response::ok("text/html; charset=utf-8", page(&report)),
+            None => Response::error(503, "starting: the first sample is not judged yet"),
+        },
         ["healthz"] => Response::ok("text/plain; charset=utf-8", "ok\n"),
         ["metrics"] => Response::ok(prometheus::CONTENT_TYPE, metrics(state)),
         ["api", "v1", "reports"] => {
@@ -134,6 +144,21 @@ fn route(state: &Published, request: &Request) -> Response {
         }
         _ => Response::not_found(),
     }
+}
+
+/// The watch page of the node (`/`), each finished trace linked to its page here.
+fn page(report: &WatchReport) -> String {
+    let link = |e: &Escalation| {
+        let html = crate::fleet::escalate::html_of(&e.json);
+        (e.exit_code.is_some() && Path::new(&html).exists())
+            .then(|| format!("api/v1/reports/{}/report.html", page::url_path(&id_of(e))))
+    };
+    page::render(&page::WatchPage {
+        report,
+        clock: &crate::runtime::local_hms,
+        top: TOP_PROCESSES,
+        link: &link,
+    })
 }
 
 fn json(value: &impl Serialize) -> Response {

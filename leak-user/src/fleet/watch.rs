@@ -24,8 +24,8 @@ use crate::{
         escalate::Escalator,
         pods::PodRef,
         report::{
-            WATCH_REPORT_VERSION, WatchReport, WatchSeries, WatchedContainer, WatchedProcess,
-            bytes_f64, rank, render,
+            ContainerSeries, WATCH_REPORT_VERSION, WatchReport, WatchSeries, WatchedContainer,
+            WatchedProcess, bytes_f64, rank, render,
         },
     },
     output, procfs,
@@ -166,13 +166,20 @@ impl WatchList {
                 let points: Vec<(f64, f64)> =
                     times.iter().zip(values).map(|(t, m)| (*t, bytes_f64(m.anon))).collect();
                 let last = values.last().copied().unwrap_or_default();
+                let keep = thin_indices(times.len(), SERIES_POINTS);
                 WatchedContainer {
                     pod: w.pod.clone(),
                     processes: w.processes,
                     memory_bytes: last.usage,
                     anon_bytes: last.anon,
                     watched_s: times.last().copied().unwrap_or(0.0),
+                    first_seen_s: millis(w.first_seen),
                     trend: trend_view(&trend::classify(&points, params)),
+                    series: ContainerSeries {
+                        t_s: keep.iter().map(|&i| millis(times[i])).collect(),
+                        memory_bytes: keep.iter().map(|&i| values[i].usage).collect(),
+                        anon_bytes: keep.iter().map(|&i| values[i].anon).collect(),
+                    },
                 }
             })
             .collect();
@@ -224,10 +231,11 @@ impl WatchList {
                     rss_bytes: last.rss,
                     anon_bytes: last.private,
                     watched_s: times.last().copied().unwrap_or(0.0),
+                    first_seen_s: millis(w.first_seen),
                     exited: w.exited,
                     trend: trend_view(&trend::classify(&points, params)),
                     series: WatchSeries {
-                        t_s: keep.iter().map(|&i| (times[i] * 1000.0).round() / 1000.0).collect(),
+                        t_s: keep.iter().map(|&i| millis(times[i])).collect(),
                         rss_bytes: keep.iter().map(|&i| values[i].rss).collect(),
                         anon_bytes: keep.iter().map(|&i| values[i].private).collect(),
                     },
@@ -243,6 +251,11 @@ impl WatchList {
         });
         out
     }
+}
+
+/// Seconds, rounded to the millisecond (as reported).
+fn millis(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,7 +400,7 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
             Error::BadInput(format!("cannot write to {}: {e}", cfg.out_dir.display()))
         })?;
     }
-    if let Some(p) = &cfg.json {
+    for p in [&cfg.json, &cfg.html].into_iter().flatten() {
         output::check_writable(p)
             .map_err(|e| Error::BadInput(format!("cannot write {}: {e}", p.display())))?;
     }
@@ -535,13 +548,45 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         report.duration_s
     );
     print(&render(&report, &header, cfg.top));
+    write_outputs(cfg, &report)?;
+    Ok(report)
+}
+
+/// Writes the watch report (`--json`) and page (`--html`), each atomically.
+fn write_outputs(cfg: &WatchConfig, report: &WatchReport) -> Result<(), Error> {
     if let Some(p) = &cfg.json {
-        let mut text = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        let mut text = serde_json::to_vec_pretty(report).unwrap_or_default();
         text.push(b'\n');
         output::write_atomic(p, &text).map_err(Error::io(format!("writing {}", p.display())))?;
         eprintln!("wrote {}", p.display());
     }
-    Ok(report)
+    if let Some(p) = &cfg.html {
+        let page = crate::fleet::page::render(&crate::fleet::page::WatchPage {
+            report,
+            clock: &runtime::local_hms,
+            top: cfg.top,
+            link: &|e| trace_href(p, e),
+        });
+        output::write_atomic(p, page.as_bytes())
+            .map_err(Error::io(format!("writing {}", p.display())))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// The link from the watch page at `page` to a finished trace's page, if it was written:
+/// its file name when both are in one directory, else its absolute `file://` URL.
+fn trace_href(page: &std::path::Path, e: &crate::fleet::report::Escalation) -> Option<String> {
+    let html = std::path::PathBuf::from(crate::fleet::escalate::html_of(&e.json));
+    let target = html.canonicalize().ok()?;
+    let dir = page.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(".".as_ref());
+    let here = dir.canonicalize().ok();
+    Some(match (here, target.parent(), target.file_name()) {
+        (Some(h), Some(t), Some(name)) if h == t => {
+            crate::fleet::page::url_path(&name.to_string_lossy())
+        }
+        _ => format!("file://{}", crate::fleet::page::url_path(&target.to_string_lossy())),
+    })
 }
 
 /// Serves `published` over HTTP on `addr` in the background, with the TLS and credentials

@@ -3,8 +3,6 @@
 //! backend: labels go out as `<text>` for the browser to render.
 use plotters::prelude::*;
 
-use crate::analysis::units::human_bytes;
-
 /// One line of a chart.
 pub struct Line<'a> {
     /// Its name, in the legend.
@@ -45,15 +43,53 @@ pub fn chart(
     {
         return None;
     }
-    // Room above the highest point, and a floor of a few KiB so a flat zero line shows.
-    let y1 = (top * 1.1).max(4096.0);
+    // The y axis counts in one binary unit, so plotters' decimal ticks fall on round
+    // numbers of it (1.5 MiB, not 1,572,864 bytes shown as 1.5 MiB and 976.6 KiB). Room
+    // above the highest point for the legend (upper left), so it never covers a line.
+    let (unit, unit_name) = unit_of(top.max(4096.0));
+    let plot_px = f64::from(size.1.saturating_sub(CHROME_PX).max(40));
+    #[expect(clippy::cast_precision_loss, reason = "a handful of lines")]
+    let legend_px = LEGEND_ROW_PX * lines.len() as f64 + 12.0;
+    let headroom = (legend_px / plot_px).min(0.6);
+    let y1 = (top.max(4096.0) / unit) / (1.0 - headroom) * 1.05;
+    let scaled: Vec<Line> = lines
+        .iter()
+        .map(|l| Line {
+            name: l.name,
+            color: l.color,
+            dashed: l.dashed,
+            points: l.points.iter().map(|&(x, y)| (x, y / unit)).collect(),
+        })
+        .collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        draw(&root, title, lines, (x0, x1, y1), clock).ok()?;
+        draw(&root, title, &scaled, (x0, x1, y1, unit_name), clock).ok()?;
         root.present().ok()?;
     }
     Some(svg)
+}
+
+/// Pixels of a chart that are not the plotting area: caption, time labels and margins.
+const CHROME_PX: u32 = 58;
+/// Pixels a line takes in the legend.
+const LEGEND_ROW_PX: f64 = 19.0;
+
+/// The binary unit `top` bytes are counted in: `(bytes in it, its name)`.
+fn unit_of(top: f64) -> (f64, &'static str) {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut i = 0;
+    while i + 1 < UNITS.len() && top >= 1024f64.powi(i32::try_from(i + 1).unwrap_or(0)) {
+        i += 1;
+    }
+    (1024f64.powi(i32::try_from(i).unwrap_or(0)), UNITS[i])
+}
+
+/// A tick's value in its unit: `1.5 MiB`, `200 KiB` (no trailing zeros).
+fn tick(v: f64, unit: &str) -> String {
+    let text = format!("{v:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {unit}")
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
@@ -62,7 +98,7 @@ fn draw(
     root: &Area,
     title: &str,
     lines: &[Line],
-    (x0, x1, y1): (f64, f64, f64),
+    (x0, x1, y1, unit): (f64, f64, f64, &str),
     clock: &dyn Fn(f64) -> String,
 ) -> Result<(), Box<dyn std::error::Error>> {
     root.fill(&WHITE)?;
@@ -74,8 +110,7 @@ fn draw(
         .x_label_area_size(26)
         .y_label_area_size(72)
         .build_cartesian_2d(x0..x1, 0f64..y1)?;
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "an axis label")]
-    let bytes = |v: &f64| human_bytes(v.max(0.0).round() as u64);
+    let bytes = |v: &f64| tick(*v, unit);
     let time = |t: &f64| clock(*t);
     c.configure_mesh()
         .x_labels(6)
@@ -138,6 +173,21 @@ mod tests {
         // plotters writes each label on a line of its own inside <text>.
         assert!(svg.contains("\nprivate\n</text>") && svg.contains("\ntrend\n</text>"), "{svg}");
         assert!(svg.matches("<polyline").count() >= 2 || svg.contains("<path"), "{svg}");
+    }
+
+    #[test]
+    fn ticks_are_round_numbers_of_one_unit() {
+        assert_eq!(unit_of(1000.0), (1.0, "B"));
+        assert_eq!(unit_of(1024.0), (1024.0, "KiB"));
+        assert_eq!(unit_of(3.0 * 1024.0 * 1024.0), (1024.0 * 1024.0, "MiB"));
+        assert_eq!(tick(1.5, "MiB"), "1.5 MiB");
+        assert_eq!(tick(200.0, "KiB"), "200 KiB");
+        assert_eq!(tick(0.0, "B"), "0 B");
+        // A million bytes: counted in KiB, on round ticks (not 976.6 KiB).
+        let points = vec![(0.0, 0.0), (10.0, 1e6)];
+        let lines = [Line { name: "x", color: TRACED, dashed: false, points }];
+        let svg = chart("t", &lines, (600, 240), &clock).unwrap();
+        assert!(svg.contains("\n500 KiB\n</text>") && !svg.contains("976.6"), "{svg}");
     }
 
     #[test]

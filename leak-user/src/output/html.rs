@@ -36,7 +36,8 @@ pub struct Page<'a> {
     pub top: usize,
 }
 
-const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:1100px;\
+/// The pages' style sheet (this report's and the watch page's).
+pub const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:1100px;\
 color:#222;padding:0 16px}h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:28px 0 8px;\
 border-bottom:1px solid #ddd}.triage{font-size:16px;background:#f6f6f6;border-left:4px solid #888;\
 padding:8px 12px}.leak{border-color:#d62728}.growing{border-color:#ff7f0e}.plateau{border-color:\
@@ -71,7 +72,8 @@ pub fn render(p: &Page) -> String {
 }
 
 /// How sure a verdict is, in words the page uses.
-fn verdict_text(t: &TrendView) -> String {
+#[must_use]
+pub fn verdict_text(t: &TrendView) -> String {
     format!("{} ({:.0}%)", t.verdict.as_str(), t.confidence * 100.0)
 }
 
@@ -109,7 +111,8 @@ fn triage(h: &mut String, p: &Page) {
 }
 
 /// `(unix seconds, bytes)` of a series sampled at `t_s` seconds after `start`.
-fn points(start: f64, t_s: &[f64], values: &[u64]) -> Vec<(f64, f64)> {
+#[must_use]
+pub fn points(start: f64, t_s: &[f64], values: &[u64]) -> Vec<(f64, f64)> {
     #[expect(clippy::cast_precision_loss, reason = "plotted")]
     t_s.iter().zip(values).map(|(t, v)| (start + t, *v as f64)).collect()
 }
@@ -173,27 +176,7 @@ fn site(h: &mut String, p: &Page, rank: usize, s: &Site) {
     let t = &s.trend;
     let mut lines =
         vec![Line { name: "not freed", color: charts::TRACED, dashed: false, points: pts.clone() }];
-    if t.verdict == Verdict::Plateau {
-        // The level it settled at: the last quarter's mean.
-        let tail = &pts[pts.len() - pts.len().div_ceil(4).max(1)..];
-        #[expect(clippy::cast_precision_loss, reason = "a mean")]
-        let level = tail.iter().map(|p| p.1).sum::<f64>() / tail.len() as f64;
-        if let (Some(a), Some(b)) = (pts.first(), pts.last()) {
-            lines.push(Line {
-                name: "level",
-                color: charts::FIT,
-                dashed: true,
-                points: vec![(a.0, level), (b.0, level)],
-            });
-        }
-    } else if t.verdict != Verdict::Stable {
-        lines.push(Line {
-            name: "trend",
-            color: charts::FIT,
-            dashed: true,
-            points: charts::fitted(&pts, t.rate_bytes_per_s),
-        });
-    }
+    lines.extend(judged_line(&pts, t));
     let name = s.stack.first().map_or_else(|| "[no stack]".to_owned(), StackFrame::name);
     let _ = writeln!(
         h,
@@ -224,6 +207,33 @@ fn site(h: &mut String, p: &Page, rank: usize, s: &Site) {
         let _ = write!(h, "<li class=\"muted\">({})</li>", end.describe());
     }
     h.push_str("</ol></div>\n");
+}
+
+/// The line that shows a verdict on the chart of `pts`: a plateau's level (the last
+/// quarter's mean), or the fitted trend of a growing series; none for a stable one.
+#[must_use]
+pub fn judged_line(pts: &[(f64, f64)], t: &TrendView) -> Option<Line<'static>> {
+    let (a, b) = (pts.first()?, pts.last()?);
+    match t.verdict {
+        Verdict::Stable => None,
+        Verdict::Plateau => {
+            let tail = &pts[pts.len() - pts.len().div_ceil(4)..];
+            #[expect(clippy::cast_precision_loss, reason = "a mean")]
+            let level = tail.iter().map(|p| p.1).sum::<f64>() / tail.len() as f64;
+            Some(Line {
+                name: "level",
+                color: charts::FIT,
+                dashed: true,
+                points: vec![(a.0, level), (b.0, level)],
+            })
+        }
+        Verdict::Leak | Verdict::Growing => Some(Line {
+            name: "trend",
+            color: charts::FIT,
+            dashed: true,
+            points: charts::fitted(pts, t.rate_bytes_per_s),
+        }),
+    }
 }
 
 fn flame_graphs(h: &mut String, p: &Page) {
@@ -283,13 +293,16 @@ fn health(h: &mut String, r: &Report) {
     h.push_str("</table>\n");
 }
 
+/// A rate, rounded for display.
 #[expect(clippy::cast_possible_truncation, reason = "a displayed rate")]
-fn rounded(v: f64) -> i64 {
+#[must_use]
+pub fn rounded(v: f64) -> i64 {
     v.round() as i64
 }
 
 /// `3 h 20 min`, `45 min`, `30 s`.
-fn duration(s: f64) -> String {
+#[must_use]
+pub fn duration(s: f64) -> String {
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "displayed")]
     let s = s.max(0.0).round() as u64;
     match s {

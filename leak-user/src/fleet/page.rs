@@ -1,0 +1,437 @@
+//! The watch page (#17): `leak watch --html`, and what the agent serves at `/`. One
+//! self-contained page (the trace report's style, no script, nothing fetched): who leaks
+//! and how fast, a chart per container and per process that is not stable (memory over
+//! the window, with the fitted trend or a plateau's level), and a link to each trace's own
+//! page. Pure: the caller passes the clock and how to link a trace.
+use std::fmt::Write as _;
+
+use crate::{
+    analysis::{
+        report::TrendView,
+        trend::Verdict,
+        units::{human_bytes, signed_bytes},
+    },
+    fleet::report::{Escalation, WatchReport, WatchedContainer, WatchedProcess, pod_name},
+    output::{
+        charts::{self, Line},
+        escape_markup as esc,
+        html::{CSS, duration, judged_line, points, rounded, verdict_text},
+    },
+};
+
+/// What the page is made from.
+pub struct WatchPage<'a> {
+    /// The report.
+    pub report: &'a WatchReport,
+    /// Unix seconds to a time of day.
+    pub clock: &'a dyn Fn(f64) -> String,
+    /// Processes (and containers) given a chart, at most.
+    pub top: usize,
+    /// Where a finished trace's page is (`None`: not written, or not kept any more).
+    pub link: &'a dyn Fn(&Escalation) -> Option<String>,
+}
+
+/// The page.
+#[must_use]
+pub fn render(p: &WatchPage) -> String {
+    let r = p.report;
+    let mut h = String::with_capacity(64 * 1024);
+    let title = format!(
+        "leak watch: {} process{}",
+        r.processes_watched,
+        if r.processes_watched == 1 { "" } else { "es" }
+    );
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
+         <style>{CSS}</style></head><body>\n<h1>{title}</h1>\n"
+    );
+    triage(&mut h, p);
+    containers(&mut h, p);
+    processes(&mut h, p);
+    traces(&mut h, p);
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn triage(h: &mut String, p: &WatchPage) {
+    let r = p.report;
+    let count = |v: Verdict| r.processes.iter().filter(|x| x.trend.verdict == v).count();
+    let (leaks, growing, plateau) =
+        (count(Verdict::Leak), count(Verdict::Growing), count(Verdict::Plateau));
+    let worst = r.processes.first().map_or(Verdict::Stable, |x| x.trend.verdict);
+    let mut line = format!(
+        "from {} to {} ({}): <b>{leaks} leaking</b>, {growing} growing, {plateau} plateau",
+        (p.clock)(r.window.start_unix_s),
+        (p.clock)(r.window.end_unix_s),
+        duration(r.duration_s),
+    );
+    let unstable = r.containers.iter().filter(|c| c.trend.verdict != Verdict::Stable).count();
+    if !r.containers.is_empty() {
+        let _ = write!(line, "; {unstable} of {} containers not stable", r.containers.len());
+    }
+    let _ = write!(line, "; {} traced", r.escalations.len());
+    if let Some(x) = r.processes.first().filter(|x| x.trend.verdict == Verdict::Leak) {
+        let _ = write!(
+            line,
+            "<br>fastest: <b>{}</b> (pid {}) {} at {}/h",
+            esc(&x.comm),
+            x.pid,
+            esc(&signed_bytes(x.trend.gained_bytes)),
+            esc(&signed_bytes(rounded(x.trend.rate_bytes_per_h)))
+        );
+    }
+    let _ = writeln!(h, "<p class=\"triage {}\">{line}</p>", worst.as_str());
+}
+
+/// The ones to chart: those that are not stable, or (none of them) the first ones.
+fn shown<T>(all: &[T], top: usize, verdict: impl Fn(&T) -> Verdict) -> (&[T], bool) {
+    let unstable = all.iter().take_while(|x| verdict(x) != Verdict::Stable).count();
+    if unstable > 0 {
+        (&all[..unstable.min(top)], true)
+    } else {
+        (&all[..all.len().min(top)], false)
+    }
+}
+
+fn containers(h: &mut String, p: &WatchPage) {
+    let r = p.report;
+    if r.containers.is_empty() {
+        return;
+    }
+    let (list, growing) = shown(&r.containers, p.top, |c| c.trend.verdict);
+    let _ = writeln!(
+        h,
+        "<h2>Containers</h2>\n<p class=\"muted\">{} of {} containers{}, by their memory cgroup's \
+         anonymous memory</p>",
+        list.len(),
+        r.containers.len(),
+        if growing { " that are not stable" } else { " (none is growing)" },
+    );
+    for c in list {
+        container(h, p, c);
+    }
+}
+
+fn container(h: &mut String, p: &WatchPage, c: &WatchedContainer) {
+    let s = &c.series;
+    let lines = memory_lines(
+        p.report.window.start_unix_s + c.first_seen_s,
+        &s.t_s,
+        [("charged (page cache too)", &s.memory_bytes), ("anonymous", &s.anon_bytes)],
+        &c.trend,
+    );
+    let name = pod_name(&c.pod);
+    let _ = writeln!(
+        h,
+        "<div class=\"site\" id=\"container-{}\"><b>{}</b> <span class=\"badge {}\">{}</span> \
+         {} at {}/h; {} anonymous, {} charged; {} watched process{}",
+        esc(c.pod.container_id.as_deref().unwrap_or(&c.pod.pod_uid)),
+        esc(&name),
+        c.trend.verdict.as_str(),
+        esc(&verdict_text(&c.trend)),
+        esc(&signed_bytes(c.trend.gained_bytes)),
+        esc(&signed_bytes(rounded(c.trend.rate_bytes_per_h))),
+        human_bytes(c.anon_bytes),
+        human_bytes(c.memory_bytes),
+        c.processes,
+        if c.processes == 1 { "" } else { "es" },
+    );
+    chart(h, &name, &lines, p);
+    h.push_str("</div>\n");
+}
+
+fn processes(h: &mut String, p: &WatchPage) {
+    let r = p.report;
+    let (list, growing) = shown(&r.processes, p.top, |x| x.trend.verdict);
+    let _ = writeln!(
+        h,
+        "<h2>Processes</h2>\n<p class=\"muted\">{} of {} processes{}, by private (anonymous \
+         resident) memory</p>",
+        list.len(),
+        r.processes.len(),
+        if growing { " that are not stable" } else { " (none is growing)" },
+    );
+    for x in list {
+        process(h, p, x);
+    }
+}
+
+fn process(h: &mut String, p: &WatchPage, x: &WatchedProcess) {
+    let s = &x.series;
+    let lines = memory_lines(
+        p.report.window.start_unix_s + x.first_seen_s,
+        &s.t_s,
+        [("resident (RSS)", &s.rss_bytes), ("private", &s.anon_bytes)],
+        &x.trend,
+    );
+    let _ = write!(
+        h,
+        "<div class=\"site\" id=\"pid-{}\"><b>{}</b> pid {} <span class=\"badge {}\">{}</span> \
+         {} at {}/h; {} private, {} resident",
+        x.pid,
+        esc(&x.comm),
+        x.pid,
+        x.trend.verdict.as_str(),
+        esc(&verdict_text(&x.trend)),
+        esc(&signed_bytes(x.trend.gained_bytes)),
+        esc(&signed_bytes(rounded(x.trend.rate_bytes_per_h))),
+        human_bytes(x.anon_bytes),
+        human_bytes(x.rss_bytes),
+    );
+    if x.exited {
+        h.push_str(" <span class=\"muted\">(exited)</span>");
+    }
+    if let Some(pod) = &x.pod {
+        let _ = write!(h, "; {}", esc(&pod_name(pod)));
+    }
+    // Its latest trace.
+    let trace = p.report.escalations.iter().rev().find(|e| e.pid == x.pid && e.comm == x.comm);
+    if let Some(href) = trace.and_then(|e| (p.link)(e)) {
+        let _ = write!(h, "; <a class=\"trace\" href=\"{}\">its trace</a>", esc(&href));
+    }
+    h.push('\n');
+    chart(h, &format!("{} (pid {})", x.comm, x.pid), &lines, p);
+    h.push_str("</div>\n");
+}
+
+/// A chart's lines: the total (grey), the part judged (blue) and the judgement's line, for
+/// samples at `t_s` seconds after `start`.
+fn memory_lines(
+    start: f64,
+    t_s: &[f64],
+    [(total_name, total), (judged_name, judged)]: [(&'static str, &[u64]); 2],
+    trend: &TrendView,
+) -> Vec<Line<'static>> {
+    let judged = points(start, t_s, judged);
+    let mut lines = vec![
+        Line {
+            name: total_name,
+            color: charts::RSS,
+            dashed: false,
+            points: points(start, t_s, total),
+        },
+        Line { name: judged_name, color: charts::PRIVATE, dashed: false, points: judged.clone() },
+    ];
+    lines.extend(judged_line(&judged, trend));
+    lines
+}
+
+fn chart(h: &mut String, title: &str, lines: &[Line], p: &WatchPage) {
+    match charts::chart(title, lines, (1000, 220), p.clock) {
+        Some(svg) => {
+            let _ = writeln!(h, "<div class=\"chart\">{svg}</div>");
+        }
+        None => h.push_str("<p class=\"muted\">One sample: nothing to plot.</p>\n"),
+    }
+}
+
+fn traces(h: &mut String, p: &WatchPage) {
+    let r = p.report;
+    h.push_str("<h2>Traces</h2>\n");
+    if r.escalations.is_empty() {
+        h.push_str("<p class=\"muted\">No process was traced (leak watch --escalate).</p>\n");
+    } else {
+        h.push_str(
+            "<table id=\"traces\"><tr><th>process</th><th>pod</th><th>from</th><th>status</th>\
+             <th>report</th></tr>\n",
+        );
+        for e in r.escalations.iter().rev() {
+            let status = match e.exit_code {
+                None => "tracing".to_owned(),
+                Some(0) => "done".to_owned(),
+                Some(code) => format!("failed (exit {code})"),
+            };
+            let page = (p.link)(e).map_or_else(
+                || "<span class=\"muted\">none</span>".to_owned(),
+                |href| format!("<a class=\"trace\" href=\"{}\">page</a>", esc(&href)),
+            );
+            let _ = writeln!(
+                h,
+                "<tr><td>{} (pid {})</td><td>{}</td><td>{}</td><td>{status}</td><td>{page}</td></tr>",
+                esc(&e.comm),
+                e.pid,
+                e.pod.as_ref().map(|x| esc(&pod_name(x))).unwrap_or_default(),
+                (p.clock)(e.start_unix_s),
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !r.not_escalated.is_empty() {
+        let pids: Vec<String> = r.not_escalated.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            h,
+            "<p>Judged leaking, not traced before the watch ended: pid {}</p>",
+            pids.join(", ")
+        );
+    }
+}
+
+/// `path` with every byte but unreserved ones and `/` percent-encoded.
+#[must_use]
+pub fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analysis::report::Window,
+        fleet::{
+            pods::{PodRef, QosClass},
+            report::{ContainerSeries, WATCH_REPORT_VERSION, WatchSeries},
+        },
+    };
+
+    fn clock(unix_s: f64) -> String {
+        format!("T{:.0}", unix_s - 1_700_000_000.0)
+    }
+
+    fn trend(verdict: Verdict, rate_per_s: f64, gained: i64) -> TrendView {
+        TrendView {
+            verdict,
+            confidence: 0.9,
+            rate_bytes_per_s: rate_per_s,
+            rate_bytes_per_h: rate_per_s * 3600.0,
+            gained_bytes: gained,
+            ..TrendView::default()
+        }
+    }
+
+    fn process(pid: u32, comm: &str, t: TrendView, slope: u64) -> WatchedProcess {
+        let t_s: Vec<f64> = (0..10).map(f64::from).collect();
+        let anon: Vec<u64> = (0..10).map(|i| (1 << 20) + slope * i).collect();
+        WatchedProcess {
+            pid,
+            comm: comm.into(),
+            start_time_ticks: 1,
+            rss_bytes: anon[9] + 4096,
+            anon_bytes: anon[9],
+            watched_s: 9.0,
+            first_seen_s: 1.0,
+            exited: false,
+            trend: t,
+            series: WatchSeries {
+                t_s,
+                rss_bytes: anon.iter().map(|a| a + 4096).collect(),
+                anon_bytes: anon,
+            },
+            pod: None,
+        }
+    }
+
+    fn report() -> WatchReport {
+        let pod = PodRef {
+            pod_uid: "uid-1".into(),
+            container_id: Some("c0ffee".repeat(10)),
+            runtime: Some("containerd".into()),
+            qos: QosClass::Burstable,
+            name: Some("srv-<1>".into()),
+            namespace: Some("shop".into()),
+            container_name: Some("srv".into()),
+        };
+        let mut leaker = process(42, "srv", trend(Verdict::Leak, 1024.0, 9216), 1024);
+        leaker.pod = Some(pod.clone());
+        let cache = process(43, "cache", trend(Verdict::Plateau, 0.0, 4096), 0);
+        let quiet = process(44, "quiet", trend(Verdict::Stable, 0.0, 0), 0);
+        let done = Escalation {
+            pid: 42,
+            comm: "srv".into(),
+            start_unix_s: 1_700_000_005.0,
+            json: "/r/leak-srv-42.json".into(),
+            svg: "/r/leak-srv-42.svg".into(),
+            pprof: String::new(),
+            pod: Some(pod.clone()),
+            exit_code: Some(0),
+        };
+        let running = Escalation { pid: 45, comm: "other".into(), exit_code: None, ..done.clone() };
+        WatchReport {
+            version: WATCH_REPORT_VERSION,
+            window: Window { start_unix_s: 1_700_000_000.0, end_unix_s: 1_700_000_010.0 },
+            duration_s: 10.0,
+            processes_watched: 3,
+            processes: vec![leaker, cache, quiet],
+            containers: vec![WatchedContainer {
+                pod,
+                processes: 1,
+                memory_bytes: 3 << 20,
+                anon_bytes: 2 << 20,
+                watched_s: 9.0,
+                first_seen_s: 1.0,
+                trend: trend(Verdict::Leak, 1024.0, 9216),
+                series: ContainerSeries {
+                    t_s: vec![0.0, 4.5, 9.0],
+                    memory_bytes: vec![3 << 20; 3],
+                    anon_bytes: vec![1 << 20, 3 << 19, 2 << 20],
+                },
+            }],
+            escalations: vec![done, running],
+            not_escalated: vec![46],
+            end_reason: "duration".into(),
+        }
+    }
+
+    fn link(e: &Escalation) -> Option<String> {
+        e.exit_code.map(|_| format!("reports/{}&x.html", e.pid))
+    }
+
+    #[test]
+    fn charts_what_grows_and_links_each_trace() {
+        let r = report();
+        let html = render(&WatchPage { report: &r, clock: &clock, top: 10, link: &link });
+        assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
+        assert!(html.contains("<h1>leak watch: 3 processes</h1>"), "{html}");
+        assert!(
+            html.contains(
+                "from T0 to T10 (10 s): <b>1 leaking</b>, 0 growing, 1 plateau; 1 of 1 \
+                 containers not stable; 2 traced<br>fastest: <b>srv</b> (pid 42) +9.0 KiB at \
+                 +3.5 MiB/h"
+            ),
+            "{html}"
+        );
+        // A chart for the container and the two processes that are not stable, not the third.
+        assert_eq!(html.matches("<div class=\"chart\"><svg").count(), 3, "{html}");
+        assert!(html.contains("id=\"pid-42\"") && html.contains("id=\"pid-43\""));
+        assert!(!html.contains("id=\"pid-44\""), "a stable process is not charted");
+        assert!(html.contains("badge leak") && html.contains("badge plateau"));
+        // The fitted trend, and the plateau's level.
+        assert!(html.contains("\ntrend\n</text>") && html.contains("\nlevel\n</text>"));
+        // Names escaped; the process links its trace; the table lists both, the running one
+        // without a page.
+        assert!(html.contains("pod shop/srv-&lt;1&gt; container srv"), "{html}");
+        assert!(html.contains("<a class=\"trace\" href=\"reports/42&amp;x.html\">its trace</a>"));
+        assert!(html.contains("<td>other (pid 45)</td>"), "{html}");
+        assert!(html.contains("<td>tracing</td><td><span class=\"muted\">none</span>"), "{html}");
+        assert!(html.contains("not traced before the watch ended: pid 46"));
+        assert!(!html.contains("<script"), "no script");
+    }
+
+    #[test]
+    fn paths_in_links_are_encoded() {
+        assert_eq!(url_path("/r/leak-my srv#1-42.html"), "/r/leak-my%20srv%231-42.html");
+    }
+
+    #[test]
+    fn with_nothing_growing_the_watched_ones_are_shown() {
+        let mut r = report();
+        r.processes.retain(|x| x.trend.verdict == Verdict::Stable);
+        r.containers.clear();
+        r.escalations.clear();
+        r.not_escalated.clear();
+        let html = render(&WatchPage { report: &r, clock: &clock, top: 10, link: &link });
+        assert!(html.contains("1 of 1 processes (none is growing)"), "{html}");
+        assert!(html.contains("id=\"pid-44\""));
+        assert!(!html.contains("<h2>Containers"));
+        assert!(html.contains("No process was traced"));
+    }
+}
