@@ -394,7 +394,8 @@ pub fn parse_cgroup_memory_path(text: &str) -> Option<(bool, String)> {
 
 /// A limit file's value; `max` and v1's "unlimited" (close to `i64::MAX`, page-aligned) are
 /// no limit.
-fn parse_limit(text: &str) -> Option<u64> {
+#[must_use]
+pub fn parse_limit(text: &str) -> Option<u64> {
     let v: u64 = text.trim().parse().ok()?;
     (v < 1 << 62).then_some(v)
 }

@@ -722,7 +722,8 @@ pub struct FakeKubeApi {
 
 impl FakeKubeApi {
     /// Serves a pod `namespace/name` with UID `uid` whose container `container` has id `cid`,
-    /// on node `test-node`, to the bearer of a token it makes up.
+    /// on node `test-node`, to the bearer of a token it makes up; the pod is run by
+    /// Deployment `name` less its last `-` part, through a `ReplicaSet`.
     #[must_use]
     pub fn start(uid: &str, namespace: &str, name: &str, container: &str, cid: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -739,15 +740,23 @@ impl FakeKubeApi {
             .expect("run openssl");
         assert!(made.success(), "openssl could not make a certificate");
         std::fs::write(p("token"), "test-token\n").unwrap();
+        // The pod belongs to ReplicaSet NAME-5d8f7 (ends at the last '-') of Deployment NAME.
+        let deployment = name.rsplit_once('-').map_or(name, |(d, _)| d);
         let pods = format!(
-            r#"{{"kind":"PodList","items":[{{"metadata":{{"uid":"{uid}","name":"{name}","namespace":"{namespace}"}},"status":{{"containerStatuses":[{{"name":"{container}","containerID":"containerd://{cid}"}}]}}}}]}}"#
+            r#"{{"kind":"PodList","items":[{{"metadata":{{"uid":"{uid}","name":"{name}","namespace":"{namespace}","ownerReferences":[{{"kind":"ReplicaSet","name":"{deployment}-5d8f7","controller":true}}]}},"spec":{{"nodeName":"test-node"}},"status":{{"containerStatuses":[{{"name":"{container}","containerID":"containerd://{cid}"}}]}}}}]}}"#
         );
         std::fs::write(p("pods.json"), pods).unwrap();
+        let rs = dir.path().join(format!("apis/apps/v1/namespaces/{namespace}/replicasets"));
+        std::fs::create_dir_all(&rs).unwrap();
+        let owner = format!(
+            r#"{{"kind":"ReplicaSet","metadata":{{"name":"{deployment}-5d8f7","ownerReferences":[{{"kind":"Deployment","name":"{deployment}","controller":true}}]}}}}"#
+        );
+        std::fs::write(rs.join(format!("{deployment}-5d8f7.json")), owner).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/fake_kube_api.py");
         let child = Command::new("python3")
             .arg(script)
             .args([p("cert.pem"), p("key.pem"), "test-token".into(), "test-node".into()])
-            .args([p("pods.json"), p("port")])
+            .args([dir.path().to_string_lossy().into_owned(), p("port")])
             .spawn()
             .expect("start the fake API server");
         let deadline = Instant::now() + TIMEOUT;

@@ -1,24 +1,34 @@
 """A stand-in for the Kubernetes API server, for leak agent's tests: HTTPS with the given
-certificate, answering GET /api/v1/pods?fieldSelector=spec.nodeName%3D<node> with the pod list
-in a file, to a request bearing the given token (403 otherwise). Writes its port to a file.
+certificate, answering a request bearing the given token (403 otherwise): GET
+/api/v1/pods?fieldSelector=spec.nodeName%3D<node> with OBJECTS/pods.json, any other GET /PATH
+with OBJECTS/PATH.json if there is one (a ReplicaSet, a Job), 404 else. Each request's path is
+appended to OBJECTS/requests.log. Writes its port to a file.
 
-Usage: fake_kube_api.py CERT KEY TOKEN NODE PODS_JSON PORT_FILE
+Usage: fake_kube_api.py CERT KEY TOKEN NODE OBJECTS PORT_FILE
 """
 import http.server
 import ssl
 import sys
 
-cert, key, token, node, pods, port_file = sys.argv[1:7]
+cert, key, token, node, objects, port_file = sys.argv[1:7]
+import os
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         wanted = "/api/v1/pods?fieldSelector=spec.nodeName%3D" + node
         authorized = self.headers.get("Authorization") == "Bearer " + token
-        if authorized and self.path == wanted:
-            status, body = 200, open(pods, "rb").read()
-        else:
+        with open(os.path.join(objects, "requests.log"), "a") as log:
+            log.write(self.path + "\n")
+        obj = os.path.join(objects, self.path.lstrip("/") + ".json")
+        if not authorized:
             status, body = 403, b'{"kind":"Status","code":403}'
+        elif self.path == wanted:
+            status, body = 200, open(os.path.join(objects, "pods.json"), "rb").read()
+        elif ".." not in self.path and "?" not in self.path and os.path.isfile(obj):
+            status, body = 200, open(obj, "rb").read()
+        else:
+            status, body = 404, b'{"kind":"Status","code":404}'
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -35,6 +45,5 @@ context.load_cert_chain(cert, key)
 server.socket = context.wrap_socket(server.socket, server_side=True)
 with open(port_file + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))
-import os
 os.rename(port_file + ".tmp", port_file)
 server.serve_forever()

@@ -60,6 +60,7 @@ fn start_container(cgroup: &PodCgroup, root: &Path) -> Fixture {
 fn leaking_pod() -> (PodCgroup, String, String, Fixture, FakeKubeApi, tempfile::TempDir) {
     let (cgroup, uid, cid) = systemd_pod_cgroup();
     let root = tempfile::tempdir().unwrap();
+    cgroup.limit_memory(LIMIT);
     let target = start_container(&cgroup, root.path());
     let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
     (cgroup, uid, cid, target, api, root)
@@ -73,7 +74,7 @@ fn assert_container_leaks(addr: &str, metrics: String, uid: &str, cid: &str) {
     // series climbs in steps: wait for enough of them.
     let container = format!(
         "pod_uid=\"{uid}\",container_id=\"{cid}\",namespace=\"shop\",pod=\"shop-api-1\",\
-         container=\"api\""
+         container=\"api\",workload_kind=\"Deployment\",workload=\"shop-api\",node=\"test-node\""
     );
     let leaking = format!("leak_container_verdict{{{container},verdict=\"leak\"}} 1\n");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -92,7 +93,27 @@ fn assert_container_leaks(addr: &str, metrics: String, uid: &str, cid: &str) {
         .unwrap();
     // Pages are charged where they are faulted in: what the leak touched since the move.
     assert!(anon > 0.0, "{anon}");
+    // Against its limit (leaking_pod's): usage, and the time left at this rate.
+    let value = |family: &str| -> f64 {
+        let line = format!("{family}{{{container}}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("{line}\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("leak_container_memory_limit_bytes").to_string(), LIMIT.to_string());
+    let ratio = value("leak_container_memory_limit_ratio");
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+    assert!(value("leak_container_seconds_to_limit") > 0.0);
+    assert!(
+        value("leak_container_gained_bytes") > 0.0 && value("leak_container_window_seconds") > 0.0
+    );
 }
+
+/// The leaking pod's container's memory limit.
+const LIMIT: u64 = 1 << 30;
 
 /// The address the agent says it serves on.
 fn serving_addr(agent: &mut Leak) -> String {
@@ -113,6 +134,18 @@ fn check_node_page(addr: &str, pid: u32, id: &str) {
     assert!(process.contains("<div class=\"chart\"><svg"), "{process}");
     let link = format!("href=\"api/v1/reports/{id}/report.html\"");
     assert!(process.contains(&link) && node.contains("<table id=\"traces\">"), "{process}");
+}
+
+/// A report entry's pod, named through the (fake) API: names, and the workload above it.
+fn assert_named(r: &serde_json::Value, cid: &str) {
+    assert_eq!(r["pod"]["container_id"], cid);
+    assert_eq!(r["pod"]["namespace"], "shop", "{r:#}");
+    assert_eq!(r["pod"]["name"], "shop-api-1", "{r:#}");
+    assert_eq!(r["pod"]["container_name"], "api", "{r:#}");
+    // Its workload: the Deployment above its ReplicaSet, read through the API.
+    assert_eq!(r["pod"]["workload_kind"], "Deployment", "{r:#}");
+    assert_eq!(r["pod"]["workload"], "shop-api", "{r:#}");
+    assert_eq!(r["pod"]["node"], "test-node", "{r:#}");
 }
 
 #[test]
@@ -154,10 +187,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
             r["pid"] == target.pid() && r["status"] == "done" && r["pod"]["pod_uid"] == uid
         });
         if let Some(r) = done {
-            assert_eq!(r["pod"]["container_id"], cid.as_str());
-            assert_eq!(r["pod"]["namespace"], "shop", "{r:#}");
-            assert_eq!(r["pod"]["name"], "shop-api-1", "{r:#}");
-            assert_eq!(r["pod"]["container_name"], "api", "{r:#}");
+            assert_named(r, &cid);
             break r["id"].as_str().unwrap().to_owned();
         }
         assert!(Instant::now() < deadline, "no finished report: {list:#}");
@@ -192,7 +222,8 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     let metrics = get_text(&addr, "/metrics");
     let process = format!(
         "pid=\"{}\",comm=\"cacher\",pod_uid=\"{uid}\",container_id=\"{cid}\",\
-         namespace=\"shop\",pod=\"shop-api-1\",container=\"api\"",
+         namespace=\"shop\",pod=\"shop-api-1\",container=\"api\",workload_kind=\"Deployment\",\
+         workload=\"shop-api\",node=\"test-node\"",
         target.pid()
     );
     assert!(
@@ -216,6 +247,7 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     assert_eq!(result[0]["metric"]["pod_uid"], uid.as_str(), "{result:#?}");
     assert_eq!(result[0]["value"][1], leak.outstanding_bytes.to_string(), "{result:#?}");
     assert_leak_verdict(&prometheus, target.pid(), &cid);
+    assert_dashboard_queries(&prometheus);
     drop(prometheus);
 
     // The container restarts: its process exits and a new one starts in the same pod.
@@ -241,6 +273,43 @@ fn assert_leak_verdict(prometheus: &Prometheus, pid: u32, cid: &str) {
         mine.clone().count() > 0 && mine.into_iter().all(|s| s["metric"]["container_id"] == cid),
         "{verdicts:#?}"
     );
+}
+
+/// Every query of the Grafana dashboard (`deploy/grafana/leak.json`), its variables set to
+/// "All", returns data from this Prometheus, which scrapes the agent: each panel has
+/// something to show for the leaking pod.
+fn assert_dashboard_queries(prometheus: &Prometheus) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/leak.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let all = |q: &str| q.replace("$namespace", ".*").replace("$workload", ".*");
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap().to_owned();
+            queries.push((title, all(t["expr"].as_str().unwrap())));
+        }
+    }
+    // Variables: Grafana's label_values(METRIC, LABEL) asks for the label's values.
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        let Some(q) = v["query"]["query"].as_str() else { continue };
+        let (metric, label) = q
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .and_then(|q| q.rsplit_once(", "))
+            .unwrap_or_else(|| panic!("a label_values query: {q}"));
+        queries.push((format!("${}", v["name"]), format!("group by ({label}) ({})", all(metric))));
+    }
+    assert!(queries.len() >= 12, "{queries:#?}");
+    for (title, q) in &queries {
+        let result = prometheus.query_until(q, |r| !r.is_empty());
+        assert!(!result.is_empty(), "{title}: {q}");
+    }
+    // The workload's name reached Prometheus: the variable's values include it.
+    let workloads = prometheus.query_until("group by (workload) (leak_container_verdict)", |r| {
+        r.iter().any(|s| s["metric"]["workload"] == "shop-api")
+    });
+    assert!(!workloads.is_empty());
 }
 
 /// Debian's Prometheus on a free loopback port, scraping `target` every second.

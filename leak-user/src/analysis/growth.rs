@@ -216,11 +216,17 @@ impl<'a> Analysis<'a> {
 
 /// Seconds until `limit` is reached at the total's rate, if the total grows.
 fn projection(limit: &Limit, total: &Trend) -> Option<f64> {
-    if !matches!(total.verdict, Verdict::Leak | Verdict::Growing) || total.rate_per_s <= 0.0 {
+    seconds_to_limit(limit.bytes, limit.usage, total.verdict, total.rate_per_s)
+}
+
+/// Seconds until `usage` reaches `limit` at `rate_per_s`, if it is judged growing (a leak,
+/// or growing: a plateau or a stable series is not projected).
+#[must_use]
+pub fn seconds_to_limit(limit: u64, usage: u64, verdict: Verdict, rate_per_s: f64) -> Option<f64> {
+    if !matches!(verdict, Verdict::Leak | Verdict::Growing) || rate_per_s <= 0.0 {
         return None;
     }
-    let left = f(limit.bytes.saturating_sub(limit.usage));
-    Some(round(left / total.rate_per_s, 0))
+    Some(round(f(limit.saturating_sub(usage)) / rate_per_s, 0))
 }
 
 /// The fewest sites whose gains make up [`MOST`] of the positive growth (at most

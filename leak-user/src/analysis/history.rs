@@ -28,6 +28,11 @@ pub struct CgroupMemory {
     pub usage: u64,
     /// Anonymous bytes (`anon` of `memory.stat`, v1 `total_rss`): what a leak grows.
     pub anon: u64,
+    /// The working set: `usage` less the inactive page cache (`inactive_file`, v1
+    /// `total_inactive_file`), what the kubelet and cAdvisor compare with the limit.
+    pub working_set: u64,
+    /// Its memory limit (`memory.max`, v1 `memory.limit_in_bytes`), if it has one.
+    pub limit: Option<u64>,
 }
 
 /// A site's value at one sample.

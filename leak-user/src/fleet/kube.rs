@@ -1,6 +1,7 @@
 //! Pure: what the Kubernetes API says of this node's pods (names, namespaces, container
-//! names), and which processes the agent selects by them (#6). Fetching the pod list is left
-//! to the caller; this module only reads it.
+//! names, the workload that runs each: #6, #18), and which processes the agent selects by
+//! them. Fetching is left to the caller (`kubeapi`); this module only reads the answers and
+//! keeps what it learnt of pods' owners ([`Owners`]).
 use hashbrown::HashMap;
 use serde::Deserialize;
 
@@ -13,6 +14,21 @@ pub struct PodMeta {
     pub namespace: String,
     /// Container name by container id (the id without its `containerd://` scheme).
     pub containers: HashMap<String, String>,
+    /// The workload that runs it: its controller (a `ReplicaSet`'s Deployment, a Job's
+    /// `CronJob`, once [`Owners::apply`] has resolved them), or the pod itself (kind `Pod`).
+    pub workload: Workload,
+    /// `spec.nodeName`.
+    pub node: Option<String>,
+}
+
+/// What runs a pod, as a user names it: `Deployment/api`, `StatefulSet/db`, `CronJob/report`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Workload {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `ReplicaSet` (one no Deployment owns),
+    /// `Job`, `CronJob`, `Pod` (a bare pod), or another controller's kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
 }
 
 #[derive(Deserialize)]
@@ -25,15 +41,54 @@ struct PodList {
 struct Pod {
     metadata: Metadata,
     #[serde(default)]
+    spec: Spec,
+    #[serde(default)]
     status: Status,
 }
 
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    node_name: Option<String>,
+}
+
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Metadata {
     uid: String,
     name: String,
     #[serde(default)]
     namespace: String,
+    #[serde(default)]
+    owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Deserialize)]
+struct OwnerReference {
+    kind: String,
+    name: String,
+    #[serde(default)]
+    controller: bool,
+}
+
+/// The controller among `refs`, if any.
+fn controller(refs: Vec<OwnerReference>) -> Option<Workload> {
+    refs.into_iter().find(|r| r.controller).map(|r| Workload { kind: r.kind, name: r.name })
+}
+
+/// An object with only its metadata read (a `ReplicaSet`, a Job).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Owned {
+    metadata: OwnedMetadata,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnedMetadata {
+    #[serde(default)]
+    owner_references: Vec<OwnerReference>,
 }
 
 #[derive(Default, Deserialize)]
@@ -80,11 +135,94 @@ pub fn parse_pod_list(body: &[u8]) -> Result<HashMap<String, PodMeta>, String> {
                     Some((id, c.name))
                 })
                 .collect();
-            let meta =
-                PodMeta { name: p.metadata.name, namespace: p.metadata.namespace, containers };
-            (p.metadata.uid, meta)
+            let m = p.metadata;
+            let workload = controller(m.owner_references)
+                .unwrap_or_else(|| Workload { kind: "Pod".into(), name: m.name.clone() });
+            let node = p.spec.node_name;
+            (m.uid, PodMeta { name: m.name, namespace: m.namespace, containers, workload, node })
         })
         .collect())
+}
+
+/// Where the owner of a pod's controller is found, for the kinds a user knows by their
+/// owner: a `ReplicaSet` (its Deployment's) and a Job (its `CronJob`'s).
+#[must_use]
+pub fn owner_path(namespace: &str, owned: &Workload) -> Option<String> {
+    let (group, plural) = match owned.kind.as_str() {
+        "ReplicaSet" => ("apps", "replicasets"),
+        "Job" => ("batch", "jobs"),
+        _ => return None,
+    };
+    Some(format!("/apis/{group}/v1/namespaces/{namespace}/{plural}/{}", owned.name))
+}
+
+/// The controller of the object in an API answer (`None`: it has none).
+///
+/// # Errors
+/// The body is not an object with metadata.
+pub fn parse_owner(body: &[u8]) -> Result<Option<Workload>, String> {
+    let o: Owned = serde_json::from_slice(body).map_err(|e| format!("not an object: {e}"))?;
+    Ok(controller(o.metadata.owner_references))
+}
+
+/// What was learnt of pods' controllers (`ReplicaSets` and Jobs): their owners, kept while a
+/// pod refers to them. A `ReplicaSet`'s owner does not change, so each is asked once; one
+/// that could not be read is asked again after [`Owners::RETRY`] refreshes.
+#[derive(Debug, Default)]
+pub struct Owners {
+    /// `(namespace, kind, name)` to its owner (`Ok(None)`: it has none), or the refreshes
+    /// left before it is asked again.
+    known: HashMap<OwnerKey, Result<Option<Workload>, u32>>,
+}
+
+/// A pod's controller: `(namespace, kind, name)`.
+pub type OwnerKey = (String, String, String);
+
+impl Owners {
+    /// Refreshes before a failed lookup is tried again (20 x 15 s: 5 minutes).
+    pub const RETRY: u32 = 20;
+
+    /// The API paths to read for `pods`' controllers not known yet, once each.
+    pub fn wanted(&mut self, pods: &HashMap<String, PodMeta>) -> Vec<(OwnerKey, String)> {
+        let mut paths = Vec::new();
+        let mut referred = hashbrown::HashSet::new();
+        for p in pods.values() {
+            let Some(path) = owner_path(&p.namespace, &p.workload) else { continue };
+            let key = (p.namespace.clone(), p.workload.kind.clone(), p.workload.name.clone());
+            match self.known.get_mut(&key) {
+                Some(Err(0)) | None if !referred.contains(&key) => {
+                    paths.push((key.clone(), path));
+                }
+                Some(Err(left)) if !referred.contains(&key) => *left -= 1,
+                _ => {}
+            }
+            referred.insert(key);
+        }
+        // Forget the controllers no pod refers to any more (bounded by this node's pods).
+        self.known.retain(|k, _| referred.contains(k));
+        paths
+    }
+
+    /// Records the answer to a lookup [`Self::wanted`] asked for.
+    ///
+    /// # Errors
+    /// The lookup failed, or its answer is not an object (it is asked again later).
+    pub fn record(&mut self, key: OwnerKey, answer: Result<&[u8], String>) -> Result<(), String> {
+        let owner = answer.and_then(parse_owner);
+        let failed = owner.as_ref().err().cloned();
+        self.known.insert(key, owner.map_err(|_| Self::RETRY));
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Names each pod's workload by its controller's owner, where known.
+    pub fn apply(&self, pods: &mut HashMap<String, PodMeta>) {
+        for p in pods.values_mut() {
+            let key = (p.namespace.clone(), p.workload.kind.clone(), p.workload.name.clone());
+            if let Some(Ok(Some(owner))) = self.known.get(&key) {
+                p.workload = owner.clone();
+            }
+        }
+    }
 }
 
 /// What is known of a process when selecting it: its `comm` always; the rest when it runs in
@@ -190,6 +328,60 @@ mod tests {
         assert!(pods["u2"].containers.is_empty());
         assert!(parse_pod_list(b"{\"kind\":\"Status\",\"code\":403}").unwrap().is_empty());
         assert!(parse_pod_list(b"not json").is_err());
+    }
+
+    #[test]
+    fn workloads_from_owner_references_resolved_once() {
+        let body = br#"{"items":[
+          {"metadata":{"uid":"a","name":"api-7d9-x","namespace":"shop","ownerReferences":[
+             {"kind":"ReplicaSet","name":"api-7d9","controller":true}]},
+           "spec":{"nodeName":"n1"}},
+          {"metadata":{"uid":"b","name":"api-7d9-y","namespace":"shop","ownerReferences":[
+             {"kind":"ReplicaSet","name":"api-7d9","controller":true}]}},
+          {"metadata":{"uid":"c","name":"db-0","namespace":"shop","ownerReferences":[
+             {"kind":"Node","name":"n1"},{"kind":"StatefulSet","name":"db","controller":true}]}},
+          {"metadata":{"uid":"d","name":"report-29-z","namespace":"ops","ownerReferences":[
+             {"kind":"Job","name":"report-29","controller":true}]}},
+          {"metadata":{"uid":"e","name":"debug","namespace":"ops"}}]}"#;
+        let mut pods = parse_pod_list(body).unwrap();
+        let w = |kind: &str, name: &str| Workload { kind: kind.into(), name: name.into() };
+        assert_eq!(pods["a"].node.as_deref(), Some("n1"));
+        assert_eq!(pods["c"].workload, w("StatefulSet", "db"));
+        assert_eq!(pods["e"].workload, w("Pod", "debug"), "a bare pod is its own workload");
+        let mut owners = Owners::default();
+        let mut wanted = owners.wanted(&pods);
+        wanted.sort();
+        // One lookup per controller, not per pod.
+        assert_eq!(
+            wanted.iter().map(|w| w.1.as_str()).collect::<Vec<_>>(),
+            [
+                "/apis/batch/v1/namespaces/ops/jobs/report-29",
+                "/apis/apps/v1/namespaces/shop/replicasets/api-7d9"
+            ]
+        );
+        let rs = br#"{"metadata":{"ownerReferences":[{"kind":"Deployment","name":"api","controller":true}]}}"#;
+        for (key, _) in wanted {
+            let answer = if key.1 == "ReplicaSet" { Ok(&rs[..]) } else { Err("403".to_owned()) };
+            let failed = key.1 == "Job";
+            assert_eq!(owners.record(key, answer).is_err(), failed);
+        }
+        owners.apply(&mut pods);
+        assert_eq!(pods["a"].workload, w("Deployment", "api"));
+        assert_eq!(pods["b"].workload, w("Deployment", "api"));
+        assert_eq!(pods["d"].workload, w("Job", "report-29"), "unresolved: its own controller");
+        // Known ones are not asked again; the failed one only after RETRY refreshes.
+        let mut fresh = parse_pod_list(body).unwrap();
+        for _ in 0..Owners::RETRY {
+            assert!(owners.wanted(&fresh).is_empty());
+        }
+        assert_eq!(owners.wanted(&fresh).len(), 1, "the Job, again");
+        owners.apply(&mut fresh);
+        assert_eq!(fresh["a"].workload, w("Deployment", "api"));
+        // Gone pods' controllers are forgotten.
+        fresh.retain(|uid, _| uid == "e");
+        assert!(owners.wanted(&fresh).is_empty());
+        assert!(owners.known.is_empty());
+        assert!(parse_owner(b"[]").is_err());
     }
 
     #[test]

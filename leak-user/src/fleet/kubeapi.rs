@@ -1,5 +1,6 @@
 //! The in-cluster Kubernetes API, read-only: the pods of this node, for their names,
-//! namespaces and container names (#6). HTTPS with the service account's CA and token, one
+//! namespaces and container names (#6), and their controllers' owners, for the workload
+//! (#18). HTTPS with the service account's CA and token, one
 //! request per refresh, on hyper's HTTP/1.1 client over tokio-rustls; bounded in time and in
 //! the size of the answer (the API is reached over the network and may be slow, hostile or
 //! broken). When the API is not reachable the agent goes on without names.
@@ -11,7 +12,7 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 
-use crate::fleet::kube::{PodMeta, parse_pod_list};
+use crate::fleet::kube::{Owners, PodMeta, parse_pod_list};
 
 /// Where the service account's credentials are mounted in a pod.
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -59,28 +60,62 @@ impl ApiConfig {
     }
 }
 
-/// This node's pods by UID.
+/// This node's pods by UID, each with its workload: a `ReplicaSet`'s or Job's owner is looked
+/// up once (kept in `owners`; needs `get` on replicasets and jobs). A lookup that fails
+/// leaves the pod named by its `ReplicaSet` or Job, and is logged.
 ///
 /// # Errors
 /// A one-line reason: credentials unreadable, connection or TLS failure, a timeout, an HTTP
 /// error status, an answer over [`MAX_BODY`], or a body that is not a pod list.
-pub fn fetch_pods(cfg: &ApiConfig) -> Result<HashMap<String, PodMeta>, String> {
-    fetch_pods_within(cfg, TIMEOUT)
+pub fn fetch_pods(
+    cfg: &ApiConfig,
+    owners: &mut Owners,
+) -> Result<HashMap<String, PodMeta>, String> {
+    fetch_pods_within(cfg, owners, TIMEOUT)
 }
 
-/// [`fetch_pods`], giving up after `timeout`.
+/// [`fetch_pods`], giving up after `timeout` (the pod list), and after as much again (the
+/// owners' lookups).
 fn fetch_pods_within(
     cfg: &ApiConfig,
+    owners: &mut Owners,
     timeout: Duration,
 ) -> Result<HashMap<String, PodMeta>, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the API client: {e}"))?;
+    let path = match &cfg.node {
+        Some(node) => format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"),
+        None => "/api/v1/pods".to_owned(),
+    };
+    let late = || format!("{}:{}: no answer within {timeout:?}", cfg.host, cfg.port);
     let body = rt
-        .block_on(async { tokio::time::timeout(timeout, get_pods(cfg)).await })
-        .map_err(|_| format!("{}:{}: no answer within {timeout:?}", cfg.host, cfg.port))??;
-    parse_pod_list(&body)
+        .block_on(async { tokio::time::timeout(timeout, get(cfg, &path)).await })
+        .map_err(|_| late())??;
+    let mut pods = parse_pod_list(&body)?;
+    let wanted = owners.wanted(&pods);
+    if !wanted.is_empty() {
+        let answers = rt.block_on(async {
+            let mut answers = Vec::new();
+            let all = async {
+                for (key, path) in wanted {
+                    let answer = get(cfg, &path).await;
+                    answers.push((key, answer));
+                }
+            };
+            let _ = tokio::time::timeout(timeout, all).await;
+            answers
+        });
+        for (key, answer) in answers {
+            let what = format!("{} {}/{}", key.1, key.0, key.2);
+            if let Err(e) = owners.record(key, answer.as_deref().map_err(Clone::clone)) {
+                log::warn!("cannot read {what}'s owner ({e}): its pods are named by it");
+            }
+        }
+        owners.apply(&mut pods);
+    }
+    Ok(pods)
 }
 
 /// The TLS client configuration trusting the cluster's CA bundle.
@@ -100,8 +135,8 @@ fn tls_config(cfg: &ApiConfig) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-/// `GET /api/v1/pods` (this node's): the body of a 200 answer.
-async fn get_pods(cfg: &ApiConfig) -> Result<Bytes, String> {
+/// `GET path`: the body of a 200 answer.
+async fn get(cfg: &ApiConfig, path: &str) -> Result<Bytes, String> {
     let token = std::fs::read_to_string(&cfg.token_file)
         .map_err(|e| format!("reading {}: {e}", cfg.token_file.display()))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(cfg)?));
@@ -115,10 +150,6 @@ async fn get_pods(cfg: &ApiConfig) -> Result<Bytes, String> {
         .await
         .map_err(|e| format!("{at}: {e}"))?;
     tokio::spawn(connection);
-    let path = match &cfg.node {
-        Some(node) => format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"),
-        None => "/api/v1/pods".to_owned(),
-    };
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, cfg.host.as_str())
         .header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
@@ -200,40 +231,45 @@ mod tests {
         }
     }
 
+    fn pods_of(cfg: &ApiConfig) -> Result<HashMap<String, PodMeta>, String> {
+        fetch_pods(cfg, &mut Owners::default())
+    }
+
     #[test]
     fn pods_errors_and_hostile_answers() {
         let dir = tempfile::tempdir().unwrap();
         let at = |name: &str| dir.path().join(name);
         let pods = br#"{"kind":"PodList","items":[{"metadata":{"uid":"u1","name":"web","namespace":"shop"}}]}"#;
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", pods.len());
-        let found = fetch_pods(&serve([head.as_bytes(), pods].concat(), &at("a"))).unwrap();
+        let found = pods_of(&serve([head.as_bytes(), pods].concat(), &at("a"))).unwrap();
         assert_eq!(found["u1"].name, "web");
         // Chunked, as the API server streams long lists.
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                         4\r\n{\"ki\r\n19\r\nnd\":\"PodList\",\"items\":[]}\r\n0\r\n\r\n";
-        assert!(fetch_pods(&serve(chunked.to_vec(), &at("b"))).unwrap().is_empty());
+        assert!(pods_of(&serve(chunked.to_vec(), &at("b"))).unwrap().is_empty());
         let denied = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 17\r\n\r\npods is forbidden";
-        let err = fetch_pods(&serve(denied.to_vec(), &at("c"))).unwrap_err();
+        let err = pods_of(&serve(denied.to_vec(), &at("c"))).unwrap_err();
         assert_eq!(err, "the API answered 403: pods is forbidden");
         let garbage = b"\x00\x01 not http at all\r\n\r\n";
-        assert!(fetch_pods(&serve(garbage.to_vec(), &at("d"))).is_err());
+        assert!(pods_of(&serve(garbage.to_vec(), &at("d"))).is_err());
         // An answer bigger than any node's pods take: refused, not buffered.
         let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
         let huge = [huge.into_bytes(), vec![b' '; MAX_BODY + 1]].concat();
-        let err = fetch_pods(&serve(huge, &at("e"))).unwrap_err();
+        let err = pods_of(&serve(huge, &at("e"))).unwrap_err();
         assert!(err.contains("at most"), "{err}");
         // A server that takes the connection and never answers (nor finishes the TLS
         // handshake): given up on at the deadline, not waited for.
         let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut stalled = serve(Vec::new(), &at("g"));
         stalled.port = slow.local_addr().unwrap().port();
-        let err = fetch_pods_within(&stalled, Duration::from_millis(300)).unwrap_err();
+        let err = fetch_pods_within(&stalled, &mut Owners::default(), Duration::from_millis(300))
+            .unwrap_err();
         assert!(err.ends_with("no answer within 300ms"), "{err}");
         drop(slow);
         // Nobody listening.
         let mut gone = serve(Vec::new(), &at("f"));
         gone.port =
             std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        assert!(fetch_pods(&gone).is_err());
+        assert!(pods_of(&gone).is_err());
     }
 }

@@ -123,7 +123,7 @@ fn container(h: &mut String, p: &WatchPage, c: &WatchedContainer) {
         &c.trend,
     );
     let name = pod_name(&c.pod);
-    let _ = writeln!(
+    let _ = write!(
         h,
         "<div class=\"site\" id=\"container-{}\"><b>{}</b> <span class=\"badge {}\">{}</span> \
          {} at {}/h; {} anonymous, {} charged; {} watched process{}",
@@ -138,6 +138,20 @@ fn container(h: &mut String, p: &WatchPage, c: &WatchedContainer) {
         c.processes,
         if c.processes == 1 { "" } else { "es" },
     );
+    if let Some(limit) = c.limit_bytes {
+        #[expect(clippy::cast_precision_loss, reason = "a percentage")]
+        let used = c.working_set_bytes as f64 / limit.max(1) as f64 * 100.0;
+        let _ = write!(
+            h,
+            "; working set {} of its {} limit ({used:.0}%)",
+            human_bytes(c.working_set_bytes),
+            human_bytes(limit)
+        );
+        if let Some(s) = c.seconds_to_limit {
+            let _ = write!(h, ", <b>reached in {}</b> at this rate", duration(s));
+        }
+    }
+    h.push('\n');
     chart(h, &name, &lines, p);
     h.push_str("</div>\n");
 }
@@ -339,6 +353,9 @@ mod tests {
             name: Some("srv-<1>".into()),
             namespace: Some("shop".into()),
             container_name: Some("srv".into()),
+            workload_kind: Some("Deployment".into()),
+            workload: Some("srv".into()),
+            node: Some("n1".into()),
         };
         let mut leaker = process(42, "srv", trend(Verdict::Leak, 1024.0, 9216), 1024);
         leaker.pod = Some(pod.clone());
@@ -366,6 +383,9 @@ mod tests {
                 processes: 1,
                 memory_bytes: 3 << 20,
                 anon_bytes: 2 << 20,
+                working_set_bytes: 3 << 20,
+                limit_bytes: Some(4 << 20),
+                seconds_to_limit: Some(1024.0),
                 watched_s: 9.0,
                 first_seen_s: 1.0,
                 trend: trend(Verdict::Leak, 1024.0, 9216),
@@ -408,7 +428,11 @@ mod tests {
         assert!(html.contains("\ntrend\n</text>") && html.contains("\nlevel\n</text>"));
         // Names escaped; the process links its trace; the table lists both, the running one
         // without a page.
-        assert!(html.contains("pod shop/srv-&lt;1&gt; container srv"), "{html}");
+        assert!(html.contains("pod shop/srv-&lt;1&gt; container srv (Deployment srv)"), "{html}");
+        assert!(
+            html.contains("working set 3.0 MiB of its 4.0 MiB limit (75%), <b>reached in 17 min"),
+            "{html}"
+        );
         assert!(html.contains("<a class=\"trace\" href=\"reports/42&amp;x.html\">its trace</a>"));
         assert!(html.contains("<td>other (pid 45)</td>"), "{html}");
         assert!(html.contains("<td>tracing</td><td><span class=\"muted\">none</span>"), "{html}");

@@ -59,6 +59,16 @@ pub struct PodRef {
     /// See `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
+    /// The workload that runs the pod (`Deployment`, `StatefulSet`, `CronJob`, `Pod` for a
+    /// bare pod...), from the API with its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
+    /// See `workload_kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The node it runs on, from the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl PodRef {
@@ -69,6 +79,9 @@ impl PodRef {
             self.namespace = Some(meta.namespace.clone());
             self.container_name =
                 self.container_id.as_ref().and_then(|id| meta.containers.get(id)).cloned();
+            self.workload_kind = Some(meta.workload.kind.clone());
+            self.workload = Some(meta.workload.name.clone());
+            self.node.clone_from(&meta.node);
         }
     }
 }
@@ -127,6 +140,9 @@ pub fn pod_of_path(path: &str) -> Option<PodRef> {
         name: None,
         namespace: None,
         container_name: None,
+        workload_kind: None,
+        workload: None,
+        node: None,
     })
 }
 
@@ -245,23 +261,36 @@ pub fn cgroup_memory(
     cg: &crate::fleet::pods::MemoryCgroup,
 ) -> Option<(std::path::PathBuf, crate::analysis::history::CgroupMemory)> {
     use crate::fleet::pods::MemoryCgroup;
-    let (hierarchy, usage_file, anon_keys): (_, _, &[&str]) = match cg {
-        MemoryCgroup::V1(_) => {
-            (root.join("memory"), "memory.usage_in_bytes", &["total_rss", "rss"])
-        }
-        MemoryCgroup::V2(_) => {
-            let unified = root.join("unified");
-            let h =
-                if root.join("cgroup.controllers").exists() { root.to_owned() } else { unified };
-            (h, "memory.current", &["anon"])
-        }
-    };
+    let (hierarchy, [usage_file, limit_file], [anon_keys, inactive_keys]): (_, _, [&[&str]; 2]) =
+        match cg {
+            MemoryCgroup::V1(_) => (
+                root.join("memory"),
+                ["memory.usage_in_bytes", "memory.limit_in_bytes"],
+                [&["total_rss", "rss"], &["total_inactive_file", "inactive_file"]],
+            ),
+            MemoryCgroup::V2(_) => {
+                let unified = root.join("unified");
+                let h = if root.join("cgroup.controllers").exists() {
+                    root.to_owned()
+                } else {
+                    unified
+                };
+                (h, ["memory.current", "memory.max"], [&["anon"], &["inactive_file"]])
+            }
+        };
     crate::fleet::pods::cgroup_dir_candidates(cg.path()).into_iter().find_map(|rel| {
         let dir = hierarchy.join(rel);
-        let usage = std::fs::read_to_string(dir.join(usage_file)).ok()?.trim().parse().ok()?;
+        let usage: u64 = std::fs::read_to_string(dir.join(usage_file)).ok()?.trim().parse().ok()?;
         let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
-        let anon = anon_keys.iter().find_map(|k| crate::procfs::memory_stat_value(&stat, k))?;
-        Some((dir, crate::analysis::history::CgroupMemory { usage, anon }))
+        let value =
+            |keys: &[&str]| keys.iter().find_map(|k| crate::procfs::memory_stat_value(&stat, k));
+        let anon = value(anon_keys)?;
+        let inactive = value(inactive_keys).unwrap_or(0);
+        let limit = std::fs::read_to_string(dir.join(limit_file))
+            .ok()
+            .and_then(|t| crate::procfs::parse_limit(&t));
+        let working_set = usage.saturating_sub(inactive);
+        Some((dir, crate::analysis::history::CgroupMemory { usage, anon, working_set, limit }))
     })
 }
 
@@ -281,6 +310,9 @@ mod tests {
             name: None,
             namespace: None,
             container_name: None,
+            workload_kind: None,
+            workload: None,
+            node: None,
         }
     }
 
@@ -424,12 +456,21 @@ mod tests {
             "8192\n",
             "cache 4096\nrss 100\ntotal_cache 4096\ntotal_rss 4096\n",
         );
+        // No inactive cache counted, no limit (v1's "unlimited" is a huge number).
+        fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
         let got = cgroup_memory(root.path(), &MemoryCgroup::V1("/../kubepods/pod1/c".into()));
-        assert_eq!(got, Some((v1, CgroupMemory { usage: 8192, anon: 4096 })));
-        let v2 =
-            write("unified/k.slice/c.scope", "memory.current", "300\n", "anon 200\nfile 100\n");
+        let mem = CgroupMemory { usage: 8192, anon: 4096, working_set: 8192, limit: None };
+        assert_eq!(got, Some((v1.clone(), mem)));
+        let v2 = write(
+            "unified/k.slice/c.scope",
+            "memory.current",
+            "300\n",
+            "anon 200\nfile 100\ninactive_file 60\n",
+        );
+        fs::write(v2.join("memory.max"), "1048576\n").unwrap();
         let got = cgroup_memory(root.path(), &MemoryCgroup::V2("/k.slice/c.scope".into()));
-        assert_eq!(got, Some((v2, CgroupMemory { usage: 300, anon: 200 })));
+        let mem = CgroupMemory { usage: 300, anon: 200, working_set: 240, limit: Some(1 << 20) };
+        assert_eq!(got, Some((v2, mem)));
         // Missing: no directory, or no memory controller there.
         assert_eq!(cgroup_memory(root.path(), &MemoryCgroup::V2("/nope".into())), None);
         fs::create_dir_all(root.path().join("unified/bare")).unwrap();

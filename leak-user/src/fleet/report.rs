@@ -25,6 +25,16 @@ pub struct WatchedContainer {
     pub memory_bytes: u64,
     /// Its anonymous bytes at the last sample.
     pub anon_bytes: u64,
+    /// Its working set (charged less the inactive page cache) at the last sample.
+    #[serde(default)]
+    pub working_set_bytes: u64,
+    /// Its memory limit, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// Seconds until its working set reaches the limit at the anonymous memory's growth
+    /// rate, when that grows (a leak, or growing) and there is a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_to_limit: Option<f64>,
     /// Seconds it has been watched.
     pub watched_s: f64,
     /// When it was first seen, seconds after the watch started.
@@ -234,16 +244,20 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
     s
 }
 
-/// `pod NS/NAME container NAME`, or with enough of each id to find it in
+/// `pod NS/NAME container NAME (Deployment NAME)`, or with enough of each id to find it in
 /// `kubectl get pods -A -o wide` / `crictl ps` when the API gave no names.
 pub(crate) fn pod_name(pod: &PodRef) -> String {
     let pod_part = match (&pod.namespace, &pod.name) {
         (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
         _ => format!("pod {}", pod.pod_uid),
     };
-    match (&pod.container_name, &pod.container_id) {
+    let named = match (&pod.container_name, &pod.container_id) {
         (Some(name), _) => format!("{pod_part} container {name}"),
         (None, Some(c)) => format!("{pod_part} container {}", &c[..12.min(c.len())]),
         (None, None) => pod_part,
+    };
+    match (&pod.workload_kind, &pod.workload) {
+        (Some(kind), Some(name)) if kind != "Pod" => format!("{named} ({kind} {name})"),
+        _ => named,
     }
 }

@@ -3,9 +3,11 @@
 //! - `/`: the node's watch page (HTML, `fleet::page`): its growing processes and
 //!   containers charted, each trace linked;
 //! - `/healthz`;
-//! - `/metrics`: Prometheus text: each watched process's anonymous memory, growth rate and
-//!   verdict, labelled with its pod and container; the same for each container's memory
-//!   cgroup; each traced process's top sites
+//! - `/metrics`: Prometheus text: each watched process's anonymous memory, growth rate,
+//!   bytes gained over the judged window and verdict, labelled with its pod, container,
+//!   workload and node (#18); the same for each container's memory cgroup, with its limit,
+//!   usage against it and the projected seconds to reach it; each trace's report id
+//!   (`leak_trace_info`, for links to its page); each traced process's top sites
 //!   (outstanding bytes and allocations), drops and probe hits; the agent's own CPU time;
 //! - `/api/v1/reports`: the traced processes, running and done;
 //!   `/api/v1/reports/{id}`: a report (JSON), with `/report.html` (the page to look at),
@@ -218,9 +220,14 @@ fn pod_labels(pod: Option<&PodRef>) -> Vec<(&'static str, String)> {
         labels.push(("pod_uid", p.pod_uid.clone()));
         labels.push(("container_id", p.container_id.clone().unwrap_or_default()));
         // Names, when the Kubernetes API gave them.
-        for (label, value) in
-            [("namespace", &p.namespace), ("pod", &p.name), ("container", &p.container_name)]
-        {
+        for (label, value) in [
+            ("namespace", &p.namespace),
+            ("pod", &p.name),
+            ("container", &p.container_name),
+            ("workload_kind", &p.workload_kind),
+            ("workload", &p.workload),
+            ("node", &p.node),
+        ] {
             if let Some(v) = value {
                 labels.push((label, v.clone()));
             }
@@ -255,20 +262,30 @@ fn metrics(state: &Published) -> String {
         Family::new("leak_drops_total", Kind::Counter, "Events a trace lost, by reason.");
     let mut hits =
         Family::new("leak_probe_hits_total", Kind::Counter, "Probe hits of a trace, by probe.");
+    let mut trace_info = Family::new(
+        "leak_trace_info",
+        Kind::Gauge,
+        "1 for each trace the agent keeps: its report's id (/api/v1/reports/{id}/report.html) and status (tracing, done or failed).",
+    );
     let mut cpu = Family::new(
         "leak_agent_cpu_seconds_total",
         Kind::Counter,
         "CPU time of the agent and of the traces it ran.",
     );
     let report = state.report();
-    let [anon, rate, verdict] = process_families(report.as_ref().map_or(&[], |r| &r.processes));
-    let [container_memory, container_rate, container_verdict] =
-        container_families(report.as_ref().map_or(&[], |r| &r.containers));
+    let process = process_families(report.as_ref().map_or(&[], |r| &r.processes));
+    let container = container_families(report.as_ref().map_or(&[], |r| &r.containers));
     if let Some(report) = report {
         state.forget_all_but(&report.escalations);
         watched.push(vec![], report.processes_watched as f64);
         let running = report.escalations.iter().filter(|e| e.exit_code.is_none()).count();
         traced.push(vec![], running as f64);
+        for e in &report.escalations {
+            let mut l = process_labels(e.pid, &e.comm, e.pod.as_ref());
+            let entry = ReportEntry::of(e);
+            l.extend([("id", entry.id), ("status", entry.status.to_owned())]);
+            trace_info.push(l, 1.0);
+        }
         for e in report.escalations.iter().filter(|e| e.exit_code == Some(0)) {
             let Some(s) = state.summary(e) else { continue };
             let labels = process_labels(e.pid, &e.comm, e.pod.as_ref());
@@ -294,26 +311,17 @@ fn metrics(state: &Published) -> String {
     if let Some(s) = own_cpu_seconds() {
         cpu.push(vec![], s);
     }
-    prometheus::render(&[
-        watched,
-        anon,
-        rate,
-        verdict,
-        container_memory,
-        container_rate,
-        container_verdict,
-        traced,
-        site_bytes,
-        site_allocs,
-        drops,
-        hits,
-        cpu,
-    ])
+    let families: Vec<Family> = std::iter::once(watched)
+        .chain(process)
+        .chain(container)
+        .chain([traced, trace_info, site_bytes, site_allocs, drops, hits, cpu])
+        .collect();
+    prometheus::render(&families)
 }
 
 /// Each watched process's anonymous memory, growth rate and verdict.
 #[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
-fn process_families(processes: &[WatchedProcess]) -> [Family; 3] {
+fn process_families(processes: &[WatchedProcess]) -> Vec<Family> {
     let mut anon = Family::new(
         "leak_process_anon_bytes",
         Kind::Gauge,
@@ -324,6 +332,16 @@ fn process_families(processes: &[WatchedProcess]) -> [Family; 3] {
         Kind::Gauge,
         "Growth rate of a watched process's anonymous memory (Theil-Sen).",
     );
+    let mut gained = Family::new(
+        "leak_process_gained_bytes",
+        Kind::Gauge,
+        "Anonymous memory a watched process gained over the judged window (last sample minus first).",
+    );
+    let mut window = Family::new(
+        "leak_process_window_seconds",
+        Kind::Gauge,
+        "Length of the window a watched process's verdict judges (since it was first seen).",
+    );
     let mut verdict = Family::new(
         "leak_process_verdict",
         Kind::Gauge,
@@ -333,9 +351,11 @@ fn process_families(processes: &[WatchedProcess]) -> [Family; 3] {
         let labels = process_labels(p.pid, &p.comm, p.pod.as_ref());
         anon.push(labels.clone(), p.anon_bytes as f64);
         rate.push(labels.clone(), p.trend.rate_bytes_per_s);
+        gained.push(labels.clone(), p.trend.gained_bytes as f64);
+        window.push(labels.clone(), p.watched_s);
         push_verdicts(&mut verdict, &labels, p.trend.verdict);
     }
-    [anon, rate, verdict]
+    vec![anon, rate, gained, window, verdict]
 }
 
 /// One-hot: 1 for `current`, 0 for the other verdicts, each labelled `verdict`.
@@ -347,18 +367,43 @@ fn push_verdicts(family: &mut Family, labels: &[(&'static str, String)], current
     }
 }
 
-/// Each container's memory, growth rate and verdict.
+/// Each container's memory, limit, growth and verdict.
 #[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
-fn container_families(containers: &[WatchedContainer]) -> [Family; 3] {
+fn container_families(containers: &[WatchedContainer]) -> Vec<Family> {
     let mut memory = Family::new(
         "leak_container_memory_bytes",
         Kind::Gauge,
-        "Memory charged to a container's cgroup: kind=\"anon\" (anonymous) or \"usage\" (page cache included).",
+        "Memory charged to a container's cgroup: kind=\"anon\" (anonymous), \"working_set\" (less the inactive page cache) or \"usage\" (page cache included).",
+    );
+    let mut limit = Family::new(
+        "leak_container_memory_limit_bytes",
+        Kind::Gauge,
+        "A container's memory limit (memory.max), when it has one.",
+    );
+    let mut ratio = Family::new(
+        "leak_container_memory_limit_ratio",
+        Kind::Gauge,
+        "A container's working set over its memory limit (1: at the limit).",
+    );
+    let mut to_limit = Family::new(
+        "leak_container_seconds_to_limit",
+        Kind::Gauge,
+        "Seconds until a container's working set reaches its limit at the current growth rate, when it grows (verdict leak or growing).",
     );
     let mut rate = Family::new(
         "leak_container_growth_bytes_per_second",
         Kind::Gauge,
         "Growth rate of a container's anonymous memory (Theil-Sen).",
+    );
+    let mut gained = Family::new(
+        "leak_container_gained_bytes",
+        Kind::Gauge,
+        "Anonymous memory a container gained over the judged window (last sample minus first).",
+    );
+    let mut window = Family::new(
+        "leak_container_window_seconds",
+        Kind::Gauge,
+        "Length of the window a container's verdict judges (since it was first seen).",
     );
     let mut verdict = Family::new(
         "leak_container_verdict",
@@ -367,15 +412,28 @@ fn container_families(containers: &[WatchedContainer]) -> [Family; 3] {
     );
     for c in containers {
         let labels = pod_labels(Some(&c.pod));
-        for (kind, v) in [("anon", c.anon_bytes), ("usage", c.memory_bytes)] {
+        for (kind, v) in [
+            ("anon", c.anon_bytes),
+            ("working_set", c.working_set_bytes),
+            ("usage", c.memory_bytes),
+        ] {
             let mut l = labels.clone();
             l.push(("kind", kind.to_owned()));
             memory.push(l, v as f64);
         }
+        if let Some(bytes) = c.limit_bytes {
+            limit.push(labels.clone(), bytes as f64);
+            ratio.push(labels.clone(), c.working_set_bytes as f64 / bytes.max(1) as f64);
+        }
+        if let Some(s) = c.seconds_to_limit {
+            to_limit.push(labels.clone(), s);
+        }
         rate.push(labels.clone(), c.trend.rate_bytes_per_s);
+        gained.push(labels.clone(), c.trend.gained_bytes as f64);
+        window.push(labels.clone(), c.watched_s);
         push_verdicts(&mut verdict, &labels, c.trend.verdict);
     }
-    [memory, rate, verdict]
+    vec![memory, limit, ratio, to_limit, rate, gained, window, verdict]
 }
 
 /// This process's CPU time plus that of its reaped children (the traces), seconds.

@@ -14,7 +14,7 @@ use std::{
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use crate::{
-    analysis::growth::{SERIES_POINTS, thin_indices, trend_view},
+    analysis::growth::{SERIES_POINTS, seconds_to_limit, thin_indices, trend_view},
     analysis::history::{CgroupMemory, Kind, ProcessMemory, Sampled},
     analysis::report::Window,
     analysis::trend::{self, Params, Verdict},
@@ -167,14 +167,20 @@ impl WatchList {
                     times.iter().zip(values).map(|(t, m)| (*t, bytes_f64(m.anon))).collect();
                 let last = values.last().copied().unwrap_or_default();
                 let keep = thin_indices(times.len(), SERIES_POINTS);
+                let trend = trend::classify(&points, params);
                 WatchedContainer {
                     pod: w.pod.clone(),
                     processes: w.processes,
                     memory_bytes: last.usage,
                     anon_bytes: last.anon,
+                    working_set_bytes: last.working_set,
+                    limit_bytes: last.limit,
+                    seconds_to_limit: last.limit.and_then(|limit| {
+                        seconds_to_limit(limit, last.working_set, trend.verdict, trend.rate_per_s)
+                    }),
                     watched_s: times.last().copied().unwrap_or(0.0),
                     first_seen_s: millis(w.first_seen),
-                    trend: trend_view(&trend::classify(&points, params)),
+                    trend: trend_view(&trend),
                     series: ContainerSeries {
                         t_s: keep.iter().map(|&i| millis(times[i])).collect(),
                         memory_bytes: keep.iter().map(|&i| values[i].usage).collect(),
@@ -279,8 +285,9 @@ impl Names {
         let shared = names.clone();
         std::thread::spawn(move || {
             let mut failing = false;
+            let mut owners = crate::fleet::kube::Owners::default();
             loop {
-                match crate::fleet::kubeapi::fetch_pods(&api) {
+                match crate::fleet::kubeapi::fetch_pods(&api, &mut owners) {
                     Ok(pods) => {
                         if failing {
                             log::warn!("the Kubernetes API answers again");
@@ -747,8 +754,17 @@ mod tests {
                 name: None,
                 namespace: None,
                 container_name: None,
+                workload_kind: None,
+                workload: None,
+                node: None,
             },
-            memory: CgroupMemory { usage: anon + 100 * MB, anon },
+            // A limit of 200 MiB; the page cache is all active.
+            memory: CgroupMemory {
+                usage: anon + 100 * MB,
+                anon,
+                working_set: anon + 100 * MB,
+                limit: Some(200 * MB),
+            },
             processes: 2,
         };
         let mut list = WatchList::new(1.0);
@@ -772,6 +788,13 @@ mod tests {
         assert!((judged[0].trend.rate_bytes_per_s - MB as f64).abs() < 1.0);
         assert_eq!((judged[0].anon_bytes, judged[0].memory_bytes), (39 * MB, 139 * MB));
         assert_eq!(judged[0].processes, 2);
+        // At 1 MiB/s, the 61 MiB left under the limit last 61 s; the flat one is not projected.
+        assert_eq!(
+            (judged[0].limit_bytes, judged[0].working_set_bytes),
+            (Some(200 * MB), 139 * MB)
+        );
+        assert_eq!(judged[0].seconds_to_limit, Some(61.0));
+        assert_eq!(judged[1].seconds_to_limit, None);
         // Rendered under the processes, with the container's id.
         let report = WatchReport {
             version: 1,
