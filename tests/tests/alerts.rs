@@ -2,7 +2,8 @@
 //! rules` runs their cases (`leak-rules.test.yaml`: a workload leaking on 3 pods on 2 nodes
 //! fires the leak alert with that scope in its annotation, a cache that levels off does not,
 //! the 70/85/95% limit steps fire in order); the Prometheus Operator's `PrometheusRule` holds
-//! the same groups. promtool is Debian's `prometheus` package (`cargo xtask test` installs it).
+//! the same groups; the `ServiceMonitor` scrapes the agents' Service keeping their labels.
+//! promtool is Debian's `prometheus` package (`cargo xtask test` installs it).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -52,4 +53,20 @@ fn the_prometheus_rule_holds_the_same_groups() {
     std::fs::write(&file, serde_json::to_vec(&operator["spec"]).unwrap()).unwrap();
     let checked = promtool(tmp.path(), &["check", "rules", "spec.json"]);
     assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+}
+
+#[test]
+fn the_service_monitor_scrapes_the_agents_service_keeping_its_labels() {
+    let monitor = yaml(&rules_dir().join("servicemonitor.yaml"));
+    let service = yaml(&rules_dir().join("../service.yaml"));
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert_eq!(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]);
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        service["metadata"]["namespace"]
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
+    // The agent's namespace/pod/container labels name the watched pods, not the agent.
+    assert_eq!(endpoint["honorLabels"], true);
 }

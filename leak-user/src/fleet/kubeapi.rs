@@ -1,7 +1,7 @@
 //! The in-cluster Kubernetes API, read-only: the pods of this node, for their names,
 //! namespaces and container names (#6), and their controllers' owners, for the workload
 //! (#18). HTTPS with the service account's CA and token, one
-//! request per refresh, on hyper's HTTP/1.1 client over tokio-rustls; bounded in time and in
+//! request per refresh (and one per `ReplicaSet` or Job not seen before), on hyper's HTTP/1.1 client over tokio-rustls; bounded in time and in
 //! the size of the answer (the API is reached over the network and may be slow, hostile or
 //! broken). When the API is not reachable the agent goes on without names.
 use std::{path::PathBuf, sync::Arc, time::Duration};
