@@ -125,6 +125,7 @@ fn serving_addr(agent: &mut Leak) -> String {
 /// its trace `id`.
 fn check_node_page(addr: &str, pid: u32, id: &str) {
     let node = get_text(addr, "/");
+    assert!(node.contains("<h1>leak agent on node test-node: "), "{node}");
     let process = node
         .split(&format!("id=\"pid-{pid}\""))
         .nth(1)

@@ -21,6 +21,8 @@ use crate::{
 
 /// What the page is made from.
 pub struct WatchPage<'a> {
+    /// What watched: `leak watch`, or `leak agent on node NAME`.
+    pub title: &'a str,
     /// The report.
     pub report: &'a WatchReport,
     /// Unix seconds to a time of day.
@@ -37,7 +39,8 @@ pub fn render(p: &WatchPage) -> String {
     let r = p.report;
     let mut h = String::with_capacity(64 * 1024);
     let title = format!(
-        "leak watch: {} process{}",
+        "{}: {} process{}",
+        esc(p.title),
         r.processes_watched,
         if r.processes_watched == 1 { "" } else { "es" }
     );
@@ -408,7 +411,13 @@ mod tests {
     #[test]
     fn charts_what_grows_and_links_each_trace() {
         let r = report();
-        let html = render(&WatchPage { report: &r, clock: &clock, top: 10, link: &link });
+        let html = render(&WatchPage {
+            title: "leak watch",
+            report: &r,
+            clock: &clock,
+            top: 10,
+            link: &link,
+        });
         assert!(html.starts_with("<!DOCTYPE html>") && html.ends_with("</html>\n"));
         assert!(html.contains("<h1>leak watch: 3 processes</h1>"), "{html}");
         assert!(
@@ -452,7 +461,13 @@ mod tests {
         r.containers.clear();
         r.escalations.clear();
         r.not_escalated.clear();
-        let html = render(&WatchPage { report: &r, clock: &clock, top: 10, link: &link });
+        let html = render(&WatchPage {
+            title: "leak watch",
+            report: &r,
+            clock: &clock,
+            top: 10,
+            link: &link,
+        });
         assert!(html.contains("1 of 1 processes (none is growing)"), "{html}");
         assert!(html.contains("id=\"pid-44\""));
         assert!(!html.contains("<h2>Containers"));

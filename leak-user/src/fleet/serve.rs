@@ -155,7 +155,12 @@ fn page(report: &WatchReport) -> String {
         (e.exit_code.is_some() && Path::new(&html).exists())
             .then(|| format!("api/v1/reports/{}/report.html", page::url_path(&id_of(e))))
     };
+    let title = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| "leak agent".to_owned(), |n| format!("leak agent on node {n}"));
     page::render(&page::WatchPage {
+        title: &title,
         report,
         clock: &crate::runtime::local_hms,
         top: TOP_PROCESSES,

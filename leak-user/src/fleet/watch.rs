@@ -569,6 +569,7 @@ fn write_outputs(cfg: &WatchConfig, report: &WatchReport) -> Result<(), Error> {
     }
     if let Some(p) = &cfg.html {
         let page = crate::fleet::page::render(&crate::fleet::page::WatchPage {
+            title: "leak watch",
             report,
             clock: &runtime::local_hms,
             top: cfg.top,

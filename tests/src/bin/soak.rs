@@ -266,6 +266,8 @@ struct Events {
     busy: String,
     scrapes: u64,
     failed_scrapes: u64,
+    pages: u64,
+    failed_pages: u64,
     /// The names of leak's maps, as seen while it ran.
     map_names: Vec<String>,
     /// Every trace of the agent: (id, pid, last status seen).
@@ -422,9 +424,17 @@ impl Soak {
     }
 
     fn sample(&mut self, t: Duration, maps: bool, ev: &mut Events) -> Sample {
+        // Prometheus's scrape, and a person opening the node's page (rendered per request).
         ev.scrapes += 1;
         if get(&self.agent_addr, "/metrics").is_none() {
             ev.failed_scrapes += 1;
+        }
+        // (The page waits for the first judged sample: 503 before.)
+        if t >= Duration::from_secs(10) {
+            ev.pages += 1;
+            if !get(&self.agent_addr, "/").is_some_and(|b| b.ends_with(b"</html>\n")) {
+                ev.failed_pages += 1;
+            }
         }
         let agent = self.agent.pid();
         Sample {
@@ -681,10 +691,11 @@ fn judge(o: &mut Outcome, samples: &[Sample], ev: &Events) {
         ev.hog_starts + 1,
     ));
     o.lines.push(format!(
-        "| the agent's API | {} scrapes of /metrics, {} failed |",
-        ev.scrapes, ev.failed_scrapes
+        "| the agent's API | {} scrapes of /metrics, {} failed; {} loads of the node's page (/), {} failed |",
+        ev.scrapes, ev.failed_scrapes, ev.pages, ev.failed_pages
     ));
     o.check(ev.failed_scrapes == 0, format!("{} scrapes of /metrics failed", ev.failed_scrapes));
+    o.check(ev.failed_pages == 0, format!("{} loads of the node's page failed", ev.failed_pages));
     // The population did what it is there for.
     let churned = ["reused_pids=0", "oom_kills=0"].iter().all(|z| !ev.churn.contains(z));
     o.check(
