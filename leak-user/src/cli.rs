@@ -151,7 +151,7 @@ pub struct WatchArgs {
     /// each trace's page) to this file.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
-    /// Processes shown in the text report.
+    /// Processes (and containers) shown in the text report and charted on the --html page.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub top: u64,
     /// Where the cgroup file systems are mounted: the memory statistics of the containers of

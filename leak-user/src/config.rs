@@ -192,7 +192,7 @@ pub struct WatchConfig {
     pub json: Option<PathBuf>,
     /// The watch page.
     pub html: Option<PathBuf>,
-    /// Processes shown in the text report.
+    /// Processes (and containers) shown in the text report and charted on the --html page.
     pub top: usize,
     /// Serve metrics and reports over HTTP here (`leak agent`).
     pub listen: Option<std::net::SocketAddr>,

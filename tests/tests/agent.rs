@@ -106,7 +106,7 @@ fn assert_container_leaks(addr: &str, metrics: String, uid: &str, cid: &str) {
     assert_eq!(value("leak_container_memory_limit_bytes").to_string(), LIMIT.to_string());
     let ratio = value("leak_container_memory_limit_ratio");
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
-    assert!(value("leak_container_seconds_to_limit") > 0.0);
+    assert!(value("leak_container_time_to_limit_seconds") > 0.0);
     assert!(
         value("leak_container_gained_bytes") > 0.0 && value("leak_container_window_seconds") > 0.0
     );
@@ -311,6 +311,47 @@ fn assert_dashboard_queries(prometheus: &Prometheus) {
         r.iter().any(|s| s["metric"]["workload"] == "shop-api")
     });
     assert!(!workloads.is_empty());
+    // Its workload is counted under `leak` (its worst verdict), once.
+    let leak = queries.iter().find(|(t, q)| t == "Workloads by verdict" && q.contains("== 4"));
+    let counted = prometheus.query_until(&leak.unwrap().1, |r| !r.is_empty());
+    let n: f64 = counted[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{counted:#?}");
+    follow_trace_links(prometheus, &dashboard);
+}
+
+/// The Traces table's links, filled in as Grafana does from a `leak_trace_info` row (the
+/// agent URL set to the agent's address here), each answer 200 with what it names.
+fn follow_trace_links(prometheus: &Prometheus, dashboard: &serde_json::Value) {
+    let row = prometheus.query_until("leak_trace_info{status=\"done\"}", |r| !r.is_empty());
+    let (id, instance) = (&row[0]["metric"]["id"], &row[0]["metric"]["instance"]);
+    let (id, instance) = (id.as_str().unwrap(), instance.as_str().unwrap());
+    let traces = dashboard["panels"].as_array().unwrap().iter().find(|p| p["title"] == "Traces");
+    let links: Vec<&str> = traces.unwrap()["fieldConfig"]["overrides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| o["properties"].as_array().unwrap())
+        .filter(|p| p["id"] == "links")
+        .flat_map(|p| p["value"].as_array().unwrap())
+        .map(|l| l["url"].as_str().unwrap())
+        .collect();
+    assert!(links.len() >= 5, "{links:?}");
+    for link in links {
+        let url = link
+            .replace("${agent_url}", &format!("http://{instance}"))
+            .replace("${__data.fields.instance}", instance)
+            .replace("${__value.raw}", id);
+        assert!(!url.contains("${"), "a variable the test does not know: {link}");
+        let path = &url[url.find(instance).unwrap() + instance.len()..];
+        let (status, body) = get(instance, path);
+        assert_eq!(status, 200, "{link} -> {path}");
+        let expected: &[u8] = match path.rsplit('/').next().unwrap() {
+            "flamegraph.svg" => b"<?xml",
+            "profile.pb.gz" => b"\x1f\x8b",
+            _ => b"<!DOCTYPE html>",
+        };
+        assert!(body.starts_with(expected), "{path}: {:?}", &body[..body.len().min(40)]);
+    }
 }
 
 /// Debian's Prometheus on a free loopback port, scraping `target` every second.

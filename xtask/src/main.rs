@@ -176,13 +176,14 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// Debian's Prometheus: the agent test has it scrape `leak agent` and query the leak back;
-/// and bpftool, with which it checks that no program of leak's is left after SIGTERM.
+/// Debian's Prometheus: the agent test has it scrape `leak agent` and query the leak back,
+/// and its promtool checks and tests the alerting rules; Alertmanager and amtool check the
+/// inhibit rules; bpftool checks that no program of leak's is left after SIGTERM.
 fn ensure_prometheus() -> Result<()> {
     apt_install(
-        &["prometheus", "bpftool", "curl", "openssl"],
-        "Prometheus, bpftool, curl and openssl (tests scrape the agent, over TLS with a test CA, \
-         and check its exit)",
+        &["prometheus", "prometheus-alertmanager", "bpftool", "curl", "openssl"],
+        "Prometheus, Alertmanager, bpftool, curl and openssl (tests scrape the agent, over TLS \
+         with a test CA, run the alerting rules, and check its exit)",
     )
 }
 

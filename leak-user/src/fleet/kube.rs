@@ -72,9 +72,12 @@ struct OwnerReference {
     controller: bool,
 }
 
-/// The controller among `refs`, if any.
+/// The controller among `refs`, if any. A static (mirror) pod's controller is its node: not
+/// a workload (every static pod of a node would be one), so it is a bare pod.
 fn controller(refs: Vec<OwnerReference>) -> Option<Workload> {
-    refs.into_iter().find(|r| r.controller).map(|r| Workload { kind: r.kind, name: r.name })
+    refs.into_iter()
+        .find(|r| r.controller && r.kind != "Node")
+        .map(|r| Workload { kind: r.kind, name: r.name })
 }
 
 /// An object with only its metadata read (a `ReplicaSet`, a Job).
@@ -342,12 +345,15 @@ mod tests {
              {"kind":"Node","name":"n1"},{"kind":"StatefulSet","name":"db","controller":true}]}},
           {"metadata":{"uid":"d","name":"report-29-z","namespace":"ops","ownerReferences":[
              {"kind":"Job","name":"report-29","controller":true}]}},
-          {"metadata":{"uid":"e","name":"debug","namespace":"ops"}}]}"#;
+          {"metadata":{"uid":"e","name":"debug","namespace":"ops"}},
+          {"metadata":{"uid":"f","name":"etcd-n1","namespace":"kube-system","ownerReferences":[
+             {"kind":"Node","name":"n1","controller":true}]}}]}"#;
         let mut pods = parse_pod_list(body).unwrap();
         let w = |kind: &str, name: &str| Workload { kind: kind.into(), name: name.into() };
         assert_eq!(pods["a"].node.as_deref(), Some("n1"));
         assert_eq!(pods["c"].workload, w("StatefulSet", "db"));
         assert_eq!(pods["e"].workload, w("Pod", "debug"), "a bare pod is its own workload");
+        assert_eq!(pods["f"].workload, w("Pod", "etcd-n1"), "a static pod too, not its node");
         let mut owners = Owners::default();
         let mut wanted = owners.wanted(&pods);
         wanted.sort();
@@ -378,7 +384,7 @@ mod tests {
         owners.apply(&mut fresh);
         assert_eq!(fresh["a"].workload, w("Deployment", "api"));
         // Gone pods' controllers are forgotten.
-        fresh.retain(|uid, _| uid == "e");
+        fresh.retain(|uid, _| uid == "e" || uid == "f");
         assert!(owners.wanted(&fresh).is_empty());
         assert!(owners.known.is_empty());
         assert!(parse_owner(b"[]").is_err());

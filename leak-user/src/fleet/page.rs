@@ -287,9 +287,9 @@ fn traces(h: &mut String, p: &WatchPage) {
 
 /// `path` with every byte but unreserved ones and `/` percent-encoded.
 #[must_use]
-pub fn url_path(path: &str) -> String {
+pub fn url_path(path: &[u8]) -> String {
     let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
+    for &b in path {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
             out.push(char::from(b));
         } else {
@@ -451,7 +451,9 @@ mod tests {
 
     #[test]
     fn paths_in_links_are_encoded() {
-        assert_eq!(url_path("/r/leak-my srv#1-42.html"), "/r/leak-my%20srv%231-42.html");
+        assert_eq!(url_path(b"/r/leak-my srv#1-42.html"), "/r/leak-my%20srv%231-42.html");
+        // Bytes as they are, not as UTF-8 would replace them.
+        assert_eq!(url_path(b"/r/\xff.html"), "/r/%FF.html");
     }
 
     #[test]

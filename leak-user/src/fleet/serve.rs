@@ -153,7 +153,7 @@ fn page(report: &WatchReport) -> String {
     let link = |e: &Escalation| {
         let html = crate::fleet::escalate::html_of(&e.json);
         (e.exit_code.is_some() && Path::new(&html).exists())
-            .then(|| format!("api/v1/reports/{}/report.html", page::url_path(&id_of(e))))
+            .then(|| format!("api/v1/reports/{}/report.html", page::url_path(id_of(e).as_bytes())))
     };
     let title = std::env::var("NODE_NAME")
         .ok()
@@ -383,7 +383,7 @@ fn container_families(containers: &[WatchedContainer]) -> Vec<Family> {
     let mut limit = Family::new(
         "leak_container_memory_limit_bytes",
         Kind::Gauge,
-        "A container's memory limit (memory.max), when it has one.",
+        "A container's memory limit (memory.max; v1 memory.limit_in_bytes), when it has one.",
     );
     let mut ratio = Family::new(
         "leak_container_memory_limit_ratio",
@@ -391,7 +391,7 @@ fn container_families(containers: &[WatchedContainer]) -> Vec<Family> {
         "A container's working set over its memory limit (1: at the limit).",
     );
     let mut to_limit = Family::new(
-        "leak_container_seconds_to_limit",
+        "leak_container_time_to_limit_seconds",
         Kind::Gauge,
         "Seconds until a container's working set reaches its limit at the current growth rate, when it grows (verdict leak or growing).",
     );

@@ -585,15 +585,14 @@ fn write_outputs(cfg: &WatchConfig, report: &WatchReport) -> Result<(), Error> {
 /// The link from the watch page at `page` to a finished trace's page, if it was written:
 /// its file name when both are in one directory, else its absolute `file://` URL.
 fn trace_href(page: &std::path::Path, e: &crate::fleet::report::Escalation) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
     let html = std::path::PathBuf::from(crate::fleet::escalate::html_of(&e.json));
     let target = html.canonicalize().ok()?;
     let dir = page.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(".".as_ref());
     let here = dir.canonicalize().ok();
     Some(match (here, target.parent(), target.file_name()) {
-        (Some(h), Some(t), Some(name)) if h == t => {
-            crate::fleet::page::url_path(&name.to_string_lossy())
-        }
-        _ => format!("file://{}", crate::fleet::page::url_path(&target.to_string_lossy())),
+        (Some(h), Some(t), Some(name)) if h == t => crate::fleet::page::url_path(name.as_bytes()),
+        _ => format!("file://{}", crate::fleet::page::url_path(target.as_os_str().as_bytes())),
     })
 }
 
