@@ -11,11 +11,13 @@ use crate::{
         trend::Verdict,
         units::{human_bytes, signed_bytes},
     },
-    fleet::report::{Escalation, WatchReport, WatchedContainer, WatchedProcess, pod_name},
+    fleet::report::{
+        Escalation, WatchReport, WatchedContainer, WatchedProcess, per_hour, pod_name,
+    },
     output::{
         charts::{self, Line},
         escape_markup as esc,
-        html::{CSS, duration, judged_line, points, rounded, verdict_text},
+        html::{CSS, badge, duration, judged_line, points},
     },
 };
 
@@ -78,24 +80,51 @@ fn triage(h: &mut String, p: &WatchPage) {
     if let Some(x) = r.processes.first().filter(|x| x.trend.verdict == Verdict::Leak) {
         let _ = write!(
             line,
-            "<br>fastest: <b>{}</b> (pid {}) {} at {}/h",
+            "<br>fastest: <b>{}</b> (pid {}) {} at {}",
             esc(&x.comm),
             x.pid,
             esc(&signed_bytes(x.trend.gained_bytes)),
-            esc(&signed_bytes(rounded(x.trend.rate_bytes_per_h)))
+            esc(&per_hour(x.trend.rate_bytes_per_h))
         );
     }
     let _ = writeln!(h, "<p class=\"triage {}\">{line}</p>", worst.as_str());
 }
 
-/// The ones to chart: those that are not stable, or (none of them) the first ones.
-fn shown<T>(all: &[T], top: usize, verdict: impl Fn(&T) -> Verdict) -> (&[T], bool) {
-    let unstable = all.iter().take_while(|x| verdict(x) != Verdict::Stable).count();
-    if unstable > 0 {
-        (&all[..unstable.min(top)], true)
+/// Writes the heading of the section of `all` (`what`: `processes`, judged on `by`) and
+/// returns the ones to chart: those that are not stable (ordered first), or when none is
+/// growing the first ones; `top` at most.
+fn section<'r, T>(
+    h: &mut String,
+    (what, by): (&str, &str),
+    all: &'r [T],
+    top: usize,
+    trend: impl Fn(&T) -> &TrendView,
+) -> &'r [T] {
+    let unstable = all.iter().take_while(|x| trend(x).verdict != Verdict::Stable).count();
+    let (list, which) = if unstable > 0 {
+        (&all[..unstable.min(top)], " that are not stable")
     } else {
-        (&all[..all.len().min(top)], false)
-    }
+        (&all[..all.len().min(top)], " (none is growing)")
+    };
+    let mut title = what.to_owned();
+    title[..1].make_ascii_uppercase();
+    let _ = writeln!(
+        h,
+        "<h2>{title}</h2>\n<p class=\"muted\">{} of {} {what}{which}, by {by}</p>",
+        list.len(),
+        all.len(),
+    );
+    list
+}
+
+/// `<badge> +1.0 MiB at +3.5 MiB/h`.
+fn growth(t: &TrendView) -> String {
+    format!(
+        "{} {} at {}",
+        badge(t),
+        esc(&signed_bytes(t.gained_bytes)),
+        esc(&per_hour(t.rate_bytes_per_h))
+    )
 }
 
 fn containers(h: &mut String, p: &WatchPage) {
@@ -103,15 +132,8 @@ fn containers(h: &mut String, p: &WatchPage) {
     if r.containers.is_empty() {
         return;
     }
-    let (list, growing) = shown(&r.containers, p.top, |c| c.trend.verdict);
-    let _ = writeln!(
-        h,
-        "<h2>Containers</h2>\n<p class=\"muted\">{} of {} containers{}, by their memory cgroup's \
-         anonymous memory</p>",
-        list.len(),
-        r.containers.len(),
-        if growing { " that are not stable" } else { " (none is growing)" },
-    );
+    let what = ("containers", "their memory cgroup's anonymous memory");
+    let list = section(h, what, &r.containers, p.top, |c| &c.trend);
     for c in list {
         container(h, p, c);
     }
@@ -128,14 +150,11 @@ fn container(h: &mut String, p: &WatchPage, c: &WatchedContainer) {
     let name = pod_name(&c.pod);
     let _ = write!(
         h,
-        "<div class=\"site\" id=\"container-{}\"><b>{}</b> <span class=\"badge {}\">{}</span> \
-         {} at {}/h; {} anonymous, {} charged; {} watched process{}",
+        "<div class=\"site\" id=\"container-{}\"><b>{}</b> {}; {} anonymous, {} charged; {} \
+         watched process{}",
         esc(c.pod.container_id.as_deref().unwrap_or(&c.pod.pod_uid)),
         esc(&name),
-        c.trend.verdict.as_str(),
-        esc(&verdict_text(&c.trend)),
-        esc(&signed_bytes(c.trend.gained_bytes)),
-        esc(&signed_bytes(rounded(c.trend.rate_bytes_per_h))),
+        growth(&c.trend),
         human_bytes(c.anon_bytes),
         human_bytes(c.memory_bytes),
         c.processes,
@@ -161,15 +180,8 @@ fn container(h: &mut String, p: &WatchPage, c: &WatchedContainer) {
 
 fn processes(h: &mut String, p: &WatchPage) {
     let r = p.report;
-    let (list, growing) = shown(&r.processes, p.top, |x| x.trend.verdict);
-    let _ = writeln!(
-        h,
-        "<h2>Processes</h2>\n<p class=\"muted\">{} of {} processes{}, by private (anonymous \
-         resident) memory</p>",
-        list.len(),
-        r.processes.len(),
-        if growing { " that are not stable" } else { " (none is growing)" },
-    );
+    let what = ("processes", "private (anonymous resident) memory");
+    let list = section(h, what, &r.processes, p.top, |x| &x.trend);
     for x in list {
         process(h, p, x);
     }
@@ -185,15 +197,11 @@ fn process(h: &mut String, p: &WatchPage, x: &WatchedProcess) {
     );
     let _ = write!(
         h,
-        "<div class=\"site\" id=\"pid-{}\"><b>{}</b> pid {} <span class=\"badge {}\">{}</span> \
-         {} at {}/h; {} private, {} resident",
+        "<div class=\"site\" id=\"pid-{}\"><b>{}</b> pid {} {}; {} private, {} resident",
         x.pid,
         esc(&x.comm),
         x.pid,
-        x.trend.verdict.as_str(),
-        esc(&verdict_text(&x.trend)),
-        esc(&signed_bytes(x.trend.gained_bytes)),
-        esc(&signed_bytes(rounded(x.trend.rate_bytes_per_h))),
+        growth(&x.trend),
         human_bytes(x.anon_bytes),
         human_bytes(x.rss_bytes),
     );

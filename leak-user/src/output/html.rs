@@ -110,6 +110,12 @@ fn triage(h: &mut String, p: &Page) {
     );
 }
 
+/// The verdict as a coloured badge: `<span class="badge leak">leak (99%)</span>`.
+#[must_use]
+pub fn badge(t: &TrendView) -> String {
+    format!("<span class=\"badge {}\">{}</span>", t.verdict.as_str(), esc(&verdict_text(t)))
+}
+
 /// `(unix seconds, bytes)` of a series sampled at `t_s` seconds after `start`.
 #[must_use]
 pub fn points(start: f64, t_s: &[f64], values: &[u64]) -> Vec<(f64, f64)> {
@@ -181,13 +187,12 @@ fn site(h: &mut String, p: &Page, rank: usize, s: &Site) {
     let _ = writeln!(
         h,
         "<div class=\"site\" id=\"site-{}\"><b>#{rank}</b> {} in {} allocation{} \
-         <span class=\"badge {}\">{}</span> {}/h <code>{}</code>",
+         {} {}/h <code>{}</code>",
         esc(&s.id),
         human_bytes(s.outstanding_bytes),
         s.outstanding_allocs,
         if s.outstanding_allocs == 1 { "" } else { "s" },
-        t.verdict.as_str(),
-        esc(&verdict_text(t)),
+        badge(t),
         esc(&signed_bytes(rounded(t.rate_bytes_per_h))),
         esc(&name),
     );
