@@ -1,4 +1,6 @@
 //! Command-line types (clap only) and their conversion into `config`.
+// Doc comments here are the --help text, shown as written: no Markdown backticks.
+#![expect(clippy::doc_markdown, reason = "doc comments are --help text, printed verbatim")]
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
@@ -51,8 +53,9 @@ pub struct AgentArgs {
     /// line override its single values and add to its lists.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to serve /metrics, /healthz and /api/v1/reports on.
-    #[arg(long, default_value = "0.0.0.0:9464", value_name = "ADDR:PORT")]
+    /// Address to serve /metrics, /healthz and /api/v1/reports on: `ADDR:PORT`,
+    /// `HOST:PORT` (e.g. `localhost:9464`) or `:PORT` (every interface).
+    #[arg(long, default_value = "0.0.0.0:9464", value_parser = parse_listen, value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
     /// TLS and basic authentication for the API, in the Prometheus exporters' web
     /// configuration format (`tls_server_config`, `basic_auth_users` with bcrypt hashes).
@@ -62,24 +65,36 @@ pub struct AgentArgs {
     /// With this or --web-config's users, every endpoint but /healthz needs credentials.
     #[arg(long, value_name = "FILE")]
     pub bearer_token_file: Option<PathBuf>,
-    /// Time between memory samples.
+    /// Watch every process of the host, in a pod or not (a VM whose services are systemd
+    /// units, a developer's machine). Default: the processes in Kubernetes pods.
+    #[arg(long, conflicts_with_all = ["pids", "in_pods"])]
+    pub all: bool,
+    /// Watch these processes (repeat), in a pod or not.
+    #[arg(long = "pid", value_name = "PID", conflicts_with = "in_pods", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+    /// Watch the processes in Kubernetes pods on this node (the default, unless --all, --pid
+    /// or --process without --pods is given).
+    #[arg(long = "pods")]
+    pub in_pods: bool,
+    /// Time between memory samples (10s: a node's hundreds of processes, for months).
     #[arg(long, default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
     pub sample_interval: Duration,
-    /// Time between the summaries printed to stdout.
+    /// Time between the summaries printed to its log (5m: a daemon's log, read rarely).
     #[arg(long, default_value = "5m", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Growth below this is not growth.
+    /// Growth below this is not growth (1M: resident memory moves in pages, allocator
+    /// arenas and thread stacks).
     #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "BYTES")]
     pub min_growth: u64,
     /// How long the probes stay on a process judged leaking.
-    #[arg(long, default_value = "2m", value_parser = parse_escalate, value_name = "DURATION")]
+    #[arg(long, visible_alias = "escalate", default_value = "2m", value_parser = parse_trace_for, value_name = "DURATION")]
     pub trace_for: Duration,
     /// Processes traced at once, at most.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_traced: u64,
     /// A trace stops once its probes cost the traced process more than this share of a CPU.
-    #[arg(long, default_value = "5%", value_parser = parse_percent, value_name = "PERCENT")]
-    pub overhead_budget: u32,
+    #[arg(long, visible_alias = "overhead-budget", default_value = "5%", value_parser = parse_percent, value_name = "PERCENT")]
+    pub max_overhead: u32,
     /// Where the reports are kept.
     #[arg(long, default_value = "/var/lib/leak", value_name = "DIR")]
     pub out_dir: PathBuf,
@@ -100,7 +115,8 @@ pub struct AgentArgs {
     /// Watch only containers with these names (repeat; patterns).
     #[arg(long = "container", value_name = "PATTERN")]
     pub containers: Vec<String>,
-    /// Watch only processes with these names (`comm`; repeat; patterns).
+    /// Watch only processes with these names (`comm`, or the command line's program name;
+    /// repeat; patterns). Without --pods, processes outside pods are watched too.
     #[arg(long = "process", value_name = "PATTERN")]
     pub processes: Vec<String>,
     /// Where the host's cgroup file systems are mounted: each container's memory statistics
@@ -114,9 +130,10 @@ pub struct AgentArgs {
 
 /// `leak watch`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["pids", "all", "pods"])))]
 pub struct WatchArgs {
     /// A process to watch (repeat for several).
-    #[arg(long = "pid", value_name = "PID", required_unless_present_any = ["all", "pods"], value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
     /// Watch every process of the host.
     #[arg(long, conflicts_with = "pids")]
@@ -134,14 +151,19 @@ pub struct WatchArgs {
     /// Stop after this long (default: until Ctrl-C, or until the given processes exit).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Growth below this is not growth (page-granular memory moves in small steps).
+    /// Growth below this is not growth (1M: resident memory moves in pages, allocator
+    /// arenas and thread stacks). The report says what it left unjudged.
     #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "BYTES")]
     pub min_growth: u64,
     /// Attach the probes to each process judged leaking, for this long, and write its report
     /// (leak-COMM-PID.json, .html, .svg and .pb.gz in --out-dir). Needs root.
-    #[arg(long, value_parser = parse_escalate, value_name = "DURATION")]
-    pub escalate: Option<Duration>,
-    /// Where --escalate writes its reports.
+    #[arg(long, visible_alias = "escalate", value_parser = parse_trace_for, value_name = "DURATION")]
+    pub trace_for: Option<Duration>,
+    /// Each trace stops once its probes cost the traced process more than this share of a
+    /// CPU (default: no limit).
+    #[arg(long, visible_alias = "overhead-budget", value_parser = parse_percent, value_name = "PERCENT", requires = "trace_for")]
+    pub max_overhead: Option<u32>,
+    /// Where --trace-for writes its reports.
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub out_dir: PathBuf,
     /// Write the watch report (JSON) to this file.
@@ -166,10 +188,6 @@ pub struct AttachArgs {
     /// Process to trace.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: u32,
-    /// Stop tracing (and report) once the probes cost the target more than this share of a
-    /// CPU, estimated from their hit rate: e.g. 5%.
-    #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
-    pub max_overhead: Option<u32>,
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -180,23 +198,31 @@ pub struct RunArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
     /// Trace the processes the command forks too, each with its own report (files named
-    /// NAME-PID.EXT).
+    /// NAME-PID.EXT). --fail-on-leak implies it: a test run through a shell, make, ctest
+    /// or pytest allocates in the processes it starts.
     #[arg(long)]
     pub follow_forks: bool,
-    /// The command to run, after `--`.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command to run and its arguments (after `--`, or after leak's own options).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
 /// Options shared by `attach` and `run`.
 #[derive(Debug, Args)]
+#[expect(clippy::struct_excessive_bools, reason = "command-line flags")]
 pub struct TraceArgs {
     /// Time between reports.
     #[arg(long, default_value = "5s", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Time between growth samples (at most --interval); the growth verdicts need about six.
-    #[arg(long, default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
-    pub sample_interval: Duration,
+    /// Time between growth samples (at most --interval); a verdict needs six. Default: 1s
+    /// for attach, 250ms for run (its commands are often short tests).
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
+    pub sample_interval: Option<Duration>,
     /// Stop tracing after this long (default: until the target exits or Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -259,12 +285,27 @@ pub struct TraceArgs {
     /// Memory limit to project the growth against, e.g. 512M (default: the cgroup's limit).
     #[arg(long, value_parser = parse_size, value_name = "BYTES")]
     pub limit: Option<u64>,
-    /// Exit with status 23 when a site is judged a leak (a memory regression test for CI).
-    #[arg(long)]
-    pub fail_on_leak: bool,
-    /// With --fail-on-leak: ignore leaks that gained less than this over the window, e.g. 1M.
-    #[arg(long, default_value = "0", value_parser = parse_size, value_name = "BYTES", requires = "fail_on_leak")]
-    pub threshold: u64,
+    /// Exit with status 23 (LeakSanitizer's) when a process fails a rule: `growth` (the
+    /// default: a site judged a leak), `exit` (blocks still allocated when the process exits,
+    /// LeakSanitizer's rule), or both (`growth,exit`). A run too short or too empty to judge
+    /// fails too, unless --allow-inconclusive. A memory regression test for CI.
+    #[arg(long, value_enum, value_name = "RULE", num_args = 0..=1, require_equals = true, value_delimiter = ',', default_missing_value = "growth")]
+    pub fail_on_leak: Option<Vec<GateRule>>,
+    /// With --fail-on-leak: a run whose growth could not be judged passes, with a warning.
+    #[arg(long, requires = "fail_on_leak")]
+    pub allow_inconclusive: bool,
+    /// Growth below this over the window is not growth (default 4K: traced bytes are exact);
+    /// --fail-on-leak ignores sites below it.
+    #[arg(long, visible_alias = "threshold", value_parser = parse_size, value_name = "BYTES")]
+    pub min_growth: Option<u64>,
+    /// Stop tracing (and report) once the probes cost the target more than this share of a
+    /// CPU, estimated from their hit rate: e.g. 5%.
+    #[arg(long, visible_alias = "overhead-budget", value_parser = parse_percent, value_name = "PERCENT")]
+    pub max_overhead: Option<u32>,
+    /// Print no report while tracing, and the final one as its summary line only (warnings,
+    /// the gate's verdict and the files written are still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Log every allocation event from BPF (debugging; very slow).
     #[arg(long, hide = true)]
     pub bpf_trace: bool,
@@ -282,12 +323,42 @@ fn parse_sample_mean(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-fn parse_escalate(s: &str) -> Result<Duration, String> {
+/// A `--fail-on-leak` rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GateRule {
+    /// A site judged a leak by its growth.
+    Growth,
+    /// Blocks still allocated when the process exits (LeakSanitizer's rule).
+    Exit,
+}
+
+fn parse_trace_for(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
-        return Err(format!("--escalate {s:?} is too short to judge anything: use at least 1s"));
+        return Err(format!("{s:?} is too short a trace to judge anything: use at least 1s"));
     }
     Ok(d)
+}
+
+/// `ADDR:PORT`, `HOST:PORT` (the first address it resolves to), `:PORT` (every interface).
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let t = s.trim();
+    if let Ok(a) = t.parse() {
+        return Ok(a);
+    }
+    let with_host = match t.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => t.to_owned(),
+    };
+    let bad = |why: String| format!("--listen {s:?}: {why}: use ADDR:PORT, HOST:PORT or :PORT");
+    let (host, port) = with_host.rsplit_once(':').ok_or_else(|| bad("no port".into()))?;
+    let port: u16 = port.parse().map_err(|_| bad(format!("{port:?} is not a port")))?;
+    (host.trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad(format!("{host} has no address")))
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -298,11 +369,27 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+impl TraceArgs {
+    /// The settings, with `sample_interval` when the option was not given.
+    fn config(self, sample_interval: Duration) -> TraceConfig {
+        TraceConfig {
+            sample_interval: self.sample_interval.unwrap_or(sample_interval),
+            ..TraceConfig::from(self)
+        }
+    }
+}
+
+/// The default time between growth samples of `leak attach`.
+pub const ATTACH_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// The default time between growth samples of `leak run`: its commands are often tests of a
+/// few seconds, which need six samples for a verdict.
+pub const RUN_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
 impl From<TraceArgs> for TraceConfig {
     fn from(a: TraceArgs) -> Self {
         Self {
             interval: a.interval,
-            sample_interval: a.sample_interval,
+            sample_interval: a.sample_interval.unwrap_or(ATTACH_SAMPLE_INTERVAL),
             duration: a.duration,
             top: usize::try_from(a.top).unwrap_or(usize::MAX),
             min_age: a.min_age,
@@ -322,9 +409,15 @@ impl From<TraceArgs> for TraceConfig {
             sample_mean: a.sample,
             probe_cost: None,
             limit: a.limit,
-            fail_on_leak: a.fail_on_leak,
-            threshold: a.threshold,
-            max_overhead: None,
+            gate: a.fail_on_leak.map(|rules| crate::config::Gate {
+                growth: rules.contains(&GateRule::Growth),
+                exit: rules.contains(&GateRule::Exit),
+                allow_inconclusive: a.allow_inconclusive,
+            }),
+            min_growth: a.min_growth,
+            quiet: a.quiet,
+            report_to_stderr: false,
+            max_overhead: a.max_overhead,
             unwind: a.unwind,
             unwind_rows: a.unwind_rows,
             debug_dirs: a.debug_dirs,
@@ -335,12 +428,18 @@ impl From<TraceArgs> for TraceConfig {
 impl From<CliCommand> for Command {
     fn from(c: CliCommand) -> Self {
         match c {
-            CliCommand::Attach(a) => Self::Attach {
-                pid: a.pid,
-                trace: TraceConfig { max_overhead: a.max_overhead, ..a.trace.into() },
-            },
+            CliCommand::Attach(a) => {
+                Self::Attach { pid: a.pid, trace: a.trace.config(ATTACH_SAMPLE_INTERVAL) }
+            }
             CliCommand::Run(r) => {
-                Self::Run { argv: r.command, trace: r.trace.into(), follow_forks: r.follow_forks }
+                let trace = TraceConfig {
+                    // The command's stdout stays the command's.
+                    report_to_stderr: true,
+                    ..r.trace.config(RUN_SAMPLE_INTERVAL)
+                };
+                // A gate that traced only a wrapper (a shell, make, ctest) would pass leaks.
+                let follow_forks = r.follow_forks || trace.gate.is_some();
+                Self::Run { argv: r.command, trace, follow_forks }
             }
             CliCommand::Watch(w) => Self::Watch(WatchConfig {
                 targets: if w.all {
@@ -354,7 +453,7 @@ impl From<CliCommand> for Command {
                 sample_interval: w.sample_interval,
                 duration: w.duration,
                 min_growth: w.min_growth,
-                escalate: w.escalate,
+                escalate: w.trace_for,
                 out_dir: w.out_dir,
                 json: w.json,
                 html: w.html,
@@ -365,12 +464,21 @@ impl From<CliCommand> for Command {
                 max_traced: 1,
                 keep_reports: usize::try_from(crate::config::DEFAULT_KEEP_REPORTS).unwrap_or(1),
                 selection: None,
-                max_overhead: None,
+                max_overhead: w.max_overhead,
                 cgroup_root: w.cgroup_root,
             }),
             CliCommand::Check => Self::Check,
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
-                targets: Targets::Pods,
+                // Pods by default; plain processes when asked for by pid, by name or all.
+                targets: if a.all {
+                    Targets::All
+                } else if !a.pids.is_empty() {
+                    Targets::Pids(a.pids)
+                } else if !a.processes.is_empty() && !a.in_pods {
+                    Targets::All
+                } else {
+                    Targets::Pods
+                },
                 interval: a.interval,
                 sample_interval: a.sample_interval,
                 duration: a.duration,
@@ -392,7 +500,7 @@ impl From<CliCommand> for Command {
                     processes: a.processes,
                     exclude_namespaces: a.exclude_namespaces,
                 }),
-                max_overhead: Some(a.overhead_budget),
+                max_overhead: Some(a.max_overhead),
                 cgroup_root: a.cgroup_root,
             }),
         }
@@ -508,11 +616,28 @@ mod tests {
         assert_eq!(w.max_traced, 5, "the command line wins");
         let sel = w.selection.unwrap();
         assert_eq!(sel.namespaces, ["shop", "web"], "lists add up");
+        assert_eq!(w.targets, Targets::Pods, "pods by default");
         let missing = vec![OsString::from("leak"), "agent".into(), "--config=/nonexistent".into()];
         assert!(expand_config(missing).unwrap_err().starts_with("cannot read /nonexistent"));
         // Other commands are left alone.
         let other: Vec<OsString> = ["leak", "watch", "--all"].map(OsString::from).to_vec();
         assert_eq!(expand_config(other.clone()).unwrap(), other);
+    }
+
+    #[test]
+    fn the_agent_watches_plain_processes_when_asked() {
+        let targets = |args: &[&str]| {
+            let mut all = vec!["leak", "agent"];
+            all.extend_from_slice(args);
+            let Command::Watch(w) = parse(&all).unwrap() else { panic!("agent is a watch") };
+            w.targets
+        };
+        assert_eq!(targets(&[]), Targets::Pods);
+        assert_eq!(targets(&["--all"]), Targets::All);
+        assert_eq!(targets(&["--pid", "7", "--pid", "9"]), Targets::Pids(vec![7, 9]));
+        assert_eq!(targets(&["--process", "nginx"]), Targets::All);
+        assert_eq!(targets(&["--pods", "--process", "nginx"]), Targets::Pods);
+        assert!(parse(&["leak", "agent", "--all", "--pods"]).is_err());
     }
 
     #[test]
@@ -566,8 +691,8 @@ mod tests {
         assert_eq!(trace.outputs.paths().count(), 4);
         assert_eq!(trace.sample_interval, Duration::from_millis(500));
         assert_eq!(trace.limit, Some(1 << 30));
-        assert!(trace.fail_on_leak);
-        assert_eq!(trace.threshold, 64 << 10);
+        assert_eq!(trace.gate, Some(crate::config::Gate::default()));
+        assert_eq!(trace.min_growth, Some(64 << 10), "--threshold is --min-growth");
         assert_eq!(trace.lib.as_deref(), Some(std::path::Path::new("/lib/libc.so.6")));
         assert_eq!(trace.max_allocs, 5000);
     }
@@ -582,15 +707,67 @@ mod tests {
     }
 
     #[test]
-    fn run_takes_the_command_after_dashes() {
+    fn run_takes_the_command_after_dashes_or_after_its_options() {
         let c =
             parse(&["leak", "run", "--json", "r.json", "--", "./server", "--port", "80"]).unwrap();
         let Command::Run { argv, trace, follow_forks } = c else { panic!("not run") };
         assert_eq!(argv, ["./server", "--port", "80"]);
         assert!(trace.outputs.json.is_some());
         assert!(!follow_forks);
+        assert!(trace.report_to_stderr, "the command's stdout is the command's");
+        assert_eq!(trace.sample_interval, RUN_SAMPLE_INTERVAL);
         let c = parse(&["leak", "run", "--follow-forks", "--", "make"]).unwrap();
         assert!(matches!(c, Command::Run { follow_forks: true, .. }));
+        // Without `--`: everything from the command on is the command's.
+        let c = parse(&["leak", "run", "--json", "r.json", "./server", "--json", "x"]).unwrap();
+        let Command::Run { argv, trace, .. } = c else { panic!("not run") };
+        assert_eq!(argv, ["./server", "--json", "x"]);
+        assert_eq!(trace.outputs.json.as_deref(), Some(std::path::Path::new("r.json")));
+    }
+
+    #[test]
+    fn the_gate_takes_rules_and_follows_forks() {
+        let gate = |args: &[&str]| {
+            let mut all = vec!["leak", "run"];
+            all.extend_from_slice(args);
+            all.extend(["./test", "arg"]);
+            let Command::Run { argv, trace, follow_forks } = parse(&all).unwrap() else {
+                panic!("not run")
+            };
+            assert_eq!(argv, ["./test", "arg"], "a bare --fail-on-leak takes no value");
+            (trace.gate, follow_forks)
+        };
+        let g = crate::config::Gate::default();
+        assert_eq!(gate(&["--fail-on-leak"]), (Some(g), true), "a gate traces what it starts");
+        let exit = crate::config::Gate { growth: false, exit: true, ..g };
+        assert_eq!(gate(&["--fail-on-leak=exit"]), (Some(exit), true));
+        let both = crate::config::Gate { exit: true, ..g };
+        assert_eq!(gate(&["--fail-on-leak=growth,exit"]), (Some(both), true));
+        let lenient = crate::config::Gate { allow_inconclusive: true, ..g };
+        assert_eq!(gate(&["--fail-on-leak", "--allow-inconclusive"]), (Some(lenient), true));
+        assert_eq!(gate(&[]), (None, false));
+        // attach samples every second by default; --max-overhead is one name everywhere.
+        let Command::Attach { trace, .. } =
+            parse(&["leak", "attach", "--pid", "1", "--overhead-budget", "5%"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (trace.sample_interval, trace.max_overhead),
+            (ATTACH_SAMPLE_INTERVAL, Some(500))
+        );
+    }
+
+    #[test]
+    fn listen_addresses_as_people_write_them() {
+        let addr = |s: &str| parse_listen(s).map(|a| a.to_string());
+        assert_eq!(addr("0.0.0.0:9464").unwrap(), "0.0.0.0:9464");
+        assert_eq!(addr(":9464").unwrap(), "0.0.0.0:9464");
+        assert_eq!(addr("[::1]:9464").unwrap(), "[::1]:9464");
+        let local = addr("localhost:9464").unwrap();
+        assert!(local == "127.0.0.1:9464" || local == "[::1]:9464", "{local}");
+        assert!(addr("localhost").unwrap_err().contains("use ADDR:PORT, HOST:PORT or :PORT"));
+        assert!(addr(":http").is_err());
     }
 
     #[test]
@@ -605,7 +782,18 @@ mod tests {
         assert_eq!(w.targets, Targets::All);
         let Command::Watch(w) = parse(&["leak", "watch", "--pods"]).unwrap() else { panic!() };
         assert_eq!(w.targets, Targets::Pods);
-        assert!(parse(&["leak", "watch"]).is_err(), "--pid, --all or --pods");
+        let none = parse(&["leak", "watch"]).unwrap_err().to_string();
+        assert!(
+            none.contains("--pid") && none.contains("--all") && none.contains("--pods"),
+            "{none}"
+        );
+        let Command::Watch(w) =
+            parse(&["leak", "watch", "--all", "--trace-for", "1m", "--max-overhead", "2%"])
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((w.escalate, w.max_overhead), (Some(Duration::from_mins(1)), Some(200)));
         assert!(parse(&["leak", "watch", "--all", "--pid", "1"]).is_err());
         assert!(parse(&["leak", "watch", "--pods", "--pid", "1"]).is_err());
         assert!(parse(&["leak", "watch", "--pods", "--all"]).is_err());
@@ -622,9 +810,10 @@ mod tests {
         assert!(parse(&["leak", "attach", "--pid", "1", "--top", "0"]).is_err());
         assert!(parse(&["leak", "attach", "--pid", "1", "--limit", "lots"]).is_err());
         assert!(
-            parse(&["leak", "attach", "--pid", "1", "--threshold", "1M"]).is_err(),
-            "--threshold needs --fail-on-leak"
+            parse(&["leak", "attach", "--pid", "1", "--allow-inconclusive"]).is_err(),
+            "--allow-inconclusive needs --fail-on-leak"
         );
+        assert!(parse(&["leak", "attach", "--pid", "1", "--fail-on-leak=never"]).is_err());
         assert!(parse(&["leak", "run"]).is_err(), "command is required");
         let e = parse(&["leak", "attach", "--pid", "1", "--interval", "1ms"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);

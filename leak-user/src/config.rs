@@ -44,6 +44,7 @@ impl Outputs {
 
 /// How to trace and report.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(clippy::struct_excessive_bools, reason = "independent settings of the command line")]
 pub struct TraceConfig {
     /// Time between interval reports.
     pub interval: Duration,
@@ -73,10 +74,16 @@ pub struct TraceConfig {
     pub probe_cost: Option<crate::analysis::model::ProbeCost>,
     /// Memory limit to project against, bytes (default: the cgroup's).
     pub limit: Option<u64>,
-    /// Fail (exit status [`LEAK_FOUND_EXIT`]) when a site is judged a leak.
-    pub fail_on_leak: bool,
-    /// Sites that gained less than this over the window do not fail the run.
-    pub threshold: u64,
+    /// `--fail-on-leak`: what fails the run (exit status [`LEAK_FOUND_EXIT`]).
+    pub gate: Option<Gate>,
+    /// `--min-growth`: growth below this many bytes is not growth (the trend's floor), and
+    /// the gate ignores sites below it; `None`: [`DEFAULT_TRACE_MIN_GROWTH`].
+    pub min_growth: Option<u64>,
+    /// Print nothing while tracing but warnings, the gate's verdict and the files written
+    /// (`--quiet`).
+    pub quiet: bool,
+    /// Reports go to stderr (`leak run`: the command's stdout is the command's).
+    pub report_to_stderr: bool,
     /// `leak attach`: stop once the probes cost the target more than this share of a CPU,
     /// in basis points (estimated from the hit rate, see [`crate::trace::session::Budget`]).
     pub max_overhead: Option<u32>,
@@ -122,6 +129,34 @@ impl Unwind {
     }
 }
 
+/// What `--fail-on-leak` fails a run on. The growth rule is the default; an inconclusive
+/// run fails too unless allowed, so that a short test cannot pass unjudged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// A site judged a leak by its growth fails the run.
+    pub growth: bool,
+    /// Blocks still allocated when the process exits fail the run (`LeakSanitizer`'s rule).
+    pub exit: bool,
+    /// A run whose growth could not be judged (too few samples, growth without a verdict,
+    /// no probe fired, or for the exit rule a process that had not exited) passes, with a
+    /// warning, instead of failing.
+    pub allow_inconclusive: bool,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self { growth: true, exit: false, allow_inconclusive: false }
+    }
+}
+
+/// The trace's growth floor by default: its bytes are exact, so 4 KiB of growth is growth
+/// (a watch's floor is higher: resident memory moves in pages and allocator arenas).
+pub const DEFAULT_TRACE_MIN_GROWTH: u64 = 4096;
+
+/// The watch's and the agent's growth floor by default (`--min-growth`): resident memory
+/// moves in pages, allocator arenas and thread stacks, so less than this is not a leak.
+pub const DEFAULT_WATCH_MIN_GROWTH: u64 = 1 << 20;
+
 /// Exit status of a run that `--fail-on-leak` fails, when the command itself succeeded (23,
 /// as `LeakSanitizer`).
 pub const LEAK_FOUND_EXIT: u8 = 23;
@@ -134,6 +169,12 @@ impl TraceConfig {
     #[must_use]
     pub fn sample_period(&self) -> Duration {
         self.sample_interval.min(self.interval)
+    }
+
+    /// The growth floor, bytes (`--min-growth`, else [`DEFAULT_TRACE_MIN_GROWTH`]).
+    #[must_use]
+    pub fn growth_floor(&self) -> u64 {
+        self.min_growth.unwrap_or(DEFAULT_TRACE_MIN_GROWTH)
     }
 
     /// Whether growth samples need every record rather than the kernel's per-site totals: to
@@ -161,8 +202,10 @@ impl Default for TraceConfig {
             sample_mean: None,
             probe_cost: None,
             limit: None,
-            fail_on_leak: false,
-            threshold: 0,
+            gate: None,
+            min_growth: None,
+            quiet: false,
+            report_to_stderr: false,
             max_overhead: None,
             unwind: Unwind::Auto,
             unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,

@@ -152,7 +152,37 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
         }
     }
     tracer.release_in_background();
-    Ok(if session::fails(&report, &trace_cfg) { config::LEAK_FOUND_EXIT } else { 0 })
+    let mut gate = session::GateTally::default();
+    let failed = gate.judge(&report, &trace_cfg);
+    if let Some(line) = gate.summary(&trace_cfg) {
+        eprintln!("{line}");
+    }
+    Ok(if failed { config::LEAK_FOUND_EXIT } else { 0 })
+}
+
+/// Options of `leak run` that make no sense to a command, so after it they are a mistake: the
+/// command would get them and the run would pass unchecked.
+const RUN_ONLY_OPTIONS: [&str; 3] = ["--fail-on-leak", "--follow-forks", "--allow-inconclusive"];
+
+/// Refuses a command line whose command got one of leak's own options (`leak run -- ./test
+/// --fail-on-leak`): said before anything runs.
+fn check_command_options(argv: &[OsString]) -> Result<(), Error> {
+    let program = argv.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    // leak tracing leak is the one command that takes them.
+    if std::path::Path::new(&program).file_name().is_some_and(|n| n == "leak") {
+        return Ok(());
+    }
+    for arg in argv.iter().skip(1) {
+        let arg = arg.to_string_lossy();
+        let name = arg.split('=').next().unwrap_or("");
+        if RUN_ONLY_OPTIONS.contains(&name) {
+            return Err(Error::BadInput(format!(
+                "{name} comes after the command, so it goes to {program}, not to leak: put leak's \
+                 options before the command (leak run {name} -- {program} ...)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn run_command(
@@ -161,6 +191,7 @@ fn run_command(
     trace: TraceConfig,
     follow_forks: bool,
 ) -> Result<u8, Error> {
+    check_command_options(argv)?;
     let program = trace::runner::resolve_program(
         argv.first().ok_or_else(|| Error::BadInput("no command given".into()))?,
     )?;

@@ -107,6 +107,13 @@ impl Sampler {
     }
 }
 
+/// Whether a run that started at `start` and lasts `duration` ends within half an `interval`:
+/// an interval report then would only repeat the final one.
+#[must_use]
+pub fn ends_soon(start: Instant, duration: Option<Duration>, interval: Duration) -> bool {
+    duration.is_some_and(|d| start + d <= Instant::now() + interval / 2)
+}
+
 /// Resolves at `start + duration`, or never.
 pub async fn deadline(start: Instant, duration: Option<Duration>) {
     match duration {

@@ -12,22 +12,35 @@ const CACHE_BYTES: u64 = 32 * 4096;
 /// the verdict needs 6 samples and a significant trend; the cache has filled by 0.8 s.
 const FLAGGED_WITHIN: usize = 3;
 
-/// The verdict words shown on `function`'s site line in each interval report, in order.
-fn verdicts_per_report(stdout: &[String], function: &str) -> Vec<Option<String>> {
+/// The verdict word of a site line (`#1 ... leak +1.0 MiB/h ...`).
+fn verdict_word(line: &str) -> String {
+    let word =
+        ["leak", "growing", "plateau"].into_iter().find(|w| line.contains(&format!("  {w} ")));
+    word.unwrap_or("stable").to_owned()
+}
+
+/// The verdict words shown on `function`'s site line in each report, in order: interval
+/// reports name the site on its line (`leak_fn <- main`), the final one in the stack below.
+fn verdicts_per_report(lines: &[String], function: &str) -> Vec<Option<String>> {
     let mut reports = Vec::new();
     let mut header: Option<&str> = None;
-    for line in stdout {
+    for line in lines {
         if line.starts_with("== ") {
             reports.push(None);
         } else if line.starts_with('#') {
-            header = Some(line);
+            header = None;
+            if line.contains(&format!("  {function} <- ")) {
+                if let Some(last) = reports.last_mut() {
+                    *last = Some(verdict_word(line));
+                }
+            } else {
+                header = Some(line);
+            }
         } else if let (Some(h), Some(last)) = (header, reports.last_mut())
             && line.split_whitespace().next() == Some(function)
         {
             // The first frame under a site line is the allocator's caller.
-            let word =
-                ["leak", "growing", "plateau"].into_iter().find(|w| h.contains(&format!("  {w} ")));
-            *last = Some(word.unwrap_or("stable").to_owned());
+            *last = Some(verdict_word(h));
             header = None;
         } else {
             header = None;
@@ -106,14 +119,15 @@ fn a_slow_leak_is_flagged_and_a_recycling_cache_is_not() {
     assert_eq!(report.age.bytes.values().iter().sum::<u64>(), report.totals.outstanding_bytes);
     assert_eq!(leak.age_bytes.values().iter().sum::<u64>(), leak.outstanding_bytes);
 
-    // Interval by interval: the leak flagged early, the cache never.
-    let leak_seen = verdicts_per_report(&done.stdout, "leak_fn");
+    // Interval by interval (on stderr: `leak run` leaves stdout to the command): the leak
+    // flagged early, the cache never.
+    let leak_seen = verdicts_per_report(&done.stderr, "leak_fn");
     let first = leak_seen.iter().position(|v| v.as_deref() == Some("leak"));
     assert!(
         first.is_some_and(|i| i < FLAGGED_WITHIN),
         "leak flagged within {FLAGGED_WITHIN} intervals: {leak_seen:?}"
     );
-    let cache_seen = verdicts_per_report(&done.stdout, "cache_put");
+    let cache_seen = verdicts_per_report(&done.stderr, "cache_put");
     assert!(cache_seen.len() >= 4, "{cache_seen:?}");
     assert!(
         cache_seen.iter().all(|v| v.as_deref() != Some("leak")),

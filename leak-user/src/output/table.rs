@@ -26,6 +26,73 @@ pub struct TableOptions<'a> {
     pub total_delta: Option<i64>,
 }
 
+/// The interval report: a header, one line of totals and growth, and one line a site (its
+/// verdict and the two innermost frames); whole stacks are for the final report and the files.
+#[must_use]
+pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "== {} ==", opts.header);
+    let _ = write!(
+        s,
+        "{} in {} allocation{}",
+        human_bytes(report.totals.outstanding_bytes),
+        report.totals.outstanding_allocs,
+        if report.totals.outstanding_allocs == 1 { "" } else { "s" }
+    );
+    if let Some(d) = opts.total_delta {
+        let _ = write!(s, " ({} since last report)", signed_bytes(d));
+    }
+    let _ = writeln!(s, "; growth: {}", report.growth.summary);
+    let drops: Vec<String> =
+        report.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    if !drops.is_empty() {
+        let _ = writeln!(s, "drops: {}", drops.join(" "));
+    }
+    for (rank, site) in report.sites.iter().take(opts.top).enumerate() {
+        let _ = write!(
+            s,
+            "#{:<3} {:>10} {:>7} alloc{}",
+            rank + 1,
+            human_bytes(site.outstanding_bytes),
+            site.outstanding_allocs,
+            if site.outstanding_allocs == 1 { " " } else { "s" }
+        );
+        if let Some(d) = opts.deltas.and_then(|m| m.get(&site.id)) {
+            let _ = write!(s, " {:>11}", signed_bytes(*d));
+        }
+        let _ = write!(s, "  {:<22}", verdict_words(site));
+        let _ = write!(s, "  {}", crate::analysis::growth::site_name(site));
+        if let Some(loc) =
+            site.stack.first().and_then(crate::analysis::report::StackFrame::location)
+        {
+            let _ = write!(s, " ({loc})");
+        }
+        s.push('\n');
+    }
+    if report.sites.len() > opts.top {
+        let rest = &report.sites[opts.top..];
+        let bytes: u64 = rest.iter().map(|x| x.outstanding_bytes).sum();
+        let _ = writeln!(s, "({} more sites, {})", rest.len(), human_bytes(bytes));
+    }
+    s
+}
+
+/// A site's verdict and rate, as the site lines show it: `leak +338.4 MiB/h`; a plateau's
+/// rate is how fast it grows now, not while it filled; nothing for a stable site.
+fn verdict_words(site: &crate::analysis::report::Site) -> String {
+    if site.trend.verdict == Verdict::Stable {
+        return String::new();
+    }
+    let per_h = if site.trend.verdict == Verdict::Plateau {
+        site.trend.recent_rate_bytes_per_s * 3600.0
+    } else {
+        site.trend.rate_bytes_per_h
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
+    let rate = per_h as i64;
+    format!("{} {}/h", site.trend.verdict.as_str(), signed_bytes(rate))
+}
+
 /// Renders the top sites with their stacks.
 #[must_use]
 pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {

@@ -54,8 +54,8 @@ pub struct Controller<'a> {
     follow_forks: bool,
     root: u32,
     root_code: Option<i32>,
-    /// `--fail-on-leak` found a leak in some process's final report.
-    leaked: bool,
+    /// `--fail-on-leak` over every process's final report.
+    gate: session::GateTally,
     root_attached: bool,
     procs: HashMap<u32, Proc>,
     sessions: HashMap<u32, Session>,
@@ -76,7 +76,7 @@ impl<'a> Controller<'a> {
             follow_forks,
             root,
             root_code: None,
-            leaked: false,
+            gate: session::GateTally::default(),
             root_attached: false,
             procs: HashMap::new(),
             sessions: HashMap::new(),
@@ -113,6 +113,8 @@ impl<'a> Controller<'a> {
         let mut maps_tick = interval(MAPS_REFRESH);
         maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sampler = Sampler::new(start, self.cfg.sample_period());
+        let mut budget =
+            self.cfg.max_overhead.map(|m| session::Budget::new(m, self.cfg.probe_cost));
         let until_deadline = deadline(start, self.cfg.duration);
         tokio::pin!(until_deadline);
         let mut signalled = false;
@@ -140,6 +142,12 @@ impl<'a> Controller<'a> {
                     signalled = true;
                 }
                 _ = report_tick.tick() => {
+                    // The final report is due about now: it would print the same again.
+                    if self.cfg.quiet
+                        || crate::runtime::ends_soon(start, self.cfg.duration, self.cfg.interval)
+                    {
+                        continue;
+                    }
                     let snap = self.tracer.snapshot()?;
                     for pid in self.session_pids() {
                         if let Some(s) = self.sessions.get_mut(&pid) {
@@ -154,6 +162,17 @@ impl<'a> Controller<'a> {
                         s.sample(&data);
                     }
                     sampler.spent(started);
+                    if let Some(b) = &mut budget
+                        && let Some((share, true)) = b.check(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
+                    {
+                        warn!(
+                            "stopped tracing: the probes cost an estimated {:.1}% of a CPU, over \
+                             --max-overhead {:.1}%; the command goes on untraced",
+                            share * 100.0,
+                            b.max_share() * 100.0
+                        );
+                        break End::Budget;
+                    }
                 }
                 _ = maps_tick.tick() => {
                     for s in self.sessions.values_mut() {
@@ -174,23 +193,24 @@ impl<'a> Controller<'a> {
             for pid in self.session_pids() {
                 if let Some(mut s) = self.sessions.remove(&pid) {
                     let report = s.finish(&snap, &mut *self.tracer, end)?;
-                    self.leaked |= session::fails(&report, &self.cfg);
+                    self.gate.judge(&report, &self.cfg);
                 }
             }
         }
         self.detach_all();
         let status = match end {
             End::Signal(sig) => code(128 + sig),
-            // Not set for `leak run` (no --max-overhead there).
-            End::Budget => 0,
             End::TargetExited => code(self.root_code.unwrap_or(1)),
-            End::Duration => {
+            End::Duration | End::Budget => {
                 eprintln!("leak: tracing ended; waiting for pid {} to exit", self.root);
                 self.serve_until_exit(signals).await?
             }
         };
+        if let Some(line) = self.gate.summary(&self.cfg) {
+            eprintln!("{line}");
+        }
         // The command's own failure comes first; a leak fails a run that otherwise passed.
-        Ok(if status == 0 && self.leaked { LEAK_FOUND_EXIT } else { status })
+        Ok(if status == 0 && self.gate.failed() { LEAK_FOUND_EXIT } else { status })
     }
 
     /// After tracing ended: keep resuming the tracees' stops (they would hang otherwise)
@@ -352,8 +372,9 @@ impl<'a> Controller<'a> {
             Ok(plan) => plan,
             Err(e) if pid != self.root => {
                 // A child we cannot trace (e.g. it exec'd a stripped static binary): say so,
-                // let it run.
+                // let it run; the gate cannot judge it.
                 warn!("pid {pid}: not traced: {e}");
+                self.gate.untraced(pid, &e.to_string(), &self.cfg);
                 self.procs.insert(pid, Proc::Passive);
                 let _ = tracee::cont(pid, 0);
                 return Ok(());
@@ -400,7 +421,7 @@ impl<'a> Controller<'a> {
             if let Some(mut s) = self.sessions.remove(&pid) {
                 let snap = self.tracer.snapshot()?;
                 let report = s.finish(&snap, &mut *self.tracer, End::TargetExited)?;
-                self.leaked |= session::fails(&report, &self.cfg);
+                self.gate.judge(&report, &self.cfg);
             }
             // Its records would only take room from the processes still traced; with none
             // left, the maps go with the tracer (deleting a million records one by one took

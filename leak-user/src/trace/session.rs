@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     analysis::aggregate::{Aggregate, signed_diff},
+    analysis::gate::{Finding, Rule, Rules},
     analysis::growth::Analysis,
     analysis::history::{History, Kind},
     analysis::model::{Frame, Snapshot, Totals},
@@ -87,6 +88,12 @@ impl Budget {
         #[expect(clippy::cast_precision_loss, reason = "nanoseconds per hit")]
         let hit_ns = cost.map_or(DEFAULT_HIT_COST_NS, |c| (c.entry_ns + c.return_ns) as f64 / 2.0);
         Self { max, hit_ns, last: None }
+    }
+
+    /// The budget, as a share of one CPU.
+    #[must_use]
+    pub fn max_share(&self) -> f64 {
+        self.max
     }
 
     /// The estimated share since the previous call, given all hits so far at time `t_s`
@@ -264,7 +271,7 @@ impl Session {
             probe_cost: self.cfg.probe_cost,
             kernel: Some(kernel_view()),
         };
-        let analysis = Analysis::of(&self.history, &Params::default());
+        let analysis = Analysis::of(&self.history, &self.params());
         let stacks = report::Stacks { frames: &self.frames, ends: &self.ends };
         let mut report = report::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
         let modules: Vec<_> = {
@@ -286,6 +293,13 @@ impl Session {
             started.elapsed()
         );
         Ok((report, agg))
+    }
+
+    /// The trend's thresholds: `--min-growth` is the growth floor.
+    fn params(&self) -> Params {
+        #[expect(clippy::cast_precision_loss, reason = "a byte threshold")]
+        let floor = self.cfg.growth_floor() as f64;
+        Params { min_growth_bytes: floor, ..Params::default() }
     }
 
     /// `--limit` against the process's RSS, else its cgroup's limit against the cgroup's
@@ -366,8 +380,7 @@ impl Session {
         source: &mut dyn AllocSource,
     ) -> Result<(), Error> {
         let (report, agg) = self.collect_from(snap, source, "interval")?;
-        let header = self.header(&report);
-        self.print(&report, &agg, &header);
+        self.print_interval(&report, &agg);
         Ok(())
     }
 
@@ -386,7 +399,9 @@ impl Session {
             self.check_totals(&agg, source)?;
         }
         // An empty trace is not evidence of no leak: say so rather than report "no leak".
-        if !self.cfg.probe_floor && snap.hits.0.iter().all(|&h| h == 0) {
+        // Only the hooks' counters: the start-up measure of the probes' cost has its own.
+        let hooked = (0..self.hooks.len()).all(|i| snap.hits.get(i, false) == 0);
+        if !self.cfg.probe_floor && hooked {
             warn!(
                 "no probe fired in pid {} while traced: it called no allocator function leak \
                  hooks in that time; trace it for longer, or while it works",
@@ -419,7 +434,13 @@ impl Session {
             Self::window_text(&report),
             report.duration_s
         );
-        self.print(&report, &agg, &header);
+        if self.cfg.quiet {
+            let line =
+                format!("leak: pid {} ({}): {}", self.pid, self.target.comm, report.growth.summary);
+            self.emit(&line);
+        } else {
+            self.print(&report, &agg, &header, false);
+        }
         if self.cfg.outputs.svg_diff.is_some()
             && let Some((_, base)) = self.history.baseline()
         {
@@ -450,19 +471,43 @@ impl Session {
         Ok(())
     }
 
-    fn print(&mut self, report: &Report, agg: &Aggregate, header: &str) {
+    /// An interval report (one line a site), unless `--quiet`.
+    fn print_interval(&mut self, report: &Report, agg: &Aggregate) {
+        if self.cfg.quiet {
+            return;
+        }
+        let header = self.header(report);
+        self.print(report, agg, &header, true);
+    }
+
+    /// Prints a report: `brief`, one line a site; else with whole stacks.
+    fn print(&mut self, report: &Report, agg: &Aggregate, header: &str, brief: bool) {
         let deltas: Option<HashMap<String, i64>> = self.prev.as_ref().map(|prev| {
             agg.deltas_since(prev).into_iter().map(|(id, d)| (format!("{id:016x}"), d)).collect()
         });
         let total_delta = self.prev.as_ref().map(|p| signed_diff(agg.total_bytes, p.total_bytes));
-        let text = output::table::render(
-            report,
-            &TableOptions { header, top: self.cfg.top, deltas: deltas.as_ref(), total_delta },
-        );
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        let opts = TableOptions { header, top: self.cfg.top, deltas: deltas.as_ref(), total_delta };
+        let text = if brief {
+            output::table::render_brief(report, &opts)
+        } else {
+            output::table::render(report, &opts)
+        };
+        self.emit(&text);
         self.prev = Some(agg.clone());
+    }
+
+    /// Writes `text` and a newline where reports go: stdout, or stderr under `leak run`
+    /// (the command's stdout is the command's).
+    fn emit(&self, text: &str) {
+        if self.cfg.report_to_stderr {
+            let mut out = std::io::stderr().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
     }
 
     fn header(&self, report: &Report) -> String {
@@ -615,22 +660,95 @@ impl Session {
     }
 }
 
-/// `--fail-on-leak`: prints the sites of `report` that fail the run; whether there are any.
-#[must_use]
-pub fn fails(report: &Report, cfg: &TraceConfig) -> bool {
-    if !cfg.fail_on_leak {
-        return false;
+/// `--fail-on-leak` over the processes of one run: judges each final report by the gate's
+/// rules (printing each finding on stderr, where CI logs keep it) and says the outcome last.
+#[derive(Debug, Default)]
+pub struct GateTally {
+    judged: usize,
+    failed: usize,
+    /// The rules that failed a process, in the order first seen.
+    rules: Vec<Rule>,
+}
+
+impl GateTally {
+    /// Judges `report` by `cfg`'s gate; whether it fails the run (never without a gate).
+    pub fn judge(&mut self, report: &Report, cfg: &TraceConfig) -> bool {
+        let Some(gate) = cfg.gate else { return false };
+        let rules = Rules {
+            growth: gate.growth,
+            exit: gate.exit,
+            allow_inconclusive: gate.allow_inconclusive,
+            min_growth: cfg.growth_floor(),
+            // LeakSanitizer's rule counts every block left, unless told a floor.
+            min_at_exit: cfg.min_growth.unwrap_or(1),
+        };
+        let findings = crate::analysis::gate::judge(report, &rules);
+        let who = format!("pid {} ({})", report.target.pid, report.target.comm);
+        self.record(&who, &findings)
     }
-    let failing = crate::analysis::growth::failing_sites(&report.sites, cfg.threshold);
-    for site in &failing {
-        eprintln!(
-            "leak: pid {} ({}): leak at {}",
-            report.target.pid,
-            report.target.comm,
-            crate::analysis::growth::leak_line(site)
-        );
+
+    /// A process the gate could not judge because it could not be traced at all.
+    pub fn untraced(&mut self, pid: u32, why: &str, cfg: &TraceConfig) -> bool {
+        let Some(gate) = cfg.gate else { return false };
+        let finding = Finding {
+            rule: Rule::Inconclusive,
+            text: format!("not traced ({why}), so not judged"),
+            fails: !gate.allow_inconclusive,
+        };
+        let comm = crate::procfs::comm(pid).unwrap_or_default();
+        self.record(&format!("pid {pid} ({comm})"), &[finding])
     }
-    !failing.is_empty()
+
+    fn record(&mut self, who: &str, findings: &[Finding]) -> bool {
+        self.judged += 1;
+        for f in findings {
+            let word = if f.fails { "FAIL" } else { "warning, allowed" };
+            eprintln!("leak: {word} ({}): {who}: {}", f.rule.name(), f.text);
+        }
+        let failed = findings.iter().any(|f| f.fails);
+        if failed {
+            self.failed += 1;
+            for f in findings.iter().filter(|f| f.fails) {
+                if !self.rules.contains(&f.rule) {
+                    self.rules.push(f.rule);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Whether some process failed.
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.failed > 0
+    }
+
+    /// The gate's last line (None without a gate).
+    #[must_use]
+    pub fn summary(&self, cfg: &TraceConfig) -> Option<String> {
+        let gate = cfg.gate?;
+        let plural = |n: usize| if n == 1 { "process" } else { "processes" };
+        if self.failed > 0 {
+            let rules: Vec<&str> = self.rules.iter().map(|r| r.name()).collect();
+            return Some(format!(
+                "leak: --fail-on-leak failed ({}): {} of {} traced {}",
+                rules.join("; "),
+                self.failed,
+                self.judged,
+                plural(self.judged)
+            ));
+        }
+        let by = match (gate.growth, gate.exit) {
+            (true, true) => "no leak by growth, no block left at exit",
+            (false, true) => "no block left at exit",
+            _ => "no leak by growth",
+        };
+        Some(format!(
+            "leak: --fail-on-leak passed: {} traced {}, {by}",
+            self.judged,
+            plural(self.judged)
+        ))
+    }
 }
 
 /// `leak attach`: traces until `--duration`, a signal, or the target's exit; returns the
@@ -656,9 +774,11 @@ pub async fn trace(
     let end = loop {
         tokio::select! {
             _ = report_tick.tick() => {
-                let (report, agg) = session.collect(tracer, "interval")?;
-                let header = session.header(&report);
-                session.print(&report, &agg, &header);
+                // The final report is due about now: it would print the same again.
+                if !runtime::ends_soon(start, session.cfg.duration, session.cfg.interval) {
+                    let (report, agg) = session.collect(tracer, "interval")?;
+                    session.print_interval(&report, &agg);
+                }
             }
             () = sampler.tick() => {
                 let started = Instant::now();
