@@ -1,5 +1,7 @@
 //! Pure: a process's history -> per-site and total growth judgements, the process view and
 //! the summary line.
+use std::fmt::Write as _;
+
 use hashbrown::HashMap;
 
 use crate::{
@@ -169,9 +171,16 @@ impl<'a> Analysis<'a> {
         })
     }
 
-    /// The growth section of a report over `sites` (already built), with its summary line.
+    /// The growth section of a report over `sites` (already built), with its summary line,
+    /// its one verdict and the caveats `evidence` calls for.
     #[must_use]
-    pub fn view(&self, sites: &[Site], window_text: &str, limit: Option<&Limit>) -> Growth {
+    pub fn view(
+        &self,
+        sites: &[Site],
+        window_text: &str,
+        limit: Option<&Limit>,
+        evidence: &Evidence,
+    ) -> Growth {
         let by_rate = |verdict: Verdict| {
             let mut v: Vec<&Site> = sites.iter().filter(|s| s.trend.verdict == verdict).collect();
             v.sort_by(|a, b| b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s));
@@ -187,10 +196,7 @@ impl<'a> Analysis<'a> {
             usage_bytes: l.usage,
             time_to_limit_s: projection(l, &self.total),
         });
-        let process_flat = self
-            .process
-            .as_ref()
-            .is_some_and(|p| matches!(p.trend.verdict, Verdict::Stable | Verdict::Plateau));
+        let verdict = sites.iter().map(|s| s.trend.verdict).min().unwrap_or_default();
         let summary = summary_line(&SummaryInput {
             total: &total,
             window_text,
@@ -199,10 +205,13 @@ impl<'a> Analysis<'a> {
             leaks: &leaks,
             growing: &growing,
             limit: limit.as_ref(),
-            process_flat,
+            fired: evidence.fired,
         });
+        let caveats = caveats(verdict, evidence, self.process_view().as_ref());
         Growth {
             summary,
+            verdict,
+            caveats,
             trend: total,
             top_sites,
             top_share,
@@ -251,6 +260,78 @@ fn concentration(sites: &[Site]) -> (usize, f64) {
     (0, 0.0)
 }
 
+/// What a report's verdict rests on, besides its sites' series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    /// Some hooked function's probe fired while traced.
+    pub fired: bool,
+    /// Frees of blocks allocated before tracing (`unknown_free`).
+    pub unknown_free: u64,
+}
+
+/// The caveats of a report whose verdict is `verdict`: each a statement true of it.
+fn caveats(verdict: Verdict, evidence: &Evidence, process: Option<&ProcessView>) -> Vec<String> {
+    let mut out = Vec::new();
+    if !evidence.fired {
+        out.push(
+            "no probe fired: the process called no allocator function leak hooks while traced, \
+             so this report is not evidence of no leak"
+                .to_owned(),
+        );
+    }
+    if verdict == Verdict::Leak
+        && let Some(p) = process
+        && p.traced_gained_bytes > 0
+        && p.private_gained_bytes < p.traced_gained_bytes / 2
+    {
+        // Attach mode sees only blocks allocated since: a pool whose older blocks are being
+        // replaced grows in the traced view while the process stays level; so does memory
+        // the allocator held free and hands out again.
+        let mut text = format!(
+            "the process's private memory grew {} while the traced sites gained {}: the \
+             traced growth may be memory the allocator already held",
+            signed_bytes(p.private_gained_bytes),
+            signed_bytes(p.traced_gained_bytes)
+        );
+        if evidence.unknown_free > 0 {
+            let _ = write!(
+                text,
+                ", or blocks allocated before tracing being replaced ({} of their frees seen: \
+                 unknown_free)",
+                evidence.unknown_free
+            );
+        }
+        out.push(text);
+    }
+    out
+}
+
+/// How much of the process's private growth the traced sites explain, in words that are
+/// true for each case (`None`: nothing worth saying).
+#[must_use]
+pub fn explained(p: &ProcessView) -> Option<String> {
+    match p.traced_share {
+        Some(share) if share <= 1.0 => {
+            Some(format!("traced sites explain {:.0}% of the private growth", share * 100.0))
+        }
+        // Pages and allocator slack: a tenth over is all of it.
+        Some(share) if share <= 1.1 => {
+            Some("traced sites explain all of the private growth".into())
+        }
+        Some(_) => Some(format!(
+            "traced sites gained {}, more than the private memory grew: the allocator reused \
+             memory it already held",
+            signed_bytes(p.traced_gained_bytes)
+        )),
+        None if p.traced_gained_bytes > 0 => Some(format!(
+            "traced sites gained {} while the private memory did not grow: the allocator \
+             reused memory it already held",
+            signed_bytes(p.traced_gained_bytes)
+        )),
+        None => None,
+    }
+}
+
 struct SummaryInput<'a> {
     total: &'a TrendView,
     window_text: &'a str,
@@ -259,8 +340,8 @@ struct SummaryInput<'a> {
     leaks: &'a [&'a Site],
     growing: &'a [&'a Site],
     limit: Option<&'a LimitView>,
-    /// The process's private memory is not growing.
-    process_flat: bool,
+    /// Some probe fired.
+    fired: bool,
 }
 
 /// `+1.2 GiB over 14:02:03-16:40:10 (+460.0 MiB/h); 3 sites account for 97%; leak suspected
@@ -283,24 +364,22 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
     }
     let more = |n: usize| if n > 1 { format!(" (+{} more)", n - 1) } else { String::new() };
     if let Some(top) = s.leaks.first() {
-        parts.push(format!("leak suspected at {}{}", site_name(top), more(s.leaks.len())));
+        parts.push(format!(
+            "leak suspected at {}{} (confidence {})",
+            site_name(top),
+            more(s.leaks.len()),
+            percent_below_certain(top.trend.confidence)
+        ));
     } else if let Some(top) = s.growing.first() {
         parts.push(format!(
             "growing at {}{}, not conclusive yet",
             site_name(top),
             more(s.growing.len())
         ));
+    } else if !s.fired {
+        parts.push("nothing traced: no probe fired".to_owned());
     } else {
         parts.push("no leak suspected".to_owned());
-    }
-    if s.process_flat && !s.leaks.is_empty() {
-        // Attach mode sees only blocks allocated since: a pool whose older blocks are being
-        // replaced grows in the traced view while the process stays level.
-        parts.push(
-            "but the process's private memory is not growing: the traced growth may be older \
-             blocks being replaced (see unknown_free)"
-                .to_owned(),
-        );
     }
     if let Some(l) = s.limit {
         match l.time_to_limit_s {
@@ -323,13 +402,19 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
 #[must_use]
 pub fn leak_line(site: &Site) -> String {
     format!(
-        "{}: {} at {}/s ({}/h), confidence {:.1}%",
+        "{}: {} at {}/s ({}/h), confidence {}",
         site_name(site),
         signed_bytes(site.trend.gained_bytes),
         signed_bytes(to_i64(site.trend.rate_bytes_per_s)),
         signed_bytes(to_i64(site.trend.rate_bytes_per_h)),
-        site.trend.confidence * 100.0
+        percent_below_certain(site.trend.confidence)
     )
+}
+
+/// A confidence as a percentage that never reads as certainty: `99.9%` at most.
+#[must_use]
+pub fn percent_below_certain(confidence: f64) -> String {
+    format!("{:.1}%", (confidence * 1000.0).floor().clamp(0.0, 999.0) / 10.0)
 }
 
 /// `parse_request <- handle_conn`: the two innermost frames.
@@ -467,8 +552,12 @@ mod tests {
             })
             .collect();
         let limit = Limit { bytes: 64 << 20, usage: 8 << 20, source: "cgroup" };
-        let g = a.view(&sites, "10:00:00-10:00:30", Some(&limit));
+        let g = a.view(&sites, "10:00:00-10:00:30", Some(&limit), &FIRED);
         assert_eq!(g.leak_sites, ["1"]);
+        // One verdict for the report: its most severe site's; the caveats are empty, as the
+        // process's private memory grew with the traced sites.
+        assert_eq!(g.verdict, Verdict::Leak);
+        assert!(g.caveats.is_empty(), "{:?}", g.caveats);
         assert!(g.growing_sites.is_empty());
         // 240 KiB leaked, 64 KiB cached: the leak alone is 78% of the growth, both 100%.
         assert_eq!((g.top_sites, g.top_share), (2, 1.0));
@@ -477,23 +566,95 @@ mod tests {
         assert!((secs - (56u64 << 20) as f64 / rate).abs() <= 1.0, "{secs}");
         assert!(g.summary.starts_with("+305.0 KiB over 10:00:00-10:00:30 (+"), "{}", g.summary);
         assert!(
-            g.summary.contains("; 2 sites account for 100%; leak suspected at leak_fn <- main; 64.0 MiB limit reached in "),
+            g.summary.contains("; 2 sites account for 100%; leak suspected at leak_fn <- main (confidence 99.9%); 64.0 MiB limit reached in "),
             "{}",
             g.summary
         );
         // Nothing growing: said so, and no projection.
         let empty = History::new(None, 1.0);
         let quiet = Analysis::of(&empty, &Params::default());
-        let g = quiet.view(&[], "a-b", Some(&limit));
+        let g = quiet.view(&[], "a-b", Some(&limit), &FIRED);
         assert_eq!(
             g.summary,
             "+0 B over a-b (+0 B/h); no leak suspected; 8.0 MiB of the 64.0 MiB limit used"
         );
+        assert_eq!((g.verdict, g.caveats.len()), (Verdict::Stable, 0));
         assert_eq!(g.limit.unwrap().time_to_limit_s, None);
+        // No probe fired: not "no leak", but nothing traced, and a caveat says so.
+        let g = quiet.view(&[], "a-b", None, &Evidence { fired: false, unknown_free: 0 });
+        assert_eq!(g.summary, "+0 B over a-b (+0 B/h); nothing traced: no probe fired");
+        assert!(g.caveats[0].starts_with("no probe fired: "), "{:?}", g.caveats);
+    }
+
+    const FIRED: Evidence = Evidence { fired: true, unknown_free: 0 };
+
+    #[test]
+    fn traced_growth_without_process_growth_is_a_caveat_only_when_true() {
+        // The traced total grows 8 KiB/s; the process's private memory grows by `private`
+        // bytes a second.
+        let judged = |private: u64, unknown_free: u64| {
+            let mut h = History::new(Some(ProcessMemory { rss: 4 << 20, private: 2 << 20 }), 1.0);
+            for t in 1..=30u64 {
+                let allocs: Vec<Allocation> = (0..t * 8)
+                    .map(|i| Allocation {
+                        addr: i,
+                        size: 1024,
+                        timestamp_ns: 0,
+                        stack_id: 1,
+                        tgid: 1,
+                        kind: 0,
+                    })
+                    .collect();
+                let mem = ProcessMemory { rss: 4 << 20, private: (2 << 20) + t * private };
+                let agg = Aggregate::from_allocations(&allocs, 0, 0);
+                h.record(t as f64, &agg, Some(mem), Kind::Tick);
+            }
+            let a = Analysis::of(&h, &Params::default());
+            let mut sites = sample_report().sites;
+            sites.truncate(1);
+            sites[0].id = "1".into();
+            sites[0].trend = a.site_trend(1);
+            let g = a.view(&sites, "a-b", None, &Evidence { fired: true, unknown_free });
+            (g, a.process_view().unwrap())
+        };
+        // Level: older blocks replaced, or memory the allocator held.
+        let (g, p) = judged(0, 0);
+        assert_eq!(g.verdict, Verdict::Leak);
+        assert!(
+            g.summary.contains("leak suspected at leak_fn <- main (confidence "),
+            "{}",
+            g.summary
+        );
+        assert_eq!(
+            g.caveats,
+            ["the process's private memory grew +0 B while the traced sites gained +240.0 KiB: \
+              the traced growth may be memory the allocator already held"]
+        );
+        assert_eq!(p.traced_share, None, "private did not grow");
+        assert_eq!(
+            explained(&p).unwrap(),
+            "traced sites gained +240.0 KiB while the private memory did not grow: the \
+             allocator reused memory it already held"
+        );
+        // unknown_free named only when there are such frees.
+        let (g, _) = judged(0, 12);
+        assert!(g.caveats[0].ends_with("or blocks allocated before tracing being replaced (12 of their frees seen: unknown_free)"), "{:?}", g.caveats);
+        // Private memory that grows nearly as much (page-granular): no caveat, and the
+        // share reads as what it is.
+        let (g, p) = judged(7 * 1024, 0);
+        assert!(g.caveats.is_empty(), "{:?}", g.caveats);
+        assert_eq!(
+            explained(&p).unwrap(),
+            "traced sites gained +240.0 KiB, more than the private memory grew: the allocator reused memory it already held"
+        );
+        let (_, p) = judged(8 * 1024 + 100, 0);
+        assert_eq!(explained(&p).unwrap(), "traced sites explain 99% of the private growth");
+        let (_, p) = judged(7 * 1024 + 800, 0);
+        assert_eq!(explained(&p).unwrap(), "traced sites explain all of the private growth");
     }
 
     #[test]
-    fn traced_growth_without_process_growth_is_flagged_in_the_summary() {
+    fn traced_growth_without_process_growth_was_flagged_in_the_summary() {
         // The traced total grows, the process stays level: older blocks being replaced.
         let mut h = History::new(Some(ProcessMemory { rss: 4 << 20, private: 2 << 20 }), 1.0);
         for t in 1..=30u64 {
@@ -515,13 +676,19 @@ mod tests {
         sites.truncate(1);
         sites[0].id = "1".into();
         sites[0].trend = a.site_trend(1);
-        let g = a.view(&sites, "a-b", None);
+        let g = a.view(&sites, "a-b", None, &FIRED);
         assert!(
-            g.summary.contains(
-                "leak suspected at leak_fn <- main; but the process's private memory is not growing"
-            ),
+            g.summary.contains("leak suspected at leak_fn <- main (confidence "),
             "{}",
             g.summary
+        );
+        // Said once, as a caveat, not in the summary.
+        assert!(
+            g.caveats[0].starts_with(
+                "the process's private memory grew +0 B while the traced sites gained"
+            ),
+            "{:?}",
+            g.caveats
         );
         assert_eq!(a.process_view().unwrap().traced_share, None, "private did not grow");
     }

@@ -62,6 +62,54 @@ pub struct Report {
     pub modules: Vec<ModuleSymbols>,
 }
 
+impl Report {
+    /// The report's one verdict in words, with its evidence and where: `leak (confidence
+    /// 99.9%) at parse_request <- handle_request`, `growing, not conclusive yet, at ...`,
+    /// `no leak suspected`, `nothing traced (no probe fired)`. Every rendering states this.
+    #[must_use]
+    pub fn verdict_words(&self) -> String {
+        let g = &self.growth;
+        let first =
+            |ids: &[String]| ids.first().and_then(|id| self.sites.iter().find(|s| &s.id == id));
+        match g.verdict {
+            Verdict::Leak => match first(&g.leak_sites) {
+                Some(s) => format!(
+                    "{} at {}",
+                    Verdict::Leak.describe(s.trend.confidence),
+                    crate::analysis::growth::site_name(s)
+                ),
+                None => Verdict::Leak.describe(0.0),
+            },
+            Verdict::Growing => match first(&g.growing_sites) {
+                Some(s) => format!(
+                    "growing, not conclusive yet, at {}",
+                    crate::analysis::growth::site_name(s)
+                ),
+                None => Verdict::Growing.describe(0.0),
+            },
+            _ if !self.probe_hits.values().any(|&h| h > 0) => {
+                "nothing traced (no probe fired)".to_owned()
+            }
+            Verdict::Plateau => "no leak suspected (sites levelled off)".to_owned(),
+            Verdict::Stable => "no leak suspected".to_owned(),
+        }
+    }
+
+    /// The sites as people read them: leaks first, then growing, plateau and stable, most
+    /// bytes first within each (the JSON keeps them by bytes).
+    #[must_use]
+    pub fn sites_by_verdict(&self) -> Vec<&Site> {
+        let mut v: Vec<&Site> = self.sites.iter().collect();
+        v.sort_by(|a, b| {
+            a.trend
+                .verdict
+                .cmp(&b.trend.verdict)
+                .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+        });
+        v
+    }
+}
+
 /// Where a module's symbols came from: why its frames have `file:line` or only names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleSymbols {
@@ -234,8 +282,16 @@ pub struct ProcessSeries {
 /// Growth of the traced total over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Growth {
-    /// One line: how much, how fast, which sites, the suspected leak, time to the limit.
+    /// One line: how much, how fast, which sites, the verdict, time to the limit.
     pub summary: String,
+    /// The report's one verdict: its most severe site's (`leak` if a site is judged a leak,
+    /// else `growing`, `plateau` or `stable`). Every rendering states this one.
+    #[serde(default)]
+    pub verdict: Verdict,
+    /// Where what the report rests on falls short, each a statement true of this report:
+    /// no probe fired, the process's memory grew less than the traced sites, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caveats: Vec<String>,
     /// The traced total's trend.
     pub trend: TrendView,
     /// Fewest sites whose growth makes up most (90%) of the growth, at most 5.
@@ -479,7 +535,11 @@ pub fn build(
             series: growth.site_series(s.stack_id),
         })
         .collect();
-    let growth_view = growth.view(&sites, &meta.window_text, meta.limit.as_ref());
+    let evidence = crate::analysis::growth::Evidence {
+        fired: (0..meta.hooks.len()).any(|i| hits.get(i, false) > 0),
+        unknown_free: drops.get(leak_common::DropReason::UnknownFree),
+    };
+    let growth_view = growth.view(&sites, &meta.window_text, meta.limit.as_ref(), &evidence);
     Report {
         version: REPORT_VERSION,
         target: meta.target,
@@ -631,6 +691,12 @@ pub(crate) mod tests {
         let mut drops = DropCounts::default();
         drops.0[leak_common::DropReason::UnknownFree as usize] = 2;
         let ends = [(0xa, crate::analysis::model::StackEnd::Complete)].into_iter().collect();
+        let mut hits = ProbeHits::default();
+        let at = |cookie: u32, exit| leak_common::hit_index(cookie, exit) as usize;
+        hits.0[at(0, false)] = 3;
+        hits.0[at(0, true)] = 3;
+        hits.0[at(2, false)] = 1;
+        hits.0[at(2, true)] = 1;
         build(
             ReportMeta {
                 target: TargetInfo {
@@ -661,7 +727,7 @@ pub(crate) mod tests {
             &agg,
             &Stacks { frames: &frames, ends: &ends },
             &drops,
-            &ProbeHits::default(),
+            &hits,
             &Analysis::of(&History::new(None, 1.0), &Params::default()),
         )
     }

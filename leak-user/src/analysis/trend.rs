@@ -10,8 +10,19 @@
 //!
 //! No clock here: samples carry their own timestamps (seconds).
 
-/// The judgement on one series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The judgement on one series, most severe first (`Ord`: a leak sorts before a plateau).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Steady growth, statistically significant, still going on at the end of the window.
@@ -21,10 +32,27 @@ pub enum Verdict {
     /// Grew, then levelled off: a cache or a pool filling up.
     Plateau,
     /// No growth.
+    #[default]
     Stable,
 }
 
 impl Verdict {
+    /// A verdict with its evidence, as every report shows it: the confidence is labelled,
+    /// and only a leak has one worth showing (`growing` is by definition not conclusive).
+    #[must_use]
+    pub fn describe(self, confidence: f64) -> String {
+        match self {
+            // Never "100%": a test's confidence is below certainty.
+            Self::Leak => format!(
+                "leak (confidence {:.1}%)",
+                (confidence * 1000.0).floor().clamp(0.0, 999.0) / 10.0
+            ),
+            Self::Growing => "growing, not conclusive yet".to_owned(),
+            Self::Plateau => "plateau (levelled off)".to_owned(),
+            Self::Stable => "stable".to_owned(),
+        }
+    }
+
     /// Name used in reports.
     #[must_use]
     pub fn as_str(self) -> &'static str {

@@ -163,15 +163,6 @@ pub(crate) fn per_hour(rate: f64) -> String {
     format!("{}/h", signed_bytes(r))
 }
 
-pub(crate) fn rank(v: Verdict) -> u8 {
-    match v {
-        Verdict::Leak => 0,
-        Verdict::Growing => 1,
-        Verdict::Plateau => 2,
-        Verdict::Stable => 3,
-    }
-}
-
 #[expect(clippy::cast_precision_loss, reason = "byte counts: exact below 2^53")]
 pub(crate) fn bytes_f64(b: u64) -> f64 {
     b as f64
@@ -204,14 +195,13 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
     for p in shown {
         let _ = write!(
             s,
-            "{:>8}  {:<16} {:>11} {:>12} {:>14}  {} ({:.0}%)",
+            "{:>8}  {:<16} {:>11} {:>12} {:>14}  {}",
             p.pid,
             p.comm,
             human_bytes(p.anon_bytes),
             signed_bytes(p.trend.gained_bytes),
             per_hour(p.trend.rate_bytes_per_h),
-            p.trend.verdict.as_str(),
-            p.trend.confidence * 100.0
+            p.trend.verdict.describe(p.trend.confidence),
         );
         if let Some(pod) = &p.pod {
             s.push_str("  ");
@@ -230,13 +220,12 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
         for c in containers {
             let _ = writeln!(
                 s,
-                "{:>11} {:>11} {:>12} {:>14}  {} ({:.0}%)  {}",
+                "{:>11} {:>11} {:>12} {:>14}  {}  {}",
                 human_bytes(c.memory_bytes),
                 human_bytes(c.anon_bytes),
                 signed_bytes(c.trend.gained_bytes),
                 per_hour(c.trend.rate_bytes_per_h),
-                c.trend.verdict.as_str(),
-                c.trend.confidence * 100.0,
+                c.trend.verdict.describe(c.trend.confidence),
                 pod_name(&c.pod)
             );
         }

@@ -25,7 +25,7 @@ use crate::{
         pods::PodRef,
         report::{
             ContainerSeries, WATCH_REPORT_VERSION, WatchReport, WatchSeries, WatchedContainer,
-            WatchedProcess, bytes_f64, rank, render,
+            WatchedProcess, bytes_f64, render,
         },
     },
     output, procfs,
@@ -190,8 +190,9 @@ impl WatchList {
             })
             .collect();
         out.sort_by(|a, b| {
-            rank(a.trend.verdict)
-                .cmp(&rank(b.trend.verdict))
+            a.trend
+                .verdict
+                .cmp(&b.trend.verdict)
                 .then(b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s))
                 .then(a.pod.container_id.cmp(&b.pod.container_id))
         });
@@ -250,8 +251,9 @@ impl WatchList {
             })
             .collect();
         out.sort_by(|a, b| {
-            rank(a.trend.verdict)
-                .cmp(&rank(b.trend.verdict))
+            a.trend
+                .verdict
+                .cmp(&b.trend.verdict)
                 .then(b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s))
                 .then(a.pid.cmp(&b.pid))
         });
@@ -813,7 +815,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("  139.0 MiB    39.0 MiB    +29.0 MiB     +3.5 GiB/h  leak (100%)  pod 8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b container aaaaaaaaaaaa\n"),
+            text.contains("  139.0 MiB    39.0 MiB    +29.0 MiB     +3.5 GiB/h  leak (confidence 99.9%)  pod 8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b container aaaaaaaaaaaa\n"),
             "{text}"
         );
         assert!(!text.contains("bbbbbbbbbbbb"), "{text}");
@@ -848,7 +850,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("\n      10  p10                 27.0 MiB    +19.0 MiB     +3.5 GiB/h  leak (100%)\n"),
+            text.contains("\n      10  p10                 27.0 MiB    +19.0 MiB     +3.5 GiB/h  leak (confidence 99.9%)\n"),
             "{text}"
         );
         assert!(!text.contains("p20"), "{text}");

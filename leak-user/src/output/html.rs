@@ -46,7 +46,8 @@ background:#888}.badge.leak{background:#d62728}.badge.growing{background:#ff7f0e
 background:#1f77b4}.badge.stable{background:#2ca02c}svg{max-width:100%;height:auto}.site{margin:\
 16px 0;padding:8px 0;border-top:1px solid #eee}ol.stack{font:12px/1.5 ui-monospace,monospace;\
 margin:4px 0;color:#444}iframe{width:100%;height:420px;border:1px solid #ddd}table{border-\
-collapse:collapse}td{padding:2px 12px 2px 0}.muted{color:#777}";
+collapse:collapse}td{padding:2px 12px 2px 0}.muted{color:#777}.caveat{background:#fff8e1;\
+border-left:4px solid #ffb300;padding:6px 12px}";
 
 /// The page.
 #[must_use]
@@ -71,10 +72,10 @@ pub fn render(p: &Page) -> String {
     h
 }
 
-/// How sure a verdict is, in words the page uses.
+/// A verdict with its evidence, in the words every report uses.
 #[must_use]
 pub fn verdict_text(t: &TrendView) -> String {
-    format!("{} ({:.0}%)", t.verdict.as_str(), t.confidence * 100.0)
+    t.verdict.describe(t.confidence)
 }
 
 fn triage(h: &mut String, p: &Page) {
@@ -86,7 +87,7 @@ fn triage(h: &mut String, p: &Page) {
         esc(&signed_bytes(t.gained_bytes)),
         r.duration_s,
         esc(&signed_bytes(rounded(t.rate_bytes_per_h))),
-        esc(&verdict_text(t))
+        esc(&r.verdict_words())
     );
     if let Some(l) = &r.growth.limit {
         let when = l.time_to_limit_s.map_or_else(
@@ -95,19 +96,18 @@ fn triage(h: &mut String, p: &Page) {
         );
         let _ = write!(line, "; limit {} ({}): {when}", human_bytes(l.bytes), esc(&l.source));
     }
-    if let Some(share) = r.process.as_ref().and_then(|v| v.traced_share) {
-        let _ = write!(
-            line,
-            "; the traced sites explain {:.0}% of the process's private growth",
-            share * 100.0
-        );
+    if let Some(text) = r.process.as_ref().and_then(crate::analysis::growth::explained) {
+        let _ = write!(line, "; {}", esc(&text));
     }
     let _ = write!(
         h,
         "<p class=\"triage {}\">{line}</p>\n<p class=\"muted\">{}</p>\n",
-        t.verdict.as_str(),
+        r.growth.verdict.as_str(),
         esc(&r.growth.summary)
     );
+    for c in &r.growth.caveats {
+        let _ = writeln!(h, "<p class=\"caveat\">Note: {}</p>", esc(c));
+    }
 }
 
 /// The verdict as a coloured badge: `<span class="badge leak">leak (99%)</span>`.
@@ -168,10 +168,11 @@ fn sites(h: &mut String, p: &Page) {
     let shown = r.sites.len().min(p.top);
     let _ = writeln!(
         h,
-        "<h2>Top sites</h2>\n<p class=\"muted\">{shown} of {} sites, by bytes not freed</p>",
+        "<h2>Top sites</h2>\n<p class=\"muted\">{shown} of {} sites, leaks first, then by \
+         bytes not freed</p>",
         r.sites.len()
     );
-    for (i, s) in r.sites.iter().take(p.top).enumerate() {
+    for (i, s) in r.sites_by_verdict().into_iter().take(p.top).enumerate() {
         site(h, p, i + 1, s);
     }
 }
@@ -342,7 +343,15 @@ mod tests {
         r.growth.series.bytes = bytes;
         r.growth.trend = s.trend;
         r.growth.trend.gained_bytes = 9 * 1024;
+        // The total itself not yet conclusive: the report's verdict is still its site's.
+        r.growth.trend.verdict = Verdict::Growing;
+        r.growth.verdict = Verdict::Leak;
         r.sites[0].id = "<id>".into();
+        r.growth.leak_sites = vec!["<id>".into()];
+        r.growth.summary =
+            "+9.0 KiB over T0-T10 (+3.5 MiB/h); leak suspected at leak_fn <- main (confidence \
+             99.0%)"
+                .into();
         r
     }
 
@@ -360,8 +369,15 @@ mod tests {
         // Triage: gained, the range in the clock's words, the rate, the verdict.
         assert!(
             html.contains(
-                "<b>+9.0 KiB</b> from T0 to T10 (10 s), +3.5 MiB/h; verdict <b>leak (99%)</b>"
+                "<b>+9.0 KiB</b> from T0 to T10 (10 s), +3.5 MiB/h; verdict <b>leak (confidence \
+                 99.0%) at leak_fn &lt;- main</b>"
             ),
+            "{html}"
+        );
+        // One verdict on the page: the total's own is not shown as another.
+        assert!(!html.contains("not conclusive"), "{html}");
+        assert!(
+            html.contains("<span class=\"badge leak\">leak (confidence 99.0%)</span>"),
             "{html}"
         );
         // The process chart (the traced total alone here) and one chart for the climbing site.

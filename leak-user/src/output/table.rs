@@ -43,12 +43,15 @@ pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
         let _ = write!(s, " ({} since last report)", signed_bytes(d));
     }
     let _ = writeln!(s, "; growth: {}", report.growth.summary);
+    for c in &report.growth.caveats {
+        let _ = writeln!(s, "note: {c}");
+    }
     let drops: Vec<String> =
         report.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
     if !drops.is_empty() {
         let _ = writeln!(s, "drops: {}", drops.join(" "));
     }
-    for (rank, site) in report.sites.iter().take(opts.top).enumerate() {
+    for (rank, site) in report.sites_by_verdict().into_iter().take(opts.top).enumerate() {
         let _ = write!(
             s,
             "#{:<3} {:>10} {:>7} alloc{}",
@@ -69,20 +72,31 @@ pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
         }
         s.push('\n');
     }
-    if report.sites.len() > opts.top {
-        let rest = &report.sites[opts.top..];
-        let bytes: u64 = rest.iter().map(|x| x.outstanding_bytes).sum();
-        let _ = writeln!(s, "({} more sites, {})", rest.len(), human_bytes(bytes));
-    }
+    more_sites(&mut s, report, opts.top);
     s
 }
 
-/// A site's verdict and rate, as the site lines show it: `leak +338.4 MiB/h`; a plateau's
-/// rate is how fast it grows now, not while it filled; nothing for a stable site.
+/// `(N more sites, B)` below the `top` shown.
+fn more_sites(s: &mut String, report: &Report, top: usize) {
+    if report.sites.len() > top {
+        let rest = &report.sites_by_verdict()[top..];
+        let bytes: u64 = rest.iter().map(|x| x.outstanding_bytes).sum();
+        let _ = writeln!(s, "({} more sites, {})", rest.len(), human_bytes(bytes));
+    }
+}
+
+/// A site's verdict and rate, as the interval lines show it: `leak +338.4 MiB/h`; a
+/// plateau's rate is how fast it grows now, not while it filled; nothing for a stable site.
 fn verdict_words(site: &crate::analysis::report::Site) -> String {
     if site.trend.verdict == Verdict::Stable {
         return String::new();
     }
+    format!("{} {}/h", site.trend.verdict.as_str(), signed_bytes(rate_shown(site)))
+}
+
+/// The rate a site line shows, bytes per hour: a plateau's window rate is mostly its filling;
+/// what it does now is its news.
+fn rate_shown(site: &crate::analysis::report::Site) -> i64 {
     let per_h = if site.trend.verdict == Verdict::Plateau {
         site.trend.recent_rate_bytes_per_s * 3600.0
     } else {
@@ -90,7 +104,23 @@ fn verdict_words(site: &crate::analysis::report::Site) -> String {
     };
     #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
     let rate = per_h as i64;
-    format!("{} {}/h", site.trend.verdict.as_str(), signed_bytes(rate))
+    rate
+}
+
+/// A site's verdict in the final report, its evidence labelled: `leak +338.4 MiB/h
+/// (confidence 99.9%)`, `growing +1.0 MiB/h (not conclusive yet)`, `plateau (now +0 B/h)`;
+/// nothing for a stable site.
+fn site_verdict(site: &crate::analysis::report::Site) -> String {
+    let rate = signed_bytes(rate_shown(site));
+    match site.trend.verdict {
+        Verdict::Leak => format!(
+            "leak {rate}/h (confidence {})",
+            crate::analysis::growth::percent_below_certain(site.trend.confidence)
+        ),
+        Verdict::Growing => format!("growing {rate}/h (not conclusive yet)"),
+        Verdict::Plateau => format!("plateau (now {rate}/h)"),
+        Verdict::Stable => String::new(),
+    }
 }
 
 /// Renders the top sites with their stacks.
@@ -121,6 +151,9 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
     }
     cost_lines(&mut s, report);
     let _ = writeln!(s, "growth: {}", report.growth.summary);
+    for c in &report.growth.caveats {
+        let _ = writeln!(s, "note: {c}");
+    }
     if let Some(p) = &report.process {
         let _ = writeln!(s, "process: {}", process_line(p));
     }
@@ -137,7 +170,7 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         return s;
     }
     s.push('\n');
-    for (rank, site) in report.sites.iter().take(opts.top).enumerate() {
+    for (rank, site) in report.sites_by_verdict().into_iter().take(opts.top).enumerate() {
         let _ = write!(
             s,
             "#{:<3} {:>10} in {:>6} alloc{}",
@@ -152,22 +185,9 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         if let Some(f) = &site.allocator_fn {
             let _ = write!(s, "  via {f}");
         }
-        if site.trend.verdict != Verdict::Stable {
-            // A plateau's window rate is mostly its filling; what it does now is its news.
-            let per_h = if site.trend.verdict == Verdict::Plateau {
-                site.trend.recent_rate_bytes_per_s * 3600.0
-            } else {
-                site.trend.rate_bytes_per_h
-            };
-            #[expect(clippy::cast_possible_truncation, reason = "saturating display value")]
-            let rate = per_h as i64;
-            let _ = write!(
-                s,
-                "  {} {}/h ({:.0}%)",
-                site.trend.verdict.as_str(),
-                signed_bytes(rate),
-                site.trend.confidence * 100.0
-            );
+        let verdict = site_verdict(site);
+        if !verdict.is_empty() {
+            let _ = write!(s, "  {verdict}");
         }
         s.push('\n');
         if site.stack.is_empty() {
@@ -191,11 +211,7 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
             let _ = writeln!(s, "       (stack {})", end.describe());
         }
     }
-    if report.sites.len() > opts.top {
-        let rest = &report.sites[opts.top..];
-        let bytes: u64 = rest.iter().map(|x| x.outstanding_bytes).sum();
-        let _ = writeln!(s, "({} more sites, {})", rest.len(), human_bytes(bytes));
-    }
+    more_sites(&mut s, report, opts.top);
     s
 }
 
@@ -208,17 +224,8 @@ fn process_line(p: &ProcessView) -> String {
         human_bytes(p.private_bytes),
         signed_bytes(p.private_gained_bytes)
     );
-    match p.traced_share {
-        Some(share) if share <= 1.0 => {
-            let _ = write!(s, "; traced sites explain {:.0}% of the private growth", share * 100.0);
-        }
-        Some(share) => {
-            let _ = write!(
-                s,
-                "; traced sites gained {share:.1}x the private growth (older blocks replaced?)"
-            );
-        }
-        None => {}
+    if let Some(text) = crate::analysis::growth::explained(p) {
+        let _ = write!(s, "; {text}");
     }
     s
 }
@@ -256,8 +263,7 @@ fn cost_lines(s: &mut String, report: &Report) {
     if let Some(p) = &report.probe_time {
         let _ = writeln!(
             s,
-            "probes: {} entry and {} return hits, about {} of the target's time ({} ns an \
-             entry, {} ns a return, measured at start; the programs' work adds to it)",
+            "probes: {} entry + {} return hits, at least {} of the target's time ({}/{} ns a hit)",
             p.entry_hits,
             p.return_hits,
             human_seconds(p.estimated_s),
@@ -332,12 +338,12 @@ by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
         report.sites[1].trend.rate_bytes_per_h = 5.0 * 1024.0 * 1024.0;
         report.sites[1].trend.recent_rate_bytes_per_s = 0.5;
         let text = render(&report, &TableOptions { header: "h", top: 10, ..Default::default() });
-        assert!(text.contains("via malloc  leak +28.0 MiB/h (100%)\n"), "{text}");
-        assert!(text.contains("  plateau +1.8 KiB/h (90%)\n"), "{text}");
+        assert!(text.contains("via malloc  leak +28.0 MiB/h (confidence 99.9%)\n"), "{text}");
+        assert!(text.contains("  plateau (now +1.8 KiB/h)\n"), "{text}");
         assert!(
             text.contains(
-                "probes: 2000000 entry and 1000000 return hits, about 3.2 s of the target's time \
-                 (1000 ns an entry, 1200 ns a return"
+                "probes: 2000000 entry + 1000000 return hits, at least 3.2 s of the target's time \
+                 (1000/1200 ns a hit)\n"
             ),
             "{text}"
         );
