@@ -50,12 +50,7 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Self::Loader(e) if is_permission(e) => {
-                // Kernel 6.18 refuses uprobe perf events with CAP_PERFMON alone (measured in
-                // tests/tests/deploy.rs).
-                format!(
-                    "{e}: leak needs root (or CAP_BPF, CAP_PERFMON and, for uprobes on some \
-                     kernels, CAP_SYS_ADMIN): run it with sudo"
-                )
+                format!("{e}: {}", permission_hint(crate::trace::preflight::privileges()))
             }
             _ => self.to_string(),
         }
@@ -66,6 +61,25 @@ impl Error {
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
+    }
+}
+
+/// What to do about a permission the kernel refused, true for the privileges leak has: to
+/// root it does not say "run as root". Kernel 6.18 refuses uprobe perf events without
+/// `CAP_SYS_ADMIN` (measured in `tests/tests/deploy.rs` and `tests/tests/bad_input.rs`).
+#[must_use]
+pub fn permission_hint(have: crate::trace::preflight::Privileges) -> String {
+    use crate::trace::preflight::{NEEDS, Privileges};
+    match have {
+        Privileges::SysAdmin => "the kernel refused it although leak has CAP_SYS_ADMIN: a \
+                                 seccomp profile, kernel lockdown or a security module forbids \
+                                 it here (in a container, run it privileged: \
+                                 deploy/patches/privileged.yaml)"
+            .to_owned(),
+        Privileges::BpfPerfmon => "leak has CAP_BPF and CAP_PERFMON, and this kernel opens \
+                                   uprobes only with CAP_SYS_ADMIN: add it, or run leak as root"
+            .to_owned(),
+        Privileges::None => format!("{NEEDS}: run it with sudo"),
     }
 }
 
@@ -96,5 +110,20 @@ mod tests {
         let e = Error::io("writing x")(io::Error::other("disk\nfull"));
         assert_eq!(e.exit_code(), EXIT_FAILURE);
         assert_eq!(e.message(), "writing x: disk full");
+    }
+
+    #[test]
+    fn permission_hints_are_true_for_who_leak_runs_as() {
+        use crate::trace::preflight::Privileges;
+        let root = permission_hint(Privileges::SysAdmin);
+        assert!(!root.contains("root") || root.contains("although"), "{root}");
+        assert!(!root.contains("sudo"), "{root}");
+        let caps = permission_hint(Privileges::BpfPerfmon);
+        assert!(caps.starts_with("leak has CAP_BPF and CAP_PERFMON, and this kernel opens uprobes only with CAP_SYS_ADMIN"), "{caps}");
+        let none = permission_hint(Privileges::None);
+        assert!(
+            none.starts_with("leak needs root") && none.ends_with("run it with sudo"),
+            "{none}"
+        );
     }
 }

@@ -94,7 +94,18 @@ fn calibrate(tracer: &mut Tracer) -> Option<analysis::model::ProbeCost> {
     if std::env::var_os("LEAK_MEASURE_PROBES").is_some_and(|v| v == "0") {
         return None;
     }
-    tracer.calibrate().map_err(|e| warn!("cannot measure the probes' cost: {e}")).ok()
+    tracer
+        .calibrate()
+        .map_err(|e| {
+            let e = Error::from(e);
+            // Refused: attaching the allocator's probes will be too, with the advice.
+            if e.exit_code() == error::EXIT_BAD_INPUT {
+                log::debug!("cannot measure the probes' cost: {}", e.message());
+            } else {
+                warn!("cannot measure the probes' cost: {}", e.message());
+            }
+        })
+        .ok()
 }
 
 fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {

@@ -176,6 +176,32 @@ pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(22 - 3).and_then(|f| f.parse().ok())
 }
 
+/// Whether `pid` is a kernel thread (no user memory of its own).
+#[must_use]
+pub fn is_kernel_thread(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| parse_stat_kernel_thread(&s))
+}
+
+/// Whether the `flags` field (9) of a `/proc/PID/stat` text has `PF_KTHREAD`.
+#[must_use]
+pub fn parse_stat_kernel_thread(stat: &str) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Some(close) = stat.rfind(')') else { return false };
+    stat[close + 1..]
+        .split_whitespace()
+        .nth(9 - 3)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// Whether this process runs as root (effective uid 0): advice to "run as root" would not
+/// help then.
+#[must_use]
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A path, reachable from here, to the very file behind mapping `m` of process `pid` (the
 /// same inode): `/proc/PID/map_files/<range>` (the mapped file itself, from any mount
 /// namespace, even deleted; needs `CAP_SYS_ADMIN`), else the path through the process's root
@@ -403,6 +429,18 @@ pub fn parse_limit(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_threads_by_their_stat_flags() {
+        // kthreadd and a user process, as 6.18 shows them.
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 8 0 0";
+        let user = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 1 0 0 0 20 0 1 0 900";
+        assert!(parse_stat_kernel_thread(kthreadd));
+        assert!(!parse_stat_kernel_thread(user));
+        assert!(!parse_stat_kernel_thread("garbage"));
+        assert!(is_kernel_thread(2) || !pid_exists(2), "kthreadd is pid 2 where it exists");
+        assert!(!is_kernel_thread(std::process::id()));
+    }
 
     const MAPS: &str = "\
 55d0c8a00000-55d0c8a01000 r--p 00000000 fe:01 1311 /work/demo

@@ -125,3 +125,158 @@ fn bad_web_configs() {
     run_leak(&["agent", "--listen", "127.0.0.1:0", "--bearer-token-file", "/dev/null"])
         .assert_bad_input("is empty");
 }
+
+/// Runs `leak args` as `setpriv setpriv_args`, and how it finished.
+fn as_user(setpriv_args: &[&str], args: &[&str]) -> leak_tests::Finished {
+    let out = std::process::Command::new("setpriv")
+        .args(setpriv_args)
+        .arg(leak_bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    let lines = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::to_owned).collect();
+    leak_tests::Finished {
+        status: out.status,
+        stderr: lines(&out.stderr),
+        stdout: lines(&out.stdout),
+    }
+}
+
+/// Nobody, no capabilities.
+const NOBODY: [&str; 5] =
+    ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"];
+
+/// Nobody with `CAP_BPF` and `CAP_PERFMON` (and `CAP_SYS_PTRACE`, to read the target), which load
+/// programs: whether the kernel opens uprobes for them is the kernel's.
+const BPF_PERFMON: [&str; 6] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+bpf,+perfmon,+sys_ptrace",
+    "--ambient-caps=-all,+bpf,+perfmon,+sys_ptrace",
+    "--bounding-set=-all,+bpf,+perfmon,+sys_ptrace",
+];
+
+/// Without the privileges to probe the kernel's features, `check` says they are unknown (not
+/// missing), and no degradation; it fails saying what to do.
+#[test]
+fn check_without_privileges_says_unknown_not_no() {
+    require_root();
+    let done = as_user(&NOBODY, &["check"]);
+    assert_eq!(done.status.code(), Some(1), "{:#?}", done.stdout);
+    let out = done.stdout.join("\n");
+    for feature in
+        ["bpf_loop", "bpf_get_attach_cookie", "bpf_for_each_map_elem", "compare-and-swap"]
+    {
+        let line = done.stdout.iter().find(|l| l.contains(feature)).expect(feature);
+        assert!(
+            line.ends_with("unknown (probing it needs the privileges to load programs)"),
+            "{line}"
+        );
+    }
+    assert!(!out.contains("degraded") && !out.contains("(kernel 5."), "{out}");
+    assert!(out.contains("BPF object                  unknown"), "{out}");
+    assert!(
+        out.ends_with("FAIL: this node cannot trace as this user: run leak check as root"),
+        "{out}"
+    );
+}
+
+/// With `CAP_BPF` and `CAP_PERFMON` only, `check` opens a real uprobe, and says what `attach`
+/// then does, in the same words: on a kernel that refuses, both fail naming `CAP_SYS_ADMIN`;
+/// on one that accepts, both succeed.
+#[test]
+fn check_with_bpf_and_perfmon_agrees_with_attach() {
+    require_root();
+    let check = as_user(&BPF_PERFMON, &["check"]);
+    let out = check.stdout.join("\n");
+    assert!(
+        out.contains("privileges                  CAP_BPF and CAP_PERFMON, not CAP_SYS_ADMIN"),
+        "{out}"
+    );
+    let uprobe = check.stdout.iter().find(|l| l.starts_with("a uprobe ")).expect("uprobe line");
+    let mut target = Fixture::start("leaker");
+    let attach =
+        as_user(&BPF_PERFMON, &["attach", "--pid", &target.pid().to_string(), "--duration", "1s"]);
+    if uprobe.contains(" NO: ") {
+        assert_eq!(check.status.code(), Some(1), "{out}");
+        assert!(out.ends_with("FAIL: this node cannot trace"), "{out}");
+        attach.assert_bad_input(
+            "this kernel opens uprobes only with CAP_SYS_ADMIN: add it, or run leak as root",
+        );
+        assert!(uprobe.contains("this kernel opens uprobes only with CAP_SYS_ADMIN"), "{uprobe}");
+    } else {
+        assert_eq!(check.status.code(), Some(0), "{out}");
+        assert_eq!(attach.status.code(), Some(0), "check said yes: {:#?}", attach.stderr);
+    }
+    target.go_and_wait_done();
+}
+
+/// Root is never told to run as root: a process whose memory map the kernel refuses even to
+/// root (here the sandbox's pid 1, of a parent user namespace) is said to be protected.
+/// (Which processes are protected depends on the host; `maps_hint`'s unit test covers every
+/// case, this one the case as a user meets it where it exists.)
+#[test]
+fn root_is_not_told_to_run_as_root() {
+    require_root();
+    let protected = (1..=64u32).find(|pid| {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    let Some(pid) = protected else {
+        // A host whose every process root may read: the unit test covers the words.
+        eprintln!("no process here refuses its memory map to root");
+        return;
+    };
+    let done = run_leak(&["attach", "--pid", &pid.to_string()]);
+    done.assert_bad_input("although leak runs as root");
+    assert!(!done.stderr[0].contains("run leak as root"), "{}", done.stderr[0]);
+}
+
+/// A kernel thread has no user memory: `attach` and `watch` say so (watch used to watch
+/// nothing and exit 0).
+#[test]
+fn a_kernel_thread_is_named_as_one() {
+    require_root();
+    // kthreadd: pid 2 on every Linux that has one.
+    let comm = std::fs::read_to_string("/proc/2/comm").unwrap_or_default();
+    assert_eq!(comm.trim(), "kthreadd", "pid 2 is kthreadd here");
+    run_leak(&["attach", "--pid", "2"]).assert_bad_input(
+        "process 2 (kthreadd) is a kernel thread: it has no user memory or allocator to trace",
+    );
+    run_leak(&["watch", "--pid", "2", "--duration", "1s"]).assert_bad_input(
+        "process 2 (kthreadd) is a kernel thread: it has no memory of its own to watch",
+    );
+}
+
+/// A Go program's heap is not malloc's: the error says what leak can do for it instead of
+/// suggesting --lib.
+#[test]
+fn a_go_program_is_told_what_leak_can_do_for_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("main.go");
+    std::fs::write(
+        &src,
+        "package main\nimport (\"fmt\"; \"time\")\nfunc main() { fmt.Println(\"ready\"); time.Sleep(time.Hour) }\n",
+    )
+    .unwrap();
+    let bin = dir.path().join("goprog");
+    let built = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", dir.path().join("cache"))
+        .env("GOPATH", dir.path().join("gopath"))
+        .output()
+        .expect("go (cargo xtask setup installs it)");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let target = Fixture::start_command(std::process::Command::new(&bin));
+    let pid = target.pid().to_string();
+    let done = run_leak(&["attach", "--pid", &pid]);
+    done.assert_bad_input("is a Go program: its heap is the Go runtime's, not malloc's");
+    assert!(done.stderr[0].contains(&format!("leak watch --pid {pid}")), "{}", done.stderr[0]);
+    assert!(!done.stderr[0].contains("--lib"), "{}", done.stderr[0]);
+}

@@ -394,6 +394,13 @@ pub fn run(rt: &tokio::runtime::Runtime, cfg: &WatchConfig) -> Result<u8, Error>
                     "no such process: {pid}: check the pid (ps -e)"
                 )));
             }
+            if procfs::is_kernel_thread(pid) {
+                return Err(Error::BadInput(format!(
+                    "process {pid} ({}) is a kernel thread: it has no memory of its own to \
+                     watch; name a user process",
+                    procfs::comm(pid).unwrap_or_default()
+                )));
+            }
         }
     }
     if cfg.listen.is_some() {

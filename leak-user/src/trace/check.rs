@@ -1,15 +1,16 @@
-//! `leak check`: whether this node can trace, decided by doing what tracing does short of
-//! attaching: the privileges, the kernel's uprobes and BPF features, and every program of
-//! the BPF object this kernel runs loaded through the verifier in each `--unwind` mode.
-//! Like `bpftrace --info`, but it ends with a yes or a no (the exit code), so a `DaemonSet`
-//! can run it at start.
+//! `leak check`: whether this node can trace, decided by doing what tracing does: the
+//! privileges, the kernel's uprobes and BPF features, every program of the BPF object this
+//! kernel runs loaded through the verifier in each `--unwind` mode, and a real uprobe opened
+//! on leak itself and seen to fire. Like `bpftrace --info`, but it ends with a yes or a no
+//! (the exit code), so a `DaemonSet` can run it at start. It says only what it measured:
+//! what it could not probe is "unknown", not "no".
 use std::{fmt::Write as _, time::Duration};
 
 use crate::{
     config::Unwind,
     error::Error,
     trace::loader::{self, BpfObject, Features, LoadOptions, Tracer, budget},
-    trace::preflight,
+    trace::preflight::{self, Privileges},
 };
 
 /// What one run of the check found.
@@ -39,10 +40,19 @@ pub fn check(verbose: bool) -> Outcome {
     let line = |text: &mut String, what: &str, value: &str| {
         let _ = writeln!(text, "{what:<28}{value}");
     };
-    let privileged = preflight::check_privileges().is_ok();
+    let caps = preflight::privileges();
+    let privileged = caps != Privileges::None;
     let (features, object) = loader::kernel().clone();
     line(&mut text, "kernel", &format!("{} ({})", features.release, std::env::consts::ARCH));
-    line(&mut text, "privileges", if privileged { "yes" } else { "NO: run leak as root" });
+    let who = match caps {
+        Privileges::SysAdmin if crate::procfs::is_root() => "root".to_owned(),
+        Privileges::SysAdmin => "CAP_SYS_ADMIN".to_owned(),
+        Privileges::BpfPerfmon => {
+            "CAP_BPF and CAP_PERFMON, not CAP_SYS_ADMIN (the uprobe below tells)".to_owned()
+        }
+        Privileges::None => format!("NO: {}", preflight::NEEDS),
+    };
+    line(&mut text, "privileges", &who);
     ok &= privileged;
     line(
         &mut text,
@@ -52,20 +62,31 @@ pub fn check(verbose: bool) -> Outcome {
     ok &= features.uprobes;
     line(&mut text, "BTF", if features.btf { "yes" } else { "no (not needed)" });
     for (name, since, has) in features.list() {
-        let value = if has { "yes".to_owned() } else { format!("no (kernel {since}+)") };
+        let value = match (privileged, has) {
+            // Probing loads a program: without the privileges every probe fails, which says
+            // nothing of the kernel.
+            (false, _) => "unknown (probing it needs the privileges to load programs)".to_owned(),
+            (true, true) => "yes".to_owned(),
+            (true, false) => format!("no (kernel {since}+)"),
+        };
         line(&mut text, &format!("  {name}"), &value);
     }
     let chosen = if std::env::var_os(loader::BPF_OBJECT_ENV).is_some() {
         format!("{object} (set by {})", loader::BPF_OBJECT_ENV)
-    } else {
+    } else if privileged {
         object.to_string()
+    } else {
+        "unknown (it follows from the features)".to_owned()
     };
     line(&mut text, "BPF object", &chosen);
-    for d in Features::degradations(object) {
-        let _ = writeln!(text, "  degraded: {d}");
+    if privileged {
+        for d in Features::degradations(object) {
+            let _ = writeln!(text, "  degraded: {d}");
+        }
     }
     if !privileged || !features.uprobes {
-        let _ = writeln!(text, "FAIL: this node cannot trace");
+        let why = if privileged { "(no uprobes)" } else { "as this user: run leak check as root" };
+        let _ = writeln!(text, "FAIL: this node cannot trace {why}");
         return Outcome { text, ok: false };
     }
     for unwind in [Unwind::Fp, Unwind::Dwarf, Unwind::Auto] {
@@ -81,6 +102,19 @@ pub fn check(verbose: bool) -> Outcome {
             let _ = writeln!(text, "  {f}");
         }
     }
+    // The programs loading is not tracing: the kernel may still refuse to open a uprobe (6.18
+    // does without CAP_SYS_ADMIN). Open one on leak itself, as `attach` does, and fire it.
+    let uprobe = match open_uprobe(object) {
+        Ok(cost) => format!(
+            "yes: opened on leak itself and fired ({} ns an entry, {} ns a return)",
+            cost.entry_ns, cost.return_ns
+        ),
+        Err(e) => {
+            ok = false;
+            format!("NO: {e}")
+        }
+    };
+    line(&mut text, "a uprobe", &uprobe);
     if verbose {
         let _ = writeln!(text, "stack of each program's deepest call chain (as 5.10-6.12 count):");
         if let Ok(b) = budget::analyze(loader::object_bytes(object)) {
@@ -104,6 +138,22 @@ pub fn check(verbose: bool) -> Outcome {
         if ok { "OK: this node can trace" } else { "FAIL: this node cannot trace" }
     );
     Outcome { text, ok }
+}
+
+/// Loads `object` with small maps and attaches an entry and a return probe to a function of
+/// leak's own, timing calls through them: what a trace's start does. The error is the one
+/// line `attach` would end with.
+fn open_uprobe(object: BpfObject) -> Result<crate::analysis::model::ProbeCost, String> {
+    let opts = LoadOptions {
+        filter_tgid: std::process::id(),
+        unwind_rows: 1024,
+        max_allocs: 1024,
+        max_stacks: 1024,
+        object: Some(object),
+        ..LoadOptions::default()
+    };
+    let mut tracer = Tracer::load(opts).map_err(|e| Error::from(e).message())?;
+    tracer.calibrate().map_err(|e| Error::from(e).message())
 }
 
 /// Loads every program of `object` with `unwind`: how many there are, the ones rejected

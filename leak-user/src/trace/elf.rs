@@ -169,6 +169,17 @@ impl ElfImage {
             .is_ok_and(|f| f.symbols().next().is_some() || f.dynamic_symbols().next().is_some())
     }
 
+    /// Whether it is a Go program: the Go toolchain writes its build information and its
+    /// own line table into sections of their own, stripped or not.
+    #[must_use]
+    pub fn is_go(&self) -> bool {
+        self.parse().is_ok_and(|f| {
+            [".go.buildinfo", ".gopclntab", ".note.go.buildid"]
+                .iter()
+                .any(|name| f.section_by_name(name).is_some())
+        })
+    }
+
     /// `DT_SONAME` and the `DT_NEEDED` entries, in order.
     #[must_use]
     pub fn dynamic_deps(&self) -> (Option<String>, Vec<String>) {

@@ -35,10 +35,56 @@ fn effective_caps(status: &str) -> Option<u64> {
 /// `CAP_BPF` with `CAP_PERFMON`, or `CAP_SYS_ADMIN`.
 #[must_use]
 pub fn caps_allow_tracing(status: &str) -> bool {
-    let Some(eff) = effective_caps(status) else { return false };
-    let has = |cap: u32| eff & (1 << cap) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+    privileges_of(status) != Privileges::None
 }
+
+/// What the effective capabilities allow, as far as tracing goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privileges {
+    /// `CAP_SYS_ADMIN` (root has it): programs and uprobes.
+    SysAdmin,
+    /// `CAP_BPF` and `CAP_PERFMON` without `CAP_SYS_ADMIN`: the programs load; whether the
+    /// kernel opens uprobes for them is the kernel's (6.18 does not: measured).
+    BpfPerfmon,
+    /// Neither: nothing loads.
+    None,
+}
+
+/// The privileges a `/proc/PID/status` text's `CapEff` line grants.
+#[must_use]
+pub fn privileges_of(status: &str) -> Privileges {
+    let Some(eff) = effective_caps(status) else { return Privileges::None };
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        Privileges::SysAdmin
+    } else if has(CAP_BPF) && has(CAP_PERFMON) {
+        Privileges::BpfPerfmon
+    } else {
+        Privileges::None
+    }
+}
+
+/// Whether this process has capability `cap` (a `CAP_*` number) in effect.
+#[must_use]
+pub fn has_capability(cap: u32) -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective_caps(&status).is_some_and(|eff| eff & (1 << cap) != 0)
+}
+
+/// `CAP_SYS_PTRACE`: reading another user's `/proc/PID/maps` and memory.
+pub const SYS_PTRACE: u32 = CAP_SYS_PTRACE;
+
+/// This process's privileges.
+#[must_use]
+pub fn privileges() -> Privileges {
+    privileges_of(&fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// What leak needs, in the words of every message about privileges (`leak check`, the
+/// errors of `attach` and `run`): one statement, so that they agree.
+pub const NEEDS: &str = "leak needs root, or CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON load its \
+                         programs, but kernels such as 6.18 open uprobes only with \
+                         CAP_SYS_ADMIN)";
 
 /// What the node agent's capabilities let it do, judged from a `/proc/PID/status` text: the
 /// one line naming the first capability it cannot work without, or the lines naming those
@@ -85,14 +131,10 @@ pub fn agent_capabilities(status: &str, old_memlock: bool) -> Result<Vec<String>
 /// # Errors
 /// [`Error::BadInput`] saying to run as root.
 pub fn check_privileges() -> Result<(), Error> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if caps_allow_tracing(&status) {
+    if privileges() != Privileges::None {
         return Ok(());
     }
-    Err(Error::BadInput(
-        "leak needs root (or CAP_BPF and CAP_PERFMON) to load BPF programs: run it with sudo"
-            .into(),
-    ))
+    Err(Error::BadInput(format!("{NEEDS}: run it with sudo")))
 }
 
 /// The sysfs root to inspect.

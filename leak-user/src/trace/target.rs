@@ -33,13 +33,37 @@ pub enum TargetError {
         pid: u32,
     },
     /// `/proc/PID/maps` is unreadable.
-    #[error("cannot read the memory map of process {pid} ({source}): run leak as root")]
+    #[error("cannot read the memory map of process {pid} ({source}): {hint}")]
     Maps {
         /// Pid.
         pid: u32,
         /// Cause.
         #[source]
         source: std::io::Error,
+        /// What to do, true for who leak runs as.
+        hint: &'static str,
+    },
+    /// A kernel thread: no user memory, no allocator.
+    #[error(
+        "process {pid} ({comm}) is a kernel thread: it has no user memory or allocator to trace"
+    )]
+    KernelThread {
+        /// Pid.
+        pid: u32,
+        /// Its name.
+        comm: String,
+    },
+    /// A Go program without a C allocator (no cgo).
+    #[error(
+        "process {pid} ({exe}) is a Go program: its heap is the Go runtime's, not malloc's, and \
+         it uses no C allocator leak can hook; watch its memory with `leak watch --pid {pid}` \
+         and find what grows with Go's heap profile (net/http/pprof, go tool pprof)"
+    )]
+    Go {
+        /// Pid.
+        pid: u32,
+        /// Its executable.
+        exe: String,
     },
     /// No mapped object defines malloc.
     #[error(
@@ -76,6 +100,24 @@ pub enum TargetError {
     /// `--lib` names an unreadable or non-ELF file.
     #[error("--lib: {0}")]
     Lib(#[source] ElfError),
+}
+
+/// What to do when a process's memory map is refused: true for who leak runs as (root is not
+/// told to run as root).
+#[must_use]
+pub fn maps_hint(root: bool, sys_ptrace: bool) -> &'static str {
+    match (root, sys_ptrace) {
+        (false, _) => "run leak as root",
+        (true, false) => {
+            "leak runs as root without CAP_SYS_PTRACE, which reading another user's process \
+             needs: add it"
+        }
+        // Root with every means and still refused: the process is protected from us.
+        (true, true) => {
+            "the kernel refuses it although leak runs as root (a process of a parent user \
+             namespace, or guarded by a security module): leak cannot trace it"
+        }
+    }
 }
 
 /// An object (executable or shared library) with hooked functions.
@@ -224,12 +266,15 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
     if !procfs::pid_exists(pid) {
         return Err(TargetError::NoSuchProcess { pid });
     }
+    if procfs::is_kernel_thread(pid) {
+        return Err(TargetError::KernelThread { pid, comm: procfs::comm(pid).unwrap_or_default() });
+    }
     let maps = procfs::read_maps(pid).map_err(|source| {
-        if procfs::pid_exists(pid) {
-            TargetError::Maps { pid, source }
-        } else {
-            TargetError::NoSuchProcess { pid }
+        if !procfs::pid_exists(pid) {
+            return TargetError::NoSuchProcess { pid };
         }
+        let ptrace = crate::trace::preflight::has_capability(crate::trace::preflight::SYS_PTRACE);
+        TargetError::Maps { pid, source, hint: maps_hint(procfs::is_root(), ptrace) }
     })?;
     let root = RootPath::of(pid);
     if let Some(lib) = lib {
@@ -274,8 +319,10 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
     if let Some(plan) = plan(&ordered)? {
         return Ok(plan);
     }
-    let stripped = ordered.iter().any(|(o, image)| o.path == exe && !image.has_symbols());
-    Err(if stripped {
+    let main = ordered.iter().find(|(o, _)| o.path == exe).map(|(_, image)| image);
+    Err(if main.is_some_and(ElfImage::is_go) {
+        TargetError::Go { pid, exe }
+    } else if main.is_some_and(|image| !image.has_symbols()) {
         TargetError::Stripped { path: exe }
     } else {
         TargetError::NoMalloc { pid, exe }
@@ -448,6 +495,16 @@ fn object_path(pid: u32, root: &RootPath, m: &MapEntry) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_memory_map_gets_advice_true_for_who_asks() {
+        assert_eq!(maps_hint(false, false), "run leak as root");
+        assert!(maps_hint(true, false).contains("without CAP_SYS_PTRACE"));
+        let protected = maps_hint(true, true);
+        assert!(protected.contains("although leak runs as root"), "{protected}");
+        assert!(!maps_hint(true, true).contains("run leak as root"));
+        assert!(!maps_hint(true, false).contains("run leak as root"));
+    }
 
     fn linked(path: &str, soname: Option<&str>, needed: &[&str]) -> Linked {
         Linked {
