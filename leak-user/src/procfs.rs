@@ -176,6 +176,46 @@ pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
     after.split_whitespace().nth(22 - 3).and_then(|f| f.parse().ok())
 }
 
+/// Longest command line kept (reports name processes by it; a process may set a huge one).
+const MAX_CMDLINE: usize = 256;
+
+/// Process `pid`'s command line, its arguments joined by spaces (at most [`MAX_CMDLINE`]
+/// characters): three `python3`s are told apart by what they run.
+#[must_use]
+pub fn cmdline(pid: u32) -> Option<String> {
+    let bytes = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(parse_cmdline(&bytes))
+}
+
+/// `/proc/PID/cmdline` bytes (NUL-separated) as one line.
+#[must_use]
+pub fn parse_cmdline(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let joined = text.trim_end_matches('\0').replace('\0', " ");
+    match joined.char_indices().nth(MAX_CMDLINE) {
+        Some((at, _)) => format!("{}...", &joined[..at]),
+        None => joined,
+    }
+}
+
+/// The program a command line runs: its first word's file name (`/usr/bin/python3 app.py`
+/// -> `python3`).
+#[must_use]
+pub fn program_of(cmdline: &str) -> &str {
+    let first = cmdline.split(' ').next().unwrap_or("");
+    first.rsplit('/').next().unwrap_or(first)
+}
+
+/// A command line as a table shows it: its program's file name and its arguments
+/// (`/usr/bin/python3 app.py` -> `python3 app.py`).
+#[must_use]
+pub fn short_command(cmdline: &str) -> String {
+    match cmdline.split_once(' ') {
+        Some((first, rest)) => format!("{} {rest}", program_of(first)),
+        None => program_of(cmdline).to_owned(),
+    }
+}
+
 /// Whether `pid` is a kernel thread (no user memory of its own).
 #[must_use]
 pub fn is_kernel_thread(pid: u32) -> bool {
@@ -429,6 +469,25 @@ pub fn parse_limit(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_name_what_runs() {
+        assert_eq!(
+            parse_cmdline(b"/usr/bin/python3\0app.py\0--port\08080\0"),
+            "/usr/bin/python3 app.py --port 8080"
+        );
+        assert_eq!(program_of("/usr/bin/python3 app.py"), "python3");
+        assert_eq!(program_of("redis-server 127.0.0.1:6379"), "redis-server");
+        assert_eq!(program_of(""), "");
+        assert_eq!(
+            short_command("/usr/bin/python3 app.py --port 8080"),
+            "python3 app.py --port 8080"
+        );
+        assert_eq!(short_command("/usr/sbin/nginx"), "nginx");
+        let long = parse_cmdline(&[b'x'; 1000]);
+        assert_eq!(long.len(), MAX_CMDLINE + 3);
+        assert!(cmdline(std::process::id()).is_some_and(|c| !c.is_empty()));
+    }
 
     #[test]
     fn kernel_threads_by_their_stat_flags() {

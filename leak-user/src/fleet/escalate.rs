@@ -81,7 +81,8 @@ impl Escalator {
             // A process that is gone will not be judged again: forget it.
             self.seen.retain(|&(pid, start)| procfs::start_time(pid) == Some(start));
         }
-        for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak) {
+        // An exited process is kept in the watch for its report; there is nothing to trace.
+        for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak && !p.exited) {
             if self.seen.insert((p.pid, p.start_time_ticks)) {
                 eprintln!(
                     "leak: pid {} ({}) leaks {}: attaching the probes for {:.1} s",

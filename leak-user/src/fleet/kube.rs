@@ -234,6 +234,9 @@ impl Owners {
 pub struct Identity<'a> {
     /// `comm`.
     pub comm: &'a str,
+    /// The program its command line runs (`python3` of `/usr/bin/python3 app.py`), when
+    /// read: `comm` is cut at 15 characters and may be renamed by the process.
+    pub program: Option<&'a str>,
     /// Pod namespace.
     pub namespace: Option<&'a str>,
     /// Pod name.
@@ -258,7 +261,8 @@ impl crate::config::Selection {
         matches(&self.namespaces, id.namespace)
             && matches(&self.pods, id.pod)
             && matches(&self.containers, id.container)
-            && matches(&self.processes, Some(id.comm))
+            && (matches(&self.processes, Some(id.comm))
+                || id.program.is_some_and(|p| matches(&self.processes, Some(p))))
     }
 }
 
@@ -394,6 +398,7 @@ mod tests {
     fn selection_by_namespace_pod_container_and_process() {
         let id = |ns, pod, container, comm| Identity {
             comm,
+            program: None,
             namespace: Some(ns),
             pod: Some(pod),
             container: Some(container),
@@ -415,5 +420,11 @@ mod tests {
         assert!(!some.selects(&id("shop", "web-1", "x", "server")), "pod");
         assert!(!some.selects(&id("shop", "api-1", "x", "nginx")), "process");
         assert!(!some.selects(&Identity { comm: "server", ..Identity::default() }), "unknown");
+        // --process matches the command line's program too (comm is cut at 15 characters).
+        let named =
+            Selection { processes: vec!["my-long-service-name".into()], ..Selection::default() };
+        let cut = Identity { comm: "my-long-service", ..Identity::default() };
+        assert!(!named.selects(&cut));
+        assert!(named.selects(&Identity { program: Some("my-long-service-name"), ..cut }));
     }
 }

@@ -88,6 +88,9 @@ fn triage(h: &mut String, p: &WatchPage) {
         );
     }
     let _ = writeln!(h, "<p class=\"triage {}\">{line}</p>", worst.as_str());
+    for n in &r.notes {
+        let _ = writeln!(h, "<p class=\"caveat\">Note: {}</p>", esc(n));
+    }
 }
 
 /// Writes the heading of the section of `all` (`what`: `processes`, judged on `by`) and
@@ -207,6 +210,9 @@ fn process(h: &mut String, p: &WatchPage, x: &WatchedProcess) {
     );
     if x.exited {
         h.push_str(" <span class=\"muted\">(exited)</span>");
+    }
+    if !x.cmdline.is_empty() {
+        let _ = write!(h, "<br><code>{}</code>", esc(&x.cmdline));
     }
     if let Some(pod) = &x.pod {
         let _ = write!(h, "; {}", esc(&pod_name(pod)));
@@ -339,6 +345,7 @@ mod tests {
         WatchedProcess {
             pid,
             comm: comm.into(),
+            cmdline: format!("/usr/bin/{comm} --serve"),
             start_time_ticks: 1,
             rss_bytes: anon[9] + 4096,
             anon_bytes: anon[9],
@@ -409,6 +416,7 @@ mod tests {
             escalations: vec![done, running],
             not_escalated: vec![46],
             end_reason: "duration".into(),
+            notes: vec!["1 process grew steadily by less than --min-growth".into()],
         }
     }
 

@@ -73,6 +73,10 @@ pub struct WatchedProcess {
     pub pid: u32,
     /// `comm`.
     pub comm: String,
+    /// Its command line (arguments joined by spaces, at most 256 characters): names it
+    /// where `comm` does not (three `python3`s).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
     /// Start time, clock ticks after boot.
     pub start_time_ticks: u64,
     /// Resident bytes at the last sample.
@@ -154,6 +158,10 @@ pub struct WatchReport {
     /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
     /// watching continues.
     pub end_reason: String,
+    /// What the reader should know to trust it: why nothing is watched, what `--min-growth`
+    /// left unjudged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// `+3.5 GiB/h`.
@@ -188,21 +196,24 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
     } else {
         let _ = writeln!(
             s,
-            "{:>8}  {:<16} {:>11} {:>12} {:>14}  VERDICT",
-            "PID", "COMM", "ANON", "GAINED", "RATE"
+            "{:>8}  {:<COMMAND_WIDTH$} {:>11} {:>12} {:>14}  VERDICT",
+            "PID", "COMMAND", "ANON", "GAINED", "RATE"
         );
     }
     for p in shown {
         let _ = write!(
             s,
-            "{:>8}  {:<16} {:>11} {:>12} {:>14}  {}",
+            "{:>8}  {:<COMMAND_WIDTH$} {:>11} {:>12} {:>14}  {}",
             p.pid,
-            p.comm,
+            command(p),
             human_bytes(p.anon_bytes),
             signed_bytes(p.trend.gained_bytes),
             per_hour(p.trend.rate_bytes_per_h),
             p.trend.verdict.describe(p.trend.confidence),
         );
+        if p.exited {
+            s.push_str(" (exited)");
+        }
         if let Some(pod) = &p.pod {
             s.push_str("  ");
             s.push_str(&pod_name(pod));
@@ -230,7 +241,28 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
             );
         }
     }
+    for n in &report.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
     s
+}
+
+/// Characters of a process's command line the text table shows.
+const COMMAND_WIDTH: usize = 28;
+
+/// A process as the table names it: its command line (the program by its file name), cut to
+/// [`COMMAND_WIDTH`], else its `comm`.
+fn command(p: &WatchedProcess) -> String {
+    let full = if p.cmdline.is_empty() {
+        p.comm.clone()
+    } else {
+        crate::procfs::short_command(&p.cmdline)
+    };
+    if full.chars().count() <= COMMAND_WIDTH {
+        return full;
+    }
+    let cut: String = full.chars().take(COMMAND_WIDTH - 3).collect();
+    format!("{cut}...")
 }
 
 /// `pod NS/NAME container NAME (Deployment NAME)`, or with enough of each id to find it in

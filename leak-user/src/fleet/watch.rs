@@ -41,6 +41,8 @@ pub struct Observation {
     pub start_ticks: u64,
     /// `comm`.
     pub comm: String,
+    /// Its command line (empty when unreadable).
+    pub cmdline: String,
     /// Its memory.
     pub memory: ProcessMemory,
     /// Its Kubernetes pod and container, if it runs in one.
@@ -69,6 +71,7 @@ struct WatchedCgroup {
 #[derive(Clone, Debug)]
 struct Watched {
     comm: String,
+    cmdline: String,
     pod: Option<PodRef>,
     /// Watch time of its first sample, seconds.
     first_seen: f64,
@@ -78,32 +81,79 @@ struct Watched {
 }
 
 /// The processes watched and their samples. A process that is not observed any more has
-/// exited: it is forgotten, or (processes named with `--pid`) kept for the report.
+/// exited: it is forgotten, unless it was leaking or growing when it exited (what grew is
+/// news however it ended), or it was named with `--pid`; then it stays for the report.
 #[derive(Clone, Debug)]
 pub struct WatchList {
     procs: BTreeMap<(u32, u64), Watched>,
     /// Containers by id.
     containers: BTreeMap<String, WatchedCgroup>,
     period: f64,
+    /// How exited processes are judged, to keep the ones that grew.
+    params: Params,
+    /// Exited processes kept, oldest exit first (at most [`MAX_EXITED_KEPT`]).
+    exited: std::collections::VecDeque<(u32, u64)>,
 }
+
+/// Exited processes a watch of a whole host keeps, at most: months of processes coming and
+/// going must leave its memory bounded.
+pub const MAX_EXITED_KEPT: usize = 64;
 
 impl WatchList {
     /// An empty list, sampled every `period` seconds (see [`Sampled`]).
     #[must_use]
     pub fn new(period: f64) -> Self {
-        Self { procs: BTreeMap::new(), containers: BTreeMap::new(), period }
+        Self {
+            procs: BTreeMap::new(),
+            containers: BTreeMap::new(),
+            period,
+            params: Params::default(),
+            exited: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Judges exited processes with `params` (the watch's).
+    #[must_use]
+    pub fn judging(mut self, params: Params) -> Self {
+        self.params = params;
+        self
     }
 
     /// Records the processes observed at watch time `t` (see [`Kind`]): new ones start a
-    /// series; missing ones have exited and are dropped, or marked exited with `keep_exited`.
+    /// series; missing ones have exited: kept, marked exited, with `keep_exited` (processes
+    /// named by pid) or when they were leaking or growing; else dropped.
     pub fn observe(&mut self, t: f64, seen: &[Observation], kind: Kind, keep_exited: bool) {
         let keys: HashSet<(u32, u64)> = seen.iter().map(|o| (o.pid, o.start_ticks)).collect();
-        if keep_exited {
-            for (k, w) in &mut self.procs {
-                w.exited |= !keys.contains(k);
+        let gone: Vec<(u32, u64)> = self
+            .procs
+            .iter()
+            .filter(|(k, w)| !w.exited && !keys.contains(k))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            let grew = self.procs.get(&k).is_some_and(|w| {
+                matches!(
+                    judge_series(&w.samples, &self.params).verdict,
+                    Verdict::Leak | Verdict::Growing
+                )
+            });
+            if keep_exited {
+                if let Some(w) = self.procs.get_mut(&k) {
+                    w.exited = true;
+                }
+            } else if grew {
+                if let Some(w) = self.procs.get_mut(&k) {
+                    w.exited = true;
+                }
+                self.exited.push_back(k);
+                if self.exited.len() > MAX_EXITED_KEPT
+                    && let Some(old) = self.exited.pop_front()
+                {
+                    self.procs.remove(&old);
+                }
+            } else {
+                self.procs.remove(&k);
             }
-        } else {
-            self.procs.retain(|k, _| keys.contains(k));
         }
         for o in seen {
             let key = (o.pid, o.start_ticks);
@@ -117,6 +167,7 @@ impl WatchList {
                     key,
                     Watched {
                         comm: o.comm.clone(),
+                        cmdline: o.cmdline.clone(),
                         pod: o.pod.clone(),
                         first_seen: t,
                         samples: Sampled::new(o.memory, self.period),
@@ -227,20 +278,19 @@ impl WatchList {
             .map(|(&(pid, start), w)| {
                 let times = w.samples.times();
                 let values = w.samples.values();
-                let points: Vec<(f64, f64)> =
-                    times.iter().zip(values).map(|(t, m)| (*t, bytes_f64(m.private))).collect();
                 let keep = thin_indices(times.len(), SERIES_POINTS);
                 let last = values.last().copied().unwrap_or_default();
                 WatchedProcess {
                     pid,
                     comm: w.comm.clone(),
+                    cmdline: w.cmdline.clone(),
                     start_time_ticks: start,
                     rss_bytes: last.rss,
                     anon_bytes: last.private,
                     watched_s: times.last().copied().unwrap_or(0.0),
                     first_seen_s: millis(w.first_seen),
                     exited: w.exited,
-                    trend: trend_view(&trend::classify(&points, params)),
+                    trend: trend_view(&judge_series(&w.samples, params)),
                     series: WatchSeries {
                         t_s: keep.iter().map(|&i| millis(times[i])).collect(),
                         rss_bytes: keep.iter().map(|&i| values[i].rss).collect(),
@@ -257,6 +307,46 @@ impl WatchList {
                 .then(b.trend.rate_bytes_per_s.total_cmp(&a.trend.rate_bytes_per_s))
                 .then(a.pid.cmp(&b.pid))
         });
+        out
+    }
+}
+
+/// A process's anonymous resident bytes, judged.
+fn judge_series(samples: &Sampled<ProcessMemory>, params: &Params) -> trend::Trend {
+    let points: Vec<(f64, f64)> = samples
+        .times()
+        .iter()
+        .zip(samples.values())
+        .map(|(t, m)| (*t, bytes_f64(m.private)))
+        .collect();
+    trend::classify(&points, params)
+}
+
+/// The growth floor below which the watch looks for steady growth it would otherwise not
+/// judge (`--min-growth`'s hint): a few pages.
+const HINT_FLOOR: f64 = 64.0 * 1024.0;
+
+impl WatchList {
+    /// The processes judged stable under `params` that a lower floor ([`HINT_FLOOR`]) judges
+    /// a leak: growth `--min-growth` hides. `(pid, comm, rate per hour)`, fastest first.
+    #[must_use]
+    pub fn below_floor(&self, params: &Params) -> Vec<(u32, String, f64)> {
+        if params.min_growth_bytes <= HINT_FLOOR {
+            return Vec::new();
+        }
+        let low = Params { min_growth_bytes: HINT_FLOOR, ..*params };
+        let mut out: Vec<(u32, String, f64)> = self
+            .procs
+            .iter()
+            .filter_map(|(&(pid, _), w)| {
+                if judge_series(&w.samples, params).verdict != Verdict::Stable {
+                    return None;
+                }
+                let t = judge_series(&w.samples, &low);
+                (t.verdict == Verdict::Leak).then(|| (pid, w.comm.clone(), t.rate_per_hour()))
+            })
+            .collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
         out
     }
 }
@@ -312,6 +402,52 @@ impl Names {
     }
 }
 
+/// What one pass over the processes found, to say why nothing is watched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Candidate processes (kernel threads and ourselves left out).
+    pub candidates: usize,
+    /// Of them, those running in a Kubernetes pod.
+    pub in_pods: usize,
+    /// Those selected and watched.
+    pub watched: usize,
+}
+
+/// Why a watch watches nothing, when it does, in words that say what to do.
+#[must_use]
+pub fn why_nothing(targets: &Targets, selection: Option<&Selection>, seen: Seen) -> Option<String> {
+    if seen.watched > 0 {
+        return None;
+    }
+    let filtered = selection.is_some_and(|s| {
+        !(s.namespaces.is_empty()
+            && s.pods.is_empty()
+            && s.containers.is_empty()
+            && s.processes.is_empty())
+    });
+    Some(match targets {
+        Targets::Pods if seen.in_pods == 0 => "no process of this host runs in a Kubernetes pod \
+            (none is in a kubelet's cgroup): pass --all, --pid or --process to watch processes \
+            outside pods"
+            .to_owned(),
+        Targets::Pods => format!(
+            "{} processes run in pods, and none is selected (--namespace, --pod, --container, \
+             --process, --exclude-namespace)",
+            seen.in_pods
+        ),
+        Targets::All if filtered => format!(
+            "none of the {} processes matches --process (or the other selections)",
+            seen.candidates
+        ),
+        Targets::All => "no process to watch".to_owned(),
+        Targets::Pids(_) => "the processes named with --pid have exited".to_owned(),
+    })
+}
+
+/// Command lines read so far, by process (pid and start time): read once per process, as
+/// reading one takes the process's memory-map lock.
+type Cmdlines = std::cell::RefCell<hashbrown::HashMap<(u32, u64), String>>;
+
 /// Reads the memory of the targets now, and of the containers they run in (each
 /// container's memory cgroup once, under `cgroup_root`).
 fn observe(
@@ -320,13 +456,17 @@ fn observe(
     names: &Names,
     selection: Option<&Selection>,
     cgroup_root: &std::path::Path,
-) -> (Vec<Observation>, Vec<ContainerObservation>) {
+    cmdlines: &Cmdlines,
+) -> (Vec<Observation>, Vec<ContainerObservation>, Seen) {
     // Held for this pass (the refresher waits at most that long), not copied.
     let api_pods = names.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pids = match targets {
         Targets::All | Targets::Pods => procfs::all_pids(),
         Targets::Pids(p) => p.clone(),
     };
+    let mut cmdlines = cmdlines.borrow_mut();
+    let mut seen = Seen::default();
+    let mut alive: HashSet<(u32, u64)> = HashSet::new();
     // Container id -> (pod, memory cgroup, processes).
     let mut containers: BTreeMap<String, (PodRef, crate::fleet::pods::MemoryCgroup, usize)> =
         BTreeMap::new();
@@ -334,8 +474,16 @@ fn observe(
         .into_iter()
         .filter(|p| !skip.contains(p))
         .filter_map(|pid| {
+            let memory = procfs::statm_memory(pid)?;
+            // Kernel threads have no memory of their own.
+            if memory.rss == 0 {
+                return None;
+            }
+            let start_ticks = procfs::start_time(pid)?;
+            seen.candidates += 1;
             let cgroups = procfs::cgroup_text(pid).unwrap_or_default();
             let mut pod = crate::fleet::pods::pod_of(&cgroups);
+            seen.in_pods += usize::from(pod.is_some());
             if *targets == Targets::Pods && pod.is_none() {
                 return None;
             }
@@ -343,9 +491,16 @@ fn observe(
                 p.name_from(&api_pods);
             }
             let comm = procfs::comm(pid).unwrap_or_default();
+            alive.insert((pid, start_ticks));
+            let cmdline = cmdlines
+                .entry((pid, start_ticks))
+                .or_insert_with(|| procfs::cmdline(pid).unwrap_or_default())
+                .clone();
             if let Some(sel) = selection {
+                let program = procfs::program_of(&cmdline);
                 let id = crate::fleet::kube::Identity {
                     comm: &comm,
+                    program: (!program.is_empty()).then_some(program),
                     namespace: pod.as_ref().and_then(|p| p.namespace.as_deref()),
                     pod: pod.as_ref().and_then(|p| p.name.as_deref()),
                     container: pod.as_ref().and_then(|p| p.container_name.as_deref()),
@@ -354,11 +509,7 @@ fn observe(
                     return None;
                 }
             }
-            let memory = procfs::statm_memory(pid)?;
-            // Kernel threads have no memory of their own.
-            if memory.rss == 0 {
-                return None;
-            }
+            seen.watched += 1;
             // The memory cgroup must be the container's own: on a hybrid host whose v1
             // memory hierarchy does not mirror the kubelet's, it is someone else's.
             if let Some((p, id)) = pod.as_ref().and_then(|p| Some((p, p.container_id.clone()?)))
@@ -368,9 +519,11 @@ fn observe(
             {
                 containers.entry(id).or_insert_with(|| (p.clone(), cg, 0)).2 += 1;
             }
-            Some(Observation { pid, start_ticks: procfs::start_time(pid)?, comm, memory, pod })
+            Some(Observation { pid, start_ticks, comm, cmdline, memory, pod })
         })
         .collect();
+    // Processes gone since: their command lines too.
+    cmdlines.retain(|k, _| alive.contains(k));
     let containers = containers
         .into_values()
         .filter_map(|(pod, cg, processes)| {
@@ -378,7 +531,7 @@ fn observe(
             Some(ContainerObservation { pod, memory, processes })
         })
         .collect();
-    (processes, containers)
+    (processes, containers, seen)
 }
 
 /// `leak watch`.
@@ -473,7 +626,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let start = Instant::now();
     let start_unix = runtime::now_unix();
     let params = Params { min_growth_bytes: bytes_f64(cfg.min_growth), ..Params::default() };
-    let mut list = WatchList::new(cfg.sample_interval.as_secs_f64());
+    let mut list = WatchList::new(cfg.sample_interval.as_secs_f64()).judging(params);
     let mut escalator = escalator_for(cfg);
     // `leak agent`: metrics and reports over HTTP, from the state published after each
     // sample (every process, stable ones included).
@@ -493,48 +646,44 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     let until_deadline = deadline(start, cfg.duration);
     tokio::pin!(until_deadline);
     let explicit = matches!(cfg.targets, Targets::Pids(_));
+    let cmdlines = Cmdlines::default();
     let look = |escalator: &Option<Escalator>| {
-        observe(&cfg.targets, &skip(escalator), &names, cfg.selection.as_ref(), &cfg.cgroup_root)
+        observe(
+            &cfg.targets,
+            &skip(escalator),
+            &names,
+            cfg.selection.as_ref(),
+            &cfg.cgroup_root,
+            &cmdlines,
+        )
     };
     let record =
-        |list: &mut WatchList, seen: &(Vec<Observation>, Vec<ContainerObservation>), kind| {
+        |list: &mut WatchList, seen: &(Vec<Observation>, Vec<ContainerObservation>, Seen), kind| {
             let t = start.elapsed().as_secs_f64();
             list.observe(t, &seen.0, kind, explicit);
             list.observe_containers(t, &seen.1, kind);
+            seen.2
         };
-    record(&mut list, &look(&escalator), Kind::Tick);
+    let nothing = |seen: Seen| why_nothing(&cfg.targets, cfg.selection.as_ref(), seen);
+    let mut seen_now = record(&mut list, &look(&escalator), Kind::Tick);
+    // Said at once, where an agent's log shows it; the report and page say it too.
+    if let Some(why) = nothing(seen_now) {
+        log::warn!("watching nothing: {why}");
+    }
     let end = loop {
         tokio::select! {
             () = sampler.tick() => {
                 let began = Instant::now();
-                record(&mut list, &look(&escalator), Kind::Tick);
-                if escalator.is_some() || server.is_some() {
-                    // Judged once per sample (a Theil-Sen fit per process) for both uses.
-                    let judged = list.judge(&params);
-                    if let Some(e) = &mut escalator {
-                        e.flag(&judged);
-                        e.poll()?;
-                    }
-                    if server.is_some() {
-                        // Every process, stable ones included.
-                        let containers = list.judge_containers(&params);
-                        let at = report_of(
-                            &list,
-                            (judged, containers),
-                            start_unix,
-                            escalator.as_ref(),
-                            "interval",
-                        );
-                        published.publish(at);
-                    }
-                }
+                seen_now = record(&mut list, &look(&escalator), Kind::Tick);
+                let serving = server.is_some().then_some(&*published);
+                after_sample(&list, &params, &mut escalator, serving, start_unix, nothing(seen_now))?;
                 sampler.spent(began);
                 if explicit && list.running() == 0 {
                     break "targets_exited";
                 }
             }
             _ = report_tick.tick() => {
-                let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), "interval");
+                let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), "interval", nothing(seen_now));
                 let header = format!(
                     "watch {} +{:.1}s",
                     runtime::local_hms(report.window.end_unix_s),
@@ -547,7 +696,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         }
     };
     if end != "targets_exited" {
-        record(&mut list, &look(&escalator), Kind::Last);
+        seen_now = record(&mut list, &look(&escalator), Kind::Last);
     }
     let not_escalated = match &mut escalator {
         Some(e) => e.finish(signals).await?,
@@ -556,7 +705,8 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     if let Some(server) = server {
         server.abort();
     }
-    let mut report = build(&list, &params, start_unix, explicit, escalator.as_ref(), end);
+    let mut report =
+        build(&list, &params, start_unix, explicit, escalator.as_ref(), end, nothing(seen_now));
     report.not_escalated = not_escalated;
     let header = format!(
         "watch ended {} ({:.1} s, {end})",
@@ -566,6 +716,41 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
     print(&render(&report, &header, cfg.top));
     write_outputs(cfg, &report)?;
     Ok(report)
+}
+
+/// After a sample: the escalations' turn, and (the agent) the state published for the API,
+/// every process, stable ones included. Judged once for both uses (a Theil-Sen fit per
+/// process).
+fn after_sample(
+    list: &WatchList,
+    params: &Params,
+    escalator: &mut Option<Escalator>,
+    published: Option<&crate::fleet::serve::Published>,
+    start_unix: f64,
+    nothing: Option<String>,
+) -> Result<(), Error> {
+    if escalator.is_none() && published.is_none() {
+        return Ok(());
+    }
+    let judged = list.judge(params);
+    if let Some(e) = escalator {
+        e.flag(&judged);
+        e.poll()?;
+    }
+    if let Some(published) = published {
+        let containers = list.judge_containers(params);
+        let notes = nothing.into_iter().collect();
+        let at = report_of(
+            list,
+            (judged, containers),
+            start_unix,
+            escalator.as_ref(),
+            "interval",
+            notes,
+        );
+        published.publish(at);
+    }
+    Ok(())
 }
 
 /// Writes the watch report (`--json`) and page (`--html`), each atomically.
@@ -639,6 +824,7 @@ fn build(
     explicit: bool,
     escalator: Option<&Escalator>,
     end_reason: &str,
+    nothing: Option<String>,
 ) -> WatchReport {
     let mut processes = list.judge(params);
     let mut containers = list.judge_containers(params);
@@ -646,7 +832,25 @@ fn build(
         processes.retain(|p| p.trend.verdict != Verdict::Stable);
         containers.retain(|c| c.trend.verdict != Verdict::Stable);
     }
-    report_of(list, (processes, containers), start_unix, escalator, end_reason)
+    let mut notes: Vec<String> = nothing.into_iter().collect();
+    notes.extend(floor_note(&list.below_floor(params), params.min_growth_bytes));
+    report_of(list, (processes, containers), start_unix, escalator, end_reason, notes)
+}
+
+/// What `--min-growth` hid: processes that grew steadily, but by less than the floor.
+fn floor_note(hidden: &[(u32, String, f64)], floor: f64) -> Option<String> {
+    let (pid, comm, rate) = hidden.first()?;
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a byte floor")]
+    let floor = crate::analysis::units::human_bytes(floor as u64);
+    let n = hidden.len();
+    Some(format!(
+        "{n} process{} grew steadily by less than --min-growth {floor} over the window, the \
+         fastest pid {pid} ({comm}) at {}: lower it (e.g. --min-growth 64K) or watch longer \
+         to judge {}",
+        if n == 1 { "" } else { "es" },
+        crate::fleet::report::per_hour(*rate),
+        if n == 1 { "it" } else { "them" }
+    ))
 }
 
 /// The report of `list` with its processes and containers already judged.
@@ -656,6 +860,7 @@ fn report_of(
     start_unix: f64,
     escalator: Option<&Escalator>,
     end_reason: &str,
+    notes: Vec<String>,
 ) -> WatchReport {
     let end_unix = runtime::now_unix();
     WatchReport {
@@ -668,6 +873,7 @@ fn report_of(
         escalations: escalator.map(|e| e.done().to_vec()).unwrap_or_default(),
         not_escalated: Vec::new(),
         end_reason: end_reason.to_owned(),
+        notes,
     }
 }
 
@@ -687,15 +893,17 @@ mod tests {
             pid,
             start_ticks: start,
             comm: format!("p{pid}"),
+            cmdline: String::new(),
             memory: ProcessMemory { rss: private + (1 << 20), private },
             pod: None,
         }
     }
 
     #[test]
-    fn judges_each_process_and_forgets_the_exited() {
+    fn judges_each_process_keeps_exited_leakers_and_forgets_the_rest() {
         const MB: u64 = 1 << 20;
-        let mut list = WatchList::new(1.0);
+        let params = Params { min_growth_bytes: MB as f64, ..Params::default() };
+        let mut list = WatchList::new(1.0).judging(params);
         for t in 0..30u64 {
             let mut seen = vec![
                 // Leaks 1 MiB per second.
@@ -705,34 +913,107 @@ mod tests {
                 // A cache: fills over 5 s, then holds.
                 obs(30, 1, 4 * MB + t.min(5) * 4 * MB),
             ];
-            // Exits after 10 s; its pid comes back as a new process at 20 s.
+            // Leaks 2 MiB/s and exits after 10 s; its pid comes back as a new process at
+            // 20 s.
             if t < 10 {
-                seen.push(obs(40, 1, MB + t * MB));
+                seen.push(obs(40, 1, MB + 2 * t * MB));
             } else if t >= 20 {
                 seen.push(obs(40, 2, MB));
             }
+            // Flat, and exits after 10 s: forgotten.
+            if t < 10 {
+                seen.push(obs(50, 1, 9 * MB));
+            }
             list.observe(t as f64, &seen, if t == 29 { Kind::Last } else { Kind::Tick }, false);
         }
-        let judged = list.judge(&Params { min_growth_bytes: MB as f64, ..Params::default() });
-        let verdicts: Vec<(u32, u64, Verdict)> =
-            judged.iter().map(|p| (p.pid, p.start_time_ticks, p.trend.verdict)).collect();
+        let judged = list.judge(&params);
+        let verdicts: Vec<(u32, u64, Verdict, bool)> =
+            judged.iter().map(|p| (p.pid, p.start_time_ticks, p.trend.verdict, p.exited)).collect();
         assert_eq!(
             verdicts,
             [
-                (10, 1, Verdict::Leak),
-                (30, 1, Verdict::Plateau),
-                (20, 1, Verdict::Stable),
-                (40, 2, Verdict::Stable),
+                // The exited leaker first (it leaked faster), kept with its series.
+                (40, 1, Verdict::Leak, true),
+                (10, 1, Verdict::Leak, false),
+                (30, 1, Verdict::Plateau, false),
+                (20, 1, Verdict::Stable, false),
+                (40, 2, Verdict::Stable, false),
             ]
         );
-        let leak = &judged[0];
+        let leak = &judged[1];
         assert!((leak.trend.rate_bytes_per_s - MB as f64).abs() < 1.0);
         assert_eq!(leak.anon_bytes, 37 * MB);
         assert_eq!(leak.rss_bytes, 38 * MB);
         assert_eq!(leak.series.t_s.len(), 30);
+        assert_eq!(judged[0].anon_bytes, 19 * MB, "up to its exit");
         // The new process under pid 40 is watched from when it appeared.
-        assert!((judged[3].watched_s - 9.0).abs() < 1e-9);
-        assert_eq!(list.len(), 4);
+        assert!((judged[4].watched_s - 9.0).abs() < 1e-9);
+        assert_eq!((list.len(), list.running()), (5, 4));
+    }
+
+    #[test]
+    fn exited_leakers_kept_are_bounded() {
+        const MB: u64 = 1 << 20;
+        let params = Params { min_growth_bytes: MB as f64, ..Params::default() };
+        let mut list = WatchList::new(1.0).judging(params);
+        // 100 processes, each leaking for 8 s then exiting, one after the other.
+        let mut t = 0.0;
+        for pid in 1..=100u32 {
+            for i in 0..8u64 {
+                list.observe(t, &[obs(pid, 1, (1 + i) * MB)], Kind::Tick, false);
+                t += 1.0;
+            }
+        }
+        list.observe(t, &[], Kind::Tick, false);
+        assert_eq!(list.len(), MAX_EXITED_KEPT, "the latest ones");
+        let pids: Vec<u32> = list.judge(&params).iter().map(|p| p.pid).collect();
+        assert!(pids.iter().all(|&p| p > 100 - 64), "{pids:?}");
+    }
+
+    #[test]
+    fn growth_below_the_floor_is_said_not_hidden() {
+        const MB: u64 = 1 << 20;
+        let params = Params { min_growth_bytes: MB as f64, ..Params::default() };
+        let mut list = WatchList::new(1.0).judging(params);
+        // 37 MiB/h is 10.5 KiB/s: 310 KiB in a 30 s watch, under the 1 MiB floor.
+        for t in 0..30u64 {
+            let seen = [obs(10, 1, 8 * MB + t * 10_777), obs(20, 1, 50 * MB)];
+            list.observe(t as f64, &seen, Kind::Tick, false);
+        }
+        assert_eq!(list.judge(&params)[0].trend.verdict, Verdict::Stable);
+        let hidden = list.below_floor(&params);
+        assert_eq!(hidden.len(), 1, "{hidden:?}");
+        assert_eq!((hidden[0].0, hidden[0].1.as_str()), (10, "p10"));
+        let note = floor_note(&hidden, params.min_growth_bytes).unwrap();
+        assert!(
+            note.starts_with("1 process grew steadily by less than --min-growth 1.0 MiB over the window, the fastest pid 10 (p10) at +37.0 MiB/h: lower it"),
+            "{note}"
+        );
+        // A floor at the hint's own: nothing more to say.
+        assert!(list.below_floor(&Params { min_growth_bytes: 4096.0, ..params }).is_empty());
+    }
+
+    #[test]
+    fn a_watch_of_nothing_says_why() {
+        let seen = |candidates, in_pods, watched| Seen { candidates, in_pods, watched };
+        let no_pods = why_nothing(&Targets::Pods, None, seen(120, 0, 0)).unwrap();
+        assert!(
+            no_pods.starts_with("no process of this host runs in a Kubernetes pod"),
+            "{no_pods}"
+        );
+        assert!(
+            no_pods.ends_with("pass --all, --pid or --process to watch processes outside pods")
+        );
+        let sel = Selection { namespaces: vec!["shop".into()], ..Selection::default() };
+        let unselected = why_nothing(&Targets::Pods, Some(&sel), seen(120, 7, 0)).unwrap();
+        assert!(
+            unselected.starts_with("7 processes run in pods, and none is selected"),
+            "{unselected}"
+        );
+        let by_name = Selection { processes: vec!["nginx".into()], ..Selection::default() };
+        let none = why_nothing(&Targets::All, Some(&by_name), seen(120, 0, 0)).unwrap();
+        assert_eq!(none, "none of the 120 processes matches --process (or the other selections)");
+        assert_eq!(why_nothing(&Targets::Pods, None, seen(120, 7, 7)), None);
     }
 
     #[test]
@@ -815,6 +1096,7 @@ mod tests {
             escalations: Vec::new(),
             not_escalated: Vec::new(),
             end_reason: "duration".into(),
+            notes: Vec::new(),
         };
         let text = render(&report, "watch", 10);
         assert!(
@@ -832,12 +1114,22 @@ mod tests {
     fn renders_the_growing_processes() {
         let mut list = WatchList::new(1.0);
         for t in 0..20u64 {
-            list.observe(
-                t as f64,
-                &[obs(10, 1, (8 + t) << 20), obs(20, 1, 1 << 20)],
-                Kind::Tick,
-                false,
-            );
+            // Three python3s: named by what they run; one exits while leaking.
+            let named = |pid, private, cmdline: &str| Observation {
+                comm: "python3".into(),
+                cmdline: cmdline.into(),
+                ..obs(pid, 1, private)
+            };
+            let mut seen = vec![
+                obs(10, 1, (8 + t) << 20),
+                obs(20, 1, 1 << 20),
+                named(30, (8 + 2 * t) << 20, "/usr/bin/python3 ingest.py --queue orders"),
+                named(31, 1 << 20, "/usr/bin/python3 web.py"),
+            ];
+            if t < 12 {
+                seen.push(named(32, (8 + 3 * t) << 20, "python3 -m batch"));
+            }
+            list.observe(t as f64, &seen, Kind::Tick, false);
         }
         let params = Params { min_growth_bytes: f64::from(1u32 << 20), ..Params::default() };
         let report = WatchReport {
@@ -850,16 +1142,25 @@ mod tests {
             escalations: Vec::new(),
             not_escalated: Vec::new(),
             end_reason: "duration".into(),
+            notes: Vec::new(),
         };
         let text = render(&report, "watch", 10);
         assert!(
-            text.starts_with("== watch: 2 processes watched; 1 leaking, 0 growing, 0 plateau ==\n"),
+            text.starts_with("== watch: 2 processes watched; 3 leaking, 0 growing, 0 plateau ==\n"),
             "{text}"
         );
         assert!(
-            text.contains("\n      10  p10                 27.0 MiB    +19.0 MiB     +3.5 GiB/h  leak (confidence 99.9%)\n"),
+            text.contains("\n      10  p10                             27.0 MiB    +19.0 MiB     +3.5 GiB/h  leak (confidence 99.9%)\n"),
             "{text}"
         );
-        assert!(!text.contains("p20"), "{text}");
+        assert!(
+            text.contains("\n      30  python3 ingest.py --queue...    46.0 MiB    +38.0 MiB     +7.0 GiB/h  leak (confidence 99.9%)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n      32  python3 -m batch                41.0 MiB    +33.0 MiB    +10.5 GiB/h  leak (confidence 99.9%) (exited)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("p20") && !text.contains("web.py"), "{text}");
     }
 }
