@@ -25,7 +25,7 @@ fn main() {
     let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
     // (output, source, flags before the source, flags after it)
     let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
-    let builds: [(&str, &str, &[&str], &[&str]); 16] = [
+    let builds: [(&str, &str, &[&str], &[&str]); 17] = [
         ("leaker", "leaker", &[], &[]),
         // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
         ("leaker-static", "leaker", &["-static"], &[]),
@@ -44,6 +44,8 @@ fn main() {
         ("prefixed", "prefixed", &["-rdynamic"], &[]),
         ("runner", "runner", &[], &[]),
         ("cacher", "cacher", &[], &[]),
+        // Allocations through allocator wrappers (zmalloc, a project's own).
+        ("wrapped", "wrapped", &[], &[]),
         ("sampled", "sampled", &[], &[]),
         // The soak's population (`cargo xtask soak`).
         ("soaker", "soaker", &["-pthread"], &["-ldl"]),

@@ -275,6 +275,11 @@ pub struct TraceArgs {
     /// debug link's name), before /usr/lib/debug; repeatable.
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dirs: Vec<PathBuf>,
+    /// Fold functions matching this pattern (shell-style; repeatable) off the top of stacks as
+    /// allocator wrappers, so that their callers are the sites: a project's own `my_alloc`.
+    /// Common ones are built in (zmalloc, xmalloc, g_malloc, PyMem_Malloc, ngx_palloc, ...).
+    #[arg(long, value_name = "PATTERN")]
+    pub fold: Vec<String>,
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
@@ -421,6 +426,7 @@ impl From<TraceArgs> for TraceConfig {
             unwind: a.unwind,
             unwind_rows: a.unwind_rows,
             debug_dirs: a.debug_dirs,
+            fold: a.fold,
         }
     }
 }

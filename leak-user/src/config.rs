@@ -93,6 +93,9 @@ pub struct TraceConfig {
     pub unwind_rows: u32,
     /// Directories searched for separate debug files before the system's.
     pub debug_dirs: Vec<PathBuf>,
+    /// Patterns of allocator wrappers folded off the top of stacks, besides the built-in
+    /// ones (`--fold`).
+    pub fold: Vec<String>,
 }
 
 /// How allocation stacks are walked (`--unwind`).
@@ -210,6 +213,7 @@ impl Default for TraceConfig {
             unwind: Unwind::Auto,
             unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
             debug_dirs: Vec::new(),
+            fold: Vec::new(),
         }
     }
 }

@@ -206,6 +206,20 @@ pub fn program_of(cmdline: &str) -> &str {
     first.rsplit('/').next().unwrap_or(first)
 }
 
+/// The name a process's main executable goes by in its stacks: the program it ran, when that
+/// differs from the file's name (`redis-server`, a link to `redis-check-rdb`) and its
+/// command line and `comm` (the name exec'd, cut at 15 bytes) agree on it; else `None`, the
+/// file's own name.
+#[must_use]
+pub fn run_name(exe: &str, cmdline: &str, comm: &str) -> Option<String> {
+    let file = exe.rsplit('/').next()?;
+    let ran = program_of(cmdline);
+    if ran.is_empty() || ran == file || comm.is_empty() {
+        return None;
+    }
+    (ran.starts_with(comm) || comm.starts_with(ran)).then(|| ran.to_owned())
+}
+
 /// A command line as a table shows it: its program's file name and its arguments
 /// (`/usr/bin/python3 app.py` -> `python3 app.py`).
 #[must_use]
@@ -484,6 +498,23 @@ mod tests {
             "python3 app.py --port 8080"
         );
         assert_eq!(short_command("/usr/sbin/nginx"), "nginx");
+        // Debian's redis-server is a link to redis-check-rdb; redis rewrites its command line.
+        let redis = run_name(
+            "/usr/bin/redis-check-rdb",
+            "/usr/bin/redis-server 127.0.0.1:6379",
+            "redis-server",
+        );
+        assert_eq!(redis.as_deref(), Some("redis-server"));
+        assert_eq!(
+            run_name("/usr/bin/redis-server", "/usr/bin/redis-server *:6379", "redis-server"),
+            None
+        );
+        // A name cut at 15 bytes still agrees.
+        let long =
+            run_name("/opt/a/real-binary", "/opt/bin/my-long-service-name --x", "my-long-service");
+        assert_eq!(long.as_deref(), Some("my-long-service-name"));
+        // A command line that names another program (rewritten titles): the file's name.
+        assert_eq!(run_name("/usr/bin/foo", "worker: idle", "foo"), None);
         let long = parse_cmdline(&[b'x'; 1000]);
         assert_eq!(long.len(), MAX_CMDLINE + 3);
         assert!(cmdline(std::process::id()).is_some_and(|c| !c.is_empty()));

@@ -2,7 +2,7 @@
 //!
 //! What it holds: the data model of a snapshot (`model`), sums by site (`aggregate`), the
 //! growth history of sites and processes (`history`), the trend fit and verdicts (`trend`),
-//! the growth summary (`growth`), the CI gate's rules (`gate`), the allocation plumbing folded off stacks (`plumbing`), sampling's estimates (`sampling`), the report model
+//! the growth summary (`growth`), the CI gate's rules (`gate`), the allocation plumbing folded off stacks (`plumbing`), sampling's estimates (`sampling`), shell-style patterns (`pattern`), the report model
 //! (`report`, the JSON contract) and numbers for people (`units`).
 //!
 //! What it may import: nothing of this crate outside `analysis`, and no aya, tokio,
@@ -13,6 +13,7 @@ pub mod gate;
 pub mod growth;
 pub mod history;
 pub mod model;
+pub mod pattern;
 pub mod plumbing;
 pub mod report;
 pub mod sampling;

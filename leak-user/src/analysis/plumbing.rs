@@ -1,7 +1,9 @@
-//! A language runtime's allocation plumbing, folded out of the top of a stack: the site a
-//! person reads is the function that asked for memory, not the layers between it and
-//! `malloc`. (C and C++ need none of this: the hooks sit on the outermost allocator entry,
-//! `operator new` included, so frame 0 is already the caller.)
+//! A language runtime's allocation plumbing, and a project's own allocator wrappers, folded
+//! out of the top of a stack: the site a person reads is the function that asked for memory,
+//! not the layers between it and `malloc`. C and C++ call the hooked entries directly
+//! (`operator new` included), but projects wrap them: redis's `zmalloc`, git's and GCC's
+//! `xmalloc`, `GLib`'s `g_malloc`, `CPython`'s `PyMem_Malloc`, nginx's `ngx_palloc`; a site named
+//! `zmalloc` is every site of redis. [`WRAPPERS`] names the common ones, `--fold` adds more.
 //!
 //! Rust: `Box::new`, `Vec::with_capacity` and the rest reach `malloc` through
 //! `alloc::alloc::alloc`, `alloc::raw_vec`, `__rust_alloc` and std's `__rdl_alloc` (or the
@@ -10,7 +12,107 @@
 //! the source file tells: rustc's own library under `library/alloc/src/`. A
 //! `#[global_allocator]` (jemalloc, mimalloc) sits under `__rust_alloc`/`__rg_alloc`: all
 //! above the outermost of those is the allocator's, whatever its frames are named.
-use crate::analysis::model::Frame;
+use crate::analysis::{model::Frame, pattern::glob};
+
+/// Allocator wrappers of widely used C projects and libraries (shell patterns): functions
+/// whose job is to call the allocator, so that their callers are the sites.
+pub const WRAPPERS: &[&str] = &[
+    // redis, KeyDB, Valkey (src/zmalloc.c).
+    "zmalloc*",
+    "zcalloc*",
+    "zrealloc*",
+    "ztrymalloc*",
+    "ztrycalloc*",
+    "ztryrealloc*",
+    "zstrdup",
+    // The x-family that aborts on failure: git, GCC, binutils, OpenSSH, util-linux, gnulib.
+    "xmalloc",
+    "xcalloc",
+    "xrealloc",
+    "xzalloc",
+    "xmallocz",
+    "xstrdup",
+    "xstrndup",
+    "xmemdup*",
+    "xnmalloc",
+    "xcharalloc",
+    "xreallocarray",
+    // GLib.
+    "g_malloc*",
+    "g_try_malloc*",
+    "g_realloc*",
+    "g_try_realloc*",
+    "g_strdup*",
+    "g_strndup",
+    "g_memdup*",
+    "g_slice_alloc*",
+    // CPython.
+    "PyMem_Malloc",
+    "PyMem_Calloc",
+    "PyMem_Realloc",
+    "PyMem_RawMalloc",
+    "PyMem_RawCalloc",
+    "PyMem_RawRealloc",
+    "_PyMem_*",
+    "PyObject_Malloc",
+    "PyObject_Calloc",
+    "PyObject_Realloc",
+    "_PyObject_Malloc",
+    "_PyObject_Calloc",
+    "_PyObject_Realloc",
+    "pymalloc_*",
+    "_PyMem_Raw*",
+    // nginx.
+    "ngx_alloc",
+    "ngx_calloc",
+    "ngx_memalign",
+    "ngx_palloc*",
+    "ngx_pnalloc",
+    "ngx_pcalloc",
+    // OpenSSL, APR, SQLite, FFmpeg.
+    "CRYPTO_malloc",
+    "CRYPTO_zalloc",
+    "CRYPTO_realloc",
+    "CRYPTO_strdup",
+    "CRYPTO_strndup",
+    "apr_palloc",
+    "apr_pcalloc",
+    "sqlite3Malloc*",
+    "sqlite3DbMalloc*",
+    "sqlite3Realloc",
+    "sqlite3DbRealloc*",
+    "av_malloc*",
+    "av_realloc*",
+    // The C library's own: a copy's caller is the site.
+    "strdup",
+    "__strdup",
+    "__GI___strdup",
+    "strndup",
+    "__strndup",
+    "__GI___strndup",
+    "wcsdup",
+];
+
+/// What is folded off the top of every stack: [`WRAPPERS`] and the patterns of `--fold`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Folding {
+    /// Extra patterns (`--fold`).
+    pub patterns: Vec<String>,
+}
+
+impl Folding {
+    /// Whether `frame` is an allocator wrapper, built in or named with `--fold`.
+    #[must_use]
+    pub fn is_wrapper(&self, frame: &Frame) -> bool {
+        frame.function.as_deref().is_some_and(|f| {
+            WRAPPERS
+                .iter()
+                .copied()
+                .chain(self.patterns.iter().map(String::as_str))
+                .any(|p| glob(p, f))
+        })
+    }
+}
 
 /// Whether `frame` is Rust's allocation plumbing.
 #[must_use]
@@ -55,11 +157,19 @@ fn unprefixed(f: &str) -> &str {
 const SHIM_DEPTH: usize = 16;
 
 /// Drops the plumbing frames at the top of `frames` (innermost first), keeping at least one:
-/// everything up to the outermost allocator shim near the top, then the plumbing after it.
-pub fn fold_top(frames: &mut Vec<Frame>) {
+/// everything up to the outermost allocator shim near the top, then the plumbing after it,
+/// then the allocator wrappers of `folding`. Returns the outermost wrapper folded (what the
+/// site's code called: `zmalloc`), if any.
+pub fn fold_top(frames: &mut Vec<Frame>, folding: &Folding) -> Option<String> {
     let shim = frames.iter().take(SHIM_DEPTH).rposition(is_shim).map_or(0, |i| i + 1);
     let plumbing = shim + frames[shim..].iter().take_while(|f| is_plumbing(f)).count();
     frames.drain(..plumbing.min(frames.len().saturating_sub(1)));
+    let wrappers = frames.iter().take_while(|f| folding.is_wrapper(f)).count();
+    let folded = wrappers.min(frames.len().saturating_sub(1));
+    let outermost =
+        folded.checked_sub(1).and_then(|i| frames[i].function.as_deref().map(str::to_owned));
+    frames.drain(..folded);
+    outermost
 }
 
 #[cfg(test)]
@@ -92,7 +202,7 @@ mod tests {
             frame("alloc::vec::Vec<T>::push", None),
             frame("main", None),
         ];
-        fold_top(&mut frames);
+        fold_top(&mut frames, &Folding::default());
         // Only the top: plumbing further down is a caller like any other.
         assert_eq!(names(&frames), ["server::cache::insert", "alloc::vec::Vec<T>::push", "main"]);
     }
@@ -106,7 +216,7 @@ mod tests {
             frame("leak_box", Some("/src/main.rs")),
             frame("main", Some("/src/main.rs")),
         ];
-        fold_top(&mut frames);
+        fold_top(&mut frames, &Folding::default());
         assert_eq!(names(&frames), ["leak_box", "main"]);
     }
 
@@ -122,20 +232,55 @@ mod tests {
             frame("server::leak_box", None),
             frame("main", None),
         ];
-        fold_top(&mut frames);
+        fold_top(&mut frames, &Folding::default());
         assert_eq!(names(&frames), ["server::leak_box", "main"]);
+    }
+
+    #[test]
+    fn c_allocator_wrappers_fold_to_their_callers() {
+        // redis: every site was zmalloc's.
+        let mut redis = vec![
+            frame("ztrymalloc_usable_internal", Some("/src/zmalloc.c")),
+            frame("zmalloc", Some("/src/zmalloc.c")),
+            frame("createStringObject", Some("/src/object.c")),
+            frame("main", Some("/src/server.c")),
+        ];
+        let folded = fold_top(&mut redis, &Folding::default());
+        assert_eq!(names(&redis), ["createStringObject", "main"]);
+        assert_eq!(folded.as_deref(), Some("zmalloc"));
+        // A wrapper deeper down is a caller like any other.
+        let mut deep = vec![frame("parse", None), frame("xmalloc", None), frame("main", None)];
+        assert_eq!(fold_top(&mut deep, &Folding::default()), None);
+        assert_eq!(names(&deep), ["parse", "xmalloc", "main"]);
+        // A project's own, named with --fold; never the last frame.
+        let mine = Folding { patterns: vec!["my_alloc*".into()] };
+        let mut own = vec![frame("my_alloc_zeroed", None), frame("handler", None)];
+        assert_eq!(fold_top(&mut own, &mine).as_deref(), Some("my_alloc_zeroed"));
+        assert_eq!(names(&own), ["handler"]);
+        let mut alone = vec![frame("g_malloc0", None)];
+        assert_eq!(fold_top(&mut alone, &Folding::default()), None);
+        assert_eq!(names(&alone), ["g_malloc0"]);
+        // Rust's plumbing first, then a wrapper under it.
+        let mut both = vec![
+            frame("__rust_alloc", None),
+            frame("alloc::alloc::alloc", None),
+            frame("xmalloc", None),
+            frame("caller", None),
+        ];
+        assert_eq!(fold_top(&mut both, &Folding::default()).as_deref(), Some("xmalloc"));
+        assert_eq!(names(&both), ["caller"]);
     }
 
     #[test]
     fn c_stacks_and_all_plumbing_stacks_keep_a_frame() {
         let mut c = vec![frame("leak_direct", Some("/src/a.c")), frame("main", Some("/src/a.c"))];
-        fold_top(&mut c);
+        fold_top(&mut c, &Folding::default());
         assert_eq!(names(&c), ["leak_direct", "main"]);
         let mut only = vec![frame("__rust_alloc", None), frame("alloc::alloc::alloc", None)];
-        fold_top(&mut only);
+        fold_top(&mut only, &Folding::default());
         assert_eq!(names(&only), ["alloc::alloc::alloc"]);
         let mut empty: Vec<Frame> = Vec::new();
-        fold_top(&mut empty);
+        fold_top(&mut empty, &Folding::default());
         assert!(empty.is_empty());
     }
 }

@@ -378,6 +378,10 @@ pub struct Site {
     pub outstanding_allocs: u64,
     /// The allocator function called (`malloc`, `calloc`, `realloc`).
     pub allocator_fn: Option<String>,
+    /// The allocator wrapper the site's code called, folded off the top of the stack
+    /// (`zmalloc`, `xmalloc`, a `--fold` pattern's), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapper: Option<String>,
     /// Age in seconds of the oldest outstanding allocation.
     pub oldest_age_s: f64,
     /// Frames, innermost first: frame 0 is the caller of the allocator function.
@@ -503,6 +507,8 @@ pub struct Stacks<'a> {
     pub frames: &'a HashMap<u64, Vec<Frame>>,
     /// Ends, where known.
     pub ends: &'a HashMap<u64, crate::analysis::model::StackEnd>,
+    /// The allocator wrapper folded off each stack, where one was.
+    pub wrappers: &'a HashMap<u64, String>,
 }
 
 /// Builds a report from the sites of `agg` and their `stacks`. `growth` is the analysis of
@@ -528,6 +534,7 @@ pub fn build(
                 .and_then(|k| meta.hooks.get(k))
                 .map(|h| h.display.clone()),
             oldest_age_s: ns_to_s(meta.now_ns.saturating_sub(s.oldest_ns)),
+            wrapper: stacks.wrappers.get(&s.stack_id).cloned(),
             stack: stack_of(stacks.frames, s.stack_id),
             stack_end: stacks.ends.get(&s.stack_id).copied(),
             age_bytes: s.age_bytes.into(),
@@ -725,7 +732,7 @@ pub(crate) mod tests {
                     .collect(),
             },
             &agg,
-            &Stacks { frames: &frames, ends: &ends },
+            &Stacks { frames: &frames, ends: &ends, wrappers: &HashMap::new() },
             &drops,
             &hits,
             &Analysis::of(&History::new(None, 1.0), &Params::default()),
@@ -805,7 +812,7 @@ pub(crate) mod tests {
                 kernel: None,
             },
             &agg,
-            &Stacks { frames: &HashMap::new(), ends: &HashMap::new() },
+            &Stacks { frames: &HashMap::new(), ends: &HashMap::new(), wrappers: &HashMap::new() },
             &DropCounts::default(),
             &ProbeHits::default(),
             &Analysis::of(&History::new(None, 1.0), &Params::default()),

@@ -182,8 +182,14 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         if let Some(d) = opts.deltas.and_then(|m| m.get(&site.id)) {
             let _ = write!(s, "  {:>12}", signed_bytes(*d));
         }
-        if let Some(f) = &site.allocator_fn {
-            let _ = write!(s, "  via {f}");
+        match (&site.allocator_fn, &site.wrapper) {
+            (Some(f), Some(w)) => {
+                let _ = write!(s, "  via {f} ({w})");
+            }
+            (Some(f), None) => {
+                let _ = write!(s, "  via {f}");
+            }
+            (None, _) => {}
         }
         let verdict = site_verdict(site);
         if !verdict.is_empty() {

@@ -126,6 +126,10 @@ pub struct Session {
     ends: HashMap<u64, crate::analysis::model::StackEnd>,
     /// Symbolized frames by stack id.
     frames: HashMap<u64, Vec<Frame>>,
+    /// The allocator wrapper folded off each stack's top, by stack id.
+    wrappers: HashMap<u64, String>,
+    /// What is folded off the top of stacks.
+    folding: crate::analysis::plumbing::Folding,
     /// Stacks with frames outside every known mapping: symbolized again next time.
     incomplete: HashSet<u64>,
     prev: Option<Aggregate>,
@@ -149,6 +153,7 @@ impl Session {
         };
         let period = cfg.sample_period().as_secs_f64();
         let symbolizer = ProcessSymbolizer::new(pid, &cfg.debug_dirs);
+        let folding = crate::analysis::plumbing::Folding { patterns: cfg.fold.clone() };
         Self {
             pid,
             cfg,
@@ -160,6 +165,8 @@ impl Session {
             raw_stacks: HashMap::new(),
             ends: HashMap::new(),
             frames: HashMap::new(),
+            wrappers: HashMap::new(),
+            folding,
             incomplete: HashSet::new(),
             prev: None,
             start_ns: monotonic_ns(),
@@ -272,7 +279,8 @@ impl Session {
             kernel: Some(kernel_view()),
         };
         let analysis = Analysis::of(&self.history, &self.params());
-        let stacks = report::Stacks { frames: &self.frames, ends: &self.ends };
+        let stacks =
+            report::Stacks { frames: &self.frames, ends: &self.ends, wrappers: &self.wrappers };
         let mut report = report::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
         let modules: Vec<_> = {
             let shown: hashbrown::HashSet<&str> = report
@@ -350,7 +358,10 @@ impl Session {
         for id in todo {
             let raw = &self.raw_stacks[&id];
             let mut frames: Vec<Frame> = resolved.by_ref().take(raw.ips.len()).flatten().collect();
-            crate::analysis::plumbing::fold_top(&mut frames);
+            match crate::analysis::plumbing::fold_top(&mut frames, &self.folding) {
+                Some(wrapper) => self.wrappers.insert(id, wrapper),
+                None => self.wrappers.remove(&id),
+            };
             // A walk that says nothing (frame pointers) is complete if it reached a start.
             let outermost = frames
                 .last()

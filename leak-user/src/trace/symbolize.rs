@@ -55,6 +55,9 @@ pub struct ProcessSymbolizer {
     debug_dirs: DebugDirs,
     /// Where each module's symbols came from, by module name, for the modules symbolized.
     modules: std::collections::BTreeMap<String, ModuleSymbols>,
+    /// The main executable's path and the name the process ran it by, where they differ
+    /// (see [`procfs::run_name`]): frames name the program the user started.
+    exe_alias: Option<(String, String)>,
     blaze: symbolize::Symbolizer,
 }
 
@@ -64,7 +67,14 @@ impl ProcessSymbolizer {
     #[must_use]
     pub fn new(pid: u32, debug_dirs: &[PathBuf]) -> Self {
         let root = RootPath::of(pid);
+        let exe_alias = procfs::exe(pid).and_then(|exe| {
+            let exe = exe.to_string_lossy().into_owned();
+            let cmdline = procfs::cmdline(pid).unwrap_or_default();
+            let comm = procfs::comm(pid).unwrap_or_default();
+            procfs::run_name(&exe, &cmdline, &comm).map(|name| (exe, name))
+        });
         let mut s = Self {
+            exe_alias,
             pid,
             debug_dirs: DebugDirs::new(debug_dirs, &root),
             root,
@@ -155,7 +165,10 @@ impl ProcessSymbolizer {
                 out[i][0].module = m.path.as_deref().map(Text::from);
                 continue;
             };
-            let module = path.rsplit('/').next().unwrap_or(path).to_owned();
+            let module = match &self.exe_alias {
+                Some((exe, name)) if exe == path => name.clone(),
+                _ => path.rsplit('/').next().unwrap_or(path).to_owned(),
+            };
             out[i][0].module = Some(module.as_str().into());
             let shown = path.to_owned();
             let Some(opened) = self.file_of(&m) else { continue };
