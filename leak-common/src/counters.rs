@@ -92,4 +92,61 @@ impl DropReason {
             Self::UnknownHook => "unknown_hook",
         }
     }
+
+    /// What a count of this reason means to a reader of a report, and what to do about it
+    /// (the JSON reference, docs/json.md, lists these).
+    #[must_use]
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::AllocMapFull => {
+                "Allocations not recorded: the table of outstanding allocations was full. \
+                 Raise --max-allocs."
+            }
+            Self::StackMissing => {
+                "Allocations recorded without a stack: the kernel could not walk it. They \
+                 appear under `[no stack]`."
+            }
+            Self::StackMapFull => {
+                "Allocations recorded without a stack: the stack map was full. Raise \
+                 --max-stacks."
+            }
+            Self::MissingEntry => {
+                "Returns of an allocator call whose entry was not seen (the call began before \
+                 the probes were attached, or its stash was evicted): the block is not recorded."
+            }
+            Self::UnknownFree => {
+                "Frees of blocks not recorded: allocated before the probes were attached \
+                 (normal when attaching to a running process), or dropped above."
+            }
+            Self::PendingFull => {
+                "Allocator calls not followed: the per-thread stash of call arguments was full \
+                 (more threads in allocator calls at once than it holds)."
+            }
+            Self::StalePending => {
+                "Calls whose return never arrived (a thread exited or longjmp'd inside the \
+                 allocator): their stash was replaced."
+            }
+            Self::ReadFailed => {
+                "posix_memalign calls whose result could not be read from the process: the \
+                 block is not recorded."
+            }
+            Self::UnmapOverflow => {
+                "munmap calls that overlapped more recorded mappings than one call can trim: \
+                 some stay recorded although unmapped."
+            }
+            Self::SiteMapFull => {
+                "Blocks recorded but left out of their site's running totals (the site map was \
+                 full): growth samples undercount the site; reports, which sum the records, do \
+                 not."
+            }
+            Self::UnmapUnchecked => {
+                "munmap ranges a kernel before 5.13 (the compatible object) could not search \
+                 whole: a recorded mapping in them may stay recorded although unmapped."
+            }
+            Self::UnknownHook => {
+                "Probe hits at an address not registered for the process (compatible object): \
+                 the call was not followed."
+            }
+        }
+    }
 }

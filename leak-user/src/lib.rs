@@ -251,6 +251,77 @@ fn run_command(
     result
 }
 
+/// The JSON reports' reference in `docs/`: the schemas and the field tables are generated from
+/// the report types, so every field is documented and the documentation cannot drift.
+/// `LEAK_UPDATE_DOCS=1 cargo test -p leak-user --lib json_reference` writes them anew.
+#[cfg(test)]
+mod json_reference {
+    use std::{fmt::Write as _, path::Path};
+
+    use crate::{analysis::report::Report, fleet::report::WatchReport, output::schema};
+
+    /// docs/json.md.
+    fn reference(report: &serde_json::Value, watch: &serde_json::Value) -> String {
+        let mut md = String::from(
+            "# The JSON reports, field by field\n\n\
+             Generated from the report types (`leak-user/src/analysis/report.rs`, \
+             `leak-user/src/fleet/report.rs`) by the unit test `json_reference`, with the JSON \
+             Schemas beside this file (`report.schema.json`, `watch.schema.json`): a field \
+             added to the types without a line here fails the tests. Format version 1: later \
+             versions add fields and never rename or repurpose one; an \"(optional)\" field is \
+             null or left out when it has no value.\n\n",
+        );
+        md.push_str(&schema::fields_markdown(
+            "The trace report (`--json`, the agent's `/api/v1/reports/{id}`)",
+            report,
+        ));
+        md.push_str(
+            "### Drop reasons\n\nThe keys of `drops`: every event the probes could not \
+             record, counted (every key present, zero or not).\n\n| key | meaning |\n|---|---|\n",
+        );
+        for r in leak_common::DropReason::ALL {
+            let _ = writeln!(md, "| `{}` | {} |", r.name(), r.meaning());
+        }
+        md.push('\n');
+        md.push_str(&schema::fields_markdown(
+            "The watch report (`leak watch --json`, the agent's state)",
+            watch,
+        ));
+        md
+    }
+
+    #[test]
+    fn json_reference_is_generated_from_the_types() {
+        let report = schema::schema_of::<Report>();
+        let watch = schema::schema_of::<WatchReport>();
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap() + "\n";
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let files = [
+            ("report.schema.json", pretty(&report)),
+            ("watch.schema.json", pretty(&watch)),
+            ("json.md", reference(&report, &watch)),
+        ];
+        let update = std::env::var_os("LEAK_UPDATE_DOCS").is_some();
+        for (name, text) in files {
+            let path = docs.join(name);
+            if update {
+                std::fs::write(&path, &text).unwrap();
+            } else {
+                let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    on_disk == text,
+                    "docs/{name} is not what the report types say: run \
+                     LEAK_UPDATE_DOCS=1 cargo test -p leak-user --lib json_reference"
+                );
+            }
+        }
+        // Every field of the report has a meaning: no empty cell in the reference.
+        let md = reference(&report, &watch);
+        let empty: Vec<&str> = md.lines().filter(|l| l.ends_with("|  |")).collect();
+        assert!(empty.is_empty(), "fields without a doc comment: {empty:#?}");
+    }
+}
+
 /// The layering of the crate, checked in its sources: what each folder and top-level file may
 /// import from the crate, and the outside crates the pure analysis must not touch.
 #[cfg(test)]

@@ -109,3 +109,49 @@ fn the_probe_floor_attaches_the_same_probes_and_records_nothing() {
     assert_eq!(floor.1.totals.outstanding_bytes, 0);
     assert!(floor.1.probe_hits.values().all(|&h| h == 0), "{:#?}", floor.1.probe_hits);
 }
+
+/// The terminal report is concise: one line a site while tracing, whole stacks only at the
+/// end; no interval report repeats the final one when --interval equals --duration; -q
+/// prints the summary line alone.
+#[test]
+fn the_terminal_report_is_concise() {
+    require_root();
+    let start = || {
+        let mut cmd = std::process::Command::new(fixture("cacher"));
+        cmd.args(["1000000", "25"]);
+        leak_tests::Fixture::start_command(cmd)
+    };
+    let headers = |lines: &[String]| lines.iter().filter(|l| l.starts_with("== ")).count();
+    // Intervals of 1 s over 3 s: brief ones (no stack lines), then the final one with stacks.
+    let target = start();
+    let done =
+        leak_tests::Leak::attach(target.pid(), &["--interval", "1s", "--duration", "3s"]).wait();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    let fin = done.stdout.iter().position(|l| l.starts_with("== final report: ")).expect("final");
+    let (intervals, last) = done.stdout.split_at(fin);
+    assert!(headers(intervals) >= 1, "{:#?}", done.stdout);
+    let site_lines = intervals.iter().filter(|l| l.starts_with('#')).count();
+    assert!(site_lines >= 2, "{intervals:#?}");
+    assert!(
+        intervals.iter().all(|l| !l.starts_with("       ")),
+        "no stack lines while tracing: {intervals:#?}"
+    );
+    assert!(last.iter().any(|l| l.trim_start().starts_with("leak_fn ")), "{last:#?}");
+    // --interval equal to --duration: the final report alone.
+    let target = start();
+    let done =
+        leak_tests::Leak::attach(target.pid(), &["--interval", "2s", "--duration", "2s"]).wait();
+    assert_eq!(headers(&done.stdout), 1, "{:#?}", done.stdout);
+    // -q: one summary line, no report.
+    let target = start();
+    let done =
+        leak_tests::Leak::attach(target.pid(), &["-q", "--interval", "1s", "--duration", "3s"])
+            .wait();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert_eq!(headers(&done.stdout), 0, "{:#?}", done.stdout);
+    let summary: Vec<&String> =
+        done.stdout.iter().filter(|l| l.starts_with("leak: pid ")).collect();
+    assert_eq!(summary.len(), 1, "{:#?}", done.stdout);
+    assert!(summary[0].contains(" at leak_fn <- main"), "{}", summary[0]);
+    drop(target);
+}

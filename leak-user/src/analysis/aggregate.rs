@@ -9,7 +9,7 @@ use crate::{
 /// Upper bounds of the age buckets, ns: under 10 s, under 1 min, under 10 min; then older.
 pub const AGE_BOUNDS_NS: [u64; 3] = [10_000_000_000, 60_000_000_000, 600_000_000_000];
 /// Names of the age buckets, youngest first.
-pub const AGE_NAMES: [&str; 4] = ["<10s", "<1m", "<10m", "older"];
+pub const AGE_NAMES: [&str; 4] = ["<10s", "10s-1m", "1m-10m", ">10m"];
 
 /// Outstanding bytes by allocation age ([`AGE_NAMES`]).
 pub type AgeBytes = [u64; 4];

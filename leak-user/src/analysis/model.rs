@@ -133,7 +133,17 @@ pub struct ProbeCost {
 }
 
 /// How a walk ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StackEnd {
     /// At the outermost frame (`_start`, a thread's start): the whole stack.

@@ -17,9 +17,9 @@ use crate::{
 pub const REPORT_VERSION: u32 = 1;
 
 /// A leak report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Report {
-    /// Format version ([`REPORT_VERSION`]).
+    /// Format version: 1 ([`REPORT_VERSION`]).
     pub version: u32,
     /// The traced process.
     pub target: TargetInfo,
@@ -29,9 +29,11 @@ pub struct Report {
     pub totals: Totals,
     /// Allocation sites, most outstanding bytes first.
     pub sites: Vec<Site>,
-    /// Drop counters by name (every name present, zero or not).
+    /// Events the probes could not record, by reason (the drop reasons below; every reason
+    /// present, zero or not).
     pub drops: BTreeMap<String, u64>,
-    /// Hits per BPF program.
+    /// Probe hits by hooked function: `<symbol>_enter`, and `<symbol>_exit` for the functions
+    /// with a return probe (`free` has none).
     pub probe_hits: BTreeMap<String, u64>,
     /// Wall-clock window, Unix seconds.
     pub window: Window,
@@ -111,7 +113,7 @@ impl Report {
 }
 
 /// Where a module's symbols came from: why its frames have `file:line` or only names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModuleSymbols {
     /// File name, as frames name the module.
     pub name: String,
@@ -127,7 +129,7 @@ pub struct ModuleSymbols {
 
 /// The kernel a trace ran on: which of leak's BPF objects it ran, and what that object does
 /// differently (empty for the full one).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KernelView {
     /// `uname -r`.
     pub release: String,
@@ -138,7 +140,7 @@ pub struct KernelView {
 }
 
 /// The time the target spent in the probes: hits times the cost of a hit measured at start.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProbeTime {
     /// Entry probe hits.
     pub entry_hits: u64,
@@ -179,7 +181,7 @@ impl ProbeTime {
 }
 
 /// How the allocations were sampled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SamplingView {
     /// One sample per this many bytes allocated, on average.
     pub mean_bytes: u64,
@@ -187,8 +189,11 @@ pub struct SamplingView {
     pub samples: u64,
 }
 
-/// Values by allocation age.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Values by allocation age, in ranges that do not overlap: `under_1m` is 10 s to 1 min,
+/// not everything younger than a minute.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct AgeBuckets {
     /// Younger than 10 s.
     pub under_10s: u64,
@@ -215,7 +220,9 @@ impl AgeBuckets {
 }
 
 /// Outstanding memory by allocation age.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct AgeView {
     /// Bytes.
     pub bytes: AgeBuckets,
@@ -224,7 +231,7 @@ pub struct AgeView {
 }
 
 /// A growth judgement (see `trend`).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TrendView {
     /// `leak` (steady unbounded growth), `growing` (not enough evidence yet), `plateau` (grew,
     /// then levelled off: cache-like) or `stable`.
@@ -258,7 +265,7 @@ impl Default for TrendView {
 }
 
 /// A site's samples (at most [`crate::analysis::growth::SERIES_POINTS`], evenly spaced).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteSeries {
     /// Seconds since the start.
     pub t_s: Vec<f64>,
@@ -269,7 +276,7 @@ pub struct SiteSeries {
 }
 
 /// The process's memory samples.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessSeries {
     /// Seconds since the start.
     pub t_s: Vec<f64>,
@@ -280,7 +287,7 @@ pub struct ProcessSeries {
 }
 
 /// Growth of the traced total over the window.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Growth {
     /// One line: how much, how fast, which sites, the verdict, time to the limit.
     pub summary: String,
@@ -309,7 +316,7 @@ pub struct Growth {
 }
 
 /// A memory limit and the projection against it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LimitView {
     /// The limit, bytes.
     pub bytes: u64,
@@ -323,7 +330,7 @@ pub struct LimitView {
 }
 
 /// The process's own memory (`/proc/PID/smaps_rollup`), sampled alongside.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessView {
     /// Resident set size at the last sample.
     pub rss_bytes: u64,
@@ -335,8 +342,8 @@ pub struct ProcessView {
     pub private_gained_bytes: i64,
     /// Traced outstanding bytes change over the same samples.
     pub traced_gained_bytes: i64,
-    /// Share of the private growth the traced sites explain, 0..1 (None: private memory did
-    /// not grow).
+    /// The traced growth over the private growth (null: private memory did not grow). Above
+    /// 1 when the allocator handed out memory it already held.
     pub traced_share: Option<f64>,
     /// Trend of the private bytes.
     pub trend: TrendView,
@@ -345,7 +352,7 @@ pub struct ProcessView {
 }
 
 /// The traced process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TargetInfo {
     /// Process id.
     pub pid: u32,
@@ -359,7 +366,7 @@ pub struct TargetInfo {
 }
 
 /// Totals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Totals {
     /// Bytes allocated and not freed.
     pub outstanding_bytes: u64,
@@ -368,7 +375,7 @@ pub struct Totals {
 }
 
 /// One allocation site: a distinct call stack.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Site {
     /// Stable id of the stack (hex).
     pub id: String,
@@ -400,7 +407,7 @@ pub struct Site {
 }
 
 /// One frame of a site's stack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StackFrame {
     /// Function (demangled), if known.
     pub function: Option<Text>,
@@ -415,7 +422,7 @@ pub struct StackFrame {
 }
 
 /// Wall-clock window.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Window {
     /// Start (attach), Unix seconds.
     pub start_unix_s: f64,
@@ -424,7 +431,7 @@ pub struct Window {
 }
 
 /// Allocator object and probe placement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct AllocatorInfo {
     /// Path as the target sees it.
     pub path: String,
@@ -433,7 +440,7 @@ pub struct AllocatorInfo {
 }
 
 /// One attached program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProbeInfo {
     /// The hooked function (`malloc`, `operator new`, ...).
     pub function: String,

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A pod's quality-of-service class, as its cgroup placement says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum QosClass {
     /// Requests equal limits for every resource: directly under `kubepods`.
     Guaranteed,
@@ -38,7 +38,7 @@ impl QosClass {
 }
 
 /// Where a process runs, as far as its cgroup tells.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PodRef {
     /// The pod's UID (dashed form, as the API server shows it).
     pub pod_uid: String,

@@ -15,7 +15,7 @@ use crate::{
 pub const WATCH_REPORT_VERSION: u32 = 1;
 
 /// A watched container (its memory cgroup), as reported.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchedContainer {
     /// Its pod and container.
     pub pod: PodRef,
@@ -48,7 +48,7 @@ pub struct WatchedContainer {
 }
 
 /// A watched container's samples.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContainerSeries {
     /// Seconds since it was first seen.
     pub t_s: Vec<f64>,
@@ -67,7 +67,7 @@ impl ContainerSeries {
 }
 
 /// A watched process, as reported.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchedProcess {
     /// Process id.
     pub pid: u32,
@@ -100,7 +100,7 @@ pub struct WatchedProcess {
 }
 
 /// A watched process's samples.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchSeries {
     /// Seconds since it was first seen.
     pub t_s: Vec<f64>,
@@ -111,7 +111,7 @@ pub struct WatchSeries {
 }
 
 /// The probes attached to a flagged process.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Escalation {
     /// Process id.
     pub pid: u32,
@@ -134,7 +134,7 @@ pub struct Escalation {
 }
 
 /// What `leak watch` reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchReport {
     /// Format version ([`WATCH_REPORT_VERSION`]).
     pub version: u32,

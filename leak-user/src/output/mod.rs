@@ -2,8 +2,8 @@
 //! the old one: a reader never sees half a report).
 //!
 //! What it holds: the text table (`table`), JSON (`json`), folded stacks (`folded`), flame
-//! graphs (`flamegraph`, the only inferno user), pprof profiles (`pprof`) and Prometheus's
-//! text format (`prometheus`).
+//! graphs (`flamegraph`, the only inferno user), pprof profiles (`pprof`), Prometheus's
+//! text format (`prometheus`), and the JSON schemas with their field reference (`schema`).
 //!
 //! What it may import: `analysis` only (the report model it renders).
 pub mod charts;
@@ -13,6 +13,7 @@ pub mod html;
 pub mod json;
 pub mod pprof;
 pub mod prometheus;
+pub mod schema;
 pub mod table;
 
 use std::{

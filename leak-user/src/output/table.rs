@@ -303,7 +303,7 @@ mod tests {
 outstanding: 3.1 KiB in 4 allocations (+2.1 KiB since last report)
 drops: unknown_free=2
 growth: +0 B over 10:00:00-10:00:10 (+0 B/h); no leak suspected
-by age: <10s 3.1 KiB, <1m 0 B, <10m 0 B, older 0 B
+by age: <10s 3.1 KiB, 10s-1m 0 B, 1m-10m 0 B, >10m 0 B
 
 #1      3.0 KiB in      3 allocs      +2.0 KiB  via malloc
        leak_fn  demo.c:12
