@@ -654,46 +654,6 @@ mod tests {
     }
 
     #[test]
-    fn traced_growth_without_process_growth_was_flagged_in_the_summary() {
-        // The traced total grows, the process stays level: older blocks being replaced.
-        let mut h = History::new(Some(ProcessMemory { rss: 4 << 20, private: 2 << 20 }), 1.0);
-        for t in 1..=30u64 {
-            let allocs: Vec<Allocation> = (0..t * 8)
-                .map(|i| Allocation {
-                    addr: i,
-                    size: 1024,
-                    timestamp_ns: 0,
-                    stack_id: 1,
-                    tgid: 1,
-                    kind: 0,
-                })
-                .collect();
-            let mem = ProcessMemory { rss: 4 << 20, private: 2 << 20 };
-            h.record(t as f64, &Aggregate::from_allocations(&allocs, 0, 0), Some(mem), Kind::Tick);
-        }
-        let a = Analysis::of(&h, &Params::default());
-        let mut sites = sample_report().sites;
-        sites.truncate(1);
-        sites[0].id = "1".into();
-        sites[0].trend = a.site_trend(1);
-        let g = a.view(&sites, "a-b", None, &FIRED);
-        assert!(
-            g.summary.contains("leak suspected at leak_fn <- main (confidence "),
-            "{}",
-            g.summary
-        );
-        // Said once, as a caveat, not in the summary.
-        assert!(
-            g.caveats[0].starts_with(
-                "the process's private memory grew +0 B while the traced sites gained"
-            ),
-            "{:?}",
-            g.caveats
-        );
-        assert_eq!(a.process_view().unwrap().traced_share, None, "private did not grow");
-    }
-
-    #[test]
     fn a_leak_is_named_with_its_rate_and_confidence() {
         let h = history(30);
         let a = Analysis::of(&h, &Params::default());

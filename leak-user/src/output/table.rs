@@ -30,18 +30,7 @@ pub struct TableOptions<'a> {
 /// verdict and the two innermost frames); whole stacks are for the final report and the files.
 #[must_use]
 pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "== {} ==", opts.header);
-    let _ = write!(
-        s,
-        "{} in {} allocation{}",
-        human_bytes(report.totals.outstanding_bytes),
-        report.totals.outstanding_allocs,
-        if report.totals.outstanding_allocs == 1 { "" } else { "s" }
-    );
-    if let Some(d) = opts.total_delta {
-        let _ = write!(s, " ({} since last report)", signed_bytes(d));
-    }
+    let mut s = head(report, opts, "");
     let _ = writeln!(s, "; growth: {}", report.growth.summary);
     for c in &report.growth.caveats {
         let _ = writeln!(s, "note: {c}");
@@ -73,6 +62,24 @@ pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
         s.push('\n');
     }
     more_sites(&mut s, report, opts.top);
+    s
+}
+
+/// The header line and the totals (`{label}1.0 MiB in 12 allocations (+4.0 KiB since last
+/// report)`), the line left open.
+fn head(report: &Report, opts: &TableOptions<'_>, label: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "== {} ==", opts.header);
+    let _ = write!(
+        s,
+        "{label}{} in {} allocation{}",
+        human_bytes(report.totals.outstanding_bytes),
+        report.totals.outstanding_allocs,
+        if report.totals.outstanding_allocs == 1 { "" } else { "s" }
+    );
+    if let Some(d) = opts.total_delta {
+        let _ = write!(s, " ({} since last report)", signed_bytes(d));
+    }
     s
 }
 
@@ -126,18 +133,7 @@ fn site_verdict(site: &crate::analysis::report::Site) -> String {
 /// Renders the top sites with their stacks.
 #[must_use]
 pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "== {} ==", opts.header);
-    let _ = write!(
-        s,
-        "outstanding: {} in {} allocation{}",
-        human_bytes(report.totals.outstanding_bytes),
-        report.totals.outstanding_allocs,
-        if report.totals.outstanding_allocs == 1 { "" } else { "s" }
-    );
-    if let Some(d) = opts.total_delta {
-        let _ = write!(s, " ({} since last report)", signed_bytes(d));
-    }
+    let mut s = head(report, opts, "outstanding: ");
     s.push('\n');
     if let Some(sm) = &report.sampling {
         let _ = writeln!(
