@@ -50,7 +50,7 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Self::Loader(e) if is_permission(e) => {
-                format!("{e}: {}", permission_hint(crate::trace::preflight::privileges()))
+                format!("{e}: {}", permission_hint(crate::trace::caps::privileges()))
             }
             _ => self.to_string(),
         }
@@ -68,8 +68,8 @@ impl Error {
 /// root it does not say "run as root". Kernel 6.18 refuses uprobe perf events without
 /// `CAP_SYS_ADMIN` (measured in `tests/tests/deploy.rs` and `tests/tests/bad_input.rs`).
 #[must_use]
-pub fn permission_hint(have: crate::trace::preflight::Privileges) -> String {
-    use crate::trace::preflight::{NEEDS, Privileges};
+pub fn permission_hint(have: crate::trace::caps::Privileges) -> String {
+    use crate::trace::caps::{NEEDS, Privileges};
     match have {
         Privileges::SysAdmin => "the kernel refused it although leak has CAP_SYS_ADMIN: a \
                                  seccomp profile, kernel lockdown or a security module forbids \
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn permission_hints_are_true_for_who_leak_runs_as() {
-        use crate::trace::preflight::Privileges;
+        use crate::trace::caps::Privileges;
         let root = permission_hint(Privileges::SysAdmin);
         assert!(!root.contains("root") || root.contains("although"), "{root}");
         assert!(!root.contains("sudo"), "{root}");

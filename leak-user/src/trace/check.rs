@@ -9,8 +9,8 @@ use std::{fmt::Write as _, time::Duration};
 use crate::{
     config::Unwind,
     error::Error,
+    trace::caps::Privileges,
     trace::loader::{self, BpfObject, Features, LoadOptions, Tracer, budget},
-    trace::preflight::{self, Privileges},
 };
 
 /// What one run of the check found.
@@ -40,7 +40,7 @@ pub fn check(verbose: bool) -> Outcome {
     let line = |text: &mut String, what: &str, value: &str| {
         let _ = writeln!(text, "{what:<28}{value}");
     };
-    let caps = preflight::privileges();
+    let caps = crate::trace::caps::privileges();
     let privileged = caps != Privileges::None;
     let (features, object) = loader::kernel().clone();
     line(&mut text, "kernel", &format!("{} ({})", features.release, std::env::consts::ARCH));
@@ -50,7 +50,7 @@ pub fn check(verbose: bool) -> Outcome {
         Privileges::BpfPerfmon => {
             "CAP_BPF and CAP_PERFMON, not CAP_SYS_ADMIN (the uprobe below tells)".to_owned()
         }
-        Privileges::None => format!("NO: {}", preflight::NEEDS),
+        Privileges::None => format!("NO: {}", crate::trace::caps::NEEDS),
     };
     line(&mut text, "privileges", &who);
     ok &= privileged;

@@ -1,7 +1,7 @@
 //! The live trace of one process: what runs while probes are attached.
 //!
-//! What it holds: the checks before loading (`preflight`, and `check`, the `leak check`
-//! command), the BPF loader and the kernel's features (`loader`, the only aya user with
+//! What it holds: the checks before loading (`preflight`, `caps`: what the privileges allow,
+//! and `check`, the `leak check` command), the BPF loader and the kernel's features (`loader`, the only aya user with
 //! `source`), the allocator's hooks and where their probes sit (`target`, `hooks`,
 //! `placement`, `elf`), unwind tables (`unwind`), reading the maps (`source`),
 //! symbolization (`symbolize`, the only blazesym user, and `debuginfo`, where symbols are), the session loop that samples,
@@ -10,6 +10,7 @@
 //!
 //! What it may import: `analysis`, `output` and the shared files at the top (`config`,
 //! `error`, `procfs`, `runtime`); never `fleet` or `cli`.
+pub mod caps;
 pub mod check;
 pub mod controller;
 pub mod debuginfo;

@@ -273,7 +273,7 @@ pub fn plan_for_pid(pid: u32, lib: Option<&Path>) -> Result<AllocatorPlan, Targe
         if !procfs::pid_exists(pid) {
             return TargetError::NoSuchProcess { pid };
         }
-        let ptrace = crate::trace::preflight::has_capability(crate::trace::preflight::SYS_PTRACE);
+        let ptrace = crate::trace::caps::has_capability(crate::trace::caps::CAP_SYS_PTRACE);
         TargetError::Maps { pid, source, hint: maps_hint(procfs::is_root(), ptrace) }
     })?;
     let root = RootPath::of(pid);
