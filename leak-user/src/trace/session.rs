@@ -539,135 +539,46 @@ impl Session {
         )
     }
 
-    /// Writes the configured output files, each atomically.
+    /// Hands the report to `output`, which writes every configured file, each atomically.
     ///
     /// # Errors
     /// A file could not be written.
     pub fn write_outputs(&self, report: &Report) -> Result<(), Error> {
-        let outputs = &self.cfg.outputs;
-        let folded = output::folded::fold(report);
-        if let Some(p) = &outputs.json {
-            output::write_atomic_with(p, |w| output::json::write(report, w))
-                .map_err(Error::io(format!("writing {}", p.display())))?;
-            eprintln!("wrote {}", p.display());
-        }
-        if let Some(p) = &outputs.pprof {
-            output::write_atomic_with(p, |w| output::pprof::write(report, w))
-                .map_err(Error::io(format!("writing {}", p.display())))?;
-            eprintln!("wrote {}", p.display());
-        }
-        if let Some(p) = &outputs.folded {
-            let mut text = folded.join("\n");
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            output::write_atomic(p, text.as_bytes())
-                .map_err(Error::io(format!("writing {}", p.display())))?;
-            eprintln!("wrote {}", p.display());
-        }
-        let html = outputs.html.as_ref();
-        let growth = if outputs.svg.is_some() || html.is_some() {
-            Some(self.growth_svg(report, &folded)?)
-        } else {
-            None
+        let o = &self.cfg.outputs;
+        let files = output::files::Files {
+            json: o.json.as_deref(),
+            pprof: o.pprof.as_deref(),
+            folded: o.folded.as_deref(),
+            svg: o.svg.as_deref(),
+            svg_diff: o.svg_diff.as_deref(),
+            html: o.html.as_deref(),
         };
-        let diff = if outputs.svg_diff.is_some() || html.is_some() {
-            Some(self.diff_svg(report, &folded)?)
-        } else {
-            None
+        // The first growth sample, for what grew since.
+        let baseline = self.history.baseline().map(|(t, base)| output::files::Baseline {
+            at_unix_s: self.start_unix + t,
+            sites: base
+                .sites
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{:016x}", s.stack_id),
+                        report::stack_of(&self.frames, s.stack_id),
+                        s.bytes,
+                    )
+                })
+                .collect(),
+        });
+        let inputs = output::files::Inputs {
+            baseline: baseline.as_ref(),
+            clock: &runtime::local_hms,
+            top: self.cfg.top,
         };
-        for (path, svg) in [(&outputs.svg, &growth), (&outputs.svg_diff, &diff)] {
-            if let (Some(p), Some(svg)) = (path, svg) {
-                output::write_atomic(p, svg)
-                    .map_err(Error::io(format!("writing {}", p.display())))?;
-                eprintln!("wrote {}", p.display());
-            }
-        }
-        if let Some(p) = html {
-            let page = output::html::render(&output::html::Page {
-                report,
-                growth_svg: growth.as_deref(),
-                diff_svg: diff.as_deref(),
-                clock: &runtime::local_hms,
-                top: self.cfg.top,
-            });
-            output::write_atomic(p, page.as_bytes())
-                .map_err(Error::io(format!("writing {}", p.display())))?;
+        let written = output::files::write(report, &files, &inputs)
+            .map_err(|e| Error::io(e.context)(e.source))?;
+        for p in written {
             eprintln!("wrote {}", p.display());
         }
         Ok(())
-    }
-
-    /// Bytes each stack gained from the first sample to the end; with a single sample, the
-    /// outstanding bytes (everything traced was allocated after the start).
-    fn growth_svg(&self, report: &Report, folded: &[String]) -> Result<Vec<u8>, Error> {
-        let who = format!("pid {} ({}), {}", self.pid, self.target.comm, Self::window_text(report));
-        let render = |lines: &[String], title: String, subtitle: String| {
-            output::flamegraph::render(lines, &title, &subtitle)
-                .map_err(Error::io("rendering the flame graph"))
-        };
-        let Some((t, base)) = self.history.baseline() else {
-            return render(
-                folded,
-                format!("Outstanding bytes by allocation stack: {who}"),
-                format!(
-                    "{} ({} bytes) in {} allocations not freed; each tower's top frame called the allocator",
-                    crate::analysis::units::human_bytes(report.totals.outstanding_bytes),
-                    report.totals.outstanding_bytes,
-                    report.totals.outstanding_allocs
-                ),
-            );
-        };
-        let before: HashMap<String, u64> =
-            base.sites.iter().map(|s| (format!("{:016x}", s.stack_id), s.bytes)).collect();
-        let gains: Vec<(&[report::StackFrame], u64)> = report
-            .sites
-            .iter()
-            .map(|s| {
-                let was = before.get(&s.id).copied().unwrap_or(0);
-                (s.stack.as_slice(), s.outstanding_bytes.saturating_sub(was))
-            })
-            .collect();
-        let gained: u64 = gains.iter().map(|g| g.1).sum();
-        let lines = output::folded::fold_stacks(gains);
-        render(
-            &lines,
-            format!("Growth by allocation stack: {who}"),
-            format!(
-                "{} ({gained} bytes) gained since the first sample at {} by the stacks that grew; \
-                 each tower's top frame called the allocator",
-                crate::analysis::units::human_bytes(gained),
-                runtime::local_hms(self.start_unix + t)
-            ),
-        )
-    }
-
-    /// Outstanding bytes at the first sample against the end: red grew, blue shrank.
-    fn diff_svg(&self, report: &Report, folded: &[String]) -> Result<Vec<u8>, Error> {
-        let (t, before) = match self.history.baseline() {
-            Some((t, base)) => (
-                t,
-                output::folded::fold_stacks(
-                    base.sites
-                        .iter()
-                        .map(|s| (report::stack_of(&self.frames, s.stack_id), s.bytes))
-                        .collect::<Vec<_>>()
-                        .iter()
-                        .map(|(st, b)| (st.as_slice(), *b)),
-                ),
-            ),
-            None => (0.0, Vec::new()),
-        };
-        let title = format!(
-            "Outstanding bytes, {} against {}: pid {} ({})",
-            runtime::local_hms(report.window.end_unix_s),
-            runtime::local_hms(self.start_unix + t),
-            self.pid,
-            self.target.comm
-        );
-        let subtitle = "widths: bytes at the end; red: grew since the first sample, blue: shrank";
-        output::flamegraph::render_diff(&before, folded, &title, subtitle)
-            .map_err(Error::io("rendering the differential flame graph"))
     }
 }
 
