@@ -16,6 +16,10 @@ use leak_common::{
     table_bucket,
 };
 
+/// Reads of a slot's fields, at most, before a snapshot leaves a record that keeps changing
+/// to the next one (see [`AllocTable::records`]).
+const SETTLE_READS: usize = 4;
+
 /// One BPF array's values, mapped shared and writable.
 struct Mapping {
     ptr: NonNull<u8>,
@@ -199,12 +203,23 @@ impl AllocTable {
             if tgid == 0 {
                 continue;
             }
-            let (size, timestamp_ns, stack_id) = slot.fields();
-            if slot.addr().load(Ordering::Acquire) != addr
-                || slot.owner().load(Ordering::Acquire) != word
-            {
-                continue;
-            }
+            // The same address and owner word before and after is not enough: the block can
+            // be freed and its address handed out again in the same process by the same
+            // allocator function (glibc carves a 1 KiB block out of a freed 4 KiB one), and a
+            // read across that rewrite pairs one record's size with another's stack (seen
+            // here as a 1 KiB-per-block site 3 KiB off under a churn of 3 million calls a
+            // second). So the fields are read until two reads agree, as a seqlock reader
+            // retries; a slot still changing after that is in flight and left to the next
+            // snapshot.
+            let stable = (0..SETTLE_READS).find_map(|_| {
+                let first = slot.fields();
+                let second = slot.fields();
+                (first == second
+                    && slot.addr().load(Ordering::Acquire) == addr
+                    && slot.owner().load(Ordering::Acquire) == word)
+                    .then_some(first)
+            });
+            let Some((size, timestamp_ns, stack_id)) = stable else { continue };
             each(AllocKey::new(addr, tgid), AllocInfo { size, timestamp_ns, stack_id, tgid, kind });
         }
     }
@@ -306,12 +321,23 @@ impl SiteTable {
                         continue;
                     }
                     let total = &raw const (*bucket).totals[s];
-                    each(
-                        stack,
-                        tgid,
-                        std::ptr::read_volatile(&raw const (*total).bytes),
-                        std::ptr::read_volatile(&raw const (*total).count),
-                    );
+                    let read = || {
+                        (
+                            std::ptr::read_volatile(&raw const (*total).bytes),
+                            std::ptr::read_volatile(&raw const (*total).count),
+                        )
+                    };
+                    // Bytes and count are two atomic adds: read until two reads agree, so
+                    // that a pair is of one instant (see `AllocTable::records`).
+                    let mut pair = read();
+                    for _ in 1..SETTLE_READS {
+                        let again = read();
+                        if again == pair {
+                            break;
+                        }
+                        pair = again;
+                    }
+                    each(stack, tgid, pair.0, pair.1);
                 }
             }
         }
@@ -365,6 +391,49 @@ mod tests {
         t.records(|k, i| v.push((k, i)));
         v.sort_by_key(|(k, _)| (k.tgid, k.addr));
         v
+    }
+
+    /// The table shared between threads, as it is with the BPF programs: its memory is only
+    /// read and written through atomics and volatile accesses.
+    struct Shared<'a>(&'a AllocTable);
+    // SAFETY: see above; the kernel's programs share the real one the same way.
+    unsafe impl Sync for Shared<'_> {}
+
+    #[test]
+    fn a_record_rewritten_while_read_is_never_read_torn() {
+        // One slot whose block is freed and its address handed out again to the same process
+        // by the same allocator function, over and over (the owner word and the address are
+        // the same before and after): every record read is one of the two, whole.
+        let t = AllocTable::in_memory(alloc_layout(8));
+        let key = AllocKey::new(0x1000, 9);
+        let a = AllocInfo { size: 4096, timestamp_ns: 1, stack_id: 0xa, tgid: 9, kind: 0 };
+        let b = AllocInfo { size: 1024, timestamp_ns: 2, stack_id: 0xb, tgid: 9, kind: 0 };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let shared = Shared(&t);
+        let (mut reads, mut torn) = (0u64, Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let t = shared.0;
+                for i in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    t.insert(key, if i % 2 == 0 { &a } else { &b });
+                    t.remove_process(9);
+                }
+            });
+            for _ in 0..200_000 {
+                t.records(|k, r| {
+                    if k != key || (r != a && r != b) {
+                        torn.push(r);
+                    }
+                    reads += 1;
+                });
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(torn.is_empty(), "torn records: {torn:?}");
+        assert!(reads > 0, "the record was seen");
     }
 
     #[test]
