@@ -793,3 +793,43 @@ impl Drop for FakeKubeApi {
         let _ = self.child.wait();
     }
 }
+
+/// A finished `leak watch --json`'s report: its text, and parsed.
+#[must_use]
+pub fn watch_report(
+    done: &Finished,
+    json: &Path,
+) -> (String, leak_user::fleet::report::WatchReport) {
+    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
+    let text = std::fs::read_to_string(json).expect("the watch report");
+    let report = serde_json::from_str(&text).expect("a watch report");
+    (text, report)
+}
+
+/// `GET path` from the agent serving on `addr`: the status and the body.
+#[must_use]
+pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read the response");
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, out[end + 4..].to_vec())
+}
+
+/// `GET path`'s body, which must come with status 200.
+#[must_use]
+pub fn http_get_text(addr: &str, path: &str) -> String {
+    let (status, body) = http_get(addr, path);
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    String::from_utf8(body).expect("UTF-8")
+}
+
+/// The address a starting `leak agent` says it serves on.
+pub fn serving_addr(agent: &mut Leak) -> String {
+    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
+    line.split("http://").nth(1).and_then(|a| a.split('/').next()).expect("an address").to_owned()
+}

@@ -3,7 +3,6 @@
 //! served over HTTP. A real Prometheus (Debian's) scrapes the metrics and gives the leak
 //! back through its query API; Go's pprof reads the profile; SIGTERM ends the agent cleanly.
 use std::{
-    io::{Read as _, Write as _},
     net::TcpStream,
     path::Path,
     process::Command,
@@ -11,27 +10,9 @@ use std::{
 };
 
 use leak_tests::{
-    FakeKubeApi, Fixture, Leak, PodCgroup, fixture, go_pprof_samples, require_root, site,
-    systemd_pod_cgroup, systemd_pod_cgroup_of,
+    FakeKubeApi, Fixture, Leak, PodCgroup, fixture, go_pprof_samples, http_get, http_get_text,
+    require_root, serving_addr, site, systemd_pod_cgroup, systemd_pod_cgroup_of,
 };
-
-/// `GET path` from the agent: status and body.
-fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).expect("connect to the agent");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-    let head = String::from_utf8_lossy(&out[..end]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    (status, out[end + 4..].to_vec())
-}
-
-fn get_text(addr: &str, path: &str) -> String {
-    let (status, body) = get(addr, path);
-    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
-    String::from_utf8(body).unwrap()
-}
 
 /// A leaking `cacher` in a kubelet-style pod cgroup and, as in a container, in its own mount
 /// namespace on a tmpfs root that the host cannot see (its files are reached through
@@ -82,7 +63,7 @@ fn assert_container_leaks(addr: &str, metrics: String, uid: &str, cid: &str) {
     while !metrics.contains(&leaking) {
         assert!(Instant::now() < deadline, "{leaking}\n{metrics}");
         std::thread::sleep(Duration::from_millis(250));
-        metrics = get_text(addr, "/metrics");
+        metrics = http_get_text(addr, "/metrics");
     }
     let anon_line = format!("leak_container_memory_bytes{{{container},kind=\"anon\"}} ");
     let anon: f64 = metrics
@@ -115,16 +96,10 @@ fn assert_container_leaks(addr: &str, metrics: String, uid: &str, cid: &str) {
 /// The leaking pod's container's memory limit.
 const LIMIT: u64 = 1 << 30;
 
-/// The address the agent says it serves on.
-fn serving_addr(agent: &mut Leak) -> String {
-    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
-    line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned()
-}
-
 /// The node's page (`/`): the leaking process `pid` charted under its pod's name, linked to
 /// its trace `id`.
 fn check_node_page(addr: &str, pid: u32, id: &str) {
-    let node = get_text(addr, "/");
+    let node = http_get_text(addr, "/");
     assert!(node.contains("<h1>leak agent on node test-node: "), "{node}");
     let process = node
         .split(&format!("id=\"pid-{pid}\""))
@@ -177,13 +152,13 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
         &api.env(),
     );
     let addr = serving_addr(&mut agent);
-    assert_eq!(get_text(&addr, "/healthz"), "ok\n");
+    assert_eq!(http_get_text(&addr, "/healthz"), "ok\n");
 
     // The fixture is judged a leak after a few samples, then traced for 2 s.
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
         let list: serde_json::Value =
-            serde_json::from_str(&get_text(&addr, "/api/v1/reports")).unwrap();
+            serde_json::from_str(&http_get_text(&addr, "/api/v1/reports")).unwrap();
         let done = list.as_array().unwrap().iter().find(|r| {
             r["pid"] == target.pid() && r["status"] == "done" && r["pod"]["pod_uid"] == uid
         });
@@ -195,19 +170,19 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
         std::thread::sleep(Duration::from_millis(250));
     };
     let report: leak_tests::Report =
-        serde_json::from_str(&get_text(&addr, &format!("/api/v1/reports/{id}"))).unwrap();
+        serde_json::from_str(&http_get_text(&addr, &format!("/api/v1/reports/{id}"))).unwrap();
     assert_eq!(report.target.pid, target.pid());
     let leak = site(&report, "leak_fn");
     assert!(leak.outstanding_allocs > 0);
     assert_eq!(leak.outstanding_bytes, leak.outstanding_allocs * 1024);
-    let svg = get_text(&addr, &format!("/api/v1/reports/{id}/flamegraph.svg"));
+    let svg = http_get_text(&addr, &format!("/api/v1/reports/{id}/flamegraph.svg"));
     // The page to look at, self-contained: the site's chart, its stack, the flame graphs.
-    let html = get_text(&addr, &format!("/api/v1/reports/{id}/report.html"));
+    let html = http_get_text(&addr, &format!("/api/v1/reports/{id}/report.html"));
     assert!(html.starts_with("<!DOCTYPE html>") && html.contains("leak_fn"), "{html}");
     assert!(html.contains("class=\"chart site-chart\"><svg") && html.contains("<iframe"));
     assert!(svg.contains("leak_fn"));
     check_node_page(&addr, target.pid(), &id);
-    let (status, profile) = get(&addr, &format!("/api/v1/reports/{id}/profile.pb.gz"));
+    let (status, profile) = http_get(&addr, &format!("/api/v1/reports/{id}/profile.pb.gz"));
     assert_eq!(status, 200);
     let profile_path = dir.path().join("profile.pb.gz");
     std::fs::write(&profile_path, &profile).unwrap();
@@ -217,10 +192,10 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
         (leak.outstanding_allocs, leak.outstanding_bytes),
         "go tool pprof reads the served profile: {samples:#?}"
     );
-    assert_eq!(get(&addr, "/api/v1/reports/nope").0, 404);
+    assert_eq!(http_get(&addr, "/api/v1/reports/nope").0, 404);
 
     // Metrics: the process's verdict with its pod, the traced site, the agent's own cost.
-    let metrics = get_text(&addr, "/metrics");
+    let metrics = http_get_text(&addr, "/metrics");
     let process = format!(
         "pid=\"{}\",comm=\"cacher\",pod_uid=\"{uid}\",container_id=\"{cid}\",\
          namespace=\"shop\",pod=\"shop-api-1\",container=\"api\",workload_kind=\"Deployment\",\
@@ -343,7 +318,7 @@ fn follow_trace_links(prometheus: &Prometheus, dashboard: &serde_json::Value) {
             .replace("${__value.raw}", id);
         assert!(!url.contains("${"), "a variable the test does not know: {link}");
         let path = &url[url.find(instance).unwrap() + instance.len()..];
-        let (status, body) = get(instance, path);
+        let (status, body) = http_get(instance, path);
         assert_eq!(status, 200, "{link} -> {path}");
         let expected: &[u8] = match path.rsplit('/').next().unwrap() {
             "flamegraph.svg" => b"<?xml",
@@ -390,7 +365,7 @@ impl Prometheus {
             .expect("start prometheus (cargo xtask test installs Debian's package)");
         let p = Self { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&p.addr).is_err() || get(&p.addr, "/-/ready").0 != 200 {
+        while TcpStream::connect(&p.addr).is_err() || http_get(&p.addr, "/-/ready").0 != 200 {
             assert!(Instant::now() < deadline, "prometheus did not become ready");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -415,7 +390,7 @@ impl Prometheus {
             .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, body) = get(&self.addr, &format!("/api/v1/query?query={encoded}"));
+            let (status, body) = http_get(&self.addr, &format!("/api/v1/query?query={encoded}"));
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
             if status == 200 && done(&result) {
@@ -484,7 +459,7 @@ fn agent_watches_only_the_selected_pods() {
         let mut seen = false;
         while Instant::now() < deadline && !seen {
             std::thread::sleep(Duration::from_millis(250));
-            seen = get_text(&addr, "/metrics").contains(&pid_label);
+            seen = http_get_text(&addr, "/metrics").contains(&pid_label);
         }
         assert_eq!(seen, watched, "{flags:?}");
         let done = agent.terminate();
@@ -510,7 +485,7 @@ fn restart_is_traced(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list: serde_json::Value =
-            serde_json::from_str(&get_text(addr, "/api/v1/reports")).unwrap();
+            serde_json::from_str(&http_get_text(addr, "/api/v1/reports")).unwrap();
         let status = |pid: u32| {
             list.as_array().unwrap().iter().find(|r| r["pid"] == pid).map(|r| r["status"].clone())
         };
@@ -521,7 +496,7 @@ fn restart_is_traced(
         assert!(Instant::now() < deadline, "the restarted process was not traced: {list:#}");
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(get(addr, &format!("/api/v1/reports/{id}")).0, 200, "still served");
+    assert_eq!(http_get(addr, &format!("/api/v1/reports/{id}")).0, 200, "still served");
     target
 }
 

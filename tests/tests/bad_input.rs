@@ -14,23 +14,7 @@ fn not_root() {
     let target = Fixture::start("leaker");
     let pid = target.pid().to_string();
     // Drop to nobody with no capabilities.
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(leak_bin())
-        .args(["attach", "--pid", &pid])
-        .output()
-        .expect("setpriv (util-linux)");
-    let finished = leak_tests::Finished {
-        status: out.status,
-        stderr: String::from_utf8_lossy(&out.stderr).lines().map(str::to_owned).collect(),
-        stdout: Vec::new(),
-    };
+    let finished = as_user(&NOBODY, &["attach", "--pid", &pid]);
     finished.assert_bad_input("needs root");
 }
 

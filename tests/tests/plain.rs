@@ -4,37 +4,12 @@
 //! and exited. Its own test binary: the other watch and agent tests make pod cgroups, and these
 //! need a host without any, and a whole-host watch beside them would load it.
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
-use leak_tests::{Fixture, Leak, fixture, require_root};
-use leak_user::{analysis::trend::Verdict, fleet::report::WatchReport};
-
-/// A finished watch's JSON report: its text, and parsed.
-fn watch_report(done: &leak_tests::Finished, json: &Path) -> (String, WatchReport) {
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let text = std::fs::read_to_string(json).unwrap();
-    let report = serde_json::from_str(&text).unwrap();
-    (text, report)
-}
-
-/// `GET path` from the agent: its body.
-fn get_text(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the agent");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).expect("a response")
-}
-
-fn serving_addr(agent: &mut Leak) -> String {
-    let line = agent.stderr.wait_for("the serving line", |l| l.contains("serving http://"));
-    line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_owned()
-}
+use leak_tests::{Fixture, Leak, fixture, http_get_text, require_root, serving_addr, watch_report};
+use leak_user::analysis::trend::Verdict;
 
 #[test]
 fn the_agent_off_kubernetes_says_why_it_watches_nothing() {
@@ -95,16 +70,16 @@ fn the_agent_watches_and_traces_a_plain_process_by_name() {
     let (mut judged, mut traced) = (false, false);
     while Instant::now() < deadline && !(judged && traced) {
         std::thread::sleep(Duration::from_millis(250));
-        judged |= get_text(&addr, "/metrics").contains(&leaking);
+        judged |= http_get_text(&addr, "/metrics").contains(&leaking);
         let reports: serde_json::Value =
-            serde_json::from_str(&get_text(&addr, "/api/v1/reports")).expect("JSON");
+            serde_json::from_str(&http_get_text(&addr, "/api/v1/reports")).expect("JSON");
         traced |= reports
             .as_array()
             .is_some_and(|a| a.iter().any(|r| r["pid"] == pid && r["status"] == "done"));
     }
-    let metrics = get_text(&addr, "/metrics");
+    let metrics = http_get_text(&addr, "/metrics");
     assert!(judged, "{metrics}");
-    assert!(traced, "{}", get_text(&addr, "/api/v1/reports"));
+    assert!(traced, "{}", http_get_text(&addr, "/api/v1/reports"));
     // Only what --process names.
     assert!(!metrics.contains("comm=\"leak\""), "{metrics}");
     let done = agent.terminate();

@@ -5,17 +5,9 @@ use std::{path::Path, process::Command};
 
 use leak_tests::{
     Fixture, PodCgroup, browser, fixture, pod_ids, read_report, require_root, run_leak, site,
-    systemd_pod_cgroup,
+    systemd_pod_cgroup, watch_report,
 };
 use leak_user::{analysis::trend::Verdict, fleet::pods::QosClass, fleet::report::WatchReport};
-
-/// A finished watch's JSON report: its text, and parsed.
-fn watch_report(done: &leak_tests::Finished, json: &Path) -> (String, WatchReport) {
-    assert_eq!(done.status.code(), Some(0), "stderr: {:#?}", done.stderr);
-    let text = std::fs::read_to_string(json).unwrap();
-    let report = serde_json::from_str(&text).unwrap();
-    (text, report)
-}
 
 #[test]
 fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {

@@ -33,6 +33,9 @@ pub enum Tracer {
     LeakSampled,
     /// The full trace with the compatible BPF object (what kernels before 5.17 run).
     LeakCompat,
+    /// The full trace by another `leak` binary (`--baseline`: the code before a change), in
+    /// the same run.
+    LeakBaseline,
     /// bcc's memleak (full trace, its defaults).
     Memleak,
     /// heaptrack (`LD_PRELOAD`; in-process, writes a trace file).
@@ -48,6 +51,7 @@ impl Tracer {
             Self::LeakFp => "leak --unwind fp",
             Self::LeakSampled => "leak --sample (512 KiB)",
             Self::LeakCompat => "leak, compatible object (kernels < 5.17)",
+            Self::LeakBaseline => "leak (full trace), --baseline binary",
             Self::Memleak => "memleak-bpfcc",
             Self::Heaptrack => "heaptrack",
         }
@@ -56,6 +60,8 @@ impl Tracer {
 
 struct Env {
     leak: PathBuf,
+    /// `--baseline`: another leak binary, traced side by side with this one.
+    baseline: Option<PathBuf>,
     churn: PathBuf,
     /// `BCC_KERNEL_SOURCE` for memleak-bpfcc, when it could be set up.
     kernel_headers: Option<PathBuf>,
@@ -80,7 +86,7 @@ pub enum Part {
     Watch,
 }
 
-pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
+pub fn bench(pairs: u64, only: &[Part], baseline: Option<&Path>) -> Result<()> {
     let runs = |p: Part| only.is_empty() || only.contains(&p);
     setup()?;
     build_release()?;
@@ -93,8 +99,17 @@ pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
         .args(["-O2", "-fno-omit-frame-pointer", "-o"])
         .arg(&churn)
         .arg(root.join("xtask/programs/churn.c")))?;
+    if let Some(b) = baseline
+        && !b.is_file()
+    {
+        bail!(
+            "--baseline {}: no such binary (build the code before the change first)",
+            b.display()
+        );
+    }
     let env = Env {
         leak: root.join("target/release/leak"),
+        baseline: baseline.map(Path::to_path_buf),
         churn,
         kernel_headers: peer_memleak(&scratch)
             .map_err(|e| eprintln!("bench: memleak-bpfcc left out: {e:#}"))
@@ -111,6 +126,9 @@ pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
         Tracer::LeakFp,
         Tracer::LeakSampled,
     ];
+    if env.baseline.is_some() {
+        configs.push(Tracer::LeakBaseline);
+    }
     // The compatible object's cost is the churn loop's question (the servers keep to the
     // objects of the kernel they run on).
     if runs(Part::Churn) {
@@ -137,6 +155,7 @@ pub fn bench(pairs: u64, only: &[Part]) -> Result<()> {
         crate::servers::bench_servers(
             &crate::servers::ServerEnv {
                 leak: env.leak.clone(),
+                baseline: env.baseline.clone(),
                 kernel_headers: env.kernel_headers.clone(),
                 scratch: env.scratch.clone(),
             },
@@ -208,8 +227,13 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
         | Tracer::LeakFull
         | Tracer::LeakFp
         | Tracer::LeakSampled
-        | Tracer::LeakCompat => {
-            let mut cmd = as_root(&env.leak);
+        | Tracer::LeakCompat
+        | Tracer::LeakBaseline => {
+            let bin = match (tracer, &env.baseline) {
+                (Tracer::LeakBaseline, Some(b)) => b,
+                _ => &env.leak,
+            };
+            let mut cmd = as_root(bin);
             cmd.args(["run", "--interval", "60s"]);
             if tracer == Tracer::LeakCompat {
                 cmd.env("LEAK_BPF_OBJECT", "compat");

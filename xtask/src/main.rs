@@ -102,6 +102,10 @@ enum Task {
         /// Run only these parts (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Part>,
+        /// Another `leak` binary (e.g. the code before a change, built in a git worktree)
+        /// traced with the full trace beside this one, interleaved in the same run.
+        #[arg(long, value_name = "LEAK")]
+        baseline: Option<PathBuf>,
     },
 }
 
@@ -117,7 +121,7 @@ fn main() {
         Task::Fuzz { minutes, jobs } => fuzz::fuzz(minutes, jobs),
         Task::Soak { minutes, out } => soak(minutes, &out),
         Task::Lint => lint(),
-        Task::Bench { pairs, only } => bench::bench(pairs, &only),
+        Task::Bench { pairs, only, baseline } => bench::bench(pairs, &only, baseline.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

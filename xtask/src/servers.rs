@@ -178,8 +178,13 @@ impl Attached {
             | Tracer::LeakFull
             | Tracer::LeakFp
             | Tracer::LeakSampled
-            | Tracer::LeakCompat => {
-                let mut cmd = as_root(&env.leak);
+            | Tracer::LeakCompat
+            | Tracer::LeakBaseline => {
+                let bin = match (tracer, &env.baseline) {
+                    (Tracer::LeakBaseline, Some(b)) => b,
+                    _ => &env.leak,
+                };
+                let mut cmd = as_root(bin);
                 cmd.args(["attach", "--pid", &pid_s, "--interval", "1h"]);
                 if tracer == Tracer::LeakCompat {
                     cmd.env("LEAK_BPF_OBJECT", "compat");
@@ -266,6 +271,8 @@ impl Attached {
 /// What the server runs need from the bench.
 pub struct ServerEnv {
     pub leak: PathBuf,
+    /// Another leak binary to trace side by side (`--baseline`).
+    pub baseline: Option<PathBuf>,
     pub kernel_headers: Option<PathBuf>,
     pub scratch: PathBuf,
 }

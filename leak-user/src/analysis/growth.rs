@@ -172,7 +172,8 @@ impl<'a> Analysis<'a> {
     }
 
     /// The growth section of a report over `sites` (already built), with its summary line,
-    /// its one verdict and the caveats `evidence` calls for.
+    /// its one verdict and the caveats `evidence` and the `process` view (already built)
+    /// call for.
     #[must_use]
     pub fn view(
         &self,
@@ -180,6 +181,7 @@ impl<'a> Analysis<'a> {
         window_text: &str,
         limit: Option<&Limit>,
         evidence: &Evidence,
+        process: Option<&ProcessView>,
     ) -> Growth {
         let by_rate = |verdict: Verdict| {
             let mut v: Vec<&Site> = sites.iter().filter(|s| s.trend.verdict == verdict).collect();
@@ -207,7 +209,7 @@ impl<'a> Analysis<'a> {
             limit: limit.as_ref(),
             fired: evidence.fired,
         });
-        let caveats = caveats(verdict, evidence, self.process_view().as_ref());
+        let caveats = caveats(verdict, evidence, process);
         Growth {
             summary,
             verdict,
@@ -552,7 +554,8 @@ mod tests {
             })
             .collect();
         let limit = Limit { bytes: 64 << 20, usage: 8 << 20, source: "cgroup" };
-        let g = a.view(&sites, "10:00:00-10:00:30", Some(&limit), &FIRED);
+        let g =
+            a.view(&sites, "10:00:00-10:00:30", Some(&limit), &FIRED, a.process_view().as_ref());
         assert_eq!(g.leak_sites, ["1"]);
         // One verdict for the report: its most severe site's; the caveats are empty, as the
         // process's private memory grew with the traced sites.
@@ -573,7 +576,7 @@ mod tests {
         // Nothing growing: said so, and no projection.
         let empty = History::new(None, 1.0);
         let quiet = Analysis::of(&empty, &Params::default());
-        let g = quiet.view(&[], "a-b", Some(&limit), &FIRED);
+        let g = quiet.view(&[], "a-b", Some(&limit), &FIRED, None);
         assert_eq!(
             g.summary,
             "+0 B over a-b (+0 B/h); no leak suspected; 8.0 MiB of the 64.0 MiB limit used"
@@ -581,7 +584,7 @@ mod tests {
         assert_eq!((g.verdict, g.caveats.len()), (Verdict::Stable, 0));
         assert_eq!(g.limit.unwrap().time_to_limit_s, None);
         // No probe fired: not "no leak", but nothing traced, and a caveat says so.
-        let g = quiet.view(&[], "a-b", None, &Evidence { fired: false, unknown_free: 0 });
+        let g = quiet.view(&[], "a-b", None, &Evidence { fired: false, unknown_free: 0 }, None);
         assert_eq!(g.summary, "+0 B over a-b (+0 B/h); nothing traced: no probe fired");
         assert!(g.caveats[0].starts_with("no probe fired: "), "{:?}", g.caveats);
     }
@@ -614,7 +617,13 @@ mod tests {
             sites.truncate(1);
             sites[0].id = "1".into();
             sites[0].trend = a.site_trend(1);
-            let g = a.view(&sites, "a-b", None, &Evidence { fired: true, unknown_free });
+            let g = a.view(
+                &sites,
+                "a-b",
+                None,
+                &Evidence { fired: true, unknown_free },
+                a.process_view().as_ref(),
+            );
             (g, a.process_view().unwrap())
         };
         // Level: older blocks replaced, or memory the allocator held.

@@ -553,7 +553,9 @@ pub fn build(
         fired: (0..meta.hooks.len()).any(|i| hits.get(i, false) > 0),
         unknown_free: drops.get(leak_common::DropReason::UnknownFree),
     };
-    let growth_view = growth.view(&sites, &meta.window_text, meta.limit.as_ref(), &evidence);
+    let process = growth.process_view();
+    let growth_view =
+        growth.view(&sites, &meta.window_text, meta.limit.as_ref(), &evidence, process.as_ref());
     Report {
         version: REPORT_VERSION,
         target: meta.target,
@@ -570,7 +572,7 @@ pub fn build(
         growth: growth_view,
         sampling: meta.sampling,
         probe_time: meta.probe_cost.map(|c| ProbeTime::new(&meta.hooks, hits, c)),
-        process: growth.process_view(),
+        process,
         kernel: meta.kernel,
         modules: Vec::new(),
     }

@@ -41,8 +41,9 @@ pub struct Observation {
     pub start_ticks: u64,
     /// `comm`.
     pub comm: String,
-    /// Its command line (empty when unreadable).
-    pub cmdline: String,
+    /// Its command line (empty when unreadable), read once per process and shared: each
+    /// sample's observation of it costs a reference count, not a copy.
+    pub cmdline: Arc<str>,
     /// Its memory.
     pub memory: ProcessMemory,
     /// Its Kubernetes pod and container, if it runs in one.
@@ -71,7 +72,7 @@ struct WatchedCgroup {
 #[derive(Clone, Debug)]
 struct Watched {
     comm: String,
-    cmdline: String,
+    cmdline: Arc<str>,
     pod: Option<PodRef>,
     /// Watch time of its first sample, seconds.
     first_seen: f64,
@@ -283,7 +284,7 @@ impl WatchList {
                 WatchedProcess {
                     pid,
                     comm: w.comm.clone(),
-                    cmdline: w.cmdline.clone(),
+                    cmdline: w.cmdline.to_string(),
                     start_time_ticks: start,
                     rss_bytes: last.rss,
                     anon_bytes: last.private,
@@ -327,23 +328,26 @@ fn judge_series(samples: &Sampled<ProcessMemory>, params: &Params) -> trend::Tre
 const HINT_FLOOR: f64 = 64.0 * 1024.0;
 
 impl WatchList {
-    /// The processes judged stable under `params` that a lower floor ([`HINT_FLOOR`]) judges
-    /// a leak: growth `--min-growth` hides. `(pid, comm, rate per hour)`, fastest first.
+    /// Of `judged` (this list's processes, judged under `params`), the stable ones that a
+    /// lower floor ([`HINT_FLOOR`]) judges a leak: growth `--min-growth` hides. `(pid, comm,
+    /// rate per hour)`, fastest first.
     #[must_use]
-    pub fn below_floor(&self, params: &Params) -> Vec<(u32, String, f64)> {
+    pub fn below_floor(
+        &self,
+        judged: &[WatchedProcess],
+        params: &Params,
+    ) -> Vec<(u32, String, f64)> {
         if params.min_growth_bytes <= HINT_FLOOR {
             return Vec::new();
         }
         let low = Params { min_growth_bytes: HINT_FLOOR, ..*params };
-        let mut out: Vec<(u32, String, f64)> = self
-            .procs
+        let mut out: Vec<(u32, String, f64)> = judged
             .iter()
-            .filter_map(|(&(pid, _), w)| {
-                if judge_series(&w.samples, params).verdict != Verdict::Stable {
-                    return None;
-                }
+            .filter(|p| p.trend.verdict == Verdict::Stable)
+            .filter_map(|p| {
+                let w = self.procs.get(&(p.pid, p.start_time_ticks))?;
                 let t = judge_series(&w.samples, &low);
-                (t.verdict == Verdict::Leak).then(|| (pid, w.comm.clone(), t.rate_per_hour()))
+                (t.verdict == Verdict::Leak).then(|| (p.pid, w.comm.clone(), t.rate_per_hour()))
             })
             .collect();
         out.sort_by(|a, b| b.2.total_cmp(&a.2));
@@ -446,7 +450,7 @@ pub fn why_nothing(targets: &Targets, selection: Option<&Selection>, seen: Seen)
 
 /// Command lines read so far, by process (pid and start time): read once per process, as
 /// reading one takes the process's memory-map lock.
-type Cmdlines = std::cell::RefCell<hashbrown::HashMap<(u32, u64), String>>;
+type Cmdlines = std::cell::RefCell<hashbrown::HashMap<(u32, u64), Arc<str>>>;
 
 /// Reads the memory of the targets now, and of the containers they run in (each
 /// container's memory cgroup once, under `cgroup_root`).
@@ -494,7 +498,7 @@ fn observe(
             alive.insert((pid, start_ticks));
             let cmdline = cmdlines
                 .entry((pid, start_ticks))
-                .or_insert_with(|| procfs::cmdline(pid).unwrap_or_default())
+                .or_insert_with(|| procfs::cmdline(pid).unwrap_or_default().into())
                 .clone();
             if let Some(sel) = selection {
                 let program = procfs::program_of(&cmdline);
@@ -827,13 +831,13 @@ fn build(
     nothing: Option<String>,
 ) -> WatchReport {
     let mut processes = list.judge(params);
+    let mut notes: Vec<String> = nothing.into_iter().collect();
+    notes.extend(floor_note(&list.below_floor(&processes, params), params.min_growth_bytes));
     let mut containers = list.judge_containers(params);
     if !explicit {
         processes.retain(|p| p.trend.verdict != Verdict::Stable);
         containers.retain(|c| c.trend.verdict != Verdict::Stable);
     }
-    let mut notes: Vec<String> = nothing.into_iter().collect();
-    notes.extend(floor_note(&list.below_floor(params), params.min_growth_bytes));
     report_of(list, (processes, containers), start_unix, escalator, end_reason, notes)
 }
 
@@ -893,7 +897,7 @@ mod tests {
             pid,
             start_ticks: start,
             comm: format!("p{pid}"),
-            cmdline: String::new(),
+            cmdline: "".into(),
             memory: ProcessMemory { rss: private + (1 << 20), private },
             pod: None,
         }
@@ -980,8 +984,9 @@ mod tests {
             let seen = [obs(10, 1, 8 * MB + t * 10_777), obs(20, 1, 50 * MB)];
             list.observe(t as f64, &seen, Kind::Tick, false);
         }
-        assert_eq!(list.judge(&params)[0].trend.verdict, Verdict::Stable);
-        let hidden = list.below_floor(&params);
+        let judged = list.judge(&params);
+        assert_eq!(judged[0].trend.verdict, Verdict::Stable);
+        let hidden = list.below_floor(&judged, &params);
         assert_eq!(hidden.len(), 1, "{hidden:?}");
         assert_eq!((hidden[0].0, hidden[0].1.as_str()), (10, "p10"));
         let note = floor_note(&hidden, params.min_growth_bytes).unwrap();
@@ -990,7 +995,9 @@ mod tests {
             "{note}"
         );
         // A floor at the hint's own: nothing more to say.
-        assert!(list.below_floor(&Params { min_growth_bytes: 4096.0, ..params }).is_empty());
+        assert!(
+            list.below_floor(&judged, &Params { min_growth_bytes: 4096.0, ..params }).is_empty()
+        );
     }
 
     #[test]

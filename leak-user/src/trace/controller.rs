@@ -163,14 +163,9 @@ impl<'a> Controller<'a> {
                     }
                     sampler.spent(started);
                     if let Some(b) = &mut budget
-                        && let Some((share, true)) = b.check(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
+                        && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
                     {
-                        warn!(
-                            "stopped tracing: the probes cost an estimated {:.1}% of a CPU, over \
-                             --max-overhead {:.1}%; the command goes on untraced",
-                            share * 100.0,
-                            b.max_share() * 100.0
-                        );
+                        warn!("stopped tracing: {why}; the command goes on untraced");
                         break End::Budget;
                     }
                 }

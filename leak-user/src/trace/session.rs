@@ -90,10 +90,17 @@ impl Budget {
         Self { max, hit_ns, last: None }
     }
 
-    /// The budget, as a share of one CPU.
-    #[must_use]
-    pub fn max_share(&self) -> f64 {
-        self.max
+    /// Whether the probes went over the budget since the previous sample, given all hits so
+    /// far at time `t_s`: then what they cost, in the words the stop is announced with.
+    pub fn exceeded(&mut self, t_s: f64, hits: u64) -> Option<String> {
+        let (share, over) = self.check(t_s, hits)?;
+        over.then(|| {
+            format!(
+                "the probes cost an estimated {:.1}% of a CPU, over --max-overhead {:.1}%",
+                share * 100.0,
+                self.max * 100.0
+            )
+        })
     }
 
     /// The estimated share since the previous call, given all hits so far at time `t_s`
@@ -708,15 +715,9 @@ pub async fn trace(
                 session.sample(&data);
                 sampler.spent(started);
                 if let Some(b) = &mut budget
-                    && let Some((share, true)) = b.check(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
+                    && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
                 {
-                    warn!(
-                        "stopped tracing pid {}: its probes cost an estimated {:.1}% of a CPU, \
-                         over --max-overhead {:.1}%",
-                        session.pid,
-                        share * 100.0,
-                        b.max * 100.0
-                    );
+                    warn!("stopped tracing pid {}: {why}", session.pid);
                     break End::Budget;
                 }
             }
