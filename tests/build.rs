@@ -18,59 +18,7 @@ fn main() {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed=src/matrix.rs");
-    // -O0 with frame pointers and no inlining: every fixture function is a frame of its own,
-    // and the frame-pointer walk sees the whole chain.
-    // -w: the fixtures call allocators with sizes gcc knows to fail, on purpose.
-    let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
-    let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
-    // (output, source, flags before the source, flags after it)
-    let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
-    let builds: [(&str, &str, &[&str], &[&str]); 17] = [
-        ("leaker", "leaker", &[], &[]),
-        // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
-        ("leaker-static", "leaker", &["-static"], &[]),
-        // jemalloc linked into a dynamic executable (as Rust's jemallocator does): the
-        // executable's malloc comes before libc's.
-        ("leaker-jemalloc", "leaker", &[], &[jemalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
-        ("leaker-tcmalloc", "leaker", &[], &[tcmalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
-        // Static and stripped: no symbol table to find malloc in.
-        ("leaker-stripped", "leaker", &["-static", "-s"], &[]),
-        ("threads", "threads", &["-pthread"], &[]),
-        ("mapper", "mapper", &[], &[]),
-        ("execer", "execer", &[], &[]),
-        ("forker", "forker", &[], &[]),
-        ("pidreuse", "pidreuse", &[], &[]),
-        // Exported prefixed allocator names (-rdynamic: in the dynamic symbol table too).
-        ("prefixed", "prefixed", &["-rdynamic"], &[]),
-        ("runner", "runner", &[], &[]),
-        ("cacher", "cacher", &[], &[]),
-        // Allocations through allocator wrappers (zmalloc, a project's own).
-        ("wrapped", "wrapped", &[], &[]),
-        ("sampled", "sampled", &[], &[]),
-        // The soak's population (`cargo xtask soak`).
-        ("soaker", "soaker", &["-pthread"], &["-ldl"]),
-        (
-            "nomalloc",
-            "nomalloc",
-            &["-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector"],
-            &[],
-        ),
-    ];
-    for (name, source, before, after) in builds {
-        let status = Command::new("cc")
-            .args(common)
-            .args(before)
-            .arg("-o")
-            .arg(out.join(name))
-            .arg(src.join(format!("{source}.c")))
-            .args(after)
-            .status()
-            .expect("run cc (install a C compiler: cargo xtask setup)");
-        assert!(
-            status.success(),
-            "cc failed for fixture {name} (missing libraries: cargo xtask setup)"
-        );
-    }
+    build_c_fixtures(&src, &out);
     // Optimised without frame pointers (#7): only unwind tables give its callers. And the
     // same source with them, as the reference.
     for (name, flags) in [
@@ -128,6 +76,71 @@ fn main() {
     rust_fixtures(&src, &out);
     build_matrix(&src, &out);
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
+}
+
+/// The C fixtures built the one way: at -O0 with frame pointers, each its own flags.
+fn build_c_fixtures(src: &Path, out: &Path) {
+    // -O0 with frame pointers and no inlining: every fixture function is a frame of its own,
+    // and the frame-pointer walk sees the whole chain.
+    // -w: the fixtures call allocators with sizes gcc knows to fail, on purpose.
+    let common = ["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-w"];
+    let jemalloc_archive = "/usr/lib/x86_64-linux-gnu/libjemalloc.a";
+    // (output, source, flags before the source, flags after it)
+    let tcmalloc_archive = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.a";
+    let builds: [(&str, &str, &[&str], &[&str]); 19] = [
+        ("leaker", "leaker", &[], &[]),
+        // glibc's malloc inside the executable: symbols from .symtab, no dynamic linking.
+        ("leaker-static", "leaker", &["-static"], &[]),
+        // jemalloc linked into a dynamic executable (as Rust's jemallocator does): the
+        // executable's malloc comes before libc's.
+        ("leaker-jemalloc", "leaker", &[], &[jemalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
+        ("leaker-tcmalloc", "leaker", &[], &[tcmalloc_archive, "-lstdc++", "-lpthread", "-lm"]),
+        // Static and stripped: no symbol table to find malloc in.
+        ("leaker-stripped", "leaker", &["-static", "-s"], &[]),
+        ("threads", "threads", &["-pthread"], &[]),
+        ("mapper", "mapper", &[], &[]),
+        ("execer", "execer", &[], &[]),
+        ("forker", "forker", &[], &[]),
+        ("pidreuse", "pidreuse", &[], &[]),
+        // Exported prefixed allocator names (-rdynamic: in the dynamic symbol table too).
+        ("prefixed", "prefixed", &["-rdynamic"], &[]),
+        ("runner", "runner", &[], &[]),
+        ("cacher", "cacher", &[], &[]),
+        // Allocations through allocator wrappers (zmalloc, a project's own).
+        ("wrapped", "wrapped", &[], &[]),
+        ("sampled", "sampled", &[], &[]),
+        // The growth profile's busy process.
+        ("grower", "grower", &["-pthread"], &[]),
+        (
+            "grower-jemalloc",
+            "grower",
+            &["-pthread"],
+            &[jemalloc_archive, "-lstdc++", "-lpthread", "-lm"],
+        ),
+        // The soak's population (`cargo xtask soak`).
+        ("soaker", "soaker", &["-pthread"], &["-ldl"]),
+        (
+            "nomalloc",
+            "nomalloc",
+            &["-static", "-nostdlib", "-ffreestanding", "-fno-stack-protector"],
+            &[],
+        ),
+    ];
+    for (name, source, before, after) in builds {
+        let status = Command::new("cc")
+            .args(common)
+            .args(before)
+            .arg("-o")
+            .arg(out.join(name))
+            .arg(src.join(format!("{source}.c")))
+            .args(after)
+            .status()
+            .expect("run cc (install a C compiler: cargo xtask setup)");
+        assert!(
+            status.success(),
+            "cc failed for fixture {name} (missing libraries: cargo xtask setup)"
+        );
+    }
 }
 
 /// The C++ fixtures, through libstdc++'s operator new/delete.

@@ -55,11 +55,18 @@ pub enum DropReason {
     /// A probe fired at an address leak did not register for the process (the compatible
     /// object finds hooks by address): the call was not followed.
     UnknownHook = 11,
+    /// A growth profile's page map ([`MAP_PAGES`](crate::MAP_PAGES)) was full: a page made
+    /// resident was not recorded.
+    PageMapFull = 12,
+    /// A page fault taken inside a system call (a `read()` into fresh memory) on a kernel
+    /// without `bpf_task_pt_regs` (before 5.15, the compatible object): the page is recorded
+    /// without a stack.
+    FaultInKernel = 13,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::AllocMapFull,
         Self::StackMissing,
         Self::StackMapFull,
@@ -72,6 +79,8 @@ impl DropReason {
         Self::SiteMapFull,
         Self::UnmapUnchecked,
         Self::UnknownHook,
+        Self::PageMapFull,
+        Self::FaultInKernel,
     ];
 
     /// Stable name used in reports.
@@ -90,6 +99,8 @@ impl DropReason {
             Self::SiteMapFull => "site_map_full",
             Self::UnmapUnchecked => "unmap_unchecked",
             Self::UnknownHook => "unknown_hook",
+            Self::PageMapFull => "page_map_full",
+            Self::FaultInKernel => "fault_in_kernel",
         }
     }
 
@@ -146,6 +157,15 @@ impl DropReason {
             Self::UnknownHook => {
                 "Probe hits at an address not registered for the process (compatible object): \
                  the call was not followed."
+            }
+            Self::PageMapFull => {
+                "Pages made resident that a growth profile could not record: its page map was \
+                 full. Raise --max-pages."
+            }
+            Self::FaultInKernel => {
+                "Pages a system call made resident (a read() into fresh memory) on a kernel \
+                 before 5.15, which cannot give the caller's registers there: recorded under \
+                 `[no stack]`."
             }
         }
     }

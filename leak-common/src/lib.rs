@@ -11,6 +11,7 @@
 
 mod calls;
 mod counters;
+mod faults;
 mod records;
 mod sampling;
 mod stacks;
@@ -18,6 +19,7 @@ mod unwind;
 
 pub use calls::*;
 pub use counters::*;
+pub use faults::*;
 pub use records::*;
 pub use sampling::*;
 pub use stacks::*;
@@ -112,6 +114,8 @@ mod tests {
                 (9, "site_map_full"),
                 (10, "unmap_unchecked"),
                 (11, "unknown_hook"),
+                (12, "page_map_full"),
+                (13, "fault_in_kernel"),
             ]
         );
         assert_eq!(hit_index(0, false), 0);

@@ -68,6 +68,17 @@ pub static SITE_TABLE: Array<SiteBucket> = Array::with_max_entries(1, BPF_F_MMAP
 #[unsafe(no_mangle)]
 pub static SITE_BUCKET_MASK: Global<u32> = Global::new(0);
 
+/// The growth profile's pages: (page, process) -> its first toucher (`leak_common::MAP_PAGES`).
+/// Preallocated (flags 0): before 6.1 a `perf_event` program may use no other hash map. The
+/// loader sizes it to one entry unless a profile runs.
+#[map]
+pub static PAGES: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1, 0);
+
+/// The growth profile's stacks, by the same 64-bit hash as `STACKS` (preallocated, as
+/// `PAGES`; sized by the loader).
+#[map]
+pub static FAULT_STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(1, 0);
+
 /// Anonymous mappings recorded as allocations: start -> end (page-rounded), for `munmap` ranges.
 #[map]
 pub static MMAPS: HashMap<AllocKey, u64> = HashMap::with_max_entries(MAX_MMAPS, BPF_F_NO_PREALLOC);

@@ -15,12 +15,12 @@ use aya_ebpf::{
         generated::bpf_for_each_map_elem, generated::bpf_get_prandom_u32, generated::bpf_jiffies64,
         generated::bpf_ktime_get_ns,
     },
-    maps::{Array, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
 };
 use aya_log_ebpf::debug;
 
 use leak_common::{
-    AllocInfo, AllocKey, DropReason, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
+    AllocInfo, AllocKey, DropReason, FAULT_HOOK, MAX_STACK_DEPTH, PENDING_IDLE, PENDING_MMAP_FIXED,
     PENDING_MMAP_TRACKED, PENDING_OVERFLOW, PENDING_UNSAMPLED, Pending, SAMPLE_GAP_BITS,
     SAMPLE_GAP_SHIFT, STACK_ID_NONE, STACK_WINDOW_WORDS, STALE_PENDING_NS, StackTrace,
     UNMAP_MAX_OVERLAPS, UNMAP_PROBE_PAGES, UNWIND_FP, UnmapScratch, sample_gap, sample_step,
@@ -28,9 +28,9 @@ use leak_common::{
 
 use crate::{
     maps::{
-        FILTER_TGID, LAST_FREE, MMAP_COUNTS, MMAPS, PENDING, SAMPLE_GAPS, SAMPLE_MEAN,
-        STACK_SCRATCH, STACKS, TRACE, UNWIND, UNWIND_GENERATION, UNWIND_MAPS, ZERO_PENDING,
-        ZERO_STACK, atomic_add, count_drop, count_hit,
+        FAULT_STACKS, FILTER_TGID, LAST_FREE, MMAP_COUNTS, MMAPS, PAGES, PENDING, SAMPLE_GAPS,
+        SAMPLE_MEAN, STACK_SCRATCH, STACKS, TRACE, UNWIND, UNWIND_GENERATION, UNWIND_MAPS,
+        ZERO_PENDING, ZERO_STACK, atomic_add, count_drop, count_hit,
     },
     table::{leak_insert_record, remove_record},
     unwind::{cache_key, memoized, walk_tables},
@@ -596,6 +596,20 @@ fn walk_stack(ip: u64, sp: u64, mut fp: u64, ips: *mut u64, window: *const u64) 
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
+    store_stack(&STACKS, pid_tgid, ip, sp, fp)
+}
+
+/// [`leak_store_stack`] into the growth profile's `FAULT_STACKS`, which a `perf_event`
+/// program may use (it is preallocated, `STACKS` is not).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn leak_store_fault_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
+    store_stack(&FAULT_STACKS, pid_tgid, ip, sp, fp)
+}
+
+/// The walk of [`leak_store_stack`] into `stacks`.
+#[inline(always)]
+fn store_stack(stacks: &HashMap<u64, StackTrace>, pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
     let Some(buf) = scratch(pid_tgid) else {
         count_drop(DropReason::StackMissing);
         return STACK_ID_NONE;
@@ -625,7 +639,7 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
     // Known already (always possible for the compatible object, which walks each time
     // without looking first): a lookup, lock-free, instead of an insert that takes the
     // bucket's lock to find it there.
-    if STACKS.get_ptr(hash).is_some() {
+    if stacks.get_ptr(hash).is_some() {
         return hash;
     }
     // SAFETY: `buf` is a valid map value of the map's value type.
@@ -633,13 +647,50 @@ pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> 
         clippy::needless_borrows_for_generic_args,
         reason = "by value would copy 1016 bytes onto the 512-byte BPF stack"
     )]
-    let inserted = STACKS.insert(hash, unsafe { &*buf }, u64::from(BPF_NOEXIST));
+    let inserted = stacks.insert(hash, unsafe { &*buf }, u64::from(BPF_NOEXIST));
     match inserted {
         // EEXIST: another CPU inserted the same stack first.
         Ok(()) | Err(EEXIST) => {}
         Err(_) => count_drop(DropReason::StackMapFull),
     }
     hash
+}
+
+/// A page fault at `addr` in a profiled process, with the user registers of the code that
+/// touched it (`ip` 0: not known, see `DropReason::FaultInKernel`). Records the page with the
+/// stack and the time; a later fault on the same page replaces the record. A fault on a page
+/// already recorded means it was released and touched again (a scratch buffer mapped and
+/// unmapped at the same address between two snapshots), or a read that mapped the zero page
+/// is followed by the write that makes it the process's own: in both the latest toucher is
+/// the right one, and the fresh time keeps a short-lived buffer young (`--min-age`). Faults
+/// are few (they follow the growth, not the calls), so every one walks its stack: no memo,
+/// no window.
+#[inline(always)]
+pub fn page_fault(addr: u64, (ip, sp, fp): (u64, u64, u64)) {
+    let Some(pid_tgid) = traced_pid_tgid() else { return };
+    let key = AllocKey::new(addr & !(PAGE - 1), tgid(pid_tgid));
+    // The walk by tables keeps its state in the thread's slot: a thread that never called a
+    // hooked function has none yet. The fault's `ip` is the instruction that faulted, not a
+    // return address: plus one, as the walk and the symbolizer look up the instruction
+    // before each frame's address.
+    let stack_id = if ip == 0 {
+        STACK_ID_NONE
+    } else if PENDING.get_ptr(pid_tgid).is_some() || new_slot(pid_tgid).is_some() {
+        leak_store_fault_stack(pid_tgid, ip.wrapping_add(1), sp, fp)
+    } else {
+        count_drop(DropReason::StackMissing);
+        STACK_ID_NONE
+    };
+    let info = AllocInfo {
+        size: PAGE,
+        timestamp_ns: now_ns(),
+        stack_id,
+        tgid: tgid(pid_tgid),
+        kind: FAULT_HOOK,
+    };
+    if PAGES.insert(key, info, 0).is_err() {
+        count_drop(DropReason::PageMapFull);
+    }
 }
 
 /// `MAP_FAILED`.

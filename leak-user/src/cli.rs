@@ -229,9 +229,10 @@ pub struct TraceArgs {
     /// Sites shown in the text report.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub top: u64,
-    /// Only report allocations at least this old (e.g. 30s).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    pub min_age: Duration,
+    /// Only report allocations at least this old (e.g. 30s). A growth profile's pages: 1s
+    /// unless given, so that a buffer touched and released within a second is not growth.
+    #[arg(long, value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
     /// Write a flame graph of the bytes each stack gained over the window to this SVG file
     /// (with a single sample: its outstanding bytes).
     #[arg(long, value_name = "FILE")]
@@ -280,6 +281,16 @@ pub struct TraceArgs {
     /// Common ones are built in (zmalloc, xmalloc, g_malloc, PyMem_Malloc, ngx_palloc, ...).
     #[arg(long, value_name = "PATTERN")]
     pub fold: Vec<String>,
+    /// What to trace: `exact` (every allocation and free, by probes on the allocator: exact
+    /// bytes by allocating stack; each allocator call pays a trap) or `growth` (memory made
+    /// resident, by the stack that first touched it, from page faults: its cost follows the
+    /// growth, not the calls; for busy production processes).
+    #[arg(long, value_enum, default_value = "exact")]
+    pub mode: crate::config::Mode,
+    /// Capacity of a growth profile's page map (pages made resident during the profile; a
+    /// huge page takes one); pages beyond it are counted as drops (`page_map_full`).
+    #[arg(long, default_value_t = leak_common::DEFAULT_MAX_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pages: u32,
     /// Capacity of the outstanding-allocation map; allocations beyond it are counted as drops.
     #[arg(long, default_value_t = leak_common::DEFAULT_MAX_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_allocs: u32,
@@ -397,7 +408,10 @@ impl From<TraceArgs> for TraceConfig {
             sample_interval: a.sample_interval.unwrap_or(ATTACH_SAMPLE_INTERVAL),
             duration: a.duration,
             top: usize::try_from(a.top).unwrap_or(usize::MAX),
-            min_age: a.min_age,
+            min_age: a.min_age.unwrap_or(match a.mode {
+                crate::config::Mode::Exact => Duration::ZERO,
+                crate::config::Mode::Growth => crate::config::GROWTH_MIN_AGE,
+            }),
             outputs: Outputs {
                 svg: a.svg,
                 json: a.json,
@@ -427,6 +441,8 @@ impl From<TraceArgs> for TraceConfig {
             unwind_rows: a.unwind_rows,
             debug_dirs: a.debug_dirs,
             fold: a.fold,
+            mode: a.mode,
+            max_pages: a.max_pages,
         }
     }
 }

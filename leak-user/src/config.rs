@@ -96,6 +96,46 @@ pub struct TraceConfig {
     /// Patterns of allocator wrappers folded off the top of stacks, besides the built-in
     /// ones (`--fold`).
     pub fold: Vec<String>,
+    /// What is traced (`--mode`).
+    pub mode: Mode,
+    /// Capacity of the growth profile's page map (`--max-pages`).
+    pub max_pages: u32,
+}
+
+/// A growth profile's `--min-age` unless given: pages first touched less than this long ago
+/// do not count yet, so a scratch buffer touched and released within it is never growth.
+pub const GROWTH_MIN_AGE: Duration = Duration::from_secs(1);
+
+/// What a trace records (`--mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Every allocation and free, by uprobes on the allocator: exact bytes by the stack that
+    /// allocated them; costs a trap per allocator call.
+    #[default]
+    Exact,
+    /// Resident memory by the stack that first touched it, from page faults: costs follow
+    /// the growth, not the calls.
+    Growth,
+}
+
+impl Mode {
+    /// Its name on the command line and in the JSON report.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Growth => "growth",
+        }
+    }
+
+    /// As a report states it.
+    #[must_use]
+    pub fn report(self) -> crate::analysis::report::Mode {
+        match self {
+            Self::Exact => crate::analysis::report::Mode::Exact,
+            Self::Growth => crate::analysis::report::Mode::Growth,
+        }
+    }
 }
 
 /// How allocation stacks are walked (`--unwind`).
@@ -184,7 +224,7 @@ impl TraceConfig {
     /// leave out young allocations (`--min-age`), or to weigh sampled ones (`--sample`).
     #[must_use]
     pub fn samples_need_records(&self) -> bool {
-        !self.min_age.is_zero() || self.sample_mean.is_some()
+        !self.min_age.is_zero() || self.sample_mean.is_some() || self.mode == Mode::Growth
     }
 }
 
@@ -214,6 +254,8 @@ impl Default for TraceConfig {
             unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
             debug_dirs: Vec::new(),
             fold: Vec::new(),
+            mode: Mode::Exact,
+            max_pages: leak_common::DEFAULT_MAX_PAGES,
         }
     }
 }

@@ -111,13 +111,16 @@ fn calibrate(tracer: &mut Tracer) -> Option<analysis::model::ProbeCost> {
 fn load_options(pid: u32, trace: &TraceConfig) -> LoadOptions {
     LoadOptions {
         filter_tgid: pid,
-        max_allocs: trace.max_allocs,
         max_stacks: trace.max_stacks,
         trace: trace.bpf_trace,
         probe_floor: trace.probe_floor,
         sample_mean: trace.sample_mean.unwrap_or(0),
         unwind: trace.unwind.bpf(),
         unwind_rows: trace.unwind_rows,
+        growth: trace.mode == config::Mode::Growth,
+        max_pages: trace.max_pages,
+        // A growth profile uses none of the allocation table, which is preallocated.
+        max_allocs: if trace.mode == config::Mode::Growth { 64 } else { trace.max_allocs },
         ..LoadOptions::default()
     }
 }
@@ -140,6 +143,9 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
         _ => pid,
     };
     preflight(&trace)?;
+    if trace.mode == config::Mode::Growth {
+        return profile(rt, pid, trace);
+    }
     let plan = trace::target::plan_for_pid(pid, trace.lib.as_deref())?;
     let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
@@ -162,6 +168,28 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
             warn!("probe on {} was not armed in pid {pid} at the end of the trace", h.spec.symbol);
         }
     }
+    tracer.release_in_background();
+    let mut gate = session::GateTally::default();
+    let failed = gate.judge(&report, &trace_cfg);
+    if let Some(line) = gate.summary(&trace_cfg) {
+        eprintln!("{line}");
+    }
+    Ok(if failed { config::LEAK_FOUND_EXIT } else { 0 })
+}
+
+/// `leak attach --mode growth`: a growth profile of process `pid` (page faults; no allocator
+/// probes, so a program with any allocator, or a static one, can be profiled).
+fn profile(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<u8, Error> {
+    let allocator = trace::target::plan_for_pid(pid, trace.lib.as_deref())
+        .map(|p| analysis::report::AllocatorInfo { probes: Vec::new(), ..p.allocator_info() })
+        .unwrap_or_default();
+    let mut signals = install_signals(rt)?;
+    let mut tracer = Tracer::load(load_options(pid, &trace))?;
+    let links = tracer.attach_faults(nonzero(pid)?)?;
+    let trace_cfg = trace.clone();
+    let mut session = Session::new(pid, trace, allocator, session::growth_hooks());
+    eprintln!("attached to PID {pid} (a growth profile: page faults of {} threads)", links.len());
+    let (report, _) = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
     tracer.release_in_background();
     let mut gate = session::GateTally::default();
     let failed = gate.judge(&report, &trace_cfg);
@@ -237,7 +265,8 @@ fn run_command(
     let filter = if follow_forks { 0 } else { pid };
     let mut tracer =
         Tracer::load(load_options(filter, &trace)).map_err(|e| kill_child(e.into()))?;
-    let trace = TraceConfig { probe_cost: calibrate(&mut tracer), ..trace };
+    let probe_cost = if trace.mode == config::Mode::Growth { None } else { calibrate(&mut tracer) };
+    let trace = TraceConfig { probe_cost, ..trace };
     let mut ctl = Controller::new(&mut tracer, trace, follow_forks, pid);
     ctl.start().map_err(kill_child)?;
     let result = match rt.block_on(ctl.run(&mut signals)) {

@@ -1,9 +1,10 @@
 //! The fixtures' ground truth, asserted by the tests of each feature and by the kernel suite
 //! (`tests/kernel.rs`), which checks the same on every kernel of the matrix.
 pub use leak_user::analysis::{model::StackEnd, report::StackFrame as Frame};
+use leak_user::analysis::{report::Mode, trend::Verdict};
 
 use crate::{
-    Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site,
+    Fixture, Leak, Report, Site, assert_absent, assert_no_drops, assert_site, frame0,
     matrix::{Case, DEBUG_DIR, Debug, Lang},
     read_report, summary, under,
 };
@@ -253,4 +254,122 @@ fn names(s: &Site) -> Vec<&str> {
 /// plumbing are folded out of the reported site.
 fn top_is(s: &Site, function: &str) -> bool {
     s.stack.first().is_some_and(|f| named(f, function))
+}
+
+/// The growth profile's fixture (`grower`): sites whose innermost frame (after the allocator and memset folded off) is `function`.
+#[must_use]
+pub fn sites_of<'a>(report: &'a Report, function: &str) -> Vec<&'a Site> {
+    report.sites.iter().filter(|s| frame0(s) == Some(function)).collect()
+}
+
+/// Their resident bytes.
+#[must_use]
+pub fn resident(sites: &[&Site]) -> u64 {
+    sites
+        .iter()
+        .map(|s| s.resident_bytes.expect("a growth profile's site has resident_bytes"))
+        .sum()
+}
+
+/// `(frame 0, bytes, verdict)` of every site, for failure messages.
+#[must_use]
+pub fn growth_overview(report: &Report) -> Vec<(String, u64, Verdict)> {
+    report
+        .sites
+        .iter()
+        .map(|s| {
+            // A frame without a name says where it is.
+            let name = frame0(s).map_or_else(
+                || {
+                    s.stack.first().map_or_else(
+                        || "[no stack]".to_owned(),
+                        |f| format!("{} in {:?}", f.address, f.module),
+                    )
+                },
+                str::to_owned,
+            );
+            (name, s.outstanding_bytes, s.trend.verdict)
+        })
+        .collect()
+}
+
+/// What every growth report of `grower` shows: the leak judged a leak, within 25% of what
+/// was leaked while profiled (`leaked`), and only it; the cache and the scratch buffer not
+/// growing; each site's bytes in `resident_bytes`; nothing dropped.
+#[track_caller]
+pub fn assert_grower(report: &Report, leaked: u64) {
+    assert_eq!(report.mode, Mode::Growth);
+    let leaks = sites_of(report, "leak_fn");
+    let bytes = resident(&leaks);
+    let off = relative_error(bytes, leaked);
+    assert!(
+        off <= 0.25,
+        "leak_fn: {bytes} bytes resident, {leaked} leaked: {:#?}",
+        growth_overview(report)
+    );
+    assert!(
+        leaks.iter().any(|s| s.trend.verdict == Verdict::Leak),
+        "leak_fn judged a leak: {:#?}",
+        growth_overview(report)
+    );
+    assert_only_leak_fn_leaks(report);
+    let top = report.sites_by_verdict();
+    assert_eq!(frame0(top[0]), Some("leak_fn"), "{:#?}", growth_overview(report));
+    for s in sites_of(report, "cache_put").into_iter().chain(sites_of(report, "scratch")) {
+        assert!(
+            !matches!(s.trend.verdict, Verdict::Leak | Verdict::Growing),
+            "{:?} is not growing: {:#?}",
+            frame0(s),
+            growth_overview(report)
+        );
+    }
+    // The cache: 256 blocks of 8 KiB (and their malloc headers), whatever its sites.
+    let cache = resident(&sites_of(report, "cache_put"));
+    assert!(
+        (1_800_000..=2_400_000).contains(&cache),
+        "cache_put: {cache}: {:#?}",
+        growth_overview(report)
+    );
+    for s in &report.sites {
+        assert_eq!(s.resident_bytes, Some(s.outstanding_bytes));
+    }
+    // The compatible object (kernels before 5.15) has no stack for a fault inside a system
+    // call (the C library's start-up reads a file into fresh memory), and says so.
+    let compat = report.kernel.as_ref().is_some_and(|k| k.bpf_object == "compat");
+    let dropped: u64 = report
+        .drops
+        .iter()
+        .filter(|(reason, _)| !(compat && *reason == "fault_in_kernel"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(dropped, 0, "{:?}", report.drops);
+    assert!(report.growth.caveats.iter().any(|c| c.starts_with("a growth profile:")));
+}
+
+/// Every site judged a leak is on a path through `leak_fn`: its own pages, or (on jemalloc)
+/// the allocator's metadata for the slabs it leaks.
+#[track_caller]
+pub fn assert_only_leak_fn_leaks(report: &Report) {
+    let through = |s: &Site| s.stack.iter().any(|f| f.function.as_deref() == Some("leak_fn"));
+    assert!(
+        report.sites.iter().all(|s| s.trend.verdict != Verdict::Leak || through(s)),
+        "only leak_fn leaks: {:#?}",
+        growth_overview(report)
+    );
+}
+
+/// `|estimate - truth| / truth`.
+#[must_use]
+#[expect(clippy::cast_precision_loss, reason = "a ratio")]
+pub fn relative_error(estimate: u64, truth: u64) -> f64 {
+    estimate.abs_diff(truth) as f64 / truth.max(1) as f64
+}
+
+/// The bytes a finished `grower` says it leaked.
+#[must_use]
+pub fn grower_leaked(stdout: &[String]) -> u64 {
+    stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("leaked ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no 'leaked' line: {stdout:#?}"))
 }

@@ -8,7 +8,8 @@
 use leak_tests::{
     assert_absent, assert_no_drops, assert_site, require_root, site, summary, trace_fixture_env,
     truth::{
-        assert_leaker_truth, assert_mapper_truth, assert_whole_stacks, run_to_end, trace_until_exit,
+        assert_grower, assert_leaker_truth, assert_mapper_truth, assert_whole_stacks,
+        grower_leaked, run_to_end, trace_until_exit,
     },
 };
 use leak_user::trace::loader::{BPF_OBJECT_ENV, BpfObject};
@@ -88,6 +89,18 @@ fn run_traces_from_the_first_instruction() {
         assert_site(&report, "ctor_leak", (1024, 2));
         assert_site(&report, "leak_at_start", (3000, 3));
         assert_absent(&report, "no_leak");
+    }
+}
+
+/// A growth profile (page faults, `--mode growth`) names the busy fixture's leak, within 25%
+/// of what it leaked, and nothing else (see tests/growth_profile.rs).
+#[test]
+fn a_growth_profile_names_the_leak_of_a_busy_process() {
+    for (object, env) in objects() {
+        let (done, report) = run_to_end("grower", &["10", "64"], &["--mode", "growth"], &env);
+        assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
+        eprintln!("{object}: {:#?}", leak_tests::truth::growth_overview(&report));
+        assert_grower(&report, grower_leaked(&done.stdout));
     }
 }
 

@@ -2,6 +2,7 @@
 //! index into the loader's hook list). Entry points are thin: count the hit, read the
 //! arguments, call a verb.
 mod alloc;
+mod fault;
 mod free;
 mod mmap;
 mod run;

@@ -14,6 +14,59 @@
 //! above the outermost of those is the allocator's, whatever its frames are named.
 use crate::analysis::{model::Frame, pattern::glob};
 
+/// Functions that first touch memory on behalf of their caller, folded off the top of a growth
+/// profile's stacks (shell patterns): the allocator writing a new chunk's header at the heap's
+/// top, and the C library's string functions filling a block. The site a person reads is the
+/// code that called them; the outermost one folded is named as the site's `wrapper`.
+pub const TOUCHERS: &[&str] = &[
+    // glibc's malloc: its chunk headers (`set_head` at the new top, `sysmalloc`'s fenceposts).
+    "_int_malloc",
+    "_int_memalign",
+    "_int_realloc",
+    "_int_free*",
+    "sysmalloc",
+    "malloc_consolidate",
+    "tcache_init*",
+    "malloc",
+    "__libc_malloc*",
+    // glibc's internal aliases, as inlined frames are named.
+    "__GI___libc_*",
+    "__GI_mem*",
+    "calloc",
+    "__libc_calloc",
+    "realloc",
+    "__libc_realloc",
+    "free",
+    "__libc_free",
+    "operator new*",
+    // The string functions, under their ifunc variants' names too.
+    "memset",
+    "memcpy",
+    "memmove",
+    "mempcpy",
+    "__memset_*",
+    "__memcpy_*",
+    "__memmove_*",
+    "__mempcpy_*",
+    "__wmemset_*",
+    "strcpy",
+    "__strcpy_*",
+    "__stpcpy_*",
+];
+
+/// Libraries whose frames at the top of a growth profile's stacks are folded whatever they are
+/// named: the C library and the allocators, whose internal functions (`_int_malloc`,
+/// `__memset_avx2_unaligned_erms`) have no name without their debug symbols. What they touch
+/// they touch for their caller.
+pub const TOUCHER_MODULES: &[&str] = &[
+    "libc.so*",
+    "libc-*.so",
+    "libjemalloc.so*",
+    "libtcmalloc*.so*",
+    "libmimalloc.so*",
+    "libstdc++.so*",
+];
+
 /// Allocator wrappers of widely used C projects and libraries (shell patterns): functions
 /// whose job is to call the allocator, so that their callers are the sites.
 pub const WRAPPERS: &[&str] = &[
@@ -98,19 +151,25 @@ pub const WRAPPERS: &[&str] = &[
 pub struct Folding {
     /// Extra patterns (`--fold`).
     pub patterns: Vec<String>,
+    /// Patterns of module file names whose frames are folded whatever their names (a growth
+    /// profile's [`TOUCHER_MODULES`]).
+    pub modules: Vec<String>,
 }
 
 impl Folding {
     /// Whether `frame` is an allocator wrapper, built in or named with `--fold`.
     #[must_use]
     pub fn is_wrapper(&self, frame: &Frame) -> bool {
-        frame.function.as_deref().is_some_and(|f| {
-            WRAPPERS
-                .iter()
-                .copied()
-                .chain(self.patterns.iter().map(String::as_str))
-                .any(|p| glob(p, f))
-        })
+        let in_module =
+            frame.module.as_deref().is_some_and(|m| self.modules.iter().any(|p| glob(p, m)));
+        in_module
+            || frame.function.as_deref().is_some_and(|f| {
+                WRAPPERS
+                    .iter()
+                    .copied()
+                    .chain(self.patterns.iter().map(String::as_str))
+                    .any(|p| glob(p, f))
+            })
     }
 }
 
@@ -253,7 +312,7 @@ mod tests {
         assert_eq!(fold_top(&mut deep, &Folding::default()), None);
         assert_eq!(names(&deep), ["parse", "xmalloc", "main"]);
         // A project's own, named with --fold; never the last frame.
-        let mine = Folding { patterns: vec!["my_alloc*".into()] };
+        let mine = Folding { patterns: vec!["my_alloc*".into()], modules: Vec::new() };
         let mut own = vec![frame("my_alloc_zeroed", None), frame("handler", None)];
         assert_eq!(fold_top(&mut own, &mine).as_deref(), Some("my_alloc_zeroed"));
         assert_eq!(names(&own), ["handler"]);

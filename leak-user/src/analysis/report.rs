@@ -21,6 +21,11 @@ pub const REPORT_VERSION: u32 = 1;
 pub struct Report {
     /// Format version: 1 ([`REPORT_VERSION`]).
     pub version: u32,
+    /// What was traced: `exact` (every allocation and free: each site's bytes are allocated
+    /// and not freed) or `growth` (page faults: each site's bytes are memory made resident
+    /// by the stack that first touched it, and still resident; see `resident_bytes`).
+    #[serde(default)]
+    pub mode: Mode,
     /// The traced process.
     pub target: TargetInfo,
     /// Seconds from attach to the final snapshot.
@@ -365,6 +370,25 @@ pub struct TargetInfo {
     pub start_time_ticks: u64,
 }
 
+/// What a report's trace recorded.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every allocation and free, by probes on the allocator.
+    #[default]
+    Exact,
+    /// Memory made resident, by page faults (a growth profile).
+    Growth,
+}
+
+/// What a growth profile measures and what it cannot see: a caveat of every growth report.
+pub const GROWTH_CAVEAT: &str = "a growth profile: bytes are memory made resident, by the \
+     stack that first touched it (often the code that filled a block, not the one that \
+     allocated it); a leak whose blocks the allocator carves from memory already resident \
+     shows only once the heap grows";
+
 /// Totals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Totals {
@@ -383,6 +407,12 @@ pub struct Site {
     pub outstanding_bytes: u64,
     /// Allocations made here and not freed.
     pub outstanding_allocs: u64,
+    /// A growth profile (`mode: growth`): the bytes made resident by this stack's first touch
+    /// and resident still (a huge page counts 2 MiB). `outstanding_bytes` then holds the
+    /// same figure and `outstanding_allocs` the pages, so that every consumer of a site's
+    /// bytes reads the profile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<u64>,
     /// The allocator function called (`malloc`, `calloc`, `realloc`).
     pub allocator_fn: Option<String>,
     /// The allocator wrapper the site's code called, folded off the top of the stack
@@ -484,6 +514,8 @@ pub struct ReportMeta {
     pub probe_cost: Option<ProbeCost>,
     /// The kernel and the BPF object.
     pub kernel: Option<KernelView>,
+    /// What was traced.
+    pub mode: Mode,
 }
 
 /// A memory limit and current usage against it.
@@ -536,6 +568,7 @@ pub fn build(
             id: format!("{:016x}", s.stack_id),
             outstanding_bytes: s.bytes,
             outstanding_allocs: s.count,
+            resident_bytes: (meta.mode == Mode::Growth).then_some(s.bytes),
             allocator_fn: usize::try_from(s.kind)
                 .ok()
                 .and_then(|k| meta.hooks.get(k))
@@ -554,10 +587,14 @@ pub fn build(
         unknown_free: drops.get(leak_common::DropReason::UnknownFree),
     };
     let process = growth.process_view();
-    let growth_view =
+    let mut growth_view =
         growth.view(&sites, &meta.window_text, meta.limit.as_ref(), &evidence, process.as_ref());
+    if meta.mode == Mode::Growth {
+        growth_view.caveats.push(GROWTH_CAVEAT.to_owned());
+    }
     Report {
         version: REPORT_VERSION,
+        mode: meta.mode,
         target: meta.target,
         duration_s: round3(meta.window.end_unix_s - meta.window.start_unix_s),
         totals: Totals { outstanding_bytes: agg.total_bytes, outstanding_allocs: agg.total_count },
@@ -731,6 +768,7 @@ pub(crate) mod tests {
                 sampling: None,
                 probe_cost: None,
                 kernel: None,
+                mode: Mode::Exact,
                 hooks: ["malloc", "free", "calloc"]
                     .iter()
                     .map(|s| HookInfo {
@@ -819,6 +857,7 @@ pub(crate) mod tests {
                 sampling: None,
                 probe_cost: None,
                 kernel: None,
+                mode: Mode::Exact,
             },
             &agg,
             &Stacks { frames: &HashMap::new(), ends: &HashMap::new(), wrappers: &HashMap::new() },

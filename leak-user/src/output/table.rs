@@ -43,10 +43,11 @@ pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
     for (rank, site) in report.sites_by_verdict().into_iter().take(opts.top).enumerate() {
         let _ = write!(
             s,
-            "#{:<3} {:>10} {:>7} alloc{}",
+            "#{:<3} {:>10} {:>7} {}{}",
             rank + 1,
             human_bytes(site.outstanding_bytes),
             site.outstanding_allocs,
+            units(report).1,
             if site.outstanding_allocs == 1 { " " } else { "s" }
         );
         if let Some(d) = opts.deltas.and_then(|m| m.get(&site.id)) {
@@ -72,15 +73,24 @@ fn head(report: &Report, opts: &TableOptions<'_>, label: &str) -> String {
     let _ = writeln!(s, "== {} ==", opts.header);
     let _ = write!(
         s,
-        "{label}{} in {} allocation{}",
+        "{label}{} in {} {}{}",
         human_bytes(report.totals.outstanding_bytes),
         report.totals.outstanding_allocs,
+        units(report).0,
         if report.totals.outstanding_allocs == 1 { "" } else { "s" }
     );
     if let Some(d) = opts.total_delta {
         let _ = write!(s, " ({} since last report)", signed_bytes(d));
     }
     s
+}
+
+/// What a report counts, in full and short: allocations, or a growth profile's pages.
+fn units(report: &Report) -> (&'static str, &'static str) {
+    match report.mode {
+        crate::analysis::report::Mode::Exact => ("allocation", "alloc"),
+        crate::analysis::report::Mode::Growth => ("page", "page"),
+    }
 }
 
 /// `(N more sites, B)` below the `top` shown.
@@ -133,7 +143,11 @@ fn site_verdict(site: &crate::analysis::report::Site) -> String {
 /// Renders the top sites with their stacks.
 #[must_use]
 pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
-    let mut s = head(report, opts, "outstanding: ");
+    let label = match report.mode {
+        crate::analysis::report::Mode::Exact => "outstanding: ",
+        crate::analysis::report::Mode::Growth => "resident (first touched while profiled): ",
+    };
+    let mut s = head(report, opts, label);
     s.push('\n');
     if let Some(sm) = &report.sampling {
         let _ = writeln!(
@@ -162,17 +176,21 @@ pub fn render(report: &Report, opts: &TableOptions<'_>) -> String {
         let _ = writeln!(s, "by age: {}", ages.join(", "));
     }
     if report.sites.is_empty() {
-        s.push_str("no outstanding allocations\n");
+        s.push_str(match report.mode {
+            crate::analysis::report::Mode::Exact => "no outstanding allocations\n",
+            crate::analysis::report::Mode::Growth => "no page made resident is resident still\n",
+        });
         return s;
     }
     s.push('\n');
     for (rank, site) in report.sites_by_verdict().into_iter().take(opts.top).enumerate() {
         let _ = write!(
             s,
-            "#{:<3} {:>10} in {:>6} alloc{}",
+            "#{:<3} {:>10} in {:>6} {}{}",
             rank + 1,
             human_bytes(site.outstanding_bytes),
             site.outstanding_allocs,
+            units(report).1,
             if site.outstanding_allocs == 1 { " " } else { "s" }
         );
         if let Some(d) = opts.deltas.and_then(|m| m.get(&site.id)) {

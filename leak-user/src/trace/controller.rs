@@ -19,7 +19,8 @@ use log::{debug, info, warn};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 use crate::{
-    config::{LEAK_FOUND_EXIT, TraceConfig},
+    analysis::report::AllocatorInfo,
+    config::{LEAK_FOUND_EXIT, Mode, TraceConfig},
     error::Error,
     output, procfs,
     runtime::{Sampler, Signals, deadline},
@@ -363,6 +364,9 @@ impl<'a> Controller<'a> {
 
     /// Plans and attaches the probes of stopped process `pid`, starts its session, resumes it.
     fn start_session(&mut self, pid: u32) -> Result<(), Error> {
+        if self.cfg.mode == Mode::Growth {
+            return self.start_profile(pid);
+        }
         let plan = match target::plan_for_pid(pid, self.cfg.lib.as_deref()) {
             Ok(plan) => plan,
             Err(e) if pid != self.root => {
@@ -385,6 +389,30 @@ impl<'a> Controller<'a> {
         if pid == self.root {
             self.root_attached = true;
         }
+        let _ = tracee::cont(pid, 0);
+        Ok(())
+    }
+
+    /// [`Self::start_session`] of a growth profile: the root's page-fault events, which the
+    /// processes it starts inherit (so a child needs none of its own: its faults count under
+    /// its own pid, and the filter lets them through only with `--follow-forks`).
+    fn start_profile(&mut self, pid: u32) -> Result<(), Error> {
+        let links = if pid == self.root {
+            let links = self.tracer.attach_faults(nonzero(pid)?)?;
+            eprintln!("attached to PID {pid} (a growth profile: page faults)");
+            self.root_attached = true;
+            links
+        } else {
+            self.tracer.load_unwind_tables(pid);
+            Links::default()
+        };
+        let allocator = target::plan_for_pid(pid, self.cfg.lib.as_deref())
+            .map(|p| AllocatorInfo { probes: Vec::new(), ..p.allocator_info() })
+            .unwrap_or_default();
+        let cfg = self.cfg_for(pid);
+        let session = Session::new(pid, cfg, allocator, session::growth_hooks());
+        self.sessions.insert(pid, session);
+        self.procs.insert(pid, Proc::Traced(links));
         let _ = tracee::cont(pid, 0);
         Ok(())
     }

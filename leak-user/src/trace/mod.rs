@@ -17,6 +17,7 @@ pub mod debuginfo;
 pub mod elf;
 pub mod hooks;
 pub mod loader;
+pub mod pagemap;
 pub mod placement;
 pub mod preflight;
 pub mod runner;

@@ -160,7 +160,16 @@ impl Session {
         };
         let period = cfg.sample_period().as_secs_f64();
         let symbolizer = ProcessSymbolizer::new(pid, &cfg.debug_dirs);
-        let folding = crate::analysis::plumbing::Folding { patterns: cfg.fold.clone() };
+        let mut patterns = cfg.fold.clone();
+        let mut modules = Vec::new();
+        // A growth profile's stacks start where memory was touched: in malloc or memset
+        // more often than not, whose callers are the sites.
+        if cfg.mode == crate::config::Mode::Growth {
+            use crate::analysis::plumbing::{TOUCHER_MODULES, TOUCHERS};
+            patterns.extend(TOUCHERS.iter().map(|p| (*p).to_owned()));
+            modules.extend(TOUCHER_MODULES.iter().map(|p| (*p).to_owned()));
+        }
+        let folding = crate::analysis::plumbing::Folding { patterns, modules };
         Self {
             pid,
             cfg,
@@ -284,6 +293,7 @@ impl Session {
             sampling: self.sampling_view(&agg),
             probe_cost: self.cfg.probe_cost,
             kernel: Some(kernel_view()),
+            mode: self.cfg.mode.report(),
         };
         let analysis = Analysis::of(&self.history, &self.params());
         let stacks =
@@ -736,6 +746,13 @@ pub async fn trace(
     let snap = tracer.snapshot()?;
     let report = session.finish(&snap, tracer, end)?;
     Ok((report, end))
+}
+
+/// The one "hook" of a growth profile: page faults (their hit counter, the `kind` of their
+/// records, `leak_common::FAULT_HOOK`).
+#[must_use]
+pub fn growth_hooks() -> Vec<HookInfo> {
+    vec![HookInfo { symbol: "page_fault".into(), display: "page fault".into(), has_exit: false }]
 }
 
 /// Start of the warning [`Session`] logs when the kernel's site totals and the records differ

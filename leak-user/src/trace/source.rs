@@ -7,13 +7,15 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use leak_common::{
-    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_HITS, MAP_HOOK_IPS, MAP_MMAP_COUNTS, MAP_MMAPS,
-    MAP_SITES, MAP_STACKS, SiteKey, SiteTotal as BpfSiteTotal, StackTrace,
+    AllocInfo, AllocKey, MAP_ALLOCS, MAP_DROPS, MAP_FAULT_STACKS, MAP_HITS, MAP_HOOK_IPS,
+    MAP_MMAP_COUNTS, MAP_MMAPS, MAP_PAGES, MAP_SITES, MAP_STACKS, SiteKey,
+    SiteTotal as BpfSiteTotal, StackTrace,
 };
 
 use crate::{
     analysis::model::{Allocation, DropCounts, ProbeHits, SiteTotal, Snapshot, Totals},
     trace::loader::Tracer,
+    trace::pagemap::{PageState, Pagemap},
 };
 
 /// Errors reading the maps.
@@ -79,6 +81,9 @@ pub struct RawStack {
 
 impl AllocSource for Tracer {
     fn snapshot(&mut self) -> Result<Snapshot, SourceError> {
+        if self.growth {
+            return self.resident_pages();
+        }
         // Read the clock before walking the map: allocations made during the walk then have
         // timestamps after `taken_ns` and count as age 0, never as negative ages.
         let taken_ns = monotonic_ns();
@@ -110,6 +115,9 @@ impl AllocSource for Tracer {
     }
 
     fn totals(&mut self) -> Result<Totals, SourceError> {
+        if self.growth {
+            return Ok(totals_of(&self.resident_pages()?));
+        }
         let taken_ns = monotonic_ns();
         let Some(Map::HashMap(map)) = self.ebpf.map(MAP_SITES) else {
             return Err(SourceError::MissingMap(MAP_SITES));
@@ -148,6 +156,12 @@ impl AllocSource for Tracer {
     }
 
     fn purge(&mut self, tgid: u32) -> Result<usize, SourceError> {
+        if self.growth {
+            let pages = self.entries_of::<AllocKey, AllocInfo>(MAP_PAGES, |k| k.tgid == tgid)?;
+            delete_all(&self.ebpf, MAP_PAGES, &pages)?;
+            self.last_resident.remove(&tgid);
+            return Ok(pages.len());
+        }
         let mut n = self.table.remove_process(tgid);
         self.sites.remove_process(tgid);
         let allocs = self.entries_of::<AllocKey, AllocInfo>(MAP_ALLOCS, |k| k.tgid == tgid)?;
@@ -170,6 +184,11 @@ impl AllocSource for Tracer {
     }
 
     fn copy_process(&mut self, from: u32, to: u32) -> Result<usize, SourceError> {
+        // A growth profile: the pages a child shares with its parent are the parent's; what
+        // it writes it copies, faulting, and that is its own growth.
+        if self.growth {
+            return Ok(0);
+        }
         let mut allocs = Vec::new();
         self.table.records(|k, v| {
             if k.tgid == from {
@@ -221,21 +240,95 @@ impl AllocSource for Tracer {
     }
 
     fn stack(&mut self, stack_id: u64) -> Result<Option<RawStack>, SourceError> {
-        let map = self.ebpf.map(MAP_STACKS).ok_or(SourceError::MissingMap(MAP_STACKS))?;
+        let name = if self.growth { MAP_FAULT_STACKS } else { MAP_STACKS };
+        let map = self.ebpf.map(name).ok_or(SourceError::MissingMap(name))?;
         let stacks: BpfHashMap<&MapData, u64, StackTrace> = BpfHashMap::try_from(map)
-            .map_err(|e| SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) })?;
+            .map_err(|e| SourceError::Read { map: name, source: io::Error::other(e) })?;
         match stacks.get(&stack_id, 0) {
             Ok(trace) => Ok(Some(RawStack {
                 ips: trace.frames().to_vec(),
                 end: crate::analysis::model::StackEnd::from_code(trace.end()),
             })),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(SourceError::Read { map: MAP_STACKS, source: io::Error::other(e) }),
+            Err(e) => Err(SourceError::Read { map: name, source: io::Error::other(e) }),
         }
     }
 }
 
 impl Tracer {
+    /// A growth profile's snapshot: the recorded pages that `/proc/PID/pagemap` shows
+    /// resident and the process's own, each an allocation of its page's size. Pages released
+    /// since are deleted (the next fault there is new growth). A process whose pagemap cannot
+    /// be read (it has exited) keeps the pages last seen resident: its memory at the end.
+    fn resident_pages(&mut self) -> Result<Snapshot, SourceError> {
+        let taken_ns = monotonic_ns();
+        let started = std::time::Instant::now();
+        let mut pages = self.entries_of::<AllocKey, AllocInfo>(MAP_PAGES, |_| true)?;
+        pages.sort_unstable_by_key(|(k, _)| (k.tgid, k.addr));
+        let mut allocations = Vec::new();
+        let mut gone = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        for group in pages.chunk_by(|a, b| a.0.tgid == b.0.tgid) {
+            let tgid = group[0].0.tgid;
+            let addrs: Vec<u64> = group.iter().map(|(k, _)| k.addr).collect();
+            let states = if let Ok(states) = Pagemap::open(tgid).and_then(|p| p.states(&addrs)) {
+                states
+            } else {
+                // Exited: as last seen.
+                let last = self.last_resident.get(&tgid).unwrap_or(&self.no_pages);
+                group
+                    .iter()
+                    .map(|(k, _)| last.get(k).map_or(PageState::Gone, |s| PageState::Resident(*s)))
+                    .collect()
+            };
+            let mut resident = hashbrown::HashMap::new();
+            for ((key, info), state) in group.iter().zip(states) {
+                let size = match state {
+                    PageState::Resident(size) => size,
+                    PageState::Gone => {
+                        gone.push((*key, ()));
+                        continue;
+                    }
+                    PageState::NotOwn | PageState::Swapped => continue,
+                };
+                resident.insert(*key, size);
+                allocations.push(Allocation {
+                    addr: key.addr,
+                    size,
+                    timestamp_ns: info.timestamp_ns,
+                    stack_id: info.stack_id,
+                    tgid: key.tgid,
+                    kind: info.kind,
+                });
+            }
+            seen.insert(tgid, resident);
+        }
+        // A process that has exited keeps its last pages for its final report; the others'
+        // are replaced.
+        for (tgid, resident) in seen {
+            if procfs_alive(tgid) {
+                self.last_resident.insert(tgid, resident);
+            }
+        }
+        if !gone.is_empty() {
+            // Pages of an exited process are not deleted here: `purge` forgets them.
+            let gone: Vec<(AllocKey, ())> =
+                gone.into_iter().filter(|(k, ())| procfs_alive(k.tgid)).collect();
+            delete_all(&self.ebpf, MAP_PAGES, &gone)?;
+        }
+        let mut drops = DropCounts::default();
+        read_counters(&self.ebpf, MAP_DROPS, &mut drops.0)?;
+        let mut hits = ProbeHits::default();
+        read_counters(&self.ebpf, MAP_HITS, &mut hits.0)?;
+        log::debug!(
+            "growth snapshot: {} pages resident of {} recorded, in {:.1?}",
+            allocations.len(),
+            pages.len(),
+            started.elapsed()
+        );
+        Ok(Snapshot { taken_ns, allocations, drops, hits })
+    }
+
     /// The entries of a hash map whose key passes `keep`.
     fn entries_of<K: aya::Pod + Default, V: aya::Pod + Default>(
         &self,
@@ -257,6 +350,28 @@ impl Tracer {
         BpfHashMap::try_from(map)
             .map_err(|e| SourceError::Read { map: name, source: io::Error::other(e) })
     }
+}
+
+/// Whether process `tgid` still has its memory (not exited, not a zombie).
+fn procfs_alive(tgid: u32) -> bool {
+    std::fs::metadata(format!("/proc/{tgid}/pagemap")).is_ok()
+        && std::fs::read_to_string(format!("/proc/{tgid}/statm"))
+            .is_ok_and(|s| !s.starts_with("0 "))
+}
+
+/// Per-site totals summed from a snapshot's records.
+fn totals_of(snap: &Snapshot) -> Totals {
+    let mut sum: hashbrown::HashMap<(u64, u32), (u64, u64)> = hashbrown::HashMap::new();
+    for a in &snap.allocations {
+        let e = sum.entry((a.stack_id, a.tgid)).or_default();
+        e.0 += a.size;
+        e.1 += 1;
+    }
+    let sites = sum
+        .into_iter()
+        .map(|((stack_id, tgid), (bytes, count))| SiteTotal { stack_id, tgid, bytes, count })
+        .collect();
+    Totals { taken_ns: snap.taken_ns, sites, hits: snap.hits.clone() }
 }
 
 /// Deletes the keys of `entries` from hash map `name`.

@@ -112,6 +112,9 @@ impl Features {
                  unmap_unchecked drop is counted",
                 "unwind-table walks verified as a bounded loop (no bpf_loop before 5.17): \
                  slower to load, no memo of the last walk",
+                "a growth profile's pages first touched inside a system call (a read() into \
+                 fresh memory) are recorded without a stack (no bpf_task_pt_regs before \
+                 5.15): a fault_in_kernel drop is counted",
             ],
         }
     }
@@ -182,6 +185,6 @@ mod tests {
         let f = Features { bpf_loop: false, ..all(true) };
         assert_eq!(f.object(), BpfObject::Compat);
         assert!(Features::degradations(BpfObject::Full).is_empty());
-        assert_eq!(Features::degradations(BpfObject::Compat).len(), 4);
+        assert_eq!(Features::degradations(BpfObject::Compat).len(), 5);
     }
 }

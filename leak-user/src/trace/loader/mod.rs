@@ -4,7 +4,10 @@ use std::{num::NonZeroU32, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, UProbe,
+        PerfEvent, ProgramError, UProbe,
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -12,7 +15,7 @@ use aya_log::EbpfLogger;
 use leak_common::{
     COOKIE_AFTER_SYSCALL, COOKIE_CALIBRATION, COOKIE_NOTE_FREE, DEFAULT_MAX_STACKS,
     GLOBAL_FILTER_TGID, GLOBAL_PROBE_FLOOR, GLOBAL_SAMPLE_MEAN, GLOBAL_TRACE, MAP_ALLOCS,
-    MAP_SAMPLE_GAPS, MAP_SITES, MAP_STACKS, PROGRAM_ENTRY_STOP, Program,
+    MAP_SAMPLE_GAPS, MAP_SITES, MAP_STACKS, PROGRAM_ENTRY_STOP, PROGRAM_PAGE_FAULT, Program,
 };
 use log::{debug, warn};
 
@@ -254,6 +257,10 @@ pub struct LoadOptions {
     pub unwind_rows: u32,
     /// The BPF object to load (`None`: the one for this kernel, see [`kernel`]).
     pub object: Option<BpfObject>,
+    /// A growth profile (the page-fault program) instead of the allocator's probes.
+    pub growth: bool,
+    /// Capacity of the growth profile's page map.
+    pub max_pages: u32,
 }
 
 impl Default for LoadOptions {
@@ -268,6 +275,8 @@ impl Default for LoadOptions {
             unwind: leak_common::UNWIND_FP,
             unwind_rows: leak_common::DEFAULT_UNWIND_ROWS,
             object: None,
+            growth: false,
+            max_pages: leak_common::DEFAULT_MAX_PAGES,
         }
     }
 }
@@ -287,6 +296,14 @@ pub struct Tracer {
     pub(crate) sites: SiteTable,
     /// The object loaded.
     object: BpfObject,
+    /// A growth profile: snapshots are of resident pages (see `source`).
+    pub(crate) growth: bool,
+    /// A growth profile: each process's pages resident at the last snapshot, and their
+    /// sizes (its final report, once it has exited and its pagemap is gone).
+    pub(crate) last_resident:
+        std::collections::HashMap<u32, hashbrown::HashMap<leak_common::AllocKey, u64>>,
+    /// An empty set of pages.
+    pub(crate) no_pages: hashbrown::HashMap<leak_common::AllocKey, u64>,
 }
 
 /// The objects whose unwind rows are in `UNWIND_ROWS`.
@@ -321,20 +338,25 @@ struct ObjectRows {
 
 /// The probes attached for one process, to detach them when it execs or exits (and, for the
 /// compatible object, their entries in `HOOK_IPS`).
+/// A growth profile's are its page-fault events, one per thread it found.
 #[derive(Debug, Default)]
-pub struct Links(Vec<(&'static str, UProbeLinkId)>, Vec<leak_common::AllocKey>);
+pub struct Links(
+    Vec<(&'static str, UProbeLinkId)>,
+    Vec<leak_common::AllocKey>,
+    Vec<PerfEventLinkId>,
+);
 
 impl Links {
-    /// Number of probes.
+    /// Number of probes (or page-fault events).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.len() + self.2.len()
     }
 
     /// No probes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.2.is_empty()
     }
 }
 
@@ -345,7 +367,13 @@ impl Tracer {
     /// See [`LoaderError`].
     pub fn load(opts: LoadOptions) -> Result<Self, LoaderError> {
         let (mut ebpf, object) = Self::open(&opts)?;
-        for name in program_names() {
+        // A growth profile needs no allocator probe: not verifying them saves the time.
+        let names: Vec<&'static str> = if opts.growth {
+            vec![PROGRAM_PAGE_FAULT, PROGRAM_ENTRY_STOP]
+        } else {
+            Program::ALL.iter().map(|p| p.name()).chain([PROGRAM_ENTRY_STOP]).collect()
+        };
+        for name in names {
             load_program(&mut ebpf, name, object)?;
         }
         Self::finish(ebpf, object, &opts)
@@ -387,6 +415,19 @@ impl Tracer {
             .map_max_entries(MAP_STACKS, opts.max_stacks)
             // A stack can be a site in a parent and in its forked children.
             .map_max_entries(MAP_SITES, opts.max_stacks.saturating_mul(2))
+            // Preallocated (see `leak_common::MAP_PAGES`): one entry unless a profile runs.
+            .map_max_entries(
+                leak_common::MAP_PAGES,
+                if opts.growth { opts.max_pages.max(1) } else { 1 },
+            )
+            .map_max_entries(
+                leak_common::MAP_FAULT_STACKS,
+                if opts.growth {
+                    opts.max_stacks.clamp(1, leak_common::DEFAULT_MAX_FAULT_STACKS)
+                } else {
+                    1
+                },
+            )
             .load(object_bytes(object))
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
         Ok((ebpf, object))
@@ -417,6 +458,9 @@ impl Tracer {
             table,
             sites,
             object,
+            growth: opts.growth,
+            last_resident: std::collections::HashMap::new(),
+            no_pages: hashbrown::HashMap::new(),
         })
     }
 
@@ -607,6 +651,14 @@ impl Tracer {
                 let _ = map.remove(key);
             }
         }
+        for id in links.2 {
+            self.attached = self.attached.saturating_sub(1);
+            if let Ok(prog) = perf_event(&mut self.ebpf, PROGRAM_PAGE_FAULT)
+                && let Err(e) = prog.detach(id)
+            {
+                debug!("detaching {PROGRAM_PAGE_FAULT}: {e}");
+            }
+        }
         for (name, id) in links.0 {
             self.attached = self.attached.saturating_sub(1);
             if let Ok(prog) = uprobe(&mut self.ebpf, name)
@@ -669,6 +721,61 @@ impl Tracer {
         self.attached
     }
 
+    /// Starts a growth profile of process `pid`: the page-fault program on a software event
+    /// of each of its threads, inherited by the threads and children they start. Threads are
+    /// listed until a pass finds no new one, so one started meanwhile by a thread not yet
+    /// covered is found too. (One event per thread rather than per CPU: a per-CPU event
+    /// would run the program for every fault on the machine.)
+    ///
+    /// # Errors
+    /// An event could not be opened or attached.
+    pub fn attach_faults(&mut self, pid: NonZeroU32) -> Result<Links, LoaderError> {
+        self.load_unwind_tables(pid.get());
+        let mut links = Links::default();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            let new: Vec<u32> = tasks.into_iter().filter(|t| seen.insert(*t)).collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                let attached = perf_event(&mut self.ebpf, PROGRAM_PAGE_FAULT)?.attach(
+                    PerfEventConfig::Software(SoftwareEvent::PageFaults),
+                    PerfEventScope::OneProcess { pid: tid, cpu: None },
+                    SamplePolicy::Period(1),
+                    true,
+                );
+                match attached {
+                    Ok(link) => links.2.push(link),
+                    // The thread ended meanwhile.
+                    Err(ProgramError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => {
+                        self.detach(links);
+                        return Err(LoaderError::Attach {
+                            program: PROGRAM_PAGE_FAULT,
+                            target: format!("page faults of thread {tid} of pid {pid}"),
+                            offset: 0,
+                            source: Box::new(e),
+                        });
+                    }
+                }
+            }
+        }
+        if links.is_empty() {
+            return Err(LoaderError::Object(format!("pid {pid} has no threads left to profile")));
+        }
+        self.attached += links.len();
+        debug!("page-fault events on {} threads of pid {pid}", links.len());
+        Ok(links)
+    }
+
     /// Attaches the program that SIGSTOPs process `pid` when it reaches `exe`'s entry point.
     ///
     /// # Errors
@@ -692,7 +799,7 @@ impl Tracer {
                 offset: entry_offset,
                 source: Box::new(e),
             })?;
-        Ok(Links(vec![(PROGRAM_ENTRY_STOP, link)], Vec::new()))
+        Ok(Links(vec![(PROGRAM_ENTRY_STOP, link)], Vec::new(), Vec::new()))
     }
 
     /// Measures what a probe hit costs a thread here: the time of a call to a function of our
@@ -776,14 +883,18 @@ pub struct ProgramCheck {
 
 /// Every program of the object, in load order.
 fn program_names() -> impl Iterator<Item = &'static str> {
-    Program::ALL.iter().map(|p| p.name()).chain(std::iter::once(PROGRAM_ENTRY_STOP))
+    Program::ALL.iter().map(|p| p.name()).chain([PROGRAM_ENTRY_STOP, PROGRAM_PAGE_FAULT])
 }
 
 /// Loads program `name`; a verifier rejection becomes [`LoaderError::Rejected`], its log
 /// printed line by line at `-v`.
 fn load_program(ebpf: &mut Ebpf, name: &'static str, object: BpfObject) -> Result<(), LoaderError> {
-    let prog = uprobe(ebpf, name)?;
-    match prog.load() {
+    let loaded = if name == PROGRAM_PAGE_FAULT {
+        perf_event(ebpf, name)?.load()
+    } else {
+        uprobe(ebpf, name)?.load()
+    };
+    match loaded {
         Ok(()) => Ok(()),
         // EACCES with a log is the verifier saying no (EPERM is the privilege check).
         Err(ProgramError::LoadError { io_error, verifier_log })
@@ -826,6 +937,16 @@ fn site_buckets(object: BpfObject, opts: &LoadOptions) -> u32 {
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoaderError> {
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::Missing(name))?
+        .try_into()
+        .map_err(|e| LoaderError::Program { program: name, source: Box::new(e) })
+}
+
+fn perf_event<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut PerfEvent, LoaderError> {
     ebpf.program_mut(name)
         .ok_or(LoaderError::Missing(name))?
         .try_into()

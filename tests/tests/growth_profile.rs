@@ -1,0 +1,107 @@
+//! The growth profile (`--mode growth`): page faults, not allocator calls, attributed to the
+//! stack that first touched each page, kept while the page is resident. The busy fixture
+//! (`grower`) churns millions of malloc/free calls a second beside a slow leak, a cache that
+//! fills and then reuses its memory, and a 4 MiB scratch buffer mapped and unmapped every 20
+//! ms. Its ground truth: the bytes `leak_fn` leaked (it prints them). Pages make the figure
+//! approximate: the bound is 25%.
+use leak_tests::{
+    Fixture, Leak, fixture, read_report, require_root, run_with_report,
+    truth::{
+        assert_grower, assert_only_leak_fn_leaks, grower_leaked, growth_overview, relative_error,
+        resident, sites_of,
+    },
+};
+use leak_user::analysis::trend::Verdict;
+
+/// `leak run --mode growth`: the whole run profiled from the first instruction.
+#[test]
+fn a_run_names_the_leak_of_a_busy_process() {
+    let grower = fixture("grower");
+    let (done, _dir, json) =
+        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert!(
+        done.stderr
+            .iter()
+            .any(|l| l.starts_with("attached to PID ") && l.contains("growth profile")),
+        "{:#?}",
+        done.stderr
+    );
+    let report = read_report(&json);
+    assert_grower(&report, grower_leaked(&done.stdout));
+    assert!(report.probe_hits["page_fault_enter"] > 0);
+}
+
+/// Leaked blocks that are mappings of their own (the first touch is the code's `memset`).
+#[test]
+fn a_leak_of_mappings_is_named_too() {
+    let grower = fixture("grower");
+    let (done, _dir, json) =
+        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64", "mmap"]);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+}
+
+/// The same on jemalloc, which never touches the memory it hands out.
+#[test]
+fn a_leak_on_jemalloc_is_named_too() {
+    let grower = fixture("grower-jemalloc");
+    let (done, _dir, json) =
+        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+}
+
+/// `leak attach --mode growth` to a process already running: what it leaks while profiled,
+/// at 64 KiB a second.
+#[test]
+fn an_attach_profiles_a_running_process() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let mut cmd = std::process::Command::new(fixture("grower"));
+    cmd.args(["30", "64"]);
+    let grower = Fixture::start_command(cmd);
+    // Its start-up's pages are behind it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let leak = Leak::attach(
+        grower.pid(),
+        &["--mode", "growth", "--duration", "8s", "--json", json.to_str().unwrap()],
+    );
+    let done = leak.wait();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    let report = read_report(&json);
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "bytes")]
+    let expected = (64.0 * 1024.0 * report.duration_s) as u64;
+    let leaks = sites_of(&report, "leak_fn");
+    let bytes = resident(&leaks);
+    let off = relative_error(bytes, expected);
+    assert!(
+        off <= 0.25,
+        "leak_fn: {bytes} resident, about {expected} leaked: {:#?}",
+        growth_overview(&report)
+    );
+    assert!(
+        leaks.iter().any(|s| s.trend.verdict == Verdict::Leak),
+        "{:#?}",
+        growth_overview(&report)
+    );
+    assert_only_leak_fn_leaks(&report);
+    drop(grower);
+}
+
+/// A busy process that does not leak gets no leak verdict: the churn, the cache and the
+/// scratch buffer are not growth.
+#[test]
+fn a_steady_busy_process_gets_no_leak_verdict() {
+    let grower = fixture("grower");
+    let (done, _dir, json) =
+        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "12", "0"]);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    let report = read_report(&json);
+    assert!(
+        report.sites.iter().all(|s| s.trend.verdict != Verdict::Leak),
+        "{:#?}",
+        growth_overview(&report)
+    );
+}
