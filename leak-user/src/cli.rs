@@ -89,6 +89,11 @@ pub struct AgentArgs {
     /// How long the probes stay on a process judged leaking.
     #[arg(long, visible_alias = "escalate", default_value = "2m", value_parser = parse_trace_for, value_name = "DURATION")]
     pub trace_for: Duration,
+    /// What a process judged leaking gets: `growth` (a growth profile from page faults: its
+    /// cost follows the growth, whatever the allocation rate) or `exact` (every allocation,
+    /// by probes on the allocator: exact bytes, at a trap per allocator call).
+    #[arg(long, value_enum, default_value = "growth")]
+    pub escalate_mode: crate::config::Mode,
     /// Processes traced at once, at most.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_traced: u64,
@@ -159,6 +164,11 @@ pub struct WatchArgs {
     /// (leak-COMM-PID.json, .html, .svg and .pb.gz in --out-dir). Needs root.
     #[arg(long, visible_alias = "escalate", value_parser = parse_trace_for, value_name = "DURATION")]
     pub trace_for: Option<Duration>,
+    /// What --trace-for attaches: `growth` (a growth profile from page faults: its cost
+    /// follows the growth, whatever the allocation rate) or `exact` (every allocation, by
+    /// probes on the allocator: exact bytes, at a trap per allocator call).
+    #[arg(long, value_enum, default_value = "growth")]
+    pub escalate_mode: crate::config::Mode,
     /// Each trace stops once its probes cost the traced process more than this share of a
     /// CPU (default: no limit).
     #[arg(long, visible_alias = "overhead-budget", value_parser = parse_percent, value_name = "PERCENT", requires = "trace_for")]
@@ -476,6 +486,7 @@ impl From<CliCommand> for Command {
                 duration: w.duration,
                 min_growth: w.min_growth,
                 escalate: w.trace_for,
+                escalate_mode: w.escalate_mode,
                 out_dir: w.out_dir,
                 json: w.json,
                 html: w.html,
@@ -506,6 +517,7 @@ impl From<CliCommand> for Command {
                 duration: a.duration,
                 min_growth: a.min_growth,
                 escalate: Some(a.trace_for),
+                escalate_mode: a.escalate_mode,
                 out_dir: a.out_dir,
                 json: None,
                 html: None,

@@ -275,6 +275,8 @@ pub struct WatchConfig {
     pub min_growth: u64,
     /// Attach the probes to a process judged leaking, for this long.
     pub escalate: Option<Duration>,
+    /// What an escalation traces (`--escalate-mode`): a growth profile unless asked.
+    pub escalate_mode: Mode,
     /// Where the escalations' reports go.
     pub out_dir: PathBuf,
     /// The watch report.

@@ -515,6 +515,25 @@ pub fn frame0(site: &Site) -> Option<&str> {
     site.stack.first().and_then(|f| f.function.as_deref())
 }
 
+/// A growth profile's largest site whose frame 0 is `function` (a function touching memory
+/// on two lines is two sites), asserting that the report is a growth profile and the site
+/// holds resident pages.
+#[track_caller]
+#[must_use]
+pub fn growth_site<'a>(report: &'a Report, function: &str) -> &'a Site {
+    assert_eq!(report.mode, leak_user::analysis::report::Mode::Growth, "a growth profile");
+    let s = report
+        .sites
+        .iter()
+        .filter(|s| frame0(s) == Some(function))
+        .max_by_key(|s| s.outstanding_bytes)
+        .unwrap_or_else(|| panic!("no site at {function}: {:#?}", summary(report)));
+    assert!(s.outstanding_allocs > 0);
+    assert_eq!(s.resident_bytes, Some(s.outstanding_bytes));
+    assert_eq!(s.outstanding_bytes % 4096, 0, "whole pages");
+    s
+}
+
 /// `(frame 0, bytes, allocs)` of every site, for failure messages.
 #[must_use]
 pub fn summary(report: &Report) -> Vec<(String, u64, u64)> {

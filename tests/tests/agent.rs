@@ -11,7 +11,7 @@ use std::{
 
 use leak_tests::{
     FakeKubeApi, Fixture, Leak, PodCgroup, fixture, go_pprof_samples, http_get, http_get_text,
-    require_root, serving_addr, site, systemd_pod_cgroup, systemd_pod_cgroup_of,
+    require_root, serving_addr, systemd_pod_cgroup, systemd_pod_cgroup_of,
 };
 
 /// A leaking `cacher` in a kubelet-style pod cgroup and, as in a container, in its own mount
@@ -172,9 +172,9 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     let report: leak_tests::Report =
         serde_json::from_str(&http_get_text(&addr, &format!("/api/v1/reports/{id}"))).unwrap();
     assert_eq!(report.target.pid, target.pid());
-    let leak = site(&report, "leak_fn");
-    assert!(leak.outstanding_allocs > 0);
-    assert_eq!(leak.outstanding_bytes, leak.outstanding_allocs * 1024);
+    // Escalated to a growth profile by default: the leak's pages, by the stack that touched
+    // them (malloc's header and the fixture's memset: one site per line of leak_fn).
+    let leak = leak_tests::growth_site(&report, "leak_fn");
     let svg = http_get_text(&addr, &format!("/api/v1/reports/{id}/flamegraph.svg"));
     // The page to look at, self-contained: the site's chart, its stack, the flame graphs.
     let html = http_get_text(&addr, &format!("/api/v1/reports/{id}/report.html"));
@@ -187,11 +187,13 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     let profile_path = dir.path().join("profile.pb.gz");
     std::fs::write(&profile_path, &profile).unwrap();
     let samples = go_pprof_samples(&profile_path, dir.path());
-    assert_eq!(
-        samples["leak_fn"],
-        (leak.outstanding_allocs, leak.outstanding_bytes),
-        "go tool pprof reads the served profile: {samples:#?}"
-    );
+    // Its sites at leak_fn, summed: one function to pprof.
+    let leak_fn = report
+        .sites
+        .iter()
+        .filter(|s| leak_tests::frame0(s) == Some("leak_fn"))
+        .fold((0, 0), |(n, b), s| (n + s.outstanding_allocs, b + s.outstanding_bytes));
+    assert_eq!(samples["leak_fn"], leak_fn, "go tool pprof reads the served profile: {samples:#?}");
     assert_eq!(http_get(&addr, "/api/v1/reports/nope").0, 404);
 
     // Metrics: the process's verdict with its pod, the traced site, the agent's own cost.
@@ -217,8 +219,11 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
 
     // Prometheus scrapes the agent and answers a query for the traced site.
     let prometheus = Prometheus::start(dir.path(), &addr);
-    let query =
-        format!("leak_site_outstanding_bytes{{function=\"leak_fn\",pid=\"{}\"}}", target.pid());
+    let query = format!(
+        "leak_site_outstanding_bytes{{function=\"leak_fn\",pid=\"{}\",site=\"{}\"}}",
+        target.pid(),
+        leak.id
+    );
     let result = prometheus.query_until(&query, |r| !r.is_empty());
     assert_eq!(result[0]["metric"]["pod_uid"], uid.as_str(), "{result:#?}");
     assert_eq!(result[0]["value"][1], leak.outstanding_bytes.to_string(), "{result:#?}");

@@ -93,7 +93,7 @@ fn run_traces_from_the_first_instruction() {
 }
 
 /// A growth profile (page faults, `--mode growth`) names the busy fixture's leak, within 25%
-/// of what it leaked, and nothing else (see tests/growth_profile.rs).
+/// of what it leaked, and nothing else (see `tests/growth_profile.rs`).
 #[test]
 fn a_growth_profile_names_the_leak_of_a_busy_process() {
     for (object, env) in objects() {

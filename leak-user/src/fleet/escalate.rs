@@ -28,6 +28,7 @@ pub struct Escalator {
     out_dir: PathBuf,
     max: usize,
     max_overhead: Option<u32>,
+    mode: crate::config::Mode,
     queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
     /// The running `leak attach` children, with their index in `done`.
     running: Vec<(Child, usize)>,
@@ -56,6 +57,7 @@ impl Escalator {
         max_overhead: Option<u32>,
     ) -> Self {
         Self {
+            mode: crate::config::Mode::Exact,
             duration,
             out_dir,
             max: max.max(1),
@@ -184,6 +186,7 @@ impl Escalator {
         let exe = std::env::current_exe().map_err(Error::io("finding the leak executable"))?;
         let child = Command::new(exe)
             .args(["attach", "--pid", &pid.to_string(), "--duration", &ms(self.duration)])
+            .args(["--mode", self.mode.name()])
             .args(["--interval", &ms(self.duration * 2), "--sample-interval", &ms(sample)])
             .arg("--json")
             .arg(&json)
@@ -209,6 +212,13 @@ impl Escalator {
         });
         self.running.push((child, self.done.len() - 1));
         Ok(())
+    }
+
+    /// Escalations trace `mode` (`leak attach --mode`).
+    #[must_use]
+    pub fn tracing(mut self, mode: crate::config::Mode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Pids of the running escalations (not to be watched themselves).

@@ -623,6 +623,7 @@ fn escalator_for(cfg: &WatchConfig) -> Option<Escalator> {
     cfg.escalate.map(|d| {
         Escalator::new(d, cfg.out_dir.clone(), cfg.max_traced, cfg.max_overhead)
             .keeping(cfg.keep_reports)
+            .tracing(cfg.escalate_mode)
     })
 }
 
