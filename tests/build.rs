@@ -160,6 +160,13 @@ fn cxx_fixtures(src: &Path, out: &Path) {
         .status()
         .expect("run c++");
     assert!(status.success(), "c++ failed for fixture cxx-leaker-nofp");
+    let status = Command::new("c++")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread", "-o"])
+        .arg(out.join("grower-cxx"))
+        .arg(src.join("grower.cpp"))
+        .status()
+        .expect("run c++");
+    assert!(status.success(), "c++ failed for fixture grower-cxx");
 }
 
 /// The Rust fixtures, on the system allocator.
@@ -196,6 +203,15 @@ fn rust_fixtures(src: &Path, out: &Path) {
             .expect("run rustc");
         assert!(status.success(), "rustc failed for fixture {name}");
     }
+    // The growth profile's busy process (optimised enough that filling a block is a memset).
+    let status = Command::new(&rustc)
+        .args(["--edition", "2024", "-C", "opt-level=1", "-C", "force-frame-pointers=yes"])
+        .args(["-C", "debuginfo=2", "-o"])
+        .arg(out.join("rust-grower"))
+        .arg(src.join("rust_grower.rs"))
+        .status()
+        .expect("run rustc");
+    assert!(status.success(), "rustc failed for fixture rust-grower");
 }
 
 /// Runs `cmd`, panicking with `what` if it fails.

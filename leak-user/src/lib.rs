@@ -83,9 +83,32 @@ fn nonzero(pid: u32) -> Result<NonZeroU32, Error> {
 }
 
 fn preflight(trace: &TraceConfig) -> Result<(), Error> {
+    check_mode(trace)?;
     trace::preflight::check_privileges()?;
     trace::preflight::check_kernel(&trace::preflight::sysfs_root())?;
     trace::preflight::check_outputs(&trace.outputs)
+}
+
+/// Options that mean nothing to a growth profile, refused with what to do instead.
+fn check_mode(trace: &TraceConfig) -> Result<(), Error> {
+    if trace.mode != config::Mode::Growth {
+        return Ok(());
+    }
+    if trace.sample_mean.is_some() {
+        return Err(Error::BadInput(
+            "--sample samples allocator calls, which a growth profile does not trace (its \
+             cost already follows the growth): drop --sample, or use --mode exact"
+                .into(),
+        ));
+    }
+    if trace.gate.is_some_and(|g| g.exit) {
+        return Err(Error::BadInput(
+            "--fail-on-leak=exit judges the blocks left allocated at exit, which only the exact \
+             trace knows: use --fail-on-leak (the growth rule), or --mode exact"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What a probe hit costs here, for the reports; a failure only loses that line.

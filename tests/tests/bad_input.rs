@@ -8,6 +8,19 @@ fn no_such_pid() {
     run_leak(&["attach", "--pid", "4194305"]).assert_bad_input("no such process: 4194305");
 }
 
+/// A growth profile refuses what only the exact trace can do, saying what to use instead.
+#[test]
+fn growth_profile_options_that_mean_nothing() {
+    require_root();
+    let target = Fixture::start("leaker");
+    let pid = target.pid().to_string();
+    run_leak(&["attach", "--pid", &pid, "--mode", "growth", "--sample"])
+        .assert_bad_input("drop --sample, or use --mode exact");
+    let leaker = fixture("leaker");
+    run_leak(&["run", "--mode", "growth", "--fail-on-leak=exit", "--", leaker.to_str().unwrap()])
+        .assert_bad_input("--fail-on-leak=exit judges the blocks left allocated at exit");
+}
+
 #[test]
 fn not_root() {
     require_root();

@@ -52,6 +52,27 @@ fn a_leak_on_jemalloc_is_named_too() {
     assert_grower(&read_report(&json), grower_leaked(&done.stdout));
 }
 
+/// A C++ program: the leak through `new[]`, the cache through `unique_ptr`, the scratch
+/// buffer a `std::vector`.
+#[test]
+fn a_leak_in_cxx_is_named_too() {
+    let grower = fixture("grower-cxx");
+    let (done, _dir, json) =
+        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+}
+
+/// A Rust program: `Box::leak`, boxes and a `Vec` (Rust's allocation plumbing folded off).
+#[test]
+fn a_leak_in_rust_is_named_too() {
+    let grower = fixture("rust-grower");
+    let (done, _dir, json) =
+        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+}
+
 /// `leak attach --mode growth` to a process already running: what it leaks while profiled,
 /// at 64 KiB a second.
 #[test]

@@ -37,6 +37,10 @@ fn watch_flags_the_leaking_process_and_escalates_to_the_probes() {
         "64K",
         "--escalate",
         "2s",
+        // The allocator's probes, for exact bytes (the default, a growth profile, is the
+        // agent test's).
+        "--escalate-mode",
+        "exact",
         "--out-dir",
         dir.path().to_str().unwrap(),
         "--json",

@@ -31,6 +31,8 @@ pub enum Tracer {
     LeakFp,
     /// `--sample` at its default mean (512 KiB).
     LeakSampled,
+    /// A growth profile (`--mode growth`): page faults, not allocator calls.
+    LeakGrowth,
     /// The full trace with the compatible BPF object (what kernels before 5.17 run).
     LeakCompat,
     /// The full trace by another `leak` binary (`--baseline`: the code before a change), in
@@ -50,6 +52,7 @@ impl Tracer {
             Self::LeakFull => "leak (full trace, unwind tables)",
             Self::LeakFp => "leak --unwind fp",
             Self::LeakSampled => "leak --sample (512 KiB)",
+            Self::LeakGrowth => "leak --mode growth (page faults)",
             Self::LeakCompat => "leak, compatible object (kernels < 5.17)",
             Self::LeakBaseline => "leak (full trace), --baseline binary",
             Self::Memleak => "memleak-bpfcc",
@@ -125,6 +128,7 @@ pub fn bench(pairs: u64, only: &[Part], baseline: Option<&Path>) -> Result<()> {
         Tracer::LeakFull,
         Tracer::LeakFp,
         Tracer::LeakSampled,
+        Tracer::LeakGrowth,
     ];
     if env.baseline.is_some() {
         configs.push(Tracer::LeakBaseline);
@@ -227,6 +231,7 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
         | Tracer::LeakFull
         | Tracer::LeakFp
         | Tracer::LeakSampled
+        | Tracer::LeakGrowth
         | Tracer::LeakCompat
         | Tracer::LeakBaseline => {
             let bin = match (tracer, &env.baseline) {
@@ -235,6 +240,9 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
             };
             let mut cmd = as_root(bin);
             cmd.args(["run", "--interval", "60s"]);
+            if tracer == Tracer::LeakGrowth {
+                cmd.args(["--mode", "growth"]);
+            }
             if tracer == Tracer::LeakCompat {
                 cmd.env("LEAK_BPF_OBJECT", "compat");
             }
@@ -283,7 +291,8 @@ fn memleak_once(churn: &Path, n: &str, headers: &Path) -> Result<f64> {
     let mut line = String::new();
     out.read_line(&mut line)?;
     let log = headers.with_file_name("memleak.log");
-    let mut memleak = Command::new("memleak-bpfcc")
+    let mut memleak = memleak_command();
+    let mut memleak = memleak
         .env("BCC_KERNEL_SOURCE", headers)
         // Python buffers a pipe: the line saying the probes are in would come too late.
         .env("PYTHONUNBUFFERED", "1")
@@ -309,6 +318,21 @@ fn memleak_once(churn: &Path, n: &str, headers: &Path) -> Result<f64> {
     unsafe { libc::kill(i32::try_from(memleak.id()).unwrap_or(0), libc::SIGINT) };
     let _ = memleak.wait();
     result
+}
+
+/// `memleak-bpfcc`, which stops on SIGINT: a bench started in the background by a
+/// non-interactive shell has SIGINT ignored, and the child would inherit that and never stop.
+pub fn memleak_command() -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new("memleak-bpfcc");
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// Waits until no `leak` process is left (see the memleak case above).
@@ -435,7 +459,7 @@ fn bench_watch(leak: &Path) -> Result<()> {
 }
 
 /// User + system CPU seconds of the waited-for children so far.
-fn children_cpu_s() -> f64 {
+pub fn children_cpu_s() -> f64 {
     // SAFETY: zeroed rusage is a valid out-value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid out-pointer.

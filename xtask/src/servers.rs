@@ -30,6 +30,9 @@ const CLIENTS: u32 = 16;
 #[derive(Clone, Copy)]
 enum Server {
     Redis,
+    /// redis taking new keys: its memory grows by several MiB a second (a leak from the
+    /// process's point of view), the growth profile's harder case.
+    RedisGrowing,
     Nginx,
 }
 
@@ -37,6 +40,10 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Self::Redis => "redis-server (jemalloc) under redis-benchmark SET+GET",
+            Self::RedisGrowing => {
+                "redis-server (jemalloc) under redis-benchmark SET of new 512-byte values (memory \
+                 grows)"
+            }
             Self::Nginx => "nginx (glibc malloc) under wrk, a 1 KiB static file",
         }
     }
@@ -44,6 +51,7 @@ impl Server {
     fn port(self) -> u16 {
         match self {
             Self::Redis => 6391,
+            Self::RedisGrowing => 6392,
             Self::Nginx => 8091,
         }
     }
@@ -54,7 +62,7 @@ impl Server {
     /// and the table says so.
     fn allocator_object(self) -> Option<String> {
         match self {
-            Self::Redis => {
+            Self::Redis | Self::RedisGrowing => {
                 let ldd = crate::output(Command::new("ldd").arg("/usr/bin/redis-server"))?;
                 ldd.lines()
                     .filter(|l| l.contains("libjemalloc"))
@@ -68,7 +76,7 @@ impl Server {
     fn start(self, scratch: &Path) -> Result<Child> {
         let port = self.port().to_string();
         let mut cmd = match self {
-            Self::Redis => {
+            Self::Redis | Self::RedisGrowing => {
                 let mut c = Command::new("redis-server");
                 c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly"])
                     .args(["no", "--daemonize", "no", "--logfile", ""]);
@@ -122,6 +130,22 @@ impl Server {
                 }
                 // Both tests did n requests: the combined rate is the harmonic mean.
                 Ok(2.0 / rates.iter().map(|r| 1.0 / r).sum::<f64>())
+            }
+            Self::RedisGrowing => {
+                // Random keys from a space far larger than the requests: nearly every SET
+                // adds a key (about 100 MiB over the run).
+                let n = (REDIS_REQUESTS * 4).to_string();
+                let out = Command::new("redis-benchmark")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-q", "-t", "set", "-d", "512"])
+                    .args(["-r", "1000000000", "-n", &n, "-c", &clients])
+                    .stderr(Stdio::null())
+                    .output()
+                    .context("running redis-benchmark")?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                text.split(['\r', '\n'])
+                    .filter_map(|l| l.split_once(" requests per second")?.0.rsplit(' ').next())
+                    .find_map(|r| r.parse().ok())
+                    .ok_or_else(|| anyhow!("redis-benchmark printed no rate: {text}"))
             }
             Self::Nginx => {
                 let url = format!("http://127.0.0.1:{port}/index.html");
@@ -178,6 +202,7 @@ impl Attached {
             | Tracer::LeakFull
             | Tracer::LeakFp
             | Tracer::LeakSampled
+            | Tracer::LeakGrowth
             | Tracer::LeakCompat
             | Tracer::LeakBaseline => {
                 let bin = match (tracer, &env.baseline) {
@@ -186,6 +211,9 @@ impl Attached {
                 };
                 let mut cmd = as_root(bin);
                 cmd.args(["attach", "--pid", &pid_s, "--interval", "1h"]);
+                if tracer == Tracer::LeakGrowth {
+                    cmd.args(["--mode", "growth"]);
+                }
                 if tracer == Tracer::LeakCompat {
                     cmd.env("LEAK_BPF_OBJECT", "compat");
                 }
@@ -206,7 +234,7 @@ impl Attached {
                 // While a finished leak's helper still unregisters its uprobes, the kernel
                 // refuses bcc's at the same functions.
                 wait_for_no_leak()?;
-                let mut cmd = Command::new("memleak-bpfcc");
+                let mut cmd = crate::bench::memleak_command();
                 if let Some(obj) = server.allocator_object() {
                     cmd.args(["-O", &obj]);
                 }
@@ -254,17 +282,20 @@ impl Attached {
     }
 
     /// Detaches (SIGINT: leak and memleak end cleanly) and waits; heaptrack ends with the
-    /// server.
-    fn stop(mut self, server: &mut Child) {
+    /// server. Returns the CPU seconds the tracer's own processes used over their life
+    /// (user space: what runs in the target's threads, the probes' programs, is in its rate).
+    fn stop(mut self, server: &mut Child) -> f64 {
         if let Some(child) = &self.child {
             // SAFETY: plain kill(2) of our child.
             unsafe { libc::kill(i32::try_from(child.id()).unwrap_or(0), libc::SIGINT) };
         }
         let _ = server.kill();
         let _ = server.wait();
+        let before = crate::bench::children_cpu_s();
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
+        crate::bench::children_cpu_s() - before
     }
 }
 
@@ -288,8 +319,9 @@ pub fn bench_servers(env: &ServerEnv, tracers: &[Tracer]) -> Result<()> {
     } else {
         tracers.to_vec()
     };
-    for server in [Server::Redis, Server::Nginx] {
+    for server in [Server::Redis, Server::Nginx, Server::RedisGrowing] {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
         let mut failed: Vec<Option<String>> = vec![None; tracers.len()];
         for round in 1..=ROUNDS {
             eprintln!("bench: {} round {round}/{ROUNDS}", server.name());
@@ -298,7 +330,10 @@ pub fn bench_servers(env: &ServerEnv, tracers: &[Tracer]) -> Result<()> {
                     continue;
                 }
                 match server_once(env, server, tracer) {
-                    Ok(r) => rates[i].push(r),
+                    Ok((r, c)) => {
+                        rates[i].push(r);
+                        cpu[i].push(c);
+                    }
                     Err(e) => {
                         eprintln!("bench: {} left out for {}: {e:#}", tracer.name(), server.name());
                         failed[i] = Some(format!("{e:#}"));
@@ -306,12 +341,13 @@ pub fn bench_servers(env: &ServerEnv, tracers: &[Tracer]) -> Result<()> {
                 }
             }
         }
-        print_server(server, &tracers, &mut rates, &failed);
+        print_server(server, &tracers, &mut rates, &mut cpu, &failed);
     }
     Ok(())
 }
 
-fn server_once(env: &ServerEnv, server: Server, tracer: Tracer) -> Result<f64> {
+/// One load under `tracer`: requests per second, and the tracer's own CPU seconds.
+fn server_once(env: &ServerEnv, server: Server, tracer: Tracer) -> Result<(f64, f64)> {
     let mut child = server.start(&env.scratch)?;
     let attached = match Attached::start(env, server, tracer, child.id()) {
         Ok(a) => a,
@@ -322,19 +358,20 @@ fn server_once(env: &ServerEnv, server: Server, tracer: Tracer) -> Result<f64> {
         }
     };
     let rate = server.load();
-    attached.stop(&mut child);
+    let cpu = attached.stop(&mut child);
     for f in fs::read_dir(&env.scratch)?.flatten() {
         if f.file_name().to_string_lossy().starts_with("heaptrack.server") {
             let _ = fs::remove_file(f.path());
         }
     }
-    rate
+    Ok((rate?, cpu))
 }
 
 fn print_server(
     server: Server,
     tracers: &[Tracer],
     rates: &mut [Vec<f64>],
+    cpu: &mut [Vec<f64>],
     failed: &[Option<String>],
 ) {
     println!(
@@ -349,17 +386,24 @@ fn print_server(
     let added = |r: f64| 1e6 / r - 1e6 / base;
     let floor = at(Tracer::ProbeFloor).map_or(f64::NAN, added);
     println!(
-        "| configuration | requests/s | x untraced | added µs per request | added / probe floor's |"
+        "| configuration | requests/s | x untraced | added µs per request | added / probe floor's \
+         | tracer's own CPU s per run |"
     );
-    println!("|---|---:|---:|---:|---:|");
-    for (&t, m) in tracers.iter().zip(&medians) {
+    println!("|---|---:|---:|---:|---:|---:|");
+    for ((&t, m), c) in tracers.iter().zip(&medians).zip(cpu.iter_mut()) {
         let Some(r) = *m else {
-            println!("| {} | could not run | | | |", t.name());
+            println!("| {} | could not run | | | | |", t.name());
             continue;
         };
         let vs_floor =
             if t == Tracer::None { "-".to_owned() } else { format!("{:.2}", added(r) / floor) };
-        println!("| {} | {r:.0} | {:.2} | {:.1} | {vs_floor} |", t.name(), r / base, added(r));
+        let own = if t == Tracer::None { "-".to_owned() } else { format!("{:.2}", median(c)) };
+        println!(
+            "| {} | {r:.0} | {:.2} | {:.1} | {vs_floor} | {own} |",
+            t.name(),
+            r / base,
+            added(r)
+        );
     }
     for (t, why) in tracers.iter().zip(failed) {
         if let Some(why) = why {

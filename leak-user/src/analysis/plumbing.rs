@@ -52,6 +52,18 @@ pub const TOUCHERS: &[&str] = &[
     "strcpy",
     "__strcpy_*",
     "__stpcpy_*",
+    // Rust's library filling and growing what it allocated (`vec![x; n]`, `Vec::extend`,
+    // `HashMap` growth): its caller is the site.
+    "core::ptr::*",
+    "core::intrinsics::*",
+    "core::slice::*",
+    "alloc::*",
+    "<alloc::*",
+    "<* as alloc::*",
+    "hashbrown::*",
+    "<hashbrown::*",
+    "std::collections::*",
+    "<std::collections::*",
 ];
 
 /// Libraries whose frames at the top of a growth profile's stacks are folded whatever they are
@@ -220,15 +232,24 @@ const SHIM_DEPTH: usize = 16;
 /// then the allocator wrappers of `folding`. Returns the outermost wrapper folded (what the
 /// site's code called: `zmalloc`), if any.
 pub fn fold_top(frames: &mut Vec<Frame>, folding: &Folding) -> Option<String> {
-    let shim = frames.iter().take(SHIM_DEPTH).rposition(is_shim).map_or(0, |i| i + 1);
-    let plumbing = shim + frames[shim..].iter().take_while(|f| is_plumbing(f)).count();
-    frames.drain(..plumbing.min(frames.len().saturating_sub(1)));
-    let wrappers = frames.iter().take_while(|f| folding.is_wrapper(f)).count();
-    let folded = wrappers.min(frames.len().saturating_sub(1));
-    let outermost =
-        folded.checked_sub(1).and_then(|i| frames[i].function.as_deref().map(str::to_owned));
-    frames.drain(..folded);
-    outermost
+    let mut outermost = None;
+    // Again while something folds: a growth profile's stack can start with the C library
+    // (`memset`, a wrapper by module) above Rust's plumbing.
+    loop {
+        let before = frames.len();
+        let shim = frames.iter().take(SHIM_DEPTH).rposition(is_shim).map_or(0, |i| i + 1);
+        let plumbing = shim + frames[shim..].iter().take_while(|f| is_plumbing(f)).count();
+        frames.drain(..plumbing.min(frames.len().saturating_sub(1)));
+        let wrappers = frames.iter().take_while(|f| folding.is_wrapper(f)).count();
+        let folded = wrappers.min(frames.len().saturating_sub(1));
+        if let Some(name) = folded.checked_sub(1).and_then(|i| frames[i].function.as_deref()) {
+            outermost = Some(name.to_owned());
+        }
+        frames.drain(..folded);
+        if frames.len() == before {
+            return outermost;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +267,45 @@ mod tests {
 
     fn names(frames: &[Frame]) -> Vec<&str> {
         frames.iter().filter_map(|f| f.function.as_deref()).collect()
+    }
+
+    /// A growth profile's folding: the C library by module (named or not), the touchers by
+    /// name, Rust's plumbing in between, whatever the order.
+    #[test]
+    fn growth_stacks_fold_to_the_code_that_touched_memory() {
+        let growth = Folding {
+            patterns: TOUCHERS.iter().map(|p| (*p).to_owned()).collect(),
+            modules: TOUCHER_MODULES.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let libc = |name: Option<&str>| Frame {
+            function: name.map(Into::into),
+            module: Some("libc.so.6".into()),
+            ..Frame::unknown(0x20)
+        };
+        let mut filled = vec![
+            libc(None),
+            frame("core::ptr::write_bytes", None),
+            frame("<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem", None),
+            frame("alloc::vec::from_elem", None),
+            frame("leak_fn", None),
+            frame("main", None),
+        ];
+        assert_eq!(fold_top(&mut filled, &growth).as_deref(), Some("alloc::vec::from_elem"));
+        assert_eq!(names(&filled), ["leak_fn", "main"]);
+        let mut allocated = vec![
+            libc(Some("_int_malloc")),
+            libc(Some("__GI___libc_malloc")),
+            frame("__rdl_alloc", None),
+            frame("__rust_alloc", None),
+            frame("<alloc::raw_vec::RawVecInner>::try_allocate_in", None),
+            frame("leak_fn", None),
+        ];
+        fold_top(&mut allocated, &growth);
+        assert_eq!(names(&allocated), ["leak_fn"]);
+        // The exact trace's folding is unchanged: no toucher is folded there.
+        let mut exact = vec![frame("memset_wrapper_caller", None), frame("main", None)];
+        assert_eq!(fold_top(&mut exact, &Folding::default()), None);
+        assert_eq!(names(&exact), ["memset_wrapper_caller", "main"]);
     }
 
     #[test]

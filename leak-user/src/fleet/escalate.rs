@@ -30,8 +30,9 @@ pub struct Escalator {
     max_overhead: Option<u32>,
     mode: crate::config::Mode,
     queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
-    /// The running `leak attach` children, with their index in `done`.
-    running: Vec<(Child, usize)>,
+    /// The running `leak attach` children, with their index in `done` and the process's
+    /// start time.
+    running: Vec<(Child, usize, u64)>,
     seen: HashSet<(u32, u64)>,
     done: Vec<Escalation>,
     keep: usize,
@@ -86,8 +87,12 @@ impl Escalator {
         // An exited process is kept in the watch for its report; there is nothing to trace.
         for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak && !p.exited) {
             if self.seen.insert((p.pid, p.start_time_ticks)) {
+                let what = match self.mode {
+                    crate::config::Mode::Exact => "attaching the probes",
+                    crate::config::Mode::Growth => "profiling its growth",
+                };
                 eprintln!(
-                    "leak: pid {} ({}) leaks {}: attaching the probes for {:.1} s",
+                    "leak: pid {} ({}) leaks {}: {what} for {:.1} s",
                     p.pid,
                     p.comm,
                     per_hour(p.trend.rate_bytes_per_h),
@@ -104,18 +109,24 @@ impl Escalator {
     /// Waiting for a child or starting the next one failed.
     pub fn poll(&mut self) -> Result<(), Error> {
         let mut still = Vec::with_capacity(self.running.len());
-        for (mut child, i) in self.running.drain(..) {
+        for (mut child, i, start) in self.running.drain(..) {
             match child.try_wait().map_err(Error::io("waiting for leak attach"))? {
                 Some(status) => {
                     let e = &mut self.done[i];
                     e.exit_code = status.code();
                     if status.success() {
                         eprintln!("leak: wrote {}, {} and {}", e.json, e.svg, e.pprof);
+                        // A growth profile costs little enough to stay on while the process
+                        // is judged leaking: the next sample that says so starts the next
+                        // one (a report every --trace-for).
+                        if self.mode == crate::config::Mode::Growth {
+                            self.seen.remove(&(e.pid, start));
+                        }
                     } else {
                         eprintln!("leak: tracing pid {} failed ({status})", e.pid);
                     }
                 }
-                None => still.push((child, i)),
+                None => still.push((child, i, start)),
             }
         }
         self.running = still;
@@ -127,6 +138,9 @@ impl Escalator {
                 continue;
             }
             self.start(pid, &comm, pod)?;
+            if let Some(last) = self.running.last_mut() {
+                last.2 = start;
+            }
         }
         Ok(())
     }
@@ -137,7 +151,7 @@ impl Escalator {
         for _ in self.keep..finished {
             let Some(k) = self.done.iter().position(|e| e.exit_code.is_some()) else { break };
             let old = self.done.remove(k);
-            for (_, i) in &mut self.running {
+            for (_, i, _) in &mut self.running {
                 if *i > k {
                     *i -= 1;
                 }
@@ -210,7 +224,8 @@ impl Escalator {
             pod,
             exit_code: None,
         });
-        self.running.push((child, self.done.len() - 1));
+        // The start time is set by the caller that knows it (`poll`); 0 otherwise.
+        self.running.push((child, self.done.len() - 1, 0));
         Ok(())
     }
 
@@ -223,7 +238,7 @@ impl Escalator {
 
     /// Pids of the running escalations (not to be watched themselves).
     pub fn children(&self) -> impl Iterator<Item = u32> + '_ {
-        self.running.iter().map(|(c, _)| c.id())
+        self.running.iter().map(|(c, _, _)| c.id())
     }
 
     /// Ends the escalations: the queued ones are not started (returned), the running one is
@@ -237,7 +252,7 @@ impl Escalator {
         for pid in &pending {
             eprintln!("leak: pid {pid} not traced: the watch ended first");
         }
-        for (child, _) in &self.running {
+        for (child, _, _) in &self.running {
             signal_child(child, libc::SIGINT);
         }
         let deadline = Instant::now() + STOP_GRACE;
@@ -249,11 +264,11 @@ impl Escalator {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
                     if Instant::now() > deadline {
-                        self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
+                        self.running.iter().for_each(|(c, _, _)| signal_child(c, libc::SIGKILL));
                     }
                 }
                 _ = signals.recv() => {
-                    self.running.iter().for_each(|(c, _)| signal_child(c, libc::SIGKILL));
+                    self.running.iter().for_each(|(c, _, _)| signal_child(c, libc::SIGKILL));
                 }
             }
         }
@@ -274,7 +289,7 @@ fn signal_child(child: &Child, sig: i32) {
 impl Drop for Escalator {
     /// On an error path: do not leave a tracer running, nor a zombie.
     fn drop(&mut self) {
-        for (child, _) in &mut self.running {
+        for (child, _, _) in &mut self.running {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -324,7 +339,7 @@ mod tests {
         }
         // The running one (index 2) is tracked by index: it must follow the removals.
         let child = Command::new("true").spawn().unwrap();
-        e.running.push((child, 2));
+        e.running.push((child, 2, 0));
         e.forget_old();
         let pids: Vec<u32> = e.done.iter().map(|e| e.pid).collect();
         assert_eq!(pids, [102, 103, 104], "the running one and the two latest finished");
