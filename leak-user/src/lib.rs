@@ -192,12 +192,17 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
         }
     }
     tracer.release_in_background();
+    Ok(gate_exit(&report, &trace_cfg))
+}
+
+/// `leak attach`'s exit status: `--fail-on-leak`'s verdict on the final report, said on stderr.
+fn gate_exit(report: &analysis::report::Report, cfg: &TraceConfig) -> u8 {
     let mut gate = session::GateTally::default();
-    let failed = gate.judge(&report, &trace_cfg);
-    if let Some(line) = gate.summary(&trace_cfg) {
+    let failed = gate.judge(report, cfg);
+    if let Some(line) = gate.summary(cfg) {
         eprintln!("{line}");
     }
-    Ok(if failed { config::LEAK_FOUND_EXIT } else { 0 })
+    if failed { config::LEAK_FOUND_EXIT } else { 0 }
 }
 
 /// `leak attach --mode growth`: a growth profile of process `pid` (page faults; no allocator
@@ -214,12 +219,7 @@ fn profile(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result
     eprintln!("attached to PID {pid} (a growth profile: page faults of {} threads)", links.len());
     let (report, _) = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
     tracer.release_in_background();
-    let mut gate = session::GateTally::default();
-    let failed = gate.judge(&report, &trace_cfg);
-    if let Some(line) = gate.summary(&trace_cfg) {
-        eprintln!("{line}");
-    }
-    Ok(if failed { config::LEAK_FOUND_EXIT } else { 0 })
+    Ok(gate_exit(&report, &trace_cfg))
 }
 
 /// Options of `leak run` that make no sense to a command, so after it they are a mistake: the

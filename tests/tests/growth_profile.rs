@@ -13,64 +13,53 @@ use leak_tests::{
 };
 use leak_user::analysis::trend::Verdict;
 
+/// `leak run --mode growth` of `fixture` (its arguments `args`) to its end: the report,
+/// checked against what the fixture says it leaked; and leak's stderr.
+fn profile_run(fixture_name: &str, args: &[&str]) -> (leak_tests::Report, Vec<String>) {
+    let grower = fixture(fixture_name);
+    let mut command = vec![grower.to_str().unwrap()];
+    command.extend_from_slice(args);
+    let (done, _dir, json) = run_with_report(&["--mode", "growth"], &command);
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    let report = read_report(&json);
+    assert_grower(&report, grower_leaked(&done.stdout));
+    (report, done.stderr)
+}
+
 /// `leak run --mode growth`: the whole run profiled from the first instruction.
 #[test]
 fn a_run_names_the_leak_of_a_busy_process() {
-    let grower = fixture("grower");
-    let (done, _dir, json) =
-        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
-    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+    let (report, stderr) = profile_run("grower", &["10", "64"]);
     assert!(
-        done.stderr
-            .iter()
-            .any(|l| l.starts_with("attached to PID ") && l.contains("growth profile")),
-        "{:#?}",
-        done.stderr
+        stderr.iter().any(|l| l.starts_with("attached to PID ") && l.contains("growth profile")),
+        "{stderr:#?}"
     );
-    let report = read_report(&json);
-    assert_grower(&report, grower_leaked(&done.stdout));
     assert!(report.probe_hits["page_fault_enter"] > 0);
 }
 
 /// Leaked blocks that are mappings of their own (the first touch is the code's `memset`).
 #[test]
 fn a_leak_of_mappings_is_named_too() {
-    let grower = fixture("grower");
-    let (done, _dir, json) =
-        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64", "mmap"]);
-    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
-    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+    let _ = profile_run("grower", &["10", "64", "mmap"]);
 }
 
 /// The same on jemalloc, which never touches the memory it hands out.
 #[test]
 fn a_leak_on_jemalloc_is_named_too() {
-    let grower = fixture("grower-jemalloc");
-    let (done, _dir, json) =
-        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
-    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
-    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+    let _ = profile_run("grower-jemalloc", &["10", "64"]);
 }
 
 /// A C++ program: the leak through `new[]`, the cache through `unique_ptr`, the scratch
 /// buffer a `std::vector`.
 #[test]
 fn a_leak_in_cxx_is_named_too() {
-    let grower = fixture("grower-cxx");
-    let (done, _dir, json) =
-        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
-    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
-    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+    let _ = profile_run("grower-cxx", &["10", "64"]);
 }
 
 /// A Rust program: `Box::leak`, boxes and a `Vec` (Rust's allocation plumbing folded off).
 #[test]
 fn a_leak_in_rust_is_named_too() {
-    let grower = fixture("rust-grower");
-    let (done, _dir, json) =
-        run_with_report(&["--mode", "growth"], &[grower.to_str().unwrap(), "10", "64"]);
-    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
-    assert_grower(&read_report(&json), grower_leaked(&done.stdout));
+    let _ = profile_run("rust-grower", &["10", "64"]);
 }
 
 /// `leak attach --mode growth` to a process already running: what it leaks while profiled,
