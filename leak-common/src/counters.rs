@@ -58,9 +58,9 @@ pub enum DropReason {
     /// A growth profile's page map ([`MAP_PAGES`](crate::MAP_PAGES)) was full: a page made
     /// resident was not recorded.
     PageMapFull = 12,
-    /// A page fault taken inside a system call (a `read()` into fresh memory) on a kernel
-    /// without `bpf_task_pt_regs` (before 5.15, the compatible object): the page is recorded
-    /// without a stack.
+    /// A page fault taken inside a system call (a `read()` into fresh memory) by the
+    /// compatible object (kernels before 5.17), which uses no `bpf_task_pt_regs`: the page is
+    /// recorded without a stack.
     FaultInKernel = 13,
 }
 
@@ -163,9 +163,9 @@ impl DropReason {
                  full. Raise --max-pages."
             }
             Self::FaultInKernel => {
-                "Pages a system call made resident (a read() into fresh memory) on a kernel \
-                 before 5.15, which cannot give the caller's registers there: recorded under \
-                 `[no stack]`."
+                "Pages a system call made resident (a read() into fresh memory) under the \
+                 compatible object (kernels before 5.17), which does not read the caller's \
+                 registers there: recorded under `[no stack]`."
             }
         }
     }

@@ -19,9 +19,6 @@ pub const PROGRAM_PAGE_FAULT: &str = "page_fault";
 /// during the profile (a huge page takes one entry).
 pub const DEFAULT_MAX_PAGES: u32 = 1 << 18;
 
-/// Default capacity of [`MAP_FAULT_STACKS`]: preallocated at about 1 KiB a stack.
-pub const DEFAULT_MAX_FAULT_STACKS: u32 = 1 << 13;
-
 /// The hook index of page faults: their hit counter, and the `kind` of their records.
 pub const FAULT_HOOK: u32 = 0;
 

@@ -47,7 +47,7 @@ fn tgid(pid_tgid: u64) -> u32 {
 
 /// The calling thread's `pid_tgid`, or `None` if its process is filtered out.
 #[inline(always)]
-fn traced_pid_tgid() -> Option<u64> {
+pub fn traced_pid_tgid() -> Option<u64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let filter = FILTER_TGID.load();
     if filter != 0 && (pid_tgid >> 32) as u32 != filter {
@@ -656,7 +656,7 @@ fn store_stack(stacks: &HashMap<u64, StackTrace>, pid_tgid: u64, ip: u64, sp: u6
     hash
 }
 
-/// A page fault at `addr` in a profiled process, with the user registers of the code that
+/// A page fault at `addr` in profiled thread `pid_tgid`, with the user registers of the code that
 /// touched it (`ip` 0: not known, see `DropReason::FaultInKernel`). Records the page with the
 /// stack and the time; a later fault on the same page replaces the record. A fault on a page
 /// already recorded means it was released and touched again (a scratch buffer mapped and
@@ -666,8 +666,7 @@ fn store_stack(stacks: &HashMap<u64, StackTrace>, pid_tgid: u64, ip: u64, sp: u6
 /// are few (they follow the growth, not the calls), so every one walks its stack: no memo,
 /// no window.
 #[inline(always)]
-pub fn page_fault(addr: u64, (ip, sp, fp): (u64, u64, u64)) {
-    let Some(pid_tgid) = traced_pid_tgid() else { return };
+pub fn page_fault(pid_tgid: u64, addr: u64, (ip, sp, fp): (u64, u64, u64)) {
     let key = AllocKey::new(addr & !(PAGE - 1), tgid(pid_tgid));
     // The walk by tables keeps its state in the thread's slot: a thread that never called a
     // hooked function has none yet. The fault's `ip` is the instruction that faulted, not a

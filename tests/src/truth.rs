@@ -333,7 +333,7 @@ pub fn assert_grower(report: &Report, leaked: u64) {
     for s in &report.sites {
         assert_eq!(s.resident_bytes, Some(s.outstanding_bytes));
     }
-    // The compatible object (kernels before 5.15) has no stack for a fault inside a system
+    // The compatible object (kernels before 5.17) has no stack for a fault inside a system
     // call (the C library's start-up reads a file into fresh memory), and says so.
     let compat = report.kernel.as_ref().is_some_and(|k| k.bpf_object == "compat");
     let dropped: u64 = report

@@ -87,6 +87,8 @@ pub enum Part {
     Scale,
     /// `leak watch --all`.
     Watch,
+    /// Steady redis and nginx under a growth profile for minutes: no false leak verdict.
+    Verdicts,
 }
 
 pub fn bench(pairs: u64, only: &[Part], baseline: Option<&Path>) -> Result<()> {
@@ -177,6 +179,14 @@ pub fn bench(pairs: u64, only: &[Part], baseline: Option<&Path>) -> Result<()> {
     }
     if runs(Part::Watch) {
         bench_watch(&env.leak)?;
+    }
+    if runs(Part::Verdicts) {
+        crate::servers::bench_verdicts(&crate::servers::ServerEnv {
+            leak: env.leak.clone(),
+            baseline: None,
+            kernel_headers: None,
+            scratch: env.scratch.clone(),
+        })?;
     }
     Ok(())
 }

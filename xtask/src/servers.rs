@@ -411,3 +411,72 @@ fn print_server(
         }
     }
 }
+
+/// How long each server runs under a growth profile in [`bench_verdicts`].
+const VERDICT_SECONDS: u32 = 120;
+
+/// "No false leak verdict" on real servers: redis (one key, SET+GET) and nginx (one file)
+/// under load for [`VERDICT_SECONDS`] each, profiled (`leak attach --mode growth`) the whole
+/// time; prints each report's verdict and the sites it judged leaking or growing.
+pub fn bench_verdicts(env: &ServerEnv) -> Result<()> {
+    apt_install(&["redis-server", "redis-tools", "nginx", "wrk"], "the server benchmarks")?;
+    println!(
+        "\nsteady servers under load for {VERDICT_SECONDS} s, a growth profile the whole time \
+         (leak attach --mode growth): the verdicts\n"
+    );
+    println!(
+        "| server | loads run | report's verdict | sites judged leak or growing | resident bytes at the end | page faults |"
+    );
+    println!("|---|---:|---|---|---:|---:|");
+    for server in [Server::Redis, Server::Nginx] {
+        let mut child = server.start(&env.scratch)?;
+        let json = env.scratch.join("verdict.json");
+        let _ = fs::remove_file(&json);
+        let mut leak = as_root(&env.leak)
+            .args(["attach", "--pid", &child.id().to_string(), "--mode", "growth"])
+            .args(["--duration", &format!("{VERDICT_SECONDS}s"), "--interval", "1h", "--json"])
+            .arg(&json)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting leak attach")?;
+        let stderr = leak.stderr.take().context("stderr")?;
+        if let Err(e) = wait_for_line(stderr, "attached to PID", Duration::from_mins(1)) {
+            let _ = leak.kill();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        let mut loads = 0;
+        while leak.try_wait()?.is_none() {
+            server.load()?;
+            loads += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = fs::read_to_string(&json).with_context(|| format!("{}", json.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text)?;
+        let flagged: Vec<String> = report["sites"]
+            .as_array()
+            .map(|sites| {
+                sites
+                    .iter()
+                    .filter(|s| matches!(s["trend"]["verdict"].as_str(), Some("leak" | "growing")))
+                    .map(|s| {
+                        let f = s["stack"][0]["function"].as_str().unwrap_or("?");
+                        format!("{f} ({})", s["trend"]["verdict"].as_str().unwrap_or("?"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "| {} | {loads} | {} | {} | {} | {} |",
+            server.name(),
+            report["growth"]["verdict"].as_str().unwrap_or("?"),
+            if flagged.is_empty() { "none".to_owned() } else { flagged.join(", ") },
+            report["totals"]["outstanding_bytes"],
+            report["probe_hits"]["page_fault_enter"],
+        );
+    }
+    Ok(())
+}

@@ -24,6 +24,8 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     if floor() {
         return 0;
     }
+    // Children not followed inherit the event too: neither counted nor recorded.
+    let Some(pid_tgid) = verbs::traced_pid_tgid() else { return 0 };
     count_hit(FAULT_HOOK, false);
     // SAFETY: a perf_event program's context; every field read as a whole u64 (the
     // verifier's rule for `regs`).
@@ -43,13 +45,14 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     let regs = if cs & 3 != 0 {
         regs
     } else if crate::COMPAT {
-        // `bpf_task_pt_regs` is 5.15, `bpf_get_current_task_btf` 5.11.
+        // `bpf_task_pt_regs` is 5.15, `bpf_get_current_task_btf` 5.11: the compatible
+        // object (kernels before 5.17) has neither.
         count_drop(DropReason::FaultInKernel);
         (0, 0, 0)
     } else {
         syscall_regs()
     };
-    verbs::page_fault(addr, regs);
+    verbs::page_fault(pid_tgid, addr, regs);
     0
 }
 

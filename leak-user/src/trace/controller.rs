@@ -65,6 +65,9 @@ pub struct Controller<'a> {
     retired: Vec<Links>,
     /// Reports written per output name so far (a reused pid gets `-2`, `-3`...).
     names: HashMap<String, usize>,
+    /// A growth profile: the root's page-fault events across its exec (they survive it, and
+    /// closing them would end the copies its children inherited).
+    fault_links: Option<Links>,
 }
 
 impl<'a> Controller<'a> {
@@ -83,6 +86,7 @@ impl<'a> Controller<'a> {
             sessions: HashMap::new(),
             retired: Vec::new(),
             names: HashMap::new(),
+            fault_links: None,
         }
     }
 
@@ -287,8 +291,12 @@ impl<'a> Controller<'a> {
     fn on_exec(&mut self, pid: u32) -> Result<(), Error> {
         // Now, not later: probes of the old image on a file the new one maps too (libc)
         // would fire next to the new image's own, counting every call twice.
-        if let Some(Proc::Traced(links) | Proc::AwaitEntry(links)) = self.procs.remove(&pid) {
-            self.tracer.detach(links);
+        match self.procs.remove(&pid) {
+            Some(Proc::Traced(links)) if self.cfg.mode == Mode::Growth && pid == self.root => {
+                self.fault_links = Some(links);
+            }
+            Some(Proc::Traced(links) | Proc::AwaitEntry(links)) => self.tracer.detach(links),
+            _ => {}
         }
         // The old image's memory is gone: no report for it.
         self.sessions.remove(&pid);
@@ -398,7 +406,14 @@ impl<'a> Controller<'a> {
     /// its own pid, and the filter lets them through only with `--follow-forks`).
     fn start_profile(&mut self, pid: u32) -> Result<(), Error> {
         let links = if pid == self.root {
-            let links = self.tracer.attach_faults(nonzero(pid)?)?;
+            let links = match self.fault_links.take() {
+                // An exec: the events go on; the new image's tables.
+                Some(links) => {
+                    self.tracer.load_unwind_tables(pid);
+                    links
+                }
+                None => self.tracer.attach_faults(nonzero(pid)?)?,
+            };
             eprintln!("attached to PID {pid} (a growth profile: page faults)");
             self.root_attached = true;
             links

@@ -160,6 +160,7 @@ impl AllocSource for Tracer {
             let pages = self.entries_of::<AllocKey, AllocInfo>(MAP_PAGES, |k| k.tgid == tgid)?;
             delete_all(&self.ebpf, MAP_PAGES, &pages)?;
             self.last_resident.remove(&tgid);
+            self.baseline.remove(&tgid);
             return Ok(pages.len());
         }
         let mut n = self.table.remove_process(tgid);
@@ -258,8 +259,11 @@ impl AllocSource for Tracer {
 impl Tracer {
     /// A growth profile's snapshot: the recorded pages that `/proc/PID/pagemap` shows
     /// resident and the process's own, each an allocation of its page's size. Pages released
-    /// since are deleted (the next fault there is new growth). A process whose pagemap cannot
-    /// be read (it has exited) keeps the pages last seen resident: its memory at the end.
+    /// since are deleted (the next fault there is new growth). Pages that were resident when
+    /// the profile started are not its growth, whatever faults them again (a swap-in, a NUMA
+    /// hint, a copy after a fork), until they have been released once. A process whose
+    /// pagemap cannot be read keeps the pages last seen resident (it has exited: its memory
+    /// at the end), and nothing of it is deleted.
     fn resident_pages(&mut self) -> Result<Snapshot, SourceError> {
         let taken_ns = monotonic_ns();
         let started = std::time::Instant::now();
@@ -267,26 +271,42 @@ impl Tracer {
         pages.sort_unstable_by_key(|(k, _)| (k.tgid, k.addr));
         let mut allocations = Vec::new();
         let mut gone = Vec::new();
-        let mut seen = std::collections::HashMap::new();
         for group in pages.chunk_by(|a, b| a.0.tgid == b.0.tgid) {
             let tgid = group[0].0.tgid;
             let addrs: Vec<u64> = group.iter().map(|(k, _)| k.addr).collect();
-            let states = if let Ok(states) = Pagemap::open(tgid).and_then(|p| p.states(&addrs)) {
-                states
-            } else {
-                // Exited: as last seen.
-                let last = self.last_resident.get(&tgid).unwrap_or(&self.no_pages);
-                group
-                    .iter()
-                    .map(|(k, _)| last.get(k).map_or(PageState::Gone, |s| PageState::Resident(*s)))
-                    .collect()
+            let read = Pagemap::open(tgid).and_then(|p| p.states(&addrs));
+            let alive = procfs_alive(tgid);
+            let states: Vec<PageState> = match read {
+                Ok(states) if alive => states,
+                failed => {
+                    if alive && let Err(e) = failed {
+                        log::warn!(
+                            "pid {tgid}: cannot read its pagemap ({e}): its last pages kept"
+                        );
+                    }
+                    let last = self.last_resident.get(&tgid).unwrap_or(&self.no_pages);
+                    // As last seen; nothing is deleted.
+                    group
+                        .iter()
+                        .map(|(k, _)| {
+                            last.get(k).map_or(PageState::Swapped, |s| PageState::Resident(*s))
+                        })
+                        .collect()
+                }
             };
+            let baseline = self.baseline.get_mut(&tgid);
             let mut resident = hashbrown::HashMap::new();
+            let mut before_profile = baseline;
             for ((key, info), state) in group.iter().zip(states) {
+                let old = before_profile.as_mut().is_some_and(|b| b.contains(key.addr));
                 let size = match state {
+                    PageState::Resident(_) if old => continue,
                     PageState::Resident(size) => size,
                     PageState::Gone => {
-                        gone.push((*key, ()));
+                        if let Some(b) = before_profile.as_mut() {
+                            b.release(key.addr);
+                        }
+                        gone.push((*key, info.timestamp_ns));
                         continue;
                     }
                     PageState::NotOwn | PageState::Swapped => continue,
@@ -301,19 +321,19 @@ impl Tracer {
                     kind: info.kind,
                 });
             }
-            seen.insert(tgid, resident);
-        }
-        // A process that has exited keeps its last pages for its final report; the others'
-        // are replaced.
-        for (tgid, resident) in seen {
-            if procfs_alive(tgid) {
+            if alive {
                 self.last_resident.insert(tgid, resident);
             }
         }
         if !gone.is_empty() {
-            // Pages of an exited process are not deleted here: `purge` forgets them.
-            let gone: Vec<(AllocKey, ())> =
-                gone.into_iter().filter(|(k, ())| procfs_alive(k.tgid)).collect();
+            // Only records not faulted again since they were read: a page released and
+            // touched again meanwhile (a buffer mapped anew at the same address) is resident.
+            let map = self.hash_mut::<AllocKey, AllocInfo>(MAP_PAGES)?;
+            let gone: Vec<(AllocKey, ())> = gone
+                .into_iter()
+                .filter(|(k, t)| map.get(k, 0).is_ok_and(|now| now.timestamp_ns == *t))
+                .map(|(k, _)| (k, ()))
+                .collect();
             delete_all(&self.ebpf, MAP_PAGES, &gone)?;
         }
         let mut drops = DropCounts::default();

@@ -113,8 +113,8 @@ impl Features {
                 "unwind-table walks verified as a bounded loop (no bpf_loop before 5.17): \
                  slower to load, no memo of the last walk",
                 "a growth profile's pages first touched inside a system call (a read() into \
-                 fresh memory) are recorded without a stack (no bpf_task_pt_regs before \
-                 5.15): a fault_in_kernel drop is counted",
+                 fresh memory) are recorded without a stack (bpf_task_pt_regs, 5.15, is \
+                 left to the full object): a fault_in_kernel drop is counted",
             ],
         }
     }

@@ -236,6 +236,10 @@ fn fill_sample_gaps(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
     Ok(())
 }
 
+/// A growth profile's stack map holds this share of `--max-stacks` (preallocated, about 1
+/// KiB a stack: 8192 stacks, 8 MiB, by default; growth has far fewer stacks than calls).
+const FAULT_STACKS_SHARE: u32 = 8;
+
 /// Load-time options.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -304,6 +308,8 @@ pub struct Tracer {
         std::collections::HashMap<u32, hashbrown::HashMap<leak_common::AllocKey, u64>>,
     /// An empty set of pages.
     pub(crate) no_pages: hashbrown::HashMap<leak_common::AllocKey, u64>,
+    /// A growth profile: each profiled process's pages resident when its profile started.
+    pub(crate) baseline: std::collections::HashMap<u32, crate::trace::pagemap::Baseline>,
 }
 
 /// The objects whose unwind rows are in `UNWIND_ROWS`.
@@ -422,11 +428,7 @@ impl Tracer {
             )
             .map_max_entries(
                 leak_common::MAP_FAULT_STACKS,
-                if opts.growth {
-                    opts.max_stacks.clamp(1, leak_common::DEFAULT_MAX_FAULT_STACKS)
-                } else {
-                    1
-                },
+                if opts.growth { (opts.max_stacks / FAULT_STACKS_SHARE).max(1) } else { 1 },
             )
             .load(object_bytes(object))
             .map_err(|e| LoaderError::Load(Box::new(e)))?;
@@ -461,6 +463,7 @@ impl Tracer {
             growth: opts.growth,
             last_resident: std::collections::HashMap::new(),
             no_pages: hashbrown::HashMap::new(),
+            baseline: std::collections::HashMap::new(),
         })
     }
 
@@ -731,6 +734,15 @@ impl Tracer {
     /// An event could not be opened or attached.
     pub fn attach_faults(&mut self, pid: NonZeroU32) -> Result<Links, LoaderError> {
         self.load_unwind_tables(pid.get());
+        // What is resident already is not the profile's growth (read before the events
+        // start: a page faulted in between is then both, and counts as before).
+        match crate::trace::pagemap::Baseline::read(pid.get()) {
+            Ok(b) => {
+                debug!("pid {pid}: {} pages resident before the profile", b.pages());
+                self.baseline.insert(pid.get(), b);
+            }
+            Err(e) => warn!("pid {pid}: cannot read what is resident already ({e})"),
+        }
         let mut links = Links::default();
         let mut seen = std::collections::HashSet::new();
         loop {
@@ -757,6 +769,8 @@ impl Tracer {
                     Err(ProgramError::SyscallError(e))
                         if e.io_error.raw_os_error() == Some(libc::ESRCH) => {}
                     Err(e) => {
+                        // `detach` counts them off.
+                        self.attached += links.len();
                         self.detach(links);
                         return Err(LoaderError::Attach {
                             program: PROGRAM_PAGE_FAULT,
