@@ -208,16 +208,24 @@ impl AllocTable {
             // allocator function (glibc carves a 1 KiB block out of a freed 4 KiB one), and a
             // read across that rewrite pairs one record's size with another's stack (seen
             // here as a 1 KiB-per-block site 3 KiB off under a churn of 3 million calls a
-            // second). So the fields are read until two reads agree, as a seqlock reader
-            // retries; a slot still changing after that is in flight and left to the next
-            // snapshot.
+            // second). So the fields are read twice with the owner word checked between and
+            // after, as a seqlock reader retries: a half-written record exists only while its
+            // owner word is 0 (written last, cleared first), so a read between two checks
+            // that saw the word is of one whole record. (Two reads alone agreed on a mix
+            // once, the writer preempted across both and done before the last check, with
+            // the same owner word as before: CI, under load.) A slot still changing after
+            // that is in flight and left to the next snapshot.
+            let same = || {
+                slot.owner().load(Ordering::Acquire) == word
+                    && slot.addr().load(Ordering::Acquire) == addr
+            };
             let stable = (0..SETTLE_READS).find_map(|_| {
                 let first = slot.fields();
+                if !same() {
+                    return None;
+                }
                 let second = slot.fields();
-                (first == second
-                    && slot.addr().load(Ordering::Acquire) == addr
-                    && slot.owner().load(Ordering::Acquire) == word)
-                    .then_some(first)
+                (first == second && same()).then_some(first)
             });
             let Some((size, timestamp_ns, stack_id)) = stable else { continue };
             each(AllocKey::new(addr, tgid), AllocInfo { size, timestamp_ns, stack_id, tgid, kind });
@@ -419,6 +427,11 @@ mod tests {
                         break;
                     }
                     t.insert(key, if i % 2 == 0 { &a } else { &b });
+                    // Published a moment, so that whole reads happen too (without it, a
+                    // loaded machine saw none in 200,000).
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
+                    }
                     t.remove_process(9);
                 }
             });
