@@ -61,6 +61,28 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// `leak VERB_ARGS...` as root, configured as this configuration runs it (the baseline
+    /// binary for [`Tracer::LeakBaseline`]).
+    pub fn leak_command(self, leak: &Path, baseline: Option<&Path>, verb_args: &[&str]) -> Command {
+        let bin = match (self, baseline) {
+            (Tracer::LeakBaseline, Some(b)) => b,
+            _ => leak,
+        };
+        let mut cmd = as_root(bin);
+        cmd.args(verb_args);
+        match self {
+            Self::LeakGrowth => drop(cmd.args(["--mode", "growth"])),
+            Self::LeakCompat => drop(cmd.env("LEAK_BPF_OBJECT", "compat")),
+            Self::ProbeFloor => drop(cmd.arg("--probe-floor")),
+            Self::LeakSampled => drop(cmd.arg("--sample")),
+            Self::LeakFp => drop(cmd.args(["--unwind", "fp"])),
+            _ => {}
+        }
+        cmd
+    }
+}
+
 struct Env {
     leak: PathBuf,
     /// `--baseline`: another leak binary, traced side by side with this one.
@@ -244,27 +266,11 @@ fn churn_once(env: &Env, tracer: Tracer, pairs: u64) -> Result<f64> {
         | Tracer::LeakGrowth
         | Tracer::LeakCompat
         | Tracer::LeakBaseline => {
-            let bin = match (tracer, &env.baseline) {
-                (Tracer::LeakBaseline, Some(b)) => b,
-                _ => &env.leak,
-            };
-            let mut cmd = as_root(bin);
-            cmd.args(["run", "--interval", "60s"]);
-            if tracer == Tracer::LeakGrowth {
-                cmd.args(["--mode", "growth"]);
-            }
-            if tracer == Tracer::LeakCompat {
-                cmd.env("LEAK_BPF_OBJECT", "compat");
-            }
-            if tracer == Tracer::ProbeFloor {
-                cmd.arg("--probe-floor");
-            }
-            if tracer == Tracer::LeakSampled {
-                cmd.arg("--sample");
-            }
-            if tracer == Tracer::LeakFp {
-                cmd.args(["--unwind", "fp"]);
-            }
+            let mut cmd = tracer.leak_command(
+                &env.leak,
+                env.baseline.as_deref(),
+                &["run", "--interval", "60s"],
+            );
             measure(cmd.arg("--").arg(&env.churn).arg(&n))
         }
         Tracer::Heaptrack => {

@@ -205,27 +205,11 @@ impl Attached {
             | Tracer::LeakGrowth
             | Tracer::LeakCompat
             | Tracer::LeakBaseline => {
-                let bin = match (tracer, &env.baseline) {
-                    (Tracer::LeakBaseline, Some(b)) => b,
-                    _ => &env.leak,
-                };
-                let mut cmd = as_root(bin);
-                cmd.args(["attach", "--pid", &pid_s, "--interval", "1h"]);
-                if tracer == Tracer::LeakGrowth {
-                    cmd.args(["--mode", "growth"]);
-                }
-                if tracer == Tracer::LeakCompat {
-                    cmd.env("LEAK_BPF_OBJECT", "compat");
-                }
-                if tracer == Tracer::ProbeFloor {
-                    cmd.arg("--probe-floor");
-                }
-                if tracer == Tracer::LeakSampled {
-                    cmd.arg("--sample");
-                }
-                if tracer == Tracer::LeakFp {
-                    cmd.args(["--unwind", "fp"]);
-                }
+                let mut cmd = tracer.leak_command(
+                    &env.leak,
+                    env.baseline.as_deref(),
+                    &["attach", "--pid", &pid_s, "--interval", "1h"],
+                );
                 (cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?, true, "attached to PID")
             }
             Tracer::Memleak => {
