@@ -299,6 +299,9 @@ fn run_command(
         Err(e) if !ctl.root_attached() => Err(kill_child(e)),
         Err(e) => Err(e),
     };
+    // Its tracefs instance removed first: the helper that releases the probes would inherit
+    // the instance's open pipe and keep it busy.
+    drop(ctl);
     tracer.release_in_background();
     result
 }

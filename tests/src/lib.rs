@@ -617,6 +617,15 @@ impl PodCgroup {
             .unwrap_or(0)
     }
 
+    /// A shell command that moves the shell running it into this cgroup (then `exec` what
+    /// should run there: only it is charged, and only it can be the OOM killer's victim).
+    #[must_use]
+    pub fn join_command(&self) -> String {
+        let mut files = vec![self.dir().join("cgroup.procs")];
+        files.extend(self.memory.as_ref().map(|m| m.dir().join("cgroup.procs")));
+        files.iter().map(|f| format!("echo $$ > {}", f.display())).collect::<Vec<_>>().join(" && ")
+    }
+
     /// Moves process `pid` into it.
     pub fn add(&self, pid: u32) {
         std::fs::write(self.dir().join("cgroup.procs"), pid.to_string()).unwrap();
@@ -640,6 +649,17 @@ impl Drop for PodCgroup {
             rel = r.parent();
         }
     }
+}
+
+/// A cgroup of one test's own (not a pod's) whose memory is limited to `limit` bytes: past it,
+/// the kernel's OOM killer kills one of its processes.
+#[must_use]
+pub fn oom_cgroup(limit: u64) -> PodCgroup {
+    let (uid, _) = pod_ids();
+    let cgroup = PodCgroup::new(&unified_cgroup_root(), &format!("leak-test-oom-{}", &uid[..8]))
+        .with_memory();
+    cgroup.limit_memory(limit);
+    cgroup
 }
 
 /// A random pod UID and container id, so that runs never share cgroups.

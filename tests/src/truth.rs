@@ -373,3 +373,100 @@ pub fn grower_leaked(stdout: &[String]) -> u64 {
         .find_map(|l| l.strip_prefix("leaked ")?.parse().ok())
         .unwrap_or_else(|| panic!("no 'leaked' line: {stdout:#?}"))
 }
+
+/// The bytes `grower` (run with `GROWER_TELL=1`) said it had leaked last: up to its last tick
+/// before it was killed.
+#[must_use]
+pub fn grower_last_leaked(stdout: &[String]) -> u64 {
+    stdout
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("leaked ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no 'leaked' line: {stdout:#?}"))
+}
+
+/// What `grower` leaks in one tick at `rate_kib` KiB/s: whole 4 KiB blocks, one more for the
+/// carry.
+#[must_use]
+pub fn grower_tick_bytes(rate_kib: u64) -> u64 {
+    rate_kib * 1024 / 50 + 4096
+}
+
+/// The report of a `grower` (leaking `rate_kib` KiB/s) that the OOM killer killed at its
+/// cgroup's `limit`, having said at its last tick that it had leaked `last_leaked`: its end
+/// told as it was, the triage line saying so and naming the limit, the leak on top. Exact
+/// bytes in a trace (the blocks recorded up to the kill: what it said, and at most the tick
+/// it was killed in); within 25% in a growth profile (its last sample is up to 250 ms old).
+#[track_caller]
+pub fn assert_grower_oom_killed(report: &Report, limit: u64, last_leaked: u64, rate_kib: u64) {
+    assert_eq!(report.end_reason, "oom_kill", "{}", report.growth.summary);
+    let summary = &report.growth.summary;
+    assert!(summary.starts_with("OOM-killed after +"), "{summary}");
+    assert!(summary.ends_with(" limit reached"), "{summary}");
+    assert_eq!(report.growth.limit.as_ref().map(|l| l.bytes), Some(limit), "{summary}");
+    let top = report.sites_by_verdict()[0];
+    assert_eq!(frame0(top), Some("leak_fn"), "{:#?}", growth_overview(report));
+    assert_eq!(top.trend.verdict, Verdict::Leak, "{:#?}", growth_overview(report));
+    match report.mode {
+        Mode::Exact => {
+            let (bytes, _) = crate::under(report, "leak_fn");
+            assert!(
+                (last_leaked..=last_leaked + grower_tick_bytes(rate_kib)).contains(&bytes),
+                "leak_fn: {bytes} bytes recorded, {last_leaked} said leaked at the last tick"
+            );
+        }
+        Mode::Growth => {
+            let bytes = resident(&sites_of(report, "leak_fn"));
+            let off = relative_error(bytes, last_leaked);
+            assert!(
+                off <= 0.25,
+                "leak_fn: {bytes} bytes resident, {last_leaked} leaked: {:#?}",
+                growth_overview(report)
+            );
+        }
+    }
+}
+
+/// The limit of the cgroup `grower` is OOM-killed in: reached in about 6 s at
+/// [`OOM_RATE_KIB`].
+pub const OOM_LIMIT: u64 = 96 << 20;
+/// What `grower` leaks until it is OOM-killed, KiB/s.
+pub const OOM_RATE_KIB: u64 = 16 << 10;
+
+/// `grower SECONDS RATE_KIB` in `cgroup`, alone (leak and the test are charged elsewhere),
+/// saying what it leaked at every tick.
+#[must_use]
+pub fn grower_in(cgroup: &crate::PodCgroup, seconds: u64, rate_kib: u64) -> Fixture {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &grower_script(cgroup, seconds, rate_kib)]);
+    Fixture::start_command(cmd)
+}
+
+/// The shell command that runs `grower` in `cgroup` (the shell moves itself there and execs
+/// it: the same pid).
+#[must_use]
+pub fn grower_script(cgroup: &crate::PodCgroup, seconds: u64, rate_kib: u64) -> String {
+    format!(
+        "{} && GROWER_TELL=1 exec {} {seconds} {rate_kib}",
+        cgroup.join_command(),
+        crate::fixture("grower").display()
+    )
+}
+
+/// `leak run --mode MODE` of `grower` in a cgroup limited to [`OOM_LIMIT`], until the OOM
+/// killer kills it: the command's status, the cgroup's count, the report and the line said.
+pub fn run_until_oom_killed(mode: &str) {
+    crate::require_root();
+    let cgroup = crate::oom_cgroup(OOM_LIMIT);
+    let script = grower_script(&cgroup, 120, OOM_RATE_KIB);
+    let (done, _dir, json) =
+        crate::run_with_report(&["--mode", mode, "-q"], &["sh", "-c", &script]);
+    // The command's own status: killed by SIGKILL.
+    assert_eq!(done.status.code(), Some(137), "{:#?}", done.stderr);
+    assert_eq!(cgroup.oom_kills(), 1);
+    let report = read_report(&json);
+    eprintln!("{mode}: {}", report.growth.summary);
+    assert_grower_oom_killed(&report, OOM_LIMIT, grower_last_leaked(&done.stdout), OOM_RATE_KIB);
+    let said = format!("leak: pid {} (grower): OOM-killed after +", report.target.pid);
+    assert!(done.stderr.iter().any(|l| l.starts_with(&said)), "{:#?}", done.stderr);
+}

@@ -9,7 +9,7 @@ use leak_tests::{
     assert_absent, assert_no_drops, assert_site, require_root, site, summary, trace_fixture_env,
     truth::{
         assert_grower, assert_leaker_truth, assert_mapper_truth, assert_whole_stacks,
-        grower_leaked, run_to_end, trace_until_exit,
+        grower_leaked, run_to_end, run_until_oom_killed, trace_until_exit,
     },
 };
 use leak_user::trace::loader::{BPF_OBJECT_ENV, BpfObject};
@@ -102,6 +102,13 @@ fn a_growth_profile_names_the_leak_of_a_busy_process() {
         eprintln!("{object}: {:#?}", leak_tests::truth::growth_overview(&report));
         assert_grower(&report, grower_leaked(&done.stdout));
     }
+}
+
+/// The OOM killer's victim told by its pid (the `oom:mark_victim` event's format changed in
+/// 6.8) in a cgroup v2 memory limit; a growth profile, the cheaper mode on an emulated CPU.
+#[test]
+fn an_oom_kill_ends_the_report_with_its_cause() {
+    run_until_oom_killed("growth");
 }
 
 #[test]

@@ -420,6 +420,7 @@ fn init_script(suite: &Suite, filter: &[String]) -> String {
          mount -t proc proc /proc\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          echo \"{BEGIN} $(uname -r)\"\n\
          cd /tmp\n\
          {leak} check -v\n\

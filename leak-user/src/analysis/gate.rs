@@ -142,6 +142,15 @@ fn growth_findings(report: &Report, rules: &Rules, out: &mut Vec<Finding>) {
 
 /// The exit rule: blocks still allocated when the process exited.
 fn exit_finding(report: &Report, rules: &Rules) -> Option<Finding> {
+    if report.end_reason == "oom_kill" {
+        return Some(Finding {
+            rule: Rule::Inconclusive,
+            text: "the OOM killer killed the process: the exit rule judges a process that exits \
+                   by itself (see the growth rule and the report's summary)"
+                .to_owned(),
+            fails: !rules.allow_inconclusive,
+        });
+    }
     if report.end_reason != "target_exited" {
         return Some(Finding {
             rule: Rule::Inconclusive,
@@ -299,6 +308,10 @@ mod tests {
         let f = judge(&report(Verdict::Stable, 40, "duration"), &exit);
         assert_eq!(f[0].rule, Rule::Inconclusive);
         assert!(f[0].text.contains("needs the process to exit"), "{}", f[0].text);
+        // Killed by the OOM killer: not an exit either, and said as what it was.
+        let f = judge(&report(Verdict::Stable, 40, "oom_kill"), &exit);
+        assert_eq!(f[0].rule, Rule::Inconclusive);
+        assert!(f[0].text.starts_with("the OOM killer killed the process"), "{}", f[0].text);
         // The C library's own buffers are not counted.
         let mut r = report(Verdict::Stable, 40, "target_exited");
         for s in &mut r.sites {

@@ -208,6 +208,7 @@ impl<'a> Analysis<'a> {
             growing: &growing,
             limit: limit.as_ref(),
             fired: evidence.fired,
+            oom_killed: evidence.oom_killed,
         });
         let caveats = caveats(verdict, evidence, process);
         Growth {
@@ -269,6 +270,8 @@ pub struct Evidence {
     pub fired: bool,
     /// Frees of blocks allocated before tracing (`unknown_free`).
     pub unknown_free: u64,
+    /// The kernel's OOM killer ended the process (`end_reason: "oom_kill"`).
+    pub oom_killed: bool,
 }
 
 /// The caveats of a report whose verdict is `verdict`: each a statement true of it.
@@ -344,13 +347,16 @@ struct SummaryInput<'a> {
     limit: Option<&'a LimitView>,
     /// Some probe fired.
     fired: bool,
+    /// The OOM killer ended the process.
+    oom_killed: bool,
 }
 
 /// `+1.2 GiB over 14:02:03-16:40:10 (+460.0 MiB/h); 3 sites account for 97%; leak suspected
 /// at parse_request <- handle_conn`.
 fn summary_line(s: &SummaryInput<'_>) -> String {
     let mut parts = vec![format!(
-        "{} over {} ({}/h)",
+        "{}{} over {} ({}/h)",
+        if s.oom_killed { "OOM-killed after " } else { "" },
         signed_bytes(s.total.gained_bytes),
         s.window_text,
         signed_bytes(to_i64(s.total.rate_bytes_per_h))
@@ -383,7 +389,11 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
     } else {
         parts.push("no leak suspected".to_owned());
     }
-    if let Some(l) = s.limit {
+    if let Some(l) = s.limit
+        && s.oom_killed
+    {
+        parts.push(format!("its {} limit reached", human_bytes(l.bytes)));
+    } else if let Some(l) = s.limit {
         match l.time_to_limit_s {
             Some(secs) => parts.push(format!(
                 "{} limit reached in {} at this rate",
@@ -573,6 +583,20 @@ mod tests {
             "{}",
             g.summary
         );
+        // Killed by the OOM killer: the triage line says so, and that the limit was reached.
+        let killed = Evidence { oom_killed: true, ..FIRED };
+        let g =
+            a.view(&sites, "10:00:00-10:00:30", Some(&limit), &killed, a.process_view().as_ref());
+        assert!(
+            g.summary.starts_with("OOM-killed after +305.0 KiB over 10:00:00-10:00:30 (+"),
+            "{}",
+            g.summary
+        );
+        assert!(
+            g.summary.ends_with("(confidence 99.9%); its 64.0 MiB limit reached"),
+            "{}",
+            g.summary
+        );
         // Nothing growing: said so, and no projection.
         let empty = History::new(None, 1.0);
         let quiet = Analysis::of(&empty, &Params::default());
@@ -584,12 +608,18 @@ mod tests {
         assert_eq!((g.verdict, g.caveats.len()), (Verdict::Stable, 0));
         assert_eq!(g.limit.unwrap().time_to_limit_s, None);
         // No probe fired: not "no leak", but nothing traced, and a caveat says so.
-        let g = quiet.view(&[], "a-b", None, &Evidence { fired: false, unknown_free: 0 }, None);
+        let g = quiet.view(
+            &[],
+            "a-b",
+            None,
+            &Evidence { fired: false, unknown_free: 0, oom_killed: false },
+            None,
+        );
         assert_eq!(g.summary, "+0 B over a-b (+0 B/h); nothing traced: no probe fired");
         assert!(g.caveats[0].starts_with("no probe fired: "), "{:?}", g.caveats);
     }
 
-    const FIRED: Evidence = Evidence { fired: true, unknown_free: 0 };
+    const FIRED: Evidence = Evidence { fired: true, unknown_free: 0, oom_killed: false };
 
     #[test]
     fn traced_growth_without_process_growth_is_a_caveat_only_when_true() {
@@ -621,7 +651,7 @@ mod tests {
                 &sites,
                 "a-b",
                 None,
-                &Evidence { fired: true, unknown_free },
+                &Evidence { fired: true, unknown_free, oom_killed: false },
                 a.process_view().as_ref(),
             );
             (g, a.process_view().unwrap())

@@ -46,7 +46,8 @@ pub struct Report {
     pub min_age_s: f64,
     /// The allocator object and where its probes sit.
     pub allocator: AllocatorInfo,
-    /// Why tracing ended: `duration`, `signal`, `target_exited`, or `interval` for a
+    /// Why tracing ended: `duration`, `signal`, `target_exited`, `oom_kill` (the kernel's
+    /// OOM killer killed the target: see `growth.summary`), or `interval` for a
     /// report printed while tracing continues.
     pub end_reason: String,
     /// Outstanding bytes and allocations by age.
@@ -585,6 +586,7 @@ pub fn build(
     let evidence = crate::analysis::growth::Evidence {
         fired: (0..meta.hooks.len()).any(|i| hits.get(i, false) > 0),
         unknown_free: drops.get(leak_common::DropReason::UnknownFree),
+        oom_killed: meta.end_reason == "oom_kill",
     };
     let process = growth.process_view();
     let mut growth_view =

@@ -68,6 +68,8 @@ pub struct Controller<'a> {
     /// A growth profile: the root's page-fault events across its exec (they survive it, and
     /// closing them would end the copies its children inherited).
     fault_links: Option<Links>,
+    /// Tells an OOM kill from another death.
+    oom: crate::trace::oom::OomWatch,
 }
 
 impl<'a> Controller<'a> {
@@ -87,6 +89,7 @@ impl<'a> Controller<'a> {
             retired: Vec::new(),
             names: HashMap::new(),
             fault_links: None,
+            oom: crate::trace::oom::OomWatch::process(root),
         }
     }
 
@@ -200,7 +203,7 @@ impl<'a> Controller<'a> {
         self.detach_all();
         let status = match end {
             End::Signal(sig) => code(128 + sig),
-            End::TargetExited => code(self.root_code.unwrap_or(1)),
+            End::TargetExited | End::OomKill => code(self.root_code.unwrap_or(1)),
             End::Duration | End::Budget => {
                 eprintln!("leak: tracing ended; waiting for pid {} to exit", self.root);
                 self.serve_until_exit(signals).await?
@@ -457,8 +460,14 @@ impl<'a> Controller<'a> {
         if let Some(Proc::Traced(links) | Proc::AwaitEntry(links)) = self.procs.remove(&pid) {
             self.retired.push(links);
             if let Some(mut s) = self.sessions.remove(&pid) {
+                // Every OOM victim dies of SIGKILL; only then is the OOM killer asked.
+                let end = if exit_code == 128 + libc::SIGKILL && self.oom.killed(pid) {
+                    End::OomKill
+                } else {
+                    End::TargetExited
+                };
                 let snap = self.tracer.snapshot()?;
-                let report = s.finish(&snap, &mut *self.tracer, End::TargetExited)?;
+                let report = s.finish(&snap, &mut *self.tracer, end)?;
                 self.gate.judge(&report, &self.cfg);
             }
             // Its records would only take room from the processes still traced; with none

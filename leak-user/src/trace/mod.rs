@@ -5,7 +5,7 @@
 //! `source`), the allocator's hooks and where their probes sit (`target`, `hooks`,
 //! `placement`, `elf`), unwind tables (`unwind`), reading the maps (`source`),
 //! symbolization (`symbolize`, the only blazesym user, and `debuginfo`, where symbols are), the session loop that samples,
-//! reports and ends (`session`), and `leak run`'s process control (`controller`, `runner`,
+//! reports and ends (`session`), whether an end was the OOM killer's (`oom`), and `leak run`'s process control (`controller`, `runner`,
 //! `tracee`: ptrace).
 //!
 //! What it may import: `analysis`, `output` and the shared files at the top (`config`,
@@ -17,6 +17,7 @@ pub mod debuginfo;
 pub mod elf;
 pub mod hooks;
 pub mod loader;
+pub mod oom;
 pub mod pagemap;
 pub mod placement;
 pub mod preflight;

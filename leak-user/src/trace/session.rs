@@ -51,6 +51,8 @@ pub enum End {
     Signal(i32),
     /// The target exited.
     TargetExited,
+    /// The kernel's OOM killer killed the target.
+    OomKill,
     /// The probes cost more than `--max-overhead`.
     Budget,
 }
@@ -61,6 +63,7 @@ impl End {
             Self::Duration => "duration",
             Self::Signal(_) => "signal",
             Self::TargetExited => "target_exited",
+            Self::OomKill => "oom_kill",
             Self::Budget => "overhead_budget",
         }
     }
@@ -146,6 +149,8 @@ pub struct Session {
     /// Reading `smaps_rollup` walks the target's page tables (milliseconds on a large
     /// process): it is read again only once this much time has passed.
     memory_next: std::time::Instant,
+    /// The memory limit last read (the final report of a process gone has it).
+    last_limit: Option<Limit>,
 }
 
 impl Session {
@@ -188,6 +193,7 @@ impl Session {
             start_ns: monotonic_ns(),
             history: History::new(crate::procfs::memory(pid), period),
             memory_next: std::time::Instant::now(),
+            last_limit: None,
         }
     }
 
@@ -219,6 +225,8 @@ impl Session {
 
     /// Records a growth sample (no report).
     pub fn sample(&mut self, data: &SampleData) {
+        // Read while the process lives: a final report after an OOM kill names the limit.
+        let _ = self.limit();
         match data {
             SampleData::Records(snap) => {
                 let agg = self.aggregate(snap);
@@ -329,17 +337,19 @@ impl Session {
 
     /// `--limit` against the process's RSS, else its cgroup's limit against the cgroup's
     /// usage.
-    fn limit(&self) -> Option<Limit> {
+    /// Once the process is gone, the last one read.
+    fn limit(&mut self) -> Option<Limit> {
         if let Some(bytes) = self.cfg.limit {
             let usage = self.history.process().iter().rev().find_map(|m| m.map(|m| m.rss));
             return Some(Limit { bytes, usage: usage.unwrap_or(0), source: "option" });
         }
         let cgroupfs = crate::trace::preflight::sysfs_root().join("fs/cgroup");
-        crate::procfs::cgroup_memory_limit(self.pid, &cgroupfs).map(|(bytes, usage)| Limit {
-            bytes,
-            usage,
-            source: "cgroup",
-        })
+        let now = crate::procfs::cgroup_memory_limit(self.pid, &cgroupfs)
+            .map(|(bytes, usage)| Limit { bytes, usage, source: "cgroup" });
+        if now.is_some() {
+            self.last_limit.clone_from(&now);
+        }
+        now.or_else(|| self.last_limit.clone())
     }
 
     /// Fetches and symbolizes stacks not seen before (and those with frames that did not
@@ -422,6 +432,11 @@ impl Session {
         source: &mut dyn AllocSource,
         end: End,
     ) -> Result<Report, Error> {
+        if end == End::OomKill {
+            // Everything resident at the kill is what the kill is about, the freshest pages
+            // most of all: none is left out as too young (`--min-age`).
+            self.cfg.min_age = Duration::ZERO;
+        }
         let (report, agg) = self.collect_from(snap, source, end.as_str())?;
         if end == End::TargetExited && !self.cfg.samples_need_records() {
             self.check_totals(&agg, source)?;
@@ -453,6 +468,7 @@ impl Session {
             End::Duration => "duration reached",
             End::Signal(_) => "interrupted",
             End::TargetExited => "target exited",
+            End::OomKill => "killed by the OOM killer",
             End::Budget => "overhead budget exceeded",
         };
         let header = format!(
@@ -701,6 +717,7 @@ pub async fn trace(
     signals: &mut Signals,
 ) -> Result<(Report, End), Error> {
     let exit = ExitWatch::new(session.pid);
+    let oom = crate::trace::oom::OomWatch::process(session.pid);
     let start = Instant::now();
     let mut report_tick = interval_at(start + session.cfg.interval, session.cfg.interval);
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -738,7 +755,9 @@ pub async fn trace(
                 tracer.flush_logs();
             }
             () = &mut until_deadline => break End::Duration,
-            () = exit.exited() => break End::TargetExited,
+            () = exit.exited() => {
+                break if oom.killed(session.pid) { End::OomKill } else { End::TargetExited };
+            }
             sig = signals.recv() => break End::Signal(sig),
         }
     };
