@@ -100,6 +100,11 @@ pub struct AgentArgs {
     /// A trace stops once its probes cost the traced process more than this share of a CPU.
     #[arg(long, visible_alias = "overhead-budget", default_value = "5%", value_parser = parse_percent, value_name = "PERCENT")]
     pub max_overhead: u32,
+    /// With growth escalations: keep a growth profile on every process of a container whose
+    /// working set passed this share of its memory limit (70%: the first step of the alert
+    /// rules), so that an OOM kill finds its answer ready.
+    #[arg(long, default_value = "70%", value_parser = parse_percent, value_name = "PERCENT")]
+    pub profile_above: u32,
     /// Where the reports are kept.
     #[arg(long, default_value = "/var/lib/leak", value_name = "DIR")]
     pub out_dir: PathBuf,
@@ -173,6 +178,11 @@ pub struct WatchArgs {
     /// CPU (default: no limit).
     #[arg(long, visible_alias = "overhead-budget", value_parser = parse_percent, value_name = "PERCENT", requires = "trace_for")]
     pub max_overhead: Option<u32>,
+    /// With --trace-for in growth mode: keep a growth profile on every process of a
+    /// container whose working set passed this share of its memory limit, so that an OOM
+    /// kill finds its answer ready.
+    #[arg(long, default_value = "70%", value_parser = parse_percent, value_name = "PERCENT")]
+    pub profile_above: u32,
     /// Where --trace-for writes its reports.
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub out_dir: PathBuf,
@@ -499,6 +509,7 @@ impl From<CliCommand> for Command {
                 selection: None,
                 max_overhead: w.max_overhead,
                 cgroup_root: w.cgroup_root,
+                profile_above: w.profile_above,
             }),
             CliCommand::Check => Self::Check,
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
@@ -536,6 +547,7 @@ impl From<CliCommand> for Command {
                 }),
                 max_overhead: Some(a.max_overhead),
                 cgroup_root: a.cgroup_root,
+                profile_above: a.profile_above,
             }),
         }
     }

@@ -301,6 +301,9 @@ pub struct WatchConfig {
     pub max_overhead: Option<u32>,
     /// Where the cgroup file systems are mounted (containers' memory statistics).
     pub cgroup_root: PathBuf,
+    /// A growth escalation is kept on the processes of a container whose working set
+    /// passed this share of its limit (basis points).
+    pub profile_above: u32,
 }
 
 /// What to do.

@@ -756,7 +756,7 @@ pub struct FakeKubeApi {
     child: Child,
     /// `KUBERNETES_SERVICE_HOST` and the rest, for [`Leak::spawn_env`].
     pub env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl FakeKubeApi {
@@ -816,7 +816,17 @@ impl FakeKubeApi {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        Self { child, env, _dir: dir }
+        Self { child, env, dir }
+    }
+
+    /// The Events posted to it so far, in order.
+    #[must_use]
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an Event"))
+            .collect()
     }
 
     /// The environment as [`Leak::spawn_env`] takes it.

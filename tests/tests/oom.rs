@@ -1,12 +1,17 @@
 //! OOM kills, real ones: `grower` leaks in a memory cgroup of its own with a small limit until
 //! the kernel's OOM killer kills it; `leak run` and `leak attach`, in either mode, end with
-//! `end_reason: "oom_kill"` and the post-mortem report. A process killed otherwise, or that
-//! exits, gets no OOM report.
+//! `end_reason: "oom_kill"` and the post-mortem report; the agent, watching the fixture in a
+//! pod's cgroup (fake Kubernetes API), records each kill with its post-mortem, posts an Event
+//! on the pod, counts it and links a crash loop. A process killed otherwise gets no OOM
+//! report.
+use std::time::{Duration, Instant};
+
 use leak_tests::{
-    Leak, oom_cgroup, read_report, require_root, run_with_report,
+    FakeKubeApi, Leak, http_get_text, oom_cgroup, read_report, require_root, run_with_report,
+    serving_addr, systemd_pod_cgroup, systemd_pod_cgroup_of,
     truth::{
         OOM_LIMIT as LIMIT, OOM_RATE_KIB as RATE_KIB, assert_grower_oom_killed, grower_in,
-        grower_last_leaked, grower_script, run_until_oom_killed,
+        grower_last_leaked, grower_script, resident, run_until_oom_killed, sites_of,
     },
 };
 
@@ -63,4 +68,168 @@ fn a_process_killed_otherwise_gets_no_oom_report() {
     let done = leak.wait();
     assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
     assert_eq!(read_report(&json).end_reason, "target_exited");
+}
+
+/// What the agent test's grower leaks, KiB/s: killed about 25 s after it starts, judged
+/// and profiled within the first few.
+const AGENT_RATE_KIB: u64 = 4 << 10;
+
+/// `GET /api/v1/oom_kills` until `done` holds of it.
+fn kills_until(
+    addr: &str,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&http_get_text(addr, "/api/v1/oom_kills")).unwrap();
+        let list = list.as_array().unwrap().clone();
+        if done(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "{what}: {list:#?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Its post-mortem is written and read: the kill names what grew.
+fn explained(k: &serde_json::Value) -> bool {
+    k["top_site"].is_string()
+}
+
+#[test]
+fn the_agent_explains_each_oom_kill_of_a_pod_and_links_a_crash_loop() {
+    require_root();
+    let (cgroup, uid, cid) = systemd_pod_cgroup();
+    cgroup.limit_memory(LIMIT);
+    let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
+    let dir = tempfile::tempdir().unwrap();
+    let (agent_cgroup, _, _) = systemd_pod_cgroup_of("besteffort");
+    let mut agent = Leak::spawn_in_pod(
+        &agent_cgroup,
+        &[
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--sample-interval",
+            "250ms",
+            "--interval",
+            "1h",
+            "--min-growth",
+            "64K",
+            "--trace-for",
+            "2m",
+            // The fixture's scratch buffer faults in 4 MiB 50 times a second: at the cost the
+            // budget assumes for a fault, over the default 5% of a CPU.
+            "--max-overhead",
+            "50%",
+            "--out-dir",
+            dir.path().join("reports").to_str().unwrap(),
+        ],
+        &api.env(),
+    );
+    let addr = serving_addr(&mut agent);
+    // Judged leaking, profiled, killed at its limit.
+    let mut first = grower_in(&cgroup, 120, AGENT_RATE_KIB);
+    let pid = first.pid();
+    let kills =
+        kills_until(&addr, "the first kill, explained", |l| l.len() == 1 && explained(&l[0]));
+    first.wait();
+    let leaked = grower_last_leaked(&first.stdout.drain());
+    let k = &kills[0];
+    assert_eq!(
+        (k["process"]["pid"].as_u64(), k["seen_by"].as_str()),
+        (Some(u64::from(pid)), Some("tracepoint"))
+    );
+    assert_eq!(k["process"]["pod"]["workload"], "shop-api", "{k:#}");
+    assert_eq!(k["limit_bytes"], LIMIT);
+    let triage = k["triage"].as_str().unwrap();
+    assert!(triage.starts_with("OOM-killed after +"), "{triage}");
+    assert!(triage.contains("; its 96.0 MiB limit reached; "), "{triage}");
+    assert!(triage.contains("% of the growth from leak_fn <- main"), "{triage}");
+    // Its chart runs to the kill: the last sample near the limit.
+    let anon = k["process"]["series"]["anon_bytes"].as_array().unwrap();
+    let last = anon.last().unwrap().as_u64().unwrap();
+    assert!(last * 10 >= LIMIT * 8, "{last} of {LIMIT}");
+    let id = assert_post_mortem(&addr, k, pid, leaked);
+    assert_event(&api, triage, &id);
+    // Counted by workload; shown and linked on the node's page.
+    let metrics = http_get_text(&addr, "/metrics");
+    let counter = "leak_oom_kills_total{namespace=\"shop\",workload_kind=\"Deployment\",workload=\"shop-api\",container=\"api\"}";
+    assert!(metrics.contains(&format!("{counter} 1\n")), "{metrics}");
+    let page = http_get_text(&addr, "/");
+    assert!(page.contains("<h2>OOM kills</h2>"), "{page}");
+    assert!(
+        page.contains(&format!("href=\"api/v1/reports/{id}/report.html\">its post-mortem")),
+        "{page}"
+    );
+
+    // The container restarts and is killed again: linked to the first kill.
+    let mut second = grower_in(&cgroup, 120, AGENT_RATE_KIB);
+    let kills =
+        kills_until(&addr, "the second kill, explained", |l| l.len() == 2 && explained(&l[1]));
+    second.wait();
+    let k = &kills[1];
+    assert_eq!(k["previous"], serde_json::json!([kills[0]["id"]]));
+    let repeated = k["repeated"].as_str().unwrap();
+    assert!(repeated.starts_with("2nd OOM kill in "), "{repeated}");
+    assert!(repeated.contains("% of the growth from leak_fn <- main"), "{repeated}");
+    assert!(http_get_text(&addr, "/metrics").contains(&format!("{counter} 2\n")));
+
+    // Killed otherwise: no OOM kill.
+    let third = grower_in(&cgroup, 120, 256);
+    std::thread::sleep(Duration::from_secs(3));
+    drop(third);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(kills_until(&addr, "two kills", |_| true).len(), 2);
+    assert_eq!(cgroup.oom_kills(), 2);
+    let done = agent.terminate();
+    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+}
+
+/// The post-mortem of kill `k` of `pid` (which said it had leaked `leaked`): its profile's
+/// report, written at the kill. Returns the report's id.
+fn assert_post_mortem(addr: &str, k: &serde_json::Value, pid: u32, leaked: u64) -> String {
+    let id = std::path::Path::new(k["profile"]["json"].as_str().unwrap())
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // Profiled from when it was judged growing (or leaking, on a slow sample).
+    let reason = k["profile"]["reason"].as_str().unwrap();
+    assert!(["growing", "leak"].contains(&reason), "{reason}");
+    let report: leak_tests::Report =
+        serde_json::from_str(&http_get_text(addr, &format!("/api/v1/reports/{id}"))).unwrap();
+    assert_eq!(report.end_reason, "oom_kill");
+    assert_eq!(report.target.pid, pid);
+    assert_eq!(leak_tests::frame0(report.sites_by_verdict()[0]), Some("leak_fn"));
+    // It grew from leak_fn from when the profile started (a few seconds after the fixture):
+    // most of what the fixture leaked, never more.
+    let profiled = resident(&sites_of(&report, "leak_fn"));
+    assert!(
+        profiled * 10 >= leaked * 6 && profiled * 100 <= leaked * 105,
+        "leak_fn: {profiled} bytes in the post-mortem, {leaked} leaked"
+    );
+    id
+}
+
+/// The Event on the pod, where `kubectl describe pod` shows it: the kill's `triage` line and
+/// the address of report `id`.
+fn assert_event(api: &FakeKubeApi, triage: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.events().is_empty() {
+        assert!(Instant::now() < deadline, "no Event posted");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let event = &api.events()[0];
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("LeakOOMKill"))
+    );
+    assert_eq!(event["involvedObject"]["name"], "shop-api-1");
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{api}");
+    let message = event["message"].as_str().unwrap();
+    assert!(message.starts_with(triage), "{message}");
+    assert!(message.ends_with(&format!("/api/v1/reports/{id}/report.html")), "{message}");
 }

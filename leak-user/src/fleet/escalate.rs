@@ -29,7 +29,7 @@ pub struct Escalator {
     max: usize,
     max_overhead: Option<u32>,
     mode: crate::config::Mode,
-    queue: VecDeque<(u32, u64, String, Option<PodRef>)>,
+    queue: VecDeque<Queued>,
     /// The running `leak attach` children, with their index in `done` and the process's
     /// start time.
     running: Vec<(Child, usize, u64)>,
@@ -37,6 +37,9 @@ pub struct Escalator {
     done: Vec<Escalation>,
     keep: usize,
 }
+
+/// A process waiting for its turn: pid, start time, `comm`, pod, why.
+type Queued = (u32, u64, String, Option<PodRef>, &'static str);
 
 /// Flagged processes remembered before the gone ones are forgotten.
 const SEEN_PRUNE: usize = 4096;
@@ -78,29 +81,56 @@ impl Escalator {
         self
     }
 
-    /// Queues the processes judged leaks (each once).
-    pub fn flag(&mut self, judged: &[WatchedProcess]) {
+    /// Queues the processes judged leaks (each once). A growth profile costs little enough
+    /// to be kept on more widely: on processes judged growing too, and on every process of a
+    /// container in `near_limit` (its working set past `--profile-above` of its limit), so
+    /// that an OOM kill finds its answer ready.
+    pub fn flag(&mut self, judged: &[WatchedProcess], near_limit: &HashSet<&str>) {
         if self.seen.len() > SEEN_PRUNE {
             // A process that is gone will not be judged again: forget it.
             self.seen.retain(|&(pid, start)| procfs::start_time(pid) == Some(start));
         }
+        let growth = self.mode == crate::config::Mode::Growth;
         // An exited process is kept in the watch for its report; there is nothing to trace.
-        for p in judged.iter().filter(|p| p.trend.verdict == Verdict::Leak && !p.exited) {
+        for p in judged.iter().filter(|p| !p.exited) {
+            let container = p.pod.as_ref().and_then(|pod| pod.container_id.as_deref());
+            let reason = match p.trend.verdict {
+                Verdict::Leak => "leak",
+                Verdict::Growing if growth => "growing",
+                _ if growth && container.is_some_and(|c| near_limit.contains(c)) => "near_limit",
+                _ => continue,
+            };
             if self.seen.insert((p.pid, p.start_time_ticks)) {
                 let what = match self.mode {
                     crate::config::Mode::Exact => "attaching the probes",
                     crate::config::Mode::Growth => "profiling its growth",
                 };
+                let why = match reason {
+                    "near_limit" => "is near its container's memory limit".to_owned(),
+                    "growing" => format!("grows {}", per_hour(p.trend.rate_bytes_per_h)),
+                    _ => format!("leaks {}", per_hour(p.trend.rate_bytes_per_h)),
+                };
                 eprintln!(
-                    "leak: pid {} ({}) leaks {}: {what} for {:.1} s",
+                    "leak: pid {} ({}) {why}: {what} for {:.1} s",
                     p.pid,
                     p.comm,
-                    per_hour(p.trend.rate_bytes_per_h),
                     self.duration.as_secs_f64()
                 );
-                self.queue.push_back((p.pid, p.start_time_ticks, p.comm.clone(), p.pod.clone()));
+                self.queue.push_back((
+                    p.pid,
+                    p.start_time_ticks,
+                    p.comm.clone(),
+                    p.pod.clone(),
+                    reason,
+                ));
             }
         }
+    }
+
+    /// The latest trace or profile of process `pid` started at `start` (running, or done).
+    #[must_use]
+    pub fn latest_of(&self, pid: u32, start: u64) -> Option<&Escalation> {
+        self.done.iter().rev().find(|e| e.pid == pid && e.start_time_ticks == start)
     }
 
     /// Notices finished escalations and starts the next ones.
@@ -118,8 +148,9 @@ impl Escalator {
                         eprintln!("leak: wrote {}, {} and {}", e.json, e.svg, e.pprof);
                         // A growth profile costs little enough to stay on while the process
                         // is judged leaking: the next sample that says so starts the next
-                        // one (a report every --trace-for).
-                        if self.mode == crate::config::Mode::Growth {
+                        // one (a report every --trace-for). Not one --max-overhead stopped:
+                        // starting it again would spend what the budget saved.
+                        if self.mode == crate::config::Mode::Growth && !over_budget(&e.json) {
                             self.seen.remove(&(e.pid, start));
                         }
                     } else {
@@ -132,7 +163,7 @@ impl Escalator {
         self.running = still;
         self.forget_old();
         while self.running.len() < self.max {
-            let Some((pid, start, comm, pod)) = self.queue.pop_front() else { break };
+            let Some((pid, start, comm, pod, reason)) = self.queue.pop_front() else { break };
             // Gone, or a new process under the same pid: nothing to trace.
             if procfs::start_time(pid) != Some(start) {
                 continue;
@@ -140,6 +171,9 @@ impl Escalator {
             self.start(pid, &comm, pod)?;
             if let Some(last) = self.running.last_mut() {
                 last.2 = start;
+                let e = &mut self.done[last.1];
+                e.start_time_ticks = start;
+                reason.clone_into(&mut e.reason);
             }
         }
         Ok(())
@@ -223,6 +257,8 @@ impl Escalator {
             pprof: pprof.display().to_string(),
             pod,
             exit_code: None,
+            reason: "leak".to_owned(),
+            start_time_ticks: 0,
         });
         // The start time is set by the caller that knows it (`poll`); 0 otherwise.
         self.running.push((child, self.done.len() - 1, 0));
@@ -276,6 +312,16 @@ impl Escalator {
     }
 }
 
+/// Whether the report at `json` ended because its probes cost more than `--max-overhead`.
+fn over_budget(json: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct End {
+        end_reason: String,
+    }
+    let end = std::fs::read(json).ok().and_then(|t| serde_json::from_slice::<End>(&t).ok());
+    end.is_some_and(|e| e.end_reason == "overhead_budget")
+}
+
 /// How long a stopped escalation may take to write its report.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -302,7 +348,9 @@ pub fn html_of(json: &str) -> String {
     Path::new(json).with_extension("html").display().to_string()
 }
 
-fn sanitize(comm: &str) -> String {
+/// `comm` as a file name's part: letters, digits and `-`; anything else `_`.
+#[must_use]
+pub fn sanitize(comm: &str) -> String {
     comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
@@ -326,6 +374,8 @@ mod tests {
             pprof: file("pb.gz"),
             pod: None,
             exit_code,
+            reason: "leak".into(),
+            start_time_ticks: 0,
         }
     }
 

@@ -268,6 +268,68 @@ impl crate::config::Selection {
     }
 }
 
+/// The core/v1 Event (type Warning) that tells a pod's readers about an OOM kill: where
+/// `kubectl describe pod` and `kubectl get events` show it, next to the kill. Posted to
+/// `/api/v1/namespaces/NAMESPACE/events`; `node` is the agent's, `at_unix_s` the kill's.
+#[must_use]
+pub fn oom_event_body(
+    e: &crate::fleet::oom::Event,
+    node: &str,
+    at_unix_s: f64,
+) -> serde_json::Value {
+    let at = rfc3339(at_unix_s);
+    let mut involved = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "namespace": e.namespace,
+        "name": e.pod,
+        "uid": e.pod_uid,
+    });
+    if let Some(c) = &e.container {
+        involved["fieldPath"] = format!("spec.containers{{{c}}}").into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": { "generateName": format!("{}.leak-oom-", e.pod), "namespace": e.namespace },
+        "involvedObject": involved,
+        "reason": crate::fleet::oom::EVENT_REASON,
+        "message": e.message,
+        "type": "Warning",
+        "source": { "component": "leak-agent", "host": node },
+        "reportingComponent": "leak-agent",
+        "reportingInstance": node,
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+        "count": 1,
+    })
+}
+
+/// `2026-12-07T07:50:03Z`: Unix seconds as the API's timestamps write them (UTC, whole
+/// seconds).
+#[must_use]
+pub fn rfc3339(unix_s: f64) -> String {
+    #[expect(clippy::cast_possible_truncation, reason = "seconds since 1970 fit")]
+    let secs = unix_s.max(0.0).floor() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +446,27 @@ mod tests {
         let cut = Identity { comm: "my-long-service", ..Identity::default() };
         assert!(!named.selects(&cut));
         assert!(named.selects(&Identity { program: Some("my-long-service-name"), ..cut }));
+    }
+
+    #[test]
+    fn an_oom_event_is_a_warning_on_the_pod() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_629_803.7), "2026-12-07T07:50:03Z");
+        assert_eq!(rfc3339(951_825_600.0), "2000-02-29T12:00:00Z");
+        let e = crate::fleet::oom::Event {
+            kill: "oom-api-10-1".into(),
+            namespace: "shop".into(),
+            pod: "shop-api-1".into(),
+            pod_uid: "u1".into(),
+            container: Some("api".into()),
+            message: "OOM-killed after +60.0 MiB".into(),
+        };
+        let body = oom_event_body(&e, "n1", 0.0);
+        assert_eq!(body["type"], "Warning");
+        assert_eq!(body["reason"], "LeakOOMKill");
+        assert_eq!(body["involvedObject"]["fieldPath"], "spec.containers{api}");
+        assert_eq!(body["involvedObject"]["uid"], "u1");
+        assert_eq!(body["metadata"]["namespace"], "shop");
+        assert_eq!(body["lastTimestamp"], "1970-01-01T00:00:00Z");
     }
 }

@@ -1,6 +1,6 @@
-//! The in-cluster Kubernetes API, read-only: the pods of this node, for their names,
+//! The in-cluster Kubernetes API: the pods of this node, for their names,
 //! namespaces and container names (#6), and their controllers' owners, for the workload
-//! (#18). HTTPS with the service account's CA and token, one
+//! (#18), read; and the Events that explain an OOM kill, posted (#25). HTTPS with the service account's CA and token, one
 //! request per refresh (and one per `ReplicaSet` or Job not seen before), on hyper's HTTP/1.1 client over tokio-rustls; bounded in time and in
 //! the size of the answer (the API is reached over the network and may be slow, hostile or
 //! broken). When the API is not reachable the agent goes on without names.
@@ -8,7 +8,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
-use http_body_util::{BodyExt as _, Empty, Limited};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 
@@ -113,8 +113,10 @@ fn fetch_pods_within(
                 log::warn!("cannot read {what}'s owner ({e}): its pods are named by it");
             }
         }
-        owners.apply(&mut pods);
     }
+    // Every refresh, not only those that looked an owner up: the pods of this answer are
+    // named by their ReplicaSet or Job until applied.
+    owners.apply(&mut pods);
     Ok(pods)
 }
 
@@ -135,8 +137,38 @@ fn tls_config(cfg: &ApiConfig) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
+/// Posts the Event `body` to `namespace` (needs `create` on events), within [`TIMEOUT`].
+///
+/// # Errors
+/// A one-line reason, as [`fetch_pods`]'s.
+pub fn post_event(
+    cfg: &ApiConfig,
+    namespace: &str,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the API client: {e}"))?;
+    let path = format!("/api/v1/namespaces/{namespace}/events");
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    rt.block_on(async { tokio::time::timeout(TIMEOUT, request(cfg, "POST", &path, body)).await })
+        .map_err(|_| format!("{}:{}: no answer within {TIMEOUT:?}", cfg.host, cfg.port))?
+        .map(drop)
+}
+
 /// `GET path`: the body of a 200 answer.
 async fn get(cfg: &ApiConfig, path: &str) -> Result<Bytes, String> {
+    request(cfg, "GET", path, Vec::new()).await
+}
+
+/// `METHOD path` with `body` (JSON, if any): the body of a 200 or 201 answer.
+async fn request(
+    cfg: &ApiConfig,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Bytes, String> {
     let token = std::fs::read_to_string(&cfg.token_file)
         .map_err(|e| format!("reading {}: {e}", cfg.token_file.display()))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config(cfg)?));
@@ -150,11 +182,14 @@ async fn get(cfg: &ApiConfig, path: &str) -> Result<Bytes, String> {
         .await
         .map_err(|e| format!("{at}: {e}"))?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(path)
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, cfg.host.as_str())
         .header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.trim()))
         .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(request).await.map_err(|e| format!("{at}: {e}"))?;
     let status = response.status();
@@ -163,7 +198,7 @@ async fn get(cfg: &ApiConfig, path: &str) -> Result<Bytes, String> {
         .await
         .map_err(|e| format!("{at}: reading the answer: {e} (at most {MAX_BODY} bytes)"))?
         .to_bytes();
-    if status != hyper::StatusCode::OK {
+    if status != hyper::StatusCode::OK && status != hyper::StatusCode::CREATED {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         return Err(format!("the API answered {}: {}", status.as_u16(), text.trim()));
     }
@@ -233,6 +268,27 @@ mod tests {
 
     fn pods_of(cfg: &ApiConfig) -> Result<HashMap<String, PodMeta>, String> {
         fetch_pods(cfg, &mut Owners::default())
+    }
+
+    #[test]
+    fn every_refresh_names_the_workload_of_an_owner_known_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = br#"{"kind":"PodList","items":[{"metadata":{"uid":"u1","name":"web-5d8f7-x","namespace":"shop","ownerReferences":[{"kind":"ReplicaSet","name":"web-5d8f7","controller":true}]}}]}"#;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", pods.len());
+        let cfg = serve([head.as_bytes(), pods].concat(), &dir.path().join("a"));
+        // Learnt at an earlier refresh: nothing to look up this time.
+        let mut owners = Owners::default();
+        let mut listed = crate::fleet::kube::parse_pod_list(pods).unwrap();
+        let wanted = owners.wanted(&listed);
+        let deployment = br#"{"kind":"ReplicaSet","metadata":{"name":"web-5d8f7","ownerReferences":[{"kind":"Deployment","name":"web","controller":true}]}}"#;
+        owners.record(wanted[0].0.clone(), Ok(&deployment[..])).unwrap();
+        owners.apply(&mut listed);
+        assert_eq!(listed["u1"].workload.name, "web");
+        let found = fetch_pods(&cfg, &mut owners).unwrap();
+        assert_eq!(
+            (found["u1"].workload.kind.as_str(), found["u1"].workload.name.as_str()),
+            ("Deployment", "web")
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::{
         units::{human_bytes, signed_bytes},
     },
     fleet::report::{
-        Escalation, WatchReport, WatchedContainer, WatchedProcess, per_hour, pod_name,
+        Escalation, OomKillReport, WatchReport, WatchedContainer, WatchedProcess, per_hour,
+        pod_name,
     },
     output::{
         charts::{self, Line},
@@ -53,6 +54,7 @@ pub fn render(p: &WatchPage) -> String {
          <style>{CSS}</style></head><body>\n<h1>{title}</h1>\n"
     );
     triage(&mut h, p);
+    oom_kills(&mut h, p);
     containers(&mut h, p);
     processes(&mut h, p);
     traces(&mut h, p);
@@ -178,6 +180,76 @@ fn container(h: &mut String, p: &WatchPage, c: &WatchedContainer) {
     }
     h.push('\n');
     chart(h, &name, &lines, p);
+    h.push_str("</div>\n");
+}
+
+/// The OOM kills, latest first: each one's triage line, its crash loop, its post-mortem and
+/// its chart to the kill with the limit it reached.
+fn oom_kills(h: &mut String, p: &WatchPage) {
+    let kills = &p.report.oom_kills;
+    if kills.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<h2>OOM kills</h2>\n<p class=\"muted\">{} watched process{} killed by the kernel's OOM \
+         killer, latest first</p>",
+        kills.len(),
+        if kills.len() == 1 { " was" } else { "es were" }
+    );
+    for k in kills.iter().rev() {
+        oom_kill(h, p, k);
+    }
+}
+
+fn oom_kill(h: &mut String, p: &WatchPage, k: &OomKillReport) {
+    let victim = &k.process;
+    let _ = write!(
+        h,
+        "<div class=\"site\" id=\"{}\"><b>{}</b> pid {} killed at {}",
+        esc(&k.id),
+        esc(&victim.comm),
+        victim.pid,
+        (p.clock)(k.at_unix_s)
+    );
+    if let Some(pod) = &victim.pod {
+        let _ = write!(h, "; {}", esc(&pod_name(pod)));
+    }
+    let _ = write!(h, "<p class=\"triage leak\">{}</p>", esc(&k.triage));
+    if let Some(r) = &k.repeated {
+        let _ = write!(h, "<p><b>{}</b></p>", esc(r));
+    }
+    match k.profile.as_ref().and_then(|e| (p.link)(e)) {
+        Some(href) => {
+            let _ = write!(h, "<a class=\"trace\" href=\"{}\">its post-mortem</a>", esc(&href));
+        }
+        None if k.profile.is_some() => {
+            h.push_str("<span class=\"muted\">its post-mortem is being written</span>");
+        }
+        None => h.push_str("<span class=\"muted\">not profiled: its chart is all there is</span>"),
+    }
+    h.push('\n');
+    let series = &victim.series;
+    let start = p.report.window.start_unix_s + victim.first_seen_s;
+    let mut lines = memory_lines(
+        start,
+        &series.t_s,
+        [("resident (RSS)", &series.rss_bytes), ("private", &series.anon_bytes)],
+        &victim.trend,
+    );
+    if let (Some(limit), Some(first), Some(last)) =
+        (k.limit_bytes, series.t_s.first(), series.t_s.last())
+    {
+        #[expect(clippy::cast_precision_loss, reason = "chart values")]
+        let limit = limit as f64;
+        lines.push(Line {
+            name: "its container's limit",
+            color: charts::TRACED,
+            dashed: true,
+            points: vec![(start + first, limit), (start + last, limit)],
+        });
+    }
+    chart(h, &format!("{} (pid {}) up to its OOM kill", victim.comm, victim.pid), &lines, p);
     h.push_str("</div>\n");
 }
 
@@ -388,6 +460,8 @@ mod tests {
             pprof: String::new(),
             pod: Some(pod.clone()),
             exit_code: Some(0),
+            reason: "leak".into(),
+            start_time_ticks: 0,
         };
         let running = Escalation { pid: 45, comm: "other".into(), exit_code: None, ..done.clone() };
         WatchReport {
@@ -415,6 +489,7 @@ mod tests {
             }],
             escalations: vec![done, running],
             not_escalated: vec![46],
+            oom_kills: Vec::new(),
             end_reason: "duration".into(),
             notes: vec!["1 process grew steadily by less than --min-growth".into()],
         }

@@ -294,6 +294,16 @@ pub fn cgroup_memory(
     })
 }
 
+/// The OOM kills counted in the memory cgroup at `dir` (v2 `memory.events`, v1
+/// `memory.oom_control`: `oom_kill N`, kernels 4.13 and later).
+#[must_use]
+pub fn cgroup_oom_kills(dir: &std::path::Path) -> Option<u64> {
+    ["memory.events", "memory.oom_control"].iter().find_map(|f| {
+        let text = std::fs::read_to_string(dir.join(f)).ok()?;
+        crate::procfs::memory_stat_value(&text, "oom_kill")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

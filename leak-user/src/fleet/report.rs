@@ -131,6 +131,59 @@ pub struct Escalation {
     pub pod: Option<PodRef>,
     /// Exit status of the `leak attach` that traced it (None: still running, or killed).
     pub exit_code: Option<i32>,
+    /// Why it was traced: `leak` or `growing` (its verdict), or `near_limit` (its
+    /// container's working set passed `--profile-above` of its limit).
+    #[serde(default = "leak_reason")]
+    pub reason: String,
+    /// The process's start time (clock ticks after boot): with the pid, names the process.
+    #[serde(default)]
+    pub start_time_ticks: u64,
+}
+
+fn leak_reason() -> String {
+    "leak".to_owned()
+}
+
+/// A watched process the kernel's OOM killer killed, and what is known of why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OomKillReport {
+    /// Names it in this agent's API (`/api/v1/oom_kills/{id}`): `oom-COMM-PID-UNIXTIME`.
+    pub id: String,
+    /// When the kill was seen, Unix seconds (within a sample of it).
+    pub at_unix_s: f64,
+    /// How the victim was told: `tracepoint` (named by the kernel's `oom:mark_victim`
+    /// event) or `cgroup_counter` (its container's `oom_kill` count rose as it died).
+    pub seen_by: String,
+    /// The process as last watched: its memory, trend and chart up to the kill, and pod.
+    pub process: WatchedProcess,
+    /// Its container's memory limit, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// The trace or growth profile that was on when it was killed: its report, written at
+    /// the kill (`end_reason: "oom_kill"`), is the post-mortem. None: it was watched but
+    /// not profiled (this record and its chart are all there is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Escalation>,
+    /// The post-mortem's top growing stack (its first frames), once it is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_site: Option<String>,
+    /// Its share of the growth, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_share: Option<f64>,
+    /// What a person reads first: bytes gained, over what time, at what rate, the limit
+    /// reached, and what grew.
+    pub triage: String,
+    /// Earlier kills of the same workload (container, or program outside pods) this agent
+    /// saw, oldest first: their ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<String>,
+    /// The crash loop in words, when there were earlier kills: `3rd OOM kill in 2h0m, each
+    /// time 90% of the growth from parse_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<String>,
+    /// Whether the Kubernetes Event was posted (None: not in a cluster, or not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_posted: Option<bool>,
 }
 
 /// What `leak watch` reports.
@@ -155,6 +208,9 @@ pub struct WatchReport {
     pub escalations: Vec<Escalation>,
     /// Processes judged leaks whose turn to be traced had not come when the watch ended.
     pub not_escalated: Vec<u32>,
+    /// Watched processes the kernel's OOM killer killed, oldest first (the latest 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oom_kills: Vec<OomKillReport>,
     /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
     /// watching continues.
     pub end_reason: String,

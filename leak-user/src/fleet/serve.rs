@@ -9,6 +9,10 @@
 //!   usage against it and the projected seconds to reach it; each trace's report id
 //!   (`leak_trace_info`, for links to its page); each traced process's top sites
 //!   (outstanding bytes and allocations), drops and probe hits; the agent's own CPU time;
+//!   the OOM kills by workload (`leak_oom_kills_total`) and each kept kill
+//!   (`leak_oom_kill_info`, with its post-mortem's report id);
+//! - `/api/v1/oom_kills`: the watched processes the OOM killer killed, each with its triage
+//!   line, chart and post-mortem (`/api/v1/oom_kills/{id}`);
 //! - `/api/v1/reports`: the traced processes, running and done;
 //!   `/api/v1/reports/{id}`: a report (JSON), with `/report.html` (the page to look at),
 //!   `/flamegraph.svg` and `/profile.pb.gz` (pprof: what Pyroscope, Parca and Grafana ingest).
@@ -28,7 +32,7 @@ use crate::{
     fleet::http::{Handler, Request, Response},
     fleet::page,
     fleet::pods::PodRef,
-    fleet::report::{Escalation, WatchReport, WatchedContainer, WatchedProcess},
+    fleet::report::{Escalation, OomKillReport, WatchReport, WatchedContainer, WatchedProcess},
     output::prometheus::{self, Family, Kind},
 };
 
@@ -52,9 +56,17 @@ struct Summary {
 pub struct Published {
     report: Mutex<Option<WatchReport>>,
     summaries: Mutex<HashMap<String, Summary>>,
+    /// OOM kills by workload, since the agent started.
+    kills: Mutex<Vec<(crate::fleet::oom::Labels, u64)>>,
 }
 
 impl Published {
+    /// Replaces the OOM kills' counts by workload.
+    pub fn publish_kills(&self, kills: &crate::fleet::oom::OomKills) {
+        *self.kills.lock().unwrap_or_else(PoisonError::into_inner) =
+            kills.totals().map(|(l, n)| (l.clone(), n)).collect();
+    }
+
     /// Replaces the published state.
     pub fn publish(&self, report: WatchReport) {
         *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
@@ -122,6 +134,13 @@ fn route(state: &Published, request: &Request) -> Response {
             let list: Vec<ReportEntry> =
                 state.report().iter().flat_map(|r| &r.escalations).map(ReportEntry::of).collect();
             json(&list)
+        }
+        ["api", "v1", "oom_kills"] => {
+            json(&state.report().map(|r| r.oom_kills).unwrap_or_default())
+        }
+        ["api", "v1", "oom_kills", id] => {
+            let kill = state.report().and_then(|r| r.oom_kills.into_iter().find(|k| k.id == *id));
+            kill.map_or_else(Response::not_found, |k| json(&k))
         }
         ["api", "v1", "reports", id, rest @ ..] => {
             let Some(report) = state.report() else { return Response::not_found() };
@@ -278,6 +297,7 @@ fn metrics(state: &Published) -> String {
         "CPU time of the agent and of the traces it ran.",
     );
     let report = state.report();
+    let oom = oom_families(state, report.as_ref().map_or(&[], |r| &r.oom_kills));
     let process = process_families(report.as_ref().map_or(&[], |r| &r.processes));
     let container = container_families(report.as_ref().map_or(&[], |r| &r.containers));
     if let Some(report) = report {
@@ -288,9 +308,14 @@ fn metrics(state: &Published) -> String {
         for e in &report.escalations {
             let mut l = process_labels(e.pid, &e.comm, e.pod.as_ref());
             let entry = ReportEntry::of(e);
-            l.extend([("id", entry.id), ("status", entry.status.to_owned())]);
+            l.extend([
+                ("id", entry.id),
+                ("status", entry.status.to_owned()),
+                ("reason", e.reason.clone()),
+            ]);
             trace_info.push(l, 1.0);
         }
+
         for e in report.escalations.iter().filter(|e| e.exit_code == Some(0)) {
             let Some(s) = state.summary(e) else { continue };
             let labels = process_labels(e.pid, &e.comm, e.pod.as_ref());
@@ -319,9 +344,37 @@ fn metrics(state: &Published) -> String {
     let families: Vec<Family> = std::iter::once(watched)
         .chain(process)
         .chain(container)
-        .chain([traced, trace_info, site_bytes, site_allocs, drops, hits, cpu])
+        .chain([traced, trace_info, site_bytes, site_allocs, drops, hits])
+        .chain(oom)
+        .chain([cpu])
         .collect();
     prometheus::render(&families)
+}
+
+/// The OOM kills by workload since the start, and each one kept.
+#[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
+fn oom_families(state: &Published, kept: &[OomKillReport]) -> [Family; 2] {
+    let mut total = Family::new(
+        "leak_oom_kills_total",
+        Kind::Counter,
+        "Watched processes the kernel's OOM killer killed, by workload (namespace, workload_kind, workload, container; comm outside pods), since the agent started.",
+    );
+    let mut info = Family::new(
+        "leak_oom_kill_info",
+        Kind::Gauge,
+        "1 for each OOM kill the agent keeps: its id (/api/v1/oom_kills/{id}), the victim, and its post-mortem's report id (empty: not profiled).",
+    );
+    for (labels, n) in state.kills.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        total.push(labels.clone(), *n as f64);
+    }
+    for k in kept {
+        let p = &k.process;
+        let mut l = process_labels(p.pid, &p.comm, p.pod.as_ref());
+        let report_id = k.profile.as_ref().map(id_of).unwrap_or_default();
+        l.extend([("id", k.id.clone()), ("report", report_id)]);
+        info.push(l, 1.0);
+    }
+    [total, info]
 }
 
 /// Each watched process's anonymous memory, growth rate and verdict.

@@ -59,6 +59,8 @@ pub struct ContainerObservation {
     pub memory: CgroupMemory,
     /// Watched processes in it.
     pub processes: usize,
+    /// Its OOM kills so far (`oom_kill` of `memory.events` or `memory.oom_control`).
+    pub oom_kills: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +69,7 @@ struct WatchedCgroup {
     processes: usize,
     first_seen: f64,
     samples: Sampled<CgroupMemory>,
+    oom_kills: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +82,23 @@ struct Watched {
     samples: Sampled<ProcessMemory>,
     /// Not seen any more (kept only for processes named with `--pid`).
     exited: bool,
+    /// Killed by the OOM killer: when (watch time, seconds) and how it was told.
+    oom: Option<(f64, &'static str)>,
+    /// Its container's memory limit at its last sample (the container may be gone first).
+    limit: Option<u64>,
+}
+
+/// A watched process the OOM killer killed, as last watched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Killed {
+    /// The process, judged, with its chart up to the kill.
+    pub process: WatchedProcess,
+    /// When, watch time (seconds).
+    pub at: f64,
+    /// How it was told: `tracepoint` or `cgroup_counter`.
+    pub seen_by: &'static str,
+    /// Its container's memory limit, when it had one.
+    pub limit: Option<u64>,
 }
 
 /// The processes watched and their samples. A process that is not observed any more has
@@ -94,6 +114,13 @@ pub struct WatchList {
     params: Params,
     /// Exited processes kept, oldest exit first (at most [`MAX_EXITED_KEPT`]).
     exited: std::collections::VecDeque<(u32, u64)>,
+    /// Whether a container's rising `oom_kill` count names its vanished process the victim
+    /// (only where the victims are not named by the kernel's event).
+    count_kills: bool,
+    /// Kills counted in each container (by id) and not yet given a victim.
+    cgroup_kills: BTreeMap<String, u64>,
+    /// Processes killed and gone, not yet taken (see [`Self::take_killed`]).
+    killed: Vec<(u32, u64)>,
 }
 
 /// Exited processes a watch of a whole host keeps, at most: months of processes coming and
@@ -110,7 +137,44 @@ impl WatchList {
             period,
             params: Params::default(),
             exited: std::collections::VecDeque::new(),
+            count_kills: false,
+            cgroup_kills: BTreeMap::new(),
+            killed: Vec::new(),
         }
+    }
+
+    /// Tells OOM victims by their containers' `oom_kill` counts (where the kernel's event
+    /// cannot be read): a process that vanishes from a container whose count rose, the
+    /// largest first, is taken for a victim.
+    #[must_use]
+    pub fn counting_kills(mut self, on: bool) -> Self {
+        self.count_kills = on;
+        self
+    }
+
+    /// Marks the running process `pid` killed by the OOM killer at watch time `at` (told
+    /// `seen_by`); false if no such process is watched.
+    pub fn mark_oom_killed(&mut self, pid: u32, at: f64, seen_by: &'static str) -> bool {
+        let victim = self.procs.iter_mut().find(|((p, _), w)| *p == pid && !w.exited);
+        if let Some((_, w)) = victim {
+            w.oom.get_or_insert((at, seen_by));
+            return true;
+        }
+        false
+    }
+
+    /// The processes killed by the OOM killer that have gone since the last call, judged
+    /// under `params` as they were last watched.
+    pub fn take_killed(&mut self, params: &Params) -> Vec<Killed> {
+        let keys = std::mem::take(&mut self.killed);
+        keys.into_iter()
+            .filter_map(|k| {
+                let w = self.procs.get(&k)?;
+                let (at, seen_by) = w.oom?;
+                let process = Self::judge_one(k, w, params);
+                Some(Killed { process, at, seen_by, limit: w.limit })
+            })
+            .collect()
     }
 
     /// Judges exited processes with `params` (the watch's).
@@ -125,19 +189,39 @@ impl WatchList {
     /// named by pid) or when they were leaking or growing; else dropped.
     pub fn observe(&mut self, t: f64, seen: &[Observation], kind: Kind, keep_exited: bool) {
         let keys: HashSet<(u32, u64)> = seen.iter().map(|o| (o.pid, o.start_ticks)).collect();
-        let gone: Vec<(u32, u64)> = self
+        let mut gone: Vec<(u32, u64)> = self
             .procs
             .iter()
             .filter(|(k, w)| !w.exited && !keys.contains(k))
             .map(|(k, _)| *k)
             .collect();
+        // The OOM killer takes the largest process (by its badness: resident memory first).
+        gone.sort_by_key(|k| {
+            std::cmp::Reverse(
+                self.procs.get(k).and_then(|w| w.samples.values().last().map(|m| m.rss)),
+            )
+        });
         for k in gone {
-            let grew = self.procs.get(&k).is_some_and(|w| {
-                matches!(
-                    judge_series(&w.samples, &self.params).verdict,
-                    Verdict::Leak | Verdict::Growing
-                )
-            });
+            if let Some(w) = self.procs.get_mut(&k)
+                && w.oom.is_none()
+                && let Some(id) = w.pod.as_ref().and_then(|p| p.container_id.as_ref())
+                && let Some(n) = self.cgroup_kills.get_mut(id)
+                && *n > 0
+            {
+                *n -= 1;
+                w.oom = Some((t, "cgroup_counter"));
+            }
+            let killed = self.procs.get(&k).is_some_and(|w| w.oom.is_some());
+            if killed {
+                self.killed.push(k);
+            }
+            let grew = killed
+                || self.procs.get(&k).is_some_and(|w| {
+                    matches!(
+                        judge_series(&w.samples, &self.params).verdict,
+                        Verdict::Leak | Verdict::Growing
+                    )
+                });
             if keep_exited {
                 if let Some(w) = self.procs.get_mut(&k) {
                     w.exited = true;
@@ -158,7 +242,13 @@ impl WatchList {
         }
         for o in seen {
             let key = (o.pid, o.start_ticks);
+            let limit = o
+                .pod
+                .as_ref()
+                .and_then(|p| self.containers.get(p.container_id.as_deref()?))
+                .and_then(|c| c.samples.values().last()?.limit);
             if let Some(w) = self.procs.get_mut(&key) {
+                w.limit = limit;
                 // Names from the API may come after the first sample.
                 w.pod.clone_from(&o.pod);
                 w.samples.push(t - w.first_seen, o.memory, kind);
@@ -173,6 +263,8 @@ impl WatchList {
                         first_seen: t,
                         samples: Sampled::new(o.memory, self.period),
                         exited: false,
+                        oom: None,
+                        limit,
                     },
                 );
             }
@@ -185,9 +277,17 @@ impl WatchList {
         let ids: HashSet<&str> =
             seen.iter().filter_map(|c| c.pod.container_id.as_deref()).collect();
         self.containers.retain(|id, _| ids.contains(id.as_str()));
+        self.cgroup_kills.retain(|id, n| *n > 0 && ids.contains(id.as_str()));
         for c in seen {
             let Some(id) = &c.pod.container_id else { continue };
             if let Some(w) = self.containers.get_mut(id) {
+                if self.count_kills
+                    && let (Some(before), Some(now)) = (w.oom_kills, c.oom_kills)
+                    && now > before
+                {
+                    *self.cgroup_kills.entry(id.clone()).or_default() += now - before;
+                }
+                w.oom_kills = c.oom_kills.or(w.oom_kills);
                 w.pod.clone_from(&c.pod);
                 w.processes = c.processes;
                 w.samples.push(t - w.first_seen, c.memory, kind);
@@ -200,6 +300,7 @@ impl WatchList {
                         processes: c.processes,
                         first_seen: t,
                         samples: Sampled::new(c.memory, self.period),
+                        oom_kills: c.oom_kills,
                     },
                 );
             }
@@ -251,6 +352,13 @@ impl WatchList {
         out
     }
 
+    /// Whether a running watched process is not among `seen`.
+    #[must_use]
+    pub fn vanished(&self, seen: &[Observation]) -> bool {
+        let keys: HashSet<(u32, u64)> = seen.iter().map(|o| (o.pid, o.start_ticks)).collect();
+        self.procs.iter().any(|(k, w)| !w.exited && !keys.contains(k))
+    }
+
     /// Processes watched (exited ones kept included).
     #[must_use]
     pub fn len(&self) -> usize {
@@ -273,34 +381,8 @@ impl WatchList {
     /// plateau and stable; fastest growth first within each.
     #[must_use]
     pub fn judge(&self, params: &Params) -> Vec<WatchedProcess> {
-        let mut out: Vec<WatchedProcess> = self
-            .procs
-            .iter()
-            .map(|(&(pid, start), w)| {
-                let times = w.samples.times();
-                let values = w.samples.values();
-                let keep = thin_indices(times.len(), SERIES_POINTS);
-                let last = values.last().copied().unwrap_or_default();
-                WatchedProcess {
-                    pid,
-                    comm: w.comm.clone(),
-                    cmdline: w.cmdline.to_string(),
-                    start_time_ticks: start,
-                    rss_bytes: last.rss,
-                    anon_bytes: last.private,
-                    watched_s: times.last().copied().unwrap_or(0.0),
-                    first_seen_s: millis(w.first_seen),
-                    exited: w.exited,
-                    trend: trend_view(&judge_series(&w.samples, params)),
-                    series: WatchSeries {
-                        t_s: keep.iter().map(|&i| millis(times[i])).collect(),
-                        rss_bytes: keep.iter().map(|&i| values[i].rss).collect(),
-                        anon_bytes: keep.iter().map(|&i| values[i].private).collect(),
-                    },
-                    pod: w.pod.clone(),
-                }
-            })
-            .collect();
+        let mut out: Vec<WatchedProcess> =
+            self.procs.iter().map(|(&k, w)| Self::judge_one(k, w, params)).collect();
         out.sort_by(|a, b| {
             a.trend
                 .verdict
@@ -309,6 +391,34 @@ impl WatchList {
                 .then(a.pid.cmp(&b.pid))
         });
         out
+    }
+}
+
+impl WatchList {
+    /// Process `(pid, start)`, watched as `w`, judged under `params`.
+    fn judge_one((pid, start): (u32, u64), w: &Watched, params: &Params) -> WatchedProcess {
+        let times = w.samples.times();
+        let values = w.samples.values();
+        let keep = thin_indices(times.len(), SERIES_POINTS);
+        let last = values.last().copied().unwrap_or_default();
+        WatchedProcess {
+            pid,
+            comm: w.comm.clone(),
+            cmdline: w.cmdline.to_string(),
+            start_time_ticks: start,
+            rss_bytes: last.rss,
+            anon_bytes: last.private,
+            watched_s: times.last().copied().unwrap_or(0.0),
+            first_seen_s: millis(w.first_seen),
+            exited: w.exited,
+            trend: trend_view(&judge_series(&w.samples, params)),
+            series: WatchSeries {
+                t_s: keep.iter().map(|&i| millis(times[i])).collect(),
+                rss_bytes: keep.iter().map(|&i| values[i].rss).collect(),
+                anon_bytes: keep.iter().map(|&i| values[i].private).collect(),
+            },
+            pod: w.pod.clone(),
+        }
     }
 }
 
@@ -531,8 +641,9 @@ fn observe(
     let containers = containers
         .into_values()
         .filter_map(|(pod, cg, processes)| {
-            let (_, memory) = crate::fleet::pods::cgroup_memory(cgroup_root, &cg)?;
-            Some(ContainerObservation { pod, memory, processes })
+            let (dir, memory) = crate::fleet::pods::cgroup_memory(cgroup_root, &cg)?;
+            let oom_kills = crate::fleet::pods::cgroup_oom_kills(&dir);
+            Some(ContainerObservation { pod, memory, processes, oom_kills })
         })
         .collect();
     (processes, containers, seen)
@@ -641,6 +752,8 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         Some(addr) => Some(serve(addr, &published, cfg).await?),
         None => None,
     };
+    let mut kills = Kills::start(server.as_ref().map(|(_, base)| base.as_str()));
+    list = list.counting_kills(kills.victims.is_none());
     // Not ourselves, nor the escalations we run.
     let skip = |e: &Option<Escalator>| -> HashSet<u32> {
         std::iter::once(std::process::id()).chain(e.iter().flat_map(Escalator::children)).collect()
@@ -662,15 +775,19 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
             &cmdlines,
         )
     };
-    let record =
-        |list: &mut WatchList, seen: &(Vec<Observation>, Vec<ContainerObservation>, Seen), kind| {
-            let t = start.elapsed().as_secs_f64();
-            list.observe(t, &seen.0, kind, explicit);
-            list.observe_containers(t, &seen.1, kind);
-            seen.2
-        };
+    // The containers first: their OOM counts name the victims among the processes gone.
+    let record = |list: &mut WatchList,
+                  kills: &Kills,
+                  seen: &(Vec<Observation>, Vec<ContainerObservation>, Seen),
+                  kind| {
+        let t = start.elapsed().as_secs_f64();
+        list.observe_containers(t, &seen.1, kind);
+        kills.mark(list, &seen.0, start_unix);
+        list.observe(t, &seen.0, kind, explicit);
+        seen.2
+    };
     let nothing = |seen: Seen| why_nothing(&cfg.targets, cfg.selection.as_ref(), seen);
-    let mut seen_now = record(&mut list, &look(&escalator), Kind::Tick);
+    let mut seen_now = record(&mut list, &kills, &look(&escalator), Kind::Tick);
     // Said at once, where an agent's log shows it; the report and page say it too.
     if let Some(why) = nothing(seen_now) {
         log::warn!("watching nothing: {why}");
@@ -679,16 +796,25 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         tokio::select! {
             () = sampler.tick() => {
                 let began = Instant::now();
-                seen_now = record(&mut list, &look(&escalator), Kind::Tick);
+                seen_now = record(&mut list, &kills, &look(&escalator), Kind::Tick);
+                kills.record(&mut list, &params, escalator.as_ref(), start_unix);
                 let serving = server.is_some().then_some(&*published);
-                after_sample(&list, &params, &mut escalator, serving, start_unix, nothing(seen_now))?;
+                after_sample(
+                    &list,
+                    &params,
+                    (&mut escalator, &kills.ledger),
+                    serving,
+                    (start_unix, f64::from(cfg.profile_above) / 10_000.0),
+                    nothing(seen_now),
+                )?;
                 sampler.spent(began);
                 if explicit && list.running() == 0 {
                     break "targets_exited";
                 }
             }
             _ = report_tick.tick() => {
-                let report = build(&list, &params, start_unix, explicit, escalator.as_ref(), "interval", nothing(seen_now));
+                let tracked = Tracked { escalator: escalator.as_ref(), kills: &kills.ledger };
+                let report = build(&list, &params, start_unix, explicit, tracked, "interval", nothing(seen_now));
                 let header = format!(
                     "watch {} +{:.1}s",
                     runtime::local_hms(report.window.end_unix_s),
@@ -701,26 +827,33 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         }
     };
     if end != "targets_exited" {
-        seen_now = record(&mut list, &look(&escalator), Kind::Last);
+        seen_now = record(&mut list, &kills, &look(&escalator), Kind::Last);
     }
     let not_escalated = match &mut escalator {
         Some(e) => e.finish(signals).await?,
         None => Vec::new(),
     };
-    if let Some(server) = server {
+    // The kills of the last sample, and the post-mortems written meanwhile.
+    kills.record(&mut list, &params, escalator.as_ref(), start_unix);
+    if let Some((server, _)) = server {
         server.abort();
     }
-    let mut report =
-        build(&list, &params, start_unix, explicit, escalator.as_ref(), end, nothing(seen_now));
+    let tracked = Tracked { escalator: escalator.as_ref(), kills: &kills.ledger };
+    let mut report = build(&list, &params, start_unix, explicit, tracked, end, nothing(seen_now));
     report.not_escalated = not_escalated;
+    conclude(cfg, &report, end)?;
+    Ok(report)
+}
+
+/// The final report: printed, and written where `cfg` says.
+fn conclude(cfg: &WatchConfig, report: &WatchReport, end: &str) -> Result<(), Error> {
     let header = format!(
         "watch ended {} ({:.1} s, {end})",
         runtime::local_hms(report.window.end_unix_s),
         report.duration_s
     );
-    print(&render(&report, &header, cfg.top));
-    write_outputs(cfg, &report)?;
-    Ok(report)
+    print(&render(report, &header, cfg.top));
+    write_outputs(cfg, report)
 }
 
 /// After a sample: the escalations' turn, and (the agent) the state published for the API,
@@ -729,33 +862,139 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
 fn after_sample(
     list: &WatchList,
     params: &Params,
-    escalator: &mut Option<Escalator>,
+    (escalator, kills): (&mut Option<Escalator>, &crate::fleet::oom::OomKills),
     published: Option<&crate::fleet::serve::Published>,
-    start_unix: f64,
+    (start_unix, profile_above): (f64, f64),
     nothing: Option<String>,
 ) -> Result<(), Error> {
     if escalator.is_none() && published.is_none() {
         return Ok(());
     }
     let judged = list.judge(params);
+    let containers = list.judge_containers(params);
     if let Some(e) = escalator {
-        e.flag(&judged);
+        // Containers whose working set passed --profile-above of their limit.
+        let near: HashSet<&str> = containers
+            .iter()
+            .filter(|c| {
+                c.limit_bytes
+                    .is_some_and(|l| bytes_f64(c.working_set_bytes) >= profile_above * bytes_f64(l))
+            })
+            .filter_map(|c| c.pod.container_id.as_deref())
+            .collect();
+        e.flag(&judged, &near);
         e.poll()?;
     }
     if let Some(published) = published {
-        let containers = list.judge_containers(params);
         let notes = nothing.into_iter().collect();
-        let at = report_of(
-            list,
-            (judged, containers),
-            start_unix,
-            escalator.as_ref(),
-            "interval",
-            notes,
-        );
+        let tracked = Tracked { escalator: escalator.as_ref(), kills };
+        let at = report_of(list, (judged, containers), start_unix, tracked, "interval", notes);
         published.publish(at);
+        published.publish_kills(kills);
     }
     Ok(())
+}
+
+/// A kill's id, and whether its Event was posted.
+type Posted = (String, bool);
+
+/// The OOM killer's victims among the watched processes: told by the kernel's event where
+/// it can be read, else by their containers' counters; recorded with their profiles, and
+/// (the agent, in a cluster) told to the pod as a Kubernetes Event.
+struct Kills {
+    victims: Option<crate::trace::oom::Victims>,
+    ledger: crate::fleet::oom::OomKills,
+    /// Where Events go: the API, this node's name, and the address reports are served at.
+    events: Option<(crate::fleet::kubeapi::ApiConfig, String, String)>,
+    posted: (std::sync::mpsc::Sender<Posted>, std::sync::mpsc::Receiver<Posted>),
+}
+
+impl Kills {
+    /// Reads the victims if it can. The agent (serving its reports at `base`) posts Events
+    /// about the kills when it runs in a cluster.
+    fn start(base: Option<&str>) -> Self {
+        let events = base.and_then(|base| {
+            let api = crate::fleet::kubeapi::ApiConfig::in_cluster()?;
+            let node = api.node.clone().unwrap_or_default();
+            Some((api, node, base.to_owned()))
+        });
+        let victims = match crate::trace::oom::Victims::open() {
+            Ok(v) => Some(v),
+            Err(why) => {
+                log::info!("OOM kills are told by the containers' counters ({why})");
+                None
+            }
+        };
+        Self {
+            victims,
+            ledger: crate::fleet::oom::OomKills::default(),
+            events,
+            posted: std::sync::mpsc::channel(),
+        }
+    }
+
+    /// Before `seen` is recorded in `list`: the victims read so far marked, all of them if a
+    /// watched process vanished (the kernel's event comes before the death it causes).
+    fn mark(&self, list: &mut WatchList, seen: &[Observation], start_unix: f64) {
+        let Some(v) = &self.victims else { return };
+        if list.vanished(seen) && !v.sync() {
+            log::debug!("the OOM killer's events did not come back in time");
+        }
+        for k in v.take() {
+            if list.mark_oom_killed(k.pid, k.at_unix_s - start_unix, "tracepoint") {
+                log::debug!("pid {} was OOM-killed", k.pid);
+            }
+        }
+    }
+
+    /// After a sample: the victims gone since, recorded; the post-mortems written since,
+    /// read; the Events due, posted.
+    fn record(
+        &mut self,
+        list: &mut WatchList,
+        params: &Params,
+        escalator: Option<&Escalator>,
+        start_unix: f64,
+    ) {
+        for k in list.take_killed(params) {
+            let p = &k.process;
+            let profile = escalator.and_then(|e| e.latest_of(p.pid, p.start_time_ticks)).cloned();
+            let (pid, comm, at, limit) = (p.pid, p.comm.clone(), start_unix + k.at, k.limit);
+            self.ledger.record(k, at, limit, profile);
+            if let Some(r) = self.ledger.reports().last() {
+                eprintln!("leak: pid {pid} ({comm}): {}", r.triage);
+            }
+        }
+        if let Some(e) = escalator {
+            self.ledger.refresh(e.done());
+        }
+        while let Ok((id, ok)) = self.posted.1.try_recv() {
+            self.ledger.posted(&id, ok);
+        }
+        let Some((api, node, base)) = &self.events else { return };
+        let url = |id: &str| format!("{base}/api/v1/reports/{id}/report.html");
+        for event in self.ledger.events_due(runtime::now_unix(), &url) {
+            let at = self
+                .ledger
+                .reports()
+                .iter()
+                .find(|r| r.id == event.kill)
+                .map_or(0.0, |r| r.at_unix_s);
+            let body = crate::fleet::kube::oom_event_body(&event, node, at);
+            let (api, tx) = (api.clone(), self.posted.0.clone());
+            std::thread::spawn(move || {
+                let sent = crate::fleet::kubeapi::post_event(&api, &event.namespace, &body);
+                if let Err(e) = &sent {
+                    log::warn!(
+                        "cannot post the Event on pod {}/{} ({e}): RBAC needs create on events",
+                        event.namespace,
+                        event.pod
+                    );
+                }
+                let _ = tx.send((event.kill, sent.is_ok()));
+            });
+        }
+    }
 }
 
 /// Writes the watch report (`--json`) and page (`--html`), each atomically.
@@ -796,12 +1035,13 @@ fn trace_href(page: &std::path::Path, e: &crate::fleet::report::Escalation) -> O
 }
 
 /// Serves `published` over HTTP on `addr` in the background, with the TLS and credentials
-/// `cfg` configures.
+/// `cfg` configures; and the address its reports are at as a pod's readers reach them
+/// (`https://IP:PORT`: its pod's IP from the downward API, else the address it listens on).
 async fn serve(
     addr: std::net::SocketAddr,
     published: &Arc<crate::fleet::serve::Published>,
     cfg: &WatchConfig,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Error> {
+) -> Result<(tokio::task::JoinHandle<std::io::Result<()>>, String), Error> {
     let web = crate::fleet::web::WebConfig::load(
         cfg.web_config.as_deref(),
         cfg.bearer_token_file.as_deref(),
@@ -819,7 +1059,13 @@ async fn serve(
     let auth = if web.access.is_open() { "" } else { " (credentials required)" };
     eprintln!("leak: serving {scheme}://{bound}/metrics and /api/v1/reports{auth}");
     let handler = crate::fleet::serve::handler(Arc::clone(published));
-    Ok(tokio::spawn(crate::fleet::http::serve(listener, handler, web)))
+    let host = std::env::var("POD_IP")
+        .ok()
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| bound.ip().to_string());
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let base = format!("{scheme}://{host}:{}", bound.port());
+    Ok((tokio::spawn(crate::fleet::http::serve(listener, handler, web)), base))
 }
 
 fn build(
@@ -827,7 +1073,7 @@ fn build(
     params: &Params,
     start_unix: f64,
     explicit: bool,
-    escalator: Option<&Escalator>,
+    tracked: Tracked<'_>,
     end_reason: &str,
     nothing: Option<String>,
 ) -> WatchReport {
@@ -839,7 +1085,7 @@ fn build(
         processes.retain(|p| p.trend.verdict != Verdict::Stable);
         containers.retain(|c| c.trend.verdict != Verdict::Stable);
     }
-    report_of(list, (processes, containers), start_unix, escalator, end_reason, notes)
+    report_of(list, (processes, containers), start_unix, tracked, end_reason, notes)
 }
 
 /// What `--min-growth` hid: processes that grew steadily, but by less than the floor.
@@ -858,12 +1104,19 @@ fn floor_note(hidden: &[(u32, String, f64)], floor: f64) -> Option<String> {
     ))
 }
 
+/// What the watch keeps besides its list: the escalations, and the OOM kills.
+#[derive(Clone, Copy)]
+struct Tracked<'a> {
+    escalator: Option<&'a Escalator>,
+    kills: &'a crate::fleet::oom::OomKills,
+}
+
 /// The report of `list` with its processes and containers already judged.
 fn report_of(
     list: &WatchList,
     (processes, containers): (Vec<WatchedProcess>, Vec<WatchedContainer>),
     start_unix: f64,
-    escalator: Option<&Escalator>,
+    tracked: Tracked<'_>,
     end_reason: &str,
     notes: Vec<String>,
 ) -> WatchReport {
@@ -875,8 +1128,9 @@ fn report_of(
         processes_watched: list.len(),
         processes,
         containers,
-        escalations: escalator.map(|e| e.done().to_vec()).unwrap_or_default(),
+        escalations: tracked.escalator.map(|e| e.done().to_vec()).unwrap_or_default(),
         not_escalated: Vec::new(),
+        oom_kills: tracked.kills.reports(),
         end_reason: end_reason.to_owned(),
         notes,
     }
@@ -1025,6 +1279,71 @@ mod tests {
     }
 
     #[test]
+    fn oom_victims_are_kept_with_their_chart_and_told_by_event_or_counter() {
+        const MB: u64 = 1 << 20;
+        let in_container = |pid, private, id: char| Observation {
+            pod: Some(PodRef {
+                pod_uid: "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
+                container_id: Some(id.to_string().repeat(64)),
+                runtime: None,
+                qos: crate::fleet::pods::QosClass::Burstable,
+                name: None,
+                namespace: None,
+                container_name: None,
+                workload_kind: None,
+                workload: None,
+                node: None,
+            }),
+            ..obs(pid, 1, private)
+        };
+        let cgroup = |id: char, kills| ContainerObservation {
+            pod: in_container(0, 0, id).pod.unwrap(),
+            memory: CgroupMemory { usage: 0, anon: 0, working_set: 0, limit: Some(64 * MB) },
+            processes: 1,
+            oom_kills: Some(kills),
+        };
+        let params = Params { min_growth_bytes: MB as f64, ..Params::default() };
+        // Told by the kernel's event: a stable process (forgotten at exit otherwise) killed.
+        let mut list = WatchList::new(1.0).judging(params);
+        for t in 0..5u64 {
+            list.observe(t as f64, &[obs(10, 1, 8 * MB), obs(11, 1, 8 * MB)], Kind::Tick, false);
+        }
+        assert!(list.mark_oom_killed(10, 4.5, "tracepoint"));
+        assert!(!list.mark_oom_killed(99, 4.5, "tracepoint"), "not watched");
+        assert!(list.vanished(&[obs(11, 1, 8 * MB)]));
+        list.observe(5.0, &[obs(11, 1, 8 * MB)], Kind::Tick, false);
+        let killed = list.take_killed(&params);
+        assert_eq!(killed.len(), 1);
+        assert_eq!(
+            (killed[0].process.pid, killed[0].at, killed[0].seen_by),
+            (10, 4.5, "tracepoint")
+        );
+        assert!(killed[0].process.exited && killed[0].process.series.t_s.len() == 5);
+        assert!(list.take_killed(&params).is_empty(), "once");
+        // Told by counters: of the two processes gone from container a, whose count rose by
+        // one, the larger; b's count did not rise, so its process merely exited.
+        let mut list = WatchList::new(1.0).judging(params).counting_kills(true);
+        for t in 0..5u64 {
+            let kills = u64::from(t == 4);
+            list.observe_containers(t as f64, &[cgroup('a', kills), cgroup('b', 0)], Kind::Tick);
+            let seen = if t < 4 {
+                vec![
+                    in_container(20, 30 * MB, 'a'),
+                    in_container(21, 2 * MB, 'a'),
+                    in_container(22, 9 * MB, 'b'),
+                ]
+            } else {
+                Vec::new()
+            };
+            list.observe(t as f64, &seen, Kind::Tick, false);
+        }
+        let killed = list.take_killed(&params);
+        assert_eq!(killed.len(), 1, "{killed:?}");
+        assert_eq!((killed[0].process.pid, killed[0].seen_by), (20, "cgroup_counter"));
+        assert_eq!(killed[0].limit, Some(64 * MB), "its container's, though the container is gone");
+    }
+
+    #[test]
     fn processes_named_by_pid_are_kept_when_they_exit() {
         let mut list = WatchList::new(1.0);
         for t in 0..10u64 {
@@ -1064,6 +1383,7 @@ mod tests {
                 limit: Some(200 * MB),
             },
             processes: 2,
+            oom_kills: Some(0),
         };
         let mut list = WatchList::new(1.0);
         for t in 0..30u64 {
@@ -1103,6 +1423,7 @@ mod tests {
             containers: judged,
             escalations: Vec::new(),
             not_escalated: Vec::new(),
+            oom_kills: Vec::new(),
             end_reason: "duration".into(),
             notes: Vec::new(),
         };
@@ -1149,6 +1470,7 @@ mod tests {
             containers: Vec::new(),
             escalations: Vec::new(),
             not_escalated: Vec::new(),
+            oom_kills: Vec::new(),
             end_reason: "duration".into(),
             notes: Vec::new(),
         };

@@ -1,0 +1,470 @@
+//! The OOM kills of watched processes: each one's record (the post-mortem of its profile, or
+//! its chart alone), the crash loops of a workload killed again and again, the counts by
+//! workload for `/metrics`, and the Kubernetes Events to post. Pure but for reading the
+//! post-mortem's JSON once it is written.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt::Write as _,
+};
+
+use crate::{
+    analysis::{
+        growth::{human_duration, site_name},
+        units::{human_bytes, signed_bytes},
+    },
+    fleet::{
+        report::{Escalation, OomKillReport, per_hour},
+        watch::Killed,
+    },
+};
+
+/// Kills kept (their records; the counts by workload are kept apart, for good).
+pub const KEPT: usize = 64;
+/// Workloads whose kills are counted, at most (`/metrics` stays bounded).
+const MAX_WORKLOADS: usize = 1024;
+/// How long an Event waits for the post-mortem to be written before it is posted without.
+const EVENT_WAIT_S: f64 = 30.0;
+
+/// The labels a kill is counted under: the workload's for a pod's process, its program's for
+/// another.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The kills seen so far.
+#[derive(Debug, Default)]
+pub struct OomKills {
+    records: VecDeque<OomKillReport>,
+    totals: BTreeMap<Labels, u64>,
+}
+
+/// A Kubernetes Event to post about a kill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The kill's id.
+    pub kill: String,
+    /// The pod's namespace, name and UID, and the container's name.
+    pub namespace: String,
+    /// See `namespace`.
+    pub pod: String,
+    /// See `namespace`.
+    pub pod_uid: String,
+    /// See `namespace`.
+    pub container: Option<String>,
+    /// The message (short: `kubectl describe pod` prints it on one line).
+    pub message: String,
+}
+
+/// The reason of the Events posted (`kubectl get events --field-selector reason=...`).
+pub const EVENT_REASON: &str = "LeakOOMKill";
+
+impl OomKills {
+    /// Records a kill, seen at `at_unix_s`, of a process in a container limited to `limit`,
+    /// with its latest trace or profile, if it had one.
+    pub fn record(
+        &mut self,
+        killed: Killed,
+        at_unix_s: f64,
+        limit: Option<u64>,
+        profile: Option<Escalation>,
+    ) {
+        let labels = workload_labels(&killed.process);
+        if self.totals.len() < MAX_WORKLOADS || self.totals.contains_key(&labels) {
+            *self.totals.entry(labels.clone()).or_default() += 1;
+        }
+        let previous: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| workload_labels(&r.process) == labels)
+            .map(|r| r.id.clone())
+            .collect();
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a name")]
+        let id = format!(
+            "oom-{}-{}-{}",
+            crate::fleet::escalate::sanitize(&killed.process.comm),
+            killed.process.pid,
+            at_unix_s.max(0.0) as u64
+        );
+        let mut record = OomKillReport {
+            id,
+            at_unix_s,
+            seen_by: killed.seen_by.to_owned(),
+            process: killed.process,
+            limit_bytes: limit,
+            profile,
+            top_site: None,
+            top_share: None,
+            triage: String::new(),
+            previous,
+            repeated: None,
+            event_posted: None,
+        };
+        self.finish(&mut record);
+        if self.records.len() == KEPT {
+            self.records.pop_front();
+        }
+        self.records.push_back(record);
+    }
+
+    /// Brings the records up to date: each profile's state from `escalations` (the latest),
+    /// and the post-mortems written since, read for what grew.
+    pub fn refresh(&mut self, escalations: &[Escalation]) {
+        let mut records = std::mem::take(&mut self.records);
+        for r in &mut records {
+            let Some(p) = &mut r.profile else { continue };
+            if let Some(now) = escalations.iter().rev().find(|e| e.json == p.json) {
+                p.clone_from(now);
+            }
+            if r.top_site.is_none()
+                && p.exit_code.is_some()
+                && let Some((site, share)) = top_growth(&p.json)
+            {
+                r.top_site = Some(site);
+                r.top_share = Some(share);
+            }
+        }
+        let all = records.make_contiguous();
+        for i in 0..all.len() {
+            let (before, rest) = all.split_at_mut(i);
+            let r = &mut rest[0];
+            r.triage = triage(r);
+            r.repeated = repeated(r, before);
+        }
+        self.records = records;
+    }
+
+    fn finish(&self, record: &mut OomKillReport) {
+        record.triage = triage(record);
+        let before: Vec<OomKillReport> = self.records.iter().cloned().collect();
+        record.repeated = repeated(record, &before);
+    }
+
+    /// The records, oldest first.
+    #[must_use]
+    pub fn reports(&self) -> Vec<OomKillReport> {
+        self.records.iter().cloned().collect()
+    }
+
+    /// The kills counted by workload, since the start.
+    pub fn totals(&self) -> impl Iterator<Item = (&Labels, u64)> {
+        self.totals.iter().map(|(l, n)| (l, *n))
+    }
+
+    /// The Events due at `now_unix_s`: kills of processes in named pods whose post-mortem
+    /// is written, or that had no profile, or that waited [`EVENT_WAIT_S`] for it; each
+    /// once (marked pending until [`Self::posted`] says how it went). `url` gives a report's
+    /// address from its id.
+    pub fn events_due(&mut self, now_unix_s: f64, url: &dyn Fn(&str) -> String) -> Vec<Event> {
+        let mut due = Vec::new();
+        for r in &mut self.records {
+            if r.event_posted.is_some() {
+                continue;
+            }
+            let Some(pod) = &r.process.pod else { continue };
+            let (Some(namespace), Some(name)) = (&pod.namespace, &pod.name) else { continue };
+            let written = r.profile.as_ref().is_none_or(|p| p.exit_code.is_some());
+            if !written && now_unix_s - r.at_unix_s < EVENT_WAIT_S {
+                continue;
+            }
+            let report = match &r.profile {
+                Some(p) if p.exit_code == Some(0) => {
+                    let id = std::path::Path::new(&p.json)
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    format!("; report: {}", url(&id))
+                }
+                _ => String::new(),
+            };
+            let loop_part = r.repeated.as_ref().map(|l| format!(" ({l})")).unwrap_or_default();
+            due.push(Event {
+                kill: r.id.clone(),
+                namespace: namespace.clone(),
+                pod: name.clone(),
+                pod_uid: pod.pod_uid.clone(),
+                container: pod.container_name.clone(),
+                message: format!("{}{loop_part}{report}", r.triage),
+            });
+            r.event_posted = Some(false);
+        }
+        due
+    }
+
+    /// Says whether the Event about kill `id` was posted.
+    pub fn posted(&mut self, id: &str, ok: bool) {
+        if let Some(r) = self.records.iter_mut().find(|r| r.id == id) {
+            r.event_posted = Some(ok);
+        }
+    }
+}
+
+/// `namespace`, `workload_kind`, `workload` and `container` of a pod's process (the pod's
+/// name for a bare pod, its UID when the API named nothing); `comm` of another.
+fn workload_labels(p: &crate::fleet::report::WatchedProcess) -> Labels {
+    match &p.pod {
+        Some(pod) => {
+            let workload = match (&pod.workload_kind, &pod.workload, &pod.name) {
+                (Some(kind), Some(w), _) => (kind.clone(), w.clone()),
+                (_, _, Some(name)) => ("Pod".to_owned(), name.clone()),
+                _ => ("Pod".to_owned(), pod.pod_uid.clone()),
+            };
+            vec![
+                ("namespace", pod.namespace.clone().unwrap_or_default()),
+                ("workload_kind", workload.0),
+                ("workload", workload.1),
+                ("container", pod.container_name.clone().unwrap_or_default()),
+            ]
+        }
+        None => vec![("comm", p.comm.clone())],
+    }
+}
+
+/// `OOM-killed after +60.0 MiB over 6s (+36.0 GiB/h); its 96.0 MiB limit reached; 94% of
+/// the growth from leak_fn <- main`.
+fn triage(r: &OomKillReport) -> String {
+    let t = &r.process.trend;
+    let mut parts = vec![format!(
+        "OOM-killed after {} over {} ({})",
+        signed_bytes(t.gained_bytes),
+        human_duration(r.process.watched_s),
+        per_hour(t.rate_bytes_per_h)
+    )];
+    if let Some(limit) = r.limit_bytes {
+        parts.push(format!("its {} limit reached", human_bytes(limit)));
+    }
+    match (&r.profile, &r.top_site, r.top_share) {
+        (_, Some(site), Some(share)) => {
+            parts.push(format!("{:.0}% of the growth from {site}", share * 100.0));
+        }
+        (Some(p), _, _) if p.exit_code.is_none() => {
+            parts.push("its profile's report is being written".to_owned());
+        }
+        (Some(_), _, _) => parts.push("its profile's report has no growing stack".to_owned()),
+        (None, _, _) => parts.push(format!(
+            "not profiled (judged {} until then): its memory chart is all there is",
+            t.verdict.as_str()
+        )),
+    }
+    parts.join("; ")
+}
+
+/// `3rd OOM kill in 2h0m, each time 90% of the growth from parse_request` for a kill with
+/// earlier ones of its workload among `before`.
+fn repeated(r: &OomKillReport, before: &[OomKillReport]) -> Option<String> {
+    let earlier: Vec<&OomKillReport> =
+        before.iter().filter(|b| r.previous.contains(&b.id)).collect();
+    let first = earlier.first()?;
+    let n = earlier.len() + 1;
+    let mut line =
+        format!("{} OOM kill in {}", ordinal(n), human_duration(r.at_unix_s - first.at_unix_s));
+    let all: Vec<&OomKillReport> = earlier.iter().copied().chain(std::iter::once(r)).collect();
+    let sites: Vec<(&String, f64)> =
+        all.iter().filter_map(|k| Some((k.top_site.as_ref()?, k.top_share?))).collect();
+    if sites.len() == all.len() && sites.iter().all(|(s, _)| *s == sites[0].0) {
+        let least = sites.iter().map(|(_, share)| *share).fold(1.0, f64::min);
+        let _ = write!(line, ", each time {:.0}% of the growth from {}", least * 100.0, sites[0].0);
+    }
+    Some(line)
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, ..., `11th`, `21st`.
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// The top growing stack of the report at `json` (its first frames) and its share of the
+/// growth, if it is written and something grew.
+fn top_growth(json: &str) -> Option<(String, f64)> {
+    let text = std::fs::read(json).ok()?;
+    let report: crate::analysis::report::Report = serde_json::from_slice(&text).ok()?;
+    top_of(&report)
+}
+
+/// The site that gained most in `report`, and its share of what all sites gained; when
+/// nothing gained over its window (a profile started moments before the kill: one sample a
+/// site), the site that holds most, and its share of what all hold.
+#[must_use]
+pub fn top_of(report: &crate::analysis::report::Report) -> Option<(String, f64)> {
+    type Measure = fn(&crate::analysis::report::Site) -> u64;
+    let gained: Measure = |s| s.trend.gained_bytes.max(0).unsigned_abs();
+    let held: Measure = |s| s.outstanding_bytes;
+    [gained, held].into_iter().find_map(|m| {
+        let total: u64 = report.sites.iter().map(m).sum();
+        let top = report.sites.iter().max_by_key(|s| m(s))?;
+        #[expect(clippy::cast_precision_loss, reason = "a share")]
+        let share = m(top) as f64 / total.max(1) as f64;
+        (total > 0).then(|| (site_name(top), (share * 1000.0).round() / 1000.0))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analysis::{report::TrendView, trend::Verdict},
+        fleet::{
+            pods::{PodRef, QosClass},
+            report::{WatchSeries, WatchedProcess},
+        },
+    };
+
+    fn process(pid: u32, pod: Option<PodRef>) -> WatchedProcess {
+        WatchedProcess {
+            pid,
+            comm: "api".into(),
+            cmdline: String::new(),
+            start_time_ticks: 7,
+            rss_bytes: 100 << 20,
+            anon_bytes: 96 << 20,
+            watched_s: 600.0,
+            first_seen_s: 0.0,
+            exited: true,
+            trend: TrendView {
+                verdict: Verdict::Leak,
+                gained_bytes: 60 << 20,
+                rate_bytes_per_h: f64::from(360u32 << 20),
+                ..TrendView::default()
+            },
+            series: WatchSeries::default(),
+            pod,
+        }
+    }
+
+    fn pod() -> PodRef {
+        PodRef {
+            pod_uid: "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
+            container_id: Some("c".repeat(64)),
+            runtime: Some("containerd".into()),
+            qos: QosClass::Burstable,
+            name: Some("shop-api-1".into()),
+            namespace: Some("shop".into()),
+            container_name: Some("api".into()),
+            workload_kind: Some("Deployment".into()),
+            workload: Some("shop-api".into()),
+            node: Some("n1".into()),
+        }
+    }
+
+    fn profile(json: &str, exit_code: Option<i32>) -> Escalation {
+        Escalation {
+            pid: 1,
+            comm: "api".into(),
+            start_unix_s: 0.0,
+            json: json.into(),
+            svg: String::new(),
+            pprof: String::new(),
+            pod: None,
+            exit_code,
+            reason: "leak".into(),
+            start_time_ticks: 7,
+        }
+    }
+
+    #[test]
+    fn each_kill_is_triaged_and_a_crash_loop_is_linked() {
+        let mut kills = OomKills::default();
+        let killed = |pid| Killed {
+            process: process(pid, Some(pod())),
+            at: 0.0,
+            seen_by: "tracepoint",
+            limit: None,
+        };
+        // Not profiled: its chart is all there is, and the Event goes at once.
+        kills.record(killed(10), 1000.0, Some(96 << 20), None);
+        let r = &kills.reports()[0];
+        assert_eq!(r.id, "oom-api-10-1000");
+        assert_eq!(
+            r.triage,
+            "OOM-killed after +60.0 MiB over 10m (+360.0 MiB/h); its 96.0 MiB limit reached; \
+             not profiled (judged leak until then): its memory chart is all there is"
+        );
+        assert_eq!(r.repeated, None);
+        let url = |id: &str| format!("http://n1:9464/api/v1/reports/{id}/report.html");
+        let due = kills.events_due(1000.0, &url);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].namespace.as_str(), due[0].pod.as_str()), ("shop", "shop-api-1"));
+        assert_eq!(due[0].message, r.triage);
+        assert!(kills.events_due(1001.0, &url).is_empty(), "once");
+        kills.posted("oom-api-10-1000", true);
+        // Profiled: the Event waits for the post-mortem, then names what grew.
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("leak-api-11.json");
+        let json = json.to_str().unwrap();
+        kills.record(killed(11), 4600.0, Some(96 << 20), Some(profile(json, None)));
+        assert!(kills.reports()[1].triage.ends_with("; its profile's report is being written"));
+        assert!(kills.events_due(4601.0, &url).is_empty(), "the report is being written");
+        let mut report = crate::analysis::report::tests::sample_report();
+        report.sites[0].trend.gained_bytes = 90;
+        report.sites[1].trend.gained_bytes = 10;
+        std::fs::write(json, serde_json::to_vec(&report).unwrap()).unwrap();
+        kills.refresh(&[profile(json, Some(0))]);
+        let r = &kills.reports()[1];
+        let top = site_name(&report.sites[0]);
+        assert_eq!(r.top_share, Some(0.9));
+        assert!(r.triage.ends_with(&format!("; 90% of the growth from {top}")), "{}", r.triage);
+        // The second kill of the workload: linked to the first, which had no profile.
+        assert_eq!(r.previous, ["oom-api-10-1000"]);
+        assert_eq!(r.repeated.as_deref(), Some("2nd OOM kill in 1h0m"));
+        let due = kills.events_due(4602.0, &url);
+        assert_eq!(
+            due[0].message,
+            format!(
+                "{} (2nd OOM kill in 1h0m); report: http://n1:9464/api/v1/reports/leak-api-11/report.html",
+                r.triage
+            )
+        );
+        // A third, profiled too: each time the same stack.
+        let json3 = dir.path().join("leak-api-12.json");
+        std::fs::write(&json3, serde_json::to_vec(&report).unwrap()).unwrap();
+        let json3 = json3.to_str().unwrap();
+        kills.record(killed(12), 8200.0, None, Some(profile(json3, Some(0))));
+        kills.refresh(&[profile(json, Some(0)), profile(json3, Some(0))]);
+        let r = &kills.reports()[2];
+        assert_eq!(r.previous.len(), 2);
+        assert_eq!(r.repeated.as_deref(), Some("3rd OOM kill in 2h0m"), "the first had no profile");
+        // Counted by workload.
+        let totals: Vec<(Labels, u64)> = kills.totals().map(|(l, n)| (l.clone(), n)).collect();
+        assert_eq!(totals.len(), 1);
+        assert_eq!(totals[0].1, 3);
+        assert_eq!(totals[0].0[2], ("workload", "shop-api".to_owned()));
+    }
+
+    #[test]
+    fn a_crash_loop_with_one_culprit_says_so() {
+        let mut a = process(1, None);
+        a.comm = "srv".into();
+        let record = |id: &str, at: f64, share: f64| OomKillReport {
+            id: id.into(),
+            at_unix_s: at,
+            seen_by: "tracepoint".into(),
+            process: a.clone(),
+            limit_bytes: None,
+            profile: None,
+            top_site: Some("parse_request <- handle_conn".into()),
+            top_share: Some(share),
+            triage: String::new(),
+            previous: Vec::new(),
+            repeated: None,
+            event_posted: None,
+        };
+        let before = [record("a", 0.0, 0.95), record("b", 3600.0, 0.9)];
+        let now =
+            OomKillReport { previous: vec!["a".into(), "b".into()], ..record("c", 7200.0, 0.92) };
+        assert_eq!(
+            repeated(&now, &before).as_deref(),
+            Some(
+                "3rd OOM kill in 2h0m, each time 90% of the growth from parse_request <- handle_conn"
+            )
+        );
+        assert_eq!(workload_labels(&a), vec![("comm", "srv".to_owned())]);
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal),
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
+        );
+    }
+}
