@@ -15,7 +15,10 @@ pub use leak_user::analysis::report::{Report, Site};
 
 pub mod browser;
 pub mod matrix;
+pub mod prometheus;
 pub mod truth;
+
+pub use prometheus::Prometheus;
 
 /// How long any single wait in a test may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_mins(1);

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use leak_tests::{
-    FakeKubeApi, Leak, http_get_text, oom_cgroup, read_report, require_root, run_with_report,
-    serving_addr, systemd_pod_cgroup, systemd_pod_cgroup_of,
+    FakeKubeApi, Leak, Prometheus, http_get, http_get_text, oom_cgroup, read_report, require_root,
+    run_with_report, serving_addr, systemd_pod_cgroup, systemd_pod_cgroup_of,
     truth::{
         OOM_LIMIT as LIMIT, OOM_RATE_KIB as RATE_KIB, assert_grower_oom_killed, grower_in,
         grower_last_leaked, grower_script, resident, run_until_oom_killed, sites_of,
@@ -177,6 +177,8 @@ fn the_agent_explains_each_oom_kill_of_a_pod_and_links_a_crash_loop() {
     assert!(repeated.contains("% of the growth from leak_fn <- main"), "{repeated}");
     assert!(http_get_text(&addr, "/metrics").contains(&format!("{counter} 2\n")));
 
+    assert_dashboard_shows_kills(dir.path(), &addr, &kills);
+
     // Killed otherwise: no OOM kill.
     let third = grower_in(&cgroup, 120, 256);
     std::thread::sleep(Duration::from_secs(3));
@@ -232,4 +234,69 @@ fn assert_event(api: &FakeKubeApi, triage: &str, id: &str) {
     let message = event["message"].as_str().unwrap();
     assert!(message.starts_with(triage), "{message}");
     assert!(message.ends_with(&format!("/api/v1/reports/{id}/report.html")), "{message}");
+}
+
+/// The dashboard's OOM kill panels, through a real Prometheus scraping the agent at `addr`:
+/// the workload counted twice, and each of its `kills` in the table, linked to its record
+/// and its post-mortem.
+fn assert_dashboard_shows_kills(dir: &std::path::Path, addr: &str, kills: &[serde_json::Value]) {
+    let prometheus = Prometheus::start(dir, addr);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/leak.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panel = |title: &str| {
+        dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap()
+            .clone()
+    };
+    let query = |p: &serde_json::Value| {
+        p["targets"][0]["expr"]
+            .as_str()
+            .unwrap()
+            .replace("$namespace", ".*")
+            .replace("$workload", ".*")
+    };
+    let counted = prometheus.query_until(&query(&panel("OOM kills per workload")), |r| {
+        r.iter().any(|s| s["metric"]["workload"] == "shop-api" && s["value"][1] == "2")
+    });
+    assert_eq!(counted.len(), 1, "{counted:#?}");
+    let table = panel("OOM kills");
+    let rows = prometheus.query_until(&query(&table), |r| r.len() == kills.len());
+    for k in kills {
+        let id = k["id"].as_str().unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r["metric"]["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {rows:#?}"));
+        let instance = row["metric"]["instance"].as_str().unwrap();
+        for (column, value, expected) in [
+            ("id", id, "{"),
+            ("report", row["metric"]["report"].as_str().unwrap(), "<!DOCTYPE html>"),
+        ] {
+            let links = table["fieldConfig"]["overrides"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["matcher"]["options"] == column)
+                .flat_map(|o| o["properties"][0]["value"].as_array().unwrap().clone())
+                .collect::<Vec<_>>();
+            assert_eq!(links.len(), 2, "{column}");
+            for link in links {
+                let url = link["url"]
+                    .as_str()
+                    .unwrap()
+                    .replace("${agent_url}", &format!("http://{addr}"))
+                    .replace("${__data.fields.instance}", instance)
+                    .replace("${__value.raw}", value);
+                let path = &url[url.find(instance).unwrap() + instance.len()..];
+                let (status, body) = http_get(instance, path);
+                assert_eq!(status, 200, "{url}");
+                assert!(body.starts_with(expected.as_bytes()), "{url}");
+            }
+        }
+    }
 }

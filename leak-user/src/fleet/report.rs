@@ -297,6 +297,23 @@ pub fn render(report: &WatchReport, header: &str, top: usize) -> String {
             );
         }
     }
+    if !report.oom_kills.is_empty() {
+        s.push_str("OOM kills:\n");
+    }
+    for k in &report.oom_kills {
+        let p = &k.process;
+        let _ = write!(s, "  pid {} ({})", p.pid, p.comm);
+        if let Some(pod) = &p.pod {
+            let _ = write!(s, " {}", pod_name(pod));
+        }
+        let _ = writeln!(s, ": {}", k.triage);
+        if let Some(r) = &k.repeated {
+            let _ = writeln!(s, "    {r}");
+        }
+        if let Some(e) = k.profile.as_ref().filter(|e| e.exit_code == Some(0)) {
+            let _ = writeln!(s, "    post-mortem: {}", e.json);
+        }
+    }
     for n in &report.notes {
         let _ = writeln!(s, "note: {n}");
     }
