@@ -410,4 +410,57 @@ mod tests {
         e.running[0].0.wait().unwrap();
         e.running.clear();
     }
+
+    #[test]
+    fn a_growth_profile_is_kept_on_growth_and_near_a_limit() {
+        use crate::{
+            analysis::report::TrendView,
+            config::Mode::{Exact, Growth},
+            fleet::{pods::QosClass, report::WatchSeries},
+        };
+        let pid = std::process::id();
+        let start = procfs::start_time(pid).unwrap();
+        let process = |verdict, container: char| WatchedProcess {
+            pid,
+            comm: "srv".into(),
+            cmdline: String::new(),
+            start_time_ticks: start,
+            rss_bytes: 0,
+            anon_bytes: 0,
+            watched_s: 10.0,
+            first_seen_s: 0.0,
+            exited: false,
+            trend: TrendView { verdict, ..TrendView::default() },
+            series: WatchSeries::default(),
+            pod: Some(PodRef {
+                pod_uid: "u".into(),
+                container_id: Some(container.to_string().repeat(64)),
+                runtime: None,
+                qos: QosClass::Burstable,
+                name: None,
+                namespace: None,
+                container_name: None,
+                workload_kind: None,
+                workload: None,
+                node: None,
+            }),
+        };
+        let near_a = "a".repeat(64);
+        let near: HashSet<&str> = [near_a.as_str()].into();
+        let queued = |mode, p: &WatchedProcess| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut e =
+                Escalator::new(Duration::from_secs(1), dir.path().into(), 1, None).tracing(mode);
+            e.flag(std::slice::from_ref(p), &near);
+            e.queue.front().map(|q| q.4)
+        };
+        // A leak, whatever the mode.
+        assert_eq!(queued(Exact, &process(Verdict::Leak, 'b')), Some("leak"));
+        // Growing, or near its container's limit: a growth profile only (cheap enough).
+        assert_eq!(queued(Growth, &process(Verdict::Growing, 'b')), Some("growing"));
+        assert_eq!(queued(Exact, &process(Verdict::Growing, 'b')), None);
+        assert_eq!(queued(Growth, &process(Verdict::Stable, 'a')), Some("near_limit"));
+        assert_eq!(queued(Exact, &process(Verdict::Stable, 'a')), None);
+        assert_eq!(queued(Growth, &process(Verdict::Plateau, 'b')), None);
+    }
 }

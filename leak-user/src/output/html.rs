@@ -149,6 +149,18 @@ fn process_chart(h: &mut String, p: &Page) {
         dashed: false,
         points: points(start, &g.t_s, &g.bytes),
     });
+    // A post-mortem: the limit the process was killed at, across the window (another report
+    // leaves it out: a far limit would flatten the lines that matter).
+    if let Some(l) = r.growth.limit.as_ref().filter(|_| r.end_reason == "oom_kill") {
+        #[expect(clippy::cast_precision_loss, reason = "plotted")]
+        let limit = l.bytes as f64;
+        lines.push(Line {
+            name: "the memory limit it was killed at",
+            color: charts::FIT,
+            dashed: true,
+            points: vec![(r.window.start_unix_s, limit), (r.window.end_unix_s, limit)],
+        });
+    }
     h.push_str("<h2>The process's memory</h2>\n");
     match charts::chart(
         "Memory of the process, and what the probes traced",
@@ -399,6 +411,23 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("<script"), "no script of its own");
+    }
+
+    #[test]
+    fn a_post_mortem_draws_the_limit_it_was_killed_at() {
+        let mut r = climbing();
+        r.growth.limit = Some(crate::analysis::report::LimitView {
+            bytes: 16 << 10,
+            source: "cgroup".into(),
+            usage_bytes: 12 << 10,
+            time_to_limit_s: None,
+        });
+        let page = |r: &Report| {
+            render(&Page { report: r, growth_svg: None, diff_svg: None, clock: &clock, top: 1 })
+        };
+        assert!(!page(&r).contains("the memory limit it was killed at"), "a live process's");
+        r.end_reason = "oom_kill".into();
+        assert!(page(&r).contains("\nthe memory limit it was killed at\n</text>"));
     }
 
     #[test]
