@@ -525,6 +525,9 @@ pub struct Seen {
     pub in_pods: usize,
     /// Those selected and watched.
     pub watched: usize,
+    /// Processes watched before that have exited and are kept for the report (a leak's,
+    /// an OOM kill's).
+    pub exited: usize,
 }
 
 /// Why a watch watches nothing, when it does, in words that say what to do.
@@ -532,6 +535,12 @@ pub struct Seen {
 pub fn why_nothing(targets: &Targets, selection: Option<&Selection>, seen: Seen) -> Option<String> {
     if seen.watched > 0 {
         return None;
+    }
+    if seen.exited > 0 && !matches!(targets, Targets::Pids(_)) {
+        return Some(format!(
+            "no selected process runs now: the {} watched before exited (kept in this report)",
+            seen.exited
+        ));
     }
     let filtered = selection.is_some_and(|s| {
         !(s.namespaces.is_empty()
@@ -784,7 +793,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
         list.observe_containers(t, &seen.1, kind);
         kills.mark(list, &seen.0, start_unix);
         list.observe(t, &seen.0, kind, explicit);
-        seen.2
+        Seen { exited: list.len() - list.running(), ..seen.2 }
     };
     let nothing = |seen: Seen| why_nothing(&cfg.targets, cfg.selection.as_ref(), seen);
     let mut seen_now = record(&mut list, &kills, &look(&escalator), Kind::Tick);
@@ -1257,7 +1266,7 @@ mod tests {
 
     #[test]
     fn a_watch_of_nothing_says_why() {
-        let seen = |candidates, in_pods, watched| Seen { candidates, in_pods, watched };
+        let seen = |candidates, in_pods, watched| Seen { candidates, in_pods, watched, exited: 0 };
         let no_pods = why_nothing(&Targets::Pods, None, seen(120, 0, 0)).unwrap();
         assert!(
             no_pods.starts_with("no process of this host runs in a Kubernetes pod"),
@@ -1276,6 +1285,12 @@ mod tests {
         let none = why_nothing(&Targets::All, Some(&by_name), seen(120, 0, 0)).unwrap();
         assert_eq!(none, "none of the 120 processes matches --process (or the other selections)");
         assert_eq!(why_nothing(&Targets::Pods, None, seen(120, 7, 7)), None);
+        // The pods' processes watched so far have exited (killed): said so, not "no pod".
+        let gone = why_nothing(&Targets::Pods, None, Seen { exited: 2, ..seen(120, 0, 0) });
+        assert_eq!(
+            gone.as_deref(),
+            Some("no selected process runs now: the 2 watched before exited (kept in this report)")
+        );
     }
 
     #[test]
