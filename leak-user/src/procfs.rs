@@ -430,6 +430,12 @@ pub fn parse_smaps_rollup(text: &str) -> Option<ProcessMemory> {
 /// (`memory.limit_in_bytes`), under `cgroupfs` (normally `/sys/fs/cgroup`).
 #[must_use]
 pub fn cgroup_memory_limit(pid: u32, cgroupfs: &Path) -> Option<(u64, u64)> {
+    cgroup_memory_limit_at(pid, cgroupfs).map(|(limit, usage, _)| (limit, usage))
+}
+
+/// [`cgroup_memory_limit`], with the directory of the cgroup whose limit it is.
+#[must_use]
+pub fn cgroup_memory_limit_at(pid: u32, cgroupfs: &Path) -> Option<(u64, u64, PathBuf)> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let (v2, path) = parse_cgroup_memory_path(&text)?;
     let (root, max, current) = if v2 {
@@ -437,7 +443,7 @@ pub fn cgroup_memory_limit(pid: u32, cgroupfs: &Path) -> Option<(u64, u64)> {
     } else {
         (cgroupfs.join("memory"), "memory.limit_in_bytes", "memory.usage_in_bytes")
     };
-    let mut best: Option<(u64, u64)> = None;
+    let mut best: Option<(u64, u64, PathBuf)> = None;
     let mut dir = Some(path.trim_start_matches('/'));
     while let Some(rel) = dir {
         let at = root.join(rel);
@@ -445,13 +451,47 @@ pub fn cgroup_memory_limit(pid: u32, cgroupfs: &Path) -> Option<(u64, u64)> {
         let usage = fs::read_to_string(at.join(current)).ok().and_then(|t| t.trim().parse().ok());
         if let (Some(limit), Some(usage)) = (limit, usage)
             && best
-                .is_none_or(|(l, u): (u64, u64)| limit.saturating_sub(usage) < l.saturating_sub(u))
+                .as_ref()
+                .is_none_or(|(l, u, _)| limit.saturating_sub(usage) < l.saturating_sub(*u))
         {
-            best = Some((limit, usage));
+            best = Some((limit, usage, at));
         }
         dir = if rel.is_empty() { None } else { Some(rel.rsplit_once('/').map_or("", |p| p.0)) };
     }
     best
+}
+
+/// The highest memory usage the cgroup at `dir` reached (v2 `memory.peak`, 5.19 and later;
+/// v1 `memory.max_usage_in_bytes`): read after an OOM kill, it says whether the kill came
+/// at the cgroup's limit.
+#[must_use]
+pub fn cgroup_memory_peak(dir: &Path) -> Option<u64> {
+    ["memory.peak", "memory.max_usage_in_bytes"]
+        .iter()
+        .find_map(|f| fs::read_to_string(dir.join(f)).ok()?.trim().parse().ok())
+}
+
+/// How many times the memory cgroup at `dir` reached its limit with nothing left to reclaim
+/// and called the OOM killer (`oom` of v2's `memory.events`). `None` on v1, which counts
+/// limit hits only with the page cache's reclaims among them (`memory.failcnt`).
+#[must_use]
+pub fn cgroup_oom_events(dir: &Path) -> Option<u64> {
+    let text = fs::read_to_string(dir.join("memory.events")).ok()?;
+    memory_stat_value(&text, "oom")
+}
+
+/// Whether the memory cgroup at `dir` (limited to `limit`) killed for its limit since its
+/// OOM count was `oom_events`: said by the count where there is one (v2); else (v1) by its
+/// peak usage within 10% of the limit (which a container whose page cache fills its limit
+/// also reaches).
+#[must_use]
+pub fn cgroup_limit_reached(dir: &Path, limit: u64, oom_events: Option<u64>) -> bool {
+    match (oom_events, cgroup_oom_events(dir)) {
+        (Some(before), Some(now)) => now > before,
+        _ => {
+            cgroup_memory_peak(dir).is_some_and(|p| p.saturating_mul(10) >= limit.saturating_mul(9))
+        }
+    }
 }
 
 /// The memory cgroup of a `/proc/PID/cgroup` text: `(is_v2, path)`. A v1 memory hierarchy

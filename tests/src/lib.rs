@@ -846,6 +846,27 @@ impl Drop for FakeKubeApi {
     }
 }
 
+/// `leak agent` as the agent tests run it, against `api`: in a pod of its own, in its own
+/// cgroup namespace (other pods' cgroup paths are relative to it there until it enters the
+/// host's), on a free loopback port, sampling every 250 ms, judging growth from 64 KiB, its
+/// reports in `reports`, with `extra` options. Returns it, the address it serves at, and its
+/// pod's cgroup (to outlive it).
+#[must_use]
+pub fn agent_in_pod(
+    api: &FakeKubeApi,
+    reports: &Path,
+    extra: &[&str],
+) -> (Leak, String, PodCgroup) {
+    let (cgroup, _, _) = systemd_pod_cgroup_of("besteffort");
+    let mut args = vec!["agent", "--listen", "127.0.0.1:0", "--sample-interval", "250ms"];
+    args.extend(["--interval", "1h", "--min-growth", "64K"]);
+    args.extend(["--out-dir", reports.to_str().expect("a UTF-8 path")]);
+    args.extend_from_slice(extra);
+    let mut agent = Leak::spawn_in_pod(&cgroup, &args, &api.env());
+    let addr = serving_addr(&mut agent);
+    (agent, addr, cgroup)
+}
+
 /// A finished `leak watch --json`'s report: its text, and parsed.
 #[must_use]
 pub fn watch_report(

@@ -9,8 +9,8 @@ use std::{
 };
 
 use leak_tests::{
-    FakeKubeApi, Fixture, Leak, PodCgroup, Prometheus, fixture, go_pprof_samples, http_get,
-    http_get_text, require_root, serving_addr, systemd_pod_cgroup, systemd_pod_cgroup_of,
+    FakeKubeApi, Fixture, Leak, PodCgroup, Prometheus, agent_in_pod, fixture, go_pprof_samples,
+    http_get, http_get_text, require_root, serving_addr, systemd_pod_cgroup,
 };
 
 /// A leaking `cacher` in a kubelet-style pod cgroup and, as in a container, in its own mount
@@ -128,29 +128,8 @@ fn agent_finds_traces_and_serves_a_leaking_pod() {
     require_root();
     let (cgroup, uid, cid, target, api, root) = leaking_pod();
     let dir = tempfile::tempdir().unwrap();
-    // The agent runs in a pod too, in its own cgroup namespace: other pods' cgroup paths are
-    // relative to it there until it enters the host's.
-    let (agent_cgroup, _, _) = systemd_pod_cgroup_of("besteffort");
-    let mut agent = Leak::spawn_in_pod(
-        &agent_cgroup,
-        &[
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--sample-interval",
-            "250ms",
-            "--interval",
-            "1h",
-            "--min-growth",
-            "64K",
-            "--trace-for",
-            "2s",
-            "--out-dir",
-            dir.path().join("reports").to_str().unwrap(),
-        ],
-        &api.env(),
-    );
-    let addr = serving_addr(&mut agent);
+    let (agent, addr, _agent_cgroup) =
+        agent_in_pod(&api, &dir.path().join("reports"), &["--trace-for", "2s"]);
     assert_eq!(http_get_text(&addr, "/healthz"), "ok\n");
 
     // The fixture is judged a leak after a few samples, then traced for 2 s.

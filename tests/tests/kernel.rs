@@ -108,7 +108,7 @@ fn a_growth_profile_names_the_leak_of_a_busy_process() {
 /// 6.8) in a cgroup v2 memory limit; a growth profile, the cheaper mode on an emulated CPU.
 #[test]
 fn an_oom_kill_ends_the_report_with_its_cause() {
-    run_until_oom_killed("growth");
+    run_until_oom_killed("growth", &[]);
 }
 
 #[test]

@@ -7,22 +7,26 @@
 use std::time::{Duration, Instant};
 
 use leak_tests::{
-    FakeKubeApi, Leak, Prometheus, http_get, http_get_text, oom_cgroup, read_report, require_root,
-    run_with_report, serving_addr, systemd_pod_cgroup, systemd_pod_cgroup_of,
+    FakeKubeApi, Leak, Prometheus, agent_in_pod, http_get, http_get_text, oom_cgroup, read_report,
+    require_root, systemd_pod_cgroup,
     truth::{
         OOM_LIMIT as LIMIT, OOM_RATE_KIB as RATE_KIB, assert_grower_oom_killed, grower_in,
         grower_last_leaked, grower_script, resident, run_until_oom_killed, sites_of,
     },
 };
 
+/// Where tracefs cannot be had: told by the cgroup's count.
+const COUNTERS: &[(&str, &str)] = &[("LEAK_OOM_SOURCE", "counters")];
+
 #[test]
 fn run_ends_an_exact_trace_with_the_oom_kill() {
-    run_until_oom_killed("exact");
+    run_until_oom_killed("exact", &[]);
 }
 
 #[test]
 fn run_ends_a_growth_profile_with_the_oom_kill() {
-    run_until_oom_killed("growth");
+    run_until_oom_killed("growth", &[]);
+    run_until_oom_killed("growth", COUNTERS);
 }
 
 #[test]
@@ -32,7 +36,7 @@ fn attach_ends_with_the_oom_kill_of_its_target() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     // Slow enough for the attach to be in place well before the kill.
-    let rate = RATE_KIB / 4;
+    let rate = RATE_KIB / 2;
     let mut target = grower_in(&cgroup, 120, rate);
     let leak = Leak::attach(target.pid(), &["--mode", "growth", "--json", json.to_str().unwrap()]);
     let status = target.wait();
@@ -46,28 +50,41 @@ fn attach_ends_with_the_oom_kill_of_its_target() {
 
 #[test]
 fn a_process_killed_otherwise_gets_no_oom_report() {
-    // Killed by SIGKILL, not by the OOM killer: under `leak run`...
-    let (done, _dir, json) = run_with_report(&["-q"], &["sh", "-c", "kill -9 $$"]);
-    assert_eq!(done.status.code(), Some(137), "{:#?}", done.stderr);
-    assert_eq!(read_report(&json).end_reason, "target_exited");
-    // ... and attached to: killed while its memory is limited (the OOM killer is near, and
-    // another cgroup's kill must not be taken for it).
-    let cgroup = oom_cgroup(LIMIT);
-    let other = oom_cgroup(8 << 20);
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let target = grower_in(&cgroup, 120, 64);
-    let leak = Leak::attach(target.pid(), &["--json", json.to_str().unwrap()]);
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let killed = std::process::Command::new("sh")
-        .args(["-c", &grower_script(&other, 60, 4096)])
-        .output()
-        .unwrap();
-    assert_eq!(other.oom_kills(), 1, "{killed:?}");
-    drop(target);
-    let done = leak.wait();
-    assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
-    assert_eq!(read_report(&json).end_reason, "target_exited");
+    require_root();
+    for env in [&[][..], COUNTERS] {
+        // Killed by SIGKILL, not by the OOM killer: under `leak run`...
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let args = ["run", "-q", "--json", json.to_str().unwrap(), "--", "sh", "-c", "kill -9 $$"];
+        let done = Leak::spawn_env(&args, env).wait();
+        assert_eq!(done.status.code(), Some(137), "{:#?}", done.stderr);
+        assert_eq!(read_report(&json).end_reason, "target_exited");
+        // ... and attached to: killed while its memory is limited, just after another
+        // cgroup's kill (which must not be taken for it), and after a kill in its own cgroup
+        // samples ago (a process it ran, killed, must not be taken for it either).
+        let cgroup = oom_cgroup(LIMIT);
+        let other = oom_cgroup(8 << 20);
+        let target = grower_in(&cgroup, 120, 64);
+        let leak = Leak::attach_env(target.pid(), &["--json", json.to_str().unwrap()], env);
+        std::thread::sleep(Duration::from_secs(2));
+        let sibling = std::process::Command::new("sh")
+            .args(["-c", &grower_script(&cgroup, 60, RATE_KIB)])
+            .output()
+            .unwrap();
+        assert_eq!(cgroup.oom_kills(), 1, "{sibling:?}");
+        std::thread::sleep(Duration::from_secs(3));
+        let killed = std::process::Command::new("sh")
+            .args(["-c", &grower_script(&other, 60, 4096)])
+            .output()
+            .unwrap();
+        assert_eq!(other.oom_kills(), 1, "{killed:?}");
+        let mut target = target;
+        assert!(target.try_wait().is_none(), "the OOM killer took the sibling, not the target");
+        drop(target);
+        let done = leak.wait();
+        assert_eq!(done.status.code(), Some(0), "{:#?}", done.stderr);
+        assert_eq!(read_report(&json).end_reason, "target_exited", "{env:?}");
+    }
 }
 
 /// What the agent test's grower leaks, KiB/s: killed about 25 s after it starts, judged
@@ -105,31 +122,11 @@ fn the_agent_explains_each_oom_kill_of_a_pod_and_links_a_crash_loop() {
     cgroup.limit_memory(LIMIT);
     let api = FakeKubeApi::start(&uid, "shop", "shop-api-1", "api", &cid);
     let dir = tempfile::tempdir().unwrap();
-    let (agent_cgroup, _, _) = systemd_pod_cgroup_of("besteffort");
-    let mut agent = Leak::spawn_in_pod(
-        &agent_cgroup,
-        &[
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--sample-interval",
-            "250ms",
-            "--interval",
-            "1h",
-            "--min-growth",
-            "64K",
-            "--trace-for",
-            "2m",
-            // The fixture's scratch buffer faults in 4 MiB 50 times a second: at the cost the
-            // budget assumes for a fault, over the default 5% of a CPU.
-            "--max-overhead",
-            "50%",
-            "--out-dir",
-            dir.path().join("reports").to_str().unwrap(),
-        ],
-        &api.env(),
-    );
-    let addr = serving_addr(&mut agent);
+    // Profiled for longer than the fixture lives. Its scratch buffer faults in 4 MiB 50
+    // times a second: at the cost the budget assumes for a fault, over the default 5% of a
+    // CPU.
+    let extra = ["--trace-for", "2m", "--max-overhead", "50%"];
+    let (agent, addr, _agent_cgroup) = agent_in_pod(&api, &dir.path().join("reports"), &extra);
     // Judged leaking, profiled, killed at its limit.
     let mut first = grower_in(&cgroup, 120, AGENT_RATE_KIB);
     let pid = first.pid();

@@ -389,10 +389,22 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
     } else {
         parts.push("no leak suspected".to_owned());
     }
+    // Said reached when the kernel's limit (not `--limit`) was near at the last sample:
+    // else something else (the machine) ran out, and what was seen is said as usual.
     if let Some(l) = s.limit
         && s.oom_killed
+        && l.source == "cgroup"
+        && l.usage_bytes.saturating_mul(10) >= l.bytes.saturating_mul(9)
     {
         parts.push(format!("its {} limit reached", human_bytes(l.bytes)));
+    } else if let Some(l) = s.limit
+        && s.oom_killed
+    {
+        parts.push(format!(
+            "{} of the {} limit used at the last sample",
+            human_bytes(l.usage_bytes),
+            human_bytes(l.bytes)
+        ));
     } else if let Some(l) = s.limit {
         match l.time_to_limit_s {
             Some(secs) => parts.push(format!(
@@ -592,6 +604,17 @@ mod tests {
             "{}",
             g.summary
         );
+        assert!(
+            g.summary.ends_with(
+                "(confidence 99.9%); 8.0 MiB of the 64.0 MiB limit used at the last sample"
+            ),
+            "{}",
+            g.summary
+        );
+        // The limit near at the last sample: reached.
+        let near = Limit { usage: 60 << 20, ..limit };
+        let g =
+            a.view(&sites, "10:00:00-10:00:30", Some(&near), &killed, a.process_view().as_ref());
         assert!(
             g.summary.ends_with("(confidence 99.9%); its 64.0 MiB limit reached"),
             "{}",

@@ -432,18 +432,12 @@ mod tests {
             exited: false,
             trend: TrendView { verdict, ..TrendView::default() },
             series: WatchSeries::default(),
-            pod: Some(PodRef {
-                pod_uid: "u".into(),
-                container_id: Some(container.to_string().repeat(64)),
-                runtime: None,
-                qos: QosClass::Burstable,
-                name: None,
-                namespace: None,
-                container_name: None,
-                workload_kind: None,
-                workload: None,
-                node: None,
-            }),
+            pod: Some(PodRef::unnamed(
+                "u".into(),
+                Some(container.to_string().repeat(64)),
+                None,
+                QosClass::Burstable,
+            )),
         };
         let near_a = "a".repeat(64);
         let near: HashSet<&str> = [near_a.as_str()].into();

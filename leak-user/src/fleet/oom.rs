@@ -34,7 +34,12 @@ pub type Labels = Vec<(&'static str, String)>;
 pub struct OomKills {
     records: VecDeque<OomKillReport>,
     totals: BTreeMap<Labels, u64>,
+    /// Events that failed, by kill: attempts so far, and when to try again (Unix seconds).
+    retries: BTreeMap<String, (u32, f64)>,
 }
+
+/// Attempts at posting an Event before it is given up (the record then says so).
+const EVENT_ATTEMPTS: u32 = 5;
 
 /// A Kubernetes Event to post about a kill.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,15 +62,8 @@ pub struct Event {
 pub const EVENT_REASON: &str = "LeakOOMKill";
 
 impl OomKills {
-    /// Records a kill, seen at `at_unix_s`, of a process in a container limited to `limit`,
-    /// with its latest trace or profile, if it had one.
-    pub fn record(
-        &mut self,
-        killed: Killed,
-        at_unix_s: f64,
-        limit: Option<u64>,
-        profile: Option<Escalation>,
-    ) {
+    /// Records a kill, seen at `at_unix_s`, with its latest trace or profile, if it had one.
+    pub fn record(&mut self, killed: Killed, at_unix_s: f64, profile: Option<Escalation>) {
         let labels = workload_labels(&killed.process);
         if self.totals.len() < MAX_WORKLOADS || self.totals.contains_key(&labels) {
             *self.totals.entry(labels.clone()).or_default() += 1;
@@ -88,10 +86,13 @@ impl OomKills {
             at_unix_s,
             seen_by: killed.seen_by.to_owned(),
             process: killed.process,
-            limit_bytes: limit,
+            limit_bytes: killed.limit.as_ref().map(|l| l.limit),
+            working_set_bytes: killed.limit.as_ref().map(|l| l.working_set),
+            also_killed: killed.also_killed,
             profile,
             top_site: None,
             top_share: None,
+            top_held: false,
             triage: String::new(),
             previous,
             repeated: None,
@@ -115,9 +116,10 @@ impl OomKills {
             }
             if r.top_site.is_none()
                 && p.exit_code.is_some()
-                && let Some((site, share)) = top_growth(&p.json)
+                && let Some((site, share, held)) = top_growth(&p.json)
             {
                 r.top_site = Some(site);
+                r.top_held = held;
                 r.top_share = Some(share);
             }
         }
@@ -155,7 +157,9 @@ impl OomKills {
     pub fn events_due(&mut self, now_unix_s: f64, url: &dyn Fn(&str) -> String) -> Vec<Event> {
         let mut due = Vec::new();
         for r in &mut self.records {
-            if r.event_posted.is_some() {
+            if r.event_posted.is_some()
+                || self.retries.get(&r.id).is_some_and(|(_, next)| now_unix_s < *next)
+            {
                 continue;
             }
             let Some(pod) = &r.process.pod else { continue };
@@ -183,22 +187,37 @@ impl OomKills {
                 container: pod.container_name.clone(),
                 message: format!("{}{loop_part}{report}", r.triage),
             });
-            r.event_posted = Some(false);
+            // In flight: not due again until `posted` says how it went.
+            let tried = self.retries.get(&r.id).map_or(0, |(n, _)| *n);
+            self.retries.insert(r.id.clone(), (tried, f64::INFINITY));
         }
         due
     }
 
-    /// Says whether the Event about kill `id` was posted.
-    pub fn posted(&mut self, id: &str, ok: bool) {
-        if let Some(r) = self.records.iter_mut().find(|r| r.id == id) {
-            r.event_posted = Some(ok);
+    /// Says whether the Event about kill `id` was posted, at `now_unix_s`: one that was not
+    /// is tried again later, 30 s more each time, [`EVENT_ATTEMPTS`] times in all.
+    pub fn posted(&mut self, id: &str, ok: bool, now_unix_s: f64) {
+        let Some(r) = self.records.iter_mut().find(|r| r.id == id) else { return };
+        if ok {
+            self.retries.remove(id);
+            r.event_posted = Some(true);
+            return;
+        }
+        let tried = self.retries.get(id).map_or(0, |(n, _)| *n) + 1;
+        if tried >= EVENT_ATTEMPTS {
+            self.retries.remove(id);
+            r.event_posted = Some(false);
+        } else {
+            self.retries.insert(id.to_owned(), (tried, now_unix_s + 30.0 * f64::from(tried)));
+            r.event_posted = None;
         }
     }
 }
 
 /// `namespace`, `workload_kind`, `workload` and `container` of a pod's process (the pod's
 /// name for a bare pod, its UID when the API named nothing); `comm` of another.
-fn workload_labels(p: &crate::fleet::report::WatchedProcess) -> Labels {
+#[must_use]
+pub fn workload_labels(p: &crate::fleet::report::WatchedProcess) -> Labels {
     match &p.pod {
         Some(pod) => {
             let workload = match (&pod.workload_kind, &pod.workload, &pod.name) {
@@ -227,10 +246,31 @@ fn triage(r: &OomKillReport) -> String {
         human_duration(r.process.watched_s),
         per_hour(t.rate_bytes_per_h)
     )];
-    if let Some(limit) = r.limit_bytes {
-        parts.push(format!("its {} limit reached", human_bytes(limit)));
+    if let (Some(limit), Some(used)) = (r.limit_bytes, r.working_set_bytes) {
+        // Reached, if it was near at the last sample; else another limit (the node's) ran
+        // out, and only what was seen is said.
+        if used.saturating_mul(10) >= limit.saturating_mul(9) {
+            parts.push(format!("its {} limit reached", human_bytes(limit)));
+        } else {
+            #[expect(clippy::cast_precision_loss, reason = "a percentage")]
+            let share = used as f64 / limit.max(1) as f64 * 100.0;
+            parts.push(format!(
+                "its container at {share:.0}% of its {} limit at the last sample",
+                human_bytes(limit)
+            ));
+        }
+    }
+    if !r.also_killed.is_empty() {
+        let n = r.also_killed.len();
+        parts.push(format!(
+            "{n} other process{} of its container killed with it",
+            if n == 1 { "" } else { "es" }
+        ));
     }
     match (&r.profile, &r.top_site, r.top_share) {
+        (_, Some(site), Some(share)) if r.top_held => {
+            parts.push(format!("{:.0}% of what it held from {site}", share * 100.0));
+        }
         (_, Some(site), Some(share)) => {
             parts.push(format!("{:.0}% of the growth from {site}", share * 100.0));
         }
@@ -256,8 +296,11 @@ fn repeated(r: &OomKillReport, before: &[OomKillReport]) -> Option<String> {
     let mut line =
         format!("{} OOM kill in {}", ordinal(n), human_duration(r.at_unix_s - first.at_unix_s));
     let all: Vec<&OomKillReport> = earlier.iter().copied().chain(std::iter::once(r)).collect();
-    let sites: Vec<(&String, f64)> =
-        all.iter().filter_map(|k| Some((k.top_site.as_ref()?, k.top_share?))).collect();
+    let sites: Vec<(&String, f64)> = all
+        .iter()
+        .filter(|k| !k.top_held)
+        .filter_map(|k| Some((k.top_site.as_ref()?, k.top_share?)))
+        .collect();
     if sites.len() == all.len() && sites.iter().all(|(s, _)| *s == sites[0].0) {
         let least = sites.iter().map(|(_, share)| *share).fold(1.0, f64::min);
         let _ = write!(line, ", each time {:.0}% of the growth from {}", least * 100.0, sites[0].0);
@@ -277,9 +320,9 @@ fn ordinal(n: usize) -> String {
     format!("{n}{suffix}")
 }
 
-/// The top growing stack of the report at `json` (its first frames) and its share of the
-/// growth, if it is written and something grew.
-fn top_growth(json: &str) -> Option<(String, f64)> {
+/// The top growing stack of the report at `json` (its first frames) and its share, if it is
+/// written and holds anything (see [`top_of`]).
+fn top_growth(json: &str) -> Option<(String, f64, bool)> {
     let text = std::fs::read(json).ok()?;
     let report: crate::analysis::report::Report = serde_json::from_slice(&text).ok()?;
     top_of(&report)
@@ -287,18 +330,18 @@ fn top_growth(json: &str) -> Option<(String, f64)> {
 
 /// The site that gained most in `report`, and its share of what all sites gained; when
 /// nothing gained over its window (a profile started moments before the kill: one sample a
-/// site), the site that holds most, and its share of what all hold.
+/// site), the site that holds most, and its share of what all hold (then `true`).
 #[must_use]
-pub fn top_of(report: &crate::analysis::report::Report) -> Option<(String, f64)> {
+pub fn top_of(report: &crate::analysis::report::Report) -> Option<(String, f64, bool)> {
     type Measure = fn(&crate::analysis::report::Site) -> u64;
     let gained: Measure = |s| s.trend.gained_bytes.max(0).unsigned_abs();
     let held: Measure = |s| s.outstanding_bytes;
-    [gained, held].into_iter().find_map(|m| {
+    [(gained, false), (held, true)].into_iter().find_map(|(m, is_held)| {
         let total: u64 = report.sites.iter().map(m).sum();
         let top = report.sites.iter().max_by_key(|s| m(s))?;
         #[expect(clippy::cast_precision_loss, reason = "a share")]
         let share = m(top) as f64 / total.max(1) as f64;
-        (total > 0).then(|| (site_name(top), (share * 1000.0).round() / 1000.0))
+        (total > 0).then(|| (site_name(top), (share * 1000.0).round() / 1000.0, is_held))
     })
 }
 
@@ -307,6 +350,7 @@ mod tests {
     use super::*;
     use crate::{
         analysis::{report::TrendView, trend::Verdict},
+        fleet::watch::ContainerLimit,
         fleet::{
             pods::{PodRef, QosClass},
             report::{WatchSeries, WatchedProcess},
@@ -372,10 +416,11 @@ mod tests {
             process: process(pid, Some(pod())),
             at: 0.0,
             seen_by: "tracepoint",
-            limit: None,
+            limit: Some(ContainerLimit { limit: 96 << 20, working_set: 95 << 20, dir: None }),
+            also_killed: Vec::new(),
         };
         // Not profiled: its chart is all there is, and the Event goes at once.
-        kills.record(killed(10), 1000.0, Some(96 << 20), None);
+        kills.record(killed(10), 1000.0, None);
         let r = &kills.reports()[0];
         assert_eq!(r.id, "oom-api-10-1000");
         assert_eq!(
@@ -390,12 +435,18 @@ mod tests {
         assert_eq!((due[0].namespace.as_str(), due[0].pod.as_str()), ("shop", "shop-api-1"));
         assert_eq!(due[0].message, r.triage);
         assert!(kills.events_due(1001.0, &url).is_empty(), "once");
-        kills.posted("oom-api-10-1000", true);
+        // The API failed: tried again, later.
+        kills.posted("oom-api-10-1000", false, 1001.0);
+        assert_eq!(kills.reports()[0].event_posted, None);
+        assert!(kills.events_due(1002.0, &url).is_empty(), "not at once");
+        assert_eq!(kills.events_due(1031.0, &url).len(), 1);
+        kills.posted("oom-api-10-1000", true, 1031.0);
+        assert_eq!(kills.reports()[0].event_posted, Some(true));
         // Profiled: the Event waits for the post-mortem, then names what grew.
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("leak-api-11.json");
         let json = json.to_str().unwrap();
-        kills.record(killed(11), 4600.0, Some(96 << 20), Some(profile(json, None)));
+        kills.record(killed(11), 4600.0, Some(profile(json, None)));
         assert!(kills.reports()[1].triage.ends_with("; its profile's report is being written"));
         assert!(kills.events_due(4601.0, &url).is_empty(), "the report is being written");
         let mut report = crate::analysis::report::tests::sample_report();
@@ -422,7 +473,7 @@ mod tests {
         let json3 = dir.path().join("leak-api-12.json");
         std::fs::write(&json3, serde_json::to_vec(&report).unwrap()).unwrap();
         let json3 = json3.to_str().unwrap();
-        kills.record(killed(12), 8200.0, None, Some(profile(json3, Some(0))));
+        kills.record(killed(12), 8200.0, Some(profile(json3, Some(0))));
         kills.refresh(&[profile(json, Some(0)), profile(json3, Some(0))]);
         let r = &kills.reports()[2];
         assert_eq!(r.previous.len(), 2);
@@ -444,9 +495,12 @@ mod tests {
             seen_by: "tracepoint".into(),
             process: a.clone(),
             limit_bytes: None,
+            working_set_bytes: None,
+            also_killed: Vec::new(),
             profile: None,
             top_site: Some("parse_request <- handle_conn".into()),
             top_share: Some(share),
+            top_held: false,
             triage: String::new(),
             previous: Vec::new(),
             repeated: None,
@@ -466,5 +520,33 @@ mod tests {
             [1, 2, 3, 4, 11, 12, 13, 21, 22, 101].map(ordinal),
             ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
         );
+    }
+
+    #[test]
+    fn the_limit_is_said_reached_only_when_it_was_near() {
+        let mut kills = OomKills::default();
+        let mut k = Killed {
+            process: process(20, Some(pod())),
+            at: 0.0,
+            seen_by: "tracepoint",
+            limit: Some(ContainerLimit { limit: 1 << 30, working_set: 300 << 20, dir: None }),
+            also_killed: vec![21, 22],
+        };
+        kills.record(k.clone(), 10.0, None);
+        let t = &kills.reports()[0].triage;
+        assert!(
+            t.contains("; its container at 29% of its 1.0 GiB limit at the last sample; 2 other processes of its container killed with it; not profiled"),
+            "{t}"
+        );
+        k.limit = None;
+        kills.record(k, 20.0, None);
+        assert!(!kills.reports()[1].triage.contains("limit"), "{}", kills.reports()[1].triage);
+        // A post-mortem where nothing grew yet: what it held, in those words.
+        let mut report = crate::analysis::report::tests::sample_report();
+        for s in &mut report.sites {
+            s.trend.gained_bytes = 0;
+        }
+        let (site, share, held) = top_of(&report).unwrap();
+        assert!(held && (share - 3072.0 / 3172.0).abs() < 1e-3, "{site} {share}");
     }
 }

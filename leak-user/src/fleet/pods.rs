@@ -72,6 +72,28 @@ pub struct PodRef {
 }
 
 impl PodRef {
+    /// A pod as its cgroup path names it: no names until the API gives them.
+    #[must_use]
+    pub fn unnamed(
+        pod_uid: String,
+        container_id: Option<String>,
+        runtime: Option<String>,
+        qos: QosClass,
+    ) -> Self {
+        Self {
+            pod_uid,
+            container_id,
+            runtime,
+            qos,
+            name: None,
+            namespace: None,
+            container_name: None,
+            workload_kind: None,
+            workload: None,
+            node: None,
+        }
+    }
+
     /// Fills in the names the API gave for this pod (`pods`: by UID).
     pub fn name_from(&mut self, pods: &hashbrown::HashMap<String, crate::fleet::kube::PodMeta>) {
         if let Some(meta) = pods.get(&self.pod_uid) {
@@ -132,18 +154,7 @@ pub fn pod_of_path(path: &str) -> Option<PodRef> {
         }
         None => (None, None),
     };
-    Some(PodRef {
-        pod_uid,
-        container_id,
-        runtime,
-        qos,
-        name: None,
-        namespace: None,
-        container_name: None,
-        workload_kind: None,
-        workload: None,
-        node: None,
-    })
+    Some(PodRef::unnamed(pod_uid, container_id, runtime, qos))
 }
 
 /// The cgroup a process's memory is charged to, from its `/proc/PID/cgroup`.

@@ -159,6 +159,15 @@ pub struct OomKillReport {
     /// Its container's memory limit, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_bytes: Option<u64>,
+    /// Its container's working set at the last sample before the kill, or its limit when
+    /// its cgroup counted a kill for its limit: the limit is said reached when this is
+    /// within 10% of it (else the node ran out of memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set_bytes: Option<u64>,
+    /// The other watched processes of its container killed with it (one kill took them
+    /// all: `memory.oom.group`, which the kubelet sets on cgroup v2): their pids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_killed: Vec<u32>,
     /// The trace or growth profile that was on when it was killed: its report, written at
     /// the kill (`end_reason: "oom_kill"`), is the post-mortem. None: it was watched but
     /// not profiled (this record and its chart are all there is).
@@ -167,9 +176,13 @@ pub struct OomKillReport {
     /// The post-mortem's top growing stack (its first frames), once it is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_site: Option<String>,
-    /// Its share of the growth, 0 to 1.
+    /// Its share of the growth, 0 to 1 (with `top_held`, of the bytes held).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_share: Option<f64>,
+    /// Nothing grew over the profile's window (it started moments before the kill):
+    /// `top_site` is the stack that held most instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub top_held: bool,
     /// What a person reads first: bytes gained, over what time, at what rate, the limit
     /// reached, and what grew.
     pub triage: String,

@@ -297,7 +297,11 @@ fn metrics(state: &Published) -> String {
         "CPU time of the agent and of the traces it ran.",
     );
     let report = state.report();
-    let oom = oom_families(state, report.as_ref().map_or(&[], |r| &r.oom_kills));
+    let oom = oom_families(
+        state,
+        report.as_ref().map_or(&[], |r| &r.oom_kills),
+        report.as_ref().map_or(&[], |r| &r.processes),
+    );
     let process = process_families(report.as_ref().map_or(&[], |r| &r.processes));
     let container = container_families(report.as_ref().map_or(&[], |r| &r.containers));
     if let Some(report) = report {
@@ -353,7 +357,11 @@ fn metrics(state: &Published) -> String {
 
 /// The OOM kills by workload since the start, and each one kept.
 #[expect(clippy::cast_precision_loss, reason = "metric values are f64")]
-fn oom_families(state: &Published, kept: &[OomKillReport]) -> [Family; 2] {
+fn oom_families(
+    state: &Published,
+    kept: &[OomKillReport],
+    processes: &[WatchedProcess],
+) -> [Family; 2] {
     let mut total = Family::new(
         "leak_oom_kills_total",
         Kind::Counter,
@@ -364,8 +372,18 @@ fn oom_families(state: &Published, kept: &[OomKillReport]) -> [Family; 2] {
         Kind::Gauge,
         "1 for each OOM kill the agent keeps: its id (/api/v1/oom_kills/{id}), the victim, and its post-mortem's report id (empty: not profiled).",
     );
-    for (labels, n) in state.kills.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-        total.push(labels.clone(), *n as f64);
+    // Every watched pod's workload's counter, from 0: `increase()` over a series that
+    // appears at its first kill would miss that kill.
+    let counted = state.kills.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let watched =
+        processes.iter().filter(|p| p.pod.is_some()).map(crate::fleet::oom::workload_labels);
+    let zeros: std::collections::BTreeSet<_> =
+        watched.filter(|l| !counted.iter().any(|(c, _)| c == l)).collect();
+    for (labels, n) in counted {
+        total.push(labels, n as f64);
+    }
+    for labels in zeros {
+        total.push(labels, 0.0);
     }
     for k in kept {
         let p = &k.process;

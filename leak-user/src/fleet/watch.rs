@@ -61,6 +61,9 @@ pub struct ContainerObservation {
     pub processes: usize,
     /// Its OOM kills so far (`oom_kill` of `memory.events` or `memory.oom_control`).
     pub oom_kills: Option<u64>,
+    /// Where its memory cgroup is, and the times it called the OOM killer for its limit so
+    /// far (v2).
+    pub dir: Option<(std::path::PathBuf, Option<u64>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +73,7 @@ struct WatchedCgroup {
     first_seen: f64,
     samples: Sampled<CgroupMemory>,
     oom_kills: Option<u64>,
+    dir: Option<(std::path::PathBuf, Option<u64>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,8 +88,21 @@ struct Watched {
     exited: bool,
     /// Killed by the OOM killer: when (watch time, seconds) and how it was told.
     oom: Option<(f64, &'static str)>,
-    /// Its container's memory limit at its last sample (the container may be gone first).
-    limit: Option<u64>,
+    /// Its container's memory limit and working set at its last sample (the container may
+    /// be gone first), and where the container's cgroup is with its OOM count then.
+    limit: Option<ContainerLimit>,
+}
+
+/// A container's memory limit at a sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerLimit {
+    /// The limit, bytes.
+    pub limit: u64,
+    /// Its working set.
+    pub working_set: u64,
+    /// Its memory cgroup's directory, and the times it had called the OOM killer for its
+    /// limit (v2 `memory.events` `oom`).
+    pub dir: Option<(std::path::PathBuf, Option<u64>)>,
 }
 
 /// A watched process the OOM killer killed, as last watched.
@@ -97,8 +114,12 @@ pub struct Killed {
     pub at: f64,
     /// How it was told: `tracepoint` or `cgroup_counter`.
     pub seen_by: &'static str,
-    /// Its container's memory limit, when it had one.
-    pub limit: Option<u64>,
+    /// Its container's memory limit, when it had one, as of the last sample.
+    pub limit: Option<ContainerLimit>,
+    /// The other watched processes of its container killed with it (a container whose
+    /// `memory.oom.group` is set, as the kubelet sets it on cgroup v2, loses all of them to
+    /// one kill): their pids.
+    pub also_killed: Vec<u32>,
 }
 
 /// The processes watched and their samples. A process that is not observed any more has
@@ -164,17 +185,29 @@ impl WatchList {
     }
 
     /// The processes killed by the OOM killer that have gone since the last call, judged
-    /// under `params` as they were last watched.
+    /// under `params` as they were last watched: one kill a container (its largest process,
+    /// the others in `also_killed`), one a process outside containers.
     pub fn take_killed(&mut self, params: &Params) -> Vec<Killed> {
         let keys = std::mem::take(&mut self.killed);
-        keys.into_iter()
-            .filter_map(|k| {
-                let w = self.procs.get(&k)?;
-                let (at, seen_by) = w.oom?;
-                let process = Self::judge_one(k, w, params);
-                Some(Killed { process, at, seen_by, limit: w.limit })
-            })
-            .collect()
+        let mut out: Vec<Killed> = Vec::new();
+        // Largest first (`observe` leaves them so): the first of a container is its victim.
+        for k in keys {
+            let Some(w) = self.procs.get(&k) else { continue };
+            let Some((at, seen_by)) = w.oom else { continue };
+            let container = w.pod.as_ref().and_then(|p| p.container_id.as_deref());
+            let first = out.iter_mut().find(|o| {
+                container.is_some()
+                    && o.process.pod.as_ref().and_then(|p| p.container_id.as_deref()) == container
+            });
+            if let Some(first) = first {
+                first.also_killed.push(k.0);
+                continue;
+            }
+            let process = Self::judge_one(k, w, params);
+            let limit = w.limit.clone();
+            out.push(Killed { process, at, seen_by, limit, also_killed: Vec::new() });
+        }
+        out
     }
 
     /// Judges exited processes with `params` (the watch's).
@@ -240,13 +273,23 @@ impl WatchList {
                 self.procs.remove(&k);
             }
         }
+        // A count is news in the sample it rose in only: a kill of a process not watched
+        // must not be taken later for another's exit.
+        self.cgroup_kills.clear();
         for o in seen {
             let key = (o.pid, o.start_ticks);
             let limit = o
                 .pod
                 .as_ref()
                 .and_then(|p| self.containers.get(p.container_id.as_deref()?))
-                .and_then(|c| c.samples.values().last()?.limit);
+                .and_then(|c| {
+                    let m = c.samples.values().last()?;
+                    Some(ContainerLimit {
+                        limit: m.limit?,
+                        working_set: m.working_set,
+                        dir: c.dir.clone(),
+                    })
+                });
             if let Some(w) = self.procs.get_mut(&key) {
                 w.limit = limit;
                 // Names from the API may come after the first sample.
@@ -288,6 +331,7 @@ impl WatchList {
                     *self.cgroup_kills.entry(id.clone()).or_default() += now - before;
                 }
                 w.oom_kills = c.oom_kills.or(w.oom_kills);
+                w.dir.clone_from(&c.dir);
                 w.pod.clone_from(&c.pod);
                 w.processes = c.processes;
                 w.samples.push(t - w.first_seen, c.memory, kind);
@@ -301,6 +345,7 @@ impl WatchList {
                         first_seen: t,
                         samples: Sampled::new(c.memory, self.period),
                         oom_kills: c.oom_kills,
+                        dir: c.dir.clone(),
                     },
                 );
             }
@@ -652,7 +697,14 @@ fn observe(
         .filter_map(|(pod, cg, processes)| {
             let (dir, memory) = crate::fleet::pods::cgroup_memory(cgroup_root, &cg)?;
             let oom_kills = crate::fleet::pods::cgroup_oom_kills(&dir);
-            Some(ContainerObservation { pod, memory, processes, oom_kills })
+            let events = procfs::cgroup_oom_events(&dir);
+            Some(ContainerObservation {
+                pod,
+                memory,
+                processes,
+                oom_kills,
+                dir: Some((dir, events)),
+            })
         })
         .collect();
     (processes, containers, seen)
@@ -965,11 +1017,19 @@ impl Kills {
         escalator: Option<&Escalator>,
         start_unix: f64,
     ) {
-        for k in list.take_killed(params) {
+        for mut k in list.take_killed(params) {
+            // The last sample may be seconds before the kill: its cgroup says whether the kill
+            // was for its limit (while it is there: the runtime removes it soon after).
+            if let Some(l) = &mut k.limit
+                && let Some((dir, events)) = &l.dir
+                && procfs::cgroup_limit_reached(dir, l.limit, *events)
+            {
+                l.working_set = l.limit;
+            }
             let p = &k.process;
             let profile = escalator.and_then(|e| e.latest_of(p.pid, p.start_time_ticks)).cloned();
-            let (pid, comm, at, limit) = (p.pid, p.comm.clone(), start_unix + k.at, k.limit);
-            self.ledger.record(k, at, limit, profile);
+            let (pid, comm, at) = (p.pid, p.comm.clone(), start_unix + k.at);
+            self.ledger.record(k, at, profile);
             if let Some(r) = self.ledger.reports().last() {
                 eprintln!("leak: pid {pid} ({comm}): {}", r.triage);
             }
@@ -978,7 +1038,7 @@ impl Kills {
             self.ledger.refresh(e.done());
         }
         while let Ok((id, ok)) = self.posted.1.try_recv() {
-            self.ledger.posted(&id, ok);
+            self.ledger.posted(&id, ok, runtime::now_unix());
         }
         let Some((api, node, base)) = &self.events else { return };
         let url = |id: &str| format!("{base}/api/v1/reports/{id}/report.html");
@@ -1297,18 +1357,12 @@ mod tests {
     fn oom_victims_are_kept_with_their_chart_and_told_by_event_or_counter() {
         const MB: u64 = 1 << 20;
         let in_container = |pid, private, id: char| Observation {
-            pod: Some(PodRef {
-                pod_uid: "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
-                container_id: Some(id.to_string().repeat(64)),
-                runtime: None,
-                qos: crate::fleet::pods::QosClass::Burstable,
-                name: None,
-                namespace: None,
-                container_name: None,
-                workload_kind: None,
-                workload: None,
-                node: None,
-            }),
+            pod: Some(PodRef::unnamed(
+                "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
+                Some(id.to_string().repeat(64)),
+                None,
+                crate::fleet::pods::QosClass::Burstable,
+            )),
             ..obs(pid, 1, private)
         };
         let cgroup = |id: char, kills| ContainerObservation {
@@ -1316,6 +1370,7 @@ mod tests {
             memory: CgroupMemory { usage: 0, anon: 0, working_set: 0, limit: Some(64 * MB) },
             processes: 1,
             oom_kills: Some(kills),
+            dir: None,
         };
         let params = Params { min_growth_bytes: MB as f64, ..Params::default() };
         // Told by the kernel's event: a stable process (forgotten at exit otherwise) killed.
@@ -1355,7 +1410,30 @@ mod tests {
         let killed = list.take_killed(&params);
         assert_eq!(killed.len(), 1, "{killed:?}");
         assert_eq!((killed[0].process.pid, killed[0].seen_by), (20, "cgroup_counter"));
-        assert_eq!(killed[0].limit, Some(64 * MB), "its container's, though the container is gone");
+        let limit = killed[0].limit.as_ref().map(|l| (l.limit, l.working_set));
+        assert_eq!(limit, Some((64 * MB, 0)), "its container's, though it is gone");
+        // A count that rose with no watched process gone (the victim was not watched) is not
+        // taken later for another process's exit.
+        let mut list = WatchList::new(1.0).judging(params).counting_kills(true);
+        for t in 0..6u64 {
+            let kills = u64::from(t >= 2);
+            list.observe_containers(t as f64, &[cgroup('a', kills)], Kind::Tick);
+            let seen = if t < 4 { vec![in_container(30, 9 * MB, 'a')] } else { Vec::new() };
+            list.observe(t as f64, &seen, Kind::Tick, false);
+        }
+        assert!(list.take_killed(&params).is_empty());
+        // A group kill (memory.oom.group): one kill, the largest its victim.
+        let mut list = WatchList::new(1.0).judging(params);
+        let both = [in_container(40, 30 * MB, 'a'), in_container(41, 2 * MB, 'a')];
+        for t in 0..3u64 {
+            list.observe(t as f64, &both, Kind::Tick, false);
+        }
+        assert!(list.mark_oom_killed(41, 2.5, "tracepoint"));
+        assert!(list.mark_oom_killed(40, 2.5, "tracepoint"));
+        list.observe(3.0, &[], Kind::Tick, false);
+        let killed = list.take_killed(&params);
+        assert_eq!(killed.len(), 1, "{killed:?}");
+        assert_eq!((killed[0].process.pid, killed[0].also_killed.as_slice()), (40, &[41][..]));
     }
 
     #[test]
@@ -1378,18 +1456,12 @@ mod tests {
     fn judges_each_container_on_its_cgroup_and_forgets_the_gone() {
         const MB: u64 = 1 << 20;
         let container = |id: char, anon: u64| ContainerObservation {
-            pod: PodRef {
-                pod_uid: "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
-                container_id: Some(id.to_string().repeat(64)),
-                runtime: Some("containerd".into()),
-                qos: crate::fleet::pods::QosClass::Burstable,
-                name: None,
-                namespace: None,
-                container_name: None,
-                workload_kind: None,
-                workload: None,
-                node: None,
-            },
+            pod: PodRef::unnamed(
+                "8f3a9c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into(),
+                Some(id.to_string().repeat(64)),
+                Some("containerd".into()),
+                crate::fleet::pods::QosClass::Burstable,
+            ),
             // A limit of 200 MiB; the page cache is all active.
             memory: CgroupMemory {
                 usage: anon + 100 * MB,
@@ -1399,6 +1471,7 @@ mod tests {
             },
             processes: 2,
             oom_kills: Some(0),
+            dir: None,
         };
         let mut list = WatchList::new(1.0);
         for t in 0..30u64 {

@@ -169,6 +169,7 @@ impl<'a> Controller<'a> {
                     for s in self.sessions.values_mut() {
                         s.sample(&data);
                     }
+                    self.oom.refresh();
                     sampler.spent(started);
                     if let Some(b) = &mut budget
                         && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())

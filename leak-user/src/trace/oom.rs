@@ -56,8 +56,12 @@ const MARKER: &str = "leak-oom-sync-";
 /// Victims remembered (a machine killing more than this between two looks is thrashing, and
 /// the oldest are the least interesting).
 const KEPT: usize = 1024;
-/// How long [`Victims::sync`] waits for its marker.
-const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long [`Victims::sync`] waits for its marker: it comes back within milliseconds; the
+/// wait holds up the caller's loop (the watch's).
+const SYNC_WAIT: Duration = Duration::from_millis(500);
+/// Set to `counters` to judge by the counters alone, as where tracefs cannot be had (the
+/// tests of that path).
+pub const SOURCE_ENV: &str = "LEAK_OOM_SOURCE";
 /// How often the reader looks at its stop flag when nothing is traced.
 const POLL_MS: i32 = 200;
 
@@ -90,6 +94,9 @@ impl Victims {
     /// A one-line reason: no tracefs (not mounted and not mountable), no `oom:mark_victim`
     /// event in this kernel, or the instance could not be made.
     pub fn open() -> Result<Self, String> {
+        if std::env::var(SOURCE_ENV).is_ok_and(|v| v == "counters") {
+            return Err(format!("{SOURCE_ENV}=counters"));
+        }
         let tracefs = tracefs()?;
         let instances = tracefs.join("instances");
         remove_stale(&instances);
@@ -138,8 +145,9 @@ impl Victims {
     }
 
     /// Waits until every OOM kill that happened before this call has been read: a marker
-    /// written now is read after them (each kill's event is committed before its victim is
-    /// signalled, so before anyone sees it die). False if the marker did not come back.
+    /// written now is read after them. A kill's event is committed under the victim's task
+    /// lock, which the victim takes again on its way out (to drop its memory), so before
+    /// anyone can see it die. False if the marker did not come back.
     #[must_use]
     pub fn sync(&self) -> bool {
         let n = self.next_marker.fetch_add(1, Ordering::Relaxed);
@@ -236,9 +244,10 @@ fn read_events(mut pipe: std::fs::File, shared: &(Mutex<State>, Condvar), stop: 
                     state.recent.pop_front();
                 }
                 state.recent.push_back(kill.clone());
-                if state.new.len() < KEPT {
-                    state.new.push(kill);
+                if state.new.len() == KEPT {
+                    state.new.remove(0);
                 }
+                state.new.push(kill);
             } else if let Some(n) = parse_marker(line) {
                 state.synced = state.synced.max(n);
             }
@@ -294,17 +303,27 @@ fn tracefs() -> Result<PathBuf, String> {
     Ok(at)
 }
 
-/// An `oom_kill` counter and its value when first read.
+/// An `oom_kill` counter, and its value as of the sample before the last (a kill counted
+/// just before a sample, its death noticed just after, still counts).
 #[derive(Clone, Debug)]
 struct Counter {
     file: PathBuf,
     base: u64,
+    last: u64,
 }
 
 impl Counter {
     fn read(file: PathBuf) -> Option<Self> {
         let base = read_oom_kills(&file)?;
-        Some(Self { file, base })
+        Some(Self { file, base, last: base })
+    }
+
+    /// A sample: the value now becomes the next base but one.
+    fn refresh(&mut self) {
+        if let Some(now) = read_oom_kills(&self.file) {
+            self.base = self.last;
+            self.last = now;
+        }
     }
 
     fn rose(&self) -> bool {
@@ -339,9 +358,11 @@ pub fn memcg_oom_file(cgroup_text: &str, cgroupfs: &Path) -> Option<PathBuf> {
 
 /// How one process's death is judged an OOM kill, or not: set up while it lives.
 pub struct OomWatch {
+    pid: u32,
     victims: Option<Victims>,
-    /// Its memory cgroup's counter and the machine's, where there are no victims to read.
-    counters: Vec<Counter>,
+    /// Its memory cgroup's `oom_kill` count (every kill of a process of the cgroup, for its
+    /// limit or the machine's), else the machine's: as of the last [`Self::refresh`].
+    counter: Option<Counter>,
 }
 
 impl OomWatch {
@@ -349,21 +370,42 @@ impl OomWatch {
     /// its cgroup unless moved).
     #[must_use]
     pub fn process(pid: u32) -> Self {
-        match Victims::open() {
-            Ok(victims) => Self { victims: Some(victims), counters: Vec::new() },
-            Err(why) => {
+        let victims = Victims::open()
+            .inspect_err(|why| {
                 log::info!("OOM kills are judged from counters, not by the victim's pid: {why}");
-                let cgroupfs = crate::trace::preflight::sysfs_root().join("fs/cgroup");
-                let memcg = crate::procfs::cgroup_text(pid)
-                    .and_then(|t| memcg_oom_file(&t, &cgroupfs))
-                    .and_then(Counter::read);
-                let vmstat = Counter::read(PathBuf::from("/proc/vmstat"));
-                Self { victims: None, counters: memcg.into_iter().chain(vmstat).collect() }
-            }
+            })
+            .ok();
+        let counter = Self::memcg_of(pid)
+            .and_then(Counter::read)
+            .or_else(|| Counter::read(PathBuf::from("/proc/vmstat")));
+        Self { pid, victims, counter }
+    }
+
+    /// The file counting the OOM kills of `pid`'s memory cgroup.
+    fn memcg_of(pid: u32) -> Option<PathBuf> {
+        let cgroupfs = crate::trace::preflight::sysfs_root().join("fs/cgroup");
+        crate::procfs::cgroup_text(pid).and_then(|t| memcg_oom_file(&t, &cgroupfs))
+    }
+
+    /// Takes the counter's value now as its base: a kill counted before (another process's,
+    /// long ago) is not taken for the death of the one watched. Called at each sample.
+    /// A process that moved to another cgroup (`leak run -- sh -c 'echo $$ >
+    /// .../cgroup.procs; exec server'`) is counted in its new one from then on.
+    pub fn refresh(&mut self) {
+        if let Some(file) = Self::memcg_of(self.pid)
+            && self.counter.as_ref().is_none_or(|c| c.file != file)
+            && let Some(moved) = Counter::read(file)
+        {
+            self.counter = Some(moved);
+            return;
+        }
+        if let Some(c) = &mut self.counter {
+            c.refresh();
         }
     }
 
-    /// Whether `pid`, which has just died, was killed by the OOM killer.
+    /// Whether `pid`, which has just died, was killed by the OOM killer: named by the
+    /// kernel's event, or (without it) its cgroup's count rose since the last sample.
     #[must_use]
     pub fn killed(&self, pid: u32) -> bool {
         if let Some(v) = &self.victims {
@@ -372,7 +414,7 @@ impl OomWatch {
             }
             log::warn!("the OOM killer's events did not come back in time: judging by counters");
         }
-        self.counters.iter().any(Counter::rose)
+        self.counter.as_ref().is_some_and(Counter::rose)
     }
 }
 
@@ -419,10 +461,16 @@ mod tests {
         std::fs::create_dir_all(&events).unwrap();
         std::fs::write(events.join("memory.events"), "low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\n")
             .unwrap();
-        let c = Counter::read(events.join("memory.events")).unwrap();
+        let file = events.join("memory.events");
+        let mut c = Counter::read(file.clone()).unwrap();
         assert!(!c.rose());
-        std::fs::write(events.join("memory.events"), "oom 3\noom_kill 2\noom_group_kill 0\n")
-            .unwrap();
+        std::fs::write(&file, "oom 3\noom_kill 2\noom_group_kill 0\n").unwrap();
         assert!(c.rose());
+        // A sample after the kill: still counted (its death may be noticed just after).
+        c.refresh();
+        assert!(c.rose());
+        // Two samples after: an old kill, not taken for a later death.
+        c.refresh();
+        assert!(!c.rose());
     }
 }

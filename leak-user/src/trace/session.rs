@@ -149,8 +149,10 @@ pub struct Session {
     /// Reading `smaps_rollup` walks the target's page tables (milliseconds on a large
     /// process): it is read again only once this much time has passed.
     memory_next: std::time::Instant,
-    /// The memory limit last read (the final report of a process gone has it).
-    last_limit: Option<Limit>,
+    /// The memory limit last read, and its cgroup's directory (the final report of a
+    /// process gone has it).
+    /// And its OOM count then (v2).
+    last_limit: Option<(Limit, std::path::PathBuf, Option<u64>)>,
 }
 
 impl Session {
@@ -297,7 +299,7 @@ impl Session {
                 runtime::local_hms(self.start_unix),
                 runtime::local_hms(end_unix_s)
             ),
-            limit: self.limit(),
+            limit: if end_reason == "oom_kill" { self.limit_at_kill() } else { self.limit() },
             sampling: self.sampling_view(&agg),
             probe_cost: self.cfg.probe_cost,
             kernel: Some(kernel_view()),
@@ -336,20 +338,37 @@ impl Session {
     }
 
     /// `--limit` against the process's RSS, else its cgroup's limit against the cgroup's
-    /// usage.
-    /// Once the process is gone, the last one read.
+    /// usage; once the process is gone, the last one read.
     fn limit(&mut self) -> Option<Limit> {
         if let Some(bytes) = self.cfg.limit {
             let usage = self.history.process().iter().rev().find_map(|m| m.map(|m| m.rss));
             return Some(Limit { bytes, usage: usage.unwrap_or(0), source: "option" });
         }
         let cgroupfs = crate::trace::preflight::sysfs_root().join("fs/cgroup");
-        let now = crate::procfs::cgroup_memory_limit(self.pid, &cgroupfs)
-            .map(|(bytes, usage)| Limit { bytes, usage, source: "cgroup" });
+        let now = crate::procfs::cgroup_memory_limit_at(self.pid, &cgroupfs).map(
+            |(bytes, usage, dir)| {
+                let events = crate::procfs::cgroup_oom_events(&dir);
+                (Limit { bytes, usage, source: "cgroup" }, dir, events)
+            },
+        );
         if now.is_some() {
             self.last_limit.clone_from(&now);
         }
-        now.or_else(|| self.last_limit.clone())
+        now.or_else(|| self.last_limit.clone()).map(|(l, _, _)| l)
+    }
+
+    /// After an OOM kill: the limit as last read, its usage the limit when the cgroup's
+    /// counts say the kill was for it (the last sample may be a second before the kill; the
+    /// cgroup outlives its process, for a while at least).
+    fn limit_at_kill(&mut self) -> Option<Limit> {
+        if self.cfg.limit.is_some() {
+            return self.limit();
+        }
+        let (mut limit, dir, events) = self.last_limit.clone()?;
+        if crate::procfs::cgroup_limit_reached(&dir, limit.bytes, events) {
+            limit.usage = limit.bytes;
+        }
+        Some(limit)
     }
 
     /// Fetches and symbolizes stacks not seen before (and those with frames that did not
@@ -717,7 +736,7 @@ pub async fn trace(
     signals: &mut Signals,
 ) -> Result<(Report, End), Error> {
     let exit = ExitWatch::new(session.pid);
-    let oom = crate::trace::oom::OomWatch::process(session.pid);
+    let mut oom = crate::trace::oom::OomWatch::process(session.pid);
     let start = Instant::now();
     let mut report_tick = interval_at(start + session.cfg.interval, session.cfg.interval);
     report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -740,6 +759,7 @@ pub async fn trace(
                 let started = Instant::now();
                 let data = SampleData::read(tracer, &session.cfg)?;
                 session.sample(&data);
+                oom.refresh();
                 sampler.spent(started);
                 if let Some(b) = &mut budget
                     && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
