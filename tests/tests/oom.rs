@@ -20,13 +20,13 @@ const COUNTERS: &[(&str, &str)] = &[("LEAK_OOM_SOURCE", "counters")];
 
 #[test]
 fn run_ends_an_exact_trace_with_the_oom_kill() {
-    run_until_oom_killed("exact", &[]);
+    run_until_oom_killed("exact", RATE_KIB, &[], true);
 }
 
 #[test]
 fn run_ends_a_growth_profile_with_the_oom_kill() {
-    run_until_oom_killed("growth", &[]);
-    run_until_oom_killed("growth", COUNTERS);
+    run_until_oom_killed("growth", RATE_KIB, &[], true);
+    run_until_oom_killed("growth", RATE_KIB, COUNTERS, true);
 }
 
 #[test]
