@@ -323,18 +323,12 @@ mod tests {
     const CID: &str = "3f1e2d4c5b6a79881726354433221100ffeeddccbbaa99887766554433221100";
 
     fn pod(container: bool, runtime: Option<&str>, qos: QosClass) -> PodRef {
-        PodRef {
-            pod_uid: UID.to_owned(),
-            container_id: container.then(|| CID.to_owned()),
-            runtime: runtime.map(str::to_owned),
+        PodRef::unnamed(
+            UID.to_owned(),
+            container.then(|| CID.to_owned()),
+            runtime.map(str::to_owned),
             qos,
-            name: None,
-            namespace: None,
-            container_name: None,
-            workload_kind: None,
-            workload: None,
-            node: None,
-        }
+        )
     }
 
     #[test]
