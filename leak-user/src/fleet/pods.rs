@@ -306,13 +306,16 @@ pub fn cgroup_memory(
 }
 
 /// The OOM kills counted in the memory cgroup at `dir` (v2 `memory.events`, v1
-/// `memory.oom_control`: `oom_kill N`, kernels 4.13 and later).
+/// `memory.oom_control`: `oom_kill N`, kernels 4.13 and later), and (v2) the times it called
+/// the OOM killer for its own limit (`oom N`): one read of the file for both.
 #[must_use]
-pub fn cgroup_oom_kills(dir: &std::path::Path) -> Option<u64> {
-    ["memory.events", "memory.oom_control"].iter().find_map(|f| {
-        let text = std::fs::read_to_string(dir.join(f)).ok()?;
-        crate::procfs::memory_stat_value(&text, "oom_kill")
-    })
+pub fn cgroup_oom_counts(dir: &std::path::Path) -> (Option<u64>, Option<u64>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("memory.events")) {
+        let count = |key| crate::procfs::memory_stat_value(&text, key);
+        return (count("oom_kill"), count("oom"));
+    }
+    let text = std::fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default();
+    (crate::procfs::memory_stat_value(&text, "oom_kill"), None)
 }
 
 #[cfg(test)]

@@ -696,8 +696,7 @@ fn observe(
         .into_values()
         .filter_map(|(pod, cg, processes)| {
             let (dir, memory) = crate::fleet::pods::cgroup_memory(cgroup_root, &cg)?;
-            let oom_kills = crate::fleet::pods::cgroup_oom_kills(&dir);
-            let events = procfs::cgroup_oom_events(&dir);
+            let (oom_kills, events) = crate::fleet::pods::cgroup_oom_counts(&dir);
             Some(ContainerObservation {
                 pod,
                 memory,
