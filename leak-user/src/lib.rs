@@ -173,6 +173,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
     let trace = TraceConfig { probe_cost: calibrate(&mut tracer), ..trace };
+    tracer.load_unwind_tables(pid);
     let links = tracer.attach_allocator(&plan, nonzero(pid)?)?;
     for h in plan.unarmed(pid) {
         warn!("probe on {} is not armed in pid {pid}", h.spec.symbol);
@@ -183,7 +184,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     // along.
     let mut session = Session::new(pid, trace, plan.allocator_info(), plan.hook_infos());
     eprintln!("attached to PID {pid} ({} probes)", links.len());
-    let (report, _) = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
+    let report = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
     // A breakpoint the kernel took out while our probes were attached (not seen, but a
     // trace once saw malloc's entries without a single return): say which.
     if procfs::is_running(pid) {
@@ -213,11 +214,12 @@ fn profile(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result
         .unwrap_or_default();
     let mut signals = install_signals(rt)?;
     let mut tracer = Tracer::load(load_options(pid, &trace))?;
+    tracer.load_unwind_tables(pid);
     let links = tracer.attach_faults(nonzero(pid)?)?;
     let trace_cfg = trace.clone();
     let mut session = Session::new(pid, trace, allocator, session::growth_hooks());
     eprintln!("attached to PID {pid} (a growth profile: page faults of {} threads)", links.len());
-    let (report, _) = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
+    let report = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
     tracer.release_in_background();
     Ok(gate_exit(&report, &trace_cfg))
 }

@@ -3,8 +3,8 @@
 //! (`LeakSanitizer`'s rule, on request), or a run too short or too empty to judge, which fails
 //! too unless allowed: a gate that passes what it could not judge passes leaks.
 use crate::{
-    analysis::growth::{leak_line, site_name},
-    analysis::report::{Report, Site},
+    analysis::growth::leak_line,
+    analysis::report::{EndReason, Report, Site},
     analysis::trend::{Params, Verdict},
     analysis::units::{human_bytes, signed_bytes},
 };
@@ -133,7 +133,7 @@ fn growth_findings(report: &Report, rules: &Rules, out: &mut Vec<Finding>) {
         out.push(inconclusive(format!(
             "growing at {}{more}: {} over {:.1} s, not conclusive ({why}; \
              --fail-on-leak=exit judges blocks left at exit instead)",
-            site_name(top),
+            top.name(),
             signed_bytes(top.trend.gained_bytes),
             report.duration_s,
         )));
@@ -142,7 +142,7 @@ fn growth_findings(report: &Report, rules: &Rules, out: &mut Vec<Finding>) {
 
 /// The exit rule: blocks still allocated when the process exited.
 fn exit_finding(report: &Report, rules: &Rules) -> Option<Finding> {
-    if report.end_reason == "oom_kill" {
+    if report.end_reason == EndReason::OomKill {
         return Some(Finding {
             rule: Rule::Inconclusive,
             text: "the OOM killer killed the process: the exit rule judges a process that exits \
@@ -151,7 +151,7 @@ fn exit_finding(report: &Report, rules: &Rules) -> Option<Finding> {
             fails: !rules.allow_inconclusive,
         });
     }
-    if report.end_reason != "target_exited" {
+    if report.end_reason != EndReason::TargetExited {
         return Some(Finding {
             rule: Rule::Inconclusive,
             text: format!(
@@ -176,7 +176,7 @@ fn exit_finding(report: &Report, rules: &Rules) -> Option<Finding> {
     let top: Vec<String> = left
         .iter()
         .take(SHOWN)
-        .map(|s| format!("{} {}", site_name(s), human_bytes(s.outstanding_bytes)))
+        .map(|s| format!("{} {}", s.name(), human_bytes(s.outstanding_bytes)))
         .collect();
     Some(Finding {
         rule: Rule::Exit,
@@ -205,7 +205,7 @@ fn is_runtime_own(site: &Site) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::report::{TrendView, tests::sample_report};
+    use crate::analysis::{build::tests::sample_report, report::TrendView};
 
     fn rules() -> Rules {
         Rules {
@@ -218,10 +218,10 @@ mod tests {
     }
 
     /// The sample report with hits, the leak site judged `verdict` after `samples` samples.
-    fn report(verdict: Verdict, samples: usize, end: &str) -> Report {
+    fn report(verdict: Verdict, samples: usize, end: EndReason) -> Report {
         let mut r = sample_report();
         r.probe_hits.insert("malloc_enter".into(), 10);
-        r.end_reason = end.into();
+        r.end_reason = end;
         r.sites[0].trend = TrendView {
             verdict,
             confidence: 0.999,
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_leak_fails_by_the_growth_rule() {
-        let f = judge(&report(Verdict::Leak, 12, "target_exited"), &rules());
+        let f = judge(&report(Verdict::Leak, 12, EndReason::TargetExited), &rules());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].rule, Rule::Growth);
         assert!(f[0].fails);
@@ -247,7 +247,7 @@ mod tests {
         );
         // Below --min-growth it does not count.
         let f = judge(
-            &report(Verdict::Leak, 12, "target_exited"),
+            &report(Verdict::Leak, 12, EndReason::TargetExited),
             &Rules { min_growth: 1 << 20, ..rules() },
         );
         assert!(f.is_empty(), "{f:?}");
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn growth_too_short_to_judge_fails_unless_allowed() {
-        let f = judge(&report(Verdict::Growing, 3, "target_exited"), &rules());
+        let f = judge(&report(Verdict::Growing, 3, EndReason::TargetExited), &rules());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].rule, Rule::Inconclusive);
         assert!(f[0].fails);
@@ -265,18 +265,18 @@ mod tests {
             f[0].text
         );
         let allowed = Rules { allow_inconclusive: true, ..rules() };
-        let f = judge(&report(Verdict::Growing, 3, "target_exited"), &allowed);
+        let f = judge(&report(Verdict::Growing, 3, EndReason::TargetExited), &allowed);
         assert!(!f[0].fails, "allowed: a warning");
         // Enough samples but an unsteady rise: said differently.
-        let f = judge(&report(Verdict::Growing, 40, "target_exited"), &rules());
+        let f = judge(&report(Verdict::Growing, 40, EndReason::TargetExited), &rules());
         assert!(f[0].text.contains("not steady enough"), "{}", f[0].text);
         // A plateau or a stable site passes.
-        assert!(judge(&report(Verdict::Plateau, 40, "target_exited"), &rules()).is_empty());
+        assert!(judge(&report(Verdict::Plateau, 40, EndReason::TargetExited), &rules()).is_empty());
     }
 
     #[test]
     fn no_probe_fired_is_nothing_judged() {
-        let mut r = report(Verdict::Stable, 40, "target_exited");
+        let mut r = report(Verdict::Stable, 40, EndReason::TargetExited);
         r.probe_hits.values_mut().for_each(|v| *v = 0);
         let f = judge(&r, &rules());
         assert_eq!((f.len(), f[0].rule, f[0].fails), (1, Rule::Inconclusive, true), "{f:?}");
@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn the_exit_rule_counts_blocks_left_at_exit() {
         let exit = Rules { growth: false, exit: true, ..rules() };
-        let f = judge(&report(Verdict::Stable, 40, "target_exited"), &exit);
+        let f = judge(&report(Verdict::Stable, 40, EndReason::TargetExited), &exit);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].rule, Rule::Exit);
         assert_eq!(
@@ -296,7 +296,7 @@ mod tests {
         );
         // A threshold leaves out the small site.
         let f = judge(
-            &report(Verdict::Stable, 40, "target_exited"),
+            &report(Verdict::Stable, 40, EndReason::TargetExited),
             &Rules { min_at_exit: 1024, ..exit },
         );
         assert!(
@@ -305,15 +305,15 @@ mod tests {
             f[0].text
         );
         // Still running: inconclusive.
-        let f = judge(&report(Verdict::Stable, 40, "duration"), &exit);
+        let f = judge(&report(Verdict::Stable, 40, EndReason::Duration), &exit);
         assert_eq!(f[0].rule, Rule::Inconclusive);
         assert!(f[0].text.contains("needs the process to exit"), "{}", f[0].text);
         // Killed by the OOM killer: not an exit either, and said as what it was.
-        let f = judge(&report(Verdict::Stable, 40, "oom_kill"), &exit);
+        let f = judge(&report(Verdict::Stable, 40, EndReason::OomKill), &exit);
         assert_eq!(f[0].rule, Rule::Inconclusive);
         assert!(f[0].text.starts_with("the OOM killer killed the process"), "{}", f[0].text);
         // The C library's own buffers are not counted.
-        let mut r = report(Verdict::Stable, 40, "target_exited");
+        let mut r = report(Verdict::Stable, 40, EndReason::TargetExited);
         for s in &mut r.sites {
             s.stack[0].function = Some("_IO_file_doallocate".into());
             s.stack[0].module = Some("libc.so.6".into());

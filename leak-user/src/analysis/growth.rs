@@ -6,11 +6,12 @@ use hashbrown::HashMap;
 
 use crate::{
     analysis::history::{History, Point},
+    analysis::model::Limit,
     analysis::report::{
-        Growth, Limit, LimitView, ProcessSeries, ProcessView, Site, SiteSeries, TrendView,
+        Growth, LimitView, ProcessSeries, ProcessView, Site, SiteSeries, TrendView,
     },
-    analysis::trend::{self, Params, Trend, Verdict},
-    analysis::units::{human_bytes, signed_bytes},
+    analysis::trend::{self, Params, Trend, Verdict, thin_indices},
+    analysis::units::{human_bytes, human_duration, round_to, signed_bytes},
 };
 
 /// Samples per series in the report (evenly spaced, both ends kept).
@@ -43,18 +44,13 @@ struct ProcessAnalysis {
 pub fn trend_view(t: &Trend) -> TrendView {
     TrendView {
         verdict: t.verdict,
-        confidence: round(t.confidence, 4),
-        rate_bytes_per_s: round(t.rate_per_s, 1),
-        rate_bytes_per_h: round(t.rate_per_hour(), 0),
-        recent_rate_bytes_per_s: round(t.recent_rate_per_s, 1),
+        confidence: round_to(t.confidence, 4),
+        rate_bytes_per_s: round_to(t.rate_per_s, 1),
+        rate_bytes_per_h: round_to(t.rate_per_hour(), 0),
+        recent_rate_bytes_per_s: round_to(t.recent_rate_per_s, 1),
         gained_bytes: to_i64(t.gained),
         samples: t.samples,
     }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
 }
 
 #[expect(clippy::cast_possible_truncation, reason = "saturating float-to-int is intended")]
@@ -132,7 +128,7 @@ impl<'a> Analysis<'a> {
     fn series_of(&self, points: &[Point]) -> SiteSeries {
         let keep = thin_indices(points.len(), SERIES_POINTS);
         SiteSeries {
-            t_s: keep.iter().map(|&i| round(self.history.times()[i], 3)).collect(),
+            t_s: keep.iter().map(|&i| round_to(self.history.times()[i], 3)).collect(),
             bytes: keep.iter().map(|&i| points[i].bytes).collect(),
             allocs: keep.iter().map(|&i| points[i].count).collect(),
         }
@@ -160,11 +156,14 @@ impl<'a> Analysis<'a> {
                 let share = traced_gained as f64 / private_gained as f64;
                 // Above 1 when blocks allocated before the probes attached were replaced by
                 // traced ones (attach mode), or when freed memory stayed with the allocator.
-                round(share.max(0.0), 3)
+                round_to(share.max(0.0), 3)
             }),
             trend: trend_view(&p.trend),
             series: ProcessSeries {
-                t_s: keep.iter().map(|&i| round(self.history.times()[p.samples[i]], 3)).collect(),
+                t_s: keep
+                    .iter()
+                    .map(|&i| round_to(self.history.times()[p.samples[i]], 3))
+                    .collect(),
                 rss_bytes: keep.iter().map(|&i| p.rss[i]).collect(),
                 private_bytes: keep.iter().map(|&i| p.private[i]).collect(),
             },
@@ -238,7 +237,7 @@ pub fn seconds_to_limit(limit: u64, usage: u64, verdict: Verdict, rate_per_s: f6
     if !matches!(verdict, Verdict::Leak | Verdict::Growing) || rate_per_s <= 0.0 {
         return None;
     }
-    Some(round(f(limit.saturating_sub(usage)) / rate_per_s, 0))
+    Some(round_to(f(limit.saturating_sub(usage)) / rate_per_s, 0))
 }
 
 /// The fewest sites whose gains make up [`MOST`] of the positive growth (at most
@@ -257,7 +256,7 @@ fn concentration(sites: &[Site]) -> (usize, f64) {
         #[expect(clippy::cast_precision_loss, reason = "a ratio")]
         let share = acc as f64 / sum as f64;
         if share >= MOST || i + 1 == MAX_TOP_SITES.min(gains.len()) {
-            return (i + 1, round(share, 3));
+            return (i + 1, round_to(share, 3));
         }
     }
     (0, 0.0)
@@ -374,14 +373,14 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
     if let Some(top) = s.leaks.first() {
         parts.push(format!(
             "leak suspected at {}{} (confidence {})",
-            site_name(top),
+            top.name(),
             more(s.leaks.len()),
             percent_below_certain(top.trend.confidence)
         ));
     } else if let Some(top) = s.growing.first() {
         parts.push(format!(
             "growing at {}{}, not conclusive yet",
-            site_name(top),
+            top.name(),
             more(s.growing.len())
         ));
     } else if !s.fired {
@@ -427,7 +426,7 @@ fn summary_line(s: &SummaryInput<'_>) -> String {
 pub fn leak_line(site: &Site) -> String {
     format!(
         "{}: {} at {}/s ({}/h), confidence {}",
-        site_name(site),
+        site.name(),
         signed_bytes(site.trend.gained_bytes),
         signed_bytes(to_i64(site.trend.rate_bytes_per_s)),
         signed_bytes(to_i64(site.trend.rate_bytes_per_h)),
@@ -441,51 +440,15 @@ pub fn percent_below_certain(confidence: f64) -> String {
     format!("{:.1}%", (confidence * 1000.0).floor().clamp(0.0, 999.0) / 10.0)
 }
 
-/// `parse_request <- handle_conn`: the two innermost frames.
-#[must_use]
-pub fn site_name(site: &Site) -> String {
-    if site.stack.is_empty() {
-        return format!("[no stack] {}", site.id);
-    }
-    site.stack
-        .iter()
-        .take(2)
-        .map(crate::analysis::report::StackFrame::name)
-        .collect::<Vec<_>>()
-        .join(" <- ")
-}
-
-/// `45s`, `12m`, `3h10m`, `4d2h`.
-#[must_use]
-pub fn human_duration(secs: f64) -> String {
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "clamped")]
-    let s = secs.clamp(0.0, 1e12).round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-/// At most `max` indices of `0..n`, evenly spaced, both ends kept.
-#[must_use]
-pub fn thin_indices(n: usize, max: usize) -> Vec<usize> {
-    if n <= max {
-        return (0..n).collect();
-    }
-    (0..max).map(|i| i * (n - 1) / (max - 1)).collect()
-}
-
 #[cfg(test)]
 #[expect(clippy::cast_precision_loss, reason = "small test values")]
 mod tests {
     use super::*;
     use crate::{
         analysis::aggregate::Aggregate,
+        analysis::build::tests::{frame, sample_report},
         analysis::history::{Kind, ProcessMemory},
         analysis::model::Allocation,
-        analysis::report::tests::{frame, sample_report},
     };
 
     /// A history over `ticks` seconds: site 1 leaks 8 KiB/s, site 2 fills a 64 KiB cache in
@@ -728,15 +691,5 @@ mod tests {
             ),
             "{line}"
         );
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(human_duration(45.0), "45s");
-        assert_eq!(human_duration(12.0 * 60.0), "12m");
-        assert_eq!(human_duration(3.0 * 3600.0 + 600.0), "3h10m");
-        assert_eq!(human_duration(4.0 * 86_400.0 + 7200.0), "4d2h");
-        assert_eq!(thin_indices(5, 3), [0, 2, 4]);
-        assert_eq!(thin_indices(2, 3), [0, 1]);
     }
 }

@@ -185,3 +185,25 @@ impl StackEnd {
         }
     }
 }
+
+/// A memory limit and current usage against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Bytes.
+    pub bytes: u64,
+    /// Usage now, bytes.
+    pub usage: u64,
+    /// `cgroup` or `option`.
+    pub source: &'static str,
+}
+
+/// What a report needs to know about one hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookInfo {
+    /// Symbol (names the hit counters).
+    pub symbol: String,
+    /// Function name for sites.
+    pub display: String,
+    /// It has a return probe.
+    pub has_exit: bool,
+}

@@ -363,13 +363,18 @@ fn share_of(n: usize, share: f64) -> usize {
     ((as_f64(n) * share.clamp(0.0, 1.0)).ceil() as usize).min(n)
 }
 
-/// At most `max` samples, evenly spaced over the series, keeping both ends.
-fn thin(samples: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
-    let n = samples.len();
+/// At most `max` indices of `0..n`, evenly spaced, both ends kept: how every series is
+/// thinned (the trend fit's samples, the reports' charts).
+#[must_use]
+pub fn thin_indices(n: usize, max: usize) -> Vec<usize> {
     if n <= max {
-        return samples.to_vec();
+        return (0..n).collect();
     }
-    (0..max).map(|i| samples[i * (n - 1) / (max - 1)]).collect()
+    (0..max).map(|i| i * (n - 1) / (max - 1)).collect()
+}
+
+fn thin(samples: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    thin_indices(samples.len(), max).into_iter().map(|i| samples[i]).collect()
 }
 
 /// Median of the slopes between every pair of samples with distinct times.
@@ -550,6 +555,12 @@ mod tests {
     }
 
     const MB: f64 = 1024.0 * 1024.0;
+
+    #[test]
+    fn series_are_thinned_evenly_keeping_both_ends() {
+        assert_eq!(thin_indices(5, 3), [0, 2, 4]);
+        assert_eq!(thin_indices(2, 3), [0, 1]);
+    }
 
     #[test]
     fn linear_leak() {

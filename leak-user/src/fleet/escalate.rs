@@ -11,6 +11,7 @@ use std::{
 };
 
 use crate::{
+    analysis::report::EndReason,
     analysis::trend::Verdict,
     error::Error,
     fleet::{
@@ -316,10 +317,10 @@ impl Escalator {
 fn over_budget(json: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct End {
-        end_reason: String,
+        end_reason: EndReason,
     }
     let end = std::fs::read(json).ok().and_then(|t| serde_json::from_slice::<End>(&t).ok());
-    end.is_some_and(|e| e.end_reason == "overhead_budget")
+    end.is_some_and(|e| e.end_reason == EndReason::OverheadBudget)
 }
 
 /// How long a stopped escalation may take to write its report.

@@ -8,10 +8,7 @@ use std::{
 };
 
 use crate::{
-    analysis::{
-        growth::{human_duration, site_name},
-        units::{human_bytes, signed_bytes},
-    },
+    analysis::units::{human_bytes, human_duration, signed_bytes},
     fleet::{
         report::{Escalation, OomKillReport, per_hour},
         watch::Killed,
@@ -341,7 +338,7 @@ pub fn top_of(report: &crate::analysis::report::Report) -> Option<(String, f64, 
         let top = report.sites.iter().max_by_key(|s| m(s))?;
         #[expect(clippy::cast_precision_loss, reason = "a share")]
         let share = m(top) as f64 / total.max(1) as f64;
-        (total > 0).then(|| (site_name(top), (share * 1000.0).round() / 1000.0, is_held))
+        (total > 0).then(|| (top.name(), (share * 1000.0).round() / 1000.0, is_held))
     })
 }
 
@@ -449,13 +446,13 @@ mod tests {
         kills.record(killed(11), 4600.0, Some(profile(json, None)));
         assert!(kills.reports()[1].triage.ends_with("; its profile's report is being written"));
         assert!(kills.events_due(4601.0, &url).is_empty(), "the report is being written");
-        let mut report = crate::analysis::report::tests::sample_report();
+        let mut report = crate::analysis::build::tests::sample_report();
         report.sites[0].trend.gained_bytes = 90;
         report.sites[1].trend.gained_bytes = 10;
         std::fs::write(json, serde_json::to_vec(&report).unwrap()).unwrap();
         kills.refresh(&[profile(json, Some(0))]);
         let r = &kills.reports()[1];
-        let top = site_name(&report.sites[0]);
+        let top = report.sites[0].name();
         assert_eq!(r.top_share, Some(0.9));
         assert!(r.triage.ends_with(&format!("; 90% of the growth from {top}")), "{}", r.triage);
         // The second kill of the workload: linked to the first, which had no profile.
@@ -542,7 +539,7 @@ mod tests {
         kills.record(k, 20.0, None);
         assert!(!kills.reports()[1].triage.contains("limit"), "{}", kills.reports()[1].triage);
         // A post-mortem where nothing grew yet: what it held, in those words.
-        let mut report = crate::analysis::report::tests::sample_report();
+        let mut report = crate::analysis::build::tests::sample_report();
         for s in &mut report.sites {
             s.trend.gained_bytes = 0;
         }

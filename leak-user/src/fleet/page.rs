@@ -490,7 +490,7 @@ mod tests {
             escalations: vec![done, running],
             not_escalated: vec![46],
             oom_kills: Vec::new(),
-            end_reason: "duration".into(),
+            end_reason: crate::analysis::report::EndReason::Duration,
             notes: vec!["1 process grew steadily by less than --min-growth".into()],
         }
     }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     analysis::{
-        report::{TrendView, Window},
+        report::{EndReason, TrendView, Window},
         trend::Verdict,
         units::{human_bytes, signed_bytes},
     },
@@ -226,7 +226,7 @@ pub struct WatchReport {
     pub oom_kills: Vec<OomKillReport>,
     /// `duration`, `signal`, `targets_exited`, or `interval` for a report printed while
     /// watching continues.
-    pub end_reason: String,
+    pub end_reason: EndReason,
     /// What the reader should know to trust it: why nothing is watched, what `--min-growth`
     /// left unjudged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

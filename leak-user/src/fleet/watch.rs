@@ -14,9 +14,10 @@ use std::{
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use crate::{
-    analysis::growth::{SERIES_POINTS, seconds_to_limit, thin_indices, trend_view},
+    analysis::growth::{SERIES_POINTS, seconds_to_limit, trend_view},
     analysis::history::{CgroupMemory, Kind, ProcessMemory, Sampled},
-    analysis::report::Window,
+    analysis::report::{EndReason, Window},
+    analysis::trend::thin_indices,
     analysis::trend::{self, Params, Verdict},
     config::{Selection, Targets, WatchConfig},
     error::Error,
@@ -869,12 +870,12 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
                 )?;
                 sampler.spent(began);
                 if explicit && list.running() == 0 {
-                    break "targets_exited";
+                    break EndReason::TargetsExited;
                 }
             }
             _ = report_tick.tick() => {
                 let tracked = Tracked { escalator: escalator.as_ref(), kills: &kills.ledger };
-                let report = build(&list, &params, start_unix, explicit, tracked, "interval", nothing(seen_now));
+                let report = build(&list, &params, start_unix, explicit, tracked, EndReason::Interval, nothing(seen_now));
                 let header = format!(
                     "watch {} +{:.1}s",
                     runtime::local_hms(report.window.end_unix_s),
@@ -882,11 +883,11 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
                 );
                 print(&render(&report, &header, cfg.top));
             }
-            () = &mut until_deadline => break "duration",
-            _ = signals.recv() => break "signal",
+            () = &mut until_deadline => break EndReason::Duration,
+            _ = signals.recv() => break EndReason::Signal,
         }
     };
-    if end != "targets_exited" {
+    if end != EndReason::TargetsExited {
         seen_now = record(&mut list, &kills, &look(&escalator), Kind::Last);
     }
     let not_escalated = match &mut escalator {
@@ -906,7 +907,7 @@ async fn watch(cfg: &WatchConfig, signals: &mut Signals) -> Result<WatchReport, 
 }
 
 /// The final report: printed, and written where `cfg` says.
-fn conclude(cfg: &WatchConfig, report: &WatchReport, end: &str) -> Result<(), Error> {
+fn conclude(cfg: &WatchConfig, report: &WatchReport, end: EndReason) -> Result<(), Error> {
     let header = format!(
         "watch ended {} ({:.1} s, {end})",
         runtime::local_hms(report.window.end_unix_s),
@@ -948,7 +949,8 @@ fn after_sample(
     if let Some(published) = published {
         let notes = nothing.into_iter().collect();
         let tracked = Tracked { escalator: escalator.as_ref(), kills };
-        let at = report_of(list, (judged, containers), start_unix, tracked, "interval", notes);
+        let at =
+            report_of(list, (judged, containers), start_unix, tracked, EndReason::Interval, notes);
         published.publish(at);
         published.publish_kills(kills);
     }
@@ -1142,7 +1144,7 @@ fn build(
     start_unix: f64,
     explicit: bool,
     tracked: Tracked<'_>,
-    end_reason: &str,
+    end_reason: EndReason,
     nothing: Option<String>,
 ) -> WatchReport {
     let mut processes = list.judge(params);
@@ -1185,7 +1187,7 @@ fn report_of(
     (processes, containers): (Vec<WatchedProcess>, Vec<WatchedContainer>),
     start_unix: f64,
     tracked: Tracked<'_>,
-    end_reason: &str,
+    end_reason: EndReason,
     notes: Vec<String>,
 ) -> WatchReport {
     let end_unix = runtime::now_unix();
@@ -1199,7 +1201,7 @@ fn report_of(
         escalations: tracked.escalator.map(|e| e.done().to_vec()).unwrap_or_default(),
         not_escalated: Vec::new(),
         oom_kills: tracked.kills.reports(),
-        end_reason: end_reason.to_owned(),
+        end_reason,
         notes,
     }
 }
@@ -1511,7 +1513,7 @@ mod tests {
             escalations: Vec::new(),
             not_escalated: Vec::new(),
             oom_kills: Vec::new(),
-            end_reason: "duration".into(),
+            end_reason: EndReason::Duration,
             notes: Vec::new(),
         };
         let text = render(&report, "watch", 10);
@@ -1558,7 +1560,7 @@ mod tests {
             escalations: Vec::new(),
             not_escalated: Vec::new(),
             oom_kills: Vec::new(),
-            end_reason: "duration".into(),
+            end_reason: EndReason::Duration,
             notes: Vec::new(),
         };
         let text = render(&report, "watch", 10);

@@ -193,7 +193,7 @@ fn diff_svg(report: &Report, lines: &[String], inputs: &Inputs<'_>) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::report::tests::sample_report;
+    use crate::analysis::build::tests::sample_report;
 
     fn clock(unix_s: f64) -> String {
         format!("T{:.0}", unix_s - 1_700_000_000.0)

@@ -34,7 +34,7 @@ fn sanitize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::report::tests::sample_report;
+    use crate::analysis::build::tests::sample_report;
 
     #[test]
     fn folds_outermost_first() {

@@ -12,7 +12,7 @@ use base64::Engine as _;
 
 use crate::{
     analysis::{
-        report::{Report, Site, StackFrame, TrendView},
+        report::{EndReason, Report, Site, StackFrame, TrendView},
         trend::Verdict,
         units::{human_bytes, signed_bytes},
     },
@@ -151,7 +151,7 @@ fn process_chart(h: &mut String, p: &Page) {
     });
     // A post-mortem: the limit the process was killed at, across the window (another report
     // leaves it out: a far limit would flatten the lines that matter).
-    if let Some(l) = r.growth.limit.as_ref().filter(|_| r.end_reason == "oom_kill") {
+    if let Some(l) = r.growth.limit.as_ref().filter(|_| r.end_reason == EndReason::OomKill) {
         #[expect(clippy::cast_precision_loss, reason = "plotted")]
         let limit = l.bytes as f64;
         lines.push(Line {
@@ -333,7 +333,7 @@ pub fn duration(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::report::tests::sample_report;
+    use crate::analysis::build::tests::sample_report;
 
     fn clock(unix_s: f64) -> String {
         format!("T{:.0}", unix_s - 1_700_000_000.0)
@@ -426,7 +426,7 @@ mod tests {
             render(&Page { report: r, growth_svg: None, diff_svg: None, clock: &clock, top: 1 })
         };
         assert!(!page(&r).contains("the memory limit it was killed at"), "a live process's");
-        r.end_reason = "oom_kill".into();
+        r.end_reason = EndReason::OomKill;
         assert!(page(&r).contains("\nthe memory limit it was killed at\n</text>"));
     }
 

@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_report_becomes_samples_locations_and_functions() {
-        let report = crate::analysis::report::tests::sample_report();
+        let report = crate::analysis::build::tests::sample_report();
         let pb = encode(&report);
         let strings: Vec<String> = all(&pb, field::STRING_TABLE)
             .into_iter()

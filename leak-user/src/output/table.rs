@@ -54,7 +54,7 @@ pub fn render_brief(report: &Report, opts: &TableOptions<'_>) -> String {
             let _ = write!(s, " {:>11}", signed_bytes(*d));
         }
         let _ = write!(s, "  {:<22}", verdict_words(site));
-        let _ = write!(s, "  {}", crate::analysis::growth::site_name(site));
+        let _ = write!(s, "  {}", site.name());
         if let Some(loc) =
             site.stack.first().and_then(crate::analysis::report::StackFrame::location)
         {
@@ -296,7 +296,7 @@ fn cost_lines(s: &mut String, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::report::tests::sample_report;
+    use crate::analysis::build::tests::sample_report;
 
     #[test]
     fn shows_sites_with_stacks_and_changes() {

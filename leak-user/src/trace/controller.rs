@@ -19,14 +19,14 @@ use log::{debug, info, warn};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 use crate::{
-    analysis::report::AllocatorInfo,
+    analysis::report::{AllocatorInfo, EndReason},
     config::{LEAK_FOUND_EXIT, Mode, TraceConfig},
     error::Error,
     output, procfs,
     runtime::{Sampler, Signals, deadline},
     trace::loader::{Links, Tracer},
     trace::runner,
-    trace::session::{self, End, Session},
+    trace::session::{self, Session},
     trace::source::AllocSource,
     trace::target,
     trace::tracee,
@@ -126,11 +126,13 @@ impl<'a> Controller<'a> {
         let until_deadline = deadline(start, self.cfg.duration);
         tokio::pin!(until_deadline);
         let mut signalled = false;
+        // The second signal's number, for the exit status (128 + N) as a shell gives it.
+        let mut stop_signal = libc::SIGINT;
         // Events may have queued before the SIGCHLD stream was first polled.
         self.drain()?;
         let end = loop {
             if self.done() {
-                break End::TargetExited;
+                break EndReason::TargetExited;
             }
             tokio::select! {
                 signal = signals.next() => {
@@ -139,7 +141,8 @@ impl<'a> Controller<'a> {
                         continue;
                     };
                     if signalled {
-                        break End::Signal(sig);
+                        stop_signal = sig;
+                        break EndReason::Signal;
                     }
                     // SIGINT from a terminal reached the command already (same process
                     // group); SIGTERM sent to leak alone is passed on.
@@ -175,7 +178,7 @@ impl<'a> Controller<'a> {
                         && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
                     {
                         warn!("stopped tracing: {why}; the command goes on untraced");
-                        break End::Budget;
+                        break EndReason::OverheadBudget;
                     }
                 }
                 _ = maps_tick.tick() => {
@@ -186,7 +189,7 @@ impl<'a> Controller<'a> {
                     }
                     self.tracer.flush_logs();
                 }
-                () = &mut until_deadline => break End::Duration,
+                () = &mut until_deadline => break EndReason::Duration,
             }
         };
         self.tracer.flush_logs();
@@ -203,9 +206,13 @@ impl<'a> Controller<'a> {
         }
         self.detach_all();
         let status = match end {
-            End::Signal(sig) => code(128 + sig),
-            End::TargetExited | End::OomKill => code(self.root_code.unwrap_or(1)),
-            End::Duration | End::Budget => {
+            EndReason::Signal => code(128 + stop_signal),
+            // (The loop ends with neither of the last two.)
+            EndReason::TargetExited
+            | EndReason::OomKill
+            | EndReason::TargetsExited
+            | EndReason::Interval => code(self.root_code.unwrap_or(1)),
+            EndReason::Duration | EndReason::OverheadBudget => {
                 eprintln!("leak: tracing ended; waiting for pid {} to exit", self.root);
                 self.serve_until_exit(signals).await?
             }
@@ -392,6 +399,7 @@ impl<'a> Controller<'a> {
             }
             Err(e) => return Err(e.into()),
         };
+        self.tracer.load_unwind_tables(pid);
         let links = self.tracer.attach_allocator(&plan, nonzero(pid)?)?;
         eprintln!("attached to PID {pid} ({} probes)", links.len());
         let cfg = self.cfg_for(pid);
@@ -410,12 +418,10 @@ impl<'a> Controller<'a> {
     /// its own pid, and the filter lets them through only with `--follow-forks`).
     fn start_profile(&mut self, pid: u32) -> Result<(), Error> {
         let links = if pid == self.root {
+            // The new image's tables at an exec (the events go on), or the first.
+            self.tracer.load_unwind_tables(pid);
             let links = match self.fault_links.take() {
-                // An exec: the events go on; the new image's tables.
-                Some(links) => {
-                    self.tracer.load_unwind_tables(pid);
-                    links
-                }
+                Some(links) => links,
                 None => self.tracer.attach_faults(nonzero(pid)?)?,
             };
             eprintln!("attached to PID {pid} (a growth profile: page faults)");
@@ -463,9 +469,9 @@ impl<'a> Controller<'a> {
             if let Some(mut s) = self.sessions.remove(&pid) {
                 // Every OOM victim dies of SIGKILL; only then is the OOM killer asked.
                 let end = if exit_code == 128 + libc::SIGKILL && self.oom.killed(pid) {
-                    End::OomKill
+                    EndReason::OomKill
                 } else {
-                    End::TargetExited
+                    EndReason::TargetExited
                 };
                 let snap = self.tracer.snapshot()?;
                 let report = s.finish(&snap, &mut *self.tracer, end)?;

@@ -16,13 +16,12 @@ use tokio::{
 
 use crate::{
     analysis::aggregate::{Aggregate, signed_diff},
+    analysis::build::{self, ReportMeta},
     analysis::gate::{Finding, Rule, Rules},
     analysis::growth::Analysis,
     analysis::history::{History, Kind},
-    analysis::model::{Frame, Snapshot, Totals},
-    analysis::report::{
-        self, AllocatorInfo, HookInfo, Limit, Report, ReportMeta, SamplingView, TargetInfo, Window,
-    },
+    analysis::model::{Frame, HookInfo, Limit, Snapshot, Totals},
+    analysis::report::{self, AllocatorInfo, EndReason, Report, SamplingView, TargetInfo, Window},
     analysis::sampling::Sampling,
     analysis::trend::Params,
     config::TraceConfig,
@@ -41,33 +40,6 @@ const SILENT_RETURN_MIN: u64 = 20;
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the target's liveness is polled where pidfds are unavailable.
 const EXIT_POLL: Duration = Duration::from_millis(250);
-
-/// Why tracing ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    /// `--duration` elapsed.
-    Duration,
-    /// SIGINT or SIGTERM (the number).
-    Signal(i32),
-    /// The target exited.
-    TargetExited,
-    /// The kernel's OOM killer killed the target.
-    OomKill,
-    /// The probes cost more than `--max-overhead`.
-    Budget,
-}
-
-impl End {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Duration => "duration",
-            Self::Signal(_) => "signal",
-            Self::TargetExited => "target_exited",
-            Self::OomKill => "oom_kill",
-            Self::Budget => "overhead_budget",
-        }
-    }
-}
 
 /// What one probe hit costs when it was not measured at start (`LEAK_MEASURE_PROBES=0`, or
 /// the measure failed): the churn bench's full trace, 3.9 µs per malloc+free pair of three
@@ -264,7 +236,7 @@ impl Session {
     fn collect(
         &mut self,
         source: &mut dyn AllocSource,
-        end_reason: &str,
+        end_reason: EndReason,
     ) -> Result<(Report, Aggregate), Error> {
         let snap = source.snapshot()?;
         self.collect_from(&snap, source, end_reason)
@@ -276,11 +248,11 @@ impl Session {
         &mut self,
         snap: &Snapshot,
         source: &mut dyn AllocSource,
-        end_reason: &str,
+        end_reason: EndReason,
     ) -> Result<(Report, Aggregate), Error> {
         let started = std::time::Instant::now();
         let agg = self.aggregate(snap);
-        let kind = if end_reason == "interval" { Kind::Report } else { Kind::Last };
+        let kind = if end_reason == EndReason::Interval { Kind::Report } else { Kind::Last };
         self.record(snap.taken_ns, &agg, kind);
         let aggregated = started.elapsed();
         self.resolve_stacks(source, &agg)?;
@@ -292,14 +264,18 @@ impl Session {
             now_ns: snap.taken_ns,
             min_age_s: self.cfg.min_age.as_secs_f64(),
             allocator: self.allocator.clone(),
-            end_reason: end_reason.to_owned(),
+            end_reason,
             hooks: self.hooks.clone(),
             window_text: format!(
                 "{}-{}",
                 runtime::local_hms(self.start_unix),
                 runtime::local_hms(end_unix_s)
             ),
-            limit: if end_reason == "oom_kill" { self.limit_at_kill() } else { self.limit() },
+            limit: if end_reason == EndReason::OomKill {
+                self.limit_at_kill()
+            } else {
+                self.limit()
+            },
             sampling: self.sampling_view(&agg),
             probe_cost: self.cfg.probe_cost,
             kernel: Some(kernel_view()),
@@ -307,8 +283,8 @@ impl Session {
         };
         let analysis = Analysis::of(&self.history, &self.params());
         let stacks =
-            report::Stacks { frames: &self.frames, ends: &self.ends, wrappers: &self.wrappers };
-        let mut report = report::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
+            build::Stacks { frames: &self.frames, ends: &self.ends, wrappers: &self.wrappers };
+        let mut report = build::build(meta, &agg, &stacks, &snap.drops, &snap.hits, &analysis);
         let modules: Vec<_> = {
             let shown: hashbrown::HashSet<&str> = report
                 .sites
@@ -436,7 +412,7 @@ impl Session {
         snap: &Snapshot,
         source: &mut dyn AllocSource,
     ) -> Result<(), Error> {
-        let (report, agg) = self.collect_from(snap, source, "interval")?;
+        let (report, agg) = self.collect_from(snap, source, EndReason::Interval)?;
         self.print_interval(&report, &agg);
         Ok(())
     }
@@ -449,15 +425,15 @@ impl Session {
         &mut self,
         snap: &Snapshot,
         source: &mut dyn AllocSource,
-        end: End,
+        end: EndReason,
     ) -> Result<Report, Error> {
-        if end == End::OomKill {
+        if end == EndReason::OomKill {
             // Everything resident at the kill is what the kill is about, the freshest pages
             // most of all: none is left out as too young (`--min-age`).
             self.cfg.min_age = Duration::ZERO;
         }
-        let (report, agg) = self.collect_from(snap, source, end.as_str())?;
-        if end == End::TargetExited && !self.cfg.samples_need_records() {
+        let (report, agg) = self.collect_from(snap, source, end)?;
+        if end == EndReason::TargetExited && !self.cfg.samples_need_records() {
             self.check_totals(&agg, source)?;
         }
         // An empty trace is not evidence of no leak: say so rather than report "no leak".
@@ -484,11 +460,12 @@ impl Session {
             }
         }
         let why = match end {
-            End::Duration => "duration reached",
-            End::Signal(_) => "interrupted",
-            End::TargetExited => "target exited",
-            End::OomKill => "killed by the OOM killer",
-            End::Budget => "overhead budget exceeded",
+            EndReason::Duration => "duration reached",
+            EndReason::Signal => "interrupted",
+            EndReason::TargetExited | EndReason::TargetsExited => "target exited",
+            EndReason::OomKill => "killed by the OOM killer",
+            EndReason::OverheadBudget => "overhead budget exceeded",
+            EndReason::Interval => "interval",
         };
         let header = format!(
             "final report: pid {} ({}) {} ({:.1} s, {why})",
@@ -614,7 +591,7 @@ impl Session {
                 .map(|s| {
                     (
                         format!("{:016x}", s.stack_id),
-                        report::stack_of(&self.frames, s.stack_id),
+                        build::stack_of(&self.frames, s.stack_id),
                         s.bytes,
                     )
                 })
@@ -734,7 +711,7 @@ pub async fn trace(
     tracer: &mut Tracer,
     session: &mut Session,
     signals: &mut Signals,
-) -> Result<(Report, End), Error> {
+) -> Result<Report, Error> {
     let exit = ExitWatch::new(session.pid);
     let mut oom = crate::trace::oom::OomWatch::process(session.pid);
     let start = Instant::now();
@@ -751,7 +728,7 @@ pub async fn trace(
             _ = report_tick.tick() => {
                 // The final report is due about now: it would print the same again.
                 if !runtime::ends_soon(start, session.cfg.duration, session.cfg.interval) {
-                    let (report, agg) = session.collect(tracer, "interval")?;
+                    let (report, agg) = session.collect(tracer, EndReason::Interval)?;
                     session.print_interval(&report, &agg);
                 }
             }
@@ -765,7 +742,7 @@ pub async fn trace(
                     && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
                 {
                     warn!("stopped tracing pid {}: {why}", session.pid);
-                    break End::Budget;
+                    break EndReason::OverheadBudget;
                 }
             }
             _ = maps_tick.tick() => {
@@ -774,17 +751,16 @@ pub async fn trace(
                 tracer.load_unwind_tables(session.pid);
                 tracer.flush_logs();
             }
-            () = &mut until_deadline => break End::Duration,
+            () = &mut until_deadline => break EndReason::Duration,
             () = exit.exited() => {
-                break if oom.killed(session.pid) { End::OomKill } else { End::TargetExited };
+                break if oom.killed(session.pid) { EndReason::OomKill } else { EndReason::TargetExited };
             }
-            sig = signals.recv() => break End::Signal(sig),
+            _ = signals.recv() => break EndReason::Signal,
         }
     };
     tracer.flush_logs();
     let snap = tracer.snapshot()?;
-    let report = session.finish(&snap, tracer, end)?;
-    Ok((report, end))
+    session.finish(&snap, tracer, end)
 }
 
 /// The one "hook" of a growth profile: page faults (their hit counter, the `kind` of their

@@ -11,7 +11,8 @@ use std::{
 use log::{debug, info, warn};
 
 use crate::{
-    analysis::report::{AllocatorInfo, HookInfo, ProbeInfo},
+    analysis::model::HookInfo,
+    analysis::report::{AllocatorInfo, ProbeInfo},
     procfs::{self, MapEntry, RootPath},
     trace::elf::{ElfError, ElfImage, FunctionSym},
     trace::hooks::{self, HookKind, HookSpec},
