@@ -501,15 +501,12 @@ impl From<CliCommand> for Command {
                 json: w.json,
                 html: w.html,
                 top: usize::try_from(w.top).unwrap_or(usize::MAX),
-                listen: None,
-                web_config: None,
-                bearer_token_file: None,
                 max_traced: 1,
                 keep_reports: usize::try_from(crate::config::DEFAULT_KEEP_REPORTS).unwrap_or(1),
-                selection: None,
                 max_overhead: w.max_overhead,
                 cgroup_root: w.cgroup_root,
                 profile_above: w.profile_above,
+                agent: None,
             }),
             CliCommand::Check => Self::Check,
             CliCommand::Agent(a) => Self::Watch(WatchConfig {
@@ -533,21 +530,23 @@ impl From<CliCommand> for Command {
                 json: None,
                 html: None,
                 top: 10,
-                listen: Some(a.listen),
-                web_config: a.web_config,
-                bearer_token_file: a.bearer_token_file,
                 max_traced: usize::try_from(a.max_traced).unwrap_or(1),
                 keep_reports: usize::try_from(a.keep_reports).unwrap_or(usize::MAX),
-                selection: Some(crate::config::Selection {
-                    namespaces: a.namespaces,
-                    pods: a.pods,
-                    containers: a.containers,
-                    processes: a.processes,
-                    exclude_namespaces: a.exclude_namespaces,
-                }),
                 max_overhead: Some(a.max_overhead),
                 cgroup_root: a.cgroup_root,
                 profile_above: a.profile_above,
+                agent: Some(crate::config::AgentConfig {
+                    listen: a.listen,
+                    web_config: a.web_config,
+                    bearer_token_file: a.bearer_token_file,
+                    selection: crate::config::Selection {
+                        namespaces: a.namespaces,
+                        pods: a.pods,
+                        containers: a.containers,
+                        processes: a.processes,
+                        exclude_namespaces: a.exclude_namespaces,
+                    },
+                }),
             }),
         }
     }
@@ -660,7 +659,7 @@ mod tests {
         let command: Command = Cli::try_parse_from(expanded).unwrap().command.into();
         let Command::Watch(w) = command else { panic!("agent is a watch") };
         assert_eq!(w.max_traced, 5, "the command line wins");
-        let sel = w.selection.unwrap();
+        let sel = w.agent.unwrap().selection;
         assert_eq!(sel.namespaces, ["shop", "web"], "lists add up");
         assert_eq!(w.targets, Targets::Pods, "pods by default");
         let missing = vec![OsString::from("leak"), "agent".into(), "--config=/nonexistent".into()];

@@ -285,18 +285,10 @@ pub struct WatchConfig {
     pub html: Option<PathBuf>,
     /// Processes (and containers) shown in the text report and charted on the --html page.
     pub top: usize,
-    /// Serve metrics and reports over HTTP here (`leak agent`).
-    pub listen: Option<std::net::SocketAddr>,
-    /// The API's TLS and users (`--web-config`).
-    pub web_config: Option<PathBuf>,
-    /// The API's bearer token (`--bearer-token-file`).
-    pub bearer_token_file: Option<PathBuf>,
     /// Escalations running at once, at most.
     pub max_traced: usize,
     /// Finished escalations kept (their files and metrics); older ones are deleted.
     pub keep_reports: usize,
-    /// Which pods' processes are watched (`leak agent`; `None`: every one).
-    pub selection: Option<Selection>,
     /// Each trace stops once its probes cost more than this share of a CPU (basis points).
     pub max_overhead: Option<u32>,
     /// Where the cgroup file systems are mounted (containers' memory statistics).
@@ -304,6 +296,22 @@ pub struct WatchConfig {
     /// A growth escalation is kept on the processes of a container whose working set
     /// passed this share of its limit (basis points).
     pub profile_above: u32,
+    /// The node agent's part (`leak agent`), or none for `leak watch`.
+    pub agent: Option<AgentConfig>,
+}
+
+/// What the node agent adds to a watch (`leak agent`): the API it serves, and which pods'
+/// processes it watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Serve metrics and reports over HTTP here.
+    pub listen: std::net::SocketAddr,
+    /// The API's TLS and users (`--web-config`).
+    pub web_config: Option<PathBuf>,
+    /// The API's bearer token (`--bearer-token-file`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Which pods' processes are watched.
+    pub selection: Selection,
 }
 
 /// What to do.

@@ -1,6 +1,7 @@
 //! The in-cluster Kubernetes API: the pods of this node, for their names,
 //! namespaces and container names (#6), and their controllers' owners, for the workload
-//! (#18), read; and the Events that explain an OOM kill, posted (#25). HTTPS with the service account's CA and token, one
+//! (#18), read and kept fresh in the background ([`PodNames`]); and the Events that explain an
+//! OOM kill, posted (#25). HTTPS with the service account's CA and token, one
 //! request per refresh (and one per `ReplicaSet` or Job not seen before), on hyper's HTTP/1.1 client over tokio-rustls; bounded in time and in
 //! the size of the answer (the API is reached over the network and may be slow, hostile or
 //! broken). When the API is not reachable the agent goes on without names.
@@ -203,6 +204,57 @@ async fn request(
         return Err(format!("the API answered {}: {}", status.as_u16(), text.trim()));
     }
     Ok(body)
+}
+
+/// This node's pods from the API by UID (their names, namespaces, containers and workloads),
+/// refreshed in the background (see [`PodNames::start`]); empty outside a cluster.
+#[derive(Clone, Default)]
+pub struct PodNames(Arc<std::sync::Mutex<HashMap<String, PodMeta>>>);
+
+impl PodNames {
+    /// How often the pod list is fetched again.
+    const REFRESH: Duration = Duration::from_secs(15);
+
+    /// Starts fetching this node's pods every [`Self::REFRESH`], when running in a cluster.
+    #[must_use]
+    pub fn start() -> Self {
+        let names = Self::default();
+        let Some(api) = ApiConfig::in_cluster() else {
+            log::info!("not in a Kubernetes cluster: pods are named by UID");
+            return names;
+        };
+        let shared = names.clone();
+        std::thread::spawn(move || {
+            let mut failing = false;
+            let mut owners = Owners::default();
+            loop {
+                match fetch_pods(&api, &mut owners) {
+                    Ok(pods) => {
+                        if failing {
+                            log::warn!("the Kubernetes API answers again");
+                        }
+                        failing = false;
+                        *shared.lock() = pods;
+                    }
+                    Err(e) if !failing => {
+                        log::warn!(
+                            "the Kubernetes API is not reachable ({e}): pods are named by UID"
+                        );
+                        failing = true;
+                    }
+                    Err(e) => log::debug!("Kubernetes API: {e}"),
+                }
+                std::thread::sleep(Self::REFRESH);
+            }
+        });
+        names
+    }
+
+    /// The pods as last fetched, held while the guard lives (the refresher waits at most
+    /// that long).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodMeta>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]

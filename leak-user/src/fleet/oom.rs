@@ -11,7 +11,7 @@ use crate::{
     analysis::units::{human_bytes, human_duration, signed_bytes},
     fleet::{
         report::{Escalation, OomKillReport, per_hour},
-        watch::Killed,
+        watchlist::Killed,
     },
 };
 
@@ -347,7 +347,7 @@ mod tests {
     use super::*;
     use crate::{
         analysis::{report::TrendView, trend::Verdict},
-        fleet::watch::ContainerLimit,
+        fleet::watchlist::ContainerLimit,
         fleet::{
             pods::{PodRef, QosClass},
             report::{WatchSeries, WatchedProcess},
