@@ -184,7 +184,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
     // along.
     let mut session = Session::new(pid, trace, plan.allocator_info(), plan.hook_infos());
     eprintln!("attached to PID {pid} ({} probes)", links.len());
-    let report = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
+    let report = rt.block_on(trace::attach::trace(&mut tracer, &mut session, &mut signals))?;
     // A breakpoint the kernel took out while our probes were attached (not seen, but a
     // trace once saw malloc's entries without a single return): say which.
     if procfs::is_running(pid) {
@@ -198,7 +198,7 @@ fn attach(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result<
 
 /// `leak attach`'s exit status: `--fail-on-leak`'s verdict on the final report, said on stderr.
 fn gate_exit(report: &analysis::report::Report, cfg: &TraceConfig) -> u8 {
-    let mut gate = session::GateTally::default();
+    let mut gate = trace::gate::GateTally::default();
     let failed = gate.judge(report, cfg);
     if let Some(line) = gate.summary(cfg) {
         eprintln!("{line}");
@@ -219,7 +219,7 @@ fn profile(rt: &tokio::runtime::Runtime, pid: u32, trace: TraceConfig) -> Result
     let trace_cfg = trace.clone();
     let mut session = Session::new(pid, trace, allocator, session::growth_hooks());
     eprintln!("attached to PID {pid} (a growth profile: page faults of {} threads)", links.len());
-    let report = rt.block_on(session::trace(&mut tracer, &mut session, &mut signals))?;
+    let report = rt.block_on(trace::attach::trace(&mut tracer, &mut session, &mut signals))?;
     tracer.release_in_background();
     Ok(gate_exit(&report, &trace_cfg))
 }

@@ -24,7 +24,9 @@ use crate::{
     error::Error,
     output, procfs,
     runtime::{Sampler, Signals, deadline},
+    trace::gate::GateTally,
     trace::loader::{Links, Tracer},
+    trace::overhead::Budget,
     trace::runner,
     trace::session::{self, Session},
     trace::source::AllocSource,
@@ -56,7 +58,7 @@ pub struct Controller<'a> {
     root: u32,
     root_code: Option<i32>,
     /// `--fail-on-leak` over every process's final report.
-    gate: session::GateTally,
+    gate: GateTally,
     root_attached: bool,
     procs: HashMap<u32, Proc>,
     sessions: HashMap<u32, Session>,
@@ -82,7 +84,7 @@ impl<'a> Controller<'a> {
             follow_forks,
             root,
             root_code: None,
-            gate: session::GateTally::default(),
+            gate: GateTally::default(),
             root_attached: false,
             procs: HashMap::new(),
             sessions: HashMap::new(),
@@ -121,8 +123,7 @@ impl<'a> Controller<'a> {
         let mut maps_tick = interval(MAPS_REFRESH);
         maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sampler = Sampler::new(start, self.cfg.sample_period());
-        let mut budget =
-            self.cfg.max_overhead.map(|m| session::Budget::new(m, self.cfg.probe_cost));
+        let mut budget = self.cfg.max_overhead.map(|m| Budget::new(m, self.cfg.probe_cost));
         let until_deadline = deadline(start, self.cfg.duration);
         tokio::pin!(until_deadline);
         let mut signalled = false;

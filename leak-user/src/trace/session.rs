@@ -1,23 +1,16 @@
-//! The tracing session: tick, snapshot, aggregate, symbolize, report; end on duration, signal
-//! or target exit; write the final outputs.
-use std::{
-    io::Write as _,
-    os::fd::{FromRawFd as _, OwnedFd},
-    time::Duration,
-};
+//! One traced process's session: its samples' growth history, its stacks symbolized, and
+//! its reports, each built by `analysis::build` and handed to `output` (printed, and the
+//! final one written to every configured file). The loops that drive sessions are `attach`
+//! (`leak attach`) and `controller` (`leak run`).
+use std::time::Duration;
 
 use hashbrown::{HashMap, HashSet};
 use leak_common::STACK_ID_NONE;
 use log::{debug, warn};
-use tokio::{
-    io::unix::AsyncFd,
-    time::{Instant, MissedTickBehavior, interval, interval_at},
-};
 
 use crate::{
-    analysis::aggregate::{Aggregate, signed_diff},
+    analysis::aggregate::Aggregate,
     analysis::build::{self, ReportMeta},
-    analysis::gate::{Finding, Rule, Rules},
     analysis::growth::Analysis,
     analysis::history::{History, Kind},
     analysis::model::{Frame, HookInfo, Limit, Snapshot, Totals},
@@ -26,72 +19,14 @@ use crate::{
     analysis::trend::Params,
     config::TraceConfig,
     error::Error,
-    output::{self, table::TableOptions},
-    runtime::{self, Sampler, Signals, deadline},
-    trace::loader::Tracer,
+    output::{self, console::Console},
+    runtime,
     trace::source::{AllocSource, monotonic_ns},
     trace::symbolize::{ProcessSymbolizer, Symbolizer as _},
 };
 
 /// Entry hits of a hook without one return hit that make the return probe suspect.
 const SILENT_RETURN_MIN: u64 = 20;
-
-/// How often the target's memory map is re-read for symbolization.
-const MAPS_REFRESH: Duration = Duration::from_secs(1);
-/// How often the target's liveness is polled where pidfds are unavailable.
-const EXIT_POLL: Duration = Duration::from_millis(250);
-
-/// What one probe hit costs when it was not measured at start (`LEAK_MEASURE_PROBES=0`, or
-/// the measure failed): the churn bench's full trace, 3.9 µs per malloc+free pair of three
-/// hits (docs/benchmarks.md), rounded up.
-pub const DEFAULT_HIT_COST_NS: f64 = 1_300.0;
-
-/// `--max-overhead`: the share of a CPU the target spends in the probes, estimated from the
-/// hits between two samples times the cost of a hit.
-#[derive(Clone, Debug)]
-pub struct Budget {
-    max: f64,
-    hit_ns: f64,
-    last: Option<(f64, u64)>,
-}
-
-impl Budget {
-    /// A budget of `max_bp` basis points of one CPU, with hits costing `cost` when measured.
-    #[must_use]
-    pub fn new(max_bp: u32, cost: Option<crate::analysis::model::ProbeCost>) -> Self {
-        let max = f64::from(max_bp) / 10_000.0;
-        #[expect(clippy::cast_precision_loss, reason = "nanoseconds per hit")]
-        let hit_ns = cost.map_or(DEFAULT_HIT_COST_NS, |c| (c.entry_ns + c.return_ns) as f64 / 2.0);
-        Self { max, hit_ns, last: None }
-    }
-
-    /// Whether the probes went over the budget since the previous sample, given all hits so
-    /// far at time `t_s`: then what they cost, in the words the stop is announced with.
-    pub fn exceeded(&mut self, t_s: f64, hits: u64) -> Option<String> {
-        let (share, over) = self.check(t_s, hits)?;
-        over.then(|| {
-            format!(
-                "the probes cost an estimated {:.1}% of a CPU, over --max-overhead {:.1}%",
-                share * 100.0,
-                self.max * 100.0
-            )
-        })
-    }
-
-    /// The estimated share since the previous call, given all hits so far at time `t_s`
-    /// (seconds), and whether it is over the budget.
-    pub fn check(&mut self, t_s: f64, hits: u64) -> Option<(f64, bool)> {
-        let last = self.last.replace((t_s, hits));
-        let (t0, h0) = last?;
-        let dt = t_s - t0;
-        if dt <= 0.0 {
-            return None;
-        }
-        #[expect(clippy::cast_precision_loss, reason = "hit counts")]
-        let share = hits.saturating_sub(h0) as f64 * self.hit_ns / (dt * 1e9);
-        Some((share, share > self.max))
-    }
-}
 
 /// State carried across the ticks of one traced process.
 pub struct Session {
@@ -114,7 +49,8 @@ pub struct Session {
     folding: crate::analysis::plumbing::Folding,
     /// Stacks with frames outside every known mapping: symbolized again next time.
     incomplete: HashSet<u64>,
-    prev: Option<Aggregate>,
+    /// Where its reports are printed.
+    console: Console,
     /// `CLOCK_MONOTONIC` ns at the start (sample times count from here).
     start_ns: u64,
     history: History,
@@ -138,6 +74,7 @@ impl Session {
             start_time_ticks: crate::procfs::start_time(pid).unwrap_or(0),
         };
         let period = cfg.sample_period().as_secs_f64();
+        let console = Console::new(cfg.report_to_stderr, cfg.quiet, cfg.top, runtime::local_hms);
         let symbolizer = ProcessSymbolizer::new(pid, &cfg.debug_dirs);
         let mut patterns = cfg.fold.clone();
         let mut modules = Vec::new();
@@ -152,6 +89,7 @@ impl Session {
         Self {
             pid,
             cfg,
+            console,
             target,
             allocator,
             hooks,
@@ -163,7 +101,6 @@ impl Session {
             wrappers: HashMap::new(),
             folding,
             incomplete: HashSet::new(),
-            prev: None,
             start_ns: monotonic_ns(),
             history: History::new(crate::procfs::memory(pid), period),
             memory_next: std::time::Instant::now(),
@@ -175,6 +112,12 @@ impl Session {
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// How it traces.
+    #[must_use]
+    pub fn config(&self) -> &TraceConfig {
+        &self.cfg
     }
 
     /// Re-reads the process's memory map for symbolization.
@@ -230,16 +173,6 @@ impl Session {
         let memory = crate::procfs::memory(self.pid);
         self.memory_next = started + started.elapsed() * 100;
         memory
-    }
-
-    /// Snapshot, aggregate, symbolize and build a report.
-    fn collect(
-        &mut self,
-        source: &mut dyn AllocSource,
-        end_reason: EndReason,
-    ) -> Result<(Report, Aggregate), Error> {
-        let snap = source.snapshot()?;
-        self.collect_from(&snap, source, end_reason)
     }
 
     /// Aggregates this process's share of `snap`, records it as a growth sample (the last
@@ -413,7 +346,7 @@ impl Session {
         source: &mut dyn AllocSource,
     ) -> Result<(), Error> {
         let (report, agg) = self.collect_from(snap, source, EndReason::Interval)?;
-        self.print_interval(&report, &agg);
+        self.console.interval(&report, &agg);
         Ok(())
     }
 
@@ -459,28 +392,7 @@ impl Session {
                 );
             }
         }
-        let why = match end {
-            EndReason::Duration => "duration reached",
-            EndReason::Signal => "interrupted",
-            EndReason::TargetExited | EndReason::TargetsExited => "target exited",
-            EndReason::OomKill => "killed by the OOM killer",
-            EndReason::OverheadBudget => "overhead budget exceeded",
-            EndReason::Interval => "interval",
-        };
-        let header = format!(
-            "final report: pid {} ({}) {} ({:.1} s, {why})",
-            self.pid,
-            self.target.comm,
-            Self::window_text(&report),
-            report.duration_s
-        );
-        if self.cfg.quiet {
-            let line =
-                format!("leak: pid {} ({}): {}", self.pid, self.target.comm, report.growth.summary);
-            self.emit(&line);
-        } else {
-            self.print(&report, &agg, &header, false);
-        }
+        self.console.last(&report, &agg);
         if self.cfg.outputs.svg_diff.is_some()
             && let Some((_, base)) = self.history.baseline()
         {
@@ -509,63 +421,6 @@ impl Session {
             debug!("totals {kernel:?} records {records:?}");
         }
         Ok(())
-    }
-
-    /// An interval report (one line a site), unless `--quiet`.
-    fn print_interval(&mut self, report: &Report, agg: &Aggregate) {
-        if self.cfg.quiet {
-            return;
-        }
-        let header = self.header(report);
-        self.print(report, agg, &header, true);
-    }
-
-    /// Prints a report: `brief`, one line a site; else with whole stacks.
-    fn print(&mut self, report: &Report, agg: &Aggregate, header: &str, brief: bool) {
-        let deltas: Option<HashMap<String, i64>> = self.prev.as_ref().map(|prev| {
-            agg.deltas_since(prev).into_iter().map(|(id, d)| (format!("{id:016x}"), d)).collect()
-        });
-        let total_delta = self.prev.as_ref().map(|p| signed_diff(agg.total_bytes, p.total_bytes));
-        let opts = TableOptions { header, top: self.cfg.top, deltas: deltas.as_ref(), total_delta };
-        let text = if brief {
-            output::table::render_brief(report, &opts)
-        } else {
-            output::table::render(report, &opts)
-        };
-        self.emit(&text);
-        self.prev = Some(agg.clone());
-    }
-
-    /// Writes `text` and a newline where reports go: stdout, or stderr under `leak run`
-    /// (the command's stdout is the command's).
-    fn emit(&self, text: &str) {
-        if self.cfg.report_to_stderr {
-            let mut out = std::io::stderr().lock();
-            let _ = writeln!(out, "{text}");
-            let _ = out.flush();
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{text}");
-            let _ = out.flush();
-        }
-    }
-
-    fn header(&self, report: &Report) -> String {
-        format!(
-            "pid {} ({}) {} +{:.1}s",
-            self.pid,
-            self.target.comm,
-            runtime::local_hms(report.window.end_unix_s),
-            report.duration_s
-        )
-    }
-
-    fn window_text(report: &Report) -> String {
-        format!(
-            "{}-{}",
-            runtime::local_hms(report.window.start_unix_s),
-            runtime::local_hms(report.window.end_unix_s)
-        )
     }
 
     /// Hands the report to `output`, which writes every configured file, each atomically.
@@ -611,158 +466,6 @@ impl Session {
     }
 }
 
-/// `--fail-on-leak` over the processes of one run: judges each final report by the gate's
-/// rules (printing each finding on stderr, where CI logs keep it) and says the outcome last.
-#[derive(Debug, Default)]
-pub struct GateTally {
-    judged: usize,
-    failed: usize,
-    /// The rules that failed a process, in the order first seen.
-    rules: Vec<Rule>,
-}
-
-impl GateTally {
-    /// Judges `report` by `cfg`'s gate; whether it fails the run (never without a gate).
-    pub fn judge(&mut self, report: &Report, cfg: &TraceConfig) -> bool {
-        let Some(gate) = cfg.gate else { return false };
-        let rules = Rules {
-            growth: gate.growth,
-            exit: gate.exit,
-            allow_inconclusive: gate.allow_inconclusive,
-            min_growth: cfg.growth_floor(),
-            // LeakSanitizer's rule counts every block left, unless told a floor.
-            min_at_exit: cfg.min_growth.unwrap_or(1),
-        };
-        let findings = crate::analysis::gate::judge(report, &rules);
-        let who = format!("pid {} ({})", report.target.pid, report.target.comm);
-        self.record(&who, &findings)
-    }
-
-    /// A process the gate could not judge because it could not be traced at all.
-    pub fn untraced(&mut self, pid: u32, why: &str, cfg: &TraceConfig) -> bool {
-        let Some(gate) = cfg.gate else { return false };
-        let finding = Finding {
-            rule: Rule::Inconclusive,
-            text: format!("not traced ({why}), so not judged"),
-            fails: !gate.allow_inconclusive,
-        };
-        let comm = crate::procfs::comm(pid).unwrap_or_default();
-        self.record(&format!("pid {pid} ({comm})"), &[finding])
-    }
-
-    fn record(&mut self, who: &str, findings: &[Finding]) -> bool {
-        self.judged += 1;
-        for f in findings {
-            let word = if f.fails { "FAIL" } else { "warning, allowed" };
-            eprintln!("leak: {word} ({}): {who}: {}", f.rule.name(), f.text);
-        }
-        let failed = findings.iter().any(|f| f.fails);
-        if failed {
-            self.failed += 1;
-            for f in findings.iter().filter(|f| f.fails) {
-                if !self.rules.contains(&f.rule) {
-                    self.rules.push(f.rule);
-                }
-            }
-        }
-        failed
-    }
-
-    /// Whether some process failed.
-    #[must_use]
-    pub fn failed(&self) -> bool {
-        self.failed > 0
-    }
-
-    /// The gate's last line (None without a gate).
-    #[must_use]
-    pub fn summary(&self, cfg: &TraceConfig) -> Option<String> {
-        let gate = cfg.gate?;
-        let plural = |n: usize| if n == 1 { "process" } else { "processes" };
-        if self.failed > 0 {
-            let rules: Vec<&str> = self.rules.iter().map(|r| r.name()).collect();
-            return Some(format!(
-                "leak: --fail-on-leak failed ({}): {} of {} traced {}",
-                rules.join("; "),
-                self.failed,
-                self.judged,
-                plural(self.judged)
-            ));
-        }
-        let by = match (gate.growth, gate.exit) {
-            (true, true) => "no leak by growth, no block left at exit",
-            (false, true) => "no block left at exit",
-            _ => "no leak by growth",
-        };
-        Some(format!(
-            "leak: --fail-on-leak passed: {} traced {}, {by}",
-            self.judged,
-            plural(self.judged)
-        ))
-    }
-}
-
-/// `leak attach`: traces until `--duration`, a signal, or the target's exit; returns the
-/// final report (also printed and written to the configured files).
-///
-/// # Errors
-/// Reading the maps or writing outputs failed.
-pub async fn trace(
-    tracer: &mut Tracer,
-    session: &mut Session,
-    signals: &mut Signals,
-) -> Result<Report, Error> {
-    let exit = ExitWatch::new(session.pid);
-    let mut oom = crate::trace::oom::OomWatch::process(session.pid);
-    let start = Instant::now();
-    let mut report_tick = interval_at(start + session.cfg.interval, session.cfg.interval);
-    report_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut maps_tick = interval(MAPS_REFRESH);
-    maps_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut sampler = Sampler::new(start, session.cfg.sample_period());
-    let mut budget = session.cfg.max_overhead.map(|m| Budget::new(m, session.cfg.probe_cost));
-    let until_deadline = deadline(start, session.cfg.duration);
-    tokio::pin!(until_deadline);
-    let end = loop {
-        tokio::select! {
-            _ = report_tick.tick() => {
-                // The final report is due about now: it would print the same again.
-                if !runtime::ends_soon(start, session.cfg.duration, session.cfg.interval) {
-                    let (report, agg) = session.collect(tracer, EndReason::Interval)?;
-                    session.print_interval(&report, &agg);
-                }
-            }
-            () = sampler.tick() => {
-                let started = Instant::now();
-                let data = SampleData::read(tracer, &session.cfg)?;
-                session.sample(&data);
-                oom.refresh();
-                sampler.spent(started);
-                if let Some(b) = &mut budget
-                    && let Some(why) = b.exceeded(start.elapsed().as_secs_f64(), data.hits().0.iter().sum())
-                {
-                    warn!("stopped tracing pid {}: {why}", session.pid);
-                    break EndReason::OverheadBudget;
-                }
-            }
-            _ = maps_tick.tick() => {
-                session.symbolizer.refresh();
-                // Libraries loaded since: their unwind tables.
-                tracer.load_unwind_tables(session.pid);
-                tracer.flush_logs();
-            }
-            () = &mut until_deadline => break EndReason::Duration,
-            () = exit.exited() => {
-                break if oom.killed(session.pid) { EndReason::OomKill } else { EndReason::TargetExited };
-            }
-            _ = signals.recv() => break EndReason::Signal,
-        }
-    };
-    tracer.flush_logs();
-    let snap = tracer.snapshot()?;
-    session.finish(&snap, tracer, end)
-}
-
 /// The one "hook" of a growth profile: page faults (their hit counter, the `kind` of their
 /// records, `leak_common::FAULT_HOOK`).
 #[must_use]
@@ -805,52 +508,6 @@ impl SampleData {
     }
 }
 
-/// Notices a process's exit: its pidfd turns readable, or (where `pidfd_open` is refused,
-/// e.g. by an old seccomp profile) polling sees it gone or a zombie.
-struct ExitWatch {
-    pid: u32,
-    pidfd: Option<AsyncFd<OwnedFd>>,
-}
-
-impl ExitWatch {
-    fn new(pid: u32) -> Self {
-        let pidfd = pidfd_open(pid);
-        if pidfd.is_none() {
-            warn!("pidfd_open failed: noticing the exit of {pid} by polling");
-        }
-        Self { pid, pidfd }
-    }
-
-    async fn exited(&self) {
-        match &self.pidfd {
-            Some(fd) => {
-                if let Ok(mut guard) = fd.readable().await {
-                    // Level-triggered state: keep readiness so a later poll sees it too.
-                    guard.retain_ready();
-                }
-            }
-            None => {
-                // A child of ours stays a zombie until reaped: that counts as exited.
-                while crate::procfs::is_running(self.pid) {
-                    tokio::time::sleep(EXIT_POLL).await;
-                }
-            }
-        }
-    }
-}
-
-fn pidfd_open(pid: u32) -> Option<AsyncFd<OwnedFd>> {
-    // SAFETY: plain syscall; the result is a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: pidfd_open returned a descriptor we now own.
-    let owned = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).ok()?) };
-    // SAFETY: `owned` is a valid descriptor that the AsyncFd owns and nothing else closes.
-    unsafe { AsyncFd::register(owned) }.ok()
-}
-
 /// The kernel as the loader probed it, and the object it loads there.
 fn kernel_view() -> report::KernelView {
     let (features, object) = crate::trace::loader::kernel();
@@ -861,29 +518,5 @@ fn kernel_view() -> report::KernelView {
             .iter()
             .map(|d| (*d).to_owned())
             .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_is_the_hit_rate_times_the_cost_of_a_hit() {
-        // 5% of a CPU; a hit costs 1 µs (measured: entry 800 ns, return 1200 ns).
-        let cost = crate::analysis::model::ProbeCost { entry_ns: 800, return_ns: 1200 };
-        let mut b = Budget::new(500, Some(cost));
-        assert_eq!(b.check(0.0, 0), None, "the first sample only starts the count");
-        // 40,000 hits in 1 s: 40 ms of probes, 4% of a CPU.
-        let (share, over) = b.check(1.0, 40_000).unwrap();
-        assert!((share - 0.04).abs() < 1e-9 && !over, "{share}");
-        // 60,000 more in 1 s: 6%.
-        let (share, over) = b.check(2.0, 100_000).unwrap();
-        assert!((share - 0.06).abs() < 1e-9 && over, "{share}");
-        // Unmeasured: the bench's cost per hit.
-        let mut b = Budget::new(100, None);
-        b.check(0.0, 0);
-        let (share, _) = b.check(0.5, 1000).unwrap();
-        assert!((share - 1000.0 * DEFAULT_HIT_COST_NS / 0.5e9).abs() < 1e-12, "{share}");
     }
 }

@@ -1,7 +1,7 @@
 //! The only place that loads and attaches BPF programs (with `source`, the only aya users).
 //!
 //! Here: choosing and loading the object ([`Tracer::load`], `leak check`'s [`Tracer::check`]),
-//! its maps sized for the options. Beside it: attaching and detaching (`attach`), the unwind
+//! its maps sized for the options. Beside it: attaching and detaching (`links`), the unwind
 //! tables handed to the stack walk (`unwind_rows`), the probe cost measured at start
 //! (`calibrate`), what can fail and why (`error`), the kernel's features (`features`), the
 //! mapped allocation and site tables (`table`), and the stack budget of every program
@@ -18,16 +18,16 @@ use leak_common::{
 };
 use log::debug;
 
-mod attach;
 pub mod budget;
 mod calibrate;
 mod error;
 pub mod features;
+mod links;
 mod table;
 mod unwind_rows;
-pub use attach::Links;
 pub use error::{LoaderError, verifier_reason};
 pub use features::{BpfObject, Features};
+pub use links::Links;
 pub(crate) use table::{AllocTable, SiteTable};
 use unwind_rows::UnwindTables;
 
