@@ -28,6 +28,8 @@
 )]
 
 // The same modules as main.rs (the full object's), from the same files.
+#[path = "mappings.rs"]
+mod mappings;
 #[path = "maps.rs"]
 mod maps;
 #[path = "probes/mod.rs"]
@@ -36,6 +38,10 @@ mod probes;
 mod runtime;
 #[path = "sites.rs"]
 mod sites;
+#[path = "stack.rs"]
+mod stack;
+#[path = "stash.rs"]
+mod stash;
 #[path = "table.rs"]
 mod table;
 #[path = "unwind.rs"]

@@ -3,7 +3,9 @@
 //!
 //! Design constraints:
 //! - Every hook is built from three verbs in [`verbs`]: `alloc_enter`, `alloc_exit`,
-//!   `free_enter`; realloc is a free plus an allocation.
+//!   `free_enter`; realloc is a free plus an allocation. A call's arguments wait in the
+//!   thread's stash ([`stash`]) for its return, which records the block with its stack
+//!   ([`stack`]); the mmap family's records are [`mappings`]'.
 //! - Nothing is lost silently: every failure increments a per-CPU counter in `DROPS`.
 //! - Never panic: a panic path would be an infinite loop, which the verifier rejects.
 #![no_std]
@@ -20,10 +22,13 @@
     reason = "aya's #[uprobe]/#[uretprobe] entry points take their context by value"
 )]
 
+mod mappings;
 mod maps;
 mod probes;
 mod runtime;
 mod sites;
+mod stack;
+mod stash;
 mod table;
 mod unwind;
 mod verbs;

@@ -13,7 +13,7 @@ use leak_common::{DropReason, FAULT_HOOK};
 
 use crate::{
     maps::{count_drop, count_hit, floor},
-    verbs,
+    stash, verbs,
 };
 
 /// User addresses end below this on x86-64 (4-level paging; 5-level stays below 2^56).
@@ -25,7 +25,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         return 0;
     }
     // Children not followed inherit the event too: neither counted nor recorded.
-    let Some(pid_tgid) = verbs::traced_pid_tgid() else { return 0 };
+    let Some(pid_tgid) = stash::traced_pid_tgid() else { return 0 };
     count_hit(FAULT_HOOK, false);
     // SAFETY: a perf_event program's context; every field read as a whole u64 (the
     // verifier's rule for `regs`).

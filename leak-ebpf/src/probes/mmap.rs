@@ -6,19 +6,24 @@ use aya_ebpf::{
 use leak_common::COOKIE_AFTER_SYSCALL;
 
 use super::{Hook, begin};
-use crate::verbs;
+use crate::mappings;
 
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     let Some(f) = begin(&ctx, false).map(Hook::fired) else { return 0 };
-    verbs::mmap_enter(f, ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0));
+    mappings::mmap_enter(
+        f,
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+    );
     0
 }
 
 #[uretprobe]
 pub fn mmap_exit(ctx: RetProbeContext) -> u32 {
     let Some(f) = begin(&ctx, true).map(Hook::fired) else { return 0 };
-    verbs::mmap_exit(&ctx, f, ctx.ret());
+    mappings::mmap_exit(&ctx, f, ctx.ret());
     0
 }
 
@@ -36,14 +41,14 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
             return 0;
         }
     }
-    verbs::munmap(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    mappings::munmap(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
     0
 }
 
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
     let Some(f) = begin(&ctx, false).map(Hook::fired) else { return 0 };
-    verbs::mremap_enter(
+    mappings::mremap_enter(
         f,
         ctx.arg(0).unwrap_or(0),
         ctx.arg(1).unwrap_or(0),
@@ -55,6 +60,6 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn mremap_exit(ctx: RetProbeContext) -> u32 {
     let Some(f) = begin(&ctx, true).map(Hook::fired) else { return 0 };
-    verbs::mremap_exit(&ctx, f, ctx.ret());
+    mappings::mremap_exit(&ctx, f, ctx.ret());
     0
 }

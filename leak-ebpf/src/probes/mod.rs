@@ -18,7 +18,7 @@ use leak_common::{
 
 use crate::{
     maps::{HOOK_IPS, LEAK_TGID, count_drop, count_hit, floor},
-    verbs::{FUNC_BY_STACK, Fired},
+    stash::{FUNC_BY_STACK, Fired},
 };
 
 /// The hook a program fired for: the attach cookie, read once (a helper call each time).
@@ -31,7 +31,7 @@ struct Hook {
 }
 
 impl Hook {
-    /// The hook index (below `leak_common::MAX_HOOKS`), or `verbs::FUNC_BY_STACK` for a
+    /// The hook index (below `leak_common::MAX_HOOKS`), or `stash::FUNC_BY_STACK` for a
     /// return probe of the compatible object.
     #[inline(always)]
     fn func(self) -> u32 {
@@ -77,7 +77,7 @@ fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
 /// [`begin`] on kernels without attach cookies (before 5.15). An entry probe finds its hook in
 /// `HOOK_IPS` by its own address (a uprobe's `rip` is the probed instruction's) and process;
 /// a return probe's call is the one its thread stashed, matched by the stack pointer (see
-/// `verbs::take_pending`), and counted there. The calibration probes are the ones that fire
+/// `stash::take_pending`), and counted there. The calibration probes are the ones that fire
 /// in leak's own process.
 #[inline(always)]
 fn begin_without_cookie<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
