@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{cargo, workspace_root};
+use crate::util::{cargo, workspace_root};
 
 /// The targets (test names in `leak-user/tests/fuzz.rs`).
 pub const TARGETS: [&str; 6] = [

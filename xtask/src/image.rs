@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{apt_install, is_root, output, run, workspace_root};
+use crate::util::{apt_install, is_root, output, run, workspace_root};
 
 /// The runtime base image's stand-in.
 pub const BASE: &str = "localhost/debian:bookworm";

@@ -14,8 +14,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    apt_install, as_root,
-    bench::{Tracer, median, wait_for_line, wait_for_no_leak},
+    measure::{Tracer, children_cpu_s, median, memleak_command, wait_for_line, wait_for_no_leak},
+    util::{apt_install, as_root, output},
 };
 
 /// Runs of each (server, tracer) pair; the median counts.
@@ -63,7 +63,7 @@ impl Server {
     fn allocator_object(self) -> Option<String> {
         match self {
             Self::Redis | Self::RedisGrowing => {
-                let ldd = crate::output(Command::new("ldd").arg("/usr/bin/redis-server"))?;
+                let ldd = output(Command::new("ldd").arg("/usr/bin/redis-server"))?;
                 ldd.lines()
                     .filter(|l| l.contains("libjemalloc"))
                     .find_map(|l| Some(l.split_once("=> ")?.1.split(' ').next()?.to_owned()))
@@ -218,7 +218,7 @@ impl Attached {
                 // While a finished leak's helper still unregisters its uprobes, the kernel
                 // refuses bcc's at the same functions.
                 wait_for_no_leak()?;
-                let mut cmd = crate::bench::memleak_command();
+                let mut cmd = memleak_command();
                 if let Some(obj) = server.allocator_object() {
                     cmd.args(["-O", &obj]);
                 }
@@ -275,11 +275,11 @@ impl Attached {
         }
         let _ = server.kill();
         let _ = server.wait();
-        let before = crate::bench::children_cpu_s();
+        let before = children_cpu_s();
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
-        crate::bench::children_cpu_s() - before
+        children_cpu_s() - before
     }
 }
 

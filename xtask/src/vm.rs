@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{apt_install, cargo, output, run, workspace_root};
+use crate::util::{apt_install, cargo, output, run, workspace_root};
 
 /// A kernel of the matrix.
 #[derive(Clone, Copy, Debug)]

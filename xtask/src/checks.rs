@@ -1,0 +1,96 @@
+//! The checks: `cargo xtask test` (unit tests, the image, the root integration tests, the
+//! kernel matrix), `cargo xtask soak` and `cargo xtask lint`.
+use std::{env, path::Path, process::Command};
+
+use anyhow::Result;
+
+use crate::{
+    IMAGE,
+    demo::build_release,
+    image,
+    setup::{ensure_nightly_component, setup},
+    util::{as_root, cargo, is_root, run, workspace_root},
+    vm,
+};
+
+pub fn test(extra: &[String], kernels: bool) -> Result<()> {
+    setup()?;
+    eprintln!("test: unit tests");
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "leak-tests",
+        "--exclude",
+        "leak-ebpf",
+    ]))?;
+    eprintln!("test: the container image (tests/tests/container.rs runs it)");
+    if is_root() {
+        image::build(IMAGE)?;
+    } else {
+        run(as_root(&env::current_exe()?).arg("image"))?;
+    }
+    eprintln!("test: root integration tests");
+    // The integration tests run the `leak` binary: build it in the same profile first.
+    run(cargo().args(["build", "-p", "leak-user", "--bin", "leak"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "leak-tests"]);
+    if !is_root() {
+        // Only the integration test binary runs as root, not cargo (KUN's sudo-runner).
+        cmd.args(["--config", "target.x86_64-unknown-linux-gnu.runner = 'sudo -E'"]);
+    }
+    cmd.arg("--").args(extra);
+    run(&mut cmd)?;
+    if kernels {
+        eprintln!("test: the kernel matrix (QEMU)");
+        vm::matrix(&[], &[])?;
+    }
+    Ok(())
+}
+
+pub fn soak(minutes: f64, out: &Path) -> Result<()> {
+    setup()?;
+    build_release()?;
+    // The driver and its fixtures are test code: the debug build is enough for them.
+    run(cargo().args(["build", "-p", "leak-tests", "--bin", "soak"]))?;
+    let root = workspace_root();
+    let mut cmd = as_root(&root.join("target/debug/soak"));
+    cmd.env("LEAK_BIN", root.join("target/release/leak"))
+        .arg("--minutes")
+        .arg(minutes.to_string())
+        .arg("--out")
+        .arg(root.join(out))
+        .current_dir(&root);
+    run(&mut cmd)
+}
+
+pub fn lint() -> Result<()> {
+    setup()?;
+    ensure_nightly_component("clippy")?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "leak-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The BPF crate only builds for the BPF target, with the nightly toolchain (build-std).
+    run(Command::new("rustup")
+        .current_dir(workspace_root().join("leak-ebpf"))
+        .env("AYA_BUILD_SKIP", "1")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"]))
+}
