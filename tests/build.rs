@@ -62,7 +62,7 @@ fn main() {
             .expect("run cc");
         assert!(status.success(), "cc failed for fixture {name}");
     }
-    // The demo's program (`cargo xtask demo`), as the demo builds it: tests/html.rs.
+    // The demo's program (`cargo xtask demo`), as the demo builds it: tests/integration/html.rs.
     let demo = src.join("../../xtask/programs/demo.c");
     println!("cargo:rerun-if-changed={}", demo.display());
     let status = Command::new("cc")

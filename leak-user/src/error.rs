@@ -66,7 +66,7 @@ impl Error {
 
 /// What to do about a permission the kernel refused, true for the privileges leak has: to
 /// root it does not say "run as root". Kernel 6.18 refuses uprobe perf events without
-/// `CAP_SYS_ADMIN` (measured in `tests/tests/deploy.rs` and `tests/tests/bad_input.rs`).
+/// `CAP_SYS_ADMIN` (measured in the integration tests `deploy` and `bad_input`).
 #[must_use]
 pub fn permission_hint(have: crate::trace::caps::Privileges) -> String {
     use crate::trace::caps::{NEEDS, Privileges};

@@ -1,6 +1,6 @@
 //! The build matrix: one fixture built every way binaries are built (compilers, linkers,
 //! position independence, where the debug info is), from this one table. `build.rs` includes
-//! this file to build each case and to write one test per case (`tests/matrix.rs`), which
+//! this file to build each case and to write one test per case (`tests/integration/matrix.rs`), which
 //! asserts what the case promises: exact bytes per site, whole stacks, demangled names,
 //! `file:line` where there is debug info, and where the symbols came from.
 

@@ -24,7 +24,7 @@ pub fn test(extra: &[String], kernels: bool) -> Result<()> {
         "--exclude",
         "leak-ebpf",
     ]))?;
-    eprintln!("test: the container image (tests/tests/container.rs runs it)");
+    eprintln!("test: the container image (tests/tests/integration/image.rs runs it)");
     if is_root() {
         image::build(IMAGE)?;
     } else {

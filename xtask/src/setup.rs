@@ -30,7 +30,10 @@ pub fn setup() -> Result<()> {
     ensure_kubernetes_validate()?;
     ensure_prometheus()?;
     image::ensure_tools()?;
-    apt_install(&["chromium"], "Chromium (tests/tests/html.rs loads the HTML report in it)")?;
+    apt_install(
+        &["chromium"],
+        "Chromium (tests/tests/integration/html.rs loads the HTML report in it)",
+    )?;
     vm::ensure_tools()?;
     Ok(())
 }
@@ -49,7 +52,7 @@ fn ensure_prometheus() -> Result<()> {
 /// Version of the `kubernetes-validate` package (and its bundled schemas) the tests use.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
-/// `kubernetes-validate` in a virtualenv under `target/tools` (tests/tests/deploy.rs runs it
+/// `kubernetes-validate` in a virtualenv under `target/tools` (tests/tests/integration/deploy.rs runs it
 /// on `deploy/`): the manifests are checked against the Kubernetes schemas offline.
 fn ensure_kubernetes_validate() -> Result<()> {
     let venv = workspace_root().join("target/tools/kubernetes-validate");

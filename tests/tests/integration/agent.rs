@@ -244,7 +244,7 @@ fn assert_dashboard_queries(prometheus: &Prometheus) {
     let all = |q: &str| q.replace("$namespace", ".*").replace("$workload", ".*");
     let mut queries: Vec<(String, String)> = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
-        // Empty until a process is OOM-killed: tests/oom.rs queries them after its kills.
+        // Empty until a process is OOM-killed: the `oom` tests query them after their kills.
         if panel["title"].as_str().unwrap().starts_with("OOM kills") {
             continue;
         }

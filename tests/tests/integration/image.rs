@@ -269,7 +269,7 @@ fn traces_a_leaking_pod(root: bool) {
 }
 
 /// Short of one of the manifest's capabilities at a time, the agent in the image names the
-/// one it lacks in one line (see `tests/tests/deploy.rs` for which it can do without).
+/// one it lacks in one line (see `tests/tests/integration/deploy.rs` for which it can do without).
 #[test]
 fn the_agent_in_the_image_names_each_capability_it_lacks() {
     require_root();
