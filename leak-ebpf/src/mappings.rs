@@ -17,7 +17,7 @@ use crate::{
     maps::{MMAP_COUNTS, MMAPS, PENDING, atomic_add, count_drop},
     stash::{Call, Fired, in_call, new_slot, stash, take_pending, tgid, traced_pid_tgid},
     table::{leak_insert_record, remove_record},
-    verbs::record,
+    verbs::{PAGE, record},
 };
 
 /// `MAP_FAILED`.
@@ -29,8 +29,6 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 /// Thread stacks (glibc's `pthread_create` maps them with it): not heap memory.
 const MAP_STACK: u64 = 0x2_0000;
-/// The page size (x86-64's base pages).
-pub(crate) const PAGE: u64 = 4096;
 /// Regions an unmap trims by following starts (the common cases: exact, adjacent).
 const UNMAP_FAST_STEPS: usize = 8;
 

@@ -30,11 +30,11 @@ use leak_common::{
 
 use crate::{
     maps::{
-        FAULT_STACKS, PENDING, STACK_SCRATCH, STACKS, UNWIND, UNWIND_GENERATION, UNWIND_MAPS,
-        ZERO_STACK, count_drop,
+        FAULT_STACKS, PENDING, ROW_CACHE, STACK_SCRATCH, STACKS, UNWIND, UNWIND_GENERATION,
+        UNWIND_MAPS, ZERO_STACK, count_drop,
     },
     stash::{insert_zeroed, tgid},
-    unwind::{cached_row, unpack},
+    unwind::{leak_find_row, unpack},
 };
 
 /// -EEXIST as returned by map helpers.
@@ -288,6 +288,30 @@ pub struct Walk {
     /// `STACK_WINDOW_WORDS` words copied from `w.sp0`, or null. Moved up the stack as the
     /// walk leaves it (see [`read_pair`]).
     pub window: *mut u64,
+}
+
+/// The packed row for `pc` (see `unwind::leak_find_row`), from `ROW_CACHE` when there: a stack's
+/// frames repeat from one allocation to the next, and one lookup costs less than two
+/// searches.
+#[inline(always)]
+fn cached_row(w: &WalkState, pc: u64) -> u64 {
+    let key = mix(w.cache_key, pc);
+    let slot = (key >> 32) as u32 & (leak_common::ROW_CACHE_SLOTS - 1);
+    let Some(entry) = ROW_CACHE.get_ptr_mut(slot) else {
+        return leak_find_row(u64::from(w.maps_first), u64::from(w.maps_n), pc);
+    };
+    // SAFETY: a live map value; another CPU may be writing it (see ROW_CACHE).
+    let (tag, packed) = unsafe { ((*entry)[0], (*entry)[1]) };
+    if tag == key ^ mix(0, packed) {
+        return packed;
+    }
+    let packed = leak_find_row(u64::from(w.maps_first), u64::from(w.maps_n), pc);
+    // SAFETY: as above.
+    unsafe {
+        (*entry)[0] = key ^ mix(0, packed);
+        (*entry)[1] = packed;
+    }
+    packed
 }
 
 /// Two stack words at `addr`: from the window when they lie in it. Past it, the window is

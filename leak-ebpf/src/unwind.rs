@@ -1,20 +1,17 @@
 //! The unwind tables' lookup (#7): the row that covers a return address. The loader puts
 //! each object's rows (`leak_common::UnwindRow`, from its `.eh_frame`) in `UNWIND_ROWS` and
 //! each traced process's executable mappings in `UNWIND_MAPS`; a row is found by two binary
-//! searches (the mapping, then the row), behind a cache of recent answers. The walk that
-//! uses them is `stack`'s.
+//! searches (the mapping, then the row). The walk that uses them, and its cache of recent
+//! answers, are `stack`'s.
 #![expect(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     clippy::cast_possible_wrap,
     reason = "packing rows into scalars and back: each field bounded by its type"
 )]
-use leak_common::{CFA_NONE, UnwindRow, WalkState};
+use leak_common::{CFA_NONE, UnwindRow};
 
-use crate::{
-    maps::{ROW_CACHE, UNWIND_MAPPINGS, UNWIND_ROWS},
-    stack::mix,
-};
+use crate::maps::{UNWIND_MAPPINGS, UNWIND_ROWS};
 
 /// Steps of the search among a process's mappings: enough for `MAX_UNWIND_MAPS`.
 const MAP_SEARCH_STEPS: usize = 8;
@@ -98,28 +95,4 @@ fn last_at_or_before(
         step += 1;
     }
     (lo != first).then(|| lo - 1)
-}
-
-/// The packed row for `pc` (see [`leak_find_row`]), from `ROW_CACHE` when there: a stack's
-/// frames repeat from one allocation to the next, and one lookup costs less than two
-/// searches.
-#[inline(always)]
-pub(crate) fn cached_row(w: &WalkState, pc: u64) -> u64 {
-    let key = mix(w.cache_key, pc);
-    let slot = (key >> 32) as u32 & (leak_common::ROW_CACHE_SLOTS - 1);
-    let Some(entry) = ROW_CACHE.get_ptr_mut(slot) else {
-        return leak_find_row(u64::from(w.maps_first), u64::from(w.maps_n), pc);
-    };
-    // SAFETY: a live map value; another CPU may be writing it (see ROW_CACHE).
-    let (tag, packed) = unsafe { ((*entry)[0], (*entry)[1]) };
-    if tag == key ^ mix(0, packed) {
-        return packed;
-    }
-    let packed = leak_find_row(u64::from(w.maps_first), u64::from(w.maps_n), pc);
-    // SAFETY: as above.
-    unsafe {
-        (*entry)[0] = key ^ mix(0, packed);
-        (*entry)[1] = packed;
-    }
-    packed
 }

@@ -11,7 +11,6 @@ use leak_common::{
 };
 
 use crate::{
-    mappings::PAGE,
     maps::{LAST_FREE, PAGES, PENDING, TRACE, count_drop},
     stack::{leak_store_fault_stack, take_stack},
     stash::{
@@ -20,6 +19,10 @@ use crate::{
     },
     table::{leak_insert_record, remove_record},
 };
+
+/// The page size (x86-64's base pages): a page fault records one, and mappings are counted
+/// in whole pages.
+pub(crate) const PAGE: u64 = 4096;
 
 /// Entry of a call that returns a new block of `size` bytes.
 #[inline(always)]

@@ -205,7 +205,7 @@ impl Escalator {
     /// A report name no kept report has: `leak-COMM-PID`, with `-2`, `-3`... for a pid the
     /// kernel gave again to a process of the same name.
     fn name_for(&self, comm: &str, pid: u32) -> String {
-        let base = format!("leak-{}-{pid}", sanitize(comm));
+        let base = format!("leak-{}-{pid}", crate::output::file_safe(comm));
         let taken = |name: &str| {
             self.done.iter().any(|e| Path::new(&e.json).file_stem().is_some_and(|s| s == name))
         };
@@ -347,12 +347,6 @@ impl Drop for Escalator {
 #[must_use]
 pub fn html_of(json: &str) -> String {
     Path::new(json).with_extension("html").display().to_string()
-}
-
-/// `comm` as a file name's part: letters, digits and `-`; anything else `_`.
-#[must_use]
-pub fn sanitize(comm: &str) -> String {
-    comm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 #[cfg(test)]

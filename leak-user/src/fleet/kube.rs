@@ -268,15 +268,31 @@ impl crate::config::Selection {
     }
 }
 
+/// A Kubernetes Event to post about an OOM kill (see `fleet::oom`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The kill's id.
+    pub kill: String,
+    /// The pod's namespace, name and UID, and the container's name.
+    pub namespace: String,
+    /// See `namespace`.
+    pub pod: String,
+    /// See `namespace`.
+    pub pod_uid: String,
+    /// See `namespace`.
+    pub container: Option<String>,
+    /// The message (short: `kubectl describe pod` prints it on one line).
+    pub message: String,
+}
+
+/// The reason of the Events posted (`kubectl get events --field-selector reason=...`).
+pub const EVENT_REASON: &str = "LeakOOMKill";
+
 /// The core/v1 Event (type Warning) that tells a pod's readers about an OOM kill: where
 /// `kubectl describe pod` and `kubectl get events` show it, next to the kill. Posted to
 /// `/api/v1/namespaces/NAMESPACE/events`; `node` is the agent's, `at_unix_s` the kill's.
 #[must_use]
-pub fn oom_event_body(
-    e: &crate::fleet::oom::Event,
-    node: &str,
-    at_unix_s: f64,
-) -> serde_json::Value {
+pub fn oom_event_body(e: &Event, node: &str, at_unix_s: f64) -> serde_json::Value {
     let at = rfc3339(at_unix_s);
     let mut involved = serde_json::json!({
         "apiVersion": "v1",
@@ -293,7 +309,7 @@ pub fn oom_event_body(
         "kind": "Event",
         "metadata": { "generateName": format!("{}.leak-oom-", e.pod), "namespace": e.namespace },
         "involvedObject": involved,
-        "reason": crate::fleet::oom::EVENT_REASON,
+        "reason": EVENT_REASON,
         "message": e.message,
         "type": "Warning",
         "source": { "component": "leak-agent", "host": node },
@@ -453,7 +469,7 @@ mod tests {
         assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_796_629_803.7), "2026-12-07T07:50:03Z");
         assert_eq!(rfc3339(951_825_600.0), "2000-02-29T12:00:00Z");
-        let e = crate::fleet::oom::Event {
+        let e = Event {
             kill: "oom-api-10-1".into(),
             namespace: "shop".into(),
             pod: "shop-api-1".into(),

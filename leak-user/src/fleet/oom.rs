@@ -10,6 +10,7 @@ use std::{
 use crate::{
     analysis::units::{human_bytes, human_duration, signed_bytes},
     fleet::{
+        kube::Event,
         report::{Escalation, OomKillReport, per_hour},
         watchlist::Killed,
     },
@@ -38,26 +39,6 @@ pub struct OomKills {
 /// Attempts at posting an Event before it is given up (the record then says so).
 const EVENT_ATTEMPTS: u32 = 5;
 
-/// A Kubernetes Event to post about a kill.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// The kill's id.
-    pub kill: String,
-    /// The pod's namespace, name and UID, and the container's name.
-    pub namespace: String,
-    /// See `namespace`.
-    pub pod: String,
-    /// See `namespace`.
-    pub pod_uid: String,
-    /// See `namespace`.
-    pub container: Option<String>,
-    /// The message (short: `kubectl describe pod` prints it on one line).
-    pub message: String,
-}
-
-/// The reason of the Events posted (`kubectl get events --field-selector reason=...`).
-pub const EVENT_REASON: &str = "LeakOOMKill";
-
 impl OomKills {
     /// Records a kill, seen at `at_unix_s`, with its latest trace or profile, if it had one.
     pub fn record(&mut self, killed: Killed, at_unix_s: f64, profile: Option<Escalation>) {
@@ -74,7 +55,7 @@ impl OomKills {
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a name")]
         let id = format!(
             "oom-{}-{}-{}",
-            crate::fleet::escalate::sanitize(&killed.process.comm),
+            crate::output::file_safe(&killed.process.comm),
             killed.process.pid,
             at_unix_s.max(0.0) as u64
         );

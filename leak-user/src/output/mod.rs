@@ -24,6 +24,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// `name` as a file name's part: letters, digits and `-`; anything else `_`.
+#[must_use]
+pub fn file_safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsynced,
 /// then renamed over `path`. Readers see the old file or the new one, never a partial one.
 ///
