@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    analysis::units::{human_bytes, human_duration, signed_bytes},
+    analysis::units::{human_bytes, human_duration, round_to, signed_bytes},
     fleet::{
         kube::Event,
         report::{Escalation, OomKillReport, per_hour},
@@ -319,7 +319,7 @@ pub fn top_of(report: &crate::analysis::report::Report) -> Option<(String, f64, 
         let top = report.sites.iter().max_by_key(|s| m(s))?;
         #[expect(clippy::cast_precision_loss, reason = "a share")]
         let share = m(top) as f64 / total.max(1) as f64;
-        (total > 0).then(|| (top.name(), (share * 1000.0).round() / 1000.0, is_held))
+        (total > 0).then(|| (top.name(), round_to(share, 3), is_held))
     })
 }
 

@@ -417,7 +417,7 @@ fn report_of(
     WatchReport {
         version: WATCH_REPORT_VERSION,
         window: Window { start_unix_s: start_unix, end_unix_s: end_unix },
-        duration_s: ((end_unix - start_unix) * 1000.0).round() / 1000.0,
+        duration_s: crate::analysis::units::round_to(end_unix - start_unix, 3),
         processes_watched: list.len(),
         processes,
         containers,

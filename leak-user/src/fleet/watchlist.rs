@@ -13,6 +13,7 @@ use crate::{
     analysis::history::{CgroupMemory, Kind, ProcessMemory, Sampled},
     analysis::report::TrendView,
     analysis::trend::{self, Params, Trend, Verdict, thin_indices},
+    analysis::units::round_to,
     config::{Selection, Targets},
     fleet::{
         pods::PodRef,
@@ -501,7 +502,7 @@ impl WatchList {
 
 /// Seconds, rounded to the millisecond (as reported).
 fn millis(s: f64) -> f64 {
-    (s * 1000.0).round() / 1000.0
+    round_to(s, 3)
 }
 
 /// What one pass over the processes found, to say why nothing is watched.
