@@ -26,9 +26,19 @@ pub struct Kills {
     pub victims: Option<Victims>,
     /// Every kill recorded.
     pub ledger: OomKills,
-    /// Where Events go: the API, this node's name, and the address reports are served at.
-    events: Option<(ApiConfig, String, String)>,
+    /// Where Events go (the agent in a cluster only).
+    events: Option<EventSink>,
     posted: (std::sync::mpsc::Sender<Posted>, std::sync::mpsc::Receiver<Posted>),
+}
+
+/// Where the Events about kills go, and what they say of their origin.
+struct EventSink {
+    /// The cluster's API.
+    api: ApiConfig,
+    /// This node's name (the Events' source).
+    node: String,
+    /// The address the agent's reports are served at (the Events link the post-mortem).
+    base: String,
 }
 
 impl Kills {
@@ -39,7 +49,7 @@ impl Kills {
         let events = base.and_then(|base| {
             let api = ApiConfig::in_cluster()?;
             let node = api.node.clone().unwrap_or_default();
-            Some((api, node, base.to_owned()))
+            Some(EventSink { api, node, base: base.to_owned() })
         });
         let victims = match Victims::open() {
             Ok(v) => Some(v),
@@ -78,8 +88,8 @@ impl Kills {
             // The last sample may be seconds before the kill: its cgroup says whether the kill
             // was for its limit (while it is there: the runtime removes it soon after).
             if let Some(l) = &mut k.limit
-                && let Some((dir, events)) = &l.dir
-                && procfs::cgroup_limit_reached(dir, l.limit, *events)
+                && let Some(dir) = &l.dir
+                && procfs::cgroup_limit_reached(&dir.path, l.limit, dir.limit_ooms)
             {
                 l.working_set = l.limit;
             }
@@ -97,7 +107,7 @@ impl Kills {
         while let Ok((id, ok)) = self.posted.1.try_recv() {
             self.ledger.posted(&id, ok, runtime::now_unix());
         }
-        let Some((api, node, base)) = &self.events else { return };
+        let Some(EventSink { api, node, base }) = &self.events else { return };
         let url = |id: &str| format!("{base}/api/v1/reports/{id}/report.html");
         for event in self.ledger.events_due(runtime::now_unix(), &url) {
             let at = self

@@ -32,7 +32,9 @@ use crate::{
             WATCH_REPORT_VERSION, WatchReport, WatchedContainer, WatchedProcess, bytes_f64, render,
         },
         serve::Published,
-        watchlist::{ContainerObservation, Observation, Seen, WatchList, floor_note, why_nothing},
+        watchlist::{
+            CgroupDir, ContainerObservation, Observation, Seen, WatchList, floor_note, why_nothing,
+        },
     },
     output, procfs,
     runtime::{self, Sampler, Signals, deadline},
@@ -332,7 +334,7 @@ fn observe(
                 memory,
                 processes,
                 oom_kills,
-                dir: Some((dir, events)),
+                dir: Some(CgroupDir { path: dir, limit_ooms: events }),
             })
         })
         .collect();

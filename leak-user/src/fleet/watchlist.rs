@@ -52,9 +52,18 @@ pub struct ContainerObservation {
     pub processes: usize,
     /// Its OOM kills so far (`oom_kill` of `memory.events` or `memory.oom_control`).
     pub oom_kills: Option<u64>,
-    /// Where its memory cgroup is, and the times it called the OOM killer for its limit so
-    /// far (v2).
-    pub dir: Option<(std::path::PathBuf, Option<u64>)>,
+    /// Where its memory cgroup is, and its OOM count then.
+    pub dir: Option<CgroupDir>,
+}
+
+/// A container's memory cgroup, and how often it had called the OOM killer for its limit
+/// when last read: a later read that counts more says the limit was reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupDir {
+    /// Its directory.
+    pub path: std::path::PathBuf,
+    /// v2 `memory.events` `oom` (none on v1).
+    pub limit_ooms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,7 +73,7 @@ struct WatchedCgroup {
     first_seen: f64,
     samples: Sampled<CgroupMemory>,
     oom_kills: Option<u64>,
-    dir: Option<(std::path::PathBuf, Option<u64>)>,
+    dir: Option<CgroupDir>,
 }
 
 #[derive(Clone, Debug)]
@@ -91,9 +100,8 @@ pub struct ContainerLimit {
     pub limit: u64,
     /// Its working set.
     pub working_set: u64,
-    /// Its memory cgroup's directory, and the times it had called the OOM killer for its
-    /// limit (v2 `memory.events` `oom`).
-    pub dir: Option<(std::path::PathBuf, Option<u64>)>,
+    /// Its memory cgroup, as of that sample.
+    pub dir: Option<CgroupDir>,
 }
 
 /// A watched process the OOM killer killed, as last watched.
