@@ -35,7 +35,8 @@ pub const GLOBAL_PROBE_FLOOR: &str = "PROBE_FLOOR";
 pub const MAX_PENDING: u32 = 1 << 14;
 
 /// A stash in [`MAP_PENDING`] older than this is not an outer call in flight but one whose
-/// return never arrived: a new call replaces it (counted as [`DropReason::StalePending`]).
+/// return never arrived: a new call replaces it (counted as
+/// [`DropReason::StalePending`](crate::DropReason::StalePending)).
 pub const STALE_PENDING_NS: u64 = 1_000_000_000;
 
 /// Attach-cookie flag of a `munmap` probe placed right after the `syscall` instruction: it

@@ -27,7 +27,8 @@ pub const fn hit_index(cookie: u32, exit: bool) -> u32 {
 pub enum DropReason {
     /// The allocation table and [`MAP_ALLOCS`](crate::MAP_ALLOCS) had no room: an allocation was not recorded.
     AllocMapFull = 0,
-    /// `bpf_get_stack` failed: the allocation is recorded without a stack.
+    /// No buffer or thread slot for the stack walk: the allocation is recorded without a
+    /// stack.
     StackMissing = 1,
     /// [`MAP_STACKS`](crate::MAP_STACKS) was full: the allocation is recorded, its stack is not.
     StackMapFull = 2,

@@ -65,7 +65,7 @@ pub const MAP_MMAP_COUNTS: &str = "MMAP_COUNTS";
 
 /// Pages the compatible object's `munmap` searches before and after its start for recorded
 /// mappings (it cannot iterate [`MAP_MMAPS`]): a search that cannot be exhaustive is counted
-/// ([`DropReason::UnmapUnchecked`]).
+/// ([`DropReason::UnmapUnchecked`](crate::DropReason::UnmapUnchecked)).
 pub const UNMAP_PROBE_PAGES: u64 = 32;
 
 /// Default capacity for outstanding allocations (`--max-allocs`).

@@ -19,12 +19,13 @@ pub const MAX_SCRATCH_THREADS: u32 = 1 << 12;
 /// Frames kept per stack; the kernel's default `perf_event_max_stack`.
 pub const MAX_STACK_DEPTH: usize = 127;
 
-/// `AllocInfo::stack_id` when no stack could be taken (see [`DropReason::StackMissing`]).
+/// `AllocInfo::stack_id` when no stack could be taken (see
+/// [`DropReason::StackMissing`](crate::DropReason::StackMissing)).
 pub const STACK_ID_NONE: u64 = 0;
 
-/// A stack walk by unwind tables in progress (`leak-ebpf`'s `unwind::step`). In the thread's
-/// [`Pending`](crate::Pending) slot, not on the BPF stack: the verifiers of 5.10-6.12 allow 512 bytes for a
-/// program's whole chain of calls, and the walk runs three calls deep.
+/// A stack walk by unwind tables in progress (`leak-ebpf`'s `stack::step`). In the thread's
+/// [`Pending`](crate::Pending) slot, not on the BPF stack: the verifiers of 5.10-6.12 allow
+/// 512 bytes for a program's whole chain of calls, and the walk runs three calls deep.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalkState {
@@ -44,7 +45,8 @@ pub struct WalkState {
     pub maps_first: u32,
     /// Their count.
     pub maps_n: u32,
-    /// The process and its mappings' generation, mixed: keys [`MAP_ROW_CACHE`](crate::MAP_ROW_CACHE).
+    /// The process and its mappings' generation, mixed: keys
+    /// [`MAP_ROW_CACHE`](crate::MAP_ROW_CACHE).
     pub cache_key: u64,
     /// Where the stack window was last copied from.
     pub sp0: u64,
@@ -96,7 +98,8 @@ pub struct StackMemo {
     pub reads: [u8; MEMO_READS],
 }
 
-/// Words of user stack a return probe reads at once ([`Pending::window`]). One
+/// Words of user stack a return probe reads at once ([`Pending::window`](crate::Pending::window)).
+/// One
 /// `bpf_probe_read_user` costs about 100 ns here whatever its size up to a page, so frames
 /// that lie within the first 512 bytes above the stack pointer (most of a stack's innermost
 /// frames) cost nothing more.

@@ -4,8 +4,9 @@
 //!   maps only (`ALLOCS`, `SITES`), whose updates the kernel makes atomic;
 //! - no attach cookies (5.15): an entry probe finds its hook by its address in `HOOK_IPS`,
 //!   a return probe its call by the stack pointer the entry saw;
-//! - no map iteration (5.13): an unmap that starts inside a recorded mapping is counted
-//!   (`DropReason::UnmapUnsupported`), not followed;
+//! - no map iteration (5.13): an unmap that starts inside a recorded mapping is searched by
+//!   page-aligned starts, and what the search could not check is counted
+//!   (`DropReason::UnmapUnchecked`);
 //! - no `bpf_loop` (5.17): the unwind-table walk is a bounded loop in a global function.
 //!
 //! Design constraints:

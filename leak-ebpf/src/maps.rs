@@ -97,7 +97,7 @@ pub static LAST_FREE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_PE
 /// Per thread, not per CPU: since uprobe programs became sleepable-capable (6.1), they run
 /// with only migration disabled, not preemption (`bpf_prog_run_array_uprobe`), so on a
 /// preemptible kernel another task can run the same program on this CPU between our
-/// `bpf_get_stack` and our reading of the buffer. A thread cannot run two of these programs
+/// walk into the buffer and our reading of it. A thread cannot run two of these programs
 /// at once, so its own buffer is never written under it.
 #[map]
 pub static STACK_SCRATCH: LruHashMap<u64, StackTrace> =

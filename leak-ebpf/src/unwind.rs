@@ -1,6 +1,7 @@
 //! The unwind tables' lookup (#7): the row that covers a return address. The loader puts
 //! each object's rows (`leak_common::UnwindRow`, from its `.eh_frame`) in `UNWIND_ROWS` and
-//! each traced process's executable mappings in `UNWIND_MAPS`; a row is found by two binary
+//! each traced process's executable mappings in `UNWIND_MAPPINGS` (`UNWIND_MAPS` says where
+//! each process's are); a row is found by two binary
 //! searches (the mapping, then the row). The walk that uses them, and its cache of recent
 //! answers, are `stack`'s.
 #![expect(

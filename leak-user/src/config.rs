@@ -84,8 +84,9 @@ pub struct TraceConfig {
     pub quiet: bool,
     /// Reports go to stderr (`leak run`: the command's stdout is the command's).
     pub report_to_stderr: bool,
-    /// `leak attach`: stop once the probes cost the target more than this share of a CPU,
-    /// in basis points (estimated from the hit rate, see [`crate::trace::overhead::Budget`]).
+    /// `leak attach` and `leak run`: stop once the probes cost the target more than this
+    /// share of a CPU, in basis points (estimated from the hit rate, see
+    /// [`crate::trace::overhead::Budget`]).
     pub max_overhead: Option<u32>,
     /// How stacks are walked.
     pub unwind: Unwind,

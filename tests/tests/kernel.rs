@@ -93,7 +93,7 @@ fn run_traces_from_the_first_instruction() {
 }
 
 /// A growth profile (page faults, `--mode growth`) names the busy fixture's leak, within 25%
-/// of what it leaked, and nothing else (see `tests/growth_profile.rs`).
+/// of what it leaked, and nothing else (see `tests/integration/growth_profile.rs`).
 #[test]
 fn a_growth_profile_names_the_leak_of_a_busy_process() {
     for (object, env) in objects() {
@@ -107,7 +107,7 @@ fn a_growth_profile_names_the_leak_of_a_busy_process() {
 /// The OOM killer's victim told by its pid (the `oom:mark_victim` event's format changed in
 /// 6.8) in a cgroup v2 memory limit; a growth profile, the cheaper mode on an emulated CPU,
 /// of a faster leak (the emulated CPU slows the fixture's ticks: at the host's 6 MiB/s the
-/// kill took most of a minute on 7.2). The verdicts are tests/oom.rs's: here the ticks slow
+/// kill took most of a minute on 7.2). The verdicts are `tests/integration/oom.rs`'s: here the ticks slow
 /// down unevenly, and the cache may still be filling at the kill.
 #[test]
 fn an_oom_kill_ends_the_report_with_its_cause() {

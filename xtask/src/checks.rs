@@ -2,14 +2,14 @@
 //! kernel matrix), `cargo xtask soak` and `cargo xtask lint`.
 use std::{env, path::Path, process::Command};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow, bail};
 
 use crate::{
     IMAGE,
     demo::build_release,
     image,
     setup::{ensure_nightly_component, setup},
-    util::{as_root, cargo, is_root, run, workspace_root},
+    util::{as_root, cargo, is_root, output, run, workspace_root},
     vm,
 };
 
@@ -33,19 +33,62 @@ pub fn test(extra: &[String], kernels: bool) -> Result<()> {
     eprintln!("test: root integration tests");
     // The integration tests run the `leak` binary: build it in the same profile first.
     run(cargo().args(["build", "-p", "leak-user", "--bin", "leak"]))?;
+    if !extra.is_empty() {
+        // A developer's filter: one run, as asked.
+        return run(leak_tests().arg("--").args(extra));
+    }
+    run(leak_tests().args(["--lib", "--bins", "--test", "kernel"]))?;
+    for (area, names) in integration_areas()? {
+        eprintln!("test: integration tests: {area} ({} tests)", names.len());
+        run(leak_tests().args(["--test", "integration", "--", "--exact"]).args(&names))?;
+    }
+    if kernels {
+        eprintln!("test: the kernel matrix (QEMU)");
+        vm::matrix(&[], &[])?;
+    }
+    Ok(())
+}
+
+/// `cargo test -p leak-tests`, with the test binaries run as root.
+fn leak_tests() -> Command {
     let mut cmd = cargo();
     cmd.args(["test", "-p", "leak-tests"]);
     if !is_root() {
         // Only the integration test binary runs as root, not cargo (KUN's sudo-runner).
         cmd.args(["--config", "target.x86_64-unknown-linux-gnu.runner = 'sudo -E'"]);
     }
-    cmd.arg("--").args(extra);
-    run(&mut cmd)?;
-    if kernels {
-        eprintln!("test: the kernel matrix (QEMU)");
-        vm::matrix(&[], &[])?;
+    cmd
+}
+
+/// The integration binary's tests by area (module), in order. The areas run one after
+/// another, each area's tests side by side: some tests look at the whole host (its pod
+/// cgroups, the `leak` processes and BPF programs left) and were written for the company
+/// of their own area only, as when each area was a binary of its own.
+fn integration_areas() -> Result<Vec<(String, Vec<String>)>> {
+    let list = output(cargo().args([
+        "test",
+        "-p",
+        "leak-tests",
+        "--test",
+        "integration",
+        "--",
+        "--list",
+        "--format",
+        "terse",
+    ]))
+    .ok_or_else(|| anyhow!("cannot list the integration tests"))?;
+    let mut areas: Vec<(String, Vec<String>)> = Vec::new();
+    for name in list.lines().filter_map(|l| l.strip_suffix(": test")) {
+        let area = name.split_once("::").map_or(name, |(a, _)| a);
+        match areas.last_mut() {
+            Some((a, names)) if a == area => names.push(name.to_owned()),
+            _ => areas.push((area.to_owned(), vec![name.to_owned()])),
+        }
     }
-    Ok(())
+    if areas.is_empty() {
+        bail!("the integration binary lists no test");
+    }
+    Ok(areas)
 }
 
 pub fn soak(minutes: f64, out: &Path) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Pure: what the Kubernetes API says of this node's pods (names, namespaces, container
 //! names, the workload that runs each: #6, #18), and which processes the agent selects by
-//! them. Fetching is left to the caller (`kubeapi`); this module only reads the answers and
-//! keeps what it learnt of pods' owners ([`Owners`]).
+//! them; and the Event that tells a pod about an OOM kill, as the JSON body it is posted as.
+//! Fetching and posting are left to the caller (`kubeapi`); this module only reads the
+//! answers and keeps what it learnt of pods' owners ([`Owners`]).
 use hashbrown::HashMap;
 use serde::Deserialize;
 

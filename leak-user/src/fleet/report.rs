@@ -42,7 +42,7 @@ pub struct WatchedContainer {
     pub first_seen_s: f64,
     /// Trend of the anonymous bytes.
     pub trend: TrendView,
-    /// Samples (at most [`SERIES_POINTS`], evenly spaced).
+    /// Samples (at most 64, evenly spaced).
     #[serde(default, skip_serializing_if = "ContainerSeries::is_empty")]
     pub series: ContainerSeries,
 }
@@ -92,7 +92,7 @@ pub struct WatchedProcess {
     pub exited: bool,
     /// Trend of the anonymous resident bytes.
     pub trend: TrendView,
-    /// Samples (at most [`SERIES_POINTS`], evenly spaced).
+    /// Samples (at most 64, evenly spaced).
     pub series: WatchSeries,
     /// Its Kubernetes pod and container, if it runs in one (from its cgroup path).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,9 +2,10 @@
 //! the old one: a reader never sees half a report).
 //!
 //! What it holds: every file of a report written at once (`files`), reports printed as a
-//! trace goes (`console`), the text table (`table`), JSON (`json`), folded stacks (`folded`), flame
-//! graphs (`flamegraph`, the only inferno user), pprof profiles (`pprof`), Prometheus's
-//! text format (`prometheus`), and the JSON schemas with their field reference (`schema`).
+//! trace goes (`console`), the text table (`table`), JSON (`json`), the HTML page (`html`,
+//! its charts drawn by `charts`), folded stacks (`folded`), flame graphs (`flamegraph`, the
+//! only inferno user), pprof profiles (`pprof`), Prometheus's text format (`prometheus`),
+//! and the JSON schemas with their field reference (`schema`).
 //!
 //! What it may import: `analysis` only (the report model it renders).
 pub mod charts;

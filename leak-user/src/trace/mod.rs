@@ -3,7 +3,8 @@
 //! What it holds: the checks before loading (`preflight`, `caps`: what the privileges allow,
 //! and `check`, the `leak check` command), the BPF loader and the kernel's features (`loader`, the only aya user with
 //! `source`), the allocator's hooks and where their probes sit (`target`, `hooks`,
-//! `placement`, `elf`), unwind tables (`unwind`), reading the maps (`source`),
+//! `placement`, `elf`), unwind tables (`unwind`), reading the maps (`source`), which of a
+//! growth profile's pages are resident and the process's own (`pagemap`),
 //! symbolization (`symbolize`, the only blazesym user, and `debuginfo`, where symbols are),
 //! one process's session that samples and reports (`session`), the loops that drive
 //! sessions: `leak attach`'s (`attach`) and `leak run`'s process control (`controller`,

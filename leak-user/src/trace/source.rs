@@ -1,5 +1,5 @@
-//! Where snapshots come from: a trait the session loop uses, and its implementation over the
-//! live BPF maps.
+//! Where snapshots come from: a trait the session (and the loops of `attach` and
+//! `controller`) read through, and its implementation over the live BPF maps.
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},

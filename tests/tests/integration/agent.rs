@@ -320,7 +320,7 @@ fn follow_trace_links(prometheus: &Prometheus, dashboard: &serde_json::Value) {
 /// loaded (a program goes with its last probe and descriptor).
 fn assert_nothing_left() {
     // The trace's probes are unregistered after it exits, by a background helper (see
-    // `Loader::release_in_background`): its programs are gone only once that has exited.
+    // `Tracer::release_in_background`): its programs are gone only once that has exited.
     let deadline = Instant::now() + Duration::from_mins(1);
     let running = || {
         let out = Command::new("pgrep").args(["-x", "leak"]).output();

@@ -4,7 +4,9 @@
 //! unharmed and no probe behind, two leaks on one process both count exactly, a target gone
 //! during attach ends in one line.
 //!
-//! The tests run one at a time: one checks that none of leak's programs is left in the kernel.
+//! The tests run one at a time: one checks that none of leak's programs is left in the kernel
+//! (`cargo xtask test` runs each area of the integration tests on its own, so no other
+//! area's trace is loaded meanwhile).
 use std::{
     path::Path,
     process::{Command, Stdio},

@@ -1,8 +1,9 @@
 //! Watching plain processes, off Kubernetes (a VM whose services are systemd units): the
 //! agent says why it watches nothing, and `--process` (or `--all`, `--pid`) watches plain
 //! processes, judges and traces them as it does pods'; a whole-host watch keeps what leaked
-//! and exited. Its own test binary: the other watch and agent tests make pod cgroups, and these
-//! need a host without any, and a whole-host watch beside them would load it.
+//! and exited. An area of its own, which `cargo xtask test` runs alone: the other watch and
+//! agent tests make pod cgroups, and these need a host without any, and a whole-host watch
+//! beside them would load it.
 use std::{
     process::Command,
     time::{Duration, Instant},
