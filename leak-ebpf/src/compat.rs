@@ -35,6 +35,8 @@ mod mappings;
 mod maps;
 #[path = "probes/mod.rs"]
 mod probes;
+#[path = "regs.rs"]
+mod regs;
 #[path = "runtime.rs"]
 mod runtime;
 #[path = "sites.rs"]

@@ -25,6 +25,7 @@
 mod mappings;
 mod maps;
 mod probes;
+mod regs;
 mod runtime;
 mod sites;
 mod stack;

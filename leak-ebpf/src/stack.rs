@@ -90,8 +90,7 @@ fn scratch(pid_tgid: u64) -> Option<*mut StackTrace> {
 #[inline(always)]
 pub(crate) fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pending) -> u64 {
     // SAFETY: a uprobe's context is its pt_regs.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    let (ip, sp, fp) = (regs.rip, regs.rsp, regs.rbp);
+    let (ip, sp, fp) = crate::regs::walk_regs(unsafe { &*(ctx.as_ptr() as *const pt_regs) });
     // SAFETY: the window's bytes, written only through this slice.
     let bytes = unsafe {
         core::slice::from_raw_parts_mut(

@@ -217,8 +217,8 @@ pub(crate) fn in_call(pid_tgid: u64) -> bool {
 /// nested call (see the module comment): left to the outer one.
 ///
 /// Which call returns: the full object's attach cookie names the function; the compatible
-/// object has none, and matches the stack pointer instead, which at a return is one word
-/// above the entry's (the return address popped). A call chained to another by a jump
+/// object has none, and matches the stack pointer instead, which at a return is
+/// `regs::RETURN_POPS` above the entry's (x86-64's return pops its return address). A call chained to another by a jump
 /// (`realloc(NULL, n)` to `malloc`) shares its frame: both returns come at once, the inner
 /// first, which takes the stash; the second finds it taken at the same point and is not a
 /// missed entry.
@@ -244,7 +244,7 @@ pub(crate) fn take_pending(pid_tgid: u64, f: Fired) -> Option<(&'static mut Pend
             return None;
         }
         count_hit(pending.kind, true);
-        if pending.entry_sp.wrapping_add(8) != f.sp {
+        if pending.entry_sp.wrapping_add(crate::regs::RETURN_POPS) != f.sp {
             return None;
         }
         pending.taken_sp = f.sp;

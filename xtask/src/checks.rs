@@ -121,19 +121,24 @@ pub fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The BPF crate only builds for the BPF target, with the nightly toolchain (build-std).
-    run(Command::new("rustup")
-        .current_dir(workspace_root().join("leak-ebpf"))
-        .env("AYA_BUILD_SKIP", "1")
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "clippy",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .args(["--", "-D", "warnings"]))
+    // The BPF crate only builds for the BPF target, with the nightly toolchain (build-std):
+    // once for each architecture whose registers it reads (`leak-ebpf/src/regs.rs`).
+    for arch in ["x86_64", "aarch64"] {
+        run(Command::new("rustup")
+            .current_dir(workspace_root().join("leak-ebpf"))
+            .env("AYA_BUILD_SKIP", "1")
+            .env("AYA_BPF_TARGET_ARCH", arch)
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }

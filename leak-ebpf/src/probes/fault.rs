@@ -5,7 +5,7 @@
 //! resident and the process's own.
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::perf_event,
     programs::PerfEventContext,
 };
@@ -13,10 +13,11 @@ use leak_common::{DropReason, FAULT_HOOK};
 
 use crate::{
     maps::{count_drop, count_hit, floor},
-    stash, verbs,
+    regs, stash, verbs,
 };
 
-/// User addresses end below this on x86-64 (4-level paging; 5-level stays below 2^56).
+/// User addresses end below this (x86-64's 4-level paging, and 5-level, stay below 2^56;
+/// arm64's user addresses are below 2^52, and a fault's is untagged).
 const USER_END: u64 = 1 << 56;
 
 #[perf_event]
@@ -29,9 +30,9 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     count_hit(FAULT_HOOK, false);
     // SAFETY: a perf_event program's context; every field read as a whole u64 (the
     // verifier's rule for `regs`).
-    let (addr, cs, regs) = unsafe {
+    let (addr, user, regs) = unsafe {
         let data = &*ctx.ctx;
-        (data.addr, data.regs.cs, (data.regs.rip, data.regs.rsp, data.regs.rbp))
+        (data.addr, regs::user_mode(&data.regs), regs::walk_regs(&data.regs))
     };
     // 0 is "no address" (and since 6.1 the field is not even written then).
     if addr == 0 || addr >= USER_END {
@@ -42,7 +43,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     // kernel stack.
     // (A zero `ip` is "unknown", not an `Option`: LLVM leaves a `None`'s fields undefined,
     // and the verifier rejects a spill of a register never written.)
-    let regs = if cs & 3 != 0 {
+    let regs = if user {
         regs
     } else if crate::COMPAT {
         // `bpf_task_pt_regs` is 5.15, `bpf_get_current_task_btf` 5.11: the compatible
@@ -56,24 +57,18 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// The user registers saved at the current task's system-call entry. Only the three the walk
-/// needs are read (`rbp`, and `rip`..`rsp`), not the 168-byte `pt_regs`: the program's frame
-/// shares 512 bytes with the walk's.
-/// All zero when they cannot be read.
+/// The user registers saved at the current task's system-call entry, the three the walk
+/// needs (see `regs::saved_walk_regs`). All zero when they cannot be read.
 #[inline(always)]
-fn syscall_regs() -> (u64, u64, u64) {
-    // SAFETY: the helpers take the current task (a BTF pointer the verifier tracks) and
-    // `bpf_probe_read_kernel` handles faults.
+fn syscall_regs() -> regs::WalkRegs {
+    // SAFETY: the helpers take the current task (a BTF pointer the verifier tracks); the
+    // registers are read through `bpf_probe_read_kernel`, which handles faults.
     unsafe {
         let task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
         if regs.is_null() {
             return (0, 0, 0);
         }
-        let bp = bpf_probe_read_kernel(&raw const (*regs).rbp).unwrap_or(0);
-        // rip, cs, eflags, rsp: adjacent in x86-64's `pt_regs`.
-        let [ip, _, _, sp] =
-            bpf_probe_read_kernel((&raw const (*regs).rip).cast::<[u64; 4]>()).unwrap_or([0; 4]);
-        (ip, sp, bp)
+        regs::saved_walk_regs(regs)
     }
 }

@@ -36,7 +36,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     let Some(hook) = begin(&ctx, false) else { return 0 };
     if hook.has(COOKIE_AFTER_SYSCALL) {
         // SAFETY: `regs` is the probe's register snapshot.
-        let ret = unsafe { (*ctx.regs).rax };
+        let ret = crate::regs::syscall_result(unsafe { &*ctx.regs });
         if ret != 0 {
             return 0;
         }

@@ -75,7 +75,8 @@ fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
 }
 
 /// [`begin`] on kernels without attach cookies (before 5.15). An entry probe finds its hook in
-/// `HOOK_IPS` by its own address (a uprobe's `rip` is the probed instruction's) and process;
+/// `HOOK_IPS` by its own address (a uprobe's instruction pointer is the probed instruction's)
+/// and process;
 /// a return probe's call is the one its thread stashed, matched by the stack pointer (see
 /// `stash::take_pending`), and counted there. The calibration probes are the ones that fire
 /// in leak's own process.
@@ -89,14 +90,14 @@ fn begin_without_cookie<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
         return None;
     }
     if exit {
-        return Some(Hook { cookie: u64::from(FUNC_BY_STACK), sp: regs.rsp });
+        return Some(Hook { cookie: u64::from(FUNC_BY_STACK), sp: crate::regs::sp(regs) });
     }
-    let Some(cookie) = HOOK_IPS.get_ptr(AllocKey::new(regs.rip, tgid)) else {
+    let Some(cookie) = HOOK_IPS.get_ptr(AllocKey::new(crate::regs::ip(regs), tgid)) else {
         count_drop(DropReason::UnknownHook);
         return None;
     };
     // SAFETY: a live map value, copied out.
-    let hook = Hook { cookie: unsafe { *cookie }, sp: regs.rsp };
+    let hook = Hook { cookie: unsafe { *cookie }, sp: crate::regs::sp(regs) };
     count_hit(hook.func(), false);
     Some(hook)
 }

@@ -10,10 +10,12 @@ use super::{BpfObject, LoaderError, Tracer, uprobe};
 use crate::analysis::model::ProbeCost;
 
 /// The function [`Tracer::calibrate`] probes. Written in assembly so that it starts, like the
-/// allocator functions leak probes, with a `push` the kernel emulates (a compiler might
-/// start it with an instruction the kernel must single-step, which costs 15 times more).
+/// allocator functions leak probes, with an instruction the kernel emulates (a compiler might
+/// start it with one the kernel must single-step, which costs 15 times more on x86-64).
 const CALIBRATION_SYMBOL: &str = "leak_probe_calibration";
 
+// x86-64: a `push`, emulated.
+#[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
     ".globl leak_probe_calibration",
     ".type leak_probe_calibration, @function",
@@ -21,6 +23,19 @@ core::arch::global_asm!(
     "push rbp",
     "mov rbp, rsp",
     "pop rbp",
+    "ret",
+    ".size leak_probe_calibration, . - leak_probe_calibration",
+);
+
+// arm64: a branch, which every kernel simulates (its `stp x29, x30, [sp, #-16]!` would be
+// stepped out of line), leaving x30 alone for the return probe at the same address.
+#[cfg(target_arch = "aarch64")]
+core::arch::global_asm!(
+    ".globl leak_probe_calibration",
+    ".type leak_probe_calibration, %function",
+    "leak_probe_calibration:",
+    "b 1f",
+    "1:",
     "ret",
     ".size leak_probe_calibration, . - leak_probe_calibration",
 );
