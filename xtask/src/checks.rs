@@ -1,15 +1,19 @@
 //! The checks: `cargo xtask test` (unit tests, the image, the root integration tests, the
 //! kernel matrix), `cargo xtask soak` and `cargo xtask lint`.
-use std::{env, path::Path, process::Command};
+use std::{
+    env,
+    path::Path,
+    process::{Command, Stdio},
+};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     IMAGE,
     demo::build_release,
     image,
     setup::{ensure_nightly_component, setup},
-    util::{as_root, cargo, is_root, output, run, workspace_root},
+    util::{as_root, cargo, is_root, run, workspace_root},
     vm,
 };
 
@@ -33,20 +37,49 @@ pub fn test(extra: &[String], kernels: bool) -> Result<()> {
     eprintln!("test: root integration tests");
     // The integration tests run the `leak` binary: build it in the same profile first.
     run(cargo().args(["build", "-p", "leak-user", "--bin", "leak"]))?;
-    if !extra.is_empty() {
-        // A developer's filter: one run, as asked.
-        return run(leak_tests().arg("--").args(extra));
-    }
-    run(leak_tests().args(["--lib", "--bins", "--test", "kernel"]))?;
+    let (flags, filters) = split_test_args(extra);
+    run(leak_tests().args(["--lib", "--bins", "--test", "kernel", "--"]).args(extra))?;
     for (area, names) in integration_areas()? {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
         eprintln!("test: integration tests: {area} ({} tests)", names.len());
-        run(leak_tests().args(["--test", "integration", "--", "--exact"]).args(&names))?;
+        run(leak_tests()
+            .args(["--test", "integration", "--"])
+            .args(&flags)
+            .arg("--exact")
+            .args(&names))?;
     }
     if kernels {
         eprintln!("test: the kernel matrix (QEMU)");
         vm::matrix(&[], &[])?;
     }
     Ok(())
+}
+
+/// libtest's arguments as flags (with the values of those that take one) and name filters:
+/// a filter picks tests by name, as libtest's does, and the flags go to every run.
+fn split_test_args(args: &[String]) -> (Vec<&String>, Vec<&String>) {
+    const TAKE_VALUE: [&str; 5] = ["--skip", "--test-threads", "--format", "--color", "--logfile"];
+    let (mut flags, mut filters) = (Vec::new(), Vec::new());
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        if a.starts_with('-') {
+            flags.push(a);
+            if TAKE_VALUE.contains(&a.as_str())
+                && let Some(value) = args.next()
+            {
+                flags.push(value);
+            }
+        } else {
+            filters.push(a);
+        }
+    }
+    (flags, filters)
 }
 
 /// `cargo test -p leak-tests`, with the test binaries run as root.
@@ -65,18 +98,17 @@ fn leak_tests() -> Command {
 /// cgroups, the `leak` processes and BPF programs left) and were written for the company
 /// of their own area only, as when each area was a binary of its own.
 fn integration_areas() -> Result<Vec<(String, Vec<String>)>> {
-    let list = output(cargo().args([
-        "test",
-        "-p",
-        "leak-tests",
-        "--test",
-        "integration",
-        "--",
-        "--list",
-        "--format",
-        "terse",
-    ]))
-    .ok_or_else(|| anyhow!("cannot list the integration tests"))?;
+    // stderr shown: a build error is said where it happens.
+    let listed = cargo()
+        .args(["test", "-p", "leak-tests", "--test", "integration", "--", "--list"])
+        .args(["--format", "terse"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("listing the integration tests")?;
+    if !listed.status.success() {
+        bail!("cannot list the integration tests: {}", listed.status);
+    }
+    let list = String::from_utf8_lossy(&listed.stdout);
     let mut areas: Vec<(String, Vec<String>)> = Vec::new();
     for name in list.lines().filter_map(|l| l.strip_suffix(": test")) {
         let area = name.split_once("::").map_or(name, |(a, _)| a);

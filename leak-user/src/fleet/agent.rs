@@ -33,16 +33,20 @@ impl Agent {
             .map_err(|e| Error::BadInput(format!("cannot create {}: {e}", out_dir.display())))
     }
 
-    /// Starts serving (the node's start-up check first when it `escalates`), and fetching
-    /// the pods' names.
+    /// Starts fetching the pods' names, then serving (the node's start-up check first when
+    /// it `escalates`).
     ///
     /// # Errors
     /// Bad TLS or credential files, an address it cannot listen on, or a node that cannot
     /// trace.
     pub async fn start(cfg: &AgentConfig, escalates: bool) -> Result<Self, Error> {
         let published = Arc::new(Published::default());
+        // First: the first pod list is fetched while the start-up check runs, so the first
+        // sample knows the pods' names (the selection by namespace, pod and container needs
+        // them).
+        let names = PodNames::start();
         let (server, base) = serve(cfg, &published, escalates).await?;
-        Ok(Self { published, names: PodNames::start(), base, server })
+        Ok(Self { published, names, base, server })
     }
 
     /// Stops serving.
