@@ -260,7 +260,17 @@ impl Session {
                 (Limit { bytes, usage, source: "cgroup" }, dir, events)
             },
         );
-        if now.is_some() {
+        // Kept for after an OOM kill (`limit_at_kill`), unless the cgroup has called the OOM
+        // killer since the reading kept: a sample between the kill and the exit noticed
+        // reads the victim's memory freed and the kill already counted, which would hide
+        // that its limit was reached (seen on 5.10 in QEMU).
+        let killed_since = match (&self.last_limit, &now) {
+            (Some((_, kept, Some(before))), Some((_, dir, Some(count)))) => {
+                kept == dir && count > before
+            }
+            _ => false,
+        };
+        if now.is_some() && !killed_since {
             self.last_limit.clone_from(&now);
         }
         now.or_else(|| self.last_limit.clone()).map(|(l, _, _)| l)
