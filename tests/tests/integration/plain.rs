@@ -95,9 +95,11 @@ fn watch_keeps_exited_leakers_names_commands_and_says_what_the_floor_hid() {
     leak_tests::require_root();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("watch.json");
-    // Leaks 1 KiB every 25 ms for 3 s, then exits.
+    // Leaks 1 KiB every 25 ms for 4 s, then exits: 2 s before the watch ends. (At 3 s, the
+    // growth a watch started a moment later saw was once too little to judge: the process
+    // was not kept.)
     let mut cmd = std::process::Command::new(leak_tests::fixture("cacher"));
-    cmd.args(["120", "25"]);
+    cmd.args(["160", "25"]);
     let mut short = leak_tests::Fixture::start_command(cmd);
     let pid = short.pid();
     let done = leak_tests::run_leak(&[
@@ -117,7 +119,7 @@ fn watch_keeps_exited_leakers_names_commands_and_says_what_the_floor_hid() {
     let p = report.processes.iter().find(|p| p.pid == pid).unwrap_or_else(|| panic!("{text}"));
     assert!(p.exited, "{p:#?}");
     assert!(matches!(p.trend.verdict, Verdict::Leak | Verdict::Growing), "{p:#?}");
-    assert!(p.cmdline.ends_with("/cacher 120 25"), "{}", p.cmdline);
+    assert!(p.cmdline.ends_with("/cacher 160 25"), "{}", p.cmdline);
     let line = done.stdout.iter().find(|l| l.contains(&format!(" {pid}  "))).expect("its line");
     assert!(line.ends_with(" (exited)") && line.contains("cacher"), "{line}");
 
