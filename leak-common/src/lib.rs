@@ -42,12 +42,12 @@ const _: () = assert!(core::mem::size_of::<SiteBucket>() == 224);
 
 const _: () = assert!(core::mem::size_of::<StackMemo>() == 72);
 
-const _: () = assert!(core::mem::size_of::<WalkState>() == 104);
+const _: () = assert!(core::mem::size_of::<WalkState>() == 112);
 
 const _: () = assert!(core::mem::size_of::<UnmapScratch>() == 96);
 
 const _: () =
-    assert!(core::mem::size_of::<Pending>() == 128 + 72 + 104 + 96 + STACK_WINDOW_WORDS * 8);
+    assert!(core::mem::size_of::<Pending>() == 128 + 72 + 112 + 96 + STACK_WINDOW_WORDS * 8);
 
 const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 
@@ -185,6 +185,34 @@ mod tests {
         // SAFETY: AllocInfo is repr(C) with no padding.
         let bytes: [u8; 32] = unsafe { core::mem::transmute(a) };
         assert_eq!(&bytes[ALLOC_INFO_OWNER_OFFSET..], &a.owner_word().to_le_bytes());
+    }
+
+    #[test]
+    fn unwind_rules_pack_into_one_scalar_and_back() {
+        let rows = [
+            // x86-64 with a frame pointer; aarch64 after `stp x29, x30, [sp, #-48]!` and
+            // before it (the return address still in x30); extremes of each field.
+            UnwindRow { pc: 0, cfa_offset: 16, fp_offset: -16, ra_offset: -1, cfa_reg: CFA_FP },
+            UnwindRow { pc: 0, cfa_offset: 48, fp_offset: -48, ra_offset: -5, cfa_reg: CFA_SP },
+            UnwindRow { pc: 0, cfa_offset: 0, fp_offset: FP_SAME, ra_offset: RA_IN_LR, cfa_reg: 0 },
+            UnwindRow {
+                pc: 0,
+                cfa_offset: i32::MIN,
+                fp_offset: i16::MIN,
+                ra_offset: i8::MIN,
+                cfa_reg: CFA_OUTERMOST,
+            },
+            UnwindRow {
+                pc: 0,
+                cfa_offset: i32::MAX,
+                fp_offset: i16::MAX,
+                ra_offset: i8::MAX,
+                cfa_reg: u8::MAX,
+            },
+        ];
+        for r in rows {
+            assert_eq!(unpack_rule(pack_rule(r)), r);
+        }
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct WalkState {
     pub sp: u64,
     /// As above.
     pub bp: u64,
+    /// The link register (aarch64's x30) where the walk starts, 0 where it is not known
+    /// (return probes: the kernel's trampoline address is there) or there is none (x86-64).
+    pub lr: u64,
     /// The hash of the frames so far.
     pub hash: u64,
     /// Frames so far.

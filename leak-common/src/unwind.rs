@@ -2,8 +2,10 @@
 //! process's executable mappings.
 
 /// How to find the caller's frame from a code address (a call site): one row of an object's
-/// unwind table, valid from `pc` up to the next row's. x86-64 only: the return address is
-/// always at `CFA - 8`, and the caller's stack pointer is the CFA.
+/// unwind table, valid from `pc` up to the next row's. The same rules on x86-64 and aarch64:
+/// the CFA (the caller's stack pointer) is the stack or frame pointer plus an offset, the
+/// caller's frame pointer is this frame's or saved near the CFA, and so is the return address
+/// (always at `CFA - 8` on x86-64; on aarch64 still in `x30` until the prologue saves it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnwindRow {
@@ -11,20 +13,24 @@ pub struct UnwindRow {
     pub pc: u32,
     /// `CFA = <cfa_reg> + cfa_offset`.
     pub cfa_offset: i32,
-    /// Where the caller's `rbp` was saved: `CFA + rbp_offset` when `rbp_rule` is
-    /// [`RBP_AT_CFA`].
-    pub rbp_offset: i16,
-    /// [`CFA_RSP`], [`CFA_RBP`], [`CFA_UNSUPPORTED`], [`CFA_NONE`] or [`CFA_OUTERMOST`].
+    /// Where the caller's frame pointer (`rbp`, `x29`) was saved: `CFA + fp_offset`; 0 when
+    /// it was not (the caller's is this frame's; nothing is ever saved at the CFA itself,
+    /// which is the caller's frame).
+    pub fp_offset: i16,
+    /// Where the return address was saved, in 8-byte words from the CFA (`-1` on x86-64);
+    /// [`RA_IN_LR`] while it is still in the link register (`x30`), which only the frame a
+    /// walk starts in can be in (the others have called).
+    pub ra_offset: i8,
+    /// [`CFA_SP`], [`CFA_FP`], [`CFA_UNSUPPORTED`], [`CFA_NONE`] or [`CFA_OUTERMOST`].
     pub cfa_reg: u8,
-    /// [`RBP_SAME`] or [`RBP_AT_CFA`].
-    pub rbp_rule: u8,
 }
 
-/// [`UnwindRow::cfa_reg`]: the CFA is `rsp` plus the offset.
-pub const CFA_RSP: u8 = 0;
+/// [`UnwindRow::cfa_reg`]: the CFA is the stack pointer (`rsp`, `sp`) plus the offset.
+pub const CFA_SP: u8 = 0;
 
-/// [`UnwindRow::cfa_reg`]: the CFA is `rbp` plus the offset (code with a frame pointer).
-pub const CFA_RBP: u8 = 1;
+/// [`UnwindRow::cfa_reg`]: the CFA is the frame pointer (`rbp`, `x29`) plus the offset
+/// (code with a frame pointer).
+pub const CFA_FP: u8 = 1;
 
 /// [`UnwindRow::cfa_reg`]: a rule this unwinder does not follow (a DWARF expression, as in
 /// the PLT and signal frames, or another register).
@@ -37,11 +43,43 @@ pub const CFA_NONE: u8 = 3;
 /// (glibc's `_start` and the start of its threads do so). A stack that ends here is complete.
 pub const CFA_OUTERMOST: u8 = 4;
 
-/// [`UnwindRow::rbp_rule`]: the caller's `rbp` is this frame's.
-pub const RBP_SAME: u8 = 0;
+/// [`UnwindRow::fp_offset`]: the caller's frame pointer is this frame's.
+pub const FP_SAME: i16 = 0;
 
-/// [`UnwindRow::rbp_rule`]: the caller's `rbp` is saved at `CFA + rbp_offset`.
-pub const RBP_AT_CFA: u8 = 1;
+/// [`UnwindRow::ra_offset`]: the return address is in the link register.
+pub const RA_IN_LR: i8 = 0;
+
+/// The row's rule in one scalar, its `pc` left out: how the BPF row lookup (a global
+/// function, which returns a scalar) hands it back.
+#[must_use]
+#[expect(clippy::inline_always, reason = "BPF: inlined into each program, no BPF-to-BPF call")]
+#[inline(always)]
+#[expect(clippy::cast_sign_loss, reason = "each field's bits, as they are")]
+pub fn pack_rule(r: UnwindRow) -> u64 {
+    u64::from(r.cfa_offset as u32)
+        | (u64::from(r.fp_offset as u16) << 32)
+        | (u64::from(r.ra_offset as u8) << 48)
+        | (u64::from(r.cfa_reg) << 56)
+}
+
+/// See [`pack_rule`].
+#[must_use]
+#[expect(clippy::inline_always, reason = "BPF: inlined into each program, no BPF-to-BPF call")]
+#[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "each field's bits, as packed"
+)]
+pub fn unpack_rule(v: u64) -> UnwindRow {
+    UnwindRow {
+        pc: 0,
+        cfa_offset: v as u32 as i32,
+        fp_offset: (v >> 32) as u16 as i16,
+        ra_offset: (v >> 48) as u8 as i8,
+        cfa_reg: (v >> 56) as u8,
+    }
+}
 
 /// Name of the array of every loaded object's [`UnwindRow`]s, one table after another.
 pub const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
@@ -52,6 +90,11 @@ pub const MAP_UNWIND_MAPS: &str = "UNWIND_MAPS";
 /// Name of the load-time global that selects how stacks are walked ([`UNWIND_FP`],
 /// [`UNWIND_DWARF`] or [`UNWIND_AUTO`]).
 pub const GLOBAL_UNWIND: &str = "UNWIND";
+
+/// Name of the load-time global that masks every return address a walk reads: the bits of a
+/// user address (aarch64's pointer authentication signs return addresses in the bits above
+/// them); all ones where nothing is signed.
+pub const GLOBAL_RA_MASK: &str = "RA_MASK";
 
 /// Frame pointers only.
 pub const UNWIND_FP: u32 = 0;

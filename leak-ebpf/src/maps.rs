@@ -5,6 +5,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+#[cfg(bpf_target_arch = "aarch64")]
+use core::intrinsics::atomic_xchg;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use leak_common::{
@@ -145,6 +147,11 @@ pub static PROBE_FLOOR: Global<u32> = Global::new(0);
 /// load-time constant: the frame-pointer-only build keeps none of the table walk.
 #[unsafe(no_mangle)]
 pub static UNWIND: Global<u32> = Global::new(0);
+
+/// The bits of a return address that are its address (`leak_common::GLOBAL_RA_MASK`): the
+/// rest, on aarch64, is a pointer-authentication code.
+#[unsafe(no_mangle)]
+pub static RA_MASK: Global<u64> = Global::new(u64::MAX);
 
 /// Every loaded object's unwind rows, one table after another (filled by the loader; sized
 /// by `--unwind-rows`).

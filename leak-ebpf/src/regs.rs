@@ -10,9 +10,12 @@ use aya_ebpf::bindings::pt_regs;
 /// Instruction, stack and frame pointers: where a stack walk starts.
 pub type WalkRegs = (u64, u64, u64);
 
+/// Where a walk from a fault starts: [`WalkRegs`] and the link register (0 on x86-64).
+pub type FaultRegs = (WalkRegs, u64);
+
 #[cfg(bpf_target_arch = "x86_64")]
 mod arch {
-    use super::{WalkRegs, pt_regs};
+    use super::{FaultRegs, WalkRegs, pt_regs};
 
     /// A return pops the return address the call pushed: the stack pointer at a return
     /// probe is one word above the entry probe's.
@@ -28,6 +31,12 @@ mod arch {
     #[inline(always)]
     pub fn ip(r: &pt_regs) -> u64 {
         r.rip
+    }
+
+    /// Where a walk from a fault in user mode starts: x86-64 has no link register.
+    #[inline(always)]
+    pub fn fault_regs(r: &pt_regs) -> FaultRegs {
+        (walk_regs(r), 0)
     }
 
     /// The stack pointer.
@@ -50,13 +59,13 @@ mod arch {
     }
 
     /// Where a walk starts, from the user registers the kernel saved at `regs` (the top of
-    /// the task's kernel stack). Three reads of the 168-byte `pt_regs`, not a copy: the
+    /// the task's kernel stack). Two reads of the 168-byte `pt_regs`, not a copy: the
     /// program's frame shares 512 bytes with the walk's. All zero when they cannot be read.
     ///
     /// # Safety
     /// `regs` is `bpf_task_pt_regs`'s answer for the current task, not null.
     #[inline(always)]
-    pub unsafe fn saved_walk_regs(regs: *const pt_regs) -> WalkRegs {
+    pub unsafe fn saved_walk_regs(regs: *const pt_regs) -> FaultRegs {
         use aya_ebpf::helpers::bpf_probe_read_kernel;
         // SAFETY: the helper handles faults; the fields are `regs`'s.
         unsafe {
@@ -64,14 +73,14 @@ mod arch {
             // rip, cs, eflags, rsp: adjacent in x86-64's `pt_regs`.
             let [ip, _, _, sp] = bpf_probe_read_kernel((&raw const (*regs).rip).cast::<[u64; 4]>())
                 .unwrap_or([0; 4]);
-            (ip, sp, bp)
+            ((ip, sp, bp), 0)
         }
     }
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
 mod arch {
-    use super::{WalkRegs, pt_regs};
+    use super::{FaultRegs, WalkRegs, pt_regs};
 
     /// A return pops nothing (the return address is in x30): the stack pointer at a return
     /// probe is the entry probe's.
@@ -88,6 +97,13 @@ mod arch {
     #[inline(always)]
     pub fn ip(r: &pt_regs) -> u64 {
         r.pc
+    }
+
+    /// Where a walk from a fault in user mode starts, with x30: a leaf, or a function before
+    /// its prologue saved it, has its return address there.
+    #[inline(always)]
+    pub fn fault_regs(r: &pt_regs) -> FaultRegs {
+        (walk_regs(r), r.regs[30])
     }
 
     /// The stack pointer.
@@ -119,14 +135,14 @@ mod arch {
     /// # Safety
     /// `regs` is `bpf_task_pt_regs`'s answer for the current task, not null.
     #[inline(always)]
-    pub unsafe fn saved_walk_regs(regs: *const pt_regs) -> WalkRegs {
+    pub unsafe fn saved_walk_regs(regs: *const pt_regs) -> FaultRegs {
         use aya_ebpf::helpers::bpf_probe_read_kernel;
         // SAFETY: the helper handles faults; the fields are `regs`'s.
         unsafe {
-            let [fp, _, sp, pc] =
+            let [fp, lr, sp, pc] =
                 bpf_probe_read_kernel((&raw const (*regs).regs[29]).cast::<[u64; 4]>())
                     .unwrap_or([0; 4]);
-            (pc, sp, fp)
+            ((pc, sp, fp), lr)
         }
     }
 }

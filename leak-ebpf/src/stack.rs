@@ -4,8 +4,8 @@
 //! and the tests can check one walk against the other.
 //!
 //! The table walk looks up the row of each return address (`unwind`) and steps to the caller:
-//! CFA from `rsp` or `rbp`, return address at CFA - 8, `rbp` restored from where the row says
-//! it was saved. The same algorithm as `leak_user::trace::unwind::unwind`, which the tests
+//! CFA from the stack or frame pointer, the return address and the frame pointer restored
+//! from where the row says they were saved. The same algorithm as `leak_user::trace::unwind::unwind`, which the tests
 //! check against real stacks. One frame per `bpf_loop` iteration: the verifier checks the step
 //! once, instead of a 127-frame loop with two searches inside. For that, nothing in the step
 //! may be a value the verifier tracks exactly from one iteration to the next: the frame count
@@ -22,19 +22,19 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 use leak_common::{
-    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, DropReason, MAX_STACK_DEPTH, MEMO_NO_READ,
-    MEMO_READS, Pending, ProcessMaps, RBP_AT_CFA, STACK_END_BAD_FRAME, STACK_END_COMPLETE,
+    CFA_FP, CFA_NONE, CFA_OUTERMOST, CFA_SP, DropReason, FP_SAME, MAX_STACK_DEPTH, MEMO_NO_READ,
+    MEMO_READS, Pending, ProcessMaps, RA_IN_LR, STACK_END_BAD_FRAME, STACK_END_COMPLETE,
     STACK_END_NO_UNWIND_INFO, STACK_END_UNKNOWN, STACK_END_UNSUPPORTED, STACK_ID_NONE,
-    STACK_WINDOW_WORDS, StackMemo, StackTrace, UNWIND_AUTO, UNWIND_FP, WalkState,
+    STACK_WINDOW_WORDS, StackMemo, StackTrace, UNWIND_AUTO, UNWIND_FP, WalkState, unpack_rule,
 };
 
 use crate::{
     maps::{
-        FAULT_STACKS, PENDING, ROW_CACHE, STACK_SCRATCH, STACKS, UNWIND, UNWIND_GENERATION,
-        UNWIND_MAPS, ZERO_STACK, count_drop,
+        FAULT_STACKS, PENDING, RA_MASK, ROW_CACHE, STACK_SCRATCH, STACKS, UNWIND,
+        UNWIND_GENERATION, UNWIND_MAPS, ZERO_STACK, count_drop,
     },
     stash::{insert_zeroed, tgid},
-    unwind::{leak_find_row, unpack},
+    unwind::leak_find_row,
 };
 
 /// -EEXIST as returned by map helpers.
@@ -123,7 +123,7 @@ pub(crate) fn take_stack<C: EbpfContext>(ctx: &C, pid_tgid: u64, call: &mut Pend
         Some(maps) => {
             let no_ips = core::ptr::null_mut();
             let w = &raw mut call.walk;
-            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp), no_ips, window, (memo, key), w)
+            walk_tables(maps, tgid(pid_tgid), (ip, sp, fp, 0), no_ips, window, (memo, key), w)
         }
         None => walk_stack(ip, sp, fp, core::ptr::null_mut(), window.cast_const()),
     };
@@ -180,14 +180,15 @@ fn walk_stack(ip: u64, sp: u64, mut fp: u64, ips: *mut u64, window: *const u64) 
             };
             frame
         };
-        if frame[1] == 0 {
+        let ra = frame[1] & RA_MASK.load();
+        if ra == 0 {
             break;
         }
         if store {
             // SAFETY: n < MAX_STACK_DEPTH, inside the StackTrace.
-            unsafe { *ips.add(n) = frame[1] };
+            unsafe { *ips.add(n) = ra };
         }
-        hash = mix(hash, frame[1]);
+        hash = mix(hash, ra);
         n += 1;
         if frame[0] <= fp {
             break;
@@ -215,20 +216,26 @@ fn walk_stack(ip: u64, sp: u64, mut fp: u64, ips: *mut u64, window: *const u64) 
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn leak_store_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
-    store_stack(&STACKS, pid_tgid, ip, sp, fp)
+    // A return probe's: no link register (see `WalkState::lr`).
+    store_stack(&STACKS, pid_tgid, (ip, sp, fp, 0))
 }
 
 /// [`leak_store_stack`] into the growth profile's `FAULT_STACKS`, which a `perf_event`
-/// program may use (it is preallocated, `STACKS` is not).
+/// program may use (it is preallocated, `STACKS` is not), from where a fault stopped the
+/// thread: the link register `lr` may hold the first frame's return address (aarch64).
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn leak_store_fault_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
-    store_stack(&FAULT_STACKS, pid_tgid, ip, sp, fp)
+pub extern "C" fn leak_store_fault_stack(pid_tgid: u64, ip: u64, sp: u64, fp: u64, lr: u64) -> u64 {
+    store_stack(&FAULT_STACKS, pid_tgid, (ip, sp, fp, lr))
 }
 
-/// The walk of [`leak_store_stack`] into `stacks`.
+/// The walk of [`leak_store_stack`] into `stacks`, from `(ip, sp, fp, lr)`.
 #[inline(always)]
-fn store_stack(stacks: &HashMap<u64, StackTrace>, pid_tgid: u64, ip: u64, sp: u64, fp: u64) -> u64 {
+fn store_stack(
+    stacks: &HashMap<u64, StackTrace>,
+    pid_tgid: u64,
+    (ip, sp, fp, lr): (u64, u64, u64, u64),
+) -> u64 {
     let Some(buf) = scratch(pid_tgid) else {
         count_drop(DropReason::StackMissing);
         return STACK_ID_NONE;
@@ -246,7 +253,7 @@ fn store_stack(stacks: &HashMap<u64, StackTrace>, pid_tgid: u64, ip: u64, sp: u6
             walk_tables(
                 maps,
                 tgid(pid_tgid),
-                (ip, sp, fp),
+                (ip, sp, fp, lr),
                 buf.cast::<u64>(),
                 no_window,
                 (no_memo, 0),
@@ -394,14 +401,25 @@ extern "C" fn step(index: u64, walk: *mut Walk) -> i64 {
         return 1;
     }
     // A return address: the call is the instruction before it.
-    let row = Some(unpack(cached_row(w, w.ip.wrapping_sub(1))));
-    let (cfa, rbp_at) = match row {
-        Some(r) if r.cfa_reg == CFA_RSP || r.cfa_reg == CFA_RBP => {
-            let base = if r.cfa_reg == CFA_RSP { w.sp } else { w.bp };
+    let row = Some(unpack_rule(cached_row(w, w.ip.wrapping_sub(1))));
+    let (cfa, fp_at, ra_at) = match row {
+        Some(r) if r.cfa_reg == CFA_SP || r.cfa_reg == CFA_FP => {
+            let base = if r.cfa_reg == CFA_SP { w.sp } else { w.bp };
             let cfa = base.wrapping_add_signed(i64::from(r.cfa_offset));
-            let at = (r.rbp_rule == RBP_AT_CFA)
-                .then(|| cfa.wrapping_add_signed(i64::from(r.rbp_offset)));
-            (cfa, at)
+            let fp_at =
+                (r.fp_offset != FP_SAME).then(|| cfa.wrapping_add_signed(i64::from(r.fp_offset)));
+            // Still in the link register (aarch64): only the frame a walk starts in can be,
+            // and only a fault's registers have it (see `WalkState::lr`). 0 says so.
+            let ra_at = if r.ra_offset == RA_IN_LR {
+                if index != 0 || w.lr == 0 {
+                    w.end = STACK_END_UNSUPPORTED;
+                    return 1;
+                }
+                0
+            } else {
+                cfa.wrapping_add_signed(i64::from(r.ra_offset) * 8)
+            };
+            (cfa, fp_at, ra_at)
         }
         Some(r) if r.cfa_reg == CFA_OUTERMOST => {
             w.end = STACK_END_COMPLETE;
@@ -412,28 +430,37 @@ extern "C" fn step(index: u64, walk: *mut Walk) -> i64 {
             return 1;
         }
         // No table here (code without one, such as JIT output): with `auto`, the frame
-        // pointer, which such code usually keeps.
+        // pointer, which such code usually keeps: the frame record (saved frame pointer,
+        // return address) it points to, on both architectures.
         _ if UNWIND.load() == UNWIND_AUTO && w.bp > w.sp && w.bp.is_multiple_of(8) => {
-            (w.bp.wrapping_add(16), Some(w.bp))
+            (w.bp.wrapping_add(16), Some(w.bp), w.bp.wrapping_add(8))
         }
         _ => {
             w.end = STACK_END_NO_UNWIND_INFO;
             return 1;
         }
     };
-    // The caller's frame lies above this one.
-    if cfa <= w.sp {
+    // The caller's frame lies above this one, or is this one's where a call pushed nothing
+    // and the return address is still in the link register (an aarch64 leaf).
+    if cfa < w.sp || (cfa == w.sp && ra_at != 0) {
         w.end = STACK_END_BAD_FRAME;
         return 1;
     }
-    // The return address, and the saved rbp when it sits right below it (a frame pointer's
-    // push, the usual case): one read.
-    let Some([below, ra]) = read_pair(walk, w, cfa.wrapping_sub(16), 2 * index) else {
-        w.end = STACK_END_BAD_FRAME;
-        return 1;
+    // The return address, and the saved frame pointer when it sits right below it (a frame
+    // record: x86-64's push of rbp after the call's push, aarch64's `stp x29, x30`): one read.
+    let (below, ra) = if ra_at == 0 {
+        (0, w.lr)
+    } else {
+        let Some([below, ra]) = read_pair(walk, w, ra_at.wrapping_sub(8), 2 * index) else {
+            w.end = STACK_END_BAD_FRAME;
+            return 1;
+        };
+        (below, ra)
     };
-    if let Some(at) = rbp_at {
-        if at == cfa.wrapping_sub(16) {
+    // Signed on aarch64 (pointer authentication): the address is the low bits.
+    let ra = ra & RA_MASK.load();
+    if let Some(at) = fp_at {
+        if ra_at != 0 && at == ra_at.wrapping_sub(8) {
             w.bp = below;
         } else {
             let Some([saved, _]) = read_pair(walk, w, at, 2 * index + 1) else {
@@ -458,7 +485,8 @@ extern "C" fn step(index: u64, walk: *mut Walk) -> i64 {
     0
 }
 
-/// Walks the stack from `ip`/`sp`/`bp` with the tables of `maps`: the stack's hash (as
+/// Walks the stack from `ip`/`sp`/`bp` (and the link register `lr`, 0 when unknown) with the
+/// tables of `maps`: the stack's hash (as
 /// `walk_stack`'s, never `STACK_ID_NONE`). With `ips` non-null, also stores the frames there,
 /// ended by a zero and the end code. With `memo` non-null (and a window), records the walk
 /// there under `memo_key` when it can be memoized, and marks it invalid otherwise. `w`: the
@@ -467,7 +495,7 @@ extern "C" fn step(index: u64, walk: *mut Walk) -> i64 {
 pub fn walk_tables(
     maps: &ProcessMaps,
     tgid: u32,
-    (ip, sp, bp): (u64, u64, u64),
+    (ip, sp, bp, lr): (u64, u64, u64, u64),
     ips: *mut u64,
     window: *mut u64,
     (memo, memo_key): (*mut StackMemo, u64),
@@ -478,6 +506,7 @@ pub fn walk_tables(
     state.ip = ip;
     state.sp = sp;
     state.bp = bp;
+    state.lr = lr;
     state.hash = mix(HASH_SEED, ip);
     state.n = 1;
     state.end = STACK_END_UNKNOWN;

@@ -4,13 +4,7 @@
 //! each process's are); a row is found by two binary
 //! searches (the mapping, then the row). The walk that uses them, and its cache of recent
 //! answers, are `stack`'s.
-#![expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    reason = "packing rows into scalars and back: each field bounded by its type"
-)]
-use leak_common::{CFA_NONE, UnwindRow};
+use leak_common::{CFA_NONE, UnwindRow, pack_rule};
 
 use crate::maps::{UNWIND_MAPPINGS, UNWIND_ROWS};
 
@@ -20,7 +14,7 @@ const MAP_SEARCH_STEPS: usize = 8;
 const ROW_SEARCH_STEPS: usize = 23;
 
 /// The row for runtime address `pc` among the `n` mappings from `first`, packed into a
-/// scalar ([`pack`]; `CFA_NONE` when there is none). A BPF global function: the verifier
+/// scalar (`leak_common::pack_rule`; `CFA_NONE` when there is none). A BPF global function: the verifier
 /// checks its two searches once, not once per state of the walk's loop (which took it past
 /// half a million instructions and seconds per program).
 #[inline(never)]
@@ -28,28 +22,7 @@ const ROW_SEARCH_STEPS: usize = 23;
 pub extern "C" fn leak_find_row(first: u64, n: u64, pc: u64) -> u64 {
     #[expect(clippy::cast_possible_truncation, reason = "indexes passed as scalars")]
     let row = find_row(first as u32, n as u32, pc);
-    pack(row.unwrap_or(UnwindRow { cfa_reg: CFA_NONE, ..UnwindRow::default() }))
-}
-
-/// A row's rule in one scalar (its `pc` left out).
-#[inline(always)]
-fn pack(r: UnwindRow) -> u64 {
-    u64::from(r.cfa_offset as u32)
-        | (u64::from(r.rbp_offset as u16) << 32)
-        | (u64::from(r.cfa_reg) << 48)
-        | (u64::from(r.rbp_rule) << 56)
-}
-
-/// See [`pack`].
-#[inline(always)]
-pub(crate) fn unpack(v: u64) -> UnwindRow {
-    UnwindRow {
-        pc: 0,
-        cfa_offset: v as u32 as i32,
-        rbp_offset: (v >> 32) as u16 as i16,
-        cfa_reg: (v >> 48) as u8,
-        rbp_rule: (v >> 56) as u8,
-    }
+    pack_rule(row.unwrap_or(UnwindRow { cfa_reg: CFA_NONE, ..UnwindRow::default() }))
 }
 
 #[inline(always)]

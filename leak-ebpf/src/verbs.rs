@@ -191,7 +191,7 @@ pub extern "C" fn leak_trace_alloc(func: u64, size: u64, addr: u64, stack_id: u6
 /// are few (they follow the growth, not the calls), so every one walks its stack: no memo,
 /// no window.
 #[inline(always)]
-pub fn page_fault(pid_tgid: u64, addr: u64, (ip, sp, fp): (u64, u64, u64)) {
+pub fn page_fault(pid_tgid: u64, addr: u64, ((ip, sp, fp), lr): crate::regs::FaultRegs) {
     let key = AllocKey::new(addr & !(PAGE - 1), tgid(pid_tgid));
     // The walk by tables keeps its state in the thread's slot: a thread that never called a
     // hooked function has none yet. The fault's `ip` is the instruction that faulted, not a
@@ -200,7 +200,7 @@ pub fn page_fault(pid_tgid: u64, addr: u64, (ip, sp, fp): (u64, u64, u64)) {
     let stack_id = if ip == 0 {
         STACK_ID_NONE
     } else if PENDING.get_ptr(pid_tgid).is_some() || new_slot(pid_tgid).is_some() {
-        leak_store_fault_stack(pid_tgid, ip.wrapping_add(1), sp, fp)
+        leak_store_fault_stack(pid_tgid, ip.wrapping_add(1), sp, fp, lr)
     } else {
         count_drop(DropReason::StackMissing);
         STACK_ID_NONE

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod checks;
+mod cross;
 mod demo;
 mod fuzz;
 mod image;
@@ -31,7 +32,13 @@ enum Task {
     /// Install what the build needs (idempotent).
     Setup,
     /// Install what the build needs and build the release binary (target/release/leak).
-    Build,
+    Build {
+        /// Cross-build for this target instead (aarch64-unknown-linux-gnu): installs Debian's
+        /// cross compiler and the target's standard library; writes
+        /// target/<target>/release/leak.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Build the container image from deploy/Dockerfile with podman, on local base images
     /// made with debootstrap (no registry needed); says its size.
     Image {
@@ -106,7 +113,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::setup(),
-        Task::Build => setup::setup_build().and_then(|()| demo::build_release()),
+        Task::Build { target: None } => setup::setup_build().and_then(|()| demo::build_release()),
+        Task::Build { target: Some(target) } => cross::build(&target).map(drop),
         Task::Image { tag } => image::build(&tag),
         Task::Demo { seconds } => demo::demo(seconds),
         Task::Test { no_vm, args } => checks::test(&args, !no_vm),

@@ -1,12 +1,12 @@
 //! `cargo xtask setup`, idempotent: installs only what is missing (nightly rust-src, Debian's
-//! llvm-22-dev, bpf-linker 0.13 built against it, a C compiler, and what the tests run) and
-//! says in one line what to do where it cannot.
+//! llvm-22-dev, bpf-linker 0.13 built against it, a C compiler, the arm64 cross compiler and C
+//! library, and what the tests run) and says in one line what to do where it cannot.
 use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 
 use crate::{
-    image,
+    cross, image,
     util::{apt_install, cargo, output, run, workspace_root},
     vm,
 };
@@ -29,6 +29,8 @@ pub fn setup() -> Result<()> {
     ensure_go()?;
     ensure_kubernetes_validate()?;
     ensure_prometheus()?;
+    // The unwinder's tests read Debian's arm64 libc; the arm64 build needs the rest.
+    cross::ensure(cross::AARCH64)?;
     image::ensure_tools()?;
     apt_install(
         &["chromium"],

@@ -32,7 +32,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     // verifier's rule for `regs`).
     let (addr, user, regs) = unsafe {
         let data = &*ctx.ctx;
-        (data.addr, regs::user_mode(&data.regs), regs::walk_regs(&data.regs))
+        (data.addr, regs::user_mode(&data.regs), regs::fault_regs(&data.regs))
     };
     // 0 is "no address" (and since 6.1 the field is not even written then).
     if addr == 0 || addr >= USER_END {
@@ -49,7 +49,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         // `bpf_task_pt_regs` is 5.15, `bpf_get_current_task_btf` 5.11: the compatible
         // object (kernels before 5.17) has neither.
         count_drop(DropReason::FaultInKernel);
-        (0, 0, 0)
+        ((0, 0, 0), 0)
     } else {
         syscall_regs()
     };
@@ -57,17 +57,17 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     0
 }
 
-/// The user registers saved at the current task's system-call entry, the three the walk
+/// The user registers saved at the current task's system-call entry, the ones the walk
 /// needs (see `regs::saved_walk_regs`). All zero when they cannot be read.
 #[inline(always)]
-fn syscall_regs() -> regs::WalkRegs {
+fn syscall_regs() -> regs::FaultRegs {
     // SAFETY: the helpers take the current task (a BTF pointer the verifier tracks); the
     // registers are read through `bpf_probe_read_kernel`, which handles faults.
     unsafe {
         let task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(task) as *const pt_regs;
         if regs.is_null() {
-            return (0, 0, 0);
+            return ((0, 0, 0), 0);
         }
         regs::saved_walk_regs(regs)
     }

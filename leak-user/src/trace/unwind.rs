@@ -1,17 +1,19 @@
 //! Unwind tables for code built without frame pointers (#7): each object's call frame
-//! information (`.eh_frame`, else `.debug_frame`) reduced to the rows an x86-64 unwinder
-//! needs, and a reference unwinder over them. Pure: the BPF unwinder walks the same rows.
+//! information (`.eh_frame`, else `.debug_frame`) reduced to the rows a stack walk needs, and
+//! a reference unwinder over them. Pure: the BPF unwinder walks the same rows.
 //!
 //! On x86-64 nearly every row says "CFA = rsp + N" (no frame pointer) or "CFA = rbp + 16"
 //! (a frame pointer), with the return address at CFA - 8 and `rbp` either untouched or saved
-//! at CFA + M. Anything else (DWARF expressions: the PLT, signal frames) is marked
-//! unsupported: a walk stops there and says why.
+//! at CFA + M. On aarch64 the CFA is `sp` or `x29` plus N, and the return address is in `x30`
+//! until the prologue saves it (with `x29`, as a frame record) near the CFA. Anything else
+//! (DWARF expressions: the PLT, signal frames; other registers) is marked unsupported: a
+//! walk stops there and says why.
 use gimli::{
-    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    AArch64, BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
+    Register, RegisterRule, UnwindContext, UnwindSection, Vendor, X86_64,
 };
 use leak_common::{
-    CFA_NONE, CFA_OUTERMOST, CFA_RBP, CFA_RSP, CFA_UNSUPPORTED, RBP_AT_CFA, RBP_SAME, UnwindRow,
+    CFA_FP, CFA_NONE, CFA_OUTERMOST, CFA_SP, CFA_UNSUPPORTED, FP_SAME, RA_IN_LR, UnwindRow,
 };
 use object::{Object as _, ObjectSection as _};
 
@@ -42,6 +44,11 @@ impl UnwindTable {
 /// Not an ELF object, or its call frame information is malformed.
 pub fn build(data: &[u8]) -> Result<UnwindTable, String> {
     let file = object::File::parse(data).map_err(|e| format!("not an ELF object: {e}"))?;
+    let arch = match file.architecture() {
+        object::Architecture::X86_64 => Arch::X86_64,
+        object::Architecture::Aarch64 => Arch::Aarch64,
+        other => return Err(format!("no unwind rules for {other:?} code")),
+    };
     let section =
         |name: &str| file.section_by_name(name).and_then(|s| Some((s.address(), s.data().ok()?)));
     let mut bases = BaseAddresses::default();
@@ -58,15 +65,50 @@ pub fn build(data: &[u8]) -> Result<UnwindTable, String> {
     let fdes = match section(".eh_frame") {
         Some((addr, bytes)) if !bytes.is_empty() => {
             let bases = bases.clone().set_eh_frame(addr);
-            collect(&EhFrame::new(bytes, LittleEndian), &bases, &mut ranges)
+            let mut eh_frame = EhFrame::new(bytes, LittleEndian);
+            eh_frame.set_vendor(arch.vendor());
+            collect(&eh_frame, &bases, arch, &mut ranges)
         }
         _ => match section(".debug_frame") {
-            Some((_, bytes)) => collect(&DebugFrame::new(bytes, LittleEndian), &bases, &mut ranges),
+            Some((_, bytes)) => {
+                let mut debug_frame = DebugFrame::new(bytes, LittleEndian);
+                debug_frame.set_vendor(arch.vendor());
+                collect(&debug_frame, &bases, arch, &mut ranges)
+            }
             None => Ok(0),
         },
     }
     .map_err(|e| format!("reading call frame information: {e}"))?;
     Ok(UnwindTable { rows: to_rows(ranges), fdes })
+}
+
+/// The architectures whose call frame rules the tables follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// x86-64: `rsp`, `rbp`, the return address always pushed by the call.
+    X86_64,
+    /// aarch64: `sp`, `x29`, the return address in `x30` until saved.
+    Aarch64,
+}
+
+impl Arch {
+    /// DWARF's numbers for the stack pointer, the frame pointer and the return address.
+    fn registers(self) -> (Register, Register, Register) {
+        match self {
+            Self::X86_64 => (X86_64::RSP, X86_64::RBP, X86_64::RA),
+            Self::Aarch64 => (AArch64::SP, AArch64::X29, AArch64::X30),
+        }
+    }
+
+    /// Which vendor's call frame instructions: aarch64's own (`DW_CFA_AARCH64_negate_ra_state`,
+    /// in every function built with pointer authentication, as Debian's arm64 packages are)
+    /// share a number with SPARC's; gimli rejects the FDE unless told.
+    fn vendor(self) -> Vendor {
+        match self {
+            Self::X86_64 => Vendor::Default,
+            Self::Aarch64 => Vendor::AArch64,
+        }
+    }
 }
 
 /// One address range of an FDE with its rule (an [`UnwindRow`] whose `pc` is `start`).
@@ -75,6 +117,7 @@ type Range = (u64, u64, UnwindRow);
 fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
     section: &S,
     bases: &BaseAddresses,
+    arch: Arch,
     out: &mut Vec<Range>,
 ) -> gimli::Result<usize> {
     let mut ctx = Box::new(UnwindContext::new());
@@ -87,47 +130,54 @@ fn collect<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
         fdes += 1;
         let Ok(mut table) = fde.rows(section, bases, &mut ctx) else { continue };
         while let Ok(Some(row)) = table.next_row() {
-            let (ra, rbp) = (row.register(X86_64::RA), row.register(X86_64::RBP));
-            let rule = row_rule(row.cfa(), ra.as_ref(), rbp.as_ref());
+            let (_, fp, ra) = arch.registers();
+            let (ra, fp) = (row.register(ra), row.register(fp));
+            let rule = row_rule(arch, row.cfa(), ra.as_ref(), fp.as_ref());
             out.push((row.start_address(), row.end_address(), rule));
         }
     }
     Ok(fdes)
 }
 
-/// The rule of one CFI row (its `pc` left zero).
+/// The rule of one CFI row (its `pc` left zero): the CFA's, the return address's (`ra`)
+/// and the frame pointer's (`fp`).
 fn row_rule<T: gimli::ReaderOffset>(
+    arch: Arch,
     cfa: &CfaRule<T>,
     ra: Option<&RegisterRule<T>>,
-    rbp: Option<&RegisterRule<T>>,
+    fp: Option<&RegisterRule<T>>,
 ) -> UnwindRow {
     let unsupported = UnwindRow { cfa_reg: CFA_UNSUPPORTED, ..UnwindRow::default() };
-    match ra {
-        Some(RegisterRule::Undefined) => {
+    let ra_offset = match (arch, ra) {
+        (_, Some(RegisterRule::Undefined)) => {
             return UnwindRow { cfa_reg: CFA_OUTERMOST, ..UnwindRow::default() };
         }
-        Some(RegisterRule::Offset(-8)) => {}
+        (Arch::X86_64, Some(RegisterRule::Offset(-8))) => -1,
+        // Saved near the CFA, in 8-byte words (a frame record's `stp` reaches 512 bytes).
+        (Arch::Aarch64, Some(RegisterRule::Offset(n))) if n % 8 == 0 => match i8::try_from(n / 8) {
+            Ok(words) if words != RA_IN_LR => words,
+            _ => return unsupported,
+        },
+        // Not saved yet: still in x30 (a leaf function, or before the prologue's `stp`).
+        (Arch::Aarch64, None | Some(RegisterRule::SameValue)) => RA_IN_LR,
         _ => return unsupported,
-    }
+    };
+    let (sp, fp_reg, _) = arch.registers();
     let (cfa_reg, offset) = match *cfa {
-        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RSP => {
-            (CFA_RSP, offset)
-        }
-        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RBP => {
-            (CFA_RBP, offset)
-        }
+        CfaRule::RegisterAndOffset { register, offset } if register == sp => (CFA_SP, offset),
+        CfaRule::RegisterAndOffset { register, offset } if register == fp_reg => (CFA_FP, offset),
         _ => return unsupported,
     };
     let Ok(cfa_offset) = i32::try_from(offset) else { return unsupported };
-    let (rbp_rule, rbp_offset) = match rbp {
-        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => (RBP_SAME, 0),
+    let fp_offset = match fp {
+        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => FP_SAME,
         Some(RegisterRule::Offset(n)) => match i16::try_from(*n) {
-            Ok(n) => (RBP_AT_CFA, n),
-            Err(_) => return unsupported,
+            Ok(n) if n != FP_SAME => n,
+            _ => return unsupported,
         },
         Some(_) => return unsupported,
     };
-    UnwindRow { pc: 0, cfa_offset, rbp_offset, cfa_reg, rbp_rule }
+    UnwindRow { pc: 0, cfa_offset, fp_offset, ra_offset, cfa_reg }
 }
 
 /// Sorted, contiguous rows from FDE ranges: gaps become [`CFA_NONE`] rows, and a row equal
@@ -274,45 +324,87 @@ pub fn is_outermost(function: &str) -> bool {
     matches!(function, "_start" | "start_thread" | "clone" | "clone3" | "__clone3" | "thread_start")
 }
 
-/// Registers at a call site: instruction, stack and frame pointers.
+/// Registers where a walk starts: instruction, stack and frame pointers, and the link
+/// register where there is one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Regs {
-    /// `rip`: a return address (the walk starts in a return probe).
+    /// `rip`, `pc`: a return address (the walk starts in a return probe) or where a thread
+    /// stopped.
     pub ip: u64,
-    /// `rsp`.
+    /// `rsp`, `sp`.
     pub sp: u64,
-    /// `rbp`.
+    /// `rbp`, `x29`.
     pub bp: u64,
+    /// `x30` on aarch64 (the return address of a frame that has not saved it); 0 on x86-64.
+    pub lr: u64,
+}
+
+/// The bits of a user return address that are the address: on aarch64, pointer
+/// authentication signs return addresses in the bits above the user address space's, whose
+/// size is read off this thread's stack (the kernel puts the main stack at its top, and
+/// threads' stacks are mapped high too); all ones elsewhere. The BPF walk gets the same mask
+/// (`leak_common::GLOBAL_RA_MASK`).
+#[must_use]
+pub fn return_address_mask() -> u64 {
+    if cfg!(target_arch = "aarch64") {
+        let local = 0u8;
+        address_bits_mask(std::hint::black_box(&raw const local).addr() as u64)
+    } else {
+        u64::MAX
+    }
+}
+
+/// All ones up to the highest bit set in `top`, an address near the top of the user address
+/// space.
+fn address_bits_mask(top: u64) -> u64 {
+    match 64 - top.leading_zeros() {
+        64 => u64::MAX,
+        bits => (1 << bits) - 1,
+    }
 }
 
 /// Walks a stack from `regs` with the rows `lookup` gives for a runtime address, reading
 /// stack words with `read`: the return addresses, innermost (`regs.ip`) first, and how the
 /// walk ended. Each address looked up is a return address minus one: the call before it.
+/// Return addresses are masked with `ra_mask` ([`return_address_mask`]).
 pub fn unwind(
     lookup: impl Fn(u64) -> Option<UnwindRow>,
     read: impl Fn(u64) -> Option<u64>,
     regs: Regs,
+    ra_mask: u64,
     max: usize,
 ) -> (Vec<u64>, StackEnd) {
-    let Regs { mut ip, mut sp, mut bp } = regs;
+    let Regs { mut ip, mut sp, mut bp, lr } = regs;
     let mut frames = vec![ip];
     loop {
         let Some(row) = lookup(ip.wrapping_sub(1)) else { return (frames, StackEnd::NoUnwindInfo) };
         let base = match row.cfa_reg {
-            CFA_RSP => sp,
-            CFA_RBP => bp,
+            CFA_SP => sp,
+            CFA_FP => bp,
             CFA_OUTERMOST => return (frames, StackEnd::Complete),
             CFA_NONE => return (frames, StackEnd::NoUnwindInfo),
             _ => return (frames, StackEnd::Unsupported),
         };
         let cfa = base.wrapping_add_signed(i64::from(row.cfa_offset));
-        // The caller's frame lies above this one.
-        if cfa <= sp {
+        // The caller's frame lies above this one, or is this one's where a call has pushed
+        // nothing and the return address is still in the link register (an aarch64 leaf).
+        if cfa < sp || (cfa == sp && row.ra_offset != RA_IN_LR) {
             return (frames, StackEnd::BadFrame);
         }
-        let Some(ra) = read(cfa - 8) else { return (frames, StackEnd::BadFrame) };
-        if row.rbp_rule == RBP_AT_CFA {
-            let Some(saved) = read(cfa.wrapping_add_signed(i64::from(row.rbp_offset))) else {
+        let ra = if row.ra_offset == RA_IN_LR {
+            // Only the first frame can still hold it in the link register.
+            if frames.len() > 1 || lr == 0 {
+                return (frames, StackEnd::Unsupported);
+            }
+            lr
+        } else {
+            let Some(ra) = read(cfa.wrapping_add_signed(i64::from(row.ra_offset) * 8)) else {
+                return (frames, StackEnd::BadFrame);
+            };
+            ra
+        } & ra_mask;
+        if row.fp_offset != FP_SAME {
+            let Some(saved) = read(cfa.wrapping_add_signed(i64::from(row.fp_offset))) else {
                 return (frames, StackEnd::BadFrame);
             };
             bp = saved;
@@ -403,19 +495,24 @@ mod tests {
     }
 
     fn rsp(pc: u32, off: i32) -> UnwindRow {
-        UnwindRow { pc, cfa_offset: off, cfa_reg: CFA_RSP, ..UnwindRow::default() }
+        UnwindRow { pc, cfa_offset: off, ra_offset: -1, cfa_reg: CFA_SP, ..UnwindRow::default() }
     }
 
     #[test]
     fn rows_are_sorted_merged_and_gaps_marked() {
-        let rule = |cfa_reg, cfa_offset| UnwindRow { cfa_reg, cfa_offset, ..UnwindRow::default() };
+        let rule = |cfa_reg, cfa_offset| UnwindRow {
+            cfa_reg,
+            cfa_offset,
+            ra_offset: -1,
+            ..UnwindRow::default()
+        };
         let rows = to_rows(vec![
             // Out of order, one contiguous with the next and equal to it, then a gap.
-            (0x200, 0x210, rule(CFA_RSP, 8)),
-            (0x100, 0x104, rule(CFA_RSP, 8)),
-            (0x104, 0x120, rule(CFA_RSP, 16)),
-            (0x120, 0x130, rule(CFA_RSP, 16)),
-            (0x210, 0x220, rule(CFA_RSP, 8)),
+            (0x200, 0x210, rule(CFA_SP, 8)),
+            (0x100, 0x104, rule(CFA_SP, 8)),
+            (0x104, 0x120, rule(CFA_SP, 16)),
+            (0x120, 0x130, rule(CFA_SP, 16)),
+            (0x210, 0x220, rule(CFA_SP, 8)),
         ]);
         assert_eq!(
             rows,
@@ -441,13 +538,7 @@ mod tests {
         // h at 0x300.. (CFA rsp+8), _start at 0x400 (outermost).
         let rows = vec![
             rsp(0x100, 24),
-            UnwindRow {
-                pc: 0x200,
-                cfa_offset: 16,
-                rbp_offset: -16,
-                cfa_reg: CFA_RBP,
-                rbp_rule: RBP_AT_CFA,
-            },
+            UnwindRow { pc: 0x200, cfa_offset: 16, fp_offset: -16, ra_offset: -1, cfa_reg: CFA_FP },
             rsp(0x300, 8),
             UnwindRow { pc: 0x400, cfa_reg: CFA_OUTERMOST, ..UnwindRow::default() },
             UnwindRow { pc: 0x500, cfa_reg: CFA_NONE, ..UnwindRow::default() },
@@ -468,17 +559,142 @@ mod tests {
         .into_iter()
         .collect();
         let read = |a: u64| stack.get(&a).copied();
-        let regs = Regs { ip: bias + 0x150, sp: 0x1000, bp: 0x1020 };
-        let (frames, end) = unwind(lookup, read, regs, 64);
+        let regs = Regs { ip: bias + 0x150, sp: 0x1000, bp: 0x1020, lr: 0 };
+        let (frames, end) = unwind(lookup, read, regs, u64::MAX, 64);
         assert_eq!(frames, [bias + 0x150, bias + 0x250, bias + 0x340, bias + 0x410]);
         assert_eq!(end, StackEnd::Complete);
         // The depth limit, and a return address outside every table.
         assert_eq!(
-            unwind(lookup, read, regs, 2),
+            unwind(lookup, read, regs, u64::MAX, 2),
             (vec![bias + 0x150, bias + 0x250], StackEnd::MaxDepth)
         );
         let regs = Regs { ip: 0x42, ..regs };
-        assert_eq!(unwind(lookup, read, regs, 64), (vec![0x42], StackEnd::NoUnwindInfo));
+        assert_eq!(unwind(lookup, read, regs, u64::MAX, 64), (vec![0x42], StackEnd::NoUnwindInfo));
+    }
+
+    /// The user address space's bits, from an address at its top: 48-bit (4 KiB pages, 4
+    /// levels, and 64 KiB pages, 3), 39-bit (4 KiB pages, 3 levels), x86-64's 47.
+    #[test]
+    fn return_address_masks() {
+        assert_eq!(address_bits_mask(0x0000_ffff_d3c0_1230), 0x0000_ffff_ffff_ffff);
+        assert_eq!(address_bits_mask(0x0000_007f_c0de_0000), (1 << 39) - 1);
+        assert_eq!(address_bits_mask(0x0000_7ffd_1234_5678), (1 << 47) - 1);
+        assert_eq!(address_bits_mask(u64::MAX), u64::MAX);
+        // A signed return address (PAC in bits 48-54) keeps its address.
+        assert_eq!(
+            0x002a_aaaa_aaab_0a64 & address_bits_mask(0x0000_ffff_d3c0_1230),
+            0xaaaa_aaab_0a64
+        );
+        let mask = return_address_mask();
+        let code = (return_address_mask as *const ()).addr() as u64;
+        assert_eq!(code & mask, code, "this function's address survives its own mask");
+    }
+
+    /// aarch64's rules as GCC and Clang emit them: at entry (CFA = sp, x30 unsaved), after
+    /// `stp x29, x30, [sp, #-48]!` (both saved at the CFA - 48 frame record), after `mov x29,
+    /// sp` (CFA from x29), and what this unwinder does not follow.
+    #[test]
+    fn aarch64_rows() {
+        type Rule = RegisterRule<usize>;
+        let cfa = |register, offset| CfaRule::RegisterAndOffset { register, offset };
+        let row = |c: CfaRule<usize>, ra: Option<Rule>, fp: Option<Rule>| {
+            row_rule(Arch::Aarch64, &c, ra.as_ref(), fp.as_ref())
+        };
+        let at = |n| Some(Rule::Offset(n));
+        let aarch64 = |cfa_reg, cfa_offset, fp_offset, ra_offset| UnwindRow {
+            pc: 0,
+            cfa_offset,
+            fp_offset,
+            ra_offset,
+            cfa_reg,
+        };
+        assert_eq!(row(cfa(AArch64::SP, 0), None, None), aarch64(CFA_SP, 0, FP_SAME, RA_IN_LR));
+        assert_eq!(row(cfa(AArch64::SP, 48), at(-40), at(-48)), aarch64(CFA_SP, 48, -48, -5));
+        assert_eq!(row(cfa(AArch64::X29, 48), at(-40), at(-48)), aarch64(CFA_FP, 48, -48, -5));
+        // A leaf that saved other registers only.
+        assert_eq!(
+            row(cfa(AArch64::SP, 32), Some(Rule::SameValue), None),
+            aarch64(CFA_SP, 32, FP_SAME, RA_IN_LR)
+        );
+        assert_eq!(row(cfa(AArch64::SP, 0), Some(Rule::Undefined), None).cfa_reg, CFA_OUTERMOST);
+        let unsupported = [
+            row(cfa(AArch64::X19, 16), at(-8), None),
+            row(cfa(AArch64::SP, 16), at(-12), None),
+            row(cfa(AArch64::SP, 4096), at(-4096), None),
+            row(cfa(AArch64::SP, 16), Some(Rule::Register(AArch64::X19)), None),
+            row(cfa(AArch64::SP, 16), at(-8), Some(Rule::Register(AArch64::X19))),
+        ];
+        assert!(unsupported.iter().all(|r| r.cfa_reg == CFA_UNSUPPORTED), "{unsupported:?}");
+        // x86-64's return address is always the call's push.
+        let x86 = row_rule(Arch::X86_64, &cfa(X86_64::RSP, 8), Some(&Rule::Offset(-8)), None);
+        assert_eq!(x86, UnwindRow { cfa_offset: 8, ra_offset: -1, ..UnwindRow::default() });
+        let x86 = row_rule::<usize>(Arch::X86_64, &cfa(X86_64::RSP, 8), None, None);
+        assert_eq!(x86.cfa_reg, CFA_UNSUPPORTED);
+    }
+
+    /// An aarch64 walk that starts in a leaf (its return address in x30), then steps through
+    /// frame records.
+    #[test]
+    fn walks_from_the_link_register_in_the_first_frame_only() {
+        // leaf at 0x100 (nothing saved), f at 0x200 (frame record at CFA - 32), outermost 0x300.
+        let rows = vec![
+            UnwindRow { pc: 0x100, ..UnwindRow::default() },
+            UnwindRow { pc: 0x200, cfa_offset: 32, fp_offset: -32, ra_offset: -3, cfa_reg: CFA_FP },
+            UnwindRow { pc: 0x300, cfa_reg: CFA_OUTERMOST, ..UnwindRow::default() },
+        ];
+        let table = UnwindTable { rows, fdes: 3 };
+        let lookup = |addr: u64| table.find(addr).copied();
+        // f's frame record at 0x2000 (x29 points to it): saved x29 0x2100, x30 into 0x310.
+        let stack: std::collections::HashMap<u64, u64> =
+            [(0x2000, 0x2100), (0x2008, 0x310)].into_iter().collect();
+        let read = |a: u64| stack.get(&a).copied();
+        let regs = Regs { ip: 0x104, sp: 0x1ff0, bp: 0x2000, lr: 0x250 };
+        assert_eq!(
+            unwind(lookup, read, regs, u64::MAX, 64),
+            (vec![0x104, 0x250, 0x310], StackEnd::Complete)
+        );
+        // Without the link register (a return probe's registers), the leaf ends the walk;
+        // so does a frame past the first whose row says the link register.
+        assert_eq!(
+            unwind(lookup, read, Regs { lr: 0, ..regs }, u64::MAX, 64),
+            (vec![0x104], StackEnd::Unsupported)
+        );
+        let regs = Regs { ip: 0x204, sp: 0x2000, bp: 0x2000, lr: 0 };
+        let stack: std::collections::HashMap<u64, u64> =
+            [(0x2000, 0x2100), (0x2008, 0x110)].into_iter().collect();
+        let read = |a: u64| stack.get(&a).copied();
+        assert_eq!(
+            unwind(lookup, read, regs, u64::MAX, 64),
+            (vec![0x204, 0x110], StackEnd::Unsupported)
+        );
+    }
+
+    /// Debian's arm64 libc (`libc6-arm64-cross`, which `cargo xtask setup` installs), as
+    /// the tables of an arm64 process would read it: functions start with the return
+    /// address in x30, their bodies say where the prologue saved it, and thread starts are
+    /// marked outermost.
+    #[test]
+    fn arm64_libc_table() {
+        let path = "/usr/aarch64-linux-gnu/lib/libc.so.6";
+        let data = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{path}: {e} (cargo xtask setup installs it)"));
+        let table = build(&data).unwrap();
+        assert!(table.fdes > 1000, "{}", table.fdes);
+        let rows = &table.rows;
+        let count = |f: &dyn Fn(&UnwindRow) -> bool| rows.iter().filter(|r| f(r)).count();
+        let in_lr = count(&|r| r.cfa_reg == CFA_SP && r.ra_offset == RA_IN_LR);
+        let saved = count(&|r| matches!(r.cfa_reg, CFA_SP | CFA_FP) && r.ra_offset < 0);
+        let unsupported = count(&|r| r.cfa_reg == CFA_UNSUPPORTED);
+        // Glibc 2.36 here: 12,683 rows, 5,886 with x30 unsaved, 4,336 after a save, 169
+        // unsupported (1.3%).
+        assert!(in_lr > 1000, "function entries and leaves: {in_lr}");
+        assert!(saved > 1000, "bodies after the prologue: {saved}");
+        assert!(unsupported * 50 < rows.len(), "{unsupported} of {} unsupported", rows.len());
+        assert!(count(&|r| r.cfa_reg == CFA_OUTERMOST) >= 1, "thread start marked");
+        // Where a frame record is saved, x29 sits right below x30 (one read in the BPF walk).
+        let records = count(&|r| r.ra_offset < 0 && r.fp_offset == i16::from(r.ra_offset) * 8 - 8);
+        assert!(records * 10 > saved * 9, "{records} frame records of {saved}");
+        assert!(rows.windows(2).all(|w| w[0].pc < w[1].pc), "sorted, one row per pc");
     }
 
     /// Debian's libc: no frame pointers, `.eh_frame` for nearly all of it, `_start`-style
@@ -489,7 +705,7 @@ mod tests {
         let table = build(&data).unwrap();
         assert!(table.fdes > 1000, "{}", table.fdes);
         let count = |k: u8| table.rows.iter().filter(|r| r.cfa_reg == k).count();
-        assert!(count(CFA_RSP) > 10 * count(CFA_RBP), "mostly no frame pointer");
+        assert!(count(CFA_SP) > 10 * count(CFA_FP), "mostly no frame pointer");
         assert!(count(CFA_OUTERMOST) >= 1, "thread start marked");
         assert!(table.rows.windows(2).all(|w| w[0].pc < w[1].pc), "sorted, one row per pc");
     }

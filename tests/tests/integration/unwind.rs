@@ -11,7 +11,7 @@ use leak_tests::{
 use leak_user::{
     analysis::model::StackEnd,
     trace::symbolize::{ProcessSymbolizer, Symbolizer as _},
-    trace::unwind::{ProcessTables, Regs, unwind},
+    trace::unwind::{ProcessTables, Regs, return_address_mask, unwind},
 };
 
 /// Stops `pid` (ptrace interrupt), returns its registers, and detaches.
@@ -26,7 +26,7 @@ fn registers(pid: u32) -> Regs {
         let mut regs: libc::user_regs_struct = std::mem::zeroed();
         assert_eq!(libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &raw mut regs), 0, "getregs");
         assert_eq!(libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0), 0, "detach");
-        Regs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp }
+        Regs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp, lr: 0 }
     }
 }
 
@@ -44,7 +44,7 @@ fn tables_walk_a_stack_without_frame_pointers_to_its_start() {
         std::os::unix::fs::FileExt::read_exact_at(&mem, &mut b, addr).ok()?;
         Some(u64::from_le_bytes(b))
     };
-    let (frames, end) = unwind(|a| tables.lookup(a), read, regs, 64);
+    let (frames, end) = unwind(|a| tables.lookup(a), read, regs, return_address_mask(), 64);
     let names: Vec<String> = ProcessSymbolizer::new(target.pid(), &[])
         .symbolize(&frames)
         .iter()

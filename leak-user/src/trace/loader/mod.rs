@@ -196,12 +196,14 @@ impl Tracer {
         let trace = u32::from(opts.trace);
         let floor = u32::from(opts.probe_floor);
         let me = std::process::id();
+        let ra_mask = crate::trace::unwind::return_address_mask();
         let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_FILTER_TGID, &opts.filter_tgid, true)
             .override_global(GLOBAL_TRACE, &trace, true)
             .override_global(GLOBAL_PROBE_FLOOR, &floor, true)
             .override_global(GLOBAL_SAMPLE_MEAN, &opts.sample_mean, true)
             .override_global(leak_common::GLOBAL_UNWIND, &opts.unwind, true)
+            .override_global(leak_common::GLOBAL_RA_MASK, &ra_mask, true)
             .override_global(leak_common::GLOBAL_LEAK_TGID, &me, true)
             // One row is enough when stacks are walked by frame pointers only.
             .map_max_entries(
