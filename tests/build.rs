@@ -1,5 +1,8 @@
 //! Builds the fixtures into `OUT_DIR/fixtures`: the C ones with frame pointers, the build
 //! matrix (`src/matrix.rs`) every way its table says, and one test per matrix case.
+//!
+//! Cross-built (`--target aarch64-unknown-linux-gnu`, for the arm64 kernel matrix): only what
+//! the kernel suite runs, with Debian's cross compiler and binutils (`cargo xtask setup`).
 use std::{
     env,
     fmt::Write as _,
@@ -12,20 +15,74 @@ use std::{
 #[allow(dead_code, reason = "the table's helpers serve the tests")]
 mod matrix;
 
+/// The compilers and binutils for the target: the host's, or Debian's cross ones.
+struct Tools {
+    /// `aarch64-linux-gnu-` when cross-building, else empty.
+    prefix: String,
+    /// The target's GNU triple (`aarch64-linux-gnu`) when cross-building.
+    gnu: Option<String>,
+}
+
+impl Tools {
+    fn new() -> Self {
+        let (target, host) = (env::var("TARGET").expect("TARGET"), env::var("HOST").expect("HOST"));
+        if target == host {
+            return Self { prefix: String::new(), gnu: None };
+        }
+        // aarch64-unknown-linux-gnu -> aarch64-linux-gnu
+        let gnu = target.replace("-unknown-", "-");
+        Self { prefix: format!("{gnu}-"), gnu: Some(gnu) }
+    }
+
+    fn cross(&self) -> bool {
+        self.gnu.is_some()
+    }
+
+    /// A tool of the target's binutils or GCC (`gcc`, `objcopy`, `strip`).
+    fn tool(&self, name: &str) -> Command {
+        Command::new(format!("{}{name}", self.prefix))
+    }
+
+    /// The C compiler. For aarch64 with pointer authentication and BTI, as Debian builds
+    /// its arm64 packages since trixie: the return addresses the fixtures save are signed.
+    fn cc(&self) -> Command {
+        if !self.cross() {
+            return Command::new("cc");
+        }
+        let mut cc = self.tool("gcc");
+        cc.args(self.branch_protection());
+        cc
+    }
+
+    /// `-mbranch-protection=standard` when building for aarch64.
+    fn branch_protection(&self) -> &'static [&'static str] {
+        match &self.gnu {
+            Some(gnu) if gnu.starts_with("aarch64") => &["-mbranch-protection=standard"],
+            _ => &[],
+        }
+    }
+}
+
+/// What the kernel suite (`tests/kernel.rs`) runs: all a cross build makes.
+const KERNEL_FIXTURES: [&str; 7] =
+    ["leaker", "mapper", "runner", "grower", "sampled", "nofp", "nofp-fp"];
+
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("fixtures");
     fs::create_dir_all(&out).expect("create fixtures dir");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed=src/matrix.rs");
-    build_c_fixtures(&src, &out);
+    let tools = Tools::new();
+    build_c_fixtures(&src, &out, &tools);
     // Optimised without frame pointers (#7): only unwind tables give its callers. And the
     // same source with them, as the reference.
     for (name, flags) in [
         ("nofp", &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"][..]),
         ("nofp-fp", &["-O0", "-fno-omit-frame-pointer", "-fno-inline"][..]),
     ] {
-        let status = Command::new("cc")
+        let status = tools
+            .cc()
             .args(flags)
             .args(["-g", "-pthread", "-o"])
             .arg(out.join(name))
@@ -33,6 +90,11 @@ fn main() {
             .status()
             .expect("run cc");
         assert!(status.success(), "cc failed for fixture {name}");
+    }
+    if tools.cross() {
+        build_matrix(&src, &out, &tools);
+        println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
+        return;
     }
     // A library loaded after leak attached, and its loader, without frame pointers.
     let nofp = ["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"];
@@ -74,12 +136,12 @@ fn main() {
     assert!(status.success(), "cc failed for the demo");
     cxx_fixtures(&src, &out);
     rust_fixtures(&src, &out);
-    build_matrix(&src, &out);
+    build_matrix(&src, &out, &tools);
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }
 
 /// The C fixtures built the one way: at -O0 with frame pointers, each its own flags.
-fn build_c_fixtures(src: &Path, out: &Path) {
+fn build_c_fixtures(src: &Path, out: &Path, tools: &Tools) {
     // -O0 with frame pointers and no inlining: every fixture function is a frame of its own,
     // and the frame-pointer walk sees the whole chain.
     // -w: the fixtures call allocators with sizes gcc knows to fail, on purpose.
@@ -127,7 +189,11 @@ fn build_c_fixtures(src: &Path, out: &Path) {
         ),
     ];
     for (name, source, before, after) in builds {
-        let status = Command::new("cc")
+        if tools.cross() && !KERNEL_FIXTURES.contains(&name) {
+            continue;
+        }
+        let status = tools
+            .cc()
             .args(common)
             .args(before)
             .arg("-o")
@@ -221,11 +287,14 @@ fn check(cmd: &mut Command, what: &str) {
 }
 
 /// Builds every case of the matrix and writes `OUT_DIR/matrix_tests.rs`, a test per case.
-fn build_matrix(src: &Path, out: &Path) {
+fn build_matrix(src: &Path, out: &Path, tools: &Tools) {
     use matrix::{Compiler, Debug, Lang, Link, Linker};
     let mut tests = String::new();
     for case in matrix::CASES {
         let name = case.name();
+        if tools.cross() && !matrix::KERNEL_SUBSET.contains(&name.as_str()) {
+            continue;
+        }
         let bin = out.join(&name);
         let mut cmd = match case.compiler {
             Compiler::Rustc => {
@@ -258,14 +327,28 @@ fn build_matrix(src: &Path, out: &Path) {
                     (Compiler::Gcc, _) => ("gcc", "matrix.c"),
                     _ => ("clang", "matrix.c"),
                 };
-                let mut cmd = Command::new(driver);
+                let mut cmd = match (&tools.gnu, compiler) {
+                    (None, _) => Command::new(driver),
+                    (Some(_), Compiler::Gcc) => tools.tool(driver),
+                    (Some(gnu), _) => {
+                        let mut c = Command::new(driver);
+                        c.arg(format!("--target={gnu}"));
+                        c
+                    }
+                };
+                cmd.args(tools.branch_protection());
                 cmd.args(["-O2", "-g", "-w", "-fno-optimize-sibling-calls"]);
                 cmd.arg(if case.frame_pointers {
                     "-fno-omit-frame-pointer"
                 } else {
                     "-fomit-frame-pointer"
                 });
-                cmd.arg(format!("-fuse-ld={}", case.linker.ld()));
+                if tools.cross() && case.linker == Linker::Mold {
+                    // A cross GCC looks for `<triple>-ld.mold`: mold's own directory instead.
+                    cmd.arg("-B/usr/libexec/mold");
+                } else {
+                    cmd.arg(format!("-fuse-ld={}", case.linker.ld()));
+                }
                 cmd.args(match case.link {
                     Link::Pie => &["-fPIE", "-pie"][..],
                     Link::NoPie => &["-fno-pie", "-no-pie"],
@@ -282,7 +365,7 @@ fn build_matrix(src: &Path, out: &Path) {
             }
         };
         check(cmd.arg("-o").arg(&bin), &format!("building matrix case {name}"));
-        split_debug(case.debug, &bin, out);
+        split_debug(case.debug, &bin, out, tools);
         let test = name.replace('-', "_");
         let _ = write!(tests, "#[test]\nfn {test}() {{\n    matrix_case(\"{name}\");\n}}\n\n");
     }
@@ -295,9 +378,9 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// Moves or compresses `bin`'s debug info as `debug` says, with binutils as distributions do.
-fn split_debug(debug: matrix::Debug, bin: &Path, out: &Path) {
+fn split_debug(debug: matrix::Debug, bin: &Path, out: &Path, tools: &Tools) {
     use matrix::Debug;
-    let objcopy = || Command::new("objcopy");
+    let objcopy = || tools.tool("objcopy");
     let file_name = bin.file_name().expect("file name").to_str().expect("utf-8");
     match debug {
         Debug::InFile => {}
@@ -308,8 +391,8 @@ fn split_debug(debug: matrix::Debug, bin: &Path, out: &Path) {
                 "objcopy --compress-debug-sections",
             );
         }
-        Debug::Symtab => check(Command::new("strip").arg("--strip-debug").arg(bin), "strip"),
-        Debug::Dynsym => check(Command::new("strip").arg("--strip-all").arg(bin), "strip"),
+        Debug::Symtab => check(tools.tool("strip").arg("--strip-debug").arg(bin), "strip"),
+        Debug::Dynsym => check(tools.tool("strip").arg("--strip-all").arg(bin), "strip"),
         Debug::Debuglink => {
             // The link names the file; it is looked for next to the executable.
             let debug_file = out.join(format!("{file_name}.debug"));
@@ -329,7 +412,7 @@ fn split_debug(debug: matrix::Debug, bin: &Path, out: &Path) {
             fs::create_dir_all(&dir).expect("create the build-id directory");
             let debug_file = dir.join(format!("{}.debug", &id[2..]));
             check(objcopy().arg("--only-keep-debug").arg(bin).arg(&debug_file), "objcopy");
-            check(Command::new("strip").arg("--strip-debug").arg(bin), "strip");
+            check(tools.tool("strip").arg("--strip-debug").arg(bin), "strip");
         }
     }
 }

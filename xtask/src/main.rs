@@ -65,6 +65,10 @@ enum Task {
     },
     /// Run the kernel suite (tests/tests/kernel.rs) in QEMU guests booting Debian's kernels.
     Vm {
+        /// The guests' architecture: arm64 cross-builds the suite and boots Debian's arm64
+        /// kernels in qemu-system-aarch64.
+        #[arg(long, value_enum, default_value = "amd64")]
+        arch: vm::Arch,
         /// Only these kernels (5.10, 6.1, 6.12, newest; repeat). Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
@@ -118,7 +122,9 @@ fn main() {
         Task::Image { tag } => image::build(&tag),
         Task::Demo { seconds } => demo::demo(seconds),
         Task::Test { no_vm, args } => checks::test(&args, !no_vm),
-        Task::Vm { kernels, args } => setup::setup().and_then(|()| vm::matrix(&kernels, &args)),
+        Task::Vm { arch, kernels, args } => {
+            setup::setup().and_then(|()| vm::matrix(arch, &kernels, &args))
+        }
         Task::Fuzz { minutes, jobs } => fuzz::fuzz(minutes, jobs),
         Task::Soak { minutes, out } => checks::soak(minutes, &out),
         Task::Lint => checks::lint(),

@@ -33,7 +33,47 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::util::{apt_install, cargo, output, run, workspace_root};
+use crate::{
+    cross,
+    util::{apt_install, cargo, output, run, workspace_root},
+};
+
+/// The architecture of the guests: the host's (x86-64), or arm64 (#27), whose kernels,
+/// busybox and C library come from Debian's arm64 packages and whose suite is cross-built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// x86-64 (Debian's `amd64`), emulated like the others: these machines have no KVM.
+    Amd64,
+    /// aarch64 (Debian's `arm64`): `qemu-system-aarch64 -M virt`, a CPU with pointer
+    /// authentication.
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name.
+    fn debian(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target the suite is cross-built for (none: the host's).
+    fn rust_target(self) -> Option<&'static str> {
+        match self {
+            Self::Amd64 => None,
+            Self::Arm64 => Some(cross::AARCH64),
+        }
+    }
+
+    /// Where the cached kernels and apt lists of a suite go (amd64's where they always were).
+    fn dir(self, suite: &str) -> String {
+        match self {
+            Self::Amd64 => suite.to_owned(),
+            Self::Arm64 => format!("arm64-{suite}"),
+        }
+    }
+}
 
 /// A kernel of the matrix.
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +108,7 @@ fn vm_dir() -> PathBuf {
 /// Installs what the matrix needs on the host (idempotent).
 pub fn ensure_tools() -> Result<()> {
     apt_install(
-        &["qemu-system-x86", "busybox-static", "binutils"],
+        &["qemu-system-x86", "qemu-system-arm", "busybox-static", "binutils"],
         "QEMU and busybox (the kernel matrix boots Debian's kernels)",
     )
 }
@@ -77,6 +117,7 @@ pub fn ensure_tools() -> Result<()> {
 #[derive(Debug)]
 pub struct Outcome {
     pub kernel: Kernel,
+    pub arch: Arch,
     pub release: String,
     pub passed: bool,
     /// The suite's `test result:` line.
@@ -85,34 +126,69 @@ pub struct Outcome {
     pub log: PathBuf,
 }
 
-/// Runs the suite on `only` (names; empty: every kernel). `filter`: arguments for the suite
-/// (a test name). Fails unless every guest passes.
-pub fn matrix(only: &[String], filter: &[String]) -> Result<()> {
+/// Runs the suite on `only` (names; empty: every kernel) of `arch`. `filter`: arguments for
+/// the suite (a test name). Fails unless every guest passes.
+pub fn matrix(arch: Arch, only: &[String], filter: &[String]) -> Result<()> {
+    matrices(&[(arch, only)], filter)
+}
+
+/// [`matrix`] for several architectures at once: each one's suite is built first (one build
+/// at a time), then each architecture's guests boot one after another on a thread of their
+/// own. A guest emulates one CPU, so two architectures take the machine's two cores and
+/// the slower one's time (the x86-64 four take about 18 minutes, arm64's oldest and
+/// newest about 13).
+pub fn matrices(runs: &[(Arch, &[String])], filter: &[String]) -> Result<()> {
     ensure_tools()?;
-    let kernels: Vec<Kernel> = KERNELS
-        .iter()
-        .copied()
-        .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name))
-        .collect();
-    if kernels.is_empty() {
-        let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
-        bail!("no kernel named {only:?} in the matrix: use one of {names:?}");
+    let mut plans = Vec::new();
+    for &(arch, only) in runs {
+        let kernels: Vec<Kernel> = KERNELS
+            .iter()
+            .copied()
+            .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name))
+            .collect();
+        if kernels.is_empty() {
+            let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+            bail!("no kernel named {only:?} in the matrix: use one of {names:?}");
+        }
+        let suite = build_suite(arch)?;
+        let initrd = initramfs(&suite, filter)?;
+        let mut guests = Vec::new();
+        for kernel in kernels {
+            let (vmlinuz, release) = fetch(kernel, arch)
+                .with_context(|| format!("fetching kernel {} ({})", kernel.name, arch.debian()))?;
+            guests.push((kernel, vmlinuz, release));
+        }
+        plans.push((arch, initrd, guests));
     }
-    let suite = build_suite()?;
-    let initrd = initramfs(&suite, filter)?;
+    let results: Vec<Result<Vec<Outcome>>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = plans
+            .iter()
+            .map(|(arch, initrd, guests)| {
+                scope.spawn(move || {
+                    let mut outcomes = Vec::new();
+                    for (kernel, vmlinuz, release) in guests {
+                        eprintln!("vm: booting {release} ({} from {})", kernel.name, kernel.suite);
+                        let outcome = boot(*kernel, *arch, release, vmlinuz, initrd)?;
+                        eprintln!(
+                            "vm: {release}: {} in {:.0} s: {}",
+                            if outcome.passed { "passed" } else { "FAILED" },
+                            outcome.took.as_secs_f64(),
+                            outcome.summary
+                        );
+                        outcomes.push(outcome);
+                    }
+                    Ok(outcomes)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(anyhow!("a guest's thread panicked"))))
+            .collect()
+    });
     let mut outcomes = Vec::new();
-    for kernel in kernels {
-        let (vmlinuz, release) =
-            fetch(kernel).with_context(|| format!("fetching kernel {}", kernel.name))?;
-        eprintln!("vm: booting {release} ({} from {})", kernel.name, kernel.suite);
-        let outcome = boot(kernel, &release, &vmlinuz, &initrd)?;
-        eprintln!(
-            "vm: {release}: {} in {:.0} s: {}",
-            if outcome.passed { "passed" } else { "FAILED" },
-            outcome.took.as_secs_f64(),
-            outcome.summary
-        );
-        outcomes.push(outcome);
+    for r in results {
+        outcomes.extend(r?);
     }
     let table = results_table(&outcomes);
     eprintln!("\n{table}");
@@ -129,13 +205,15 @@ pub fn matrix(only: &[String], filter: &[String]) -> Result<()> {
 }
 
 fn results_table(outcomes: &[Outcome]) -> String {
-    let mut t =
-        String::from("| kernel | release | suite | result | time |\n|---|---|---|---|---|\n");
+    let mut t = String::from(
+        "| kernel | arch | release | suite | result | time |\n|---|---|---|---|---|---|\n",
+    );
     for o in outcomes {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {:.0} s |",
             o.kernel.name,
+            o.arch.debian(),
             o.release,
             o.kernel.suite,
             if o.passed { &o.summary } else { "FAILED" },
@@ -149,8 +227,8 @@ fn results_table(outcomes: &[Outcome]) -> String {
 // kernels
 
 /// The kernel image of `kernel` and its release, fetched once into `target/vm/kernels`.
-pub fn fetch(kernel: Kernel) -> Result<(PathBuf, String)> {
-    let dir = vm_dir().join("kernels").join(kernel.suite);
+pub fn fetch(kernel: Kernel, arch: Arch) -> Result<(PathBuf, String)> {
+    let dir = vm_dir().join("kernels").join(arch.dir(kernel.suite));
     let (image, release_file) = (dir.join("vmlinuz"), dir.join("release"));
     if image.exists()
         && let Ok(release) = fs::read_to_string(&release_file)
@@ -158,9 +236,15 @@ pub fn fetch(kernel: Kernel) -> Result<(PathBuf, String)> {
         return Ok((image, release.trim().to_owned()));
     }
     fs::create_dir_all(&dir)?;
-    let apt = Apt::new(kernel.suite)?;
+    let apt = Apt::new(kernel.suite, arch)?;
     apt.update()?;
-    let mut candidates = apt.depends("linux-image-cloud-amd64", kernel.release_prefix)?;
+    let meta = format!("linux-image-cloud-{}", arch.debian());
+    // Each version of the meta-package's image, the newest tried first: the archive's copy
+    // here may lack a package its index lists (bullseye-security's arm64 5.10 images).
+    let mut candidates = Vec::new();
+    for version in apt.versions(&meta)?.iter().rev() {
+        candidates.extend(apt.depends(&format!("{meta}={version}"), kernel.release_prefix)?);
+    }
     let mut tried = BTreeSet::new();
     while let Some(package) = candidates.pop() {
         if !tried.insert(package.clone()) || tried.len() > 8 {
@@ -168,7 +252,13 @@ pub fn fetch(kernel: Kernel) -> Result<(PathBuf, String)> {
         }
         let unpacked = dir.join("unpacked");
         let _ = fs::remove_dir_all(&unpacked);
-        let deb = apt.download(&package, &dir)?;
+        let deb = match apt.download(&package, &dir) {
+            Ok(deb) => deb,
+            Err(e) => {
+                eprintln!("vm: {package} could not be fetched ({e:#}); trying an older one");
+                continue;
+            }
+        };
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
         let found = find_vmlinuz(&unpacked);
         if let Some((path, release)) = found {
@@ -215,8 +305,8 @@ struct Apt {
 }
 
 impl Apt {
-    fn new(suite: &str) -> Result<Self> {
-        let dir = vm_dir().join("apt").join(suite);
+    fn new(suite: &str, arch: Arch) -> Result<Self> {
+        let dir = vm_dir().join("apt").join(arch.dir(suite));
         for sub in ["lists/partial", "cache/archives/partial", "empty"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -250,11 +340,13 @@ impl Apt {
              Dir::State::Lists \"{d}/lists\";\n\
              Dir::State::Status \"/dev/null\";\n\
              Dir::Cache \"{d}/cache\";\n\
-             APT::Architecture \"amd64\";\n\
+             APT::Architecture \"{arch}\";\n\
+             APT::Architectures \"{arch}\";\n\
              APT::Sandbox::User \"root\";\n\
              Acquire::Languages \"none\";\n\
              Acquire::Retries \"3\";\n\
-             Acquire::Check-Valid-Until \"false\";\n"
+             Acquire::Check-Valid-Until \"false\";\n",
+            arch = arch.debian()
         );
         let path = dir.join("apt.conf");
         fs::write(&path, config)?;
@@ -289,6 +381,22 @@ impl Apt {
             .collect())
     }
 
+    /// The versions of `package` the suite has, newest first.
+    fn versions(&self, package: &str) -> Result<Vec<String>> {
+        let out = output(self.command("apt-cache").args(["madison", package]))
+            .ok_or_else(|| anyhow!("apt-cache madison {package} failed"))?;
+        let mut versions: Vec<String> = Vec::new();
+        for v in out.lines().filter_map(|l| Some(l.split('|').nth(1)?.trim().to_owned())) {
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+        if versions.is_empty() {
+            bail!("{package} is not in the suite");
+        }
+        Ok(versions)
+    }
+
     /// Downloads `package` into `dir`; the .deb's path.
     fn download(&self, package: &str, dir: &Path) -> Result<PathBuf> {
         run(self.command("apt-get").args(["download", "-q", package]).current_dir(dir))?;
@@ -308,16 +416,31 @@ impl Apt {
 
 /// What the guest runs: the suite's test executable and the `leak` it tests.
 pub struct Suite {
+    pub arch: Arch,
     pub executable: PathBuf,
     pub leak: PathBuf,
     pub fixtures: PathBuf,
 }
 
+/// `cargo` for the guests' architecture: cross-building with Debian's cross compiler.
+fn cargo_for(arch: Arch) -> Result<Command> {
+    let mut c = cargo();
+    if let Some(triple) = arch.rust_target() {
+        let gcc = cross::ensure(triple)?.cc;
+        let upper = triple.to_uppercase().replace('-', "_");
+        c.env(format!("CARGO_TARGET_{upper}_LINKER"), gcc)
+            .env(format!("CC_{}", triple.replace('-', "_")), gcc);
+    }
+    Ok(c)
+}
+
 /// Builds the kernel suite (and `leak`, which it runs) and finds their files.
-fn build_suite() -> Result<Suite> {
-    run(cargo().args(["build", "-p", "leak-user", "--bin", "leak"]))?;
-    let out = cargo()
+fn build_suite(arch: Arch) -> Result<Suite> {
+    let target: Vec<&str> = arch.rust_target().map(|t| vec!["--target", t]).unwrap_or_default();
+    run(cargo_for(arch)?.args(["build", "-p", "leak-user", "--bin", "leak"]).args(&target))?;
+    let out = cargo_for(arch)?
         .args(["test", "-p", "leak-tests", "--test", "kernel", "--no-run"])
+        .args(&target)
         .args(["--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
@@ -344,14 +467,17 @@ fn build_suite() -> Result<Suite> {
     }
     let executable = executable.ok_or_else(|| anyhow!("cargo built no kernel suite"))?;
     let fixtures = fixtures.ok_or_else(|| anyhow!("cargo reported no fixtures directory"))?;
-    let leak = workspace_root().join("target/debug/leak");
-    Ok(Suite { executable, leak, fixtures })
+    let dir = match arch.rust_target() {
+        Some(t) => workspace_root().join("target").join(t),
+        None => workspace_root().join("target"),
+    };
+    Ok(Suite { arch, executable, leak: dir.join("debug/leak"), fixtures })
 }
 
 /// Writes the initramfs: busybox, `/init`, the suite, `leak`, the fixtures and the libraries
 /// of all of them, at their host paths.
 fn initramfs(suite: &Suite, filter: &[String]) -> Result<PathBuf> {
-    let stage = vm_dir().join("stage");
+    let stage = vm_dir().join(format!("stage-{}", suite.arch.debian()));
     fs::create_dir_all(&stage)?;
     let mut files: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     // The two big binaries without their debug info (hundreds of MB the guest never reads:
@@ -359,7 +485,11 @@ fn initramfs(suite: &Suite, filter: &[String]) -> Result<PathBuf> {
     for bin in [&suite.executable, &suite.leak] {
         let name = bin.file_name().ok_or_else(|| anyhow!("{} has no name", bin.display()))?;
         let stripped = stage.join(name);
-        run(Command::new("objcopy").arg("--strip-debug").arg(bin).arg(&stripped))?;
+        let objcopy = match suite.arch {
+            Arch::Amd64 => "objcopy".to_owned(),
+            Arch::Arm64 => format!("{ARM64_GNU}-objcopy"),
+        };
+        run(Command::new(objcopy).arg("--strip-debug").arg(bin).arg(&stripped))?;
         files.insert(bin.clone(), stripped);
     }
     let mut elves: Vec<PathBuf> = vec![suite.executable.clone(), suite.leak.clone()];
@@ -380,22 +510,36 @@ fn initramfs(suite: &Suite, filter: &[String]) -> Result<PathBuf> {
             elves.push(p);
         }
     }
-    for elf in &elves {
-        for lib in libraries(elf)? {
-            files.insert(lib.clone(), lib);
+    let busybox = match suite.arch {
+        Arch::Amd64 => {
+            for elf in &elves {
+                for lib in libraries(elf)? {
+                    files.insert(lib.clone(), lib);
+                }
+            }
+            ["/bin/busybox", "/usr/bin/busybox"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .ok_or_else(|| anyhow!("busybox is missing: install Debian's busybox-static"))?
         }
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| anyhow!("busybox is missing: install Debian's busybox-static"))?;
+        Arch::Arm64 => {
+            let userland = arm64_userland()?;
+            for elf in &elves {
+                for (guest, host) in arm64_libraries(elf, &userland)? {
+                    files.insert(guest, host);
+                }
+            }
+            // Merged /usr since trixie.
+            userland.join("usr/bin/busybox")
+        }
+    };
     files.insert(PathBuf::from("/bin/busybox"), busybox);
     let init = stage.join("init");
     fs::write(&init, init_script(suite, filter))?;
     files.insert(PathBuf::from("/init"), init);
 
-    let path = vm_dir().join("initramfs.cpio");
+    let path = vm_dir().join(format!("initramfs-{}.cpio", suite.arch.debian()));
     let mut cpio = Cpio::default();
     for dir in ["/proc", "/sys", "/dev", "/tmp", "/run", "/bin", "/sbin", "/usr/bin", "/usr/sbin"] {
         cpio.dir(Path::new(dir));
@@ -422,6 +566,7 @@ fn init_script(suite: &Suite, filter: &[String]) -> String {
          mount -t devtmpfs devtmpfs /dev\n\
          mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          echo \"{BEGIN} $(uname -r)\"\n\
+         grep -m1 Features /proc/cpuinfo\n\
          cd /tmp\n\
          {leak} check -v\n\
          LEAK_BIN={leak} RUST_BACKTRACE=1 {exe} --test-threads=1 {args}\n\
@@ -452,6 +597,74 @@ fn libraries(elf: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(libs)
+}
+
+/// Debian's GNU triple for arm64: its cross tools' prefix and its multiarch directory.
+const ARM64_GNU: &str = "aarch64-linux-gnu";
+
+/// The Debian release whose arm64 user space the guests run: trixie's glibc and libgcc
+/// are built with pointer authentication and BTI (bookworm's are not), so the return
+/// addresses the walk reads in them are signed, as on a current arm64 distribution.
+const ARM64_USERLAND_SUITE: &str = "trixie";
+
+/// Debian's arm64 packages the guests' user space is made of: busybox, the C library and
+/// libgcc (Rust executables need it).
+const ARM64_USERLAND: [&str; 3] = ["busybox-static", "libc6", "libgcc-s1"];
+
+/// [`ARM64_USERLAND`] unpacked into one root, fetched once.
+fn arm64_userland() -> Result<PathBuf> {
+    let root = vm_dir().join(format!("arm64-userland-{ARM64_USERLAND_SUITE}"));
+    let done = root.join(".complete");
+    if done.exists() {
+        return Ok(root);
+    }
+    let _ = fs::remove_dir_all(&root);
+    let debs = vm_dir().join("arm64-debs");
+    fs::create_dir_all(&debs)?;
+    let apt = Apt::new(ARM64_USERLAND_SUITE, Arch::Arm64)?;
+    apt.update()?;
+    for package in ARM64_USERLAND {
+        let deb = apt.download(package, &debs)?;
+        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+        let _ = fs::remove_file(&deb);
+    }
+    fs::write(&done, "")?;
+    Ok(root)
+}
+
+/// The shared libraries an arm64 `elf` loads, and its dynamic loader, from the user space
+/// `userland`: (guest path, host path). `ldd` cannot run a foreign executable: `NEEDED`
+/// entries are read with `readelf` (a library needing others pulls them in).
+fn arm64_libraries(elf: &Path, userland: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let dirs = [userland.join("usr/lib").join(ARM64_GNU), userland.join("lib").join(ARM64_GNU)];
+    let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.exists());
+    let mut out = Vec::new();
+    let mut pending = vec![elf.to_path_buf()];
+    let mut seen = BTreeSet::new();
+    while let Some(file) = pending.pop() {
+        let dynamic = Command::new("readelf").arg("-d").arg(&file).output();
+        let text =
+            String::from_utf8_lossy(&dynamic.context("running readelf")?.stdout).into_owned();
+        for name in text.lines().filter(|l| l.contains("(NEEDED)")).filter_map(|l| {
+            let start = l.find('[')? + 1;
+            Some(l[start..l.rfind(']')?].to_owned())
+        }) {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let host = find(&name).ok_or_else(|| {
+                anyhow!("{} needs {name}, not in {}", file.display(), userland.display())
+            })?;
+            out.push((Path::new("/lib").join(ARM64_GNU).join(&name), host.clone()));
+            pending.push(host);
+        }
+    }
+    let loader = "ld-linux-aarch64.so.1";
+    if !seen.is_empty() {
+        let host = find(loader).ok_or_else(|| anyhow!("{loader} not in {}", userland.display()))?;
+        out.push((Path::new("/lib").join(loader), host));
+    }
+    Ok(out)
 }
 
 /// A `newc` cpio archive, what the kernel unpacks an initramfs from: every parent directory
@@ -529,27 +742,50 @@ impl Cpio {
 // the guest
 
 /// Boots `vmlinuz` with the initramfs and waits for the suite's exit status.
-fn boot(kernel: Kernel, release: &str, vmlinuz: &Path, initrd: &Path) -> Result<Outcome> {
+fn boot(
+    kernel: Kernel,
+    arch: Arch,
+    release: &str,
+    vmlinuz: &Path,
+    initrd: &Path,
+) -> Result<Outcome> {
     let logs = vm_dir().join("logs");
     fs::create_dir_all(&logs)?;
-    let log_path = logs.join(format!("{}.log", kernel.name));
+    let name = match arch {
+        Arch::Amd64 => kernel.name.to_owned(),
+        Arch::Arm64 => format!("arm64-{}", kernel.name),
+    };
+    let log_path = logs.join(format!("{name}.log"));
     let mut log = fs::File::create(&log_path)?;
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let (qemu, machine, console): (&str, &[&str], &str) = match arch {
         // One CPU: with two, a guest kernel patching its text (a static key flipped by the
         // first perf event) under TCG hit its own int3 on the other CPU and panicked (seen
         // once on 7.2). The suite needs no parallelism.
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2G", "-smp", "1"])
-        .args(["-nographic", "-no-reboot", "-kernel"])
+        Arch::Amd64 => {
+            ("qemu-system-x86_64", &["-accel", "tcg", "-cpu", "max", "-smp", "1"], "ttyS0")
+        }
+        // `max` has pointer authentication (the return addresses the walk reads are
+        // signed where the code asks); QEMU's own cipher for it, not the architected one,
+        // which costs several times more to emulate.
+        Arch::Arm64 => (
+            "qemu-system-aarch64",
+            &["-M", "virt", "-accel", "tcg", "-cpu", "max,pauth-impdef=on", "-smp", "1"],
+            "ttyAMA0",
+        ),
+    };
+    let mut child = Command::new(qemu)
+        .args(machine)
+        .args(["-m", "2G", "-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", &format!("console={console} panic=-1 quiet")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .with_context(|| format!("starting {qemu}"))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
     let (tx, rx) = mpsc::channel();
@@ -591,7 +827,7 @@ fn boot(kernel: Kernel, release: &str, vmlinuz: &Path, initrd: &Path) -> Result<
                     line.trim_start_matches("test result: ").clone_into(&mut summary);
                 }
                 if begun && (line.starts_with("test ") || line.contains("panicked")) {
-                    eprintln!("vm [{}] {line}", kernel.name);
+                    eprintln!("vm [{name}] {line}");
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -615,6 +851,7 @@ fn boot(kernel: Kernel, release: &str, vmlinuz: &Path, initrd: &Path) -> Result<
     }
     Ok(Outcome {
         kernel,
+        arch,
         release: release.to_owned(),
         passed: exit == Some(0),
         summary,
