@@ -218,6 +218,29 @@ pub unsafe fn atomic_add(slot: *mut u64, n: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, n) };
 }
 
+/// Stores `value` at `slot` after every access of this program before it, as readers on
+/// other CPUs see them (user space reading the mapped allocation table: a record's fields
+/// before its owner word; a freed record's fields read before its address is given back).
+/// x86-64 keeps a store after earlier stores and loads: a plain store, the compiler kept
+/// from reordering by a fence. aarch64 does not: an atomic exchange, which its JIT makes
+/// fully ordered (`swpal`, or an exclusive pair and `dmb ish`) since 5.12 (the compatible
+/// object, which has no table, keeps the plain store).
+///
+/// # Safety
+/// `slot` points to an aligned u64 in a live map value.
+#[inline(always)]
+pub unsafe fn publish(slot: *mut u64, value: u64) {
+    #[cfg(bpf_target_arch = "aarch64")]
+    if !crate::COMPAT {
+        // SAFETY: the caller's contract.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(slot, value) };
+        return;
+    }
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+    // SAFETY: the caller's contract.
+    unsafe { core::ptr::write_volatile(slot, value) };
+}
+
 /// Compare-and-swap of the u64 at `slot`: whether it held `old` (and now holds `new`).
 ///
 /// # Safety

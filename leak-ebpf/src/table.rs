@@ -1,14 +1,11 @@
 //! The table of outstanding allocations (`leak_common::AllocBucket` explains the slot
 //! protocol), with `ALLOCS` for records whose bucket is full.
 //!
-//! Slot accesses are volatile and ordered by compiler fences only: the x86-64 JIT emits plain
-//! loads and stores, and x86 does not reorder a store with an earlier store, nor a load with
-//! an earlier load, so a record written before its owner word is seen whole by a reader that
-//! checked the owner word first.
-use core::{
-    ptr::{read_volatile, write_volatile},
-    sync::atomic::{Ordering, compiler_fence},
-};
+//! Slot accesses are volatile; a record's owner word is published after its fields, and its
+//! address given back after its fields were read, with `maps::publish`: a plain store on
+//! x86-64 (which keeps stores after earlier stores and loads), an ordered exchange on
+//! aarch64. A reader that checked the owner word first sees a record whole.
+use core::ptr::read_volatile;
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use leak_common::{
@@ -19,7 +16,7 @@ use leak_common::{
 use crate::{
     maps::{
         ALLOC_BUCKET_MASK, ALLOC_SLOTS, ALLOC_SPILL, ALLOC_SPILLS, ALLOC_TABLE, ALLOCS, atomic_add,
-        cas, count_drop,
+        cas, count_drop, publish,
     },
     sites::site_add,
 };
@@ -104,8 +101,7 @@ pub fn insert_record(key: AllocKey, info: &AllocInfo) {
                 (*rec).size = info.size;
                 (*rec).timestamp_ns = info.timestamp_ns;
                 (*rec).stack_id = info.stack_id;
-                compiler_fence(Ordering::Release);
-                write_volatile(owner(rec), info.owner_word());
+                publish(owner(rec), info.owner_word());
                 site_add(info, true);
                 return;
             }
@@ -169,8 +165,7 @@ pub fn remove_record(key: AllocKey) -> Option<AllocInfo> {
                         tgid: key.tgid,
                         kind: (word >> 32) as u32,
                     };
-                    compiler_fence(Ordering::Release);
-                    write_volatile(addr, 0);
+                    publish(addr, 0);
                     site_add(&info, false);
                     return Some(info);
                 }

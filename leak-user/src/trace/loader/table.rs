@@ -105,15 +105,19 @@ impl Slot {
     }
 
     /// The record's size, time and stack (read while the owner word says it is published).
+    /// Ordered before any load after it (the owner word's check that follows): a seqlock
+    /// reader's fence, nothing on x86-64, a barrier on aarch64.
     fn fields(&self) -> (u64, u64, u64) {
         // SAFETY: aligned fields inside a live mapping; volatile: BPF programs write them.
-        unsafe {
+        let fields = unsafe {
             (
                 std::ptr::read_volatile(&raw const (*self.info).size),
                 std::ptr::read_volatile(&raw const (*self.info).timestamp_ns),
                 std::ptr::read_volatile(&raw const (*self.info).stack_id),
             )
-        }
+        };
+        std::sync::atomic::fence(Ordering::Acquire);
+        fields
     }
 
     /// Writes a record's fields into a slot this thread has claimed.
