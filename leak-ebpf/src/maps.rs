@@ -223,8 +223,9 @@ pub unsafe fn atomic_add(slot: *mut u64, n: u64) {
 /// before its owner word; a freed record's fields read before its address is given back).
 /// x86-64 keeps a store after earlier stores and loads: a plain store, the compiler kept
 /// from reordering by a fence. aarch64 does not: an atomic exchange, which its JIT makes
-/// fully ordered (`swpal`, or an exclusive pair and `dmb ish`) since 5.12 (the compatible
-/// object, which has no table, keeps the plain store).
+/// fully ordered (`swpal`, or an exclusive pair and `dmb ish`). The arm64 JIT learned it
+/// with compare-and-swap (5.18, to our reading), which the loader tries before it picks the
+/// full object; the compatible object, which has no table, keeps the plain store.
 ///
 /// # Safety
 /// `slot` points to an aligned u64 in a live map value.

@@ -2,11 +2,13 @@
 //! suite (`tests/tests/kernel.rs`) in each guest, as root, next to the host's own run.
 //!
 //! - Kernels come from Debian's archive, the newest cloud image of each suite (the
-//!   `linux-image-cloud-amd64` meta-package's dependency), fetched with apt under a
-//!   configuration of our own (`APT_CONFIG`: nothing of the host's apt set-up applies) and
-//!   cached under `target/vm/kernels`. The Release files' signatures are checked with
-//!   Debian's keyring, as apt always does; sid's mirror copy may be past its Valid-Until
-//!   date, so that check alone is off. A kernel that cannot be fetched fails the run.
+//!   `linux-image-cloud-amd64` or `-arm64` meta-package's dependency; an older version of it
+//!   when the archive copy lacks the newest's package, which the run prints), fetched with apt
+//!   under a configuration of our own (`APT_CONFIG`: nothing of the host's apt set-up
+//!   applies) and cached under `target/vm/kernels`. The Release files' signatures are checked
+//!   with Debian's keyring, as apt always does; sid's mirror copy may be past its Valid-Until
+//!   date, so that check alone is off. A suite none of whose images can be fetched fails the
+//!   run.
 //! - The guest needs no disk image: an initramfs (written here, `newc` cpio) holds busybox
 //!   as `/init`'s shell, the suite, `leak`, the fixtures and every library they link, each at
 //!   its host path, so the suite finds them where it was built to.
