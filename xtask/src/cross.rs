@@ -20,7 +20,7 @@ pub struct Cross {
     triple: &'static str,
     packages: &'static [&'static str],
     /// The C compiler (and linker driver) for the target.
-    pub cc: &'static str,
+    cc: &'static str,
     machine: u16,
 }
 
@@ -46,15 +46,22 @@ pub fn ensure(triple: &str) -> Result<&'static Cross> {
     Ok(cross)
 }
 
+/// `cargo` building for `triple` (after [`ensure`]): the target's C compiler links it and
+/// compiles its dependencies' C.
+pub fn cargo_for(triple: &str) -> Result<Command> {
+    let cross = ensure(triple)?;
+    let mut c = cargo();
+    let upper = triple.to_uppercase().replace('-', "_");
+    c.env(format!("CARGO_TARGET_{upper}_LINKER"), cross.cc)
+        .env(format!("CC_{}", triple.replace('-', "_")), cross.cc);
+    Ok(c)
+}
+
 /// Builds `target/<triple>/release/leak` and returns its path.
 pub fn build(triple: &str) -> Result<std::path::PathBuf> {
     setup_build()?;
     let cross = ensure(triple)?;
-    let upper = triple.to_uppercase().replace('-', "_");
-    run(cargo()
-        .args(["build", "--release", "-p", "leak-user", "--target", triple])
-        .env(format!("CARGO_TARGET_{upper}_LINKER"), cross.cc)
-        .env(format!("CC_{}", triple.replace('-', "_")), cross.cc))?;
+    run(cargo_for(triple)?.args(["build", "--release", "-p", "leak-user", "--target", triple]))?;
     let bin = workspace_root().join("target").join(triple).join("release/leak");
     let data = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     // e_machine: bytes 18-19 of the ELF header (little-endian on both targets).

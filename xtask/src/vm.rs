@@ -426,14 +426,10 @@ pub struct Suite {
 
 /// `cargo` for the guests' architecture: cross-building with Debian's cross compiler.
 fn cargo_for(arch: Arch) -> Result<Command> {
-    let mut c = cargo();
-    if let Some(triple) = arch.rust_target() {
-        let gcc = cross::ensure(triple)?.cc;
-        let upper = triple.to_uppercase().replace('-', "_");
-        c.env(format!("CARGO_TARGET_{upper}_LINKER"), gcc)
-            .env(format!("CC_{}", triple.replace('-', "_")), gcc);
+    match arch.rust_target() {
+        Some(triple) => cross::cargo_for(triple),
+        None => Ok(cargo()),
     }
-    Ok(c)
 }
 
 /// Builds the kernel suite (and `leak`, which it runs) and finds their files.
