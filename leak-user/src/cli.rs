@@ -91,6 +91,11 @@ pub struct AgentArgs {
     /// How long the probes stay on a process judged leaking.
     #[arg(long, visible_alias = "escalate", default_value = "2m", value_parser = parse_trace_for, value_name = "DURATION")]
     pub trace_for: Duration,
+    /// Never attach probes: judge processes from their memory samples alone and serve what
+    /// that finds (no BPF, no start-up check). For nodes that forbid BPF, and for running
+    /// the image where BPF is not there at all (an emulated architecture).
+    #[arg(long, conflicts_with = "trace_for")]
+    pub no_trace: bool,
     /// What a process judged leaking gets: `growth` (a growth profile from page faults: its
     /// cost follows the growth, whatever the allocation rate) or `exact` (every allocation,
     /// by probes on the allocator: exact bytes, at a trap per allocator call).
@@ -526,7 +531,7 @@ impl From<CliCommand> for Command {
                 sample_interval: a.sample_interval,
                 duration: a.duration,
                 min_growth: a.min_growth,
-                escalate: Some(a.trace_for),
+                escalate: (!a.no_trace).then_some(a.trace_for),
                 escalate_mode: a.escalate_mode,
                 out_dir: a.out_dir,
                 json: None,

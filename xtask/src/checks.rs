@@ -30,7 +30,7 @@ pub fn test(extra: &[String], kernels: bool) -> Result<()> {
     ]))?;
     eprintln!("test: the container image (tests/tests/integration/image.rs runs it)");
     if is_root() {
-        image::build(IMAGE)?;
+        image::build(IMAGE, &[vm::Arch::Amd64, vm::Arch::Arm64])?;
     } else {
         run(as_root(&env::current_exe()?).arg("image"))?;
     }

@@ -6,6 +6,9 @@
 //! - the builder: that same system with the environment of Docker Hub's `rust:1-bookworm`
 //!   (`RUSTUP_HOME`, `CARGO_HOME`, `PATH`), and this machine's own Rust toolchain and cargo
 //!   home mounted there during the build (rustup cannot download one here).
+//!
+//! One image per architecture (amd64, arm64: #27) and a manifest list of them; the arm64
+//! runtime base is debootstrapped under qemu-user-static, and the builder cross-builds.
 use std::{
     env, fs,
     path::{Path, PathBuf},
@@ -14,7 +17,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{apt_install, is_root, output, run, workspace_root};
+use crate::{
+    cross,
+    util::{apt_install, is_root, output, run, workspace_root},
+    vm::Arch,
+};
 
 /// The runtime base image's stand-in.
 pub const BASE: &str = "localhost/debian:bookworm";
@@ -42,33 +49,67 @@ pub fn podman() -> Command {
 /// Operation not permitted`).
 pub const LIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"];
 
-/// podman, runc and debootstrap (Debian's packages).
+/// podman, runc, debootstrap, and qemu-user-static for the arm64 image (Debian's packages).
 pub fn ensure_tools() -> Result<()> {
     apt_install(
-        &["podman", "runc", "debootstrap"],
-        "podman, runc and debootstrap (the image is built and run with them)",
+        &["podman", "runc", "debootstrap", "qemu-user-static", "binfmt-support"],
+        "podman, runc, debootstrap and qemu-user-static (the image is built and run with them)",
     )
 }
 
-/// Builds `tag` from `deploy/Dockerfile` and says its size.
-pub fn build(tag: &str) -> Result<()> {
+/// Builds `tag` from `deploy/Dockerfile` for each of `arches` (#27): one image per
+/// architecture, `TAG-amd64` and `TAG-arm64`, and `tag` a manifest list of them, as a
+/// registry serves a multi-arch image (`podman run tag` picks the host's). The builder
+/// stage runs on the host and cross-builds for the others; the arm64 stage's own step
+/// (`useradd`) runs under qemu-user-static.
+pub fn build(tag: &str, arches: &[Arch]) -> Result<()> {
     if !is_root() {
         bail!("building the image needs root (debootstrap, rootful podman): run it with sudo");
     }
     ensure_tools()?;
-    ensure_base()?;
+    ensure_base(Arch::host())?;
     ensure_builder()?;
+    let mut images = Vec::new();
+    for &arch in arches {
+        let one = format!("{tag}-{}", arch.debian());
+        build_one(&one, arch)?;
+        images.push(one);
+    }
+    // The list is made anew: `manifest add` appends, and an old list names old images.
+    if let Some(old) = image_id(tag) {
+        let _ = podman().args(["manifest", "rm", tag]).output();
+        let _ = podman().args(["rmi", "--force", &old]).output();
+    }
+    run(podman().args(["manifest", "create", tag]))?;
+    for one in &images {
+        run(podman().args(["manifest", "add", tag]).arg(format!("containers-storage:{one}")))?;
+    }
+    eprintln!("image: {tag} is a manifest list of {}", images.join(", "));
+    Ok(())
+}
+
+/// `tag`: the image for `arch`.
+fn build_one(tag: &str, arch: Arch) -> Result<()> {
+    let base = ensure_base(arch)?;
     let home = PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into()));
     let rustup = env::var_os("RUSTUP_HOME").map_or_else(|| home.join(".rustup"), PathBuf::from);
     let cargo_home = env::var_os("CARGO_HOME").map_or_else(|| home.join(".cargo"), PathBuf::from);
     let root = workspace_root();
+    if let Some(triple) = arch.rust_target() {
+        // The builder mounts this machine's toolchain read-only: it needs the target's
+        // standard library already.
+        cross::ensure(triple)?;
+    }
     eprintln!("image: building {tag} from deploy/Dockerfile (a release build: minutes)");
     let old = image_id(tag);
     run(podman()
         .arg("build")
         .args(LIMITS)
+        .args(["--platform", &format!("linux/{}", arch.debian())])
+        // buildah 1.28 (podman 4.3, Debian 12's) does not set it (see the Dockerfile).
+        .args(["--build-arg", &format!("BUILDPLATFORM=linux/{}", Arch::host().debian())])
         .args(["--network", "host", "--build-arg", &format!("BUILDER={BUILDER}")])
-        .args(["--build-arg", &format!("BASE={BASE}")])
+        .args(["--build-arg", &format!("BASE={base}")])
         .arg("--volume")
         .arg(format!("{}:/usr/local/rustup:ro", rustup.display()))
         .arg("--volume")
@@ -115,19 +156,32 @@ fn image_exists(name: &str) -> bool {
     podman().args(["image", "exists", name]).status().is_ok_and(|s| s.success())
 }
 
-/// The runtime base: `debootstrap --variant=minbase bookworm`, imported.
-fn ensure_base() -> Result<()> {
-    if image_exists(BASE) {
-        return Ok(());
+/// The runtime base's stand-in for `arch`: `debootstrap --variant=minbase bookworm`,
+/// imported as an image of that architecture (arm64's second stage runs under
+/// qemu-user-static).
+fn ensure_base(arch: Arch) -> Result<String> {
+    let name =
+        if arch == Arch::host() { BASE.to_owned() } else { format!("{BASE}-{}", arch.debian()) };
+    // The arm64 stage's own step (useradd) runs emulated too: registered at every build,
+    // as a reboot forgets it.
+    if arch != Arch::host() {
+        ensure_emulation(arch)?;
     }
-    let rootfs = workspace_root().join("target/image/rootfs");
+    if image_exists(&name) {
+        return Ok(name);
+    }
+    let rootfs = workspace_root().join(format!("target/image/rootfs-{}", arch.debian()));
     if rootfs.exists() {
         fs::remove_dir_all(&rootfs).context("removing an old root file system")?;
     }
     fs::create_dir_all(&rootfs)?;
-    eprintln!("image: debootstrap bookworm into {} (half a minute)", rootfs.display());
+    eprintln!(
+        "image: debootstrap bookworm ({}) into {} (a minute; minutes under emulation)",
+        arch.debian(),
+        rootfs.display()
+    );
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
+        .args(["--variant=minbase", &format!("--arch={}", arch.debian()), "bookworm"])
         .arg(&rootfs)
         .arg("http://deb.debian.org/debian"))?;
     fs::write(rootfs.join("etc/apt/sources.list"), SOURCES)?;
@@ -140,7 +194,7 @@ fn ensure_base() -> Result<()> {
         .spawn()
         .context("starting tar")?;
     let imported = podman()
-        .args(["import", "-", BASE])
+        .args(["import", "--arch", arch.debian(), "-", &name])
         .stdin(tar.stdout.context("tar's stdout")?)
         .status()
         .context("podman import")?;
@@ -148,6 +202,33 @@ fn ensure_base() -> Result<()> {
         bail!("podman import of {} failed", rootfs.display());
     }
     fs::remove_dir_all(&rootfs)?;
+    Ok(name)
+}
+
+/// Programs of `arch` run here under qemu-user-static: its `binfmt_misc` entry, which a
+/// machine loses at each boot, registered (`update-binfmts`, with the F flag: the emulator
+/// is opened at registration, so it works inside containers too).
+pub fn ensure_emulation(arch: Arch) -> Result<()> {
+    ensure_tools()?;
+    let qemu = match arch {
+        Arch::Amd64 => "qemu-x86_64",
+        Arch::Arm64 => "qemu-aarch64",
+    };
+    let misc = Path::new("/proc/sys/fs/binfmt_misc");
+    if !misc.join("register").exists() {
+        run(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc"]).arg(misc))?;
+    }
+    let entry = misc.join(qemu);
+    if !fs::read_to_string(&entry).is_ok_and(|s| s.starts_with("enabled")) {
+        run(Command::new("update-binfmts").args(["--enable", qemu]))?;
+    }
+    if !fs::read_to_string(&entry).is_ok_and(|s| s.starts_with("enabled")) {
+        bail!(
+            "{} is not enabled after update-binfmts: programs of {} cannot run here",
+            entry.display(),
+            arch.debian()
+        );
+    }
     Ok(())
 }
 

@@ -45,6 +45,10 @@ enum Task {
         /// The image's name.
         #[arg(long, default_value = IMAGE)]
         tag: String,
+        /// The architectures (repeat): one image each, TAG-ARCH, and TAG their manifest
+        /// list.
+        #[arg(long, value_enum, default_values = ["amd64", "arm64"])]
+        arch: Vec<vm::Arch>,
     },
     /// Set up, build, trace the bundled demo for 10 s; writes leaks.html, leaks.svg and
     /// leaks.json.
@@ -119,7 +123,7 @@ fn main() {
         Task::Setup => setup::setup(),
         Task::Build { target: None } => setup::setup_build().and_then(|()| demo::build_release()),
         Task::Build { target: Some(target) } => cross::build(&target).map(drop),
-        Task::Image { tag } => image::build(&tag),
+        Task::Image { tag, arch } => image::build(&tag, &arch),
         Task::Demo { seconds } => demo::demo(seconds),
         Task::Test { no_vm, args } => checks::test(&args, !no_vm),
         Task::Vm { arch, kernels, args } => {

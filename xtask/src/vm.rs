@@ -52,8 +52,13 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The architecture this task runs on.
+    pub fn host() -> Self {
+        if cfg!(target_arch = "aarch64") { Self::Arm64 } else { Self::Amd64 }
+    }
+
     /// Debian's name.
-    fn debian(self) -> &'static str {
+    pub fn debian(self) -> &'static str {
         match self {
             Self::Amd64 => "amd64",
             Self::Arm64 => "arm64",
@@ -61,7 +66,7 @@ impl Arch {
     }
 
     /// The Rust target the suite is cross-built for (none: the host's).
-    fn rust_target(self) -> Option<&'static str> {
+    pub fn rust_target(self) -> Option<&'static str> {
         match self {
             Self::Amd64 => None,
             Self::Arm64 => Some(cross::AARCH64),

@@ -66,6 +66,20 @@ fn the_agent_watches_plain_processes_when_asked() {
 }
 
 #[test]
+fn an_agent_with_no_trace_only_watches() {
+    let escalate = |args: &[&str]| {
+        let mut all = vec!["leak", "agent"];
+        all.extend_from_slice(args);
+        let Command::Watch(w) = parse(&all).unwrap() else { panic!("agent is a watch") };
+        w.escalate
+    };
+    assert_eq!(escalate(&[]), Some(std::time::Duration::from_mins(2)));
+    assert_eq!(escalate(&["--trace-for", "30s"]), Some(std::time::Duration::from_secs(30)));
+    assert_eq!(escalate(&["--no-trace"]), None);
+    assert!(parse(&["leak", "agent", "--no-trace", "--trace-for", "30s"]).is_err());
+}
+
+#[test]
 fn verify_cli() {
     Cli::command().debug_assert();
 }

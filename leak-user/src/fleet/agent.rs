@@ -73,6 +73,10 @@ async fn serve(
     // Once the input is known good (a bad one gets its one line alone).
     if escalates {
         start_check()?;
+    } else {
+        eprintln!(
+            "leak: --no-trace: processes are judged from their memory samples alone; no probes"
+        );
     }
     let scheme = if web.tls.is_some() { "https" } else { "http" };
     let auth = if web.access.is_open() { "" } else { " (credentials required)" };

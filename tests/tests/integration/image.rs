@@ -300,3 +300,71 @@ fn the_agent_in_the_image_names_each_capability_it_lacks() {
         }
     }
 }
+
+/// The image is one manifest list for amd64 and arm64 (#27), and the `DaemonSet` names it
+/// once: each node's runtime picks the image of its architecture, as podman does here. The
+/// arm64 image runs here under qemu-user-static (`cargo xtask image` registers it): its
+/// agent starts as the `DaemonSet` runs it, but with `--no-trace`, since the emulator passes
+/// no BPF system call, and answers `/healthz` and `/metrics`.
+#[test]
+fn the_image_is_multi_arch_and_its_arm64_agent_serves() {
+    require_root();
+    require_image();
+    let list = podman().args(["manifest", "inspect", IMAGE]).output().unwrap();
+    assert!(list.status.success(), "{IMAGE} is no manifest list: `cargo xtask image` makes it");
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let mut arches: Vec<&str> = list["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    arches.sort_unstable();
+    assert_eq!(arches, ["amd64", "arm64"], "{list:#}");
+    let text = std::fs::read_to_string(workspace().join("deploy/daemonset.yaml")).unwrap();
+    assert!(!text.contains("amd64") && !text.contains("arm64"), "nothing per architecture");
+    // Podman picks the list's arm64 image when asked for that architecture.
+    let uname = podman()
+        .args(["run", "--rm", "--arch", "arm64", "--entrypoint", "uname"])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+        .args([IMAGE, "-m"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&uname.stdout).trim(), "aarch64", "{uname:?}");
+
+    let m = manifest();
+    let reports = tempfile::tempdir().unwrap();
+    let name = format!("leak-test-{}-arm64", std::process::id());
+    let _ = podman().args(["rm", "-f", &name]).output();
+    let args: Vec<String> = agent_args(&m, &["--no-trace"])
+        .into_iter()
+        .filter(|a| !a.starts_with("--trace-for"))
+        .collect();
+    let out = podman()
+        .args(["run", "--detach", "--arch", "arm64", "--name", &name])
+        .args(run_options(&m, reports.path(), None, true))
+        .arg(IMAGE)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+    let agent = Container(name);
+    let port = m["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let addr = loop {
+        let a = agent.address(port);
+        if !a.is_empty() && get(&a, "/healthz").is_some_and(|r| r.0 == 200) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the arm64 agent never served: {}", agent.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let (status, metrics) = get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("leak_"), "{metrics}");
+    let logs = agent.logs();
+    assert!(logs.contains("--no-trace: processes are judged"), "{logs}");
+}
