@@ -13,11 +13,9 @@
 //! swaps the word at `%rsp` for its trampoline when the probe fires, so before its point
 //! nothing may move `%rsp` or write memory (the return address must still be at `%rsp`).
 //!
-//! On aarch64 (#27) every probe stays at the function's first instruction for now: there the
-//! arguments and the return address in x30 are as the call left them, and x30 is not yet
-//! signed (`paciasp`: a return probe past it would hand `autiasp` the trampoline's unsigned
-//! address). The kernel simulates only branches and `adr`/`adrp` there and single-steps the
-//! rest, rejecting literal loads, exclusives and the authenticating hints.
+//! On aarch64 (#27) the same rules apply to other instructions: see [`aarch64`].
+mod aarch64;
+
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter as _, GasFormatter, Instruction,
     InstructionInfoFactory, OpAccess, Register,
@@ -58,7 +56,7 @@ pub struct Placement {
 #[must_use]
 pub fn choose(code: &[u8], needs: Needs) -> Placement {
     if cfg!(target_arch = "aarch64") {
-        return aarch64_entry(code);
+        return aarch64::choose(code, needs);
     }
     let insns = decode(code);
     let mut info = InstructionInfoFactory::new();
@@ -128,32 +126,6 @@ pub fn after_syscall(code: &[u8], args: u8) -> Option<Placement> {
         }
     }
     None
-}
-
-/// An aarch64 function's first instruction as the probe point (see the module's comment).
-fn aarch64_entry(code: &[u8]) -> Placement {
-    let word = code.get(..4).and_then(|b| Some(u32::from_le_bytes(b.try_into().ok()?)));
-    Placement {
-        offset: 0,
-        emulated: word.is_some_and(aarch64_simulated),
-        instruction: word.map(|w| format!(".inst {w:#010x}")).unwrap_or_default(),
-        after_syscall: false,
-    }
-}
-
-/// The aarch64 instructions every kernel's uprobes simulate instead of stepping: the
-/// kernel's own masks (`arch/arm64/include/asm/insn.h`) for `b`/`bl`, `b.cond`, `cbz`/`cbnz`,
-/// `tbz`/`tbnz`, `adr`/`adrp` and `br`/`blr`/`ret`. (`nop` too from 6.13: not counted.)
-fn aarch64_simulated(w: u32) -> bool {
-    const FORMS: [(u32, u32); 6] = [
-        (0x7c00_0000, 0x1400_0000), // b, bl
-        (0xff00_0010, 0x5400_0000), // b.cond
-        (0x7e00_0000, 0x3400_0000), // cbz, cbnz
-        (0x7e00_0000, 0x3600_0000), // tbz, tbnz
-        (0x1f00_0000, 0x1000_0000), // adr, adrp
-        (0xff9f_fc1f, 0xd61f_0000), // br, blr, ret (x0-x30)
-    ];
-    FORMS.iter().any(|&(mask, value)| w & mask == value)
 }
 
 /// AT&T syntax, as `objdump -d` prints it.
@@ -392,36 +364,5 @@ mod tests {
         assert!(!is_emulated(&[0x48, 0x85, 0xff]));
         assert!(!is_emulated(&[0x41, 0x90])); // xchg %r8,%rax
         assert!(!is_emulated(&[0xff, 0x35, 0, 0, 0, 0])); // push mem
-    }
-
-    /// Entry instructions of Debian's arm64 allocators (glibc 2.36 and 2.41, jemalloc 5.3):
-    /// which the kernel simulates.
-    #[test]
-    fn aarch64_simulated_forms() {
-        let sim = aarch64_simulated;
-        let simulated = [
-            0x9400_0010, // bl
-            0x1400_0004, // b
-            0x5400_0088, // b.hi
-            0xb400_0040, // cbz x0
-            0x3500_0040, // cbnz w0
-            0x3600_0040, // tbz w0, #0
-            0x9000_0003, // adrp x3
-            0x1000_0003, // adr x3
-            0xd65f_03c0, // ret
-            0xd61f_0220, // br x17
-            0xd63f_0020, // blr x1
-        ];
-        let stepped = [
-            0xa9bc_7bfd, // stp x29, x30, [sp, #-64]!
-            0x9100_03fd, // mov x29, sp
-            0xd503_233f, // paciasp
-            0xd503_245f, // bti c
-            0xd503_201f, // nop (simulated from 6.13 only)
-            0xf100_041f, // cmp x0, #1
-            0xd10c_03ff, // sub sp, sp, #0x300
-        ];
-        assert!(simulated.iter().all(|&w| sim(w)), "{simulated:x?}");
-        assert!(!stepped.iter().any(|&w| sim(w)), "{stepped:x?}");
     }
 }
