@@ -49,14 +49,17 @@ fn an_agent_config_file_is_flags_the_command_line_overrides() {
     assert_eq!(expand_config(other.clone()).unwrap(), other);
 }
 
+/// `leak agent ARGS`, which is a watch.
+fn agent(args: &[&str]) -> crate::config::WatchConfig {
+    let mut all = vec!["leak", "agent"];
+    all.extend_from_slice(args);
+    let Command::Watch(w) = parse(&all).unwrap() else { panic!("agent is a watch") };
+    w
+}
+
 #[test]
 fn the_agent_watches_plain_processes_when_asked() {
-    let targets = |args: &[&str]| {
-        let mut all = vec!["leak", "agent"];
-        all.extend_from_slice(args);
-        let Command::Watch(w) = parse(&all).unwrap() else { panic!("agent is a watch") };
-        w.targets
-    };
+    let targets = |args: &[&str]| agent(args).targets;
     assert_eq!(targets(&[]), Targets::Pods);
     assert_eq!(targets(&["--all"]), Targets::All);
     assert_eq!(targets(&["--pid", "7", "--pid", "9"]), Targets::Pids(vec![7, 9]));
@@ -67,12 +70,7 @@ fn the_agent_watches_plain_processes_when_asked() {
 
 #[test]
 fn an_agent_with_no_trace_only_watches() {
-    let escalate = |args: &[&str]| {
-        let mut all = vec!["leak", "agent"];
-        all.extend_from_slice(args);
-        let Command::Watch(w) = parse(&all).unwrap() else { panic!("agent is a watch") };
-        w.escalate
-    };
+    let escalate = |args: &[&str]| agent(args).escalate;
     assert_eq!(escalate(&[]), Some(std::time::Duration::from_mins(2)));
     assert_eq!(escalate(&["--trace-for", "30s"]), Some(std::time::Duration::from_secs(30)));
     assert_eq!(escalate(&["--no-trace"]), None);

@@ -158,6 +158,25 @@ impl Container {
     }
 }
 
+impl Container {
+    /// The host address of the agent's port (`m`'s), once it answers `/healthz`.
+    fn serving(&self, m: &serde_json::Value) -> String {
+        let port = m["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_mins(2);
+        loop {
+            let a = self.address(port);
+            if !a.is_empty() && get(&a, "/healthz").is_some_and(|r| r.0 == 200) {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "the agent never served: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = podman().args(["rm", "-f", "-t", "5", &self.0]).output();
@@ -219,19 +238,8 @@ fn traces_a_leaking_pod(root: bool) {
     std::fs::set_permissions(reports.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .unwrap();
     let agent = start(&m, reports.path(), None, root, &[]);
-    let port = m["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap();
+    let addr = agent.serving(&m);
     let deadline = Instant::now() + Duration::from_mins(2);
-    let addr = loop {
-        let a = agent.address(port);
-        if !a.is_empty() && get(&a, "/healthz").is_some_and(|r| r.0 == 200) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "the agent never served: {}", agent.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    };
     // The start-up check is in the container's log.
     let logs = agent.logs();
     assert!(logs.contains("programs, --unwind auto"), "{logs}");
@@ -349,19 +357,7 @@ fn the_image_is_multi_arch_and_its_arm64_agent_serves() {
         .unwrap();
     assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
     let agent = Container(name);
-    let port = m["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_mins(2);
-    let addr = loop {
-        let a = agent.address(port);
-        if !a.is_empty() && get(&a, "/healthz").is_some_and(|r| r.0 == 200) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "the arm64 agent never served: {}", agent.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let addr = agent.serving(&m);
     let (status, metrics) = get(&addr, "/metrics").unwrap();
     assert_eq!(status, 200, "{metrics}");
     assert!(metrics.contains("leak_"), "{metrics}");

@@ -74,13 +74,15 @@ fn decode(w: u32) -> Option<Instruction> {
 /// kernel's own masks (`arch/arm64/include/asm/insn.h`) for `b`/`bl`, `b.cond`, `cbz`/`cbnz`,
 /// `tbz`/`tbnz`, `adr`/`adrp` and `br`/`blr`/`ret`. (`nop` too from 6.13: not counted.)
 pub fn simulated(w: u32) -> bool {
-    const FORMS: [(u32, u32); 6] = [
+    const FORMS: [(u32, u32); 8] = [
         (0x7c00_0000, 0x1400_0000), // b, bl
         (0xff00_0010, 0x5400_0000), // b.cond
         (0x7e00_0000, 0x3400_0000), // cbz, cbnz
         (0x7e00_0000, 0x3600_0000), // tbz, tbnz
         (0x1f00_0000, 0x1000_0000), // adr, adrp
-        (0xff9f_fc1f, 0xd61f_0000), // br, blr, ret (x0-x30)
+        (0xffff_fc1f, 0xd61f_0000), // br
+        (0xffff_fc1f, 0xd63f_0000), // blr
+        (0xffff_fc1f, 0xd65f_0000), // ret
     ];
     FORMS.iter().any(|&(mask, value)| w & mask == value)
 }
@@ -91,8 +93,8 @@ fn branch_target(w: u32, at: u64) -> Option<i64> {
     let sext = |v: u32, bits: u32| i64::from(((v << (32 - bits)).cast_signed()) >> (32 - bits));
     let words = if w & 0x7c00_0000 == 0x1400_0000 {
         sext(w & 0x03ff_ffff, 26) // b, bl: imm26
-    } else if w & 0xff00_0010 == 0x5400_0000 || w & 0x7e00_0000 == 0x3400_0000 {
-        sext((w >> 5) & 0x7_ffff, 19) // b.cond, cbz, cbnz: imm19
+    } else if w & 0xff00_0000 == 0x5400_0000 || w & 0x7e00_0000 == 0x3400_0000 {
+        sext((w >> 5) & 0x7_ffff, 19) // b.cond, bc.cond (FEAT_HBC), cbz, cbnz: imm19
     } else if w & 0x7e00_0000 == 0x3600_0000 {
         sext((w >> 5) & 0x3fff, 14) // tbz, tbnz: imm14
     } else {
@@ -219,7 +221,22 @@ fn skippable(insn: &Instruction, needs: Needs) -> bool {
     if written.clone().any(|r| r < args) {
         return false;
     }
-    !(needs.ret && (stores || written.clone().any(|r| r == LR || r == SP)))
+    // A copy of x30 (`mov x16, x30`) would let the function return past the trampoline.
+    !(needs.ret
+        && (stores || written.clone().any(|r| r == LR || r == SP) || ops.iter().any(names_lr)))
+}
+
+/// Whether an operand reads or names x30.
+fn names_lr(op: &Operand) -> bool {
+    match *op {
+        Operand::Register(_, n)
+        | Operand::RegisterOrSP(_, n)
+        | Operand::RegShift(_, _, _, n)
+        | Operand::RegPreIndex(n, _, _)
+        | Operand::RegPostIndex(n, _) => n == LR,
+        Operand::RegRegOffset(a, b, ..) | Operand::RegPostIndexReg(a, b) => a == LR || b == LR,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -241,7 +258,7 @@ mod tests {
 
     #[test]
     fn glibc_free_moves_past_bti_to_the_cbz() {
-        // bti c; cbz x0, ...; paciasp
+        // bti c; cbz x0, +0x1d4; paciasp
         let p = choose(&code(&[BTI_C, 0xb400_0ea0, PACIASP, STP_FP_LR]), ENTRY1);
         assert_eq!((p.offset, p.emulated), (4, true), "{p:?}");
         assert!(p.instruction.starts_with("cbz x0"), "{p:?}");
@@ -290,8 +307,16 @@ mod tests {
         // glibc reallocarray: bti c; umulh x3, x1, x2; mul x1, x1, x2; cbnz x3, ...
         let f = code(&[BTI_C, 0x9bc2_7c23, 0x9b02_7c21, 0xb500_0043]);
         assert_eq!(choose(&f, Needs { entry_args: 3, ret: true }).offset, 0);
-        // x3 alone is written before the cbnz... and x1: with two arguments read, still not.
+        // An entry probe that reads x0 alone may move past the writes of x3 and x1.
         assert_eq!(choose(&f, Needs { entry_args: 1, ret: false }).offset, 12);
+    }
+
+    #[test]
+    fn a_return_probe_never_passes_a_copy_of_x30() {
+        // bti c; mov x16, x30; adrp: the function could return through x16.
+        let f = code(&[BTI_C, 0xaa1e_03f0, 0xb000_0605]);
+        assert_eq!(choose(&f, ENTRY_RET).offset, 0);
+        assert_eq!(choose(&f, ENTRY1).offset, 8);
     }
 
     #[test]
@@ -306,7 +331,7 @@ mod tests {
 
     #[test]
     fn not_to_a_point_that_a_branch_in_the_function_reaches() {
-        // bti c; cbz x0, +4 (to itself + 4... the b.ne); nop; b.ne -8 (back to the cbz)
+        // bti c; cbz x0, +0x1d4; nop; b.ne -8 (back to the cbz at 4)
         let f = code(&[BTI_C, 0xb400_0ea0, 0xd503_201f, 0x54ff_ffc1]);
         assert_eq!(choose(&f, ENTRY1).offset, 0, "the b.ne at 12 branches back to 4");
         let f = code(&[BTI_C, 0xb400_0ea0, 0xd503_201f, 0x5400_0041]);
