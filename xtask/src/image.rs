@@ -75,11 +75,11 @@ pub fn build(tag: &str, arches: &[Arch]) -> Result<()> {
         build_one(&one, arch)?;
         images.push(one);
     }
-    // The list is made anew: `manifest add` appends, and an old list names old images.
-    if let Some(old) = image_id(tag) {
-        let _ = podman().args(["manifest", "rm", tag]).output();
-        let _ = podman().args(["rmi", "--force", &old]).output();
-    }
+    // The list is made anew: `manifest add` appends, and an old list names old images (it
+    // may name removed ones: `image inspect` then fails on it, so no lookup first). The name
+    // may also be a plain image, as `cargo xtask image` made it before #27.
+    let _ = podman().args(["manifest", "rm", tag]).output();
+    let _ = podman().args(["rmi", "--force", tag]).output();
     run(podman().args(["manifest", "create", tag]))?;
     for one in &images {
         run(podman().args(["manifest", "add", tag]).arg(format!("containers-storage:{one}")))?;
