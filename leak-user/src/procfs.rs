@@ -131,6 +131,39 @@ pub fn is_running(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` is gone or on its way out: a zombie, exiting (`PF_EXITING`), or
+/// with a SIGKILL pending (the OOM killer's, before a thread takes it). An OOM victim can
+/// take a while to die (its memory is freed as it exits), and samples taken meanwhile must
+/// not count the kill as past.
+#[must_use]
+pub fn is_dying(pid: u32) -> bool {
+    let (Ok(stat), Ok(status)) = (
+        fs::read_to_string(format!("/proc/{pid}/stat")),
+        fs::read_to_string(format!("/proc/{pid}/status")),
+    ) else {
+        return true;
+    };
+    parse_dying(&stat, &status)
+}
+
+/// [`is_dying`] of a `/proc/PID/stat` and a `/proc/PID/status` text.
+#[must_use]
+pub fn parse_dying(stat: &str, status: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    let Some(close) = stat.rfind(')') else { return true };
+    let mut fields = stat[close + 1..].split_whitespace();
+    let state = fields.next();
+    let flags = fields.nth(9 - 4).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let pending = status.lines().any(|l| {
+        l.strip_prefix("ShdPnd:")
+            .or_else(|| l.strip_prefix("SigPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|mask| mask & SIGKILL_BIT != 0)
+    });
+    matches!(state, Some("Z" | "X" | "x")) || flags & PF_EXITING != 0 || pending
+}
+
 /// The entries of `LD_PRELOAD` in a NUL-separated environment block (`/proc/PID/environ`).
 #[must_use]
 pub fn parse_ld_preload(environ: &[u8]) -> Vec<String> {

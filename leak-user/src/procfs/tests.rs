@@ -196,3 +196,25 @@ fn memory_stat_values_by_key() {
     assert_eq!(memory_stat_value("anon_thp 5\nanon 7\n", "anon"), Some(7));
     assert_eq!(memory_stat_value("file 1\n", "anon"), None);
 }
+
+#[test]
+fn a_dying_process_is_told_by_its_state_flags_or_pending_sigkill() {
+    // Fields 3 (state) to 9 (flags) of /proc/PID/stat; comm with ") " in it.
+    let stat = |state: &str, flags: u64| {
+        format!("42 (a) b) {state} 1 42 42 0 -1 {flags} 100 0 0 0 5 3 0 0 20 0 1 0 900 0 0")
+    };
+    let status = |shd: &str, sig: &str| format!("Name:\ta\nSigPnd:\t{sig}\nShdPnd:\t{shd}\n");
+    let quiet = status("0000000000000000", "0000000000000000");
+    assert!(!parse_dying(&stat("S", 0x0040_0100), &quiet));
+    assert!(!parse_dying(&stat("R", 0x0040_0000), &quiet));
+    assert!(parse_dying(&stat("Z", 0x0040_0000), &quiet));
+    // PF_EXITING: on its way out, its memory being freed.
+    assert!(parse_dying(&stat("D", 0x0040_0104), &quiet));
+    // SIGKILL (bit 8) pending for the process or a thread; SIGTERM (bit 14) is not dying.
+    assert!(parse_dying(&stat("R", 0), &status("0000000000000100", "0000000000000000")));
+    assert!(parse_dying(&stat("R", 0), &status("0000000000000000", "0000000000000100")));
+    assert!(!parse_dying(&stat("R", 0), &status("0000000000004000", "0000000000000000")));
+    // This process is not dying.
+    assert!(!is_dying(std::process::id()));
+    assert!(is_dying(u32::MAX));
+}

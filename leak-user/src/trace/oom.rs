@@ -392,6 +392,12 @@ impl OomWatch {
     /// A process that moved to another cgroup (`leak run -- sh -c 'echo $$ >
     /// .../cgroup.procs; exec server'`) is counted in its new one from then on.
     pub fn refresh(&mut self) {
+        // Once chosen, a victim takes a while to die (its memory is freed as it exits): a
+        // sample then would take the kill into the base and the death for a plain exit (seen
+        // in CI: two 250 ms samples between the kill and the death noticed).
+        if crate::procfs::is_dying(self.pid) {
+            return;
+        }
         if let Some(file) = Self::memcg_of(self.pid)
             && self.counter.as_ref().is_none_or(|c| c.file != file)
             && let Some(moved) = Counter::read(file)
