@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Finished, Leak, PodCgroup, TIMEOUT, systemd_pod_cgroup_of};
+use crate::{Finished, Leak, PodCgroup, systemd_pod_cgroup_of, timeout};
 
 /// A stand-in Kubernetes API server (`tests/support/fake_kube_api.py`) serving one pod: the
 /// environment `leak agent` needs to reach it, and the process (killed on drop).
@@ -58,7 +58,7 @@ impl FakeKubeApi {
             .args([dir.path().to_string_lossy().into_owned(), p("port")])
             .spawn()
             .expect("start the fake API server");
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         let port = loop {
             if let Ok(port) = std::fs::read_to_string(p("port")) {
                 break port;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PodCgroup, Report, TIMEOUT, fixture, leak_bin, read_report};
+use crate::{PodCgroup, Report, fixture, leak_bin, read_report, timeout};
 
 /// Lines read from a pipe by a background thread.
 pub struct Lines {
@@ -35,7 +35,7 @@ impl Lines {
 
     /// Waits for a line satisfying `pred`; panics on EOF or timeout, showing what was seen.
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
@@ -64,7 +64,7 @@ impl Lines {
     /// Everything read so far plus the rest until EOF.
     #[must_use]
     pub fn drain(&mut self) -> Vec<String> {
-        while let Ok(line) = self.rx.recv_timeout(TIMEOUT) {
+        while let Ok(line) = self.rx.recv_timeout(timeout()) {
             self.seen.push(line);
         }
         std::mem::take(&mut self.seen)
@@ -291,14 +291,15 @@ impl Leak {
     /// Waits for it to finish.
     #[must_use]
     pub fn wait(mut self) -> Finished {
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 break s;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("leak did not finish in {TIMEOUT:?}");
+                let _ = self.child.wait();
+                panic!("leak did not finish in {:?}: {:#?}", timeout(), self.stderr.drain());
             }
             thread::sleep(Duration::from_millis(20));
         };

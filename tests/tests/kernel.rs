@@ -97,9 +97,14 @@ fn run_traces_from_the_first_instruction() {
 #[test]
 fn a_growth_profile_names_the_leak_of_a_busy_process() {
     for (object, env) in objects() {
+        let started = std::time::Instant::now();
         let (done, report) = run_to_end("grower", &["10", "64"], &["--mode", "growth"], &env);
         assert_eq!(done.status.code(), Some(0), "{object}: {:#?}", done.stderr);
-        eprintln!("{object}: {:#?}", leak_tests::truth::growth_overview(&report));
+        eprintln!(
+            "{object}: {:.1?}: {:#?}",
+            started.elapsed(),
+            leak_tests::truth::growth_overview(&report)
+        );
         assert_grower(&report, grower_leaked(&done.stdout));
     }
 }

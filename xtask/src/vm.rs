@@ -572,7 +572,7 @@ fn init_script(suite: &Suite, filter: &[String]) -> String {
          grep -m1 Features /proc/cpuinfo\n\
          cd /tmp\n\
          {leak} check -v\n\
-         LEAK_BIN={leak} RUST_BACKTRACE=1 {exe} --test-threads=1 {args}\n\
+         LEAK_BIN={leak} LEAK_TEST_TIMEOUT=240 RUST_BACKTRACE=1 {exe} --test-threads=1 {args}\n\
          echo \"{EXIT} $?\"\n\
          poweroff -f\n",
         leak = suite.leak.display(),

@@ -85,7 +85,7 @@ fn a_trace_in_which_no_probe_fired_says_so() {
     let mut sleep = Fixture::start_command(cmd);
     // Past its start-up (setlocale allocates): sleeping.
     let comm = format!("/proc/{}/comm", sleep.pid());
-    let deadline = std::time::Instant::now() + leak_tests::TIMEOUT;
+    let deadline = std::time::Instant::now() + leak_tests::timeout();
     while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
         assert!(std::time::Instant::now() < deadline, "sleep never started");
         std::thread::sleep(std::time::Duration::from_millis(10));
