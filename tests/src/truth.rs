@@ -399,11 +399,11 @@ pub fn grower_tick_bytes(rate_kib: u64) -> u64 {
 }
 
 /// What [`assert_grower_oom_killed`] asserts but the verdicts: the end, the triage line,
-/// the limit, and `leak_fn` holding most, its resident bytes half to all of `last_leaked` (a
+/// the limit, and `leak_fn` holding most, its resident bytes within 10% of `last_leaked` (a
 /// growth profile's). For an emulated CPU, where the fixture's ticks slow down unevenly, the
-/// seconds before the kill may not give a verdict, and the profile's last sample (what its
-/// final report holds: pages cannot be read once the process is gone) is seconds old, a
-/// quarter of the leak on 7.2 in QEMU.
+/// seconds before the kill may not give a verdict. The final report holds the last sample's
+/// pages and those faulted since at new addresses (pages cannot be read once the process is
+/// gone): the last sample alone, seconds old in QEMU, once held less than half the leak.
 #[track_caller]
 pub fn assert_oom_killed_holding(report: &Report, limit: u64, last_leaked: u64) {
     assert_eq!(report.end_reason, "oom_kill", "{}", report.growth.summary);
@@ -414,9 +414,11 @@ pub fn assert_oom_killed_holding(report: &Report, limit: u64, last_leaked: u64) 
     let bytes = resident(&sites_of(report, "leak_fn"));
     let largest = report.sites.iter().max_by_key(|s| s.outstanding_bytes).map(frame0);
     assert_eq!(largest, Some(Some("leak_fn")), "{:#?}", growth_overview(report));
+    eprintln!("leak_fn: {bytes} bytes resident, {last_leaked} leaked at the last tick");
     assert!(
-        bytes * 2 >= last_leaked && bytes * 100 <= last_leaked * 105,
-        "leak_fn: {bytes} resident, {last_leaked} leaked"
+        bytes * 10 >= last_leaked * 9 && bytes * 100 <= last_leaked * 105,
+        "leak_fn: {bytes} resident, {last_leaked} leaked: {:#?}",
+        growth_overview(report)
     );
 }
 
@@ -424,7 +426,8 @@ pub fn assert_oom_killed_holding(report: &Report, limit: u64, last_leaked: u64) 
 /// cgroup's `limit`, having said at its last tick that it had leaked `last_leaked`: its end
 /// told as it was, the triage line saying so and naming the limit, the leak on top. Exact
 /// bytes in a trace (the blocks recorded up to the kill: what it said, and at most the tick
-/// it was killed in); within 25% in a growth profile (its last sample is up to 250 ms old).
+/// it was killed in); within 10% in a growth profile (its pages at the last sample, 250 ms
+/// old at most, and those faulted since at new addresses).
 #[track_caller]
 pub fn assert_grower_oom_killed(report: &Report, limit: u64, last_leaked: u64, rate_kib: u64) {
     assert_eq!(report.end_reason, "oom_kill", "{}", report.growth.summary);
@@ -446,8 +449,9 @@ pub fn assert_grower_oom_killed(report: &Report, limit: u64, last_leaked: u64, r
         Mode::Growth => {
             let bytes = resident(&sites_of(report, "leak_fn"));
             let off = relative_error(bytes, last_leaked);
+            eprintln!("leak_fn: {bytes} bytes resident, {last_leaked} leaked at the last tick");
             assert!(
-                off <= 0.25,
+                off <= 0.10,
                 "leak_fn: {bytes} bytes resident, {last_leaked} leaked: {:#?}",
                 growth_overview(report)
             );

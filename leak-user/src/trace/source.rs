@@ -15,7 +15,7 @@ use leak_common::{
 use crate::{
     analysis::model::{Allocation, DropCounts, ProbeHits, SiteTotal, Snapshot, Totals},
     trace::loader::Tracer,
-    trace::pagemap::{PageState, Pagemap},
+    trace::pagemap::{LastLook, PageState, Pagemap},
 };
 
 /// Errors reading the maps.
@@ -159,7 +159,7 @@ impl AllocSource for Tracer {
         if self.growth {
             let pages = self.entries_of::<AllocKey, AllocInfo>(MAP_PAGES, |k| k.tgid == tgid)?;
             delete_all(&self.ebpf, MAP_PAGES, &pages)?;
-            self.last_resident.remove(&tgid);
+            self.last_look.remove(&tgid);
             self.baseline.remove(&tgid);
             return Ok(pages.len());
         }
@@ -262,8 +262,9 @@ impl Tracer {
     /// since are deleted (the next fault there is new growth). Pages that were resident when
     /// the profile started are not its growth, whatever faults them again (a swap-in, a NUMA
     /// hint, a copy after a fork), until they have been released once. A process whose
-    /// pagemap cannot be read keeps the pages last seen resident (it has exited: its memory
-    /// at the end), and nothing of it is deleted.
+    /// pagemap cannot be read (it has exited: its memory at the end) holds its last look's
+    /// pages and those faulted since at new addresses (`LastLook::state`); nothing of it is
+    /// deleted.
     fn resident_pages(&mut self) -> Result<Snapshot, SourceError> {
         let taken_ns = monotonic_ns();
         let started = std::time::Instant::now();
@@ -284,34 +285,31 @@ impl Tracer {
                             "pid {tgid}: cannot read its pagemap ({e}): its last pages kept"
                         );
                     }
-                    let last = self.last_resident.get(&tgid).unwrap_or(&self.no_pages);
-                    // As last seen; nothing is deleted.
-                    group
-                        .iter()
-                        .map(|(k, _)| {
-                            last.get(k).map_or(PageState::Swapped, |s| PageState::Resident(*s))
-                        })
-                        .collect()
+                    let last = self.last_look.get(&tgid).unwrap_or(&self.no_look);
+                    // Nothing is deleted: a page read as gone here was released.
+                    group.iter().map(|(k, i)| last.state(k.addr, i.timestamp_ns, i.size)).collect()
                 }
             };
             let baseline = self.baseline.get_mut(&tgid);
-            let mut resident = hashbrown::HashMap::new();
+            let mut seen = hashbrown::HashMap::new();
             let mut before_profile = baseline;
             for ((key, info), state) in group.iter().zip(states) {
                 let old = before_profile.as_mut().is_some_and(|b| b.contains(key.addr));
                 let size = match state {
                     PageState::Resident(_) if old => continue,
                     PageState::Resident(size) => size,
+                    PageState::Gone if !alive => continue,
                     PageState::Gone => {
                         if let Some(b) = before_profile.as_mut() {
                             b.release(key.addr);
                         }
+                        seen.insert(key.addr, 0);
                         gone.push((*key, info.timestamp_ns));
                         continue;
                     }
                     PageState::NotOwn | PageState::Swapped => continue,
                 };
-                resident.insert(*key, size);
+                seen.insert(key.addr, size);
                 allocations.push(Allocation {
                     addr: key.addr,
                     size,
@@ -322,7 +320,7 @@ impl Tracer {
                 });
             }
             if alive {
-                self.last_resident.insert(tgid, resident);
+                self.last_look.insert(tgid, LastLook { taken_ns, pages: seen });
             }
         }
         if !gone.is_empty() {

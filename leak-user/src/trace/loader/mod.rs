@@ -155,12 +155,11 @@ pub struct Tracer {
     object: BpfObject,
     /// A growth profile: snapshots are of resident pages (see `source`).
     pub(crate) growth: bool,
-    /// A growth profile: each process's pages resident at the last snapshot, and their
-    /// sizes (its final report, once it has exited and its pagemap is gone).
-    pub(crate) last_resident:
-        std::collections::HashMap<u32, hashbrown::HashMap<leak_common::AllocKey, u64>>,
-    /// An empty set of pages.
-    pub(crate) no_pages: hashbrown::HashMap<leak_common::AllocKey, u64>,
+    /// A growth profile: each process's pages at the last snapshot that read them (its
+    /// final report, once it has exited and its pagemap is gone).
+    pub(crate) last_look: std::collections::HashMap<u32, crate::trace::pagemap::LastLook>,
+    /// A look at no pages.
+    pub(crate) no_look: crate::trace::pagemap::LastLook,
     /// A growth profile: each profiled process's pages resident when its profile started.
     pub(crate) baseline: std::collections::HashMap<u32, crate::trace::pagemap::Baseline>,
 }
@@ -262,8 +261,8 @@ impl Tracer {
             sites,
             object,
             growth: opts.growth,
-            last_resident: std::collections::HashMap::new(),
-            no_pages: hashbrown::HashMap::new(),
+            last_look: std::collections::HashMap::new(),
+            no_look: crate::trace::pagemap::LastLook::default(),
             baseline: std::collections::HashMap::new(),
         })
     }
