@@ -92,10 +92,34 @@ pub enum Program {
     MremapEnter,
     /// Return of `mremap`: the moved or resized mapping.
     MremapExit,
+    /// A uprobe session (6.13+) of a function of [`Self::AllocEnter`]'s shape: one program
+    /// at the entry and at the return, whose entry skips the return of a call it does not
+    /// record (sampled out, nested, another process).
+    AllocSession,
+    /// A session of [`Self::MemalignEnter`]'s shape.
+    MemalignSession,
+    /// A session of `calloc`.
+    CallocSession,
+    /// A session of `posix_memalign`.
+    PosixMemalignSession,
 }
 
+/// The sentinel helper number a session program calls for the kfunc
+/// `bpf_session_is_return`; the loader makes each such call a kfunc call (a BPF `call` with
+/// source register 2 and the function's BTF id) before loading the program. No helper has
+/// this number: a program still calling it is rejected, never run.
+pub const SENTINEL_SESSION_IS_RETURN: i32 = 0x6c6b_0001;
+
 impl Program {
-    /// Every program.
+    /// The sessions: loaded only for `uprobe_multi` session links (6.13+).
+    pub const SESSIONS: [Self; 4] = [
+        Self::AllocSession,
+        Self::MemalignSession,
+        Self::CallocSession,
+        Self::PosixMemalignSession,
+    ];
+
+    /// Every program but the sessions.
     pub const ALL: [Self; 15] = [
         Self::AllocEnter,
         Self::MemalignEnter,
@@ -133,10 +157,14 @@ impl Program {
             Self::MunmapEnter => "munmap_enter",
             Self::MremapEnter => "mremap_enter",
             Self::MremapExit => "mremap_exit",
+            Self::AllocSession => "alloc_session",
+            Self::MemalignSession => "memalign_session",
+            Self::CallocSession => "calloc_session",
+            Self::PosixMemalignSession => "posix_memalign_session",
         }
     }
 
-    /// Whether this is a return probe (uretprobe).
+    /// Whether this is a return probe (uretprobe), or a session, which is one too.
     #[must_use]
     pub const fn is_return(self) -> bool {
         matches!(
@@ -146,6 +174,18 @@ impl Program {
                 | Self::PosixMemalignExit
                 | Self::MmapExit
                 | Self::MremapExit
+        ) || self.is_session()
+    }
+
+    /// Whether this is a uprobe session (entry and return in one program).
+    #[must_use]
+    pub const fn is_session(self) -> bool {
+        matches!(
+            self,
+            Self::AllocSession
+                | Self::MemalignSession
+                | Self::CallocSession
+                | Self::PosixMemalignSession
         )
     }
 
@@ -154,9 +194,17 @@ impl Program {
     #[must_use]
     pub const fn args_read(self) -> u8 {
         match self {
-            Self::AllocEnter | Self::FreeEnter => 1,
-            Self::MemalignEnter | Self::CallocEnter | Self::ReallocEnter | Self::MunmapEnter => 2,
-            Self::ReallocarrayEnter | Self::PosixMemalignEnter | Self::MremapEnter => 3,
+            Self::AllocEnter | Self::FreeEnter | Self::AllocSession => 1,
+            Self::MemalignEnter
+            | Self::CallocEnter
+            | Self::ReallocEnter
+            | Self::MunmapEnter
+            | Self::MemalignSession
+            | Self::CallocSession => 2,
+            Self::ReallocarrayEnter
+            | Self::PosixMemalignEnter
+            | Self::MremapEnter
+            | Self::PosixMemalignSession => 3,
             Self::MmapEnter => 4,
             Self::AllocExit
             | Self::ReallocExit

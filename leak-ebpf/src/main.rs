@@ -27,6 +27,8 @@ mod maps;
 mod probes;
 mod regs;
 mod runtime;
+// Uprobe sessions (6.13+): in the full object only.
+mod sessions;
 mod sites;
 mod stack;
 mod stash;

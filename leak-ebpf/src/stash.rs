@@ -87,6 +87,18 @@ pub const FUNC_BY_STACK: u32 = leak_common::MAX_HOOKS;
 /// a call to a BPF `memset` (about 5% of `alloc_enter`'s time), and is too large anyway.
 #[inline(always)]
 pub(crate) fn stash(pid_tgid: u64, call: Call, sample: bool) -> Option<*mut Pending> {
+    stash_with(pid_tgid, call, sample, false)
+}
+
+/// [`stash`]; `skip`: a call sampling leaves out is not stashed either (its thread's
+/// countdown still counts it), for a session's entry, which then skips the call's return.
+#[inline(always)]
+pub(crate) fn stash_with(
+    pid_tgid: u64,
+    call: Call,
+    sample: bool,
+    skip: bool,
+) -> Option<*mut Pending> {
     let found = PENDING.get_ptr_mut(pid_tgid);
     let start_ns = thread_clock(found);
     let slot = if let Some(slot) = found {
@@ -114,6 +126,9 @@ pub(crate) fn stash(pid_tgid: u64, call: Call, sample: bool) -> Option<*mut Pend
         let (sampled, left) = decide_sample(slot.sample_left, call.size);
         slot.sample_left = left;
         if !sampled {
+            if skip {
+                return None;
+            }
             flags |= PENDING_UNSAMPLED;
         }
     }

@@ -23,7 +23,7 @@ use crate::{
 
 /// The hook a program fired for: the attach cookie, read once (a helper call each time).
 #[derive(Clone, Copy)]
-struct Hook {
+pub(crate) struct Hook {
     /// The hook index plus flags such as `COOKIE_AFTER_SYSCALL`.
     cookie: u64,
     /// The compatible object: the stack pointer (0 in the full object, which needs none).
@@ -49,7 +49,7 @@ impl Hook {
 
     /// What the verbs take.
     #[inline(always)]
-    fn fired(self) -> Fired {
+    pub(crate) fn fired(self) -> Fired {
         Fired { func: self.func(), sp: self.sp }
     }
 }
@@ -58,7 +58,7 @@ impl Hook {
 /// the hook returned, unless the probe is on leak's own calibration function (then only
 /// counted). `exit`: a return probe.
 #[inline(always)]
-fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
+pub(crate) fn begin<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
     if floor() {
         return None;
     }
@@ -106,7 +106,7 @@ fn begin_without_cookie<C: EbpfContext>(ctx: &C, exit: bool) -> Option<Hook> {
 /// `checked_mul` lowers to, and LLVM turns `b > MAX / a` back into it: the volatile read of
 /// the quotient keeps the division.
 #[inline(always)]
-fn checked_product(a: u64, b: u64) -> Option<u64> {
+pub(crate) fn checked_product(a: u64, b: u64) -> Option<u64> {
     if (a | b) >> 32 != 0 {
         let limit = u64::MAX / a.max(1);
         // SAFETY: reads a local.

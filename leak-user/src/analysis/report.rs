@@ -186,6 +186,11 @@ pub struct KernelView {
     pub bpf_object: String,
     /// What the compatible object does differently, in words.
     pub degraded: Vec<String>,
+    /// How the probes were attached: `perf_event` (one per probe), `uprobe_multi` (one link
+    /// per program and file, 6.10+), `uprobe_session` (also: a sampled trace's entry skips the
+    /// return of the calls it leaves out, 6.13+), `page_faults` (a growth profile's events).
+    #[serde(default)]
+    pub probes: String,
 }
 
 /// The time the target spent in the probes: hits times the cost of a hit measured at start.

@@ -289,9 +289,10 @@ fn health(h: &mut String, r: &Report) {
             if k.degraded.is_empty() { "nothing".to_owned() } else { esc(&k.degraded.join("; ")) };
         let _ = writeln!(
             h,
-            "<tr><td>kernel</td><td>{} ({} BPF object); degraded: {degraded}</td></tr>",
+            "<tr><td>kernel</td><td>{} ({} BPF object, probes: {}); degraded: {degraded}</td></tr>",
             esc(&k.release),
-            esc(&k.bpf_object)
+            esc(&k.bpf_object),
+            esc(&k.probes)
         );
     }
     for m in &r.modules {

@@ -104,17 +104,12 @@ pub fn check(verbose: bool) -> Outcome {
     }
     // The programs loading is not tracing: the kernel may still refuse to open a uprobe (6.18
     // does without CAP_SYS_ADMIN). Open one on leak itself, as `attach` does, and fire it.
-    let uprobe = match open_uprobe(object) {
-        Ok(cost) => format!(
-            "yes: opened on leak itself and fired ({} ns an entry, {} ns a return)",
-            cost.entry_ns, cost.return_ns
-        ),
-        Err(e) => {
-            ok = false;
-            format!("NO: {e}")
-        }
-    };
+    let (uprobe, multi) = probe_lines(object);
+    ok &= multi.is_some();
     line(&mut text, "a uprobe", &uprobe);
+    if let Some(multi) = multi {
+        line(&mut text, "uprobe_multi links", &multi);
+    }
     if verbose {
         let _ = writeln!(text, "stack of each program's deepest call chain (as 5.10-6.12 count):");
         if let Ok(b) = budget::analyze(loader::object_bytes(object)) {
@@ -143,8 +138,46 @@ pub fn check(verbose: bool) -> Outcome {
 /// Loads `object` with small maps and attaches an entry and a return probe to a function of
 /// leak's own, timing calls through them: what a trace's start does. The error is the one
 /// line `attach` would end with.
-fn open_uprobe(object: BpfObject) -> Result<crate::analysis::model::ProbeCost, String> {
+/// The "a uprobe" line, and the "`uprobe_multi` links" line if the uprobe opened.
+fn probe_lines(object: BpfObject) -> (String, Option<String>) {
+    match open_uprobe(object) {
+        Ok((cost, probes)) => (
+            format!(
+                "yes: opened on leak itself and fired ({} ns an entry, {} ns a return)",
+                cost.entry_ns, cost.return_ns
+            ),
+            Some(multi_links(object, probes)),
+        ),
+        Err(e) => (format!("NO: {e}"), None),
+    }
+}
+
+/// Whether a process's probes are `uprobe_multi` links here, else why not.
+fn multi_links(object: BpfObject, probes: &str) -> String {
+    if probes == "uprobe_session" {
+        "yes: a process's probes of one program in one file are one link; with sessions \
+         (6.13+), so --sample skips the return of each call it leaves out"
+            .to_owned()
+    } else if probes == "uprobe_multi" {
+        "yes: a process's probes of one program in one file are one link; no sessions \
+         (6.13+), so --sample pays each call's return"
+            .to_owned()
+    } else if std::env::var_os(loader::multi::MULTI_ENV).is_some_and(|v| v == "0") {
+        format!("no: off ({}=0), a perf event per probe", loader::multi::MULTI_ENV)
+    } else if object == BpfObject::Compat {
+        "no: the compatible object attaches a perf event per probe".to_owned()
+    } else {
+        "no (kernel 6.10+): a perf event per probe".to_owned()
+    }
+}
+
+/// Also how a process's probes would be attached (`loader::probes_attached`, for a sampled
+/// trace, which uses sessions where there are).
+fn open_uprobe(
+    object: BpfObject,
+) -> Result<(crate::analysis::model::ProbeCost, &'static str), String> {
     let opts = LoadOptions {
+        sample_mean: 16 << 10,
         filter_tgid: std::process::id(),
         unwind_rows: 1024,
         max_allocs: 1024,
@@ -153,7 +186,8 @@ fn open_uprobe(object: BpfObject) -> Result<crate::analysis::model::ProbeCost, S
         ..LoadOptions::default()
     };
     let mut tracer = Tracer::load(opts).map_err(|e| Error::from(e).message())?;
-    tracer.calibrate().map_err(|e| Error::from(e).message())
+    let cost = tracer.calibrate().map_err(|e| Error::from(e).message())?;
+    Ok((cost, loader::probes_attached()))
 }
 
 /// Loads every program of `object` with `unwind`: how many there are, the ones rejected

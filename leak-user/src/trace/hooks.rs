@@ -50,6 +50,24 @@ impl HookKind {
         }
     }
 
+    /// Its uprobe session (entry and return in one program, 6.13+), if it has one: the
+    /// functions that return a new block, whose return sampling may skip.
+    #[must_use]
+    pub const fn session(self) -> Option<Program> {
+        match self {
+            Self::Alloc => Some(Program::AllocSession),
+            Self::AllocSizeArg1 => Some(Program::MemalignSession),
+            Self::Calloc => Some(Program::CallocSession),
+            Self::PosixMemalign => Some(Program::PosixMemalignSession),
+            Self::Realloc
+            | Self::Reallocarray
+            | Self::Free
+            | Self::Mmap
+            | Self::Munmap
+            | Self::Mremap => None,
+        }
+    }
+
     /// Whether it has a return probe.
     #[must_use]
     pub const fn has_exit(self) -> bool {

@@ -528,5 +528,6 @@ fn kernel_view() -> report::KernelView {
             .iter()
             .map(|d| (*d).to_owned())
             .collect(),
+        probes: crate::trace::loader::probes_attached().to_owned(),
     }
 }

@@ -20,11 +20,13 @@ pub const LAST_5_10_HELPER: i32 = 155;
 /// Helpers (by `enum bpf_func_id` number) that arrived after 5.10 and that leak uses, with
 /// the kernel that brought them (names for the report; any helper above
 /// [`LAST_5_10_HELPER`] counts as late).
-pub const LATE_HELPERS: [(i32, &str, &str); 4] = [
+pub const LATE_HELPERS: [(i32, &str, &str); 5] = [
     (164, "bpf_for_each_map_elem", "5.13"),
     (174, "bpf_get_attach_cookie", "5.15"),
     (181, "bpf_loop", "5.17"),
     (186, "bpf_ktime_get_tai_ns", "6.1"),
+    // The sessions' sentinel, which the loader makes the kfunc call (see `multi`).
+    (leak_common::SENTINEL_SESSION_IS_RETURN, "bpf_session_is_return (kfunc)", "6.13"),
 ];
 
 /// One function of the object: a program or a subprogram.

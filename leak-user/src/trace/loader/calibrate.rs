@@ -91,15 +91,39 @@ impl Tracer {
                 location: UProbeAttachLocation::Symbol(CALIBRATION_SYMBOL),
                 cookie: (self.object == BpfObject::Full).then_some(cookie),
             };
-            let link = uprobe(&mut self.ebpf, name)?
-                .attach(point, exe, UProbeScope::OneProcess(me))
-                .map_err(|e| LoaderError::Attach {
+            // Probes as the allocator's are attached: through a `uprobe_multi` link where
+            // they are (which some kernels allow without CAP_SYS_ADMIN, unlike a perf event).
+            if let Some(multi) = &self.multi {
+                let offset = crate::trace::elf::ElfImage::open(exe)
+                    .ok()
+                    .and_then(|elf| elf.function(CALIBRATION_SYMBOL))
+                    .map(|f| f.file_offset)
+                    .ok_or(LoaderError::Missing("leak's calibration function"))?;
+                let at = super::multi::Probes {
+                    path: exe,
+                    offsets: &[offset],
+                    cookies: &[cookie],
+                    pid: me.get(),
+                    ret: program.is_return(),
+                };
+                let link = multi.attach(name, &at).map_err(|e| LoaderError::Attach {
                     program: name,
                     target: format!("leak ({CALIBRATION_SYMBOL})"),
-                    offset: 0,
-                    source: Box::new(e),
+                    offset,
+                    source: Box::new(aya::programs::ProgramError::IOError(e)),
                 })?;
-            self.calibration.uprobes.push((name, link));
+                self.calibration.multi.push((link, 1));
+            } else {
+                let link = uprobe(&mut self.ebpf, name)?
+                    .attach(point, exe, UProbeScope::OneProcess(me))
+                    .map_err(|e| LoaderError::Attach {
+                        program: name,
+                        target: format!("leak ({CALIBRATION_SYMBOL})"),
+                        offset: 0,
+                        source: Box::new(e),
+                    })?;
+                self.calibration.uprobes.push((name, link));
+            }
             costs[i] = time_calibration_calls();
         }
         let cost = ProbeCost { entry_ns: ns(costs[0] - bare), return_ns: ns(costs[1] - costs[0]) };

@@ -25,19 +25,21 @@ pub struct Links {
     pub(super) hook_ips: Vec<leak_common::AllocKey>,
     /// A growth profile's page-fault events, one per thread.
     pub(super) fault_events: Vec<PerfEventLinkId>,
+    /// `uprobe_multi` links, with the probes each holds: closing one detaches them all.
+    pub(super) multi: Vec<(std::os::fd::OwnedFd, usize)>,
 }
 
 impl Links {
     /// Number of probes (or page-fault events).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.uprobes.len() + self.fault_events.len()
+        self.uprobes.len() + self.fault_events.len() + self.multi.iter().map(|m| m.1).sum::<usize>()
     }
 
     /// No probes.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.uprobes.is_empty() && self.fault_events.is_empty()
+        self.uprobes.is_empty() && self.fault_events.is_empty() && self.multi.is_empty()
     }
 }
 
@@ -48,6 +50,27 @@ impl Tracer {
     /// # Errors
     /// A probe did not attach.
     pub fn attach_allocator(
+        &mut self,
+        plan: &AllocatorPlan,
+        pid: NonZeroU32,
+    ) -> Result<Links, LoaderError> {
+        let started = std::time::Instant::now();
+        let links = if self.multi.is_some() {
+            self.attach_allocator_multi(plan, pid)
+        } else {
+            self.attach_allocator_each(plan, pid)
+        }?;
+        debug!(
+            "pid {pid}: {} probes attached in {:.1?} ({} links)",
+            links.len(),
+            started.elapsed(),
+            links.uprobes.len() + links.multi.len()
+        );
+        Ok(links)
+    }
+
+    /// [`Self::attach_allocator`] with a perf event per probe.
+    fn attach_allocator_each(
         &mut self,
         plan: &AllocatorPlan,
         pid: NonZeroU32,
@@ -112,6 +135,71 @@ impl Tracer {
                     }
                 }
                 debug!("attached {name} to {} at {}+{offset:#x}", hook.spec.symbol, object.path);
+            }
+        }
+        self.attached += links.len();
+        Ok(links)
+    }
+
+    /// [`Self::attach_allocator`] through `uprobe_multi` links: one per program and file.
+    fn attach_allocator_multi(
+        &mut self,
+        plan: &AllocatorPlan,
+        pid: NonZeroU32,
+    ) -> Result<Links, LoaderError> {
+        let Some(multi) = &self.multi else { return Ok(Links::default()) };
+        // (program, object) -> (offsets, cookies)
+        let mut groups: std::collections::BTreeMap<_, (Vec<u64>, Vec<u64>)> =
+            std::collections::BTreeMap::new();
+        for (index, hook) in plan.hooks.iter().enumerate() {
+            let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
+            if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
+                flags |= COOKIE_NOTE_FREE;
+            }
+            let session = hook.spec.kind.session().filter(|p| multi.has_session(p.name()));
+            let programs = match &session {
+                Some(session) => std::slice::from_ref(session),
+                None => hook.spec.kind.programs(),
+            };
+            for &program in programs {
+                let group = groups.entry((program, hook.object)).or_default();
+                group.0.push(hook.file_offset());
+                group.1.push(index as u64 | flags);
+            }
+        }
+        let mut links = Links::default();
+        for ((program, object), (offsets, cookies)) in groups {
+            let object = &plan.objects[object];
+            let name = program.name();
+            let at = super::multi::Probes {
+                path: &object.host_path,
+                offsets: &offsets,
+                cookies: &cookies,
+                pid: pid.get(),
+                ret: program.is_return(),
+            };
+            match multi.attach(name, &at) {
+                Ok(fd) => {
+                    debug!(
+                        "attached {name} to {} offsets of {} as one link",
+                        offsets.len(),
+                        object.path
+                    );
+                    links.multi.push((fd, offsets.len()));
+                }
+                Err(e) => {
+                    self.detach(links);
+                    return Err(LoaderError::Attach {
+                        program: name,
+                        target: format!(
+                            "{} (uprobe_multi, {} offsets)",
+                            object.path,
+                            offsets.len()
+                        ),
+                        offset: offsets.first().copied().unwrap_or(0),
+                        source: Box::new(ProgramError::IOError(e)),
+                    });
+                }
             }
         }
         self.attached += links.len();
@@ -218,6 +306,8 @@ impl Tracer {
     /// overlap them). Only what must go now is detached this way; see
     /// [`Self::release_in_background`].
     pub fn detach(&mut self, links: Links) {
+        let started = std::time::Instant::now();
+        let (probes, count) = (links.len(), links.uprobes.len() + links.multi.len());
         if !links.hook_ips.is_empty()
             && let Ok(mut map) = self.hook_ips()
         {
@@ -233,6 +323,14 @@ impl Tracer {
                 debug!("detaching {PROGRAM_PAGE_FAULT}: {e}");
             }
         }
+        // Each link's release waits for its own grace period; closed from a thread each,
+        // the waits overlap.
+        std::thread::scope(|scope| {
+            for (link, probes) in links.multi {
+                self.attached = self.attached.saturating_sub(probes);
+                scope.spawn(move || drop(link));
+            }
+        });
         for (name, id) in links.uprobes {
             self.attached = self.attached.saturating_sub(1);
             if let Ok(prog) = uprobe(&mut self.ebpf, name)
@@ -240,6 +338,9 @@ impl Tracer {
             {
                 debug!("detaching {name}: {e}");
             }
+        }
+        if probes > 0 {
+            debug!("{probes} probes detached in {:.1?} ({count} links)", started.elapsed());
         }
     }
 

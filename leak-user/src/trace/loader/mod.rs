@@ -23,6 +23,7 @@ mod calibrate;
 mod error;
 pub mod features;
 mod links;
+pub mod multi;
 mod table;
 mod unwind_rows;
 pub use error::{LoaderError, verifier_reason};
@@ -141,6 +142,8 @@ impl Default for LoadOptions {
 /// Loaded BPF programs and maps. Dropping it detaches every probe.
 pub struct Tracer {
     pub(crate) ebpf: Ebpf,
+    /// The allocator's programs loaded again for `uprobe_multi` links, when they are used.
+    multi: Option<multi::MultiPrograms>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     attached: usize,
     /// The probes of [`Self::calibrate`].
@@ -235,8 +238,59 @@ impl Tracer {
         Ok((ebpf, object))
     }
 
+    /// The allocator's programs for `uprobe_multi` links (see `multi`): with the full object,
+    /// on kernels that make them with a reliable pid filter (6.10+), each process's probes of
+    /// one program in one file are one link. Elsewhere, if they do not load (said), or with
+    /// `LEAK_UPROBE_MULTI=0`, a perf event per probe, as before 6.10.
+    fn multi_programs(
+        ebpf: &Ebpf,
+        object: BpfObject,
+        opts: &LoadOptions,
+    ) -> Option<multi::MultiPrograms> {
+        if opts.growth
+            || object != BpfObject::Full
+            || std::env::var_os(multi::MULTI_ENV).is_some_and(|v| v == "0")
+        {
+            return None;
+        }
+        let names: Vec<&'static str> = Program::ALL.iter().map(|p| p.name()).collect();
+        // Sessions skip the return of a call sampling leaves out: only for `--sample`, and
+        // not under the probe floor, whose every call is to pay both traps.
+        let sessions: Vec<&'static str> = if opts.sample_mean > 0 && !opts.probe_floor {
+            Program::SESSIONS.iter().map(|p| p.name()).collect()
+        } else {
+            Vec::new()
+        };
+        match multi::MultiPrograms::load(ebpf, object_bytes(object), &names, &sessions) {
+            Ok(Some(m)) => {
+                debug!(
+                    "allocator programs loaded for uprobe_multi links{}",
+                    if m.sessions() > 0 { ", with sessions" } else { "" }
+                );
+                Some(m)
+            }
+            Ok(None) => {
+                debug!("no uprobe_multi links here (6.10+): a perf event per probe");
+                None
+            }
+            Err(e) => {
+                log::warn!("uprobe_multi links unavailable, a perf event per probe instead: {e}");
+                None
+            }
+        }
+    }
+
     /// The tracer around a loaded object.
     fn finish(mut ebpf: Ebpf, object: BpfObject, opts: &LoadOptions) -> Result<Self, LoaderError> {
+        // Before the logger takes its map out of `ebpf`: the second copy needs every map.
+        let multi = Self::multi_programs(&ebpf, object, opts);
+        let probes = match &multi {
+            _ if opts.growth => 3,
+            Some(m) if m.sessions() > 0 => 2,
+            Some(_) => 1,
+            None => 0,
+        };
+        PROBES.store(probes, std::sync::atomic::Ordering::Relaxed);
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -253,6 +307,7 @@ impl Tracer {
             .map_err(|e| LoaderError::Object(e.to_string()))?;
         Ok(Self {
             ebpf,
+            multi,
             logger,
             attached: 0,
             calibration: Links::default(),
@@ -342,6 +397,21 @@ pub struct ProgramCheck {
     pub result: Result<(), LoaderError>,
     /// How long the kernel took (the verifier's work, mostly).
     pub took: std::time::Duration,
+}
+
+/// How the last tracer loaded attaches its probes (see [`probes_attached`]).
+static PROBES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// How the probes of the tracer loaded last are attached, as the report names it:
+/// `perf_event`, `uprobe_multi`, `uprobe_session` or `page_faults`.
+#[must_use]
+pub fn probes_attached() -> &'static str {
+    match PROBES.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => "uprobe_multi",
+        2 => "uprobe_session",
+        3 => "page_faults",
+        _ => "perf_event",
+    }
 }
 
 /// Every program of the object, in load order.
