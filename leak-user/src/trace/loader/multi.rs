@@ -127,13 +127,12 @@ pub struct MultiPrograms {
 impl MultiPrograms {
     /// Loads programs `names` of object `bytes` (which `ebpf` was loaded from, its maps
     /// created) for `uprobe_multi` links; `None` if this kernel has no such links, or only
-    /// with an unreliable pid filter (before 6.10, fixed by 46ba0e49b642).
+    /// with an unreliable pid filter (before 6.10, fixed by 46ba0e49b642). `sessions`: session
+    /// programs to load too where the kernel has uprobe sessions (6.13+), none elsewhere.
     ///
     /// # Errors
     /// The object does not parse or relocate, or the kernel rejects a program (with the
     /// verifier's log).
-    /// `sessions`: session programs to load too where the kernel has uprobe sessions (6.13+);
-    /// none are loaded elsewhere.
     pub fn load(
         ebpf: &Ebpf,
         bytes: &[u8],
