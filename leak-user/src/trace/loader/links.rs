@@ -43,6 +43,16 @@ impl Links {
     }
 }
 
+/// The attach cookie of hook `index`: it tells the shared program which hook fired (the
+/// allocation's kind and its hit counter), with the hook's flags.
+fn cookie(index: usize, hook: &crate::trace::target::Hook) -> u64 {
+    let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
+    if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
+        flags |= COOKIE_NOTE_FREE;
+    }
+    index as u64 | flags
+}
+
 impl Tracer {
     /// Attaches every probe of `plan`, firing only in process `pid` (load its unwind tables
     /// first: [`Self::load_unwind_tables`]). Returns the probes attached. At most `leak_common::MAX_HOOKS` hooks (the hit counters' size).
@@ -83,13 +93,7 @@ impl Tracer {
         for (index, hook) in plan.hooks.iter().enumerate() {
             let object = &plan.objects[hook.object];
             let offset = hook.file_offset();
-            // The cookie tells the shared program which hook fired: the allocation's kind
-            // and its hit counter.
-            let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
-            if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
-                flags |= COOKIE_NOTE_FREE;
-            }
-            let cookie = index as u64 | flags;
+            let cookie = cookie(index, hook);
             if let Some(addresses) = &addresses {
                 match addresses.get(index).copied().flatten() {
                     Some(addr) => {
@@ -152,10 +156,6 @@ impl Tracer {
         let mut groups: std::collections::BTreeMap<_, (Vec<u64>, Vec<u64>)> =
             std::collections::BTreeMap::new();
         for (index, hook) in plan.hooks.iter().enumerate() {
-            let mut flags = if hook.placement.after_syscall { COOKIE_AFTER_SYSCALL } else { 0 };
-            if hook.spec.kind == HookKind::Free && hook.spec.symbol != "free" {
-                flags |= COOKIE_NOTE_FREE;
-            }
             let session = hook.spec.kind.session().filter(|p| multi.has_session(p.name()));
             let programs = match &session {
                 Some(session) => std::slice::from_ref(session),
@@ -164,7 +164,7 @@ impl Tracer {
             for &program in programs {
                 let group = groups.entry((program, hook.object)).or_default();
                 group.0.push(hook.file_offset());
-                group.1.push(index as u64 | flags);
+                group.1.push(cookie(index, hook));
             }
         }
         let mut links = Links::default();
